@@ -1,0 +1,357 @@
+"""FeedbackProducer: the async Python SDK, publishing straight to Kafka with aiokafka.
+
+Events are validated against :mod:`schemas` before anything is sent (an
+invalid event raises :class:`InvalidEvent` and is never published), stamped
+with ``received_at``, and grouped into batch messages (JSON arrays) per
+partition of their ``trace_id`` under thumbline's partitioner. A batch is sent
+when it is full or after ``linger_ms``; aiokafka then compresses and writes it
+with ``acks=all``. Each event's future resolves when Kafka acknowledged the
+message that carries it, or fails with :class:`DeliveryFailed`: nothing is
+dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from producers.errors import DeliveryFailed, InvalidEvent, ProducerClosed, TopicMissing
+from schemas import FeedbackEvent, FeedbackKind, TraceEvent, partition_for
+from schemas.topics import DEFAULT_PREFIX, Topics
+from schemas.wire import MAX_BATCH_EVENTS
+
+logger = logging.getLogger(__name__)
+
+Event = FeedbackEvent | TraceEvent
+ErrorCallback = Callable[[Event, DeliveryFailed], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where Kafka stored an event: the message's offset and the event's index in it."""
+
+    event_id: str | None
+    trace_id: str
+    topic: str
+    partition: int
+    offset: int
+    index: int
+
+
+@dataclass(slots=True)
+class _Batch:
+    items: list[tuple[Event, bytes, asyncio.Future[Delivery]]] = field(default_factory=list)
+    size: int = 2
+    timer: asyncio.TimerHandle | None = None
+
+
+class FeedbackProducer:
+    """Publishes feedback and trace events to Kafka, batched per partition.
+
+    Use ``async with FeedbackProducer(bootstrap_servers=...) as fb:``, or call
+    ``start()`` and ``stop()`` (safe to call twice). The topics must exist
+    (``thumbline up`` creates them); the producer never lets the broker
+    auto-create one with the wrong partition count.
+
+    Args:
+        bootstrap_servers: ``host:port[,host:port]``.
+        topic_prefix: prefix of the topic names (default ``thumbline.``).
+        linger_ms: how long a batch waits for more events before it is sent.
+        max_batch_events: events per batch message (at most 1,000).
+        max_batch_bytes: encoded bytes per batch message.
+        compression: ``lz4``, ``zstd``, ``gzip``, ``snappy`` or None.
+        on_error: called with the event and the error of every failed delivery,
+            in addition to the failed future (for fire-and-forget callers).
+        request_timeout_ms: how long to wait for an acknowledgement.
+        **kafka_kwargs: passed to ``AIOKafkaProducer`` (SASL, TLS...).
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topic_prefix: str = DEFAULT_PREFIX,
+        linger_ms: float = 5.0,
+        max_batch_events: int = 500,
+        max_batch_bytes: int = 512 * 1024,
+        compression: str | None = "lz4",
+        on_error: ErrorCallback | None = None,
+        request_timeout_ms: int = 30_000,
+        **kafka_kwargs: Any,
+    ) -> None:
+        if not 1 <= max_batch_events <= MAX_BATCH_EVENTS:
+            raise ValueError(f"max_batch_events must be 1..{MAX_BATCH_EVENTS}")
+        self._topics = Topics.build(topic_prefix)
+        self._linger = linger_ms / 1000.0
+        self._max_events = max_batch_events
+        self._max_bytes = max_batch_bytes
+        self._on_error = on_error
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            acks="all",
+            compression_type=compression,
+            linger_ms=2,
+            max_request_size=max(1_048_576, max_batch_bytes * 2),
+            request_timeout_ms=request_timeout_ms,
+            **kafka_kwargs,
+        )
+        self._partitions: dict[str, int] = {}
+        self._batches: dict[tuple[str, int], _Batch] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._state = "new"
+
+    # Lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, and learn the partition counts of the topics.
+
+        Raises:
+            TopicMissing: a topic does not exist; run ``thumbline up`` first.
+            DeliveryFailed: the broker cannot be reached (retriable).
+        """
+        if self._state != "new":
+            return
+        try:
+            await self._producer.start()
+            cluster = await self._producer.client.fetch_all_metadata()
+        except KafkaError as exc:
+            await self._producer.stop()
+            self._state = "stopped"
+            raise DeliveryFailed(f"cannot reach Kafka: {exc}", retriable=True) from exc
+        for topic in (self._topics.feedback, self._topics.traces):
+            parts = cluster.partitions_for_topic(topic.name)
+            if not parts:
+                await self._producer.stop()
+                self._state = "stopped"
+                raise TopicMissing(
+                    f"topic {topic.name} does not exist: start `thumbline up` (or run "
+                    "`thumbline topics create`) before producing"
+                )
+            self._partitions[topic.name] = len(parts)
+        self._state = "running"
+
+    async def stop(self) -> None:
+        """Send what is buffered, wait for its acknowledgements, and disconnect.
+
+        Safe to call twice. Events still pending fail with ProducerClosed only if
+        the broker is gone; otherwise they are delivered before stop returns.
+        """
+        if self._state != "running":
+            self._state = "stopped"
+            return
+        self._state = "stopping"
+        try:
+            await self.flush()
+        finally:
+            await self._producer.stop()
+            self._state = "stopped"
+
+    async def __aenter__(self) -> FeedbackProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # Sending ---------------------------------------------------------------
+
+    def send_nowait(self, event: Event) -> asyncio.Future[Delivery]:
+        """Queue an already-built event; the future resolves on acknowledgement.
+
+        Raises:
+            ProducerClosed: the producer is not running.
+            InvalidEvent: the event is larger than a batch message may be.
+        """
+        if self._state not in ("running", "stopping"):
+            raise ProducerClosed("the producer is not started (call start() or use async with)")
+        if event.received_at is None:
+            event = event.model_copy(update={"received_at": datetime.now(UTC)})
+        encoded = orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+        if len(encoded) + 2 > self._max_bytes:
+            raise InvalidEvent(
+                type(event).__name__,
+                [("(event)", len(encoded), f"is larger than {self._max_bytes} bytes encoded")],
+            )
+        topic = self._topics.feedback if isinstance(event, FeedbackEvent) else self._topics.traces
+        partition = partition_for(event.trace_id, self._partitions[topic.name])
+        key = (topic.name, partition)
+        batch = self._batches.get(key)
+        if batch is not None and (
+            len(batch.items) >= self._max_events or batch.size + len(encoded) + 1 > self._max_bytes
+        ):
+            self._send_batch(key)
+            batch = None
+        if batch is None:
+            batch = self._batches[key] = _Batch()
+            loop = asyncio.get_running_loop()
+            batch.timer = loop.call_later(self._linger, self._send_batch, key)
+        future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        batch.items.append((event, encoded, future))
+        batch.size += len(encoded) + 1
+        if len(batch.items) >= self._max_events:
+            self._send_batch(key)
+        return future
+
+    async def send(self, event: Event) -> Delivery:
+        """Send an event and wait until Kafka acknowledged it.
+
+        Raises:
+            InvalidEvent, ProducerClosed: nothing was sent.
+            DeliveryFailed: Kafka did not acknowledge it; see ``retriable``.
+        """
+        return await self.send_nowait(event)
+
+    async def flush(self) -> None:
+        """Send every buffered batch now and wait for all acknowledgements."""
+        for key in list(self._batches):
+            self._send_batch(key)
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+    def _send_batch(self, key: tuple[str, int]) -> None:
+        batch = self._batches.pop(key, None)
+        if batch is None or not batch.items:
+            return
+        if batch.timer is not None:
+            batch.timer.cancel()
+        task = asyncio.ensure_future(self._deliver(key, batch))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _deliver(self, key: tuple[str, int], batch: _Batch) -> None:
+        topic, partition = key
+        value = b"[" + b",".join(encoded for _, encoded, _ in batch.items) + b"]"
+        try:
+            ack = await self._producer.send(topic, value, partition=partition)
+            meta = await ack
+        except (KafkaError, asyncio.CancelledError, OSError) as exc:
+            retriable = bool(getattr(exc, "retriable", True))
+            error = DeliveryFailed(
+                f"Kafka did not acknowledge {len(batch.items)} events on {topic}[{partition}]: "
+                f"{exc!r}",
+                retriable=retriable,
+            )
+            for event, _, future in batch.items:
+                if not future.done():
+                    future.set_exception(error)
+                    future.exception()  # mark retrieved: fire-and-forget callers use on_error
+                if self._on_error is not None:
+                    self._on_error(event, error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for index, (event, _, future) in enumerate(batch.items):
+            if not future.done():
+                future.set_result(
+                    Delivery(
+                        event_id=getattr(event, "event_id", event.span_id),
+                        trace_id=event.trace_id,
+                        topic=topic,
+                        partition=meta.partition,
+                        offset=meta.offset,
+                        index=index,
+                    )
+                )
+
+    # Feedback helpers ------------------------------------------------------
+
+    def _feedback(self, trace_id: str, **fields: Any) -> FeedbackEvent:
+        return FeedbackEvent.parse({"trace_id": trace_id, **_drop_none(fields)})
+
+    async def feedback(self, trace_id: str, **fields: Any) -> Delivery:
+        """Send any feedback: ``label=``, ``kind=``, ``value=``, ``comment=``, ``user_id=``...
+
+        Fields are those of :class:`schemas.FeedbackEvent`. Raises InvalidEvent
+        (nothing sent) or DeliveryFailed.
+        """
+        return await self.send(self._feedback(trace_id, **fields))
+
+    async def thumb_up(self, trace_id: str, **fields: Any) -> Delivery:
+        return await self.feedback(trace_id, kind=FeedbackKind.THUMB, value="up", **fields)
+
+    async def thumb_down(self, trace_id: str, **fields: Any) -> Delivery:
+        return await self.feedback(trace_id, kind=FeedbackKind.THUMB, value="down", **fields)
+
+    async def rating(
+        self, trace_id: str, value: float, *, range: tuple[float, float] = (1, 5), **fields: Any
+    ) -> Delivery:
+        """A star rating; ``range`` is the scale (default 1-5 stars)."""
+        return await self.feedback(
+            trace_id, kind=FeedbackKind.RATING, value=value, range=range, **fields
+        )
+
+    async def score(
+        self, trace_id: str, value: float, *, range: tuple[float, float] | None = None,
+        **fields: Any,
+    ) -> Delivery:
+        """A numeric score, 0..1 unless ``range`` says otherwise."""
+        return await self.feedback(
+            trace_id, kind=FeedbackKind.SCORE, value=value, range=range, **fields
+        )
+
+    async def boolean(self, trace_id: str, value: bool, **fields: Any) -> Delivery:
+        """A yes/no answer ("was this helpful?")."""
+        return await self.feedback(trace_id, kind=FeedbackKind.BOOL, value=value, **fields)
+
+    async def text(self, trace_id: str, comment: str, **fields: Any) -> Delivery:
+        return await self.feedback(trace_id, kind=FeedbackKind.TEXT, comment=comment, **fields)
+
+    async def category(self, trace_id: str, category: str, **fields: Any) -> Delivery:
+        """A category of issue (incorrect, hallucination...) or of the user's own taxonomy."""
+        return await self.feedback(trace_id, kind=FeedbackKind.CATEGORY, value=category, **fields)
+
+    async def signal(self, trace_id: str, name: str, **fields: Any) -> Delivery:
+        """An implicit signal with no value: ``copied``, ``regenerated``..."""
+        return await self.feedback(trace_id, kind=FeedbackKind.SIGNAL, name=name, **fields)
+
+    async def correction(self, trace_id: str, correction: str, **fields: Any) -> Delivery:
+        """The answer the user expected, or their edit of it (label ``edit``)."""
+        return await self.feedback(
+            trace_id, kind=FeedbackKind.CORRECTION, correction=correction, **fields
+        )
+
+    # Trace helpers ---------------------------------------------------------
+
+    async def trace(self, *, trace_id: str | None = None, **fields: Any) -> str:
+        """Send a whole-trace event and return its ``trace_id`` (generated if absent).
+
+        Hand the id to the client UI so feedback can refer to the answer.
+        Fields are those of :class:`schemas.TraceEvent` (project, model, ...).
+        """
+        event = TraceEvent.parse({"trace_id": trace_id or new_trace_id(), **_drop_none(fields)})
+        await self.send(event)
+        return event.trace_id
+
+    async def span(self, trace_id: str, *, span_id: str | None = None, **fields: Any) -> str:
+        """Send one span of a trace and return its ``span_id`` (generated if absent)."""
+        event = TraceEvent.parse(
+            {"trace_id": trace_id, "span_id": span_id or new_span_id(), **_drop_none(fields)}
+        )
+        await self.send(event)
+        assert event.span_id is not None  # noqa: S101 (set just above)
+        return event.span_id
+
+
+def new_trace_id() -> str:
+    """A W3C trace id: 32 hex digits."""
+    return uuid.uuid4().hex
+
+
+def new_span_id() -> str:
+    """A W3C span id: 16 hex digits."""
+    return uuid.uuid4().hex[:16]
+
+
+def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+

@@ -1,0 +1,121 @@
+"""Shared pieces of the event contracts: limits, the frozen base model, readable errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+import re
+from typing import Any, Self
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from schemas.errors import _MISSING, InvalidEvent
+
+# Limits. They bound what one event may cost the pipeline and the store; the
+# README's "Event JSON" section documents them.
+MAX_ID_LEN = 256
+MAX_NAME_LEN = 128
+MAX_LABEL_LEN = 64
+MAX_COMMENT_LEN = 10_000
+MAX_CORRECTION_LEN = 32_768
+MAX_TAGS = 32
+MAX_TAG_LEN = 128
+MAX_METADATA_BYTES = 16_384
+MAX_ATTRIBUTES_BYTES = 32_768
+MAX_OBJECT_DEPTH = 5
+MAX_ARRAY_DEPTH = 2
+
+
+class Contract(BaseModel):
+    """Base of every topic model: frozen, unknown fields refused, versioned."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    @classmethod
+    def parse(cls, data: Any) -> Self:
+        """Validate ``data`` (a dict) into the model.
+
+        Raises:
+            InvalidEvent: one readable line per offending field.
+        """
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise invalid_event(cls.__name__, exc) from None
+
+    def to_json(self) -> bytes:
+        """The event as UTF-8 JSON, as it travels on the wire."""
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+# Cross-field checks raise "field: message" so the error can still name a field.
+_FIELD_IN_MESSAGE = re.compile(r"^([a-z_]+): (.+)$", re.S)
+
+
+def invalid_event(model: str, exc: ValidationError) -> InvalidEvent:
+    problems: list[tuple[str, Any, str]] = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"]) or "(event)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            message = "is required"
+            value = _MISSING
+        elif err["type"] == "extra_forbidden":
+            message = "is not a field of this event"
+            value = _MISSING
+        elif err["type"] == "string_pattern_mismatch":
+            message = "must be non-empty and contain no whitespace"
+            value = err.get("input", _MISSING)
+        else:
+            value = err.get("input", _MISSING)
+            named = _FIELD_IN_MESSAGE.match(message) if field == "(event)" else None
+            if named:
+                field, message = named.group(1), named.group(2)
+            if field == "(event)" or isinstance(value, dict):
+                value = _MISSING
+        problems.append((field, value, message))
+    return InvalidEvent(model, problems)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def require_aware(value: datetime | None, field: str) -> datetime | None:
+    """Refuse naive datetimes (their zone is a guess) and normalise to UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{field} needs a timezone: send ISO 8601 with an offset, e.g. 2026-11-23T10:00:00Z"
+        )
+    return value.astimezone(UTC)
+
+
+def check_nested(value: dict[str, Any], field: str, max_bytes: int) -> dict[str, Any]:
+    """Bound a free-form JSON object: nesting depth and encoded size."""
+    _check_depth(value, field, objects=0, arrays=0)
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError as exc:
+        raise ValueError(f"{field} must be plain JSON: {exc}") from None
+    if size > max_bytes:
+        raise ValueError(f"{field} is {size} bytes of JSON; at most {max_bytes} are allowed")
+    return value
+
+
+def _check_depth(value: Any, field: str, *, objects: int, arrays: int) -> None:
+    if isinstance(value, dict):
+        objects += 1
+        if objects > MAX_OBJECT_DEPTH:
+            raise ValueError(f"{field} nests objects deeper than {MAX_OBJECT_DEPTH} levels")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{field} keys must be strings")
+            _check_depth(item, field, objects=objects, arrays=arrays)
+    elif isinstance(value, list):
+        arrays += 1
+        if arrays > MAX_ARRAY_DEPTH:
+            raise ValueError(f"{field} nests arrays deeper than {MAX_ARRAY_DEPTH} levels")
+        for item in value:
+            _check_depth(item, field, objects=objects, arrays=arrays)

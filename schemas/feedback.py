@@ -1,0 +1,349 @@
+"""FeedbackEvent: what an end user said or did about an answer (topic ``feedback``).
+
+Label and score
+---------------
+Every event carries a ``label`` (``good``, ``bad``, ``neutral`` or a custom
+string such as ``edit``) and, where one makes sense, a normalised ``score`` in
+[0, 1]. A label sent by the client always wins; otherwise both are derived from
+``kind`` and ``value``:
+
+==========  ======================================  ===========================  ==========
+kind        value                                   score                        label
+==========  ======================================  ===========================  ==========
+thumb       ``"up"``/``"down"`` (also 1/-1, bools)  up 1.0, down 0.0             good / bad
+rating      a number in ``range`` (default 1..5)    (v - lo) / (hi - lo)         see below
+score       a number in ``range`` (default 0..1)    (v - lo) / (hi - lo)         see below
+bool        true / false                            1.0 / 0.0                    good / bad
+text        free text (also the comment)            none                         neutral
+category    a category string                       none                         bad for a known
+                                                                                 issue category,
+                                                                                 else neutral
+signal      none (an implicit action)               none                         neutral
+correction  the corrected answer                    none                         edit
+label       none: the label is sent directly        good 1.0, bad 0.0, else none as sent
+==========  ======================================  ===========================  ==========
+
+For ``rating`` and ``score``: a normalised score of at most ``BAD_AT_MOST``
+(0.25: 1-2 stars out of 5) is ``bad``, at least ``GOOD_AT_LEAST`` (0.75: 4-5
+stars) is ``good``, anything between is ``neutral``. A ``score`` without a range
+whose value lies outside 0..1 keeps no normalised score and is ``neutral``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
+
+from schemas._base import (
+    MAX_COMMENT_LEN,
+    MAX_CORRECTION_LEN,
+    MAX_ID_LEN,
+    MAX_LABEL_LEN,
+    MAX_METADATA_BYTES,
+    MAX_NAME_LEN,
+    MAX_TAG_LEN,
+    MAX_TAGS,
+    Contract,
+    check_nested,
+    require_aware,
+    utc_now,
+)
+
+BAD_AT_MOST = 0.25
+GOOD_AT_LEAST = 0.75
+
+#: Categories that name a problem with the answer: a ``category`` event with one
+#: of these values is labelled ``bad`` unless the client sends a label.
+ISSUE_CATEGORIES = frozenset(
+    {
+        "incorrect",
+        "incomplete",
+        "off-topic",
+        "off_topic",
+        "hallucination",
+        "wrong_policy",
+        "missing_context",
+        "harmful",
+        "unsafe",
+        "outdated",
+        "too-long",
+        "too_long",
+        "irrelevant",
+    }
+)
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN, pattern=r"^\S+$")]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LEN)]
+
+
+class FeedbackKind(StrEnum):
+    THUMB = "thumb"
+    RATING = "rating"
+    SCORE = "score"
+    BOOL = "bool"
+    TEXT = "text"
+    CATEGORY = "category"
+    SIGNAL = "signal"
+    CORRECTION = "correction"
+    LABEL = "label"
+
+
+#: Names other products use for the same kinds (Axiom's ``number`` and ``enum``).
+KIND_ALIASES = {"number": "score", "enum": "category", "boolean": "bool", "stars": "rating"}
+
+DEFAULT_RANGES: dict[FeedbackKind, tuple[float, float]] = {
+    FeedbackKind.RATING: (1.0, 5.0),
+}
+
+
+class Label(StrEnum):
+    GOOD = "good"
+    BAD = "bad"
+    NEUTRAL = "neutral"
+    EDIT = "edit"
+
+
+class Source(StrEnum):
+    EXPLICIT = "explicit"
+    IMPLICIT = "implicit"
+
+
+class FeedbackEvent(Contract):
+    """One piece of end-user feedback about the answer a trace produced."""
+
+    schema_version: Literal[1] = Field(1, description="Contract version.")
+
+    event_id: Id = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        description="The client's idempotency key: the same id sent again replaces the earlier "
+        "value. Generated when absent.",
+    )
+    trace_id: Id = Field(description="The trace that produced the answer.")
+    span_id: Id | None = Field(None, description="A span of the trace; absent: the whole trace.")
+    name: Name | None = Field(
+        None, description="What is measured: response-quality, star-rating... Default: the kind."
+    )
+    kind: FeedbackKind | None = Field(
+        None, description="thumb, rating, score, bool, text, category, signal, correction, label."
+    )
+    value: StrictBool | float | str | None = Field(None, description="Depends on the kind.")
+    range: tuple[float, float] | None = Field(
+        None, description="[low, high] of a rating or score; default 1..5 for ratings, 0..1 scores."
+    )
+    label: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_LABEL_LEN,
+        description="good, bad, neutral, or custom (edit...). Derived when absent.",
+    )
+    score: float | None = Field(
+        None, ge=0.0, le=1.0, description="Normalised score in [0, 1]; derived when absent."
+    )
+    comment: str | None = Field(None, max_length=MAX_COMMENT_LEN)
+    correction: str | None = Field(
+        None, max_length=MAX_CORRECTION_LEN, description="Expected output or the user's edit."
+    )
+    category: Name | None = None
+    tags: tuple[Annotated[str, Field(min_length=1, max_length=MAX_TAG_LEN)], ...] = Field(
+        (), max_length=MAX_TAGS
+    )
+    source: Source | None = Field(None, description="explicit or implicit; derived from the kind.")
+    retracted: bool = Field(False, description="True withdraws the feedback with this event_id.")
+    user_id: Id | None = None
+    session_id: Id | None = None
+    conversation_id: Id | None = None
+    project: Name | None = Field(None, description="Normally inherited from the trace.")
+    environment: Name | None = Field(None, description="Normally inherited from the trace.")
+    capability: Name | None = None
+    step: Name | None = None
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"Free-form JSON: at most 5 levels of objects, 2 of arrays, "
+        f"{MAX_METADATA_BYTES} bytes.",
+    )
+    ts: datetime = Field(default_factory=utc_now, description="Event time, with a timezone.")
+    received_at: datetime | None = Field(None, description="Stamped by the ingest point.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("kind"), str):
+            kind = data["kind"].strip().lower()
+            if kind in KIND_ALIASES:
+                data = {**data, "kind": KIND_ALIASES[kind]}
+        return data
+
+    @field_validator("ts", "received_at")
+    @classmethod
+    def _aware(cls, value: datetime | None, info: Any) -> datetime | None:
+        return require_aware(value, info.field_name)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_nested(value, "metadata", MAX_METADATA_BYTES)
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        lowered = value.lower()
+        return lowered if lowered in Label.__members__.values() else value
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None:
+            low, high = value
+            if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+                raise ValueError("range must be [low, high] with low < high, e.g. [1, 5]")
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("value must be a finite number")
+        if isinstance(value, str) and len(value) > MAX_CORRECTION_LEN:
+            raise ValueError(f"value is longer than {MAX_CORRECTION_LEN} characters")
+        return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _derive(cls, data: Any, handler: ModelWrapValidatorHandler[FeedbackEvent]) -> Any:
+        event = handler(data)
+        updates = derive(event)
+        return event.model_copy(update=updates) if updates else event
+
+
+def derive(event: FeedbackEvent) -> dict[str, Any]:
+    """Check ``value`` against ``kind`` and fill what the client left out.
+
+    Returns the fields to update: kind, value (normalised), name, label, score,
+    source, comment, correction, category.
+    """
+    kind = event.kind or _infer_kind(event)
+    value = event.value
+    out: dict[str, Any] = {}
+    score: float | None = None
+    label: str | None = None
+
+    if kind is FeedbackKind.THUMB:
+        value = _thumb(value)
+        score, label = (1.0, Label.GOOD) if value == "up" else (0.0, Label.BAD)
+    elif kind in (FeedbackKind.RATING, FeedbackKind.SCORE):
+        if isinstance(value, bool) or not isinstance(value, float | int):
+            raise ValueError(f"value: a {kind} needs a number (got {value!r})")
+        low, high = event.range or DEFAULT_RANGES.get(kind, (0.0, 1.0))
+        if event.range is not None or kind is FeedbackKind.RATING:
+            if not low <= value <= high:
+                raise ValueError(f"value: {value:g} is outside the range [{low:g}, {high:g}]")
+            score = (value - low) / (high - low)
+        elif 0.0 <= value <= 1.0:
+            score = float(value)
+        if score is None:
+            label = Label.NEUTRAL
+        elif score <= BAD_AT_MOST:
+            label = Label.BAD
+        elif score >= GOOD_AT_LEAST:
+            label = Label.GOOD
+        else:
+            label = Label.NEUTRAL
+    elif kind is FeedbackKind.BOOL:
+        if not isinstance(value, bool):
+            raise ValueError(f"value: a bool needs true or false (got {value!r})")
+        score, label = (1.0, Label.GOOD) if value else (0.0, Label.BAD)
+    elif kind is FeedbackKind.TEXT:
+        if value is None and event.comment is None:
+            raise ValueError("value: a text feedback needs a value or a comment")
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"value: a text needs a string (got {value!r})")
+        if event.comment is None:
+            if len(value) > MAX_COMMENT_LEN:  # type: ignore[arg-type]
+                raise ValueError(f"value: longer than {MAX_COMMENT_LEN} characters")
+            out["comment"] = value
+        label = Label.NEUTRAL
+    elif kind is FeedbackKind.CATEGORY:
+        category = value if value is not None else event.category
+        if not isinstance(category, str) or not category:
+            raise ValueError("value: a category needs the category as a non-empty string")
+        if len(category) > 128:
+            raise ValueError("value: a category is at most 128 characters")
+        if event.category is None:
+            out["category"] = category
+        label = Label.BAD if category.lower() in ISSUE_CATEGORIES else Label.NEUTRAL
+    elif kind is FeedbackKind.SIGNAL:
+        if value is not None:
+            raise ValueError(f"value: a signal carries no value (got {value!r}); put details in metadata")
+        label = Label.NEUTRAL
+    elif kind is FeedbackKind.CORRECTION:
+        text = event.correction if event.correction is not None else value
+        if not isinstance(text, str) or not text:
+            raise ValueError("correction: a correction needs the corrected answer in correction or value")
+        if event.correction is None:
+            out["correction"] = text
+        label = Label.EDIT
+    else:  # FeedbackKind.LABEL
+        if event.label is None:
+            raise ValueError("label: a label feedback needs a label: good, bad, neutral or custom")
+        if value is not None:
+            raise ValueError("value: a label feedback carries no value; use another kind")
+
+    final_label = event.label or label
+    if event.score is None:
+        if score is None and kind is FeedbackKind.LABEL:
+            score = {Label.GOOD: 1.0, Label.BAD: 0.0}.get(final_label)  # type: ignore[call-overload]
+        if score is not None:
+            out["score"] = round(score, 9)
+    out["kind"] = kind
+    if value != event.value:
+        out["value"] = value
+    if event.name is None:
+        out["name"] = kind.value
+    if event.label is None:
+        out["label"] = str(label)
+    if event.source is None:
+        out["source"] = Source.IMPLICIT if kind is FeedbackKind.SIGNAL else Source.EXPLICIT
+    return out
+
+
+def _infer_kind(event: FeedbackEvent) -> FeedbackKind:
+    value = event.value
+    if value is None:
+        if event.label is not None:
+            return FeedbackKind.LABEL
+        if event.correction is not None:
+            return FeedbackKind.CORRECTION
+        if event.comment is not None:
+            return FeedbackKind.TEXT
+        raise ValueError(
+            "kind: the event says nothing: give a kind (thumb, rating, score, bool, text, category, "
+            "signal, correction), a label or a value"
+        )
+    if isinstance(value, bool):
+        return FeedbackKind.BOOL
+    if isinstance(value, float | int):
+        return FeedbackKind.RATING if event.range is None and value > 1 else FeedbackKind.SCORE
+    return FeedbackKind.TEXT
+
+
+def _thumb(value: Any) -> str:
+    if isinstance(value, str) and value.lower() in ("up", "down"):
+        return value.lower()
+    if value is True or value == 1:
+        return "up"
+    if value is False or value == -1:
+        return "down"
+    raise ValueError(f"value: a thumb needs 'up' or 'down' (or 1 / -1, true / false), got {value!r}")

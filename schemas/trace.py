@@ -1,0 +1,86 @@
+"""TraceEvent: one span, or a whole trace, of an LLM application (topic ``traces``).
+
+A trace may arrive as one event (no ``span_id``) or as many span events; the
+join merges them into one set of attributes per ``trace_id``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from schemas._base import (
+    MAX_ATTRIBUTES_BYTES,
+    MAX_COMMENT_LEN,
+    Contract,
+    check_nested,
+    require_aware,
+)
+from schemas.feedback import Id, Name
+
+
+class TraceStatus(StrEnum):
+    UNSET = "unset"
+    OK = "ok"
+    ERROR = "error"
+
+
+class TraceEvent(Contract):
+    """One span of a trace, or the whole trace when ``span_id`` is absent."""
+
+    schema_version: Literal[1] = Field(1, description="Contract version.")
+    trace_id: Id
+    span_id: Id | None = Field(None, description="Absent: the event describes the whole trace.")
+    parent_span_id: Id | None = None
+    name: Name | None = Field(None, description="The operation: chat, retrieve, generate...")
+    project: Name = "default"
+    environment: Name = "default"
+    model: Name | None = None
+    capability: Name | None = None
+    step: Name | None = None
+    user_id: Id | None = None
+    session_id: Id | None = None
+    conversation_id: Id | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    latency_ms: float | None = Field(None, ge=0, description="Derived from the times if absent.")
+    input_tokens: int | None = Field(None, ge=0)
+    output_tokens: int | None = Field(None, ge=0)
+    total_tokens: int | None = Field(None, ge=0, description="Derived from in + out if absent.")
+    cost_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    status: TraceStatus = TraceStatus.UNSET
+    error: str | None = Field(None, max_length=MAX_COMMENT_LEN)
+    attributes: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"Free-form JSON: at most 5 levels of objects, 2 of arrays, "
+        f"{MAX_ATTRIBUTES_BYTES} bytes.",
+    )
+    received_at: datetime | None = Field(None, description="Stamped by the ingest point.")
+
+    @field_validator("start_time", "end_time", "received_at")
+    @classmethod
+    def _aware(cls, value: datetime | None, info: Any) -> datetime | None:
+        return require_aware(value, info.field_name)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_nested(value, "attributes", MAX_ATTRIBUTES_BYTES)
+
+    @model_validator(mode="after")
+    def _derive(self) -> TraceEvent:
+        if self.start_time and self.end_time:
+            if self.end_time < self.start_time:
+                raise ValueError("end_time: is before start_time")
+            if self.latency_ms is None:
+                latency = (self.end_time - self.start_time).total_seconds() * 1000.0
+                object.__setattr__(self, "latency_ms", latency)
+        if self.total_tokens is None and (self.input_tokens or self.output_tokens):
+            total = (self.input_tokens or 0) + (self.output_tokens or 0)
+            object.__setattr__(self, "total_tokens", total)
+        if self.error and self.status is TraceStatus.UNSET:
+            object.__setattr__(self, "status", TraceStatus.ERROR)
+        return self

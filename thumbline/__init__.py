@@ -1,0 +1,1 @@
+"""thumbline: a Kafka-native pipeline for end-user feedback on LLM applications."""

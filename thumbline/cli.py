@@ -1,0 +1,392 @@
+"""The ``thumbline`` command line: the one place that builds settings and prints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas import FeedbackEvent, InvalidEvent, ThumblineError, TraceEvent
+from schemas.topics import Topics
+from thumbline import logs, runfile
+from thumbline.errors import ConfigError
+from thumbline.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="Thumbline: end-user feedback on LLM answers, joined with its traces, in ClickHouse.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+send_app = typer.Typer(help="Publish one event to Kafka (validated first).", no_args_is_help=True)
+topics_app = typer.Typer(help="The Kafka topics thumbline uses.", no_args_is_help=True)
+schemas_app = typer.Typer(help="The event contracts.", no_args_is_help=True)
+app.add_typer(send_app, name="send")
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _bootstrap(settings: Settings) -> str:
+    if settings.kafka_bootstrap:
+        return settings.kafka_bootstrap
+    info = runfile.read(settings.run_file)
+    if info is None:
+        _fail(
+            "no Kafka to send to: start `thumbline up` (in this directory, or with the same "
+            "THUMBLINE_DATA_DIR), or set THUMBLINE_KAFKA_BOOTSTRAP"
+        )
+    return info.bootstrap
+
+
+# up -------------------------------------------------------------------------
+
+
+@app.command()
+def up() -> None:
+    """Start the pipeline: broker (embedded unless configured), topics, store, SQL endpoint."""
+    from thumbline.runtime import Runtime
+
+    settings = _settings()
+
+    async def run() -> None:
+        runtime = Runtime(settings)
+        with err.status("starting thumbline..."):
+            started = await runtime.start()
+        try:
+            _print_started(settings, started)
+            await runtime.serve_until_signalled()
+            err.print("stopping...")
+        finally:
+            await runtime.stop()
+
+    asyncio.run(run())
+
+
+def _print_started(settings: Settings, started: Any) -> None:
+    kafka = started.bootstrap + (
+        "  (embedded Tansu: messages live in memory and are lost when it stops)"
+        if started.embedded_broker
+        else ""
+    )
+    new = sum(1 for m in started.migrations if m.applied)
+    lines = [
+        "[bold green]thumbline is up[/bold green]",
+        f"  Kafka       {kafka}",
+        f"  topics      {started.topics.feedback.name}, {started.topics.traces.name} "
+        f"({started.topics.feedback.partitions} partitions) and "
+        f"{len(started.topics.all()) - 2} more",
+        f"  ClickHouse  {started.store}  (database {settings.clickhouse_database}, "
+        f"{new} new migration{'s' if new != 1 else ''})",
+    ]
+    if started.sql_url:
+        lines.append(f"  SQL         {started.sql_url}/sql  (for `thumbline sql`; token in run file)")
+    lines.append("  try         thumbline send feedback --trace-id t1 --label bad --comment 'wrong'")
+    lines.append('              thumbline sql "SELECT count() FROM thumbline.feedback"')
+    lines.append("Ctrl-C stops.")
+    out.print("\n".join(lines), markup=True, soft_wrap=True)
+
+
+# sql ------------------------------------------------------------------------
+
+_FORMATS = {"table": "JSONCompact", "json": "JSONEachRow", "csv": "CSVWithNames"}
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="The SQL to run, e.g. SELECT count() FROM ...")],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="table, json (one object a line) or csv")
+    ] = "table",
+    write: Annotated[
+        bool, typer.Option("--write", help="Allow INSERT, DDL and other writes.")
+    ] = False,
+) -> None:
+    """Run SQL on the store, while `thumbline up` runs or not."""
+    from thumbline.sqlserver import run_sql
+
+    if fmt not in _FORMATS:
+        _fail(f"--format must be one of {', '.join(_FORMATS)}", 2)
+    settings = _settings()
+    body = run_sql(settings, query, fmt=_FORMATS[fmt], write=write)
+    if fmt != "table":
+        sys.stdout.write(body.decode())
+        return
+    if not body.strip():
+        return
+    result = orjson.loads(body)
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for column in result.get("meta", []):
+        table.add_column(column["name"], justify="right" if _numeric(column["type"]) else "left")
+    for row in result.get("data", []):
+        table.add_row(*(_cell(v) for v in row))
+    out.print(table)
+    rows = result.get("rows", 0)
+    err.print(f"{rows} row{'s' if rows != 1 else ''}", style="dim")
+
+
+def _numeric(ch_type: str) -> bool:
+    bare = ch_type.removeprefix("Nullable(").removeprefix("LowCardinality(")
+    return bare.startswith(("UInt", "Int", "Float", "Decimal"))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+# send -----------------------------------------------------------------------
+
+
+def _parse_json_option(text: str | None, what: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"{what} is not JSON: {exc}", 2)
+    if not isinstance(data, dict):
+        _fail(f"{what} must be a JSON object", 2)
+    return data
+
+
+def _send(settings: Settings, event: FeedbackEvent | TraceEvent) -> None:
+    from producers import FeedbackProducer
+
+    async def run() -> Any:
+        async with FeedbackProducer(
+            bootstrap_servers=_bootstrap(settings),
+            topic_prefix=settings.topic_prefix,
+            **settings.kafka_kwargs(),
+        ) as producer:
+            return await producer.send(event)
+
+    delivery = asyncio.run(run())
+    out.print(
+        orjson.dumps(
+            {
+                "event_id": getattr(event, "event_id", None),
+                "trace_id": event.trace_id,
+                "span_id": event.span_id,
+                "topic": delivery.topic,
+                "partition": delivery.partition,
+                "offset": delivery.offset,
+            }
+        ).decode(),
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@send_app.command("feedback")
+def send_feedback(
+    trace_id: Annotated[str, typer.Option(help="The trace the feedback is about.")],
+    label: Annotated[str | None, typer.Option(help="good, bad, neutral or custom (edit)")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(help="thumb, rating, score, bool, text, category, signal, correction"),
+    ] = None,
+    value: Annotated[
+        str | None, typer.Option(help="The value, as JSON where it is not a string: 4, true, up")
+    ] = None,
+    comment: Annotated[str | None, typer.Option()] = None,
+    correction: Annotated[str | None, typer.Option()] = None,
+    category: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option(help="response-quality, star-rating...")] = None,
+    span_id: Annotated[str | None, typer.Option()] = None,
+    user_id: Annotated[str | None, typer.Option()] = None,
+    session_id: Annotated[str | None, typer.Option()] = None,
+    event_id: Annotated[str | None, typer.Option(help="Idempotency key; generated if absent.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
+    metadata: Annotated[str | None, typer.Option(help="A JSON object, or @file.json")] = None,
+    json_event: Annotated[
+        str | None,
+        typer.Option("--json", help="The whole event as JSON (or @file.json); flags override."),
+    ] = None,
+) -> None:
+    """Send one feedback event about a trace."""
+    settings = _settings()
+    data = _parse_json_option(json_event, "--json")
+    parsed_value: Any = value
+    if value is not None:
+        try:
+            parsed_value = json.loads(value)
+        except json.JSONDecodeError:
+            parsed_value = value
+    flags = {
+        "trace_id": trace_id,
+        "label": label,
+        "kind": kind,
+        "value": parsed_value,
+        "comment": comment,
+        "correction": correction,
+        "category": category,
+        "name": name,
+        "span_id": span_id,
+        "user_id": user_id,
+        "session_id": session_id,
+        "event_id": event_id,
+        "tags": tag or None,
+        "metadata": _parse_json_option(metadata, "--metadata") or None,
+    }
+    data.update({k: v for k, v in flags.items() if v is not None})
+    _send(settings, FeedbackEvent.parse(data))
+
+
+@send_app.command("trace")
+def send_trace(
+    trace_id: Annotated[str | None, typer.Option(help="Generated if absent.")] = None,
+    span_id: Annotated[str | None, typer.Option(help="Absent: the event is the whole trace.")] = None,
+    parent_span_id: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    project: Annotated[str | None, typer.Option()] = None,
+    environment: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    capability: Annotated[str | None, typer.Option()] = None,
+    step: Annotated[str | None, typer.Option()] = None,
+    user_id: Annotated[str | None, typer.Option()] = None,
+    session_id: Annotated[str | None, typer.Option()] = None,
+    latency_ms: Annotated[float | None, typer.Option()] = None,
+    status: Annotated[str | None, typer.Option(help="ok, error or unset")] = None,
+    error_message: Annotated[str | None, typer.Option("--error")] = None,
+    attributes: Annotated[str | None, typer.Option(help="A JSON object, or @file.json")] = None,
+    json_event: Annotated[
+        str | None,
+        typer.Option("--json", help="The whole event as JSON (or @file.json); flags override."),
+    ] = None,
+) -> None:
+    """Send one trace (or span) event; prints its trace_id."""
+    from producers import new_trace_id
+
+    settings = _settings()
+    data = _parse_json_option(json_event, "--json")
+    flags = {
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "parent_span_id": parent_span_id,
+        "name": name,
+        "project": project,
+        "environment": environment,
+        "model": model,
+        "capability": capability,
+        "step": step,
+        "user_id": user_id,
+        "session_id": session_id,
+        "latency_ms": latency_ms,
+        "status": status,
+        "error": error_message,
+        "attributes": _parse_json_option(attributes, "--attributes") or None,
+    }
+    data.update({k: v for k, v in flags.items() if v is not None})
+    data.setdefault("trace_id", new_trace_id())
+    _send(settings, TraceEvent.parse(data))
+
+
+# topics, migrations, schemas ----------------------------------------------------
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """The topics of this configuration, with partitions, keys and contracts."""
+    settings = _settings()
+    table = Table("topic", "partitions", "key", "contract", "what", box=None, header_style="bold")
+    for topic in Topics.build(settings.topic_prefix, settings.partitions).all():
+        table.add_row(
+            topic.name, str(topic.partitions), topic.key or "-", topic.model.__name__,
+            topic.description,
+        )
+    out.print(table)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the missing topics on THUMBLINE_KAFKA_BOOTSTRAP (or the running embedded broker)."""
+    from thumbline.kafka import ensure_topics
+
+    settings = _settings()
+    topics = Topics.build(settings.topic_prefix, settings.partitions)
+    created = asyncio.run(
+        ensure_topics(
+            _bootstrap(settings),
+            topics.all(),
+            replication_factor=settings.replication_factor,
+            kafka_kwargs=settings.kafka_kwargs(),
+        )
+    )
+    out.print(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the ClickHouse migrations (`thumbline up` does this too)."""
+    from thumbline.store import apply_migrations, open_client
+
+    settings = _settings()
+    client = open_client(settings)
+    try:
+        applied = apply_migrations(client, settings.clickhouse_database)
+    finally:
+        client.close()
+    for m in applied:
+        state = "applied" if m.applied else "already there"
+        out.print(f"{m.version:04d}_{m.name}: {state}")
+
+
+@schemas_app.command("export")
+def schemas_export(
+    directory: Annotated[Path, typer.Argument(help="Where to write *.schema.json")] = Path(
+        "schemas/json"
+    ),
+) -> None:
+    """Write the JSON Schema of every topic."""
+    from schemas.jsonschema import write
+
+    for path in write(directory):
+        out.print(str(path))
+
+
+def main() -> None:
+    """Entrypoint: turns thumbline's errors into a message and an exit code."""
+    try:
+        app()
+    except InvalidEvent as exc:
+        err.print(f"error: {exc}\nnothing was sent.", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except ConfigError as exc:
+        err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except ThumblineError as exc:
+        hint = " (it may work if you try again)" if exc.retriable else ""
+        err.print(f"error: {exc}{hint}", markup=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

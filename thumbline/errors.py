@@ -1,0 +1,44 @@
+"""Errors of the runtime and the CLI; all derive from :class:`schemas.ThumblineError`."""
+
+from __future__ import annotations
+
+from schemas.errors import InvalidEvent, ThumblineError, WireError
+
+__all__ = [
+    "BrokerFailed",
+    "ConfigError",
+    "InvalidEvent",
+    "StoreError",
+    "StoreLocked",
+    "ThumblineError",
+    "TopicsMismatch",
+    "WireError",
+]
+
+
+class ConfigError(ThumblineError):
+    """A setting is missing or wrong; the message names the variable to set."""
+
+
+class BrokerFailed(ThumblineError):
+    """The embedded broker did not start or died."""
+
+    retriable = True
+
+
+class TopicsMismatch(ThumblineError):
+    """A topic exists with another partition count than the registry asks for."""
+
+
+class StoreError(ThumblineError):
+    """ClickHouse refused a statement; carries the server's code when it gave one."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class StoreLocked(StoreError):
+    """The chDB path is owned by another process, and that process serves no SQL."""
+
+    retriable = True

@@ -1,0 +1,135 @@
+"""``thumbline up``: everything the pipeline needs, in one process.
+
+Start order: the embedded broker (unless ``THUMBLINE_KAFKA_BOOTSTRAP`` is set),
+the topics with their partition counts, the ClickHouse migrations, and the SQL
+endpoint for other processes when the store is an embedded chDB path. Then the
+run file is written so that the CLI finds all of it. Stop order is the
+reverse; the broker also dies with this process if it is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from clickhouse_connect.driver.client import Client
+
+from schemas.topics import Topics
+from thumbline import runfile
+from thumbline.broker import EmbeddedBroker
+from thumbline.errors import ConfigError
+from thumbline.kafka import ensure_topics
+from thumbline.settings import Settings
+from thumbline.sqlserver import SqlServer
+from thumbline.store import AppliedMigration, apply_migrations, open_client
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What ``start()`` brought up, for the summary the CLI prints."""
+
+    bootstrap: str
+    embedded_broker: bool
+    topics: Topics
+    created_topics: list[str]
+    migrations: list[AppliedMigration]
+    store: str
+    sql_url: str | None
+
+
+class Runtime:
+    """The processes and endpoints of one ``thumbline up``; ``stop()`` is safe to call twice."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics.build(settings.topic_prefix, settings.partitions)
+        self._broker: EmbeddedBroker | None = None
+        self._client: Client | None = None
+        self._sql: SqlServer | None = None
+
+    async def start(self) -> Started:
+        s = self.settings
+        live = runfile.read(s.run_file)
+        if live is not None:
+            raise ConfigError(
+                f"thumbline is already running here (pid {live.pid}, data dir {s.data_dir}); "
+                "stop it first, or set THUMBLINE_DATA_DIR to run another"
+            )
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if s.kafka_bootstrap is None:
+                self._broker = await asyncio.to_thread(
+                    EmbeddedBroker(port=s.broker_port, log_path=s.data_dir / "broker.log").start
+                )
+                bootstrap = self._broker.bootstrap
+            else:
+                bootstrap = s.kafka_bootstrap
+            created = await ensure_topics(
+                bootstrap,
+                self.topics.all(),
+                replication_factor=s.replication_factor,
+                kafka_kwargs=s.kafka_kwargs(),
+            )
+            self._client = await asyncio.to_thread(open_client, s)
+            applied = await asyncio.to_thread(
+                apply_migrations, self._client, s.clickhouse_database
+            )
+            if s.store_is_chdb:
+                self._sql = SqlServer(
+                    s, writer=self._client, host=s.sql_host, port=s.sql_port
+                ).start()
+            runfile.write(
+                s.run_file,
+                runfile.RunInfo(
+                    pid=os.getpid(),
+                    bootstrap=bootstrap,
+                    embedded_broker=self._broker is not None,
+                    broker_pid=self._broker.pid if self._broker else None,
+                    store=s.store_display,
+                    sql_url=self._sql.url if self._sql else None,
+                    sql_token=self._sql.token if self._sql else None,
+                    started_at=datetime.now(UTC).isoformat(),
+                ),
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        return Started(
+            bootstrap=bootstrap,
+            embedded_broker=self._broker is not None,
+            topics=self.topics,
+            created_topics=created,
+            migrations=applied,
+            store=s.store_display,
+            sql_url=self._sql.url if self._sql else None,
+        )
+
+    async def stop(self) -> None:
+        runfile.remove(self.settings.run_file, os.getpid())
+        sql, self._sql = self._sql, None
+        if sql is not None:
+            await asyncio.to_thread(sql.stop)
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+
+    async def serve_until_signalled(self) -> None:
+        """Block until SIGINT or SIGTERM."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,175 @@
+"""Settings: one object, read from ``THUMBLINE_*`` environment variables.
+
+Built once by the entrypoint (:func:`load_settings`) and passed down; nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from thumbline.errors import ConfigError
+
+ENV_PREFIX = "THUMBLINE_"
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+
+
+class Settings(BaseSettings):
+    """Every knob of thumbline. Unset Kafka bootstrap means: start the embedded broker."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    data_dir: Path = Field(Path(".thumbline"), description="Embedded store, run file, logs.")
+
+    kafka_bootstrap: str | None = Field(
+        None, description="host:port[,host:port]; unset: start the embedded broker."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+
+    clickhouse_url: SecretStr | None = Field(
+        None,
+        description="chdb:///abs/path or http(s)://user:pass@host:8123; unset: chDB in data_dir.",
+    )
+    clickhouse_database: str = Field("thumbline", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    topic_prefix: str = Field("thumbline.", pattern=r"^[A-Za-z0-9._\-]*$", max_length=200)
+    partitions: int = Field(8, ge=1, le=256, description="Partitions of the join's topics.")
+    replication_factor: int = Field(1, ge=1, le=16)
+
+    broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0: any free.")
+    sql_host: str = Field("127.0.0.1", description="Where the store owner serves SQL.")
+    sql_port: int = Field(0, ge=0, le=65535, description="0: any free port.")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        for server in servers:
+            if not _HOST_PORT.match(server):
+                raise ValueError(f"{server!r} is not host:port (e.g. kafka:9092)")
+        return ",".join(servers)
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        url = value.get_secret_value().strip()
+        scheme = urlsplit(url).scheme
+        if scheme not in ("chdb", "http", "https"):
+            raise ValueError(
+                "must start with chdb:///path (embedded) or http(s)://host:8123 (a server)"
+            )
+        if scheme == "chdb" and not url.startswith("chdb:///"):
+            raise ValueError("a chDB URL needs an absolute path: chdb:///var/lib/thumbline")
+        return SecretStr(url)
+
+    @model_validator(mode="after")
+    def _sasl(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL"):
+            if not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
+                raise ValueError(
+                    "kafka_sasl_mechanism: SASL needs THUMBLINE_KAFKA_SASL_MECHANISM, "
+                    "THUMBLINE_KAFKA_SASL_USERNAME and THUMBLINE_KAFKA_SASL_PASSWORD"
+                )
+            if self.kafka_sasl_password is None:
+                raise ValueError("kafka_sasl_password: SASL needs THUMBLINE_KAFKA_SASL_PASSWORD")
+        return self
+
+    # Derived values -------------------------------------------------------
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def store_url(self) -> str:
+        """The ClickHouse URL, secrets included: never log it (see :attr:`store_display`)."""
+        if self.clickhouse_url is not None:
+            return self.clickhouse_url.get_secret_value()
+        return f"chdb://{(self.data_dir / 'chdb').resolve()}"
+
+    @property
+    def store_is_chdb(self) -> bool:
+        return self.store_url.startswith("chdb://")
+
+    @property
+    def store_display(self) -> str:
+        """The ClickHouse URL with any password masked, fit for logs and output."""
+        parts = urlsplit(self.store_url)
+        if parts.password:
+            netloc = f"{parts.username}:***@{parts.hostname}" + (
+                f":{parts.port}" if parts.port else ""
+            )
+            return urlunsplit(parts._replace(netloc=netloc))
+        return self.store_url
+
+    @property
+    def run_file(self) -> Path:
+        return self.data_dir / "run.json"
+
+    def kafka_kwargs(self) -> dict[str, Any]:
+        """Security options for every aiokafka client (producer, consumer, admin)."""
+        kwargs: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+                certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+                keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        if self.kafka_security_protocol.startswith("SASL"):
+            assert self.kafka_sasl_password is not None  # checked by _sasl  # noqa: S101
+            kwargs.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password.get_secret_value(),
+            )
+        return kwargs
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment, with ``overrides`` on top.
+
+    Raises:
+        ConfigError: naming each bad variable and what it accepts.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            message = err["msg"].removeprefix("Value error, ")
+            field = str(err["loc"][0]) if err["loc"] else ""
+            if not field and ": " in message:
+                field, message = message.split(": ", 1)
+            shown = "" if "password" in field or "url" in field else f" (got {err['input']!r})"
+            if err["type"] == "model_type" or isinstance(err.get("input"), dict):
+                shown = ""
+            lines.append(f"{ENV_PREFIX}{field.upper()}: {message}{shown}")
+        raise ConfigError("bad settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,121 @@
+"""The ClickHouse store: one code path for chDB (embedded) and a ClickHouse server.
+
+chDB lets one process open a path. That process (``thumbline up``) owns the
+store and serves SQL to the others over loopback (:mod:`thumbline.sqlserver`);
+:func:`run_sql` finds the owner through the run file, or opens the path itself
+when nobody owns it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from schemas import migrations
+from thumbline.errors import StoreError, StoreLocked
+from thumbline.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_CODE = re.compile(r"Code: (\d+)")
+_LOCKED_MARKERS = ("Cannot lock file", "Another server instance")
+
+
+def open_client(settings: Settings, *, readonly: bool = False) -> Client:
+    """A clickhouse-connect client for the configured store.
+
+    ``readonly`` gives a client that refuses writes and DDL (``readonly=2``, so
+    per-query settings still work). Use one client per thread.
+
+    Raises:
+        StoreLocked: the chDB path is open in another process.
+        StoreError: the store cannot be reached.
+    """
+    url = settings.store_url
+    kwargs: dict[str, Any] = {}
+    if readonly:
+        kwargs["settings"] = {"readonly": "2"}
+    if url.startswith("chdb://"):
+        Path(url.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+    try:
+        return clickhouse_connect.get_client(dsn=url, **kwargs)
+    except ClickHouseError as exc:
+        raise store_error(exc, settings) from None
+
+
+def store_error(exc: BaseException, settings: Settings | None = None) -> StoreError:
+    """Turn a driver error into a StoreError with the server's code, secrets removed."""
+    text = str(exc)
+    if any(marker in text for marker in _LOCKED_MARKERS):
+        where = settings.store_display if settings else "the chDB path"
+        return StoreLocked(
+            f"{where} is open in another process. Run the command while `thumbline up` "
+            "runs (it serves SQL to other processes), or stop the process that holds it."
+        )
+    if settings is not None:
+        text = text.replace(settings.store_url, settings.store_display)
+    match = _CODE.search(text)
+    return StoreError(text.strip(), code=int(match.group(1)) if match else None)
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedMigration:
+    version: int
+    name: str
+    applied: bool  # False: it was already there
+
+
+def apply_migrations(client: Client, database: str) -> list[AppliedMigration]:
+    """Bring ``database`` up to the newest migration; safe to run any number of times.
+
+    Each migration's statements are idempotent (``IF NOT EXISTS``) and each
+    applied migration is recorded in ``<database>.schema_migrations`` with its
+    checksum, so a restart skips what is done and a half-applied one is
+    completed.
+
+    Raises:
+        StoreError: a statement failed, or an applied migration's file changed.
+    """
+    try:
+        client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+        client.command(
+            f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+            "(version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC')) "
+            "ENGINE = ReplacingMergeTree ORDER BY version"
+        )
+        done = {
+            int(row[0]): str(row[1])
+            for row in client.query(
+                f"SELECT version, checksum FROM {database}.schema_migrations FINAL"
+            ).result_rows
+        }
+        result = []
+        for migration in migrations.load():
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
+                    raise StoreError(
+                        f"migration {migration.version:04d}_{migration.name} changed after it "
+                        "was applied; add a new migration instead of editing an old one"
+                    )
+                result.append(AppliedMigration(migration.version, migration.name, False))
+                continue
+            for statement in migration.statements(database):
+                client.command(statement)
+            client.insert(
+                f"{database}.schema_migrations",
+                [[migration.version, migration.name, migration.checksum, datetime.now(UTC)]],
+                column_names=["version", "name", "checksum", "applied_at"],
+            )
+            logger.info("applied migration %04d_%s", migration.version, migration.name)
+            result.append(AppliedMigration(migration.version, migration.name, True))
+        return result
+    except ClickHouseError as exc:
+        raise store_error(exc) from None
