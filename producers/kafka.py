@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from producers.errors import DeliveryFailed, InvalidEvent, ProducerClosed, TopicMissing
 from schemas import FeedbackEvent, FeedbackKind, TraceEvent, partition_for
@@ -32,6 +32,7 @@ from schemas.wire import MAX_BATCH_EVENTS
 logger = logging.getLogger(__name__)
 
 Event = FeedbackEvent | TraceEvent
+_ALWAYS_RETRIABLE = (KafkaTimeoutError, KafkaConnectionError, OSError)
 ErrorCallback = Callable[[Event, DeliveryFailed], None]
 
 
@@ -95,7 +96,7 @@ class FeedbackProducer:
         self._max_events = max_batch_events
         self._max_bytes = max_batch_bytes
         self._on_error = on_error
-        self._producer = AIOKafkaProducer(
+        self._kafka_config: dict[str, Any] = dict(
             bootstrap_servers=bootstrap_servers,
             acks="all",
             compression_type=compression,
@@ -104,6 +105,8 @@ class FeedbackProducer:
             request_timeout_ms=request_timeout_ms,
             **kafka_kwargs,
         )
+        # Built in start(): aiokafka binds to the running loop when it is created.
+        self._producer: Any = None
         self._partitions: dict[str, int] = {}
         self._batches: dict[tuple[str, int], _Batch] = {}
         self._inflight: set[asyncio.Task[None]] = set()
@@ -120,6 +123,8 @@ class FeedbackProducer:
         """
         if self._state != "new":
             return
+        if self._producer is None:
+            self._producer = AIOKafkaProducer(**self._kafka_config)
         try:
             await self._producer.start()
             cluster = await self._producer.client.fetch_all_metadata()
@@ -234,7 +239,9 @@ class FeedbackProducer:
             ack = await self._producer.send(topic, value, partition=partition)
             meta = await ack
         except (KafkaError, asyncio.CancelledError, OSError) as exc:
-            retriable = bool(getattr(exc, "retriable", True))
+            # aiokafka marks a timeout as not retriable, but for us it is: the batch
+            # may or may not be written, and resending the same event_ids is safe.
+            retriable = isinstance(exc, _ALWAYS_RETRIABLE) or bool(getattr(exc, "retriable", True))
             error = DeliveryFailed(
                 f"Kafka did not acknowledge {len(batch.items)} events on {topic}[{partition}]: "
                 f"{exc!r}",
@@ -290,7 +297,11 @@ class FeedbackProducer:
         )
 
     async def score(
-        self, trace_id: str, value: float, *, range: tuple[float, float] | None = None,
+        self,
+        trace_id: str,
+        value: float,
+        *,
+        range: tuple[float, float] | None = None,
         **fields: Any,
     ) -> Delivery:
         """A numeric score, 0..1 unless ``range`` says otherwise."""
@@ -353,5 +364,3 @@ def new_span_id() -> str:
 
 def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
-
-

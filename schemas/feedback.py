@@ -215,9 +215,9 @@ class FeedbackEvent(Contract):
     @classmethod
     def _finite(cls, value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("value must be a finite number")
+            raise ValueError("must be a finite number")
         if isinstance(value, str) and len(value) > MAX_CORRECTION_LEN:
-            raise ValueError(f"value is longer than {MAX_CORRECTION_LEN} characters")
+            raise ValueError(f"is longer than {MAX_CORRECTION_LEN} characters")
         return value
 
     @model_validator(mode="wrap")
@@ -286,12 +286,16 @@ def derive(event: FeedbackEvent) -> dict[str, Any]:
         label = Label.BAD if category.lower() in ISSUE_CATEGORIES else Label.NEUTRAL
     elif kind is FeedbackKind.SIGNAL:
         if value is not None:
-            raise ValueError(f"value: a signal carries no value (got {value!r}); put details in metadata")
+            raise ValueError(
+                f"value: a signal carries no value (got {value!r}); put details in metadata"
+            )
         label = Label.NEUTRAL
     elif kind is FeedbackKind.CORRECTION:
         text = event.correction if event.correction is not None else value
         if not isinstance(text, str) or not text:
-            raise ValueError("correction: a correction needs the corrected answer in correction or value")
+            raise ValueError(
+                "correction: a correction needs the corrected answer in correction or value"
+            )
         if event.correction is None:
             out["correction"] = text
         label = Label.EDIT
@@ -329,8 +333,8 @@ def _infer_kind(event: FeedbackEvent) -> FeedbackKind:
         if event.comment is not None:
             return FeedbackKind.TEXT
         raise ValueError(
-            "kind: the event says nothing: give a kind (thumb, rating, score, bool, text, category, "
-            "signal, correction), a label or a value"
+            "kind: the event says nothing: give a kind (thumb, rating, score, bool, text, "
+            "category, signal, correction), a label or a value"
         )
     if isinstance(value, bool):
         return FeedbackKind.BOOL
@@ -346,4 +350,6 @@ def _thumb(value: Any) -> str:
         return "up"
     if value is False or value == -1:
         return "down"
-    raise ValueError(f"value: a thumb needs 'up' or 'down' (or 1 / -1, true / false), got {value!r}")
+    raise ValueError(
+        f"value: a thumb needs 'up' or 'down' (or 1 / -1, true / false), got {value!r}"
+    )

@@ -51,33 +51,49 @@ class Topics:
     dlq: Topic
 
     @classmethod
-    def build(
-        cls, prefix: str = DEFAULT_PREFIX, partitions: int = DEFAULT_PARTITIONS
-    ) -> Topics:
+    def build(cls, prefix: str = DEFAULT_PREFIX, partitions: int = DEFAULT_PARTITIONS) -> Topics:
         """Name every topic with ``prefix``; the join's topics get ``partitions`` each."""
         return cls(
             feedback=Topic(
-                f"{prefix}feedback", partitions, "trace_id", FeedbackEvent,
+                f"{prefix}feedback",
+                partitions,
+                "trace_id",
+                FeedbackEvent,
                 "Feedback events from producers: one JSON object or an array per message.",
             ),
             traces=Topic(
-                f"{prefix}traces", partitions, "trace_id", TraceEvent,
+                f"{prefix}traces",
+                partitions,
+                "trace_id",
+                TraceEvent,
                 "Trace and span events from producers: one JSON object or an array per message.",
             ),
             enriched=Topic(
-                f"{prefix}feedback.enriched", partitions, "trace_id", EnrichedFeedback,
+                f"{prefix}feedback.enriched",
+                partitions,
+                "trace_id",
+                EnrichedFeedback,
                 "Feedback joined with its trace; feeds the feedback table and the rates.",
             ),
             rates=Topic(
-                f"{prefix}rates", max(1, partitions // 2), "project", RateWindow,
+                f"{prefix}rates",
+                max(1, partitions // 2),
+                "project",
+                RateWindow,
                 "Bad-feedback rate windows per project, environment, model and capability.",
             ),
             alerts=Topic(
-                f"{prefix}alerts", 1, "alert_id", Alert,
+                f"{prefix}alerts",
+                1,
+                "alert_id",
+                Alert,
                 "Spike alerts, firing and resolved.",
             ),
             dlq=Topic(
-                f"{prefix}dlq", 1, None, DeadLetter,
+                f"{prefix}dlq",
+                1,
+                None,
+                DeadLetter,
                 "Inputs that could not be processed, with the raw bytes and the reason.",
             ),
         )

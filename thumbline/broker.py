@@ -41,6 +41,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class EmbeddedBroker:
     """A Tansu broker on a loopback port, with in-memory storage.
 
+    Call ``start()`` from a thread that lives as long as the broker should (the
+    main thread): the kernel kills the broker when that thread exits.
+
     ``start()`` returns once the port accepts connections; ``stop()`` is safe to
     call twice. Use as a context manager to be sure it stops.
     """
@@ -68,20 +71,23 @@ class EmbeddedBroker:
         cmd = [
             binary,
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
         env = {**os.environ, "RUST_LOG": os.environ.get("THUMBLINE_BROKER_LOG", "warn")}
         self._proc = subprocess.Popen(  # noqa: S603 (our own binary, no shell)
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads hold locks yet here)
+            preexec_fn=_die_with_parent,  # runs before exec; keep it to one prctl call
             env=env,
         )
         deadline = time.monotonic() + timeout

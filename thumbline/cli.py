@@ -100,8 +100,12 @@ def _print_started(settings: Settings, started: Any) -> None:
         f"{new} new migration{'s' if new != 1 else ''})",
     ]
     if started.sql_url:
-        lines.append(f"  SQL         {started.sql_url}/sql  (for `thumbline sql`; token in run file)")
-    lines.append("  try         thumbline send feedback --trace-id t1 --label bad --comment 'wrong'")
+        lines.append(
+            f"  SQL         {started.sql_url}/sql  (for `thumbline sql`; token in run file)"
+        )
+    lines.append(
+        "  try         thumbline send feedback --trace-id t1 --label bad --comment 'wrong'"
+    )
     lines.append('              thumbline sql "SELECT count() FROM thumbline.feedback"')
     lines.append("Ctrl-C stops.")
     out.print("\n".join(lines), markup=True, soft_wrap=True)
@@ -221,7 +225,9 @@ def send_feedback(
     span_id: Annotated[str | None, typer.Option()] = None,
     user_id: Annotated[str | None, typer.Option()] = None,
     session_id: Annotated[str | None, typer.Option()] = None,
-    event_id: Annotated[str | None, typer.Option(help="Idempotency key; generated if absent.")] = None,
+    event_id: Annotated[
+        str | None, typer.Option(help="Idempotency key; generated if absent.")
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
     metadata: Annotated[str | None, typer.Option(help="A JSON object, or @file.json")] = None,
     json_event: Annotated[
@@ -261,7 +267,9 @@ def send_feedback(
 @send_app.command("trace")
 def send_trace(
     trace_id: Annotated[str | None, typer.Option(help="Generated if absent.")] = None,
-    span_id: Annotated[str | None, typer.Option(help="Absent: the event is the whole trace.")] = None,
+    span_id: Annotated[
+        str | None, typer.Option(help="Absent: the event is the whole trace.")
+    ] = None,
     parent_span_id: Annotated[str | None, typer.Option()] = None,
     name: Annotated[str | None, typer.Option()] = None,
     project: Annotated[str | None, typer.Option()] = None,
@@ -317,7 +325,10 @@ def topics_list() -> None:
     table = Table("topic", "partitions", "key", "contract", "what", box=None, header_style="bold")
     for topic in Topics.build(settings.topic_prefix, settings.partitions).all():
         table.add_row(
-            topic.name, str(topic.partitions), topic.key or "-", topic.model.__name__,
+            topic.name,
+            str(topic.partitions),
+            topic.key or "-",
+            topic.model.__name__,
             topic.description,
         )
     out.print(table)

@@ -64,9 +64,11 @@ class Runtime:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             if s.kafka_bootstrap is None:
-                self._broker = await asyncio.to_thread(
-                    EmbeddedBroker(port=s.broker_port, log_path=s.data_dir / "broker.log").start
-                )
+                # Started on this (the main) thread on purpose: PR_SET_PDEATHSIG fires when
+                # the thread that spawned the broker exits, and a pool thread may exit early.
+                self._broker = EmbeddedBroker(
+                    port=s.broker_port, log_path=s.data_dir / "broker.log"
+                ).start()
                 bootstrap = self._broker.bootstrap
             else:
                 bootstrap = s.kafka_bootstrap
@@ -77,9 +79,7 @@ class Runtime:
                 kafka_kwargs=s.kafka_kwargs(),
             )
             self._client = await asyncio.to_thread(open_client, s)
-            applied = await asyncio.to_thread(
-                apply_migrations, self._client, s.clickhouse_database
-            )
+            applied = await asyncio.to_thread(apply_migrations, self._client, s.clickhouse_database)
             if s.store_is_chdb:
                 self._sql = SqlServer(
                     s, writer=self._client, host=s.sql_host, port=s.sql_port

@@ -157,7 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def run_sql(settings: Settings, sql: str, *, fmt: str = "JSONCompact", write: bool = False) -> bytes:
+def run_sql(
+    settings: Settings, sql: str, *, fmt: str = "JSONCompact", write: bool = False
+) -> bytes:
     """Run ``sql`` on the store wherever it is, and return ClickHouse's output in ``fmt``.
 
     A ClickHouse server is queried directly. A chDB path is queried through its
@@ -200,13 +202,13 @@ def _query_owner(info: runfile.RunInfo, sql: str, fmt: str, write: bool) -> byte
         with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310
             return bytes(response.read())
     except urllib.error.HTTPError as exc:
-        try:
-            detail = orjson.loads(exc.read())
-        except orjson.JSONDecodeError:
-            detail = {"error": f"HTTP {exc.code}", "code": None}
+        with exc:
+            try:
+                detail = orjson.loads(exc.read())
+            except orjson.JSONDecodeError:
+                detail = {"error": f"HTTP {exc.code}", "code": None}
         raise StoreError(str(detail.get("error")), code=detail.get("code")) from None
     except urllib.error.URLError as exc:
         raise StoreError(
-            f"the running thumbline (pid {info.pid}) did not answer at {info.sql_url}: "
-            f"{exc.reason}"
+            f"the running thumbline (pid {info.pid}) did not answer at {info.sql_url}: {exc.reason}"
         ) from None

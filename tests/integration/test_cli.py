@@ -1,0 +1,229 @@
+"""`thumbline up`, `send` and `sql` as a user runs them: real subprocesses, real broker and chDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import consume
+from thumbline import runfile
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[str]
+    info: runfile.RunInfo
+    env: dict[str, str]
+    data_dir: Path
+
+
+def start_up(thumbline_bin: str, env: dict[str, str], data_dir: Path) -> Up:
+    proc = subprocess.Popen(
+        [thumbline_bin, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        info = runfile.read(data_dir / "run.json")
+        if info is not None:
+            return Up(proc, info, env, data_dir)
+        if proc.poll() is not None:
+            raise AssertionError(f"thumbline up exited {proc.returncode}: {proc.stderr.read()}")
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("thumbline up did not write its run file in 90 s")
+
+
+def stop(up: Up) -> None:
+    if up.proc.poll() is None:
+        up.proc.send_signal(signal.SIGTERM)
+        try:
+            up.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            up.proc.kill()
+            up.proc.wait()
+    for stream in (up.proc.stdout, up.proc.stderr):
+        if stream:
+            stream.close()
+    if up.info.broker_pid and runfile.pid_alive(up.info.broker_pid):
+        os.kill(up.info.broker_pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def env(clean_env, tmp_path) -> dict[str, str]:
+    return {**clean_env, "THUMBLINE_DATA_DIR": str(tmp_path / "data")}
+
+
+@pytest.fixture
+def up(thumbline_bin, env, tmp_path) -> Iterator[Up]:
+    running = start_up(thumbline_bin, env, tmp_path / "data")
+    yield running
+    stop(running)
+
+
+def run(thumbline_bin: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [thumbline_bin, *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            waited = 0
+        if waited == pid or not runfile.pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_up_prints_where_everything_is_and_says_messages_live_in_memory(up):
+    up.proc.send_signal(signal.SIGTERM)
+    printed, _ = up.proc.communicate(timeout=30)
+    assert up.proc.returncode == 0
+    assert f"Kafka       {up.info.bootstrap}" in printed
+    assert "messages live in memory and are lost when it stops" in printed
+    assert f"ClickHouse  chdb://{up.data_dir.resolve() / 'chdb'}" in printed
+    assert f"SQL         {up.info.sql_url}/sql" in printed
+
+
+def test_sql_answers_while_up_runs(thumbline_bin, up):
+    result = run(
+        thumbline_bin, up.env, "sql", "SELECT count() AS n FROM thumbline.feedback", "-f", "json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"n": 0}
+    table = run(
+        thumbline_bin,
+        up.env,
+        "sql",
+        "SELECT name FROM system.tables WHERE database = 'thumbline' ORDER BY name",
+    )
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.split() == [
+        "name",
+        "alerts",
+        "dead_letters",
+        "feedback",
+        "feedback_latest",
+        "feedback_rates",
+        "schema_migrations",
+        "traces",
+        "traces_latest",
+    ]
+
+
+async def test_send_puts_valid_events_on_the_running_broker(thumbline_bin, up):
+    trace = run(thumbline_bin, up.env, "send", "trace", "--project", "shop", "--model", "m1")
+    assert trace.returncode == 0, trace.stderr
+    trace_id = json.loads(trace.stdout)["trace_id"]
+    sent = run(
+        thumbline_bin,
+        up.env,
+        "send",
+        "feedback",
+        "--trace-id",
+        trace_id,
+        "--label",
+        "bad",
+        "--comment",
+        "wrong answer",
+        "--user-id",
+        "u_42",
+        "--tag",
+        "thumbs-down",
+    )
+    assert sent.returncode == 0, sent.stderr
+    messages = await consume(
+        up.info.bootstrap, ["thumbline.feedback", "thumbline.traces"], events=2
+    )
+    events = {topic: batch[0] for topic, _, batch in messages}
+    assert events["thumbline.traces"]["project"] == "shop"
+    feedback = events["thumbline.feedback"]
+    assert (feedback["trace_id"], feedback["label"], feedback["comment"], feedback["tags"]) == (
+        trace_id,
+        "bad",
+        "wrong answer",
+        ["thumbs-down"],
+    )
+    assert feedback["event_id"] == json.loads(sent.stdout)["event_id"]
+
+
+async def test_send_refuses_invalid_events_with_the_field_and_sends_nothing(thumbline_bin, up):
+    bad = run(
+        thumbline_bin,
+        up.env,
+        "send",
+        "feedback",
+        "--trace-id",
+        "t1",
+        "--kind",
+        "rating",
+        "--value",
+        "9",
+    )
+    assert bad.returncode == 2
+    assert "value: 9 is outside the range [1, 5]" in bad.stderr and "nothing was sent" in bad.stderr
+    worse = run(
+        thumbline_bin, up.env, "send", "feedback", "--trace-id", "t1", "--json", '{"lable": "x"}'
+    )
+    assert worse.returncode == 2 and "lable: is not a field" in worse.stderr
+    messages = await consume(up.info.bootstrap, ["thumbline.feedback"], events=1, timeout=3)
+    assert messages == []
+
+
+def test_sigterm_stops_everything(up):
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(30) == 0
+    assert up.info.broker_pid is not None and gone(up.info.broker_pid)
+    assert not (up.data_dir / "run.json").exists()
+
+
+def test_kill_9_takes_the_broker_down_too_and_the_store_opens_again(thumbline_bin, up):
+    os.kill(up.proc.pid, signal.SIGKILL)
+    up.proc.wait(10)
+    assert up.info.broker_pid is not None and gone(up.info.broker_pid)
+    after = run(
+        thumbline_bin, up.env, "sql", "SELECT count() AS n FROM thumbline.traces", "-f", "json"
+    )
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout) == {"n": 0}
+
+
+def test_a_second_up_on_the_same_data_dir_is_refused(thumbline_bin, up):
+    second = run(thumbline_bin, up.env, "up")
+    assert second.returncode == 2
+    assert f"already running here (pid {up.proc.pid}" in second.stderr
+
+
+def test_sql_without_a_running_up_opens_the_store_itself(thumbline_bin, env):
+    migrated = run(thumbline_bin, env, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "0001_initial: applied" in migrated.stdout
+    result = run(
+        thumbline_bin, env, "sql", "SELECT version FROM thumbline.schema_migrations", "-f", "csv"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ['"version"', "1"]
+
+
+def test_send_without_a_broker_says_what_to_do(thumbline_bin, env):
+    result = run(thumbline_bin, env, "send", "feedback", "--trace-id", "t", "--label", "good")
+    assert result.returncode == 1
+    assert "start `thumbline up`" in result.stderr and "THUMBLINE_KAFKA_BOOTSTRAP" in result.stderr
+
+
+def test_a_bad_setting_fails_at_start_naming_the_variable(thumbline_bin, env):
+    result = run(thumbline_bin, {**env, "THUMBLINE_PARTITIONS": "zero"}, "up")
+    assert result.returncode == 2
+    assert "THUMBLINE_PARTITIONS" in result.stderr

@@ -1,0 +1,154 @@
+"""The ClickHouse store on real chDB: migrations, idempotent keys, and SQL for other processes."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from schemas import migrations
+from tests.conftest import unique
+from thumbline import runfile
+from thumbline.errors import StoreError
+from thumbline.settings import load_settings
+from thumbline.sqlserver import SqlServer, run_sql
+from thumbline.store import apply_migrations
+
+FEEDBACK_COLUMNS = ["event_id", "trace_id", "label", "ts", "received_at", "version", "retracted"]
+
+
+def insert_feedback(store, db, rows):
+    store.insert(f"{db}.feedback", rows, column_names=FEEDBACK_COLUMNS)
+
+
+class TestMigrations:
+    def test_applying_twice_is_harmless(self, store, store_settings):
+        db = store_settings.clickhouse_database
+        again = apply_migrations(store, db)
+        assert again and not any(m.applied for m in again)
+        assert store.query(f"SELECT count() FROM {db}.schema_migrations FINAL").result_rows == [
+            (len(migrations.load()),)
+        ]
+
+    def test_every_table_exists_with_its_engine(self, store, store_settings):
+        rows = store.query(
+            "SELECT name, engine FROM system.tables WHERE database = {db:String} ORDER BY name",
+            parameters={"db": store_settings.clickhouse_database},
+        ).result_rows
+        assert dict(rows) == {
+            "alerts": "ReplacingMergeTree",
+            "dead_letters": "ReplacingMergeTree",
+            "feedback": "ReplacingMergeTree",
+            "feedback_latest": "View",
+            "feedback_rates": "ReplacingMergeTree",
+            "schema_migrations": "ReplacingMergeTree",
+            "traces": "ReplacingMergeTree",
+            "traces_latest": "View",
+        }
+
+    def test_a_fresh_database_is_migrated_from_nothing(self, store):
+        db = unique("fresh")
+        try:
+            applied = apply_migrations(store, db)
+            assert [m.applied for m in applied] == [True] * len(migrations.load())
+        finally:
+            store.command(f"DROP DATABASE IF EXISTS {db}")
+
+    def test_an_edited_migration_is_refused(self, store):
+        db = unique("edited")
+        try:
+            apply_migrations(store, db)
+            store.command(
+                f"INSERT INTO {db}.schema_migrations VALUES (1, 'initial', 'other', now64(3))"
+            )
+            store.command(f"OPTIMIZE TABLE {db}.schema_migrations FINAL")
+            with pytest.raises(StoreError, match="changed after it was applied"):
+                apply_migrations(store, db)
+        finally:
+            store.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+class TestIdempotentKeys:
+    def test_a_redelivered_event_is_one_row_even_on_another_day(self, store, store_settings):
+        db = store_settings.clickhouse_database
+        event_id = unique("ev")
+        now = datetime.now(UTC)
+        insert_feedback(store, db, [[event_id, "t", "bad", now, now, 1, 0]])
+        insert_feedback(store, db, [[event_id, "t", "bad", now, now + timedelta(days=1), 1, 0]])
+        count = store.query(
+            f"SELECT count() FROM {db}.feedback FINAL WHERE event_id = {{e:String}}",
+            parameters={"e": event_id},
+        ).result_rows
+        assert count == [(1,)]
+
+    def test_a_higher_version_replaces_and_a_retraction_removes(self, store, store_settings):
+        db = store_settings.clickhouse_database
+        event_id = unique("ev")
+        now = datetime.now(UTC)
+        insert_feedback(store, db, [[event_id, "t", "bad", now, now, 1, 0]])
+        insert_feedback(store, db, [[event_id, "t", "good", now, now, 2, 0]])
+        query = f"SELECT label FROM {db}.feedback_latest WHERE event_id = {{e:String}}"
+        assert store.query(query, parameters={"e": event_id}).result_rows == [("good",)]
+        insert_feedback(store, db, [[event_id, "t", "good", now, now, 3, 1]])
+        assert store.query(query, parameters={"e": event_id}).result_rows == []
+
+
+class TestSqlEndpoint:
+    @pytest.fixture
+    def owner(self, store, store_settings, tmp_path):
+        """This process as the store's owner, serving SQL and announced in a run file."""
+        server = SqlServer(store_settings, writer=store).start()
+        settings = load_settings(
+            data_dir=tmp_path,
+            clickhouse_url=store_settings.store_url,
+            clickhouse_database=store_settings.clickhouse_database,
+        )
+        runfile.write(
+            settings.run_file,
+            runfile.RunInfo(
+                pid=os.getpid(),
+                bootstrap="-",
+                embedded_broker=False,
+                broker_pid=None,
+                store=settings.store_display,
+                sql_url=server.url,
+                sql_token=server.token,
+                started_at="now",
+            ),
+        )
+        yield settings, server
+        server.stop()
+        server.stop()  # safe twice
+
+    def test_other_processes_query_through_the_owner(self, owner):
+        settings, _ = owner
+        db = settings.clickhouse_database
+        out = run_sql(settings, f"SELECT count() AS n FROM {db}.traces", fmt="JSONEachRow")
+        assert int(orjson.loads(out)["n"]) == 0
+
+    def test_writes_need_to_be_asked_for(self, owner):
+        settings, _ = owner
+        db = settings.clickhouse_database
+        with pytest.raises(StoreError) as info:
+            run_sql(settings, f"CREATE VIEW {db}.v AS SELECT 1")
+        assert info.value.code == 164
+        run_sql(settings, f"CREATE VIEW {db}.v AS SELECT 1 AS one", write=True)
+        assert run_sql(settings, f"SELECT one FROM {db}.v", fmt="CSVWithNames") == b'"one"\n1\n'
+
+    def test_clickhouse_errors_keep_their_code(self, owner):
+        settings, _ = owner
+        with pytest.raises(StoreError) as info:
+            run_sql(settings, "SELECT no_such_column")
+        assert info.value.code == 47 and "UNKNOWN_IDENTIFIER" in str(info.value)
+
+    def test_a_request_without_the_token_is_refused(self, owner):
+        _, server = owner
+        request = urllib.request.Request(f"{server.url}/sql", data=b"SELECT 1", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=5)
+        info.value.close()
+        assert info.value.code == 401

@@ -1,0 +1,89 @@
+"""Settings: one object from THUMBLINE_* variables; bad values fail naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thumbline.errors import ConfigError
+from thumbline.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("THUMBLINE_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_are_the_embedded_pipeline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.embedded_broker and s.kafka_bootstrap is None
+    assert s.store_url == f"chdb://{tmp_path / '.thumbline' / 'chdb'}"
+    assert (s.topic_prefix, s.partitions, s.clickhouse_database) == ("thumbline.", 8, "thumbline")
+
+
+def test_values_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("THUMBLINE_KAFKA_BOOTSTRAP", "kafka-1:9092, kafka-2:9092")
+    monkeypatch.setenv("THUMBLINE_PARTITIONS", "16")
+    monkeypatch.setenv("THUMBLINE_CLICKHOUSE_URL", "http://default:s3cret@clickhouse:8123")
+    s = load_settings()
+    assert s.kafka_bootstrap == "kafka-1:9092,kafka-2:9092" and not s.embedded_broker
+    assert s.partitions == 16 and not s.store_is_chdb
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "words"),
+    [
+        (
+            "THUMBLINE_KAFKA_BOOTSTRAP",
+            "kafka",
+            "THUMBLINE_KAFKA_BOOTSTRAP: 'kafka' is not host:port",
+        ),
+        (
+            "THUMBLINE_PARTITIONS",
+            "0",
+            "THUMBLINE_PARTITIONS: Input should be greater than or equal to 1",
+        ),
+        ("THUMBLINE_PARTITIONS", "many", "THUMBLINE_PARTITIONS"),
+        (
+            "THUMBLINE_CLICKHOUSE_URL",
+            "postgres://x",
+            "THUMBLINE_CLICKHOUSE_URL: must start with chdb:///",
+        ),
+        ("THUMBLINE_CLICKHOUSE_URL", "chdb://relative", "needs an absolute path"),
+        ("THUMBLINE_CLICKHOUSE_DATABASE", "drop table;", "THUMBLINE_CLICKHOUSE_DATABASE"),
+        ("THUMBLINE_LOG_LEVEL", "loud", "THUMBLINE_LOG_LEVEL"),
+        ("THUMBLINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "THUMBLINE_KAFKA_SASL_MECHANISM"),
+    ],
+)
+def test_a_bad_value_names_the_variable(monkeypatch, var, value, words):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert words in str(info.value)
+
+
+def test_secrets_never_appear_in_errors_or_display(monkeypatch):
+    monkeypatch.setenv("THUMBLINE_CLICKHOUSE_URL", "http://default:s3cret@clickhouse:8123")
+    monkeypatch.setenv("THUMBLINE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("THUMBLINE_KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("THUMBLINE_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("THUMBLINE_KAFKA_SASL_PASSWORD", "hunter2")
+    s = load_settings()
+    assert s.store_display == "http://default:***@clickhouse:8123"
+    assert "s3cret" not in repr(s) and "hunter2" not in repr(s)
+    assert s.kafka_kwargs()["sasl_plain_password"] == "hunter2"
+    monkeypatch.setenv("THUMBLINE_PARTITIONS", "-1")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "s3cret" not in str(info.value) and "hunter2" not in str(info.value)
+
+
+def test_overrides_win_over_the_environment(monkeypatch):
+    monkeypatch.setenv("THUMBLINE_DATA_DIR", "/tmp/a")
+    assert load_settings(data_dir=Path("/tmp/b")).data_dir == Path("/tmp/b")
