@@ -15,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
@@ -50,9 +49,27 @@ class Delivery:
 
 @dataclass(slots=True)
 class _Batch:
-    items: list[tuple[Event, bytes, asyncio.Future[Delivery]]] = field(default_factory=list)
+    """Events bound for one partition, sent as one JSON-array message."""
+
+    topic: str
+    partition: int
+    ack: asyncio.Future[int]  # the message's offset, once Kafka acknowledged it
+    events: list[Event] = field(default_factory=list)
+    encoded: list[bytes] = field(default_factory=list)
+    waiters: list[tuple[int, asyncio.Future[Delivery]]] = field(default_factory=list)
     size: int = 2
     timer: asyncio.TimerHandle | None = None
+
+    def delivery(self, index: int, offset: int) -> Delivery:
+        event = self.events[index]
+        return Delivery(
+            event_id=getattr(event, "event_id", event.span_id),
+            trace_id=event.trace_id,
+            topic=self.topic,
+            partition=self.partition,
+            offset=offset,
+            index=index,
+        )
 
 
 class FeedbackProducer:
@@ -169,6 +186,39 @@ class FeedbackProducer:
 
     # Sending ---------------------------------------------------------------
 
+    def _enqueue(self, event: Event) -> tuple[_Batch, int]:
+        """Add an event to the batch of its partition; return the batch and its index there."""
+        if self._state not in ("running", "stopping"):
+            raise ProducerClosed("the producer is not started (call start() or use async with)")
+        # pydantic-core serialises straight to JSON bytes; received_at is spliced in
+        # rather than set with model_copy, which costs more than the serialisation.
+        encoded = type(event).__pydantic_serializer__.to_json(event, exclude_none=True)
+        if event.received_at is None:
+            stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            encoded = b'%s,"received_at":"%s"}' % (encoded[:-1], stamp.encode())
+        if len(encoded) + 2 > self._max_bytes:
+            raise InvalidEvent(
+                type(event).__name__,
+                [("(event)", len(encoded), f"is larger than {self._max_bytes} bytes encoded")],
+            )
+        topic = self._topics.feedback if isinstance(event, FeedbackEvent) else self._topics.traces
+        key = (topic.name, partition_for(event.trace_id, self._partitions[topic.name]))
+        batch = self._batches.get(key)
+        if batch is not None and batch.size + len(encoded) + 1 > self._max_bytes:
+            self._send_batch(key)
+            batch = None
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._batches[key] = _Batch(key[0], key[1], loop.create_future())
+            batch.timer = loop.call_later(self._linger, self._send_batch, key)
+        batch.events.append(event)
+        batch.encoded.append(encoded)
+        batch.size += len(encoded) + 1
+        index = len(batch.events) - 1
+        if len(batch.events) >= self._max_events:
+            self._send_batch(key)
+        return batch, index
+
     def send_nowait(self, event: Event) -> asyncio.Future[Delivery]:
         """Queue an already-built event; the future resolves on acknowledgement.
 
@@ -176,34 +226,9 @@ class FeedbackProducer:
             ProducerClosed: the producer is not running.
             InvalidEvent: the event is larger than a batch message may be.
         """
-        if self._state not in ("running", "stopping"):
-            raise ProducerClosed("the producer is not started (call start() or use async with)")
-        if event.received_at is None:
-            event = event.model_copy(update={"received_at": datetime.now(UTC)})
-        encoded = orjson.dumps(event.model_dump(mode="json", exclude_none=True))
-        if len(encoded) + 2 > self._max_bytes:
-            raise InvalidEvent(
-                type(event).__name__,
-                [("(event)", len(encoded), f"is larger than {self._max_bytes} bytes encoded")],
-            )
-        topic = self._topics.feedback if isinstance(event, FeedbackEvent) else self._topics.traces
-        partition = partition_for(event.trace_id, self._partitions[topic.name])
-        key = (topic.name, partition)
-        batch = self._batches.get(key)
-        if batch is not None and (
-            len(batch.items) >= self._max_events or batch.size + len(encoded) + 1 > self._max_bytes
-        ):
-            self._send_batch(key)
-            batch = None
-        if batch is None:
-            batch = self._batches[key] = _Batch()
-            loop = asyncio.get_running_loop()
-            batch.timer = loop.call_later(self._linger, self._send_batch, key)
+        batch, index = self._enqueue(event)
         future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-        batch.items.append((event, encoded, future))
-        batch.size += len(encoded) + 1
-        if len(batch.items) >= self._max_events:
-            self._send_batch(key)
+        batch.waiters.append((index, future))
         return future
 
     async def send(self, event: Event) -> Delivery:
@@ -215,6 +240,23 @@ class FeedbackProducer:
         """
         return await self.send_nowait(event)
 
+    async def send_many(self, events: Iterable[Event]) -> list[Delivery]:
+        """Send many events and wait until Kafka acknowledged all of them.
+
+        The fast path for bulk producers: one future per batch message, not per
+        event. Events are checked as they are queued; an invalid one raises
+        InvalidEvent and the events before it are still sent.
+
+        Raises:
+            DeliveryFailed: some batch was not acknowledged. Others may have been;
+                sending all the events again is safe (the store keeps one row
+                per ``event_id``).
+        """
+        placed = [self._enqueue(event) for event in events]
+        batches = {id(batch): batch for batch, _ in placed}
+        await asyncio.gather(*(b.ack for b in batches.values()))
+        return [batch.delivery(index, batch.ack.result()) for batch, index in placed]
+
     async def flush(self) -> None:
         """Send every buffered batch now and wait for all acknowledgements."""
         for key in list(self._batches):
@@ -224,50 +266,44 @@ class FeedbackProducer:
 
     def _send_batch(self, key: tuple[str, int]) -> None:
         batch = self._batches.pop(key, None)
-        if batch is None or not batch.items:
+        if batch is None:
             return
         if batch.timer is not None:
             batch.timer.cancel()
-        task = asyncio.ensure_future(self._deliver(key, batch))
+        task = asyncio.ensure_future(self._deliver(batch))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _deliver(self, key: tuple[str, int], batch: _Batch) -> None:
-        topic, partition = key
-        value = b"[" + b",".join(encoded for _, encoded, _ in batch.items) + b"]"
+    async def _deliver(self, batch: _Batch) -> None:
+        value = b"[" + b",".join(batch.encoded) + b"]"
         try:
-            ack = await self._producer.send(topic, value, partition=partition)
+            ack = await self._producer.send(batch.topic, value, partition=batch.partition)
             meta = await ack
         except (KafkaError, asyncio.CancelledError, OSError) as exc:
             # aiokafka marks a timeout as not retriable, but for us it is: the batch
             # may or may not be written, and resending the same event_ids is safe.
             retriable = isinstance(exc, _ALWAYS_RETRIABLE) or bool(getattr(exc, "retriable", True))
             error = DeliveryFailed(
-                f"Kafka did not acknowledge {len(batch.items)} events on {topic}[{partition}]: "
-                f"{exc!r}",
+                f"Kafka did not acknowledge {len(batch.events)} events on "
+                f"{batch.topic}[{batch.partition}]: {exc!r}",
                 retriable=retriable,
             )
-            for event, _, future in batch.items:
+            batch.ack.set_exception(error)
+            batch.ack.exception()  # retrieved: callers learn of it through their futures
+            for _, future in batch.waiters:
                 if not future.done():
                     future.set_exception(error)
-                    future.exception()  # mark retrieved: fire-and-forget callers use on_error
-                if self._on_error is not None:
+                    future.exception()  # fire-and-forget callers hear of it via on_error
+            if self._on_error is not None:
+                for event in batch.events:
                     self._on_error(event, error)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        for index, (event, _, future) in enumerate(batch.items):
+        batch.ack.set_result(meta.offset)
+        for index, future in batch.waiters:
             if not future.done():
-                future.set_result(
-                    Delivery(
-                        event_id=getattr(event, "event_id", event.span_id),
-                        trace_id=event.trace_id,
-                        topic=topic,
-                        partition=meta.partition,
-                        offset=meta.offset,
-                        index=index,
-                    )
-                )
+                future.set_result(batch.delivery(index, meta.offset))
 
     # Feedback helpers ------------------------------------------------------
 

@@ -180,3 +180,32 @@ async def test_helpers_build_each_kind():
     assert labels == ["good", "bad", "good", "bad", "good", "neutral", "bad", "neutral", "edit"]
     assert len(trace_id) == 32 and len(span_id) == 16
     assert {e.get("span_id") for e in sent if "project" in e} == {None, span_id}
+
+
+async def test_send_many_returns_a_delivery_per_event_in_order():
+    fake = FakeKafka(TOPICS)
+    p = await producer(fake, max_batch_events=50)
+    events = [feedback(f"trace-{i % 3}", event_id=f"e{i}") for i in range(400)]
+    deliveries = await p.send_many(events)
+    assert [d.event_id for d in deliveries] == [f"e{i}" for i in range(400)]
+    for d in deliveries:
+        topic, partition, batch = next(
+            m
+            for m in fake.sent
+            if m[1] == d.partition and fake.sent.index(m) == _message_number(fake, d)
+        )
+        assert batch[d.index]["event_id"] == d.event_id
+
+
+def _message_number(fake: FakeKafka, delivery) -> int:
+    """The position in fake.sent of the message that got ``delivery.offset`` on its partition."""
+    same_partition = [i for i, m in enumerate(fake.sent) if m[1] == delivery.partition]
+    return same_partition[delivery.offset]
+
+
+async def test_send_many_raises_when_a_batch_is_not_acknowledged():
+    fake = FakeKafka(TOPICS, fail=KafkaTimeoutError())
+    p = await producer(fake)
+    with pytest.raises(DeliveryFailed) as info:
+        await p.send_many([feedback("a"), feedback("b")])
+    assert info.value.retriable
