@@ -16,7 +16,7 @@ from rich.table import Table
 from schemas import FeedbackEvent, InvalidEvent, ThumblineError, TraceEvent
 from schemas.topics import Topics
 from thumbline import logs, runfile
-from thumbline.errors import ConfigError
+from thumbline.errors import ConfigError, StoreError
 from thumbline.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -114,6 +114,7 @@ def _print_started(settings: Settings, started: Any) -> None:
 # sql ------------------------------------------------------------------------
 
 _FORMATS = {"table": "JSONCompact", "json": "JSONEachRow", "csv": "CSVWithNames"}
+_READONLY = 164  # ClickHouse: "Cannot execute query in readonly mode"
 
 
 @app.command()
@@ -132,7 +133,12 @@ def sql(
     if fmt not in _FORMATS:
         _fail(f"--format must be one of {', '.join(_FORMATS)}", 2)
     settings = _settings()
-    body = run_sql(settings, query, fmt=_FORMATS[fmt], write=write)
+    try:
+        body = run_sql(settings, query, fmt=_FORMATS[fmt], write=write)
+    except StoreError as exc:
+        if exc.code == _READONLY and not write:
+            raise StoreError(f"{exc}\nthat statement writes: add --write to allow it") from None
+        raise
     if fmt != "table":
         sys.stdout.write(body.decode())
         return

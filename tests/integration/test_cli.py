@@ -217,6 +217,17 @@ def test_sql_without_a_running_up_opens_the_store_itself(thumbline_bin, env):
     assert result.stdout.splitlines() == ['"version"', "1"]
 
 
+def test_sql_refuses_writes_unless_asked_and_says_how(thumbline_bin, up):
+    refused = run(thumbline_bin, up.env, "sql", "CREATE VIEW thumbline.v AS SELECT 1 AS one")
+    assert refused.returncode == 1 and "add --write to allow it" in refused.stderr
+    created = run(
+        thumbline_bin, up.env, "sql", "--write", "CREATE VIEW thumbline.v AS SELECT 1 AS one"
+    )
+    assert created.returncode == 0, created.stderr
+    read = run(thumbline_bin, up.env, "sql", "SELECT one FROM thumbline.v", "-f", "csv")
+    assert read.stdout.splitlines() == ['"one"', "1"]
+
+
 def test_send_without_a_broker_says_what_to_do(thumbline_bin, env):
     result = run(thumbline_bin, env, "send", "feedback", "--trace-id", "t", "--label", "good")
     assert result.returncode == 1
