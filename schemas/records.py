@@ -69,8 +69,8 @@ class EnrichedFeedback(Contract):
     version: int = Field(ge=0, description="Higher replaces lower for the same event_id.")
 
 
-class RateWindow(Contract):
-    """Feedback counts of one event-time window for one set of dimensions."""
+class _Window(Contract):
+    """The dimensions and event-time window that rates and alerts are about."""
 
     schema_version: Literal[1] = 1
     project: str
@@ -80,6 +80,11 @@ class RateWindow(Contract):
     window_seconds: int = Field(gt=0)
     window_start: datetime
     window_end: datetime
+
+
+class RateWindow(_Window):
+    """Feedback counts of one event-time window for one set of dimensions."""
+
     good: int = Field(0, ge=0)
     bad: int = Field(0, ge=0)
     neutral: int = Field(0, ge=0)
@@ -98,20 +103,12 @@ class AlertState(StrEnum):
     RESOLVED = "resolved"
 
 
-class Alert(Contract):
+class Alert(_Window):
     """A spike of the bad-feedback rate, firing or resolved."""
 
-    schema_version: Literal[1] = 1
     alert_id: Id
     rule: Name
     state: AlertState
-    project: str
-    environment: str
-    model: str
-    capability: str = ""
-    window_seconds: int = Field(gt=0)
-    window_start: datetime
-    window_end: datetime
     bad_rate: float = Field(ge=0.0, le=1.0)
     baseline_rate: float = Field(ge=0.0, le=1.0)
     bad: int = Field(ge=0)

@@ -185,6 +185,19 @@ def _parse_json_option(text: str | None, what: str) -> dict[str, Any]:
     return data
 
 
+def _event(
+    contract: type[FeedbackEvent] | type[TraceEvent],
+    json_event: str | None,
+    /,
+    defaults: dict[str, Any] | None = None,
+    **flags: Any,
+) -> FeedbackEvent | TraceEvent:
+    """The event: ``defaults``, then ``--json``, then the flags that were given; validated."""
+    data = {**(defaults or {}), **_parse_json_option(json_event, "--json")}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return contract.parse(data)
+
+
 def _send(settings: Settings, event: FeedbackEvent | TraceEvent) -> None:
     from producers import FeedbackProducer
 
@@ -243,31 +256,31 @@ def send_feedback(
 ) -> None:
     """Send one feedback event about a trace."""
     settings = _settings()
-    data = _parse_json_option(json_event, "--json")
     parsed_value: Any = value
     if value is not None:
         try:
             parsed_value = json.loads(value)
         except json.JSONDecodeError:
             parsed_value = value
-    flags = {
-        "trace_id": trace_id,
-        "label": label,
-        "kind": kind,
-        "value": parsed_value,
-        "comment": comment,
-        "correction": correction,
-        "category": category,
-        "name": name,
-        "span_id": span_id,
-        "user_id": user_id,
-        "session_id": session_id,
-        "event_id": event_id,
-        "tags": tag or None,
-        "metadata": _parse_json_option(metadata, "--metadata") or None,
-    }
-    data.update({k: v for k, v in flags.items() if v is not None})
-    _send(settings, FeedbackEvent.parse(data))
+    event = _event(
+        FeedbackEvent,
+        json_event,
+        trace_id=trace_id,
+        label=label,
+        kind=kind,
+        value=parsed_value,
+        comment=comment,
+        correction=correction,
+        category=category,
+        name=name,
+        span_id=span_id,
+        user_id=user_id,
+        session_id=session_id,
+        event_id=event_id,
+        tags=tag or None,
+        metadata=_parse_json_option(metadata, "--metadata") or None,
+    )
+    _send(settings, event)
 
 
 @send_app.command("trace")
@@ -298,27 +311,27 @@ def send_trace(
     from producers import new_trace_id
 
     settings = _settings()
-    data = _parse_json_option(json_event, "--json")
-    flags = {
-        "trace_id": trace_id,
-        "span_id": span_id,
-        "parent_span_id": parent_span_id,
-        "name": name,
-        "project": project,
-        "environment": environment,
-        "model": model,
-        "capability": capability,
-        "step": step,
-        "user_id": user_id,
-        "session_id": session_id,
-        "latency_ms": latency_ms,
-        "status": status,
-        "error": error_message,
-        "attributes": _parse_json_option(attributes, "--attributes") or None,
-    }
-    data.update({k: v for k, v in flags.items() if v is not None})
-    data.setdefault("trace_id", new_trace_id())
-    _send(settings, TraceEvent.parse(data))
+    event = _event(
+        TraceEvent,
+        json_event,
+        defaults={"trace_id": new_trace_id()},
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_span_id,
+        name=name,
+        project=project,
+        environment=environment,
+        model=model,
+        capability=capability,
+        step=step,
+        user_id=user_id,
+        session_id=session_id,
+        latency_ms=latency_ms,
+        status=status,
+        error=error_message,
+        attributes=_parse_json_option(attributes, "--attributes") or None,
+    )
+    _send(settings, event)
 
 
 # topics, migrations, schemas ----------------------------------------------------

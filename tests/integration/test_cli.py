@@ -159,6 +159,21 @@ async def test_send_puts_valid_events_on_the_running_broker(thumbline_bin, up):
     assert feedback["event_id"] == json.loads(sent.stdout)["event_id"]
 
 
+def test_send_takes_the_whole_event_as_json_with_flags_on_top(thumbline_bin, up):
+    sent = run(
+        thumbline_bin,
+        up.env,
+        "send",
+        "trace",
+        "--json",
+        '{"trace_id": "from-json", "project": "shop", "model": "old"}',
+        "--model",
+        "new",
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["trace_id"] == "from-json"
+
+
 async def test_send_refuses_invalid_events_with_the_field_and_sends_nothing(thumbline_bin, up):
     bad = run(
         thumbline_bin,
