@@ -300,7 +300,9 @@ def derive(event: FeedbackEvent) -> dict[str, Any]:
             out["correction"] = text
         label = Label.EDIT
     else:  # FeedbackKind.LABEL
-        if event.label is None:
+        if event.label is None and event.retracted:
+            label = "retracted"
+        elif event.label is None:
             raise ValueError("label: a label feedback needs a label: good, bad, neutral or custom")
         if value is not None:
             raise ValueError("value: a label feedback carries no value; use another kind")
@@ -326,7 +328,7 @@ def derive(event: FeedbackEvent) -> dict[str, Any]:
 def _infer_kind(event: FeedbackEvent) -> FeedbackKind:
     value = event.value
     if value is None:
-        if event.label is not None:
+        if event.label is not None or event.retracted:
             return FeedbackKind.LABEL
         if event.correction is not None:
             return FeedbackKind.CORRECTION

@@ -1,0 +1,228 @@
+"""The join's state machine, broker-free: every arrival order of feedback and trace."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from schemas import FeedbackEvent, JoinStatus, TraceEvent
+from stream_jobs.join_state import JoinState, TraceAttributes, version_of
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def trace(trace_id: str = "t1", **fields) -> TraceEvent:
+    return TraceEvent.parse(
+        {"trace_id": trace_id, "project": "shop", "environment": "prod", "model": "m1", **fields}
+    )
+
+
+def feedback(
+    trace_id: str = "t1", event_id: str = "e1", received: float = 0, **fields
+) -> FeedbackEvent:
+    data = {
+        "trace_id": trace_id,
+        "event_id": event_id,
+        "label": "bad",
+        "received_at": T0 + timedelta(seconds=received),
+        **fields,
+    }
+    return FeedbackEvent.parse(data)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def state(clock) -> JoinState:
+    return JoinState(grace_seconds=600, retention_seconds=3600, clock=clock)
+
+
+def test_feedback_after_its_trace_is_emitted_at_once_with_the_trace_attributes(state):
+    assert state.add_traces([trace(capability="support", user_id="u1", latency_ms=820)]) == []
+    [row] = state.add_feedback([feedback(comment="wrong")])
+    assert (row.join_status, row.project, row.environment, row.model) == (
+        "joined",
+        "shop",
+        "prod",
+        "m1",
+    )
+    assert (row.capability, row.user_id, row.latency_ms, row.comment) == (
+        "support",
+        "u1",
+        820,
+        "wrong",
+    )
+
+
+def test_feedback_before_its_trace_waits_and_is_emitted_when_the_trace_arrives(state, clock):
+    assert state.add_feedback([feedback()]) == []
+    assert state.stats()["pending"] == 1
+    clock.advance(30)
+    [row] = state.add_traces([trace()])
+    assert (row.join_status, row.project) == ("joined", "shop")
+    assert state.stats()["pending"] == 0
+
+
+def test_feedback_whose_trace_never_comes_is_an_orphan_after_the_grace(state, clock):
+    state.add_feedback([feedback(user_id="u9", project="from-feedback")])
+    clock.advance(599)
+    assert state.expire() == []
+    clock.advance(2)
+    [row] = state.expire()
+    assert (row.join_status, row.project, row.model, row.user_id) == (
+        "orphan",
+        "from-feedback",
+        "",
+        "u9",
+    )
+
+
+def test_a_late_trace_corrects_the_orphan_with_a_higher_version(state, clock):
+    state.add_feedback([feedback()])
+    clock.advance(601)
+    [orphan] = state.expire()
+    clock.advance(3000)
+    [corrected] = state.add_traces([trace()])
+    assert corrected.event_id == orphan.event_id
+    assert (corrected.join_status, corrected.project) == ("corrected", "shop")
+    assert corrected.version > orphan.version
+
+
+def test_the_store_is_asked_before_feedback_is_called_an_orphan(state, clock):
+    state.add_feedback([feedback(trace_id="old")])
+    clock.advance(601)
+    asked = []
+
+    def found(ids):
+        asked.append(list(ids))
+        attrs = TraceAttributes("old", project="archive", model="m0")
+        return {"old": attrs}
+
+    [row] = state.expire(found)
+    assert asked == [["old"]]
+    assert (row.join_status, row.project, row.model) == ("joined", "archive", "m0")
+
+
+def test_a_trace_in_many_spans_merges_into_one_set_of_attributes(state):
+    state.add_traces(
+        [
+            trace(
+                span_id="s2",
+                parent_span_id="s1",
+                project="default",
+                environment="default",
+                model="m-small",
+                cost_usd=0.01,
+                total_tokens=100,
+                step="retrieve",
+            ),
+            trace(
+                span_id="s3",
+                parent_span_id="s1",
+                project="default",
+                environment="default",
+                model="m-small",
+                cost_usd=0.02,
+                total_tokens=50,
+                status="error",
+            ),
+            trace(span_id="s1", model="m-big", capability="support", latency_ms=900),
+        ]
+    )
+    [row] = state.add_feedback([feedback()])
+    assert (row.project, row.environment, row.model, row.capability) == (
+        "shop",
+        "prod",
+        "m-big",
+        "support",
+    )
+    assert row.cost_usd == pytest.approx(0.03) and row.total_tokens == 150
+    assert (row.latency_ms, row.trace_status, row.step) == (900, "error", "retrieve")
+
+
+def test_a_span_delivered_twice_is_counted_once(state):
+    span = trace(span_id="s2", parent_span_id="s1", cost_usd=0.5)
+    state.add_traces([span, span])
+    [row] = state.add_feedback([feedback()])
+    assert row.cost_usd == 0.5
+
+
+def test_several_feedback_events_per_trace_and_user_are_all_kept(state):
+    state.add_traces([trace()])
+    rows = state.add_feedback(
+        [
+            feedback(event_id="a", user_id="u1"),
+            feedback(event_id="b", user_id="u1", kind="rating", value=5, label=None),
+            feedback(event_id="c", user_id="u2", span_id="s7"),
+        ]
+    )
+    assert [(r.event_id, r.label, r.span_id) for r in rows] == [
+        ("a", "bad", None),
+        ("b", "good", None),
+        ("c", "bad", "s7"),
+    ]
+
+
+def test_the_same_event_resent_later_gets_a_higher_version_and_a_redelivery_the_same(state):
+    state.add_traces([trace()])
+    [first] = state.add_feedback([feedback(received=0, label="bad")])
+    [again] = state.add_feedback([feedback(received=0, label="bad")])
+    [changed] = state.add_feedback([feedback(received=60, label="good")])
+    assert again.version == first.version
+    assert changed.version > first.version and changed.label == "good"
+
+
+def test_a_retraction_is_emitted_as_a_retracted_row(state):
+    state.add_traces([trace()])
+    [row] = state.add_feedback(
+        [
+            FeedbackEvent.parse(
+                {
+                    "trace_id": "t1",
+                    "event_id": "e1",
+                    "retracted": True,
+                    "received_at": T0 + timedelta(seconds=5),
+                }
+            )
+        ]
+    )
+    assert row.retracted and row.event_id == "e1"
+    assert row.version > version_of(feedback(), JoinStatus.JOINED)
+
+
+def test_while_waiting_a_resent_event_replaces_the_held_one(state):
+    state.add_feedback([feedback(received=0, label="bad"), feedback(received=10, label="good")])
+    [row] = state.add_traces([trace()])
+    assert row.label == "good"
+
+
+def test_traces_older_than_the_retention_are_forgotten(state, clock):
+    state.add_traces([trace()])
+    clock.advance(3601)
+    state.expire()
+    assert state.stats()["traces"] == 0
+    assert state.add_feedback([feedback()]) == []  # waits: the store is asked at expiry
+
+
+def test_versions_order_the_states_of_one_event():
+    event = feedback()
+    assert (
+        version_of(event, JoinStatus.ORPHAN)
+        < version_of(event, JoinStatus.JOINED)
+        < version_of(event, JoinStatus.CORRECTED)
+    )
