@@ -26,7 +26,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import EnrichedFeedback, FeedbackEvent, JoinStatus, TraceEvent, TraceStatus
+from schemas import (
+    EnrichedFeedback,
+    FeedbackEvent,
+    FeedbackKind,
+    JoinStatus,
+    Source,
+    TraceEvent,
+    TraceStatus,
+)
 
 RANK = {JoinStatus.ORPHAN: 1, JoinStatus.JOINED: 2, JoinStatus.CORRECTED: 3}
 
@@ -138,7 +146,7 @@ def enrich(
         trace_id=event.trace_id,
         span_id=event.span_id,
         name=event.name or "",
-        kind=event.kind,
+        kind=event.kind or FeedbackKind.LABEL,  # always set by validation
         value=event.value,
         score=event.score,
         label=event.label or "",
@@ -146,7 +154,7 @@ def enrich(
         correction=event.correction,
         category=event.category,
         tags=event.tags,
-        source=event.source,
+        source=event.source or Source.EXPLICIT,  # always set by validation
         user_id=pick(event.user_id, t.user_id if t else "") or None,
         session_id=pick(event.session_id, t.session_id if t else "") or None,
         conversation_id=pick(event.conversation_id, t.conversation_id if t else "") or None,
@@ -156,7 +164,7 @@ def enrich(
         capability=pick(event.capability, t.capability if t else "") or None,
         step=pick(event.step, t.step if t else "") or None,
         trace_name=(t.name or None) if t else None,
-        trace_status=(t.status or None) if t else None,
+        trace_status=TraceStatus(t.status) if t and t.status else None,
         latency_ms=t.latency_ms if t else None,
         total_tokens=t.tokens if t else None,
         cost_usd=t.cost if t else None,
