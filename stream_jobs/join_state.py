@@ -22,7 +22,7 @@ before their traces, read a moment later, could match.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,12 @@ from schemas import (
     TraceEvent,
     TraceStatus,
 )
+
+
+def _nones() -> Iterator[None]:
+    while True:
+        yield None
+
 
 RANK = {JoinStatus.ORPHAN: 1, JoinStatus.JOINED: 2, JoinStatus.CORRECTED: 3}
 
@@ -124,6 +130,7 @@ class TraceAttributes:
 class Pending:
     event: FeedbackEvent
     deadline: float
+    ref: Any = None  # the caller's handle on the input it came from (released when emitted)
 
 
 def version_of(event: FeedbackEvent, status: JoinStatus) -> int:
@@ -201,6 +208,7 @@ class JoinState:
         self.traces: dict[str, TraceAttributes] = {}
         self.pending: dict[str, dict[str, Pending]] = {}  # trace_id -> event_id -> entry
         self.orphans: dict[str, dict[str, FeedbackEvent]] = {}  # may still be corrected
+        self._released: list[Any] = []
 
     def add_traces(self, events: Iterable[TraceEvent]) -> list[EnrichedFeedback]:
         """Merge trace events; emit waiting feedback (joined) and orphans (corrected)."""
@@ -217,26 +225,56 @@ class JoinState:
             attrs = self.traces[trace_id]
             for entry in self.pending.pop(trace_id, {}).values():
                 out.append(enrich(entry.event, attrs, JoinStatus.JOINED))
+                self._released.append(entry.ref)
             for orphan in self.orphans.pop(trace_id, {}).values():
                 out.append(enrich(orphan, attrs, JoinStatus.CORRECTED))
         return out
 
-    def add_feedback(self, events: Iterable[FeedbackEvent]) -> list[EnrichedFeedback]:
-        """Emit feedback whose trace is known; hold the rest until its trace or the grace ends."""
+    def add_feedback(
+        self, events: Iterable[FeedbackEvent], refs: Iterable[Any] | None = None
+    ) -> list[EnrichedFeedback]:
+        """Emit feedback whose trace is known; hold the rest until its trace or the grace ends.
+
+        ``refs`` (one per event, optional) are handed back by :meth:`take_released`
+        once the held event has been emitted or superseded, so the caller knows
+        when the input that carried it may be acknowledged.
+        """
         now = self.clock()
         out: list[EnrichedFeedback] = []
-        for event in events:
+        for event, ref in zip(events, refs if refs is not None else _nones(), strict=False):
             attrs = self.traces.get(event.trace_id)
             if attrs is not None:
                 out.append(enrich(event, attrs, JoinStatus.JOINED))
+                continue
+            waiting = self.pending.setdefault(event.trace_id, {})
+            previous = waiting.get(event.event_id)
+            if previous is None or version_of(event, JoinStatus.JOINED) >= version_of(
+                previous.event, JoinStatus.JOINED
+            ):
+                if previous is not None:
+                    self._released.append(previous.ref)
+                waiting[event.event_id] = Pending(event, now + self.grace, ref)
             else:
-                waiting = self.pending.setdefault(event.trace_id, {})
-                previous = waiting.get(event.event_id)
-                if previous is None or version_of(event, JoinStatus.JOINED) >= version_of(
-                    previous.event, JoinStatus.JOINED
-                ):
-                    waiting[event.event_id] = Pending(event, now + self.grace)
+                self._released.append(ref)  # an older copy of what is already held
         return out
+
+    def add_orphans(self, events: Iterable[FeedbackEvent]) -> None:
+        """Remember orphans emitted before a restart, so a late trace still corrects them."""
+        for event in events:
+            self.orphans.setdefault(event.trace_id, {})[event.event_id] = event
+
+    def add_known_traces(self, found: dict[str, TraceAttributes]) -> None:
+        """Traces looked up in the store (the state did not hold them)."""
+        now = self.clock()
+        for trace_id, attrs in found.items():
+            if trace_id not in self.traces:
+                attrs.seen_at = now
+                self.traces[trace_id] = attrs
+
+    def take_released(self) -> list[Any]:
+        """The refs of held events emitted or superseded since the last call."""
+        released, self._released = self._released, []
+        return [r for r in released if r is not None]
 
     def known(self, trace_ids: Iterable[str]) -> set[str]:
         return {t for t in trace_ids if t in self.traces}
@@ -266,6 +304,7 @@ class JoinState:
                 self.traces[trace_id] = attrs
                 for entry in self.pending.pop(trace_id, {}).values():
                     out.append(enrich(entry.event, attrs, JoinStatus.JOINED))
+                    self._released.append(entry.ref)
         for trace_id in due:
             waiting = self.pending.get(trace_id)
             if not waiting:
@@ -274,6 +313,7 @@ class JoinState:
                 if entry.deadline <= now:
                     del waiting[event_id]
                     out.append(enrich(entry.event, None, JoinStatus.ORPHAN))
+                    self._released.append(entry.ref)
                     self.orphans.setdefault(trace_id, {})[event_id] = entry.event
             if not waiting:
                 del self.pending[trace_id]
@@ -290,6 +330,11 @@ class JoinState:
     @staticmethod
     def _received(event: FeedbackEvent) -> float:
         return (event.received_at or event.ts).timestamp()
+
+    def next_deadline(self) -> float | None:
+        """When the next held feedback becomes an orphan, if any is held."""
+        deadlines = [p.deadline for w in self.pending.values() for p in w.values()]
+        return min(deadlines) if deadlines else None
 
     def stats(self) -> dict[str, Any]:
         return {

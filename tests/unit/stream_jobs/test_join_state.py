@@ -226,3 +226,37 @@ def test_versions_order_the_states_of_one_event():
         < version_of(event, JoinStatus.JOINED)
         < version_of(event, JoinStatus.CORRECTED)
     )
+
+
+def test_held_feedback_hands_back_its_ref_once_emitted(state, clock):
+    state.add_feedback(
+        [feedback(trace_id="a", event_id="1"), feedback(trace_id="b", event_id="2")],
+        refs=["msg-a", "msg-b"],
+    )
+    assert state.take_released() == []
+    state.add_traces([trace("a")])
+    assert state.take_released() == ["msg-a"]
+    clock.advance(601)
+    state.expire()
+    assert state.take_released() == ["msg-b"]
+
+
+def test_a_superseded_held_event_releases_its_ref(state):
+    state.add_feedback([feedback(received=0)], refs=["old"])
+    state.add_feedback([feedback(received=10)], refs=["new"])
+    state.add_feedback([feedback(received=5)], refs=["stale"])
+    assert sorted(state.take_released()) == ["old", "stale"]
+
+
+def test_orphans_from_before_a_restart_are_still_corrected(state):
+    state.add_orphans([feedback(trace_id="late")])
+    [row] = state.add_traces([trace("late")])
+    assert row.join_status == "corrected"
+
+
+def test_the_next_deadline_is_the_earliest_held_event(state, clock):
+    assert state.next_deadline() is None
+    state.add_feedback([feedback(trace_id="a")])
+    clock.advance(10)
+    state.add_feedback([feedback(trace_id="b")])
+    assert state.next_deadline() == T0.timestamp() + 600
