@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -37,6 +38,9 @@ class SinkUnavailable(ThumblineError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _json_or_empty(value: Any) -> str:
@@ -78,14 +82,16 @@ TRACE_COLUMNS = (
 
 
 def trace_row(t: TraceEvent) -> tuple[Any, ...]:
-    received = t.received_at or t.end_time or t.start_time
+    # The stream stamps received_at on every event; a trace without any time
+    # gets version 0, so any stamped copy of it replaces this one.
+    received = t.received_at or t.end_time or t.start_time or _EPOCH
     return (
         t.trace_id, t.span_id or "", t.parent_span_id or "", t.name or "", t.project,
         t.environment, t.model or "", t.capability or "", t.step or "", t.user_id or "",
         t.session_id or "", t.conversation_id or "", t.start_time, t.end_time, t.latency_ms,
         t.input_tokens, t.output_tokens, t.total_tokens, t.cost_usd, str(t.status),
         t.error or "", orjson.dumps(t.attributes).decode() if t.attributes else "",
-        received, int(received.timestamp() * 1_000_000) if received else 0,
+        received, int(received.timestamp() * 1_000_000),
     )  # fmt: skip
 
 

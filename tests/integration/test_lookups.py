@@ -1,0 +1,83 @@
+"""The join's questions to ClickHouse, answered from rows the sink wrote."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from schemas import FeedbackEvent, TraceEvent
+from stream_jobs.join_state import JoinState
+from stream_jobs.lookups import load_orphans, lookup_traces
+from stream_jobs.sink import ClickHouseSink
+from tests.conftest import unique
+
+
+def test_a_trace_stored_as_spans_comes_back_merged(store, store_settings):
+    db = store_settings.clickhouse_database
+    tid = unique("trace")
+    sink = ClickHouseSink(store, db)
+    sink.add_traces(
+        [
+            TraceEvent.parse(
+                {
+                    "trace_id": tid,
+                    "span_id": "root",
+                    "project": "shop",
+                    "model": "m-big",
+                    "latency_ms": 900,
+                }
+            ),
+            TraceEvent.parse(
+                {
+                    "trace_id": tid,
+                    "span_id": "child",
+                    "parent_span_id": "root",
+                    "cost_usd": 0.25,
+                    "status": "error",
+                }
+            ),
+        ]
+    )
+    sink.flush()
+    found = lookup_traces(store, db, [tid, unique("absent")])
+    assert list(found) == [tid]
+    attrs = found[tid]
+    assert (attrs.project, attrs.model, attrs.latency_ms, attrs.cost, attrs.status) == (
+        "shop",
+        "m-big",
+        900,
+        0.25,
+        "error",
+    )
+
+
+def test_orphans_come_back_as_feedback_a_late_trace_corrects(store, store_settings):
+    db = store_settings.clickhouse_database
+    tid = unique("orphan")
+    received = datetime.now(UTC)
+    clock = [received.timestamp()]
+    state = JoinState(grace_seconds=1, clock=lambda: clock[0])
+    state.add_feedback(
+        [
+            FeedbackEvent.parse(
+                {
+                    "trace_id": tid,
+                    "event_id": f"{tid}-e",
+                    "kind": "rating",
+                    "value": 2,
+                    "comment": "meh",
+                    "metadata": {"a": 1},
+                    "received_at": received,
+                }
+            )
+        ]
+    )
+    clock[0] += 2
+    sink = ClickHouseSink(store, db)
+    sink.add_feedback(state.expire())
+    sink.flush()
+
+    restarted = JoinState()
+    restarted.add_orphans(load_orphans(store, db, received - timedelta(minutes=1)))
+    [row] = restarted.add_traces([TraceEvent.parse({"trace_id": tid, "project": "shop"})])
+    assert (row.event_id, row.join_status, row.project) == (f"{tid}-e", "corrected", "shop")
+    assert (row.label, row.score, row.comment, row.metadata) == ("bad", 0.25, "meh", {"a": 1})
