@@ -24,7 +24,7 @@ def generate() -> dict[str, dict[str, Any]]:
     """File name -> JSON Schema, one per topic of the registry."""
     topics = Topics.build()
     out: dict[str, dict[str, Any]] = {}
-    for attr in ("feedback", "traces", "enriched", "rates", "alerts", "dlq"):
+    for attr in ("feedback", "traces", "keyed", "enriched", "rates", "alerts", "dlq"):
         topic = getattr(topics, attr)
         model = topic.model
         schema = model.model_json_schema(mode="validation")

@@ -17,8 +17,16 @@ from typing import Any, Literal
 from pydantic import Field
 
 from schemas._base import Contract
-from schemas.feedback import FeedbackKind, Id, Name, Source
-from schemas.trace import TraceStatus
+from schemas.feedback import FeedbackEvent, FeedbackKind, Id, Name, Source
+from schemas.trace import TraceEvent, TraceStatus
+
+
+class KeyedBatch(Contract):
+    """Internal (topic ``keyed``): validated events moved to the partition of their trace_id."""
+
+    schema_version: Literal[1] = 1
+    feedback: tuple[FeedbackEvent, ...] = ()
+    traces: tuple[TraceEvent, ...] = ()
 
 
 class JoinStatus(StrEnum):

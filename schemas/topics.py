@@ -16,7 +16,7 @@ from aiokafka.partitioner import murmur2
 
 from schemas._base import Contract
 from schemas.feedback import FeedbackEvent
-from schemas.records import Alert, DeadLetter, EnrichedFeedback, RateWindow
+from schemas.records import Alert, DeadLetter, EnrichedFeedback, KeyedBatch, RateWindow
 from schemas.trace import TraceEvent
 
 DEFAULT_PREFIX = "thumbline."
@@ -45,6 +45,7 @@ class Topics:
 
     feedback: Topic
     traces: Topic
+    keyed: Topic
     enriched: Topic
     rates: Topic
     alerts: Topic
@@ -67,6 +68,13 @@ class Topics:
                 "trace_id",
                 TraceEvent,
                 "Trace and span events from producers: one JSON object or an array per message.",
+            ),
+            keyed=Topic(
+                f"{prefix}keyed",
+                partitions,
+                "trace_id",
+                KeyedBatch,
+                "Internal: events the join moved to the partition of their trace_id.",
             ),
             enriched=Topic(
                 f"{prefix}feedback.enriched",
@@ -99,4 +107,12 @@ class Topics:
         )
 
     def all(self) -> tuple[Topic, ...]:
-        return (self.feedback, self.traces, self.enriched, self.rates, self.alerts, self.dlq)
+        return (
+            self.feedback,
+            self.traces,
+            self.keyed,
+            self.enriched,
+            self.rates,
+            self.alerts,
+            self.dlq,
+        )

@@ -99,6 +99,9 @@ def _print_started(settings: Settings, started: Any) -> None:
         f"  ClickHouse  {started.store}  (database {settings.clickhouse_database}, "
         f"{new} new migration{'s' if new != 1 else ''})",
     ]
+    lines.append(
+        "  stream      join_traces: feedback joined with its trace, written to ClickHouse"
+    )
     if started.sql_url:
         lines.append(
             f"  SQL         {started.sql_url}/sql  (for `thumbline sql`; token in run file)"

@@ -1,8 +1,9 @@
 """``thumbline up``: everything the pipeline needs, in one process.
 
 Start order: the embedded broker (unless ``THUMBLINE_KAFKA_BOOTSTRAP`` is set),
-the topics with their partition counts, the ClickHouse migrations, and the SQL
-endpoint for other processes when the store is an embedded chDB path. Then the
+the topics with their partition counts, the ClickHouse migrations, the stream
+jobs (which write to the store, so they run in the process that owns it), and
+the SQL endpoint for other processes when the store is an embedded chDB path. Then the
 run file is written so that the CLI finds all of it. Stop order is the
 reverse; the broker also dies with this process if it is killed.
 """
@@ -12,9 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clickhouse_connect.driver.client import Client
 
@@ -26,6 +31,9 @@ from thumbline.kafka import ensure_topics
 from thumbline.settings import Settings
 from thumbline.sqlserver import SqlServer
 from thumbline.store import AppliedMigration, apply_migrations, open_client
+
+if TYPE_CHECKING:
+    from stream_jobs.app import StreamApp
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,17 @@ class Started:
     sql_url: str | None
 
 
+def _own_temp_dir(path: Path) -> None:
+    """Send temp files to a folder of ours, emptied at start.
+
+    clickhouse-connect writes every chDB insert to a temp file and leaves it
+    behind when the process is killed; in our folder they are cleaned up here.
+    """
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(path)
+
+
 class Runtime:
     """The processes and endpoints of one ``thumbline up``; ``stop()`` is safe to call twice."""
 
@@ -52,6 +71,7 @@ class Runtime:
         self._broker: EmbeddedBroker | None = None
         self._client: Client | None = None
         self._sql: SqlServer | None = None
+        self._stream: StreamApp | None = None
 
     async def start(self) -> Started:
         s = self.settings
@@ -62,6 +82,7 @@ class Runtime:
                 "stop it first, or set THUMBLINE_DATA_DIR to run another"
             )
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        _own_temp_dir(s.data_dir / "tmp")
         try:
             if s.kafka_bootstrap is None:
                 # Started on this (the main) thread on purpose: PR_SET_PDEATHSIG fires when
@@ -80,6 +101,10 @@ class Runtime:
             )
             self._client = await asyncio.to_thread(open_client, s)
             applied = await asyncio.to_thread(apply_migrations, self._client, s.clickhouse_database)
+            from stream_jobs.app import StreamApp  # faust is heavy: imported when it runs
+
+            self._stream = StreamApp(s, bootstrap)
+            await self._stream.start()
             if s.store_is_chdb:
                 self._sql = SqlServer(
                     s, writer=self._client, host=s.sql_host, port=s.sql_port
@@ -112,6 +137,9 @@ class Runtime:
 
     async def stop(self) -> None:
         runfile.remove(self.settings.run_file, os.getpid())
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.stop()
         sql, self._sql = self._sql, None
         if sql is not None:
             await asyncio.to_thread(sql.stop)

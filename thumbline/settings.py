@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     partitions: int = Field(8, ge=1, le=256, description="Partitions of the join's topics.")
     replication_factor: int = Field(1, ge=1, le=16)
 
+    join_grace_seconds: float = Field(
+        600.0, gt=0, description="Wall time feedback waits for its trace before it is an orphan."
+    )
+    join_retention_seconds: float = Field(
+        7 * 86400.0, gt=0, description="How long the join holds a trace's attributes in memory."
+    )
+    stream_batch_size: int = Field(2000, ge=1, le=100_000, description="Messages per micro-batch.")
+    stream_batch_seconds: float = Field(0.05, gt=0, le=10, description="Longest wait for a batch.")
+    sink_max_rows: int = Field(50_000, ge=1, le=1_000_000, description="Rows per insert, at most.")
+    sink_max_seconds: float = Field(0.5, gt=0, le=60, description="Longest a row waits to insert.")
+
     broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0: any free.")
     sql_host: str = Field("127.0.0.1", description="Where the store owner serves SQL.")
     sql_port: int = Field(0, ge=0, le=65535, description="0: any free port.")

@@ -14,6 +14,7 @@ def test_default_names_use_the_thumbline_prefix():
     assert names == [
         "thumbline.feedback",
         "thumbline.traces",
+        "thumbline.keyed",
         "thumbline.feedback.enriched",
         "thumbline.rates",
         "thumbline.alerts",

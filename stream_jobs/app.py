@@ -1,0 +1,152 @@
+"""The stream: one Faust app, every topic, agent and timer visible from here.
+
+    feedback, traces, keyed ──► join_traces (agent, micro-batches) ──► ClickHouse
+                                   │                                   feedback, traces,
+                                   ├──► feedback.enriched              dead_letters
+                                   ├──► dlq
+                                   └──► keyed (events on the wrong partition)
+
+``StreamApp`` runs inside an existing asyncio program (``thumbline up``): no
+autodiscovery, no signal handlers of its own, no terminal spinner. Processing
+is at-least-once (the embedded broker has no transactions); exactness comes
+from the tables' version keys. The worker that runs it must own the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer
+
+from schemas import Topics
+from stream_jobs.join_state import JoinState
+from stream_jobs.join_traces import JoinTracesJob
+from stream_jobs.lookups import load_orphans, lookup_traces
+from stream_jobs.sink import ClickHouseSink
+from thumbline.settings import Settings
+from thumbline.store import open_client
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.25
+
+
+def _credentials(settings: Settings) -> Any:
+    if not settings.kafka_security_protocol.startswith("SASL"):
+        return None
+    assert settings.kafka_sasl_password is not None  # noqa: S101 (checked by Settings)
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password.get_secret_value(),
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=settings.kafka_kwargs().get("ssl_context"),
+    )
+
+
+def build_faust_app(settings: Settings, bootstrap: str) -> faust.App:
+    """A Faust app tuned for this pipeline (and for the embedded broker's quirks)."""
+    app_id = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{settings.topic_prefix}join")
+    return faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        autodiscover=False,
+        processing_guarantee="at_least_once",  # exactly_once needs transactions
+        # Tansu holds a group's first join for half the session timeout.
+        broker_session_timeout=6,
+        broker_rebalance_timeout=6,
+        broker_heartbeat_interval=1,
+        broker_commit_interval=0.5,
+        topic_allow_declare=False,  # thumbline creates topics with their partition counts
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        producer_acks=-1,
+        stream_buffer_maxsize=max(4096, settings.stream_batch_size * 2),
+        # Feedback waiting for its trace is held unacknowledged on purpose; do not
+        # wait for it to drain on stop or rebalance (it is replayed instead).
+        stream_wait_empty=False,
+    )
+
+
+class StreamApp:
+    """The join job and its Faust app; ``start()`` and ``stop()`` (safe twice) in a running loop."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.topics = Topics.build(settings.topic_prefix, settings.partitions)
+        self.job: JoinTracesJob | None = None
+        self._app: faust.App | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        db = s.clickhouse_database
+        sink_client = await asyncio.to_thread(open_client, s)
+        lookup_client = await asyncio.to_thread(open_client, s, readonly=True)
+        state = JoinState(
+            grace_seconds=s.join_grace_seconds, retention_seconds=s.join_retention_seconds
+        )
+        since = datetime.now(UTC) - timedelta(seconds=s.join_retention_seconds)
+        state.add_orphans(await asyncio.to_thread(load_orphans, lookup_client, db, since))
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            linger_ms=5,
+            compression_type="lz4",
+            max_request_size=4 * 1024 * 1024,
+            **s.kafka_kwargs(),
+        )
+        await self._producer.start()
+        job = self.job = JoinTracesJob(
+            topics=self.topics,
+            state=state,
+            sink=ClickHouseSink(
+                sink_client, db, max_rows=s.sink_max_rows, max_age=s.sink_max_seconds
+            ),
+            lookup=lambda ids: lookup_traces(lookup_client, db, ids, now=state.clock()),
+            producer=self._producer,
+        )
+        app = self._app = build_faust_app(s, self.bootstrap)
+        source = app.topic(
+            self.topics.feedback.name,
+            self.topics.traces.name,
+            self.topics.keyed.name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        batch_size, batch_seconds = s.stream_batch_size, s.stream_batch_seconds
+
+        @app.agent(source, name="join_traces")
+        async def join_traces(stream: faust.StreamT[bytes]) -> None:
+            batches = stream.take_events(batch_size, within=batch_seconds)  # type: ignore[attr-defined]
+            async for events in batches:
+                await job.handle(events)
+
+        @app.timer(TICK_SECONDS, name="join_traces_tick")
+        async def tick() -> None:
+            await job.tick()
+
+        await app.start()
+
+    async def stop(self) -> None:
+        app, self._app = self._app, None
+        job, self.job = self.job, None
+        if job is not None:  # flush and acknowledge first, so stopping commits the offsets
+            await job.close()
+        if app is not None:
+            await app.stop()
+        if job is not None:
+            job.sink.close()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()

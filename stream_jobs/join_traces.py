@@ -1,0 +1,298 @@
+"""join_traces: every feedback event joined with its trace, written to ClickHouse and Kafka.
+
+Reads ``feedback`` and ``traces`` as producers wrote them (any partitioner, one
+event or a JSON array per message) and ``keyed`` (events this job forwarded to
+the partition of their ``trace_id``). Per micro-batch it:
+
+1. decodes and validates every event; bad input becomes a dead letter (the
+   ``dlq`` topic and the ``dead_letters`` table) with its reason, topic,
+   partition and offset, and nothing else is lost;
+2. forwards events that sit on the wrong partition to ``keyed`` (producers in
+   other languages hash differently), so each trace's events meet in one place;
+3. merges traces into the state, asks ClickHouse once for the traces it does
+   not hold, and joins the feedback (:mod:`stream_jobs.join_state`);
+4. writes traces, enriched feedback and dead letters to the ClickHouse sink and
+   publishes enriched feedback and dead letters to Kafka.
+
+Delivery: an input message is acknowledged (its offset may be committed) only
+when every event in it is durably somewhere: flushed to ClickHouse, or
+acknowledged by Kafka for a forward. Feedback still waiting for its trace keeps
+its message unacknowledged, so a crash replays it; the tables' version keys make
+every replay collapse into the rows already there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from schemas import (
+    DeadLetter,
+    EnrichedFeedback,
+    FeedbackEvent,
+    InvalidEvent,
+    Topics,
+    TraceEvent,
+    WireError,
+    decode_message,
+    partition_for,
+)
+from stream_jobs.join_state import JoinState, TraceAttributes
+from stream_jobs.sink import ClickHouseSink, SinkUnavailable
+
+logger = logging.getLogger(__name__)
+
+MAX_RAW_BYTES = 1_000_000
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """One input message and how many of its events are not yet emitted."""
+
+    event: Any  # the faust Event
+    outstanding: int = 0
+
+
+@dataclass(slots=True)
+class _Batch:
+    traces: list[TraceEvent] = field(default_factory=list)
+    feedback: list[tuple[list[FeedbackEvent], _Held]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    forward: dict[int, dict[str, list[bytes]]] = field(
+        default_factory=lambda: defaultdict(lambda: {"feedback": [], "traces": []})
+    )
+    held: list[_Held] = field(default_factory=list)
+
+
+def _stamp(event: Any, timestamp: float | None) -> Any:
+    """Give an event without received_at the Kafka timestamp: the same on every replay."""
+    if event.received_at is not None:
+        return event
+    when = datetime.fromtimestamp(timestamp, UTC) if timestamp else datetime.now(UTC)
+    return event.model_copy(update={"received_at": when})
+
+
+def _dead(message: Any, index: int, reason: str, error: str, raw: bytes | str) -> DeadLetter:
+    text = raw if isinstance(raw, str) else raw[:MAX_RAW_BYTES].decode("utf-8", "replace")
+    key = message.key.decode("utf-8", "replace") if isinstance(message.key, bytes) else None
+    return DeadLetter.model_construct(
+        schema_version=1, topic=message.topic, partition=message.partition,
+        offset=message.offset, batch_index=index, reason=reason, error=error[:10_000],
+        raw=text, key=key, at=datetime.now(UTC),
+    )  # fmt: skip
+
+
+class JoinTracesJob:
+    """The join's work per micro-batch; the Faust agent and timer call into it.
+
+    Args:
+        topics: the registry (names and partition counts).
+        state: the join state of this worker.
+        sink: the ClickHouse sink, used only from this job.
+        lookup: looks trace ids up in ClickHouse (blocking; run in a thread).
+        producer: a started AIOKafkaProducer for enriched, dlq and keyed.
+    """
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        state: JoinState,
+        sink: ClickHouseSink,
+        lookup: Callable[[list[str]], dict[str, TraceAttributes]],
+        producer: AIOKafkaProducer,
+    ) -> None:
+        self.topics = topics
+        self.partitions = topics.feedback.partitions
+        self.state = state
+        self.sink = sink
+        self.lookup = lookup
+        self.producer = producer
+        self._lock = asyncio.Lock()
+        self._unflushed: list[_Held] = []  # complete, waiting for the next flush
+        self.counts: dict[str, int] = defaultdict(int)
+
+    # The agent's entry point ---------------------------------------------------
+
+    async def handle(self, events: Sequence[Any]) -> None:
+        """Process one micro-batch of faust events (raw bytes values)."""
+        async with self._lock:
+            batch = _Batch()
+            for event in events:
+                # Hold the message: Faust's take_events acks each event after the
+                # batch; our extra reference keeps it uncommitted until it is stored.
+                event.message.incref()
+                held = _Held(event)
+                batch.held.append(held)
+                self._decode(event.message, held, batch)
+            rows = self.state.add_traces(batch.traces)
+            await self._lookup_unknown(batch)
+            for items, held in batch.feedback:
+                joined = self.state.add_feedback(items, refs=[held] * len(items))
+                held.outstanding += len(items) - len(joined)
+                rows.extend(joined)
+            self._release()
+            await self._emit(rows, batch.traces, batch.dead, batch.forward)
+            self._unflushed.extend(h for h in batch.held if h.outstanding == 0)
+            self.counts["messages"] += len(events)
+            if self.sink.due():
+                await self._flush()
+
+    async def tick(self) -> None:
+        """Called periodically: orphans whose grace ended, and flushes by age."""
+        async with self._lock:
+            if self.state.pending:
+                rows = await asyncio.to_thread(self.state.expire, self.lookup)
+                self._release()
+                if rows:
+                    await self._emit(rows, [], [], {})
+            else:
+                self.state.expire()
+            if self.sink.due() or (self._unflushed and not self.sink.pending):
+                await self._flush()
+
+    async def close(self) -> None:
+        """Flush what is complete; held feedback stays unacknowledged for the next start."""
+        async with self._lock:
+            if self.sink.pending or self._unflushed:
+                await self._flush()
+
+    # Steps ---------------------------------------------------------------------
+
+    def _decode(self, message: Any, held: _Held, batch: _Batch) -> None:
+        raw = message.value
+        try:
+            if message.topic == self.topics.keyed.name:
+                body = orjson.loads(raw)
+                groups = [
+                    ("feedback", body.get("feedback", [])),
+                    ("traces", body.get("traces", [])),
+                ]
+            else:
+                kind = "feedback" if message.topic == self.topics.feedback.name else "traces"
+                groups = [(kind, decode_message(raw))]
+        except WireError as exc:
+            batch.dead.append(_dead(message, -1, exc.reason, exc.detail, raw or b""))
+            self.counts[f"dead_{exc.reason}"] += 1
+            return
+        except (orjson.JSONDecodeError, AttributeError) as exc:
+            batch.dead.append(_dead(message, -1, "bad_keyed", str(exc), raw or b""))
+            return
+        feedback: list[FeedbackEvent] = []
+        index = 0
+        for kind, items in groups:
+            model = FeedbackEvent if kind == "feedback" else TraceEvent
+            for item in items:
+                try:
+                    if not isinstance(item, dict):
+                        raise InvalidEvent(
+                            model.__name__, [("(event)", item, "is not a JSON object")]
+                        )
+                    event = _stamp(model.parse(item), message.timestamp)
+                except InvalidEvent as exc:
+                    raw_item = orjson.dumps(item).decode()
+                    batch.dead.append(_dead(message, index, "invalid_event", exc.reason, raw_item))
+                    self.counts["dead_invalid_event"] += 1
+                    index += 1
+                    continue
+                target = partition_for(event.trace_id, self.partitions)
+                if target != message.partition:
+                    batch.forward[target][kind].append(
+                        type(event).__pydantic_serializer__.to_json(event, exclude_none=True)
+                    )
+                elif isinstance(event, FeedbackEvent):
+                    feedback.append(event)
+                else:
+                    batch.traces.append(event)
+                index += 1
+        if feedback:
+            batch.feedback.append((feedback, held))
+
+    async def _lookup_unknown(self, batch: _Batch) -> None:
+        unknown = {
+            e.trace_id
+            for items, _ in batch.feedback
+            for e in items
+            if e.trace_id not in self.state.traces and e.trace_id not in self.state.pending
+        }
+        if unknown:
+            found = await asyncio.to_thread(self.lookup, list(unknown))
+            self.state.add_known_traces(found)
+
+    def _release(self) -> None:
+        for held in self.state.take_released():
+            held.outstanding -= 1
+            if held.outstanding == 0:
+                self._unflushed.append(held)
+
+    async def _emit(
+        self,
+        rows: list[EnrichedFeedback],
+        traces: list[TraceEvent],
+        dead: list[DeadLetter],
+        forward: dict[int, dict[str, list[bytes]]],
+    ) -> None:
+        self.sink.add_traces(traces)
+        self.sink.add_feedback(rows)
+        self.sink.add_dead_letters(dead)
+        self.counts["traces"] += len(traces)
+        self.counts["enriched"] += len(rows)
+        self.counts["dead"] += len(dead)
+        acks = []
+        by_partition: dict[int, list[bytes]] = defaultdict(list)
+        for row in rows:
+            by_partition[partition_for(row.trace_id, self.partitions)].append(
+                EnrichedFeedback.__pydantic_serializer__.to_json(row, exclude_none=True)
+            )
+        for partition, encoded in by_partition.items():
+            for chunk in _chunks(encoded):
+                acks.append(await self.producer.send(
+                    self.topics.enriched.name, b"[" + b",".join(chunk) + b"]", partition=partition
+                ))  # fmt: skip
+        for letter in dead:
+            acks.append(await self.producer.send(self.topics.dlq.name, letter.to_json()))
+        for partition, groups in forward.items():
+            self.counts["forwarded"] += sum(len(v) for v in groups.values())
+            value = (
+                b'{"feedback":[' + b",".join(groups["feedback"]) + b'],"traces":['
+                + b",".join(groups["traces"]) + b"]}"
+            )  # fmt: skip
+            acks.append(
+                await self.producer.send(self.topics.keyed.name, value, partition=partition)
+            )
+        if acks:
+            await asyncio.gather(*acks)
+
+    async def _flush(self) -> None:
+        while True:
+            try:
+                written = await asyncio.to_thread(self.sink.flush)
+                break
+            except SinkUnavailable as exc:
+                # Hold the lock: the agent stops taking input until ClickHouse is back.
+                self.counts["flush_failures"] += 1
+                await asyncio.sleep(exc.retry_after)
+        self.counts["rows_written"] += written
+        done, self._unflushed = self._unflushed, []
+        for held in done:
+            held.event.ack()
+
+
+def _chunks(items: list[bytes], max_bytes: int = 512 * 1024) -> list[list[bytes]]:
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for item in items:
+        if chunks[-1] and (size + len(item) > max_bytes or len(chunks[-1]) >= 1000):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += len(item) + 1
+    return chunks
