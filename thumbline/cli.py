@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -63,8 +64,12 @@ def _bootstrap(settings: Settings) -> str:
 
 
 @app.command()
-def up() -> None:
-    """Start the pipeline: broker (embedded unless configured), topics, store, SQL endpoint."""
+def up(
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Also publish a gentle stream of demo feedback.")
+    ] = False,
+) -> None:
+    """Start the pipeline: broker (embedded unless configured), topics, store, stream, SQL."""
     from thumbline.runtime import Runtime
 
     settings = _settings()
@@ -73,14 +78,33 @@ def up() -> None:
         runtime = Runtime(settings)
         with err.status("starting thumbline..."):
             started = await runtime.start()
+        demo_task = stop_demo = None
         try:
             _print_started(settings, started)
+            if demo:
+                stop_demo = asyncio.Event()
+                demo_task = asyncio.create_task(_demo(settings, started.bootstrap, stop_demo))
+                out.print("demo        5 feedback/s; see them with: thumbline inbox")
             await runtime.serve_until_signalled()
             err.print("stopping...")
         finally:
+            if demo_task is not None and stop_demo is not None:
+                stop_demo.set()
+                await asyncio.gather(demo_task, return_exceptions=True)
             await runtime.stop()
 
     asyncio.run(run())
+
+
+async def _demo(settings: Settings, bootstrap: str, stop: asyncio.Event) -> None:
+    from producers import FeedbackProducer
+    from producers.loadgen import LoadSpec, run_load
+
+    async with FeedbackProducer(
+        bootstrap_servers=bootstrap, topic_prefix=settings.topic_prefix, **settings.kafka_kwargs()
+    ) as producer:
+        spec = LoadSpec(rate=5, duration=None, early_share=0.1, orphan_share=0.02, bad_share=0.2)
+        await run_load(producer, spec, stop=stop)
 
 
 def _print_started(settings: Settings, started: Any) -> None:
@@ -99,9 +123,7 @@ def _print_started(settings: Settings, started: Any) -> None:
         f"  ClickHouse  {started.store}  (database {settings.clickhouse_database}, "
         f"{new} new migration{'s' if new != 1 else ''})",
     ]
-    lines.append(
-        "  stream      join_traces: feedback joined with its trace, written to ClickHouse"
-    )
+    lines.append("  stream      join_traces: feedback joined with its trace, written to ClickHouse")
     if started.sql_url:
         lines.append(
             f"  SQL         {started.sql_url}/sql  (for `thumbline sql`; token in run file)"
@@ -335,6 +357,223 @@ def send_trace(
         attributes=_parse_json_option(attributes, "--attributes") or None,
     )
     _send(settings, event)
+
+
+# inbox and trace ----------------------------------------------------------------
+
+_LABEL_STYLE = {"good": "green", "bad": "red"}
+
+
+def _rows(settings: Settings, query: str) -> tuple[list[str], list[list[Any]]]:
+    from thumbline.sqlserver import run_sql
+
+    result = orjson.loads(run_sql(settings, query, fmt="JSONCompact"))
+    return [c["name"] for c in result["meta"]], result["data"]
+
+
+def _short(text: Any, width: int) -> str:
+    text = "" if text is None else str(text).replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command()
+def inbox(
+    label: Annotated[
+        list[str] | None, typer.Option(help="bad, good, edit or any custom label; repeatable")
+    ] = None,
+    kind: Annotated[
+        list[str] | None, typer.Option(help="thumb, rating, correction...; repeatable")
+    ] = None,
+    project: Annotated[str | None, typer.Option()] = None,
+    environment: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    capability: Annotated[str | None, typer.Option()] = None,
+    user: Annotated[str | None, typer.Option(help="One user's feedback history.")] = None,
+    session: Annotated[str | None, typer.Option()] = None,
+    has_comment: Annotated[
+        bool, typer.Option("--has-comment", help="Only with a comment.")
+    ] = False,
+    since: Annotated[str | None, typer.Option(help="e.g. 30m, 24h, 7d")] = None,
+    start: Annotated[
+        datetime | None, typer.Option("--from", help="ISO time, UTC if no zone")
+    ] = None,
+    end: Annotated[datetime | None, typer.Option("--to", help="ISO time, UTC if no zone")] = None,
+    limit: Annotated[int, typer.Option()] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """The feedback inbox: newest first, with the filters of the hosted products."""
+    from thumbline.queries import InboxFilter, inbox_sql, parse_since
+    from thumbline.sqlserver import run_sql
+
+    settings = _settings()
+    try:
+        filters = InboxFilter(
+            labels=tuple(label or ()), kinds=tuple(kind or ()), project=project,
+            environment=environment, model=model, capability=capability, user_id=user,
+            session_id=session, has_comment=has_comment,
+            since=parse_since(since) if since else None,
+            start=_utc(start), end=_utc(end), limit=limit,
+        )  # fmt: skip
+        query = inbox_sql(settings.clickhouse_database, filters)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        sys.stdout.write(run_sql(settings, query, fmt="JSONEachRow").decode())
+        return
+    _, rows = _rows(settings, query)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("time", "trace", "label", "comment", "user", "session", "project/model"):
+        table.add_column(name, overflow="fold" if name == "trace" else "ellipsis")
+    for r in rows:
+        ts, trace_id, lbl, comment, user_id, session_id, proj, mdl = r[:8]
+        style = _LABEL_STYLE.get(lbl, "")
+        table.add_row(
+            str(ts)[:19], trace_id, f"[{style}]{lbl}[/{style}]" if style else lbl,
+            _short(comment, 48), user_id, session_id, f"{proj}/{mdl}" if mdl else proj,
+        )  # fmt: skip
+    out.print(table)
+    err.print(f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}", style="dim")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@app.command()
+def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -> None:
+    """A trace: its spans, then all of its feedback."""
+    from thumbline.queries import InboxFilter, inbox_sql, trace_spans_sql
+
+    settings = _settings()
+    db = settings.clickhouse_database
+    names, spans = _rows(settings, trace_spans_sql(db, trace_id))
+    if not spans:
+        err.print(f"no spans stored for trace {trace_id}", style="yellow")
+    else:
+        table = Table(
+            *names[:3], "model", "latency_ms", "cost_usd", "status",
+            box=None, header_style="bold", title=f"trace {trace_id}", title_justify="left",
+        )  # fmt: skip
+        first = spans[0]
+        out.print(f"project {first[3]}  environment {first[4]}  capability {first[6] or '-'}  "
+                  f"user {first[8] or '-'}  session {first[9] or '-'}")  # fmt: skip
+        for s in spans:
+            table.add_row(s[0] or "(trace)", s[1] or "", s[2] or "", s[5] or "",
+                          _cell(s[11]), _cell(s[13]), s[14])  # fmt: skip
+        out.print(table)
+    _, rows = _rows(settings, inbox_sql(db, InboxFilter(trace_id=trace_id, limit=1000)))
+    feedback = Table(
+        "time", "label", "kind", "name", "score", "comment", "user", "status",
+        box=None, header_style="bold", title="feedback", title_justify="left",
+    )  # fmt: skip
+    for r in rows:
+        style = _LABEL_STYLE.get(r[2], "")
+        feedback.add_row(
+            str(r[0])[:19], f"[{style}]{r[2]}[/{style}]" if style else r[2], r[10], r[11],
+            _cell(r[12]), _short(r[3], 60), r[4], r[13],
+        )  # fmt: skip
+    out.print(feedback)
+
+
+# loadgen ----------------------------------------------------------------------
+
+
+def _parse_spike(text: str | None) -> Any:
+    from producers.loadgen import Spike
+
+    if not text:
+        return None
+    fields: dict[str, Any] = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key in ("start", "end", "bad"):
+            try:
+                fields["bad_share" if key == "bad" else key] = float(value)
+            except ValueError:
+                _fail(f"--spike {key} must be a number, got {value!r}", 2)
+        elif key in ("project", "model", "capability"):
+            fields[key] = value.strip()
+        else:
+            _fail(
+                f"--spike takes start=, end=, bad=, project=, model=, capability= (got {key!r})", 2
+            )
+    if "start" not in fields or "end" not in fields:
+        _fail("--spike needs start= and end= (seconds into the run)", 2)
+    return Spike(**fields)
+
+
+@app.command()
+def loadgen(
+    rate: Annotated[float, typer.Option(help="Feedback events per second.")] = 100.0,
+    duration: Annotated[float | None, typer.Option(help="Seconds; 0 runs until Ctrl-C.")] = 10.0,
+    count: Annotated[int | None, typer.Option(help="Stop after this many feedback events.")] = None,
+    projects: Annotated[int, typer.Option()] = 3,
+    models: Annotated[int, typer.Option()] = 4,
+    capabilities: Annotated[int, typer.Option()] = 3,
+    users: Annotated[int, typer.Option()] = 1000,
+    bad: Annotated[float, typer.Option(help="Share of bad feedback.")] = 0.1,
+    early: Annotated[float, typer.Option(help="Share of feedback sent before its trace.")] = 0.1,
+    orphans: Annotated[
+        float, typer.Option(help="Share of feedback whose trace never comes.")
+    ] = 0.0,
+    spike: Annotated[
+        str | None,
+        typer.Option(help="e.g. start=30,end=90,bad=0.6,project=project-0,model=model-1"),
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Publish realistic traces and feedback, and report exactly what was sent."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from producers import FeedbackProducer
+    from producers.loadgen import LoadSpec, run_load
+
+    settings = _settings()
+    spec = LoadSpec(
+        rate=rate, duration=duration or None, count=count, projects=projects, models=models,
+        capabilities=capabilities, users=users, bad_share=bad, early_share=early,
+        orphan_share=orphans, spike=_parse_spike(spike), seed=seed,
+    )  # fmt: skip
+    total = count or (rate * duration if duration else None)
+
+    async def run() -> Any:
+        async with FeedbackProducer(
+            bootstrap_servers=_bootstrap(settings),
+            topic_prefix=settings.topic_prefix,
+            **settings.kafka_kwargs(),
+        ) as producer:
+            with Progress(
+                TextColumn("loadgen"), BarColumn(), TextColumn("{task.completed:,.0f} feedback"),
+                TimeElapsedColumn(), console=err, transient=True, disable=as_json,
+            ) as progress:  # fmt: skip
+                task = progress.add_task("send", total=total)
+                return await run_load(
+                    producer,
+                    spec,
+                    on_progress=lambda r: progress.update(task, completed=r.feedback),
+                )
+
+    report = asyncio.run(run())
+    if as_json:
+        out.print(orjson.dumps(report.as_dict()).decode(), markup=False, soft_wrap=True)
+        return
+    rate_sent = report.feedback / report.seconds if report.seconds else 0.0
+    out.print(
+        f"sent {report.feedback:,} feedback and {report.traces:,} traces in "
+        f"{report.seconds:.1f}s ({rate_sent:,.0f} feedback/s); {report.early:,} before their "
+        f"trace, {report.orphans:,} without one; labels {dict(report.labels)}"
+    )
+    if spec.spike:
+        out.print(
+            f"spike {report.spike_from} .. {report.spike_to}: "
+            f"{report.spike_bad}/{report.spike_total} bad"
+        )
 
 
 # topics, migrations, schemas ----------------------------------------------------

@@ -1,0 +1,62 @@
+"""Inbox SQL and the load generator, without a broker or a store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from producers.loadgen import LoadGenerator, LoadSpec, Spike
+from thumbline.queries import InboxFilter, inbox_sql, literal, parse_since
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def test_values_are_escaped_as_literals():
+    assert literal("o'brien\\") == "'o\\'brien\\\\'"
+    sql = inbox_sql("thumbline", InboxFilter(user_id="x' OR 1=1 --"))
+    assert "user_id = 'x\\' OR 1=1 --'" in sql
+
+
+def test_every_filter_becomes_a_condition():
+    sql = inbox_sql("db", InboxFilter(
+        labels=("bad", "edit"), project="shop", environment="prod", model="m1", capability="c",
+        user_id="u", session_id="s", has_comment=True, since=timedelta(days=7), limit=20,
+    ), now=NOW)  # fmt: skip
+    for clause in (
+        "label IN ('bad', 'edit')", "project = 'shop'", "environment = 'prod'", "model = 'm1'",
+        "capability = 'c'", "user_id = 'u'", "session_id = 's'", "comment != ''",
+        "ts >= toDateTime64('2026-11-16 12:00:00.000000', 6, 'UTC')", "retracted = 0",
+    ):  # fmt: skip
+        assert clause in sql
+    assert sql.endswith("ORDER BY ts DESC, event_id LIMIT 20") and "FROM db.feedback FINAL" in sql
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("24h", 86400), ("7d", 604800)])
+def test_since_accepts_minutes_hours_days(text, seconds):
+    assert parse_since(text).total_seconds() == seconds
+
+
+def test_since_explains_what_it_accepts():
+    with pytest.raises(ValueError, match="e.g. 7d"):
+        parse_since("last week")
+
+
+def test_the_load_generator_is_reproducible_from_its_seed():
+    a, b = LoadGenerator(LoadSpec(seed=7, run_id="r")), LoadGenerator(LoadSpec(seed=7, run_id="r"))
+    pairs_a = [a.pair(0)[1].model_dump(exclude={"received_at", "ts"}) for _ in range(50)]
+    pairs_b = [b.pair(0)[1].model_dump(exclude={"received_at", "ts"}) for _ in range(50)]
+    assert pairs_a == pairs_b
+
+
+def test_a_spike_raises_the_bad_share_only_on_its_dimensions_and_window():
+    spec = LoadSpec(seed=3, bad_share=0.05, projects=2,
+                    spike=Spike(start=10, end=20, bad_share=0.9, project="project-0"))  # fmt: skip
+    gen = LoadGenerator(spec)
+    inside, outside = [], []
+    for i in range(4000):
+        trace, feedback, in_spike = gen.pair(15 if i % 2 else 5)
+        (inside if in_spike else outside).append(feedback.label == "bad")
+        assert not in_spike or trace.project == "project-0"
+    assert sum(inside) / len(inside) > 0.8
+    assert sum(outside) / len(outside) < 0.1

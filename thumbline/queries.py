@@ -1,0 +1,105 @@
+"""The SQL behind ``thumbline inbox`` and ``thumbline trace`` (and, later, the read API).
+
+Values are written into the SQL as escaped literals because the store's SQL
+endpoint takes plain text; every value passes through :func:`literal`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+_SINCE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+INBOX_COLUMNS = (
+    "ts", "trace_id", "label", "comment", "user_id", "session_id", "project", "model",
+    "environment", "capability", "kind", "name", "score", "join_status", "event_id",
+)  # fmt: skip
+
+
+def literal(value: str) -> str:
+    """A ClickHouse string literal for ``value``."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def parse_since(text: str) -> timedelta:
+    """``30m``, ``24h``, ``7d``, ``2w`` as a duration.
+
+    Raises:
+        ValueError: with what is accepted.
+    """
+    match = _SINCE.match(text.strip())
+    if not match:
+        raise ValueError(
+            f"--since takes a number and a unit (s, m, h, d, w), e.g. 7d; got {text!r}"
+        )
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _time(value: datetime) -> str:
+    return (
+        f"toDateTime64({literal(value.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f'))}, 6, 'UTC')"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InboxFilter:
+    """The filters of the feedback inbox; empty fields do not filter."""
+
+    labels: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    project: str | None = None
+    environment: str | None = None
+    model: str | None = None
+    capability: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    trace_id: str | None = None
+    has_comment: bool = False
+    since: timedelta | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    limit: int = 50
+    extra: tuple[str, ...] = field(default=())
+
+    def where(self, now: datetime | None = None) -> str:
+        clauses = ["retracted = 0"]
+        for column in ("project", "environment", "model", "capability", "user_id", "session_id",
+                       "trace_id"):  # fmt: skip
+            value = getattr(self, column)
+            if value:
+                clauses.append(f"{column} = {literal(value)}")
+        if self.labels:
+            clauses.append(f"label IN ({', '.join(literal(v) for v in self.labels)})")
+        if self.kinds:
+            clauses.append(f"kind IN ({', '.join(literal(v) for v in self.kinds)})")
+        if self.has_comment:
+            clauses.append("comment != ''")
+        if self.since is not None:
+            clauses.append(f"ts >= {_time((now or datetime.now(UTC)) - self.since)}")
+        if self.start is not None:
+            clauses.append(f"ts >= {_time(self.start)}")
+        if self.end is not None:
+            clauses.append(f"ts < {_time(self.end)}")
+        return " AND ".join(clauses)
+
+
+def inbox_sql(database: str, filters: InboxFilter, now: datetime | None = None) -> str:
+    """Newest feedback first, with the inbox's columns."""
+    if not 1 <= filters.limit <= 10_000:
+        raise ValueError("--limit must be between 1 and 10000")
+    return (
+        f"SELECT {', '.join(INBOX_COLUMNS)} FROM {database}.feedback FINAL "
+        f"WHERE {filters.where(now)} ORDER BY ts DESC, event_id LIMIT {filters.limit}"
+    )
+
+
+def trace_spans_sql(database: str, trace_id: str) -> str:
+    return (
+        "SELECT span_id, parent_span_id, name, project, environment, model, capability, step, "
+        "user_id, session_id, start_time, latency_ms, total_tokens, cost_usd, status, error "
+        f"FROM {database}.traces FINAL WHERE trace_id = {literal(trace_id)} "
+        "ORDER BY start_time, span_id"
+    )
