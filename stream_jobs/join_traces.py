@@ -15,8 +15,9 @@ the partition of their ``trace_id``). Per micro-batch it:
    publishes enriched feedback and dead letters to Kafka.
 
 Delivery: an input message is acknowledged (its offset may be committed) only
-when every event in it is durably somewhere: flushed to ClickHouse, or
-acknowledged by Kafka for a forward. Feedback still waiting for its trace keeps
+when every event in it is durably somewhere (flushed to ClickHouse, or
+acknowledged by Kafka for a forward) and so is every message before it on its
+partition. Feedback still waiting for its trace keeps
 its message unacknowledged, so a crash replays it; the tables' version keys make
 every replay collapse into the rows already there.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,6 +60,7 @@ class _Held:
 
     event: Any  # the faust Event
     outstanding: int = 0
+    durable: bool = False  # every event of it is flushed or acknowledged by Kafka
 
 
 @dataclass(slots=True)
@@ -118,6 +120,11 @@ class JoinTracesJob:
         self.producer = producer
         self._lock = asyncio.Lock()
         self._unflushed: list[_Held] = []  # complete, waiting for the next flush
+        # Received messages per partition, in offset order. Faust's consumer commits
+        # past an unacknowledged message once later offsets are acknowledged (its
+        # head-gap check is off by one, and absent before the first commit), so
+        # messages are acknowledged strictly in order: a held one holds back the rest.
+        self._order: dict[Any, deque[_Held]] = defaultdict(deque)
         self.counts: dict[str, int] = defaultdict(int)
 
     # The agent's entry point ---------------------------------------------------
@@ -132,6 +139,7 @@ class JoinTracesJob:
                 event.message.incref()
                 held = _Held(event)
                 batch.held.append(held)
+                self._order[event.message.tp].append(held)
                 self._decode(event.message, held, batch)
             rows = self.state.add_traces(batch.traces)
             await self._lookup_unknown(batch)
@@ -281,9 +289,12 @@ class JoinTracesJob:
                 self.counts["flush_failures"] += 1
                 await asyncio.sleep(exc.retry_after)
         self.counts["rows_written"] += written
-        done, self._unflushed = self._unflushed, []
-        for held in done:
-            held.event.ack()
+        for held in self._unflushed:
+            held.durable = True
+        self._unflushed = []
+        for queue in self._order.values():
+            while queue and queue[0].durable:
+                queue.popleft().event.ack()
 
 
 def _chunks(items: list[bytes], max_bytes: int = 512 * 1024) -> list[list[bytes]]:

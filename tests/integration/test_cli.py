@@ -5,55 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import consume
-from thumbline import runfile
-
-
-@dataclass
-class Up:
-    proc: subprocess.Popen[str]
-    info: runfile.RunInfo
-    env: dict[str, str]
-    data_dir: Path
-
-
-def start_up(thumbline_bin: str, env: dict[str, str], data_dir: Path) -> Up:
-    proc = subprocess.Popen(
-        [thumbline_bin, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        info = runfile.read(data_dir / "run.json")
-        if info is not None:
-            return Up(proc, info, env, data_dir)
-        if proc.poll() is not None:
-            raise AssertionError(f"thumbline up exited {proc.returncode}: {proc.stderr.read()}")
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("thumbline up did not write its run file in 90 s")
-
-
-def stop(up: Up) -> None:
-    if up.proc.poll() is None:
-        up.proc.send_signal(signal.SIGTERM)
-        try:
-            up.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            up.proc.kill()
-            up.proc.wait()
-    for stream in (up.proc.stdout, up.proc.stderr):
-        if stream:
-            stream.close()
-    if up.info.broker_pid and runfile.pid_alive(up.info.broker_pid):
-        os.kill(up.info.broker_pid, signal.SIGKILL)
+from tests.integration.conftest import Up, consume, gone, run, start_up, stop
 
 
 @pytest.fixture
@@ -66,25 +22,6 @@ def up(thumbline_bin, env, tmp_path) -> Iterator[Up]:
     running = start_up(thumbline_bin, env, tmp_path / "data")
     yield running
     stop(running)
-
-
-def run(thumbline_bin: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [thumbline_bin, *args], env=env, capture_output=True, text=True, timeout=120
-    )
-
-
-def gone(pid: int, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            waited, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            waited = 0
-        if waited == pid or not runfile.pid_alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_up_prints_where_everything_is_and_says_messages_live_in_memory(up):

@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from producers import FeedbackProducer
+from producers.loadgen import LoadSpec, run_load
 from schemas import Topics, partition_for
 from stream_jobs.app import StreamApp
 from tests.conftest import unique
@@ -276,3 +278,43 @@ async def test_enriched_feedback_is_published_for_the_rates(sdk, stream, query):
     assert [(e["project"], e["model"], e["join_status"]) for e in mine] == [
         ("shop", "m9", "joined")
     ]
+
+
+async def test_a_clickhouse_outage_pauses_the_stream_and_loses_nothing(
+    stream, broker, store, store_settings, query
+):
+    """The store refuses every insert for 3 s in the middle of a run (injected at the client)."""
+    real = stream.job.sink._client
+    down = asyncio.Event()
+
+    class Outage:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def insert(self, *args, **kwargs):
+            if down.is_set():
+                raise OperationalError("injected outage: Connection refused")
+            return real.insert(*args, **kwargs)
+
+    stream.job.sink._client = Outage()
+    failures_before = stream.job.counts["flush_failures"]
+    spec = LoadSpec(rate=1000, duration=None, count=4000, early_share=0.1, seed=5,
+                    run_id=unique("outage"))  # fmt: skip
+    try:
+        async with FeedbackProducer(
+            bootstrap_servers=broker.bootstrap, topic_prefix=stream.settings.topic_prefix
+        ) as fb:
+            load = asyncio.create_task(run_load(fb, spec))
+            await asyncio.sleep(1.0)
+            down.set()
+            await asyncio.sleep(3.0)
+            down.clear()
+            report = await load
+    finally:
+        stream.job.sink._client = real
+    like = f"startsWith(trace_id, 'lg-{spec.run_id}-')"
+    await eventually(lambda: query(
+        f"SELECT count(), uniqExact(event_id) FROM {{db}}.feedback FINAL WHERE {like}"
+    ) == [(report.feedback, report.feedback)], timeout=60)  # fmt: skip
+    assert query(f"SELECT count() FROM {{db}}.traces FINAL WHERE {like}") == [(report.traces,)]
+    assert stream.job.counts["flush_failures"] > failures_before
