@@ -47,17 +47,10 @@ def test_sql_answers_while_up_runs(thumbline_bin, up):
         "SELECT name FROM system.tables WHERE database = 'thumbline' ORDER BY name",
     )
     assert table.returncode == 0, table.stderr
-    assert table.stdout.split() == [
-        "name",
-        "alerts",
-        "dead_letters",
-        "feedback",
-        "feedback_latest",
-        "feedback_rates",
-        "schema_migrations",
-        "traces",
-        "traces_latest",
-    ]
+    listed = table.stdout.split()
+    assert listed[0] == "name"
+    assert {"feedback", "traces", "feedback_rates", "alerts", "dead_letters", "feedback_latest",
+            "weekly_quality_review", "users_repeated_bad"} <= set(listed[1:])  # fmt: skip
 
 
 async def test_send_puts_valid_events_on_the_running_broker(thumbline_bin, up):

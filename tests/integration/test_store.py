@@ -41,13 +41,19 @@ class TestMigrations:
         ).result_rows
         assert dict(rows) == {
             "alerts": "ReplacingMergeTree",
+            "bad_rate_by_model_hourly": "View",
             "dead_letters": "ReplacingMergeTree",
             "feedback": "ReplacingMergeTree",
             "feedback_latest": "View",
             "feedback_rates": "ReplacingMergeTree",
+            "implicit_signals_by_model": "View",
             "schema_migrations": "ReplacingMergeTree",
+            "scores_by_trace": "View",
+            "thumbs_by_capability": "View",
             "traces": "ReplacingMergeTree",
             "traces_latest": "View",
+            "users_repeated_bad": "View",
+            "weekly_quality_review": "View",
         }
 
     def test_a_fresh_database_is_migrated_from_nothing(self, store):
@@ -70,6 +76,44 @@ class TestMigrations:
                 apply_migrations(store, db)
         finally:
             store.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+class TestAnalyticsViews:
+    def test_each_view_answers_from_the_feedback_rows(self, store, store_settings):
+        db = store_settings.clickhouse_database
+        now = datetime.now(UTC)
+        user = unique("user")
+        columns = [
+            "event_id", "trace_id", "label", "kind", "name", "score", "comment", "user_id",
+            "capability", "model", "source", "ts", "received_at", "version", "retracted",
+        ]  # fmt: skip
+        rows = [
+            [unique("e"), "t1", "bad", "thumb", "q", 0.0, "wrong", user, "cap-v", "m-v",
+             "explicit", now, now, 1, 0]
+            for _ in range(3)
+        ] + [[unique("e"), "t1", "good", "thumb", "q", 1.0, "", user, "cap-v", "m-v",
+              "explicit", now, now, 1, 0],
+             [unique("e"), "t1", "neutral", "signal", "copied", None, "", user, "cap-v", "m-v",
+              "implicit", now, now, 1, 0]]  # fmt: skip
+        store.insert(f"{db}.feedback", rows, column_names=columns)
+        q = lambda sql: store.query(sql.replace("{db}", db)).result_rows  # noqa: E731
+        assert q(f"SELECT bad, traces FROM {{db}}.users_repeated_bad WHERE user_id = '{user}'") == [
+            (3, 1)
+        ]
+        assert q("SELECT up, down FROM {db}.thumbs_by_capability WHERE capability = 'cap-v'") == [
+            (1, 3)
+        ]
+        assert q("SELECT raters, mean_score FROM {db}.scores_by_trace WHERE trace_id = 't1'") == [
+            (4, 0.25)
+        ]
+        assert q("SELECT feedback, bad FROM {db}.bad_rate_by_model_hourly WHERE model = 'm-v'") == [
+            (4, 3)
+        ]
+        assert q(
+            "SELECT signal, events FROM {db}.implicit_signals_by_model WHERE model = 'm-v'"
+        ) == [("copied", 1)]
+        review = q("SELECT user_id FROM {db}.weekly_quality_review")
+        assert (user,) in review and len(review) <= 20
 
 
 class TestIdempotentKeys:
