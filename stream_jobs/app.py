@@ -48,9 +48,12 @@ def _credentials(settings: Settings) -> Any:
     )
 
 
-def build_faust_app(settings: Settings, bootstrap: str) -> faust.App:
-    """A Faust app tuned for this pipeline (and for the embedded broker's quirks)."""
-    app_id = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{settings.topic_prefix}join")
+def build_faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> faust.App:
+    """A Faust app tuned for this pipeline (and for the embedded broker's quirks).
+
+    ``app_id`` is the consumer group; default ``<topic prefix>join``.
+    """
+    app_id = re.sub(r"[^A-Za-z0-9_.-]", "_", app_id or f"{settings.topic_prefix}join")
     return faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
@@ -78,9 +81,10 @@ def build_faust_app(settings: Settings, bootstrap: str) -> faust.App:
 class StreamApp:
     """The join job and its Faust app; ``start()`` and ``stop()`` (safe twice) in a running loop."""
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, *, app_id: str | None = None) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
+        self.app_id = app_id
         self.topics = Topics.build(settings.topic_prefix, settings.partitions)
         self.job: JoinTracesJob | None = None
         self._app: faust.App | None = None
@@ -114,7 +118,7 @@ class StreamApp:
             lookup=lambda ids: lookup_traces(lookup_client, db, ids, now=state.clock()),
             producer=self._producer,
         )
-        app = self._app = build_faust_app(s, self.bootstrap)
+        app = self._app = build_faust_app(s, self.bootstrap, self.app_id)
         source = app.topic(
             self.topics.feedback.name,
             self.topics.traces.name,

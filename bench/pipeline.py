@@ -1,0 +1,251 @@
+"""End-to-end pipeline benchmark: pre-filled topics to rows queryable in ClickHouse.
+
+The parent starts the embedded broker and fills the feedback and traces topics
+once (N feedback events, each with its trace event, sent in batches by the
+SDK). Each variant then runs in its own process, with its own chDB store and
+consumer group, on the same data, and is timed from the moment its stream app
+has started until ``count() FINAL`` of the feedback table equals N (checked
+exactly). Variants:
+
+- ``thumbline``: the join job of this repository (micro-batches, one
+  ClickHouse lookup per batch, columnar inserts);
+- ``per_event``: the straightforward faust-streaming implementation of the
+  same join as a baseline: one event at a time, trace attributes in a Faust
+  Table, pending feedback in a dict, rows inserted 1,000 at a time.
+
+    python bench/pipeline.py --feedback 40000 [--baseline-feedback 10000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import platform
+import pstats
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from producers import FeedbackProducer
+from producers.loadgen import LoadGenerator, LoadSpec
+from schemas import Topics
+from thumbline.broker import EmbeddedBroker
+from thumbline.kafka import ensure_topics
+from thumbline.settings import load_settings
+from thumbline.store import apply_migrations, open_client
+
+PARTITIONS = 8
+
+
+async def fill(bootstrap: str, prefix: str, n: int, early: float) -> None:
+    gen = LoadGenerator(LoadSpec(seed=42, run_id=prefix.strip("."), comment_share=0.3))
+    async with FeedbackProducer(bootstrap_servers=bootstrap, topic_prefix=prefix) as fb:
+        for start in range(0, n, 5000):
+            batch: list = []
+            late: list = []
+            for _ in range(min(5000, n - start)):
+                trace, feedback, _ = gen.pair(0.0)
+                (late if gen.rng.random() < early else batch).append(trace)
+                batch.append(feedback)
+            await fb.send_many(batch + late)
+
+
+def rows(client, db: str) -> int:
+    return int(client.query(f"SELECT count() FROM {db}.feedback FINAL").result_rows[0][0])
+
+
+async def wait_rows(client, db: str, n: int, timeout: float) -> float:
+    start = time.perf_counter()
+    while rows(client, db) < n:
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"{rows(client, db)} of {n} rows after {timeout}s")
+        await asyncio.sleep(0.2)
+    return time.perf_counter() - start
+
+
+# thumbline's join -----------------------------------------------------------------
+
+
+async def run_thumbline(bootstrap: str, prefix: str, n: int, profile: bool) -> dict:
+    from stream_jobs.app import StreamApp
+
+    settings = load_settings(
+        data_dir=Path(tempfile.mkdtemp(prefix="bench-tl-")), topic_prefix=prefix,
+        partitions=PARTITIONS, sink_max_seconds=0.5,
+    )  # fmt: skip
+    client = open_client(settings)
+    apply_migrations(client, settings.clickhouse_database)
+    app = StreamApp(settings, bootstrap, app_id=f"{prefix}bench-thumbline-{time.time_ns()}")
+    profiler = cProfile.Profile() if profile else None
+    await app.start()
+    if profiler:
+        profiler.enable()
+    seconds = await wait_rows(client, settings.clickhouse_database, n, timeout=900)
+    if profiler:
+        profiler.disable()
+    result = {"seconds": seconds, "counts": dict(app.job.counts) if app.job else {}}
+    await app.stop()
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
+        result["profile"] = out.getvalue()
+    return result
+
+
+# the per-event baseline ------------------------------------------------------------
+
+
+async def run_per_event(bootstrap: str, prefix: str, n: int, profile: bool) -> dict:
+    import faust
+    import orjson
+
+    from schemas import FeedbackEvent, TraceEvent
+    from stream_jobs.join_state import JoinStatus, TraceAttributes, enrich
+    from stream_jobs.sink import ClickHouseSink
+
+    settings = load_settings(
+        data_dir=Path(tempfile.mkdtemp(prefix="bench-pe-")), topic_prefix=prefix,
+        partitions=PARTITIONS,
+    )  # fmt: skip
+    db = settings.clickhouse_database
+    client = open_client(settings)
+    apply_migrations(client, db)
+    sink = ClickHouseSink(open_client(settings), db, max_rows=1000, max_age=0.5)
+    app = faust.App(
+        f"{prefix}bench-per-event-{time.time_ns()}", broker=f"kafka://{bootstrap}",
+        store="memory://", autodiscover=False, processing_guarantee="at_least_once",
+        broker_session_timeout=6, broker_rebalance_timeout=6, broker_heartbeat_interval=1,
+        topic_disable_leader=True, consumer_auto_offset_reset="earliest", web_enabled=False,
+        topic_partitions=PARTITIONS,
+    )  # fmt: skip
+    traces_table = app.Table("traces", default=None, partitions=PARTITIONS)
+    pending: dict[str, list[FeedbackEvent]] = {}
+    topics = Topics.build(prefix, PARTITIONS)
+    source = app.topic(topics.feedback.name, topics.traces.name, value_type=bytes,
+                       value_serializer="raw")  # fmt: skip
+
+    def attrs_of(data: dict) -> TraceAttributes:
+        attrs = TraceAttributes(data["trace_id"])
+        attrs.merge(TraceEvent.model_validate(data), 0.0)
+        return attrs
+
+    @app.agent(source)
+    async def join(stream):  # one event at a time
+        async for event in stream.events():
+            items = orjson.loads(event.value)
+            for item in items if isinstance(items, list) else [items]:
+                if event.message.topic == topics.traces.name:
+                    trace = TraceEvent.parse(item)
+                    traces_table[trace.trace_id] = item
+                    waiting = pending.pop(trace.trace_id, [])
+                    sink.add_feedback(enrich(f, attrs_of(item), JoinStatus.JOINED) for f in waiting)
+                    sink.add_traces([trace])
+                else:
+                    feedback = FeedbackEvent.parse(item)
+                    known = traces_table[feedback.trace_id]
+                    if known is None:
+                        pending.setdefault(feedback.trace_id, []).append(feedback)
+                    else:
+                        sink.add_feedback([enrich(feedback, attrs_of(known), JoinStatus.JOINED)])
+                if sink.due():
+                    await asyncio.to_thread(sink.flush)
+
+    @app.timer(0.5)
+    async def flush():
+        if sink.pending:
+            await asyncio.to_thread(sink.flush)
+
+    profiler = cProfile.Profile() if profile else None
+    await app.start()
+    if profiler:
+        profiler.enable()
+    seconds = await wait_rows(client, db, n, timeout=1800)
+    if profiler:
+        profiler.disable()
+    await app.stop()
+    return {"seconds": seconds}
+
+
+VARIANTS = {"thumbline": run_thumbline, "per_event": run_per_event}
+
+
+def child(args: argparse.Namespace) -> None:
+    result = asyncio.run(
+        VARIANTS[args.variant](args.bootstrap, args.prefix, args.expect, args.profile)
+    )
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+def run_variant(variant: str, bootstrap: str, prefix: str, n: int, profile: bool) -> dict:
+    proc = subprocess.run(  # noqa: S603 (this script, our arguments)
+        [sys.executable, __file__, "--child", variant, "--bootstrap", bootstrap,
+         "--prefix", prefix, "--expect", str(n)] + (["--profile"] if profile else []),
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"{variant} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parent(args: argparse.Namespace) -> None:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 (git from PATH, a dev tool)
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    with EmbeddedBroker() as broker:
+        results = {}
+        for variant, n in (("thumbline", args.feedback), ("per_event", args.baseline_feedback)):
+            prefix = f"bench-{variant}-{n}."
+            asyncio.run(ensure_topics(broker.bootstrap, Topics.build(prefix, PARTITIONS).all()))
+            t = time.perf_counter()
+            asyncio.run(fill(broker.bootstrap, prefix, n, args.early))
+            fill_s = time.perf_counter() - t
+            result = run_variant(variant, broker.bootstrap, prefix, n, args.profile)
+            result.update(n=n, fill_seconds=fill_s, feedback_per_s=n / result["seconds"])
+            results[variant] = result
+            print(
+                f"| {variant} | {n:,} | {2 * n:,} | {result['seconds']:.1f} | "
+                f"{n / result['seconds']:,.0f} | {2 * n / result['seconds']:,.0f} | "
+                f"{result['peak_rss_mb']:.0f} |",
+                flush=True,
+            )
+            if result.get("profile"):
+                print(result["profile"])
+    ratio = results["thumbline"]["feedback_per_s"] / results["per_event"]["feedback_per_s"]
+    print(
+        f"\nratio thumbline / per_event: {ratio:.1f}x; {platform.machine()}, "
+        f"{datetime.now(UTC):%Y-%m-%d}, commit {commit}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--feedback", type=int, default=40_000)
+    parser.add_argument("--baseline-feedback", type=int, default=10_000)
+    parser.add_argument("--early", type=float, default=0.1, help="share of traces sent late")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--child", dest="variant", choices=list(VARIANTS))
+    parser.add_argument("--bootstrap")
+    parser.add_argument("--prefix")
+    parser.add_argument("--expect", type=int)
+    args = parser.parse_args()
+    if args.variant:
+        child(args)
+    else:
+        print("| variant | feedback | events | seconds | feedback/s | events/s | peak RSS MB |")
+        print("|---|---|---|---|---|---|---|")
+        parent(args)
+
+
+if __name__ == "__main__":
+    main()
