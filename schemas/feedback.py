@@ -225,7 +225,11 @@ class FeedbackEvent(Contract):
     def _derive(cls, data: Any, handler: ModelWrapValidatorHandler[FeedbackEvent]) -> Any:
         event = handler(data)
         updates = derive(event)
-        return event.model_copy(update=updates) if updates else event
+        # The instance is not published yet: fill the derived fields in place
+        # (model_copy costs more than the whole validation on the stream's hot path).
+        for name, value in updates.items():
+            object.__setattr__(event, name, value)
+        return event
 
 
 def derive(event: FeedbackEvent) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from pydantic import TypeAdapter, ValidationError
 
 from schemas import (
     DeadLetter,
@@ -52,6 +53,8 @@ from stream_jobs.sink import ClickHouseSink, SinkUnavailable
 logger = logging.getLogger(__name__)
 
 MAX_RAW_BYTES = 1_000_000
+_FEEDBACK_LIST = TypeAdapter(list[FeedbackEvent])
+_TRACE_LIST = TypeAdapter(list[TraceEvent])
 
 
 @dataclass(slots=True, eq=False)
@@ -194,6 +197,10 @@ class JoinTracesJob:
         except (orjson.JSONDecodeError, AttributeError) as exc:
             batch.dead.append(_dead(message, -1, "bad_keyed", str(exc), raw or b""))
             return
+        fast = self._validate_all(message, raw, groups)
+        if fast is not None:  # the whole message is valid: no per-item pass needed
+            self._place(message, held, batch, fast)
+            return
         feedback: list[FeedbackEvent] = []
         index = 0
         for kind, items in groups:
@@ -221,6 +228,40 @@ class JoinTracesJob:
                 else:
                     batch.traces.append(event)
                 index += 1
+        if feedback:
+            batch.feedback.append((feedback, held))
+
+    def _validate_all(
+        self, message: Any, raw: bytes, groups: list[tuple[str, list[Any]]]
+    ) -> list[tuple[str, list[Any]]] | None:
+        """Validate a raw-topic message in one pass from its bytes; None if any item is bad."""
+        if message.topic == self.topics.keyed.name:
+            return None
+        kind, items = groups[0]
+        adapter = _FEEDBACK_LIST if kind == "feedback" else _TRACE_LIST
+        body = raw if raw.lstrip()[:1] == b"[" else b"[" + raw + b"]"
+        try:
+            events = adapter.validate_json(body)
+        except ValidationError:
+            return None
+        stamp = message.timestamp
+        return [(kind, [_stamp(e, stamp) for e in events])]
+
+    def _place(
+        self, message: Any, held: _Held, batch: _Batch, groups: list[tuple[str, list[Any]]]
+    ) -> None:
+        feedback: list[FeedbackEvent] = []
+        for kind, events in groups:
+            for event in events:
+                target = partition_for(event.trace_id, self.partitions)
+                if target != message.partition:
+                    batch.forward[target][kind].append(
+                        type(event).__pydantic_serializer__.to_json(event, exclude_none=True)
+                    )
+                elif kind == "feedback":
+                    feedback.append(event)
+                else:
+                    batch.traces.append(event)
         if feedback:
             batch.feedback.append((feedback, held))
 

@@ -22,7 +22,7 @@ def quickstart_commands() -> list[str]:
 
 def test_the_quickstart_is_exactly_two_commands():
     run, test = quickstart_commands()
-    assert run.endswith("thumbline up") and "pip install -e ." in run
+    assert run.endswith("thumbline up --demo") and "pip install -e ." in run
     assert "pytest" in test
 
 
