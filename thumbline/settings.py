@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     join_retention_seconds: float = Field(
         7 * 86400.0, gt=0, description="How long the join holds a trace's attributes in memory."
     )
-    stream_batch_size: int = Field(2000, ge=1, le=100_000, description="Messages per micro-batch.")
+    stream_batch_size: int = Field(
+        200, ge=1, le=100_000, description="Messages per micro-batch (of up to 1,000 events each)."
+    )
     stream_batch_seconds: float = Field(0.05, gt=0, le=10, description="Longest wait for a batch.")
     sink_max_rows: int = Field(50_000, ge=1, le=1_000_000, description="Rows per insert, at most.")
     sink_max_seconds: float = Field(0.5, gt=0, le=60, description="Longest a row waits to insert.")
