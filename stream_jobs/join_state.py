@@ -42,6 +42,7 @@ def _nones() -> Iterator[None]:
         yield None
 
 
+_STATUS = {s.value: s for s in TraceStatus}  # Enum(value) is slow on the hot path
 RANK = {JoinStatus.ORPHAN: 1, JoinStatus.JOINED: 2, JoinStatus.CORRECTED: 3}
 
 
@@ -147,40 +148,42 @@ def enrich(
         return own if own else inherited
 
     t = trace
-    return EnrichedFeedback.model_construct(
-        schema_version=1,
-        event_id=event.event_id,
-        trace_id=event.trace_id,
-        span_id=event.span_id,
-        name=event.name or "",
-        kind=event.kind or FeedbackKind.LABEL,  # always set by validation
-        value=event.value,
-        score=event.score,
-        label=event.label or "",
-        comment=event.comment,
-        correction=event.correction,
-        category=event.category,
-        tags=event.tags,
-        source=event.source or Source.EXPLICIT,  # always set by validation
-        user_id=pick(event.user_id, t.user_id if t else "") or None,
-        session_id=pick(event.session_id, t.session_id if t else "") or None,
-        conversation_id=pick(event.conversation_id, t.conversation_id if t else "") or None,
-        project=pick(event.project, t.project if t else ""),
-        environment=pick(event.environment, t.environment if t else ""),
-        model=t.model if t else "",
-        capability=pick(event.capability, t.capability if t else "") or None,
-        step=pick(event.step, t.step if t else "") or None,
-        trace_name=(t.name or None) if t else None,
-        trace_status=TraceStatus(t.status) if t and t.status else None,
-        latency_ms=t.latency_ms if t else None,
-        total_tokens=t.tokens if t else None,
-        cost_usd=t.cost if t else None,
-        metadata=event.metadata,
-        ts=event.ts,
-        received_at=event.received_at,
-        join_status=status,
-        retracted=event.retracted,
-        version=version_of(event, status),
+    return EnrichedFeedback.trusted(
+        dict(
+            schema_version=1,
+            event_id=event.event_id,
+            trace_id=event.trace_id,
+            span_id=event.span_id,
+            name=event.name or "",
+            kind=event.kind or FeedbackKind.LABEL,  # always set by validation
+            value=event.value,
+            score=event.score,
+            label=event.label or "",
+            comment=event.comment,
+            correction=event.correction,
+            category=event.category,
+            tags=event.tags,
+            source=event.source or Source.EXPLICIT,  # always set by validation
+            user_id=pick(event.user_id, t.user_id if t else "") or None,
+            session_id=pick(event.session_id, t.session_id if t else "") or None,
+            conversation_id=pick(event.conversation_id, t.conversation_id if t else "") or None,
+            project=pick(event.project, t.project if t else ""),
+            environment=pick(event.environment, t.environment if t else ""),
+            model=t.model if t else "",
+            capability=pick(event.capability, t.capability if t else "") or None,
+            step=pick(event.step, t.step if t else "") or None,
+            trace_name=(t.name or None) if t else None,
+            trace_status=_STATUS.get(t.status) if t else None,
+            latency_ms=t.latency_ms if t else None,
+            total_tokens=t.tokens if t else None,
+            cost_usd=t.cost if t else None,
+            metadata=event.metadata,
+            ts=event.ts,
+            received_at=event.received_at,
+            join_status=status,
+            retracted=event.retracted,
+            version=version_of(event, status),
+        )
     )
 
 
