@@ -3,10 +3,11 @@
 The parent starts the embedded broker and fills the feedback and traces topics
 once (N feedback events, each with its trace event, sent in batches by the
 SDK). Each variant then runs in its own process, with its own chDB store and
-consumer group, on the same data, and is timed until ``count() FINAL`` of the
-feedback table equals N (checked exactly): from the call that starts its
-stream app (Faust's group join included), and from the first row visible to
-the last (the steady rate, used for the ratio). Variants:
+consumer group, on the same data, until ``count() FINAL`` of the feedback
+table equals N (checked exactly) or its time budget runs out. Two rates: rows
+over the time from the call that starts its stream app (Faust's group join and
+the first micro-batch included), and rows over the time from the first insert
+to the last (the steady rate). Variants:
 
 - ``thumbline``: the join job of this repository (micro-batches, one
   ClickHouse lookup per batch, columnar inserts);
@@ -14,7 +15,7 @@ the last (the steady rate, used for the ratio). Variants:
   same join as a baseline: one event at a time, trace attributes in a Faust
   Table, pending feedback in a dict, rows inserted 1,000 at a time.
 
-    python bench/pipeline.py --feedback 40000 [--baseline-feedback 10000] [--profile]
+    python bench/pipeline.py --feedback 50000 --baseline-feedback 50000 --budget 150
 """
 
 from __future__ import annotations
