@@ -156,10 +156,15 @@ def test_sql_without_a_running_up_opens_the_store_itself(thumbline_bin, env):
     assert migrated.returncode == 0, migrated.stderr
     assert "0001_initial: applied" in migrated.stdout
     result = run(
-        thumbline_bin, env, "sql", "SELECT version FROM thumbline.schema_migrations", "-f", "csv"
+        thumbline_bin,
+        env,
+        "sql",
+        "SELECT version FROM thumbline.schema_migrations FINAL ORDER BY version",
+        "-f",
+        "csv",
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ['"version"', "1"]
+    assert result.stdout.splitlines() == ['"version"', "1", "2"]
 
 
 def test_sql_refuses_writes_unless_asked_and_says_how(thumbline_bin, up):
