@@ -23,9 +23,23 @@ DEFAULT_PREFIX = "thumbline."
 DEFAULT_PARTITIONS = 8
 
 
+_HASHES: dict[str, int] = {}
+_HASHES_MAX = 200_000
+
+
 def partition_for(trace_id: str, partitions: int) -> int:
-    """The partition of ``trace_id``: murmur2, as Kafka's Java client and aiokafka hash keys."""
-    return (murmur2(trace_id.encode()) & 0x7FFFFFFF) % partitions
+    """The partition of ``trace_id``: murmur2, as Kafka's Java client and aiokafka hash keys.
+
+    aiokafka's murmur2 is pure Python (about 4 us a key) and the join asks for
+    the same trace id three times (its trace, its feedback, the enriched row),
+    so recent hashes are kept.
+    """
+    hashed = _HASHES.get(trace_id)
+    if hashed is None:
+        if len(_HASHES) >= _HASHES_MAX:
+            _HASHES.clear()
+        hashed = _HASHES[trace_id] = murmur2(trace_id.encode()) & 0x7FFFFFFF
+    return hashed % partitions
 
 
 @dataclass(frozen=True, slots=True)
