@@ -56,7 +56,7 @@ from schemas._base import (
     MAX_TAGS,
     Contract,
     check_nested,
-    require_aware,
+    settle_times,
     utc_now,
 )
 
@@ -112,6 +112,9 @@ class Label(StrEnum):
     BAD = "bad"
     NEUTRAL = "neutral"
     EDIT = "edit"
+
+
+_LABELS = frozenset(label.value for label in Label)
 
 
 class Source(StrEnum):
@@ -184,23 +187,13 @@ class FeedbackEvent(Contract):
                 data = {**data, "kind": KIND_ALIASES[kind]}
         return data
 
-    @field_validator("ts", "received_at")
-    @classmethod
-    def _aware(cls, value: datetime | None, info: Any) -> datetime | None:
-        return require_aware(value, info.field_name)
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_nested(value, "metadata", MAX_METADATA_BYTES)
-
     @field_validator("label")
     @classmethod
     def _label(cls, value: str | None) -> str | None:
         if value is None:
             return None
         lowered = value.lower()
-        return lowered if lowered in Label.__members__.values() else value
+        return lowered if lowered in _LABELS else value
 
     @field_validator("range")
     @classmethod
@@ -224,6 +217,12 @@ class FeedbackEvent(Contract):
     @classmethod
     def _derive(cls, data: Any, handler: ModelWrapValidatorHandler[FeedbackEvent]) -> Any:
         event = handler(data)
+        settle_times(event, ("ts", "received_at"))
+        if event.metadata:
+            try:
+                check_nested(event.metadata, "metadata", MAX_METADATA_BYTES)
+            except ValueError as exc:
+                raise ValueError(f"metadata: {exc}") from None
         updates = derive(event)
         # The instance is not published yet: fill the derived fields in place
         # (model_copy costs more than the whole validation on the stream's hot path).

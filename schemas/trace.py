@@ -10,14 +10,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from schemas._base import (
     MAX_ATTRIBUTES_BYTES,
     MAX_COMMENT_LEN,
     Contract,
     check_nested,
-    require_aware,
+    settle_times,
 )
 from schemas.feedback import Id, Name
 
@@ -60,18 +60,14 @@ class TraceEvent(Contract):
     )
     received_at: datetime | None = Field(None, description="Stamped by the ingest point.")
 
-    @field_validator("start_time", "end_time", "received_at")
-    @classmethod
-    def _aware(cls, value: datetime | None, info: Any) -> datetime | None:
-        return require_aware(value, info.field_name)
-
-    @field_validator("attributes")
-    @classmethod
-    def _attributes(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_nested(value, "attributes", MAX_ATTRIBUTES_BYTES)
-
     @model_validator(mode="after")
     def _derive(self) -> TraceEvent:
+        settle_times(self, ("start_time", "end_time", "received_at"))
+        if self.attributes:
+            try:
+                check_nested(self.attributes, "attributes", MAX_ATTRIBUTES_BYTES)
+            except ValueError as exc:
+                raise ValueError(f"attributes: {exc}") from None
         if self.start_time and self.end_time:
             if self.end_time < self.start_time:
                 raise ValueError("end_time: is before start_time")
