@@ -1,4 +1,4 @@
-"""The ClickHouse sink: batched, columnar, idempotent inserts of the stream's output.
+"""The ClickHouse sink: batched, idempotent inserts of the stream's output.
 
 Guarantee: ``flush()`` returns only after every row added before it is
 acknowledged by ClickHouse. The stream acknowledges its Kafka offsets only
@@ -17,9 +17,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from clickhouse_connect.driver.client import Client
@@ -42,78 +41,65 @@ class SinkUnavailable(ThumblineError):
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-
-def _json_or_empty(value: Any) -> str:
-    return "" if value is None else orjson.dumps(value).decode()
-
-
-def _micros(event: Any) -> int:
-    received = event.received_at or event.ts
-    return int(received.timestamp() * 1_000_000)
-
-
-FEEDBACK_COLUMNS = (
-    "event_id", "trace_id", "span_id", "name", "kind", "value", "score", "label", "comment",
-    "correction", "category", "tags", "source", "user_id", "session_id", "conversation_id",
-    "project", "environment", "model", "capability", "step", "trace_name", "trace_status",
-    "latency_ms", "total_tokens", "cost_usd", "metadata", "ts", "received_at", "join_status",
-    "retracted", "version",
-)  # fmt: skip
+#: How ClickHouse reads the rows: JSON objects, one per line (JSONEachRow), the
+#: same bytes the stream publishes. Parsing happens inside ClickHouse (in chDB,
+#: off the GIL), so the stream's Python thread only encodes each row once.
+#: Nested values (metadata, attributes) and the feedback ``value`` land in their
+#: String columns as text; fields a row leaves out take the column default.
+JSON_SETTINGS = {
+    "input_format_skip_unknown_fields": 1,
+    "input_format_defaults_for_omitted_fields": 1,
+    "input_format_json_read_objects_as_strings": 1,
+    "input_format_json_read_numbers_as_strings": 1,
+    "input_format_json_read_bools_as_strings": 1,
+    "date_time_input_format": "best_effort",
+}
 
 
-def feedback_row(r: EnrichedFeedback) -> tuple[Any, ...]:
-    return (
-        r.event_id, r.trace_id, r.span_id or "", r.name, str(r.kind), _json_or_empty(r.value),
-        r.score, r.label, r.comment or "", r.correction or "", r.category or "", list(r.tags),
-        str(r.source), r.user_id or "", r.session_id or "", r.conversation_id or "", r.project,
-        r.environment, r.model, r.capability or "", r.step or "", r.trace_name or "",
-        str(r.trace_status or ""), r.latency_ms, r.total_tokens, r.cost_usd,
-        orjson.dumps(r.metadata).decode() if r.metadata else "", r.ts, r.received_at or r.ts,
-        str(r.join_status), int(r.retracted), r.version,
-    )  # fmt: skip
+def feedback_json(row: EnrichedFeedback) -> bytes:
+    """One ``feedback`` row: the enriched record, as the stream also publishes it.
+
+    orjson on the model's fields (a third of the cost of pydantic's serializer;
+    absent values are written as null, which ClickHouse reads as the default).
+    """
+    return orjson.dumps(row.__dict__)
 
 
-TRACE_COLUMNS = (
-    "trace_id", "span_id", "parent_span_id", "name", "project", "environment", "model",
-    "capability", "step", "user_id", "session_id", "conversation_id", "start_time", "end_time",
-    "latency_ms", "input_tokens", "output_tokens", "total_tokens", "cost_usd", "status", "error",
-    "attributes", "received_at", "version",
-)  # fmt: skip
+def trace_json(trace: TraceEvent) -> bytes:
+    """One ``traces`` row: the validated event plus its ``version`` (received_at in us).
+
+    The stream stamps received_at on every event; a trace without any time gets
+    version 0, so any stamped copy of it replaces this one.
+    """
+    fields = dict(trace.__dict__)
+    if trace.received_at is None:
+        fields["received_at"] = trace.end_time or trace.start_time or _EPOCH
+        fields["version"] = 0
+    else:
+        fields["version"] = int(trace.received_at.timestamp() * 1_000_000)
+    return orjson.dumps(fields)
 
 
-def trace_row(t: TraceEvent) -> tuple[Any, ...]:
-    # The stream stamps received_at on every event; a trace without any time
-    # gets version 0, so any stamped copy of it replaces this one.
-    received = t.received_at or t.end_time or t.start_time or _EPOCH
-    return (
-        t.trace_id, t.span_id or "", t.parent_span_id or "", t.name or "", t.project,
-        t.environment, t.model or "", t.capability or "", t.step or "", t.user_id or "",
-        t.session_id or "", t.conversation_id or "", t.start_time, t.end_time, t.latency_ms,
-        t.input_tokens, t.output_tokens, t.total_tokens, t.cost_usd, str(t.status),
-        t.error or "", orjson.dumps(t.attributes).decode() if t.attributes else "",
-        received, int(received.timestamp() * 1_000_000),
-    )  # fmt: skip
-
-
-DEAD_LETTER_COLUMNS = (
-    "topic", "partition", "offset", "batch_index", "reason", "error", "raw", "key", "at",
-)  # fmt: skip
-
-
-def dead_letter_row(d: DeadLetter) -> tuple[Any, ...]:
-    return (
-        d.topic, d.partition, d.offset, d.batch_index, d.reason, d.error, d.raw, d.key or "", d.at,
-    )  # fmt: skip
+def dead_letter_json(letter: DeadLetter) -> bytes:
+    return DeadLetter.__pydantic_serializer__.to_json(letter, exclude_none=True)
 
 
 @dataclass(slots=True)
-class _Buffer:
-    columns: Sequence[str]
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+class SinkBatch:
+    """Rows taken out of the sink (:meth:`ClickHouseSink.detach`), JSON lines per table."""
+
+    tables: dict[str, list[bytes]]
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self.tables.values())
 
 
 class ClickHouseSink:
-    """Buffers rows per table; ``flush()`` writes each table in one columnar insert.
+    """Buffers rows per table; ``flush()`` writes each table in one insert.
+
+    Rows are buffered as encoded JSON (see :data:`JSON_SETTINGS`); callers that
+    already hold a row's bytes (the stream publishes the same bytes to Kafka)
+    hand them over with the ``*_json`` methods.
 
     Args:
         client: a clickhouse-connect client used only by this sink (one per thread).
@@ -138,37 +124,82 @@ class ClickHouseSink:
         self._clock = clock
         self._oldest: float | None = None
         self._failures = 0
-        self._buffers = {
-            "feedback": _Buffer(FEEDBACK_COLUMNS),
-            "traces": _Buffer(TRACE_COLUMNS),
-            "dead_letters": _Buffer(DEAD_LETTER_COLUMNS),
-        }
+        self._buffers: dict[str, list[bytes]] = {"feedback": [], "traces": [], "dead_letters": []}
 
     def add_feedback(self, rows: Iterable[EnrichedFeedback]) -> None:
-        self._add("feedback", (feedback_row(r) for r in rows))
+        self.add_json("feedback", [feedback_json(r) for r in rows])
 
     def add_traces(self, rows: Iterable[TraceEvent]) -> None:
-        self._add("traces", (trace_row(t) for t in rows))
+        self.add_json("traces", [trace_json(t) for t in rows])
 
     def add_dead_letters(self, rows: Iterable[DeadLetter]) -> None:
-        self._add("dead_letters", (dead_letter_row(d) for d in rows))
+        self.add_json("dead_letters", [dead_letter_json(d) for d in rows])
 
-    def _add(self, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        buffer = self._buffers[table].rows
-        before = len(buffer)
-        buffer.extend(rows)
-        if len(buffer) > before and self._oldest is None:
-            self._oldest = self._clock()
+    def add_json(self, table: str, rows: Sequence[bytes]) -> None:
+        """Buffer rows already encoded as one JSON object each (no newlines inside)."""
+        if rows:
+            self._buffers[table].extend(rows)
+            if self._oldest is None:
+                self._oldest = self._clock()
 
     @property
     def pending(self) -> int:
-        return sum(len(b.rows) for b in self._buffers.values())
+        return sum(len(rows) for rows in self._buffers.values())
 
     def due(self) -> bool:
         """True when the buffered rows should be flushed (by size or by age)."""
         if self._oldest is None:
             return False
         return self.pending >= self.max_rows or self._clock() - self._oldest >= self.max_age
+
+    def detach(self) -> SinkBatch:
+        """Take every buffered row out of the sink, to be written by :meth:`write`.
+
+        The stream detaches a batch and writes it in a thread while it goes on
+        filling the next one, so ClickHouse parses one batch while Python builds
+        the next.
+        """
+        batch = SinkBatch({table: rows for table, rows in self._buffers.items() if rows})
+        self._buffers = {table: [] for table in self._buffers}
+        self._oldest = None
+        return batch
+
+    def write(self, batch: SinkBatch) -> int:
+        """Write a detached batch, one insert per table; return how many rows.
+
+        Blocks: run it in a thread. Safe to call again with the same batch after
+        a failure (tables already written are not sent twice; a re-sent insert
+        would collapse into its rows anyway).
+
+        Raises:
+            SinkUnavailable: ClickHouse refused or could not be reached; the
+                tables not yet written stay in ``batch``.
+        """
+        written = 0
+        for table in list(batch.tables):
+            rows = batch.tables[table]
+            try:
+                self._client.raw_insert(
+                    f"{self._database}.{table}",
+                    insert_block=b"\n".join(rows),
+                    settings=JSON_SETTINGS,
+                    fmt="JSONEachRow",
+                )
+            except (ClickHouseError, OSError) as exc:
+                self._failures += 1
+                retry_after = min(30.0, 0.25 * 2 ** min(self._failures, 7))
+                logger.warning(
+                    "ClickHouse refused %d rows for %s (attempt %d, retry in %.1fs): %s",
+                    len(rows), table, self._failures, retry_after, exc,
+                )  # fmt: skip
+                raise SinkUnavailable(
+                    f"could not write {len(rows)} rows to {table}: {exc}",
+                    retry_after=retry_after,
+                ) from exc
+            written += len(rows)
+            del batch.tables[table]
+        self._failures = 0
+        return written
 
     def flush(self) -> int:
         """Write every buffered row; return how many.
@@ -177,34 +208,15 @@ class ClickHouseSink:
             SinkUnavailable: ClickHouse refused or could not be reached; the rows
                 not yet written stay buffered for the next call.
         """
-        written = 0
-        for table, buffer in self._buffers.items():
-            if not buffer.rows:
-                continue
-            columns = [list(c) for c in zip(*buffer.rows, strict=True)]
-            try:
-                self._client.insert(
-                    f"{self._database}.{table}",
-                    columns,
-                    column_names=list(buffer.columns),
-                    column_oriented=True,
-                )
-            except (ClickHouseError, OSError) as exc:
-                self._failures += 1
-                retry_after = min(30.0, 0.25 * 2 ** min(self._failures, 7))
-                logger.warning(
-                    "ClickHouse refused %d rows for %s (attempt %d, retry in %.1fs): %s",
-                    len(buffer.rows), table, self._failures, retry_after, exc,
-                )  # fmt: skip
-                raise SinkUnavailable(
-                    f"could not write {len(buffer.rows)} rows to {table}: {exc}",
-                    retry_after=retry_after,
-                ) from exc
-            written += len(buffer.rows)
-            buffer.rows = []
-        self._failures = 0
-        self._oldest = None
-        return written
+        batch = self.detach()
+        try:
+            return self.write(batch)
+        except SinkUnavailable:
+            for table, rows in batch.tables.items():  # back in front of newer rows
+                self._buffers[table][:0] = rows
+            if self.pending and self._oldest is None:
+                self._oldest = self._clock()
+            raise
 
     def close(self) -> None:
         """Flush what is left (raises if that fails) and close the client."""

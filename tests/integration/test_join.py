@@ -291,10 +291,10 @@ async def test_a_clickhouse_outage_pauses_the_stream_and_loses_nothing(
         def __getattr__(self, name):
             return getattr(real, name)
 
-        def insert(self, *args, **kwargs):
+        def raw_insert(self, *args, **kwargs):
             if down.is_set():
                 raise OperationalError("injected outage: Connection refused")
-            return real.insert(*args, **kwargs)
+            return real.raw_insert(*args, **kwargs)
 
     stream.job.sink._client = Outage()
     failures_before = stream.job.counts["flush_failures"]

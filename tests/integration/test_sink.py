@@ -1,4 +1,4 @@
-"""The ClickHouse sink on real chDB: columnar batches, idempotent re-sends, every column typed."""
+"""The ClickHouse sink on real chDB: batched JSON rows, idempotent re-sends, every column typed."""
 
 from __future__ import annotations
 
@@ -106,3 +106,64 @@ def test_nothing_is_due_until_size_or_age(store, store_settings):
     sink.add_traces(traces[:1])
     assert sink.due() and sink.pending == 3
     assert sink.flush() == 3 and not sink.due()
+
+
+def naive(values):
+    """Times as UTC without a zone: how clickhouse-connect returns some of them."""
+    return tuple(
+        v.astimezone(UTC).replace(tzinfo=None) if isinstance(v, datetime) and v.tzinfo else v
+        for v in values
+    )
+
+
+def test_every_column_of_a_trace_and_a_thumb_lands_as_typed(store, store_settings):
+    db = store_settings.clickhouse_database
+    prefix = unique("typed")
+    trace = TraceEvent.parse(
+        {
+            "trace_id": prefix,
+            "span_id": "s1",
+            "parent_span_id": "s0",
+            "name": "generate",
+            "project": "shop",
+            "model": "m1",
+            "start_time": T0,
+            "end_time": T0 + timedelta(milliseconds=1500),
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "cost_usd": 0.25,
+            "status": "error",
+            "error": "timeout",
+            "attributes": {"temperature": 0.2},
+            "received_at": T0,
+        }
+    )
+    state = JoinState()
+    state.add_traces([trace])
+    thumb = FeedbackEvent.parse(
+        {"trace_id": prefix, "event_id": f"{prefix}-e", "value": "up", "kind": "thumb",
+         "comment": "ok", "received_at": T0, "ts": T0}
+    )  # fmt: skip
+    sink = ClickHouseSink(store, db)
+    sink.add_traces([trace])
+    sink.add_feedback(state.add_feedback([thumb]))
+    assert sink.flush() == 2
+    got = store.query(
+        f"SELECT span_id, parent_span_id, name, project, environment, model, start_time, "
+        f"end_time, latency_ms, total_tokens, cost_usd, status, error, attributes, received_at, "
+        f"version FROM {db}.traces FINAL WHERE trace_id = '{prefix}'"
+    ).result_rows[0]
+    assert naive(got) == naive((
+        "s1", "s0", "generate", "shop", "default", "m1", T0, T0 + timedelta(milliseconds=1500),
+        1500.0, 15, 0.25, "error", "timeout", '{"temperature":0.2}', T0,
+        int(T0.timestamp() * 1_000_000),
+    ))  # fmt: skip
+    row = store.query(
+        f"SELECT value, score, label, kind, source, comment, correction, span_id, project, "
+        f"model, trace_status, latency_ms, cost_usd, ts, received_at, join_status, retracted "
+        f"FROM {db}.feedback FINAL WHERE event_id = '{prefix}-e'"
+    ).result_rows[0]
+    assert naive(row) == naive((
+        "up", 1.0, "good", "thumb", "explicit", "ok", "", "", "shop", "m1", "error", 1500.0,
+        0.25, T0, T0, "joined", 0,
+    ))  # fmt: skip

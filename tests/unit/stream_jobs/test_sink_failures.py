@@ -14,11 +14,11 @@ class FlakyClient:
         self.failures = failures
         self.inserted: list[tuple[str, int]] = []
 
-    def insert(self, table, columns, column_names, column_oriented):
+    def raw_insert(self, table, *, insert_block, settings, fmt):
         if self.failures:
             self.failures -= 1
             raise OperationalError("Connection refused")
-        self.inserted.append((table, len(columns[0])))
+        self.inserted.append((table, len(insert_block.splitlines())))
 
     def close(self):
         pass
