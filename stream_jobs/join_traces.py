@@ -47,8 +47,9 @@ from schemas import (
     decode_message,
     partition_for,
 )
+from schemas.wire import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES
 from stream_jobs.join_state import JoinState, TraceAttributes
-from stream_jobs.sink import ClickHouseSink, SinkUnavailable
+from stream_jobs.sink import ClickHouseSink, SinkBatch, SinkUnavailable, feedback_json
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class JoinTracesJob:
         self.producer = producer
         self._lock = asyncio.Lock()
         self._unflushed: list[_Held] = []  # complete, waiting for the next flush
+        self._writing: asyncio.Task[None] | None = None  # the flush in flight
         # Received messages per partition, in offset order. Faust's consumer commits
         # past an unacknowledged message once later offsets are acknowledged (its
         # head-gap check is off by one, and absent before the first commit), so
@@ -173,13 +175,17 @@ class JoinTracesJob:
     async def close(self) -> None:
         """Flush what is complete; held feedback stays unacknowledged for the next start."""
         async with self._lock:
-            if self.sink.pending or self._unflushed:
-                await self._flush()
+            await self._flush()
+            await self.drain()
 
     # Steps ---------------------------------------------------------------------
 
     def _decode(self, message: Any, held: _Held, batch: _Batch) -> None:
         raw = message.value
+        fast = self._validate_all(message, raw)
+        if fast is not None:  # the whole message is valid: no separate parse, no per-item pass
+            self._place(message, held, batch, fast)
+            return
         try:
             if message.topic == self.topics.keyed.name:
                 body = orjson.loads(raw)
@@ -196,10 +202,6 @@ class JoinTracesJob:
             return
         except (orjson.JSONDecodeError, AttributeError) as exc:
             batch.dead.append(_dead(message, -1, "bad_keyed", str(exc), raw or b""))
-            return
-        fast = self._validate_all(message, raw, groups)
-        if fast is not None:  # the whole message is valid: no per-item pass needed
-            self._place(message, held, batch, fast)
             return
         feedback: list[FeedbackEvent] = []
         index = 0
@@ -231,18 +233,26 @@ class JoinTracesJob:
         if feedback:
             batch.feedback.append((feedback, held))
 
-    def _validate_all(
-        self, message: Any, raw: bytes, groups: list[tuple[str, list[Any]]]
-    ) -> list[tuple[str, list[Any]]] | None:
-        """Validate a raw-topic message in one pass from its bytes; None if any item is bad."""
-        if message.topic == self.topics.keyed.name:
+    def _validate_all(self, message: Any, raw: bytes | None) -> list[tuple[str, list[Any]]] | None:
+        """Validate a raw-topic message in one pass from its bytes.
+
+        None when anything is wrong with it (the careful path then finds what):
+        the keyed topic, no value, oversize, not an object or array, an empty or
+        too large batch, or any invalid item.
+        """
+        if message.topic == self.topics.keyed.name or not raw or len(raw) > MAX_MESSAGE_BYTES:
             return None
-        kind, items = groups[0]
+        kind = "feedback" if message.topic == self.topics.feedback.name else "traces"
         adapter = _FEEDBACK_LIST if kind == "feedback" else _TRACE_LIST
-        body = raw if raw.lstrip()[:1] == b"[" else b"[" + raw + b"]"
+        first = raw.lstrip()[:1]
+        if first not in (b"[", b"{"):
+            return None
+        body = raw if first == b"[" else b"[" + raw + b"]"
         try:
             events = adapter.validate_json(body)
         except ValidationError:
+            return None
+        if not 0 < len(events) <= MAX_BATCH_EVENTS:
             return None
         stamp = message.timestamp
         return [(kind, [_stamp(e, stamp) for e in events])]
@@ -289,18 +299,17 @@ class JoinTracesJob:
         dead: list[DeadLetter],
         forward: dict[int, dict[str, list[bytes]]],
     ) -> None:
+        encoded = [feedback_json(row) for row in rows]  # the same bytes to Kafka and ClickHouse
         self.sink.add_traces(traces)
-        self.sink.add_feedback(rows)
+        self.sink.add_json("feedback", encoded)
         self.sink.add_dead_letters(dead)
         self.counts["traces"] += len(traces)
         self.counts["enriched"] += len(rows)
         self.counts["dead"] += len(dead)
         acks = []
         by_partition: dict[int, list[bytes]] = defaultdict(list)
-        for row in rows:
-            by_partition[partition_for(row.trace_id, self.partitions)].append(
-                EnrichedFeedback.__pydantic_serializer__.to_json(row, exclude_none=True)
-            )
+        for row, blob in zip(rows, encoded, strict=True):
+            by_partition[partition_for(row.trace_id, self.partitions)].append(blob)
         for partition, encoded in by_partition.items():
             for chunk in _chunks(encoded):
                 acks.append(await self.producer.send(
@@ -321,18 +330,37 @@ class JoinTracesJob:
             await asyncio.gather(*acks)
 
     async def _flush(self) -> None:
+        """Start writing what the sink holds; at most one write is in flight.
+
+        The write runs in a thread while the next micro-batch is processed
+        (ClickHouse parses the rows off the GIL). Waiting for the previous write
+        first keeps acknowledgements in order and is the back-pressure: while
+        ClickHouse is down, that write retries and the stream takes no input.
+        """
+        await self.drain()
+        if not self.sink.pending and not self._unflushed:
+            return
+        batch, held = self.sink.detach(), self._unflushed
+        self._unflushed = []
+        self._writing = asyncio.create_task(self._write(batch, held))
+
+    async def drain(self) -> None:
+        """Wait until the write in flight, if any, is in ClickHouse and acknowledged."""
+        if self._writing is not None:
+            await self._writing
+            self._writing = None
+
+    async def _write(self, batch: SinkBatch, held: list[_Held]) -> None:
         while True:
             try:
-                written = await asyncio.to_thread(self.sink.flush)
+                written = await asyncio.to_thread(self.sink.write, batch)
                 break
             except SinkUnavailable as exc:
-                # Hold the lock: the agent stops taking input until ClickHouse is back.
                 self.counts["flush_failures"] += 1
                 await asyncio.sleep(exc.retry_after)
         self.counts["rows_written"] += written
-        for held in self._unflushed:
-            held.durable = True
-        self._unflushed = []
+        for message in held:
+            message.durable = True
         for queue in self._order.values():
             while queue and queue[0].durable:
                 queue.popleft().event.ack()
