@@ -22,6 +22,7 @@ before their traces, read a moment later, could match.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -212,6 +213,10 @@ class JoinState:
         self.pending: dict[str, dict[str, Pending]] = {}  # trace_id -> event_id -> entry
         self.orphans: dict[str, dict[str, FeedbackEvent]] = {}  # may still be corrected
         self._released: list[Any] = []
+        # (deadline, trace_id) in the order feedback was held: deadlines only grow,
+        # so expiry looks at the front instead of every held trace on each tick.
+        self._deadlines: deque[tuple[float, str]] = deque()
+        self._next_sweep = 0.0  # retention sweeps (a scan of the state) at most every minute
 
     def add_traces(self, events: Iterable[TraceEvent]) -> list[EnrichedFeedback]:
         """Merge trace events; emit waiting feedback (joined) and orphans (corrected)."""
@@ -257,6 +262,7 @@ class JoinState:
                 if previous is not None:
                     self._released.append(previous.ref)
                 waiting[event.event_id] = Pending(event, now + self.grace, ref)
+                self._deadlines.append((now + self.grace, event.trace_id))
             else:
                 self._released.append(ref)  # an older copy of what is already held
         return out
@@ -295,14 +301,15 @@ class JoinState:
         before any feedback is called an orphan.
         """
         now = self.clock()
-        due = [
-            trace_id
-            for trace_id, waiting in self.pending.items()
-            if min(p.deadline for p in waiting.values()) <= now
-        ]
+        due: dict[str, None] = {}  # ordered, unique
+        while self._deadlines and self._deadlines[0][0] <= now:
+            trace_id = self._deadlines.popleft()[1]
+            waiting = self.pending.get(trace_id)
+            if waiting and min(p.deadline for p in waiting.values()) <= now:
+                due[trace_id] = None
         out: list[EnrichedFeedback] = []
         if due and found is not None:
-            for trace_id, attrs in found(due).items():
+            for trace_id, attrs in found(list(due)).items():
                 attrs.seen_at = now
                 self.traces[trace_id] = attrs
                 for entry in self.pending.pop(trace_id, {}).values():
@@ -320,6 +327,13 @@ class JoinState:
                     self.orphans.setdefault(trace_id, {})[event_id] = entry.event
             if not waiting:
                 del self.pending[trace_id]
+        if now >= self._next_sweep:
+            self._sweep(now)
+        return out
+
+    def _sweep(self, now: float) -> None:
+        """Forget traces and correctable orphans older than the retention."""
+        self._next_sweep = now + min(60.0, self.retention / 10)
         horizon = now - self.retention
         for trace_id in [t for t, a in self.traces.items() if a.seen_at < horizon]:
             del self.traces[trace_id]
@@ -328,7 +342,6 @@ class JoinState:
             if all(self._received(e) < horizon for e in o.values())
         ]:  # fmt: skip
             del self.orphans[trace_id]
-        return out
 
     @staticmethod
     def _received(event: FeedbackEvent) -> float:

@@ -260,3 +260,25 @@ def test_the_next_deadline_is_the_earliest_held_event(state, clock):
     clock.advance(10)
     state.add_feedback([feedback(trace_id="b")])
     assert state.next_deadline() == T0.timestamp() + 600
+
+
+def test_a_held_event_resent_later_waits_a_full_grace_from_the_resend(state, clock):
+    state.add_feedback([feedback(received=0)])
+    clock.advance(500)
+    state.add_feedback([feedback(received=500, label="good")])  # the user changed their mind
+    clock.advance(200)  # 700 s after the first copy, 200 s after the second
+    assert state.expire() == []
+    clock.advance(400)
+    [row] = state.expire()
+    assert (row.join_status, row.label) == ("orphan", "good")
+
+
+def test_expiry_keeps_up_with_many_held_traces_emitting_each_once(state, clock):
+    for i in range(1000):
+        state.add_feedback([feedback(trace_id=f"t{i}", event_id=f"e{i}")])
+        clock.advance(1)
+    clock.advance(99)  # now 1099: the events held at 0..499 have waited a whole grace
+    assert len(state.expire()) == 500
+    assert state.expire() == []
+    clock.advance(500)
+    assert len(state.expire()) == 500 and not state.pending
