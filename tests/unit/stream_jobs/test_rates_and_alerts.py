@@ -1,0 +1,254 @@
+"""Rates and spike alerts, broker-free: windows, idempotence, lateness, hysteresis."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from stream_jobs.bad_feedback_rates import ALL, Counts, RateState
+from stream_jobs.spike_alerts import (
+    AlertRule,
+    RulesError,
+    SpikeDetector,
+    judge,
+    load_rules,
+    wilson_bounds,
+)
+
+T0 = 1_795_000_020.0  # a minute boundary (divisible by 60)
+_ids = itertools.count()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def row(at: float, label: str = "bad", *, project: str = "shop", model: str = "m1",
+        event_id: str | None = None, version: int = 1, **extra) -> dict:  # fmt: skip
+    return {
+        "event_id": event_id or f"e{next(_ids)}", "trace_id": f"t{next(_ids)}", "version": version,
+        "ts": datetime.fromtimestamp(at, UTC).isoformat(), "label": label, "source": "explicit",
+        "project": project, "environment": "prod", "model": model, "capability": "support",
+        **extra,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def rates(clock) -> RateState:
+    return RateState(window=60, sliding=(300,), lateness=30, history=3600, clock=clock)
+
+
+BY_MODEL = ("shop", "prod", "m1", ALL)
+
+
+def base_rows(ended):
+    return {(r.window_seconds, r.model, r.capability): r for e in ended for r in e.rows}
+
+
+class TestWindows:
+    def test_a_window_ends_with_one_row_per_dimension_set_and_window_size(self, rates, clock):
+        rates.apply([
+            row(T0 + 1, "bad", comment="wrong"), row(T0 + 2, "good", score=1.0),
+            row(T0 + 3, "neutral"), row(T0 + 4, "neutral", source="implicit"),
+        ])  # fmt: skip
+        assert rates.advance() == []  # not ended yet
+        clock.now = T0 + 60
+        [ended] = rates.advance()
+        got = base_rows([ended])
+        m = got[(60, "m1", ALL)]
+        got_counts = (m.good, m.bad, m.neutral, m.total, m.implicit, m.with_comment)
+        assert got_counts == (1, 1, 1, 3, 1, 1)
+        assert m.bad_rate == pytest.approx(1 / 3) and m.mean_score == 1.0
+        assert got[(60, ALL, "support")].total == 3
+        assert got[(300, "m1", ALL)].window_start == datetime.fromtimestamp(T0 - 240, UTC)
+
+    def test_the_same_row_twice_counts_once_and_a_newer_version_replaces_it(self, rates, clock):
+        rates.apply([row(T0 + 1, "bad", event_id="a"), row(T0 + 1, "bad", event_id="a")])
+        rates.apply([row(T0 + 1, "good", event_id="a", version=2)])  # the user changed their mind
+        rates.apply([row(T0 + 1, "bad", event_id="a", version=1)])  # a stale replay
+        clock.now = T0 + 60
+        m = base_rows(rates.advance())[(60, "m1", ALL)]
+        assert (m.good, m.bad, m.total) == (1, 0, 1)
+
+    def test_a_retraction_removes_the_event(self, rates, clock):
+        rates.apply(
+            [row(T0 + 1, event_id="a"), row(T0 + 1, event_id="a", version=2, retracted=True)]
+        )
+        clock.now = T0 + 60
+        assert base_rows(rates.advance())[(60, "m1", ALL)].total == 0
+
+    def test_a_corrected_orphan_moves_to_its_trace_dimensions(self, rates, clock):
+        rates.apply([row(T0 + 1, event_id="a", project="", model="")])
+        rates.apply([row(T0 + 1, event_id="a", version=2)])
+        clock.now = T0 + 60
+        got = {
+            (r.project, r.model, r.window_seconds): r.total for e in rates.advance() for r in e.rows
+        }
+        assert got[("shop", "m1", 60)] == 1 and got[("", "", 60)] == 0
+
+    def test_late_rows_within_the_lateness_update_the_window_and_beyond_are_counted(
+        self, rates, clock
+    ):
+        rates.apply([row(T0 + 1)])
+        clock.now = T0 + 60
+        rates.advance()
+        clock.now = T0 + 80  # ended, still open for 10 s
+        rates.apply([row(T0 + 2)])
+        [again] = rates.advance()
+        assert not again.first_time and base_rows([again])[(60, "m1", ALL)].bad == 2
+        clock.now = T0 + 95  # closed
+        rates.apply([row(T0 + 3)])
+        assert rates.late == 1 and rates.advance() == []
+
+    def test_sliding_windows_sum_the_base_windows(self, rates, clock):
+        for minute in range(5):
+            rates.apply([row(T0 + minute * 60 + 1) for _ in range(minute + 1)])
+        clock.now = T0 + 300
+        rows = base_rows(rates.advance())
+        assert rows[(300, "m1", ALL)].bad == 1 + 2 + 3 + 4 + 5
+
+    def test_restored_windows_reopen_so_a_replay_after_a_restart_lands(self, clock):
+        state = RateState(window=60, sliding=(), lateness=30, clock=clock)
+        clock.now = T0 + 200  # the worker was down while the window ended and closed
+        state.apply([row(T0 + 1, event_id="a"), row(T0 + 2, event_id="b")], reopen=True)
+        state.apply([row(T0 + 1, event_id="a"), row(T0 + 3, event_id="c")])  # the join's replay
+        [ended] = state.advance()
+        assert base_rows([ended])[(60, "m1", ALL)].bad == 3 and state.late == 0
+
+    def test_a_sliding_window_that_is_not_a_multiple_is_refused(self):
+        with pytest.raises(ValueError, match="not a multiple"):
+            RateState(window=60, sliding=(90,))
+
+
+def counts(bad: int, total: int) -> Counts:
+    return Counts(bad=bad, good=total - bad)
+
+
+class TestJudge:
+    def test_two_bad_out_of_two_never_fires(self):
+        assert not judge(AlertRule(name="r"), counts(2, 2), counts(5, 100)).breach
+        # nor with the sample-size floor removed: 2 of 2 is not significant at z=3
+        unguarded = AlertRule(name="r", min_total=1, min_bad=1)
+        assert not judge(unguarded, counts(2, 2), counts(10, 100)).breach
+
+    def test_a_clear_spike_against_a_low_baseline_fires(self):
+        rule = AlertRule(name="r")
+        assert judge(rule, counts(30, 60), counts(50, 1000)).breach
+
+    def test_noise_around_the_baseline_does_not_fire(self):
+        rule = AlertRule(name="r")
+        assert not judge(rule, counts(9, 60), counts(100, 1000)).breach
+
+    def test_an_absolute_threshold_fires_whatever_the_baseline(self):
+        rule = AlertRule(name="r", threshold=0.3)
+        assert judge(rule, counts(40, 60), counts(400, 1000)).breach
+
+    def test_wilson_bounds_hold_the_observed_rate(self):
+        low, high = wilson_bounds(10, 100, 1.96)
+        assert low < 0.1 < high and wilson_bounds(0, 0, 3) == (0.0, 1.0)
+
+
+def minute(rates, clock, start: float, bad: int, total: int, project: str = "shop") -> None:
+    rates.apply([row(start + 1 + i * 0.01, "bad" if i < bad else "good", project=project)
+                 for i in range(total)])  # fmt: skip
+    clock.now = start + 60
+    rates.advance()
+
+
+class TestDetector:
+    RULE = AlertRule(name="spike", window=60, baseline=600, min_total=20, min_bad=5,
+                     resolve_after=2, cooldown=300)  # fmt: skip
+
+    def run(self, rates, clock, detector, bad_per_minute, project="shop"):
+        out = []
+        for i, bad in enumerate(bad_per_minute):
+            start = T0 + i * 60
+            minute(rates, clock, start, bad, 60, project)
+            minute(rates, clock, start, 3, 60, "other") if project != "other" else None
+            out.extend(detector.evaluate(rates, start + 60, clock.now))
+        return out
+
+    def test_a_spike_fires_once_for_its_project_and_resolves_after_it(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
+        detector = SpikeDetector((self.RULE,))
+        alerts = self.run(rates, clock, detector, [3] * 10 + [30] * 4 + [3] * 4)
+        assert [(a.state, a.project) for a in alerts] == [("firing", "shop"), ("resolved", "shop")]
+        firing, resolved = alerts
+        assert firing.window_start == datetime.fromtimestamp(T0 + 600, UTC)  # the onset minute
+        assert firing.alert_id == resolved.alert_id and firing.bad == 30 and firing.total == 60
+        assert firing.baseline_rate < 0.1 and len(firing.sample_trace_ids) == 5
+        assert firing.inbox_command.startswith("thumbline inbox --label bad --project shop")
+
+    def test_low_volume_noise_never_fires(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
+        detector = SpikeDetector((self.RULE,))
+        rng = random.Random(7)
+        alerts = []
+        for i in range(240):
+            start = T0 + i * 60
+            total = rng.randint(0, 12)
+            rates.apply([row(start + 1 + j * 0.01, "bad" if rng.random() < 0.4 else "good")
+                         for j in range(total)])  # fmt: skip
+            clock.now = start + 60
+            rates.advance()
+            alerts.extend(detector.evaluate(rates, start + 60, clock.now))
+        assert alerts == []
+
+    def test_a_restarted_detector_does_not_fire_an_alert_already_firing(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
+        first = SpikeDetector((self.RULE,))
+        [firing] = self.run(rates, clock, first, [3] * 10 + [30] * 2)
+        again = SpikeDetector((self.RULE,))
+        again.restore([firing.model_dump()])
+        start = T0 + 12 * 60
+        minute(rates, clock, start, 30, 60)
+        assert again.evaluate(rates, start + 60, clock.now) == []
+        assert again.firing() == [("spike", ("shop", "prod", "m1", ALL))]
+
+    def test_a_snoozed_rule_stays_quiet(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
+        snoozed = self.RULE.model_copy(update={"snooze_until": datetime(2100, 1, 1, tzinfo=UTC)})
+        assert self.run(rates, clock, SpikeDetector((snoozed,)), [3] * 10 + [30] * 4) == []
+
+
+class TestRulesFile:
+    def test_rules_load_from_toml(self, tmp_path: Path):
+        path = tmp_path / "rules.toml"
+        path.write_text('[[rule]]\nname = "checkout"\nwindow = 120\nprojects = ["checkout"]\n')
+        [rule] = load_rules(path, 60)
+        assert (rule.name, rule.window, rule.projects) == ("checkout", 120, ("checkout",))
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ("[[rule]]\nname = 'x'\nwindow = 90\n", "multiples of the base window"),
+            ("[[rule]]\nname = 'x'\nmin_total = 0\n", "rule field min_total"),
+            ("[[rule]]\nname = 'x'\ncolour = 'red'\n", "rule field colour"),
+            ("rule = [", "is not TOML"),
+            ("", "has no [[rule]] table"),
+        ],
+    )
+    def test_a_bad_rules_file_says_what_is_wrong(self, tmp_path: Path, text, message):
+        path = tmp_path / "rules.toml"
+        path.write_text(text)
+        with pytest.raises(RulesError, match=message.replace("[", r"\[")):
+            load_rules(path, 60)
+
+    def test_without_a_file_the_defaults_apply(self):
+        assert [r.name for r in load_rules(None, 60)] == [
+            "bad-rate-spike",
+            "bad-rate-spike-capability",
+        ]
