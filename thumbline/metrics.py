@@ -1,0 +1,150 @@
+"""Every Prometheus metric thumbline exports, declared in one place.
+
+Built against a registry passed in (tests use their own); labels only from
+bounded sets (topic, table, reason, outcome, rule, and project / environment /
+model / capability capped at :data:`MAX_DIMENSION_SETS` label sets), never
+ids. Durations are in seconds; counters end in ``_total``. The long-running
+process (``thumbline up``) serves them on ``/metrics`` (:func:`serve`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger(__name__)
+
+MAX_DIMENSION_SETS = 500
+
+_FRESHNESS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+_INSERT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """The metrics of one process.
+
+    Args:
+        registry: where they are registered; ``CollectorRegistry()`` per process
+            (the default global registry also holds the process collectors).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.events_consumed = Counter(
+            "thumbline_events_consumed_total", "Events read, by topic.", ["topic"], registry=r
+        )
+        self.events_produced = Counter(
+            "thumbline_events_produced_total", "Events written to Kafka, by topic.", ["topic"],
+            registry=r,
+        )  # fmt: skip
+        self.dead_letters = Counter(
+            "thumbline_dead_letters_total", "Inputs dead-lettered, by reason.", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.join_outcomes = Counter(
+            "thumbline_join_outcomes_total",
+            "Feedback rows emitted by the join: joined, orphan or corrected.",
+            ["outcome"],
+            registry=r,
+        )
+        self.join_pending = Gauge(
+            "thumbline_join_pending", "Feedback held, waiting for its trace.", registry=r
+        )
+        self.sink_rows = Counter(
+            "thumbline_sink_rows_total", "Rows written to ClickHouse, by table.", ["table"],
+            registry=r,
+        )  # fmt: skip
+        self.sink_batches = Counter(
+            "thumbline_sink_batches_total", "Inserts into ClickHouse, by table.", ["table"],
+            registry=r,
+        )  # fmt: skip
+        self.sink_failures = Counter(
+            "thumbline_sink_failures_total", "Writes ClickHouse refused (retried).", registry=r
+        )
+        self.insert_seconds = Histogram(
+            "thumbline_sink_insert_seconds", "Time to write one batch to ClickHouse.",
+            buckets=_INSERT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.consumer_lag = Gauge(
+            "thumbline_consumer_lag_messages",
+            "Messages not yet read (high watermark minus position), by topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.freshness = Histogram(
+            "thumbline_freshness_seconds",
+            "From an event's received_at to its row being queryable in ClickHouse.",
+            buckets=_FRESHNESS_BUCKETS,
+            registry=r,
+        )
+        self.bad_rate = Gauge(
+            "thumbline_bad_rate",
+            "Bad-feedback rate of the last ended base window, per project/environment/model.",
+            ["project", "environment", "model"],
+            registry=r,
+        )
+        self.feedback_window = Gauge(
+            "thumbline_window_feedback",
+            "Explicit feedback in the last ended base window, per project/environment/model.",
+            ["project", "environment", "model"],
+            registry=r,
+        )
+        self.late_events = Counter(
+            "thumbline_rate_late_events_total",
+            "Feedback for a rate window that had closed (beyond the allowed lateness).",
+            registry=r,
+        )
+        self.alerts = Counter(
+            "thumbline_alerts_total", "Alert state changes, by rule and state.", ["rule", "state"],
+            registry=r,
+        )  # fmt: skip
+        self.alerts_firing = Gauge(
+            "thumbline_alerts_firing",
+            "1 while a spike alert fires, per rule and dimensions.",
+            ["rule", "project", "environment", "model", "capability"],
+            registry=r,
+        )
+        self.webhooks = Counter(
+            "thumbline_webhook_deliveries_total",
+            "Alert webhook deliveries: delivered, retried, failed, dropped.",
+            ["outcome"],
+            registry=r,
+        )
+        self._dimension_sets: set[tuple[str, ...]] = set()
+        self._capped = False
+
+    def bounded(self, labels: tuple[str, ...]) -> bool:
+        """True if this dimension label set may be exported (at most MAX_DIMENSION_SETS)."""
+        if labels in self._dimension_sets:
+            return True
+        if len(self._dimension_sets) < MAX_DIMENSION_SETS:
+            self._dimension_sets.add(labels)
+            return True
+        if not self._capped:
+            self._capped = True
+            logger.warning(
+                "more than %d dimension sets: later ones are left out of the per-dimension "
+                "gauges (rates and alerts are still computed and stored)",
+                MAX_DIMENSION_SETS,
+            )
+        return False
+
+
+class MetricsServer:
+    """``/metrics`` over HTTP in a thread; ``stop()`` is safe to call twice."""
+
+    def __init__(self, metrics: Metrics, *, host: str, port: int) -> None:
+        self._server: Any
+        self._thread: threading.Thread
+        self._server, self._thread = start_http_server(port, host, registry=metrics.registry)
+        self.url = f"http://{host}:{self._server.server_port}/metrics"
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
