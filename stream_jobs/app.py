@@ -2,14 +2,20 @@
 
     feedback, traces, keyed ──► join_traces (agent, micro-batches) ──► ClickHouse
                                    │                                   feedback, traces,
-                                   ├──► feedback.enriched              dead_letters
-                                   ├──► dlq
+                                   ├──► feedback.enriched ──┐          dead_letters
+                                   ├──► dlq                 │
                                    └──► keyed (events on the wrong partition)
+                                                            ▼
+                      rates (agent: bad_feedback_rates + spike_alerts) ──► ClickHouse
+                                   ├──► rates                          feedback_rates,
+                                   ├──► alerts ──► webhooks            alerts
+                                   └──► Prometheus gauges
 
 ``StreamApp`` runs inside an existing asyncio program (``thumbline up``): no
 autodiscovery, no signal handlers of its own, no terminal spinner. Processing
 is at-least-once (the embedded broker has no transactions); exactness comes
-from the tables' version keys. The worker that runs it must own the store.
+from the tables' version keys and from idempotent window state. The worker
+that runs it must own the store.
 """
 
 from __future__ import annotations
@@ -25,16 +31,23 @@ import faust
 from aiokafka import AIOKafkaProducer
 
 from schemas import Topics
+from stream_jobs.bad_feedback_rates import RateState
 from stream_jobs.join_state import JoinState
 from stream_jobs.join_traces import JoinTracesJob
 from stream_jobs.lookups import load_orphans, lookup_traces
+from stream_jobs.rates_job import RatesJob
 from stream_jobs.sink import ClickHouseSink
+from stream_jobs.spike_alerts import SpikeDetector, load_rules
+from stream_jobs.webhooks import WebhookNotifier
+from thumbline.metrics import Metrics
 from thumbline.settings import Settings
 from thumbline.store import open_client
 
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.25
+RATES_TICK_SECONDS = 0.5
+LAG_SECONDS = 5.0
 
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_THRESHOLDS = (20_000, 10, 10)
@@ -100,18 +113,29 @@ def build_faust_app(settings: Settings, bootstrap: str, app_id: str | None = Non
 class StreamApp:
     """The join job and its Faust app; ``start()`` and ``stop()`` (safe twice) in a running loop."""
 
-    def __init__(self, settings: Settings, bootstrap: str, *, app_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        app_id: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.app_id = app_id
+        self.metrics = metrics
         self.topics = Topics.build(settings.topic_prefix, settings.partitions)
         self.job: JoinTracesJob | None = None
+        self.rates: RatesJob | None = None
+        self._notifier: WebhookNotifier | None = None
         self._app: faust.App | None = None
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
         s = self.settings
         db = s.clickhouse_database
+        rules = load_rules(s.alert_rules, s.rate_window_seconds)  # a bad file fails first
         sink_client = await asyncio.to_thread(open_client, s)
         lookup_client = await asyncio.to_thread(open_client, s, readonly=True)
         state = JoinState(
@@ -128,6 +152,23 @@ class StreamApp:
             **s.kafka_kwargs(),
         )
         await self._producer.start()
+        self._notifier = WebhookNotifier(s.webhook_urls, metrics=self.metrics)
+        self._notifier.start()
+        rates = self.rates = RatesJob(
+            topics=self.topics,
+            rates=RateState(
+                window=s.rate_window_seconds,
+                sliding=s.sliding_windows,
+                lateness=s.rate_lateness_seconds,
+                history=max((*s.sliding_windows, *(r.window + r.baseline for r in rules))),
+            ),
+            detector=SpikeDetector(rules),
+            sink=ClickHouseSink(await asyncio.to_thread(open_client, s), db),
+            producer=self._producer,
+            notifier=self._notifier,
+            metrics=self.metrics,
+        )
+        await rates.restore(lookup_client, db, recovery=s.rate_recovery_seconds)
         job = self.job = JoinTracesJob(
             topics=self.topics,
             state=state,
@@ -136,6 +177,7 @@ class StreamApp:
             ),
             lookup=lambda ids: lookup_traces(lookup_client, db, ids, now=state.clock()),
             producer=self._producer,
+            metrics=self.metrics,
         )
         app = self._app = build_faust_app(s, self.bootstrap, self.app_id)
         source = app.topic(
@@ -159,8 +201,42 @@ class StreamApp:
         async def tick() -> None:
             await job.tick()
 
+        enriched = app.topic(
+            self.topics.enriched.name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+        @app.agent(enriched, name="rates")
+        async def count_rates(stream: faust.StreamT[bytes]) -> None:
+            batches = stream.take_events(batch_size, within=batch_seconds)  # type: ignore[attr-defined]
+            async for events in batches:
+                await rates.handle(events)
+
+        @app.timer(RATES_TICK_SECONDS, name="rates_tick")
+        async def rates_tick() -> None:
+            await rates.tick()
+
+        @app.timer(LAG_SECONDS, name="consumer_lag")
+        async def consumer_lag() -> None:
+            if self.metrics is not None:
+                await self._report_lag(app)
+
         await app.start()
         tune_gc()
+
+    async def _report_lag(self, app: faust.App) -> None:
+        lag: dict[str, int] = {}
+        for tp in app.consumer.assignment():
+            position = await app.consumer.position(tp)
+            if position is not None:
+                behind = max(0, app.consumer.highwater(tp) - position)
+                lag[tp.topic] = lag.get(tp.topic, 0) + behind
+        assert self.metrics is not None  # noqa: S101 (checked by the caller)
+        for topic, value in lag.items():
+            self.metrics.consumer_lag.labels(topic).set(value)
 
     async def stop(self) -> None:
         app, self._app = self._app, None
@@ -171,6 +247,13 @@ class StreamApp:
             await app.stop()
         if job is not None:
             job.sink.close()
+        rates, self.rates = self.rates, None
+        if rates is not None:
+            rates.sink.close()
+        notifier, self._notifier = self._notifier, None
+        if notifier is not None:
+            await notifier.drain(2.0)
+            await notifier.stop()
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()

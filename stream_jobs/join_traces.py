@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from schemas import (
 from schemas.wire import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES
 from stream_jobs.join_state import JoinState, TraceAttributes
 from stream_jobs.sink import ClickHouseSink, SinkBatch, SinkUnavailable, feedback_json
+from thumbline.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class JoinTracesJob:
         sink: the ClickHouse sink, used only from this job.
         lookup: looks trace ids up in ClickHouse (blocking; run in a thread).
         producer: a started AIOKafkaProducer for enriched, dlq and keyed.
+        metrics: where to report (optional): counts are synced on each tick,
+            insert time and freshness observed per write.
     """
 
     def __init__(
@@ -115,8 +119,12 @@ class JoinTracesJob:
         sink: ClickHouseSink,
         lookup: Callable[[list[str]], dict[str, TraceAttributes]],
         producer: AIOKafkaProducer,
+        metrics: Metrics | None = None,
     ) -> None:
         self.topics = topics
+        self.metrics = metrics
+        self._synced: dict[str, int] = {}
+        self._received: list[float] = []  # received_at of a sample of rows, for freshness
         self.partitions = topics.feedback.partitions
         self.state = state
         self.sink = sink
@@ -160,7 +168,8 @@ class JoinTracesJob:
                 await self._flush()
 
     async def tick(self) -> None:
-        """Called periodically: orphans whose grace ended, and flushes by age."""
+        """Called periodically: orphans whose grace ended, flushes by age, metrics."""
+        self.sync_metrics()
         async with self._lock:
             if self.state.pending:
                 rows = await asyncio.to_thread(self.state.expire, self.lookup)
@@ -177,6 +186,33 @@ class JoinTracesJob:
         async with self._lock:
             await self._flush()
             await self.drain()
+
+    def sync_metrics(self) -> None:
+        """Report what the counts gained since the last call (cheaper than per event)."""
+        m = self.metrics
+        if m is None:
+            return
+        m.join_pending.set(sum(len(w) for w in self.state.pending.values()))
+        for key, value in list(self.counts.items()):
+            delta = value - self._synced.get(key, 0)
+            if delta <= 0:
+                continue
+            self._synced[key] = value
+            kind, _, name = key.partition(":")
+            if kind == "in":
+                m.events_consumed.labels(name).inc(delta)
+            elif kind == "out":
+                m.events_produced.labels(name).inc(delta)
+            elif kind == "rows":
+                m.sink_rows.labels(name).inc(delta)
+            elif kind == "batches":
+                m.sink_batches.labels(name).inc(delta)
+            elif key in ("joined", "orphan", "corrected"):
+                m.join_outcomes.labels(key).inc(delta)
+            elif key.startswith("dead_"):
+                m.dead_letters.labels(key.removeprefix("dead_")).inc(delta)
+            elif key == "flush_failures":
+                m.sink_failures.inc(delta)
 
     # Steps ---------------------------------------------------------------------
 
@@ -202,9 +238,11 @@ class JoinTracesJob:
             return
         except (orjson.JSONDecodeError, AttributeError) as exc:
             batch.dead.append(_dead(message, -1, "bad_keyed", str(exc), raw or b""))
+            self.counts["dead_bad_keyed"] += 1
             return
         feedback: list[FeedbackEvent] = []
         index = 0
+        self.counts[f"in:{message.topic}"] += sum(len(items) for _, items in groups)
         for kind, items in groups:
             model = FeedbackEvent if kind == "feedback" else TraceEvent
             for item in items:
@@ -254,6 +292,7 @@ class JoinTracesJob:
             return None
         if not 0 < len(events) <= MAX_BATCH_EVENTS:
             return None
+        self.counts[f"in:{message.topic}"] += len(events)
         stamp = message.timestamp
         return [(kind, [_stamp(e, stamp) for e in events])]
 
@@ -300,6 +339,11 @@ class JoinTracesJob:
         forward: dict[int, dict[str, list[bytes]]],
     ) -> None:
         encoded = [feedback_json(row) for row in rows]  # the same bytes to Kafka and ClickHouse
+        for row in rows:
+            self.counts[row.join_status] += 1
+        if self.metrics is not None and rows:
+            step = max(1, len(rows) // 50)
+            self._received.extend(r.received_at.timestamp() for r in rows[::step] if r.received_at)
         self.sink.add_traces(traces)
         self.sink.add_json("feedback", encoded)
         self.sink.add_dead_letters(dead)
@@ -315,10 +359,13 @@ class JoinTracesJob:
                 acks.append(await self.producer.send(
                     self.topics.enriched.name, b"[" + b",".join(chunk) + b"]", partition=partition
                 ))  # fmt: skip
+        self.counts[f"out:{self.topics.enriched.name}"] += len(rows)
+        self.counts[f"out:{self.topics.dlq.name}"] += len(dead)
         for letter in dead:
             acks.append(await self.producer.send(self.topics.dlq.name, letter.to_json()))
         for partition, groups in forward.items():
             self.counts["forwarded"] += sum(len(v) for v in groups.values())
+            self.counts[f"out:{self.topics.keyed.name}"] += sum(len(v) for v in groups.values())
             value = (
                 b'{"feedback":[' + b",".join(groups["feedback"]) + b'],"traces":['
                 + b",".join(groups["traces"]) + b"]}"
@@ -340,9 +387,9 @@ class JoinTracesJob:
         await self.drain()
         if not self.sink.pending and not self._unflushed:
             return
-        batch, held = self.sink.detach(), self._unflushed
-        self._unflushed = []
-        self._writing = asyncio.create_task(self._write(batch, held))
+        batch, held, received = self.sink.detach(), self._unflushed, self._received
+        self._unflushed, self._received = [], []
+        self._writing = asyncio.create_task(self._write(batch, held, received))
 
     async def drain(self) -> None:
         """Wait until the write in flight, if any, is in ClickHouse and acknowledged."""
@@ -350,15 +397,26 @@ class JoinTracesJob:
             await self._writing
             self._writing = None
 
-    async def _write(self, batch: SinkBatch, held: list[_Held]) -> None:
+    async def _write(self, batch: SinkBatch, held: list[_Held], received: list[float]) -> None:
+        tables = {table: len(rows) for table, rows in batch.tables.items()}
         while True:
             try:
+                began = time.monotonic()
                 written = await asyncio.to_thread(self.sink.write, batch)
+                took = time.monotonic() - began
                 break
             except SinkUnavailable as exc:
                 self.counts["flush_failures"] += 1
                 await asyncio.sleep(exc.retry_after)
         self.counts["rows_written"] += written
+        for table, n in tables.items():
+            self.counts[f"rows:{table}"] += n
+            self.counts[f"batches:{table}"] += 1
+        if self.metrics is not None:
+            self.metrics.insert_seconds.observe(took)
+            now = time.time()
+            for at in received:
+                self.metrics.freshness.observe(max(0.0, now - at))
         for message in held:
             message.durable = True
         for queue in self._order.values():

@@ -56,6 +56,10 @@ JSON_SETTINGS = {
 }
 
 
+#: The tables the stream writes.
+TABLES = ("feedback", "traces", "dead_letters", "feedback_rates", "alerts")
+
+
 def feedback_json(row: EnrichedFeedback) -> bytes:
     """One ``feedback`` row: the enriched record, as the stream also publishes it.
 
@@ -124,7 +128,7 @@ class ClickHouseSink:
         self._clock = clock
         self._oldest: float | None = None
         self._failures = 0
-        self._buffers: dict[str, list[bytes]] = {"feedback": [], "traces": [], "dead_letters": []}
+        self._buffers: dict[str, list[bytes]] = {table: [] for table in TABLES}
 
     def add_feedback(self, rows: Iterable[EnrichedFeedback]) -> None:
         self.add_json("feedback", [feedback_json(r) for r in rows])

@@ -23,6 +23,7 @@ class RunInfo:
     sql_url: str | None
     sql_token: str | None
     started_at: str
+    metrics_url: str | None = None
 
 
 def write(path: Path, info: RunInfo) -> None:

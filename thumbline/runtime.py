@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clickhouse_connect.driver.client import Client
+from prometheus_client import CollectorRegistry
 
 from schemas.topics import Topics
 from thumbline import runfile
 from thumbline.broker import EmbeddedBroker
 from thumbline.errors import ConfigError
 from thumbline.kafka import ensure_topics
+from thumbline.metrics import Metrics, MetricsServer
 from thumbline.settings import Settings
 from thumbline.sqlserver import SqlServer
 from thumbline.store import AppliedMigration, apply_migrations, open_client
@@ -49,6 +51,7 @@ class Started:
     migrations: list[AppliedMigration]
     store: str
     sql_url: str | None
+    metrics_url: str | None = None
 
 
 def _own_temp_dir(path: Path) -> None:
@@ -72,6 +75,8 @@ class Runtime:
         self._client: Client | None = None
         self._sql: SqlServer | None = None
         self._stream: StreamApp | None = None
+        self._metrics_server: MetricsServer | None = None
+        self.metrics = Metrics(CollectorRegistry())
 
     async def start(self) -> Started:
         s = self.settings
@@ -103,7 +108,11 @@ class Runtime:
             applied = await asyncio.to_thread(apply_migrations, self._client, s.clickhouse_database)
             from stream_jobs.app import StreamApp  # faust is heavy: imported when it runs
 
-            self._stream = StreamApp(s, bootstrap)
+            if s.metrics_enabled:
+                self._metrics_server = MetricsServer(
+                    self.metrics, host=s.metrics_host, port=s.metrics_port
+                )
+            self._stream = StreamApp(s, bootstrap, metrics=self.metrics)
             await self._stream.start()
             if s.store_is_chdb:
                 self._sql = SqlServer(
@@ -119,6 +128,7 @@ class Runtime:
                     store=s.store_display,
                     sql_url=self._sql.url if self._sql else None,
                     sql_token=self._sql.token if self._sql else None,
+                    metrics_url=self._metrics_server.url if self._metrics_server else None,
                     started_at=datetime.now(UTC).isoformat(),
                 ),
             )
@@ -133,6 +143,7 @@ class Runtime:
             migrations=applied,
             store=s.store_display,
             sql_url=self._sql.url if self._sql else None,
+            metrics_url=self._metrics_server.url if self._metrics_server else None,
         )
 
     async def stop(self) -> None:
@@ -140,6 +151,9 @@ class Runtime:
         stream, self._stream = self._stream, None
         if stream is not None:
             await stream.stop()
+        server, self._metrics_server = self._metrics_server, None
+        if server is not None:
+            await asyncio.to_thread(server.stop)
         sql, self._sql = self._sql, None
         if sql is not None:
             await asyncio.to_thread(sql.stop)

@@ -61,6 +61,29 @@ class Settings(BaseSettings):
     sink_max_rows: int = Field(50_000, ge=1, le=1_000_000, description="Rows per insert, at most.")
     sink_max_seconds: float = Field(0.5, gt=0, le=60, description="Longest a row waits to insert.")
 
+    rate_window_seconds: int = Field(
+        60, ge=1, le=3600, description="The tumbling base window of the rates (event time)."
+    )
+    rate_sliding_seconds: str = Field(
+        "300,3600", pattern=r"^\s*(\d+\s*(,\s*\d+\s*)*)?$",
+        description="Sliding windows, comma-separated seconds, multiples of the base window.",
+    )  # fmt: skip
+    rate_lateness_seconds: float = Field(
+        30.0, ge=0, le=3600, description="How long a window takes late feedback after it ends."
+    )
+    rate_recovery_seconds: float = Field(
+        300.0, gt=0, le=86400,
+        description="At start, windows this recent are rebuilt event by event from ClickHouse.",
+    )  # fmt: skip
+    alert_rules: Path | None = Field(None, description="A TOML file of spike rules.")
+    alert_webhook_urls: SecretStr | None = Field(
+        None, description="Comma-separated URLs that get each alert (Slack-compatible JSON)."
+    )
+
+    metrics_host: str = Field("127.0.0.1", description="Where /metrics is served.")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0: any free port.")
+    metrics_enabled: bool = True
+
     broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0: any free.")
     sql_host: str = Field("127.0.0.1", description="Where the store owner serves SQL.")
     sql_port: int = Field(0, ge=0, le=65535, description="0: any free port.")
@@ -98,6 +121,19 @@ class Settings(BaseSettings):
         if scheme == "chdb" and not url.startswith("chdb:///"):
             raise ValueError("a chDB URL needs an absolute path: chdb:///var/lib/thumbline")
         return SecretStr(url)
+
+    @model_validator(mode="after")
+    def _windows(self) -> Settings:
+        for size in self.sliding_windows:
+            if size % self.rate_window_seconds:
+                raise ValueError(
+                    f"rate_sliding_seconds: {size} is not a multiple of "
+                    f"THUMBLINE_RATE_WINDOW_SECONDS ({self.rate_window_seconds})"
+                )
+        for url in self.webhook_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError("alert_webhook_urls: each URL needs http:// or https://")
+        return self
 
     @model_validator(mode="after")
     def _sasl(self) -> Settings:
@@ -138,6 +174,17 @@ class Settings(BaseSettings):
             )
             return urlunsplit(parts._replace(netloc=netloc))
         return self.store_url
+
+    @property
+    def sliding_windows(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.rate_sliding_seconds.split(",") if x.strip())
+
+    @property
+    def webhook_urls(self) -> tuple[str, ...]:
+        if self.alert_webhook_urls is None:
+            return ()
+        urls = self.alert_webhook_urls.get_secret_value().split(",")
+        return tuple(u.strip() for u in urls if u.strip())
 
     @property
     def run_file(self) -> Path:

@@ -1,0 +1,255 @@
+"""The rates and alerts job: enriched feedback in, rate windows and spike alerts out.
+
+Per micro-batch of ``feedback.enriched`` messages it counts the rows
+(:class:`~stream_jobs.bad_feedback_rates.RateState`); on each tick it ends and
+closes windows by the clock, writes their rows to ``rates`` and
+``feedback_rates``, and runs the spike rules
+(:class:`~stream_jobs.spike_alerts.SpikeDetector`) on every base window that
+ended, writing state changes to ``alerts`` (topic and table), the webhooks and
+the metrics.
+
+Delivery: the input is acknowledged as soon as it is counted. That is safe
+because nothing here is the only copy: the rows are in ``feedback`` (the join
+writes them first or replays them), and a restarted worker rebuilds its
+windows and its alert state from ClickHouse (:meth:`RatesJob.restore`), so
+counts stay exact and a firing alert does not fire again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from clickhouse_connect.driver.client import Client
+
+from schemas import Alert, RateWindow, Topics
+from stream_jobs.bad_feedback_rates import ALL, Counts, RateState
+from stream_jobs.sink import ClickHouseSink, SinkUnavailable
+from stream_jobs.spike_alerts import SpikeDetector
+from stream_jobs.webhooks import WebhookNotifier
+from thumbline.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+#: After a restart, restored windows stay open until rows the join wrote since
+#: the restart arrive, or this many seconds pass without them.
+RESUME_AFTER = 120.0
+
+
+def _received(row: dict[str, Any]) -> float:
+    at = row.get("received_at") or row["ts"]
+    if isinstance(at, str):
+        at = datetime.fromisoformat(at)
+    return float(at.timestamp())
+
+
+class RatesJob:
+    """Counts, windows and alerts of one worker; the Faust agent and timer call into it."""
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        rates: RateState,
+        detector: SpikeDetector,
+        sink: ClickHouseSink,
+        producer: AIOKafkaProducer,
+        notifier: WebhookNotifier | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.topics = topics
+        self.rates = rates
+        self.detector = detector
+        self.sink = sink
+        self.producer = producer
+        self.notifier = notifier
+        self.metrics = metrics
+        self._lock = asyncio.Lock()
+        self._late_reported = 0
+        # Windows restored at start are written again but not judged: they ended
+        # before this worker ran, and judging them late in a row could resolve or
+        # fire an alert out of order.
+        self._judge_after = 0.0
+        self._resumed = True  # restored windows released (see RateState.resume)
+        self.alerts: list[Alert] = []  # every state change this worker emitted
+
+    async def handle(self, events: Sequence[Any]) -> None:
+        """Count one micro-batch of enriched messages (JSON arrays of rows)."""
+        async with self._lock:
+            rows: list[dict[str, Any]] = []
+            for event in events:
+                try:
+                    value = orjson.loads(event.message.value)
+                except orjson.JSONDecodeError:
+                    logger.warning("skipped an enriched message that is not JSON")
+                    continue
+                rows.extend(value if isinstance(value, list) else [value])
+            self.rates.apply(rows)
+            if not self._resumed and self._join_output_seen(rows):
+                self._resumed = True
+                self.rates.resume()
+            if self.metrics is not None:
+                self.metrics.events_consumed.labels(self.topics.enriched.name).inc(len(rows))
+
+    def _join_output_seen(self, rows: list[dict[str, Any]]) -> bool:
+        """True once rows the join wrote after this restart arrive (or input is idle)."""
+        return any(_received(r) >= self._judge_after for r in rows)
+
+    async def tick(self) -> None:
+        """End and close windows by the clock; write rows, judge the ended windows."""
+        async with self._lock:
+            if not self._resumed and self.rates.clock() > self._judge_after + RESUME_AFTER:
+                self._resumed = True  # no new input for a while: stop waiting for a replay
+                self.rates.resume()
+            ended = self.rates.advance()
+            if not ended:
+                self._report_late()
+                return
+            now = self.rates.clock()
+            windows: list[RateWindow] = [row for e in ended for row in e.rows]
+            alerts: list[Alert] = []
+            for e in ended:
+                if e.first_time and e.start + self.rates.window > self._judge_after:
+                    end = e.start + self.rates.window
+                    alerts.extend(self.detector.evaluate(self.rates, end, now))
+            self.sink.add_json("feedback_rates", [w.to_json() for w in windows])
+            self.sink.add_json("alerts", [a.to_json() for a in alerts])
+            await self._write()
+            await self._publish(windows, alerts)
+            self._observe(ended, alerts)
+
+    async def _write(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.sink.flush)
+                return
+            except SinkUnavailable as exc:  # hold the lock: input waits until it is back
+                if self.metrics is not None:
+                    self.metrics.sink_failures.inc()
+                await asyncio.sleep(exc.retry_after)
+
+    async def _publish(self, windows: list[RateWindow], alerts: list[Alert]) -> None:
+        acks = []
+        for start in range(0, len(windows), 500):
+            chunk = windows[start : start + 500]
+            body = b"[" + b",".join(w.to_json() for w in chunk) + b"]"
+            acks.append(await self.producer.send(self.topics.rates.name, body))
+        for alert in alerts:
+            acks.append(  # keyed by alert: one episode's events stay in order
+                await self.producer.send(
+                    self.topics.alerts.name, alert.to_json(), key=alert.alert_id.encode()
+                )
+            )
+            self.alerts.append(alert)
+            if self.notifier is not None:
+                self.notifier.notify(alert)
+        if acks:
+            await asyncio.gather(*acks)
+
+    def _observe(self, ended: list[Any], alerts: list[Alert]) -> None:
+        self._report_late()
+        m = self.metrics
+        if m is None:
+            return
+        m.events_produced.labels(self.topics.alerts.name).inc(len(alerts))
+        for e in ended:
+            for row in e.rows:
+                if row.window_seconds != self.rates.window or row.capability != ALL:
+                    continue
+                labels = (row.project, row.environment, row.model)
+                if m.bounded(labels):
+                    m.bad_rate.labels(*labels).set(row.bad_rate)
+                    m.feedback_window.labels(*labels).set(row.total)
+        for a in alerts:
+            m.alerts.labels(a.rule, str(a.state)).inc()
+            alert_labels = (a.rule, a.project, a.environment, a.model, a.capability)
+            if m.bounded(alert_labels):
+                m.alerts_firing.labels(*alert_labels).set(1 if a.state == "firing" else 0)
+
+    def _report_late(self) -> None:
+        if self.metrics is not None and self.rates.late > self._late_reported:
+            self.metrics.late_events.inc(self.rates.late - self._late_reported)
+        self._late_reported = self.rates.late
+
+    async def restore(self, client: Client, database: str, *, recovery: float) -> None:
+        """Rebuild windows and alert state from ClickHouse (call before consuming)."""
+        now = self._judge_after = self.rates.clock()
+        self._resumed = False
+        await asyncio.to_thread(
+            restore_rates, self.rates, client, database, now=now, recovery=recovery
+        )
+        found = await asyncio.to_thread(latest_alerts, client, database)
+        self.detector.restore(found)
+
+
+_CLASSES = """
+    countIf(source != 'implicit' AND label = 'good') AS good,
+    countIf(source != 'implicit' AND label = 'bad') AS bad,
+    countIf(source != 'implicit' AND label NOT IN ('good', 'bad')) AS neutral,
+    countIf(source = 'implicit') AS implicit,
+    countIf(comment != '') AS with_comment,
+    sumIf(score, score IS NOT NULL) AS score_sum,
+    countIf(score IS NOT NULL) AS score_count
+"""
+
+
+def restore_rates(
+    rates: RateState, client: Client, database: str, *, now: float, recovery: float
+) -> None:
+    """Older windows as counts (history), recent ones event by event, reopened."""
+    window = rates.window
+    recent = (now - recovery) // window * window
+    since = now - rates.history
+    history = client.query(
+        # database is an identifier checked by Settings; values go in as parameters
+        f"SELECT toUnixTimestamp(toStartOfInterval(ts, INTERVAL {int(window)} SECOND)) AS start, "  # noqa: S608
+        f"project, environment, model, capability, {_CLASSES} "
+        f"FROM {database}.feedback FINAL "
+        "WHERE ts >= fromUnixTimestamp64Milli({since:Int64}) "
+        "AND ts < fromUnixTimestamp64Milli({recent:Int64}) AND retracted = 0 "
+        "GROUP BY start, project, environment, model, capability",
+        parameters={"since": int(since * 1000), "recent": int(recent * 1000)},
+    ).result_rows
+    for start, project, environment, model, capability, *c in history:
+        counts = Counts(c[0], c[1], c[2], c[3], c[4], float(c[5]), c[6])
+        rates.restore_counts(float(start), (project, environment, model, ALL), counts)
+        rates.restore_counts(float(start), (project, environment, ALL, capability), counts)
+    result = client.query(
+        "SELECT event_id, trace_id, version, ts, label, source, comment, score, retracted, "  # noqa: S608
+        "project, environment, model, capability "
+        f"FROM {database}.feedback FINAL "
+        "WHERE ts >= fromUnixTimestamp64Milli({recent:Int64})",
+        parameters={"recent": int(recent * 1000)},
+    )
+    names = result.column_names
+    rows = []
+    for values in result.result_rows:
+        row = dict(zip(names, values, strict=True))
+        if row["ts"].tzinfo is None:
+            row["ts"] = row["ts"].replace(tzinfo=UTC)
+        rows.append(row)
+    rates.apply(rows, reopen=True)
+    logger.info("rates restored: %d windows of counts, %d recent events", len(history), len(rows))
+
+
+def latest_alerts(client: Client, database: str) -> list[dict[str, Any]]:
+    """The newest state of each (rule, dimensions), as the detector restores it."""
+    result = client.query(
+        "SELECT rule, project, environment, model, capability, "  # noqa: S608
+        "argMax(alert_id, at) AS alert_id, argMax(state, at) AS state, "
+        "argMax(window_start, at) AS window_start "
+        f"FROM {database}.alerts FINAL "
+        "GROUP BY rule, project, environment, model, capability"
+    )
+    out = []
+    for values in result.result_rows:
+        row = dict(zip(result.column_names, values, strict=True))
+        if isinstance(row["window_start"], datetime) and row["window_start"].tzinfo is None:
+            row["window_start"] = row["window_start"].replace(tzinfo=UTC)
+        out.append(row)
+    return out
