@@ -124,6 +124,12 @@ def _print_started(settings: Settings, started: Any) -> None:
         f"{new} new migration{'s' if new != 1 else ''})",
     ]
     lines.append("  stream      join_traces: feedback joined with its trace, written to ClickHouse")
+    lines.append(
+        f"              rates: {settings.rate_window_seconds}s windows (+ "
+        f"{', '.join(f'{w}s' for w in settings.sliding_windows) or 'no'} sliding), spike alerts"
+    )
+    if started.metrics_url:
+        lines.append(f"  metrics     {started.metrics_url}")
     if started.sql_url:
         lines.append(
             f"  SQL         {started.sql_url}/sql  (for `thumbline sql`; token in run file)"
@@ -433,6 +439,94 @@ def inbox(
         )  # fmt: skip
     out.print(table)
     err.print(f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}", style="dim")
+
+
+@app.command()
+def rates(
+    project: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    capability: Annotated[
+        str | None, typer.Option(help="Per capability instead of per model.")
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="Window size in seconds (default: the base window).")
+    ] = None,
+    since: Annotated[str, typer.Option(help="e.g. 30m, 24h")] = "1h",
+    limit: Annotated[int, typer.Option()] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Feedback rates per window, newest first (bad rate in red over 20%)."""
+    from thumbline.queries import parse_since, rates_sql
+    from thumbline.sqlserver import run_sql
+
+    settings = _settings()
+    try:
+        query = rates_sql(
+            settings.clickhouse_database, window_seconds=window or settings.rate_window_seconds,
+            project=project, model=model, capability=capability, since=parse_since(since),
+            limit=limit,
+        )  # fmt: skip
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        sys.stdout.write(run_sql(settings, query, fmt="JSONEachRow").decode())
+        return
+    _, rows = _rows(settings, query)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("window", "project", "env", "model/capability", "total", "bad", "bad rate",
+                 "comments", "implicit", "mean score"):  # fmt: skip
+        table.add_column(name, justify="right" if name in ("total", "bad", "bad rate") else "left")
+    for r in rows:
+        start, proj, env, mdl, cap, total, _, bad, _, implicit, comments, rate, score = r
+        shown = f"[red]{rate:.0%}[/red]" if rate > 0.2 else f"{rate:.0%}"
+        table.add_row(
+            str(start)[:19], proj, env, mdl if cap == "*" else cap, str(total), str(bad), shown,
+            str(comments), str(implicit), "" if score is None else f"{score:.2f}",
+        )  # fmt: skip
+    out.print(table)
+    err.print(f"{len(rows)} window{'s' if len(rows) != 1 else ''}", style="dim")
+
+
+@app.command()
+def alerts(
+    state: Annotated[str | None, typer.Option(help="firing or resolved (default: both)")] = None,
+    since: Annotated[str, typer.Option(help="e.g. 24h, 7d")] = "7d",
+    limit: Annotated[int, typer.Option()] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Spike alerts, newest first, with the inbox command that shows each window."""
+    from thumbline.queries import alerts_sql, parse_since
+    from thumbline.sqlserver import run_sql
+
+    if state not in (None, "firing", "resolved"):
+        _fail(f"--state takes firing or resolved, not {state!r}", 2)
+    settings = _settings()
+    try:
+        query = alerts_sql(
+            settings.clickhouse_database, state=state, since=parse_since(since), limit=limit
+        )
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        sys.stdout.write(run_sql(settings, query, fmt="JSONEachRow").decode())
+        return
+    _, rows = _rows(settings, query)
+    for r in rows:
+        at, _, rule, st, proj, env, mdl, cap, rate, base, bad, total, onset, command, comments = r
+        colour = "red" if st == "firing" else "green"
+        dims = " ".join(
+            f"{k}={v}" for k, v in (("project", proj), ("env", env), ("model", mdl),
+                                    ("capability", cap)) if v and v != "*"
+        )  # fmt: skip
+        out.print(
+            f"[{colour}]{st:<8}[/{colour}] {str(at)[:19]}  {rule}  {dims}  bad {rate:.0%} "
+            f"({bad}/{total}) vs {base:.0%} baseline, since {str(onset)[:19]}",
+            markup=True, soft_wrap=True,
+        )  # fmt: skip
+        for comment in comments[:2]:
+            out.print(f"           “{_short(comment, 100)}”", markup=False)
+        out.print(f"           {command}", style="dim", markup=False)
+    err.print(f"{len(rows)} alert{'s' if len(rows) != 1 else ''}", style="dim")
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -103,3 +103,58 @@ def trace_spans_sql(database: str, trace_id: str) -> str:
         f"FROM {database}.traces FINAL WHERE trace_id = {literal(trace_id)} "
         "ORDER BY start_time, span_id"
     )
+
+
+def rates_sql(
+    database: str,
+    *,
+    window_seconds: int,
+    project: str | None = None,
+    model: str | None = None,
+    capability: str | None = None,
+    since: timedelta = timedelta(hours=1),
+    limit: int = 50,
+    now: datetime | None = None,
+) -> str:
+    """Rate windows of one size, newest first; per model unless a capability is given."""
+    clauses = [
+        f"window_seconds = {int(window_seconds)}",
+        f"window_start >= {_time((now or datetime.now(UTC)) - since)}",
+        "total + implicit > 0",
+        f"capability = {literal(capability)}" if capability else "capability = '*'",
+    ]
+    if project:
+        clauses.append(f"project = {literal(project)}")
+    if model:
+        clauses.append(f"model = {literal(model)}")
+    return (
+        "SELECT window_start, project, environment, model, capability, total, good, bad, "
+        "neutral, implicit, with_comment, round(bad_rate, 4) AS bad_rate, "
+        f"round(mean_score, 3) AS mean_score FROM {database}.feedback_rates FINAL "
+        f"WHERE {' AND '.join(clauses)} "
+        f"ORDER BY window_start DESC, bad_rate DESC LIMIT {int(limit)}"
+    )
+
+
+def alerts_sql(
+    database: str,
+    *,
+    state: str | None = None,
+    since: timedelta = timedelta(days=7),
+    limit: int = 50,
+    now: datetime | None = None,
+) -> str:
+    """Alert episodes, newest first: the latest state of each alert_id."""
+    having = f"HAVING latest_state = {literal(state)} " if state else ""
+    return (
+        "SELECT max(at) AS last_at, alert_id, any(rule) AS rule, argMax(state, at) AS latest_state, "
+        "any(project) AS project, any(environment) AS environment, any(model) AS model, "
+        "any(capability) AS capability, argMax(bad_rate, at) AS bad_rate, "
+        "argMax(baseline_rate, at) AS baseline_rate, argMax(bad, at) AS bad, "
+        "argMax(total, at) AS total, min(window_start) AS onset, "
+        "argMax(inbox_command, at) AS inbox_command, "
+        "argMax(sample_comments, at) AS sample_comments "
+        f"FROM {database}.alerts FINAL "
+        f"WHERE at >= {_time((now or datetime.now(UTC)) - since)} "
+        f"GROUP BY alert_id {having}ORDER BY last_at DESC LIMIT {int(limit)}"
+    )
