@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +82,12 @@ def thumbline_bin() -> str:
 
 @pytest.fixture
 def clean_env() -> dict[str, str]:
-    """The environment without any THUMBLINE_ setting, for CLI subprocesses."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("THUMBLINE_")}
+    """The environment without any THUMBLINE_ setting, for CLI subprocesses.
+
+    Except the metrics port: any free one, so that two `thumbline up` never clash.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THUMBLINE_")}
+    return {**env, "THUMBLINE_METRICS_PORT": "0"}
 
 
 async def consume(
@@ -183,3 +187,14 @@ def gone(pid: int, within: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+@pytest.fixture
+def query(store, store_settings) -> Callable[[str], list[tuple]]:
+    """Run SQL on the session store; ``{db}`` is its database."""
+    db = store_settings.clickhouse_database
+
+    def run(sql: str) -> list[tuple]:
+        return store.query(sql.replace("{db}", db)).result_rows
+
+    return run

@@ -190,3 +190,55 @@ def test_a_bad_setting_fails_at_start_naming_the_variable(thumbline_bin, env):
     result = run(thumbline_bin, {**env, "THUMBLINE_PARTITIONS": "zero"}, "up")
     assert result.returncode == 2
     assert "THUMBLINE_PARTITIONS" in result.stderr
+
+
+def test_rates_and_alerts_list_the_stored_windows_and_alerts(thumbline_bin, env):
+    assert run(thumbline_bin, env, "migrate").returncode == 0
+    now = "now64(3) - INTERVAL 5 MINUTE"
+    inserted = run(
+        thumbline_bin, env, "sql", "--write",
+        "INSERT INTO thumbline.feedback_rates (project, environment, model, capability, "
+        "window_seconds, window_start, window_end, good, bad, neutral, total, with_comment, "
+        f"implicit, bad_rate, version) SELECT 'shop', 'prod', 'm1', '*', 60, {now}, {now}, "
+        "4, 6, 0, 10, 3, 1, 0.6, 1 UNION ALL SELECT 'shop', 'prod', 'm2', '*', 60, "
+        f"{now}, {now}, 9, 1, 0, 10, 0, 0, 0.1, 1",
+    )  # fmt: skip
+    assert inserted.returncode == 0, inserted.stderr
+    alert = run(
+        thumbline_bin, env, "sql", "--write",
+        "INSERT INTO thumbline.alerts (alert_id, rule, state, project, environment, model, "
+        "capability, window_seconds, window_start, window_end, bad_rate, baseline_rate, bad, "
+        "total, sample_trace_ids, sample_comments, inbox_command, at, version) SELECT "
+        f"'a1', 'bad-rate-spike', 'firing', 'shop', 'prod', 'm1', '*', 300, {now}, {now}, "
+        "0.6, 0.05, 6, 10, ['t1'], ['made up a refund policy'], "
+        f"'thumbline inbox --label bad --project shop', {now}, 1",
+    )  # fmt: skip
+    assert alert.returncode == 0, alert.stderr
+
+    listed = run(thumbline_bin, env, "rates", "--project", "shop")
+    assert listed.returncode == 0, listed.stderr
+    lines = [ln for ln in listed.stdout.splitlines() if "shop" in ln]
+    assert len(lines) == 2 and "60%" in lines[0] and "m1" in lines[0]  # worst first
+    as_json = run(thumbline_bin, env, "rates", "--model", "m2", "--json")
+    assert [json.loads(ln)["model"] for ln in as_json.stdout.splitlines()] == ["m2"]
+
+    firing = run(thumbline_bin, env, "alerts", "--state", "firing")
+    assert firing.returncode == 0, firing.stderr
+    assert "bad-rate-spike" in firing.stdout and "project=shop" in firing.stdout
+    assert "made up a refund policy" in firing.stdout
+    assert "thumbline inbox --label bad --project shop" in firing.stdout
+    none = run(thumbline_bin, env, "alerts", "--state", "resolved")
+    assert none.returncode == 0 and "0 alerts" in none.stderr
+    bad = run(thumbline_bin, env, "alerts", "--state", "sleeping")
+    assert bad.returncode == 2 and "firing or resolved" in bad.stderr
+
+
+def test_up_serves_prometheus_metrics(thumbline_bin, up):
+    import urllib.request
+
+    assert up.info.metrics_url is not None
+    with urllib.request.urlopen(up.info.metrics_url, timeout=10) as response:  # noqa: S310
+        text = response.read().decode()
+    for name in ("thumbline_events_consumed_total", "thumbline_freshness_seconds",
+                 "thumbline_join_pending", "thumbline_alerts_firing"):  # fmt: skip
+        assert name in text

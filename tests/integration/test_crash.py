@@ -12,14 +12,15 @@ import asyncio
 import json
 import os
 import signal
+import time
 
 import pytest
 
 from producers import FeedbackProducer
-from producers.loadgen import LoadReport, LoadSpec, run_load
+from producers.loadgen import LoadReport, LoadSpec, Spike, run_load
 from schemas import Topics
 from tests.conftest import unique
-from tests.integration.conftest import gone, run, start_up, stop
+from tests.integration.conftest import consume, gone, run, start_up, stop
 from thumbline.kafka import ensure_topics
 
 GRACE = "3"
@@ -90,5 +91,94 @@ async def test_a_worker_stopped_mid_stream_loses_nothing_and_counts_nothing_twic
             want = expected(report)
             got = await settle(lambda: final_counts(thumbline_bin, env), want, timeout=120)
             assert got == want
+        finally:
+            stop(second)
+
+
+RULES = """
+[[rule]]
+name = "spike"
+dimensions = "model"
+window = 2
+baseline = 20
+min_total = 20
+min_bad = 5
+resolve_after = 2
+cooldown = 60
+"""
+
+
+def sql_rows(thumbline_bin: str, env: dict[str, str], query: str) -> list[dict]:
+    result = run(thumbline_bin, env, "sql", "-f", "json", query)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+async def test_a_worker_killed_mid_spike_fires_once_and_its_windows_match_the_feedback(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    prefix = f"{unique('spikecrash')}."
+    await ensure_topics(broker.bootstrap, Topics.build(prefix, 4).all())
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES)
+    env = {
+        **clean_env,
+        "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
+        "THUMBLINE_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "THUMBLINE_TOPIC_PREFIX": prefix,
+        "THUMBLINE_PARTITIONS": "4",
+        "THUMBLINE_JOIN_GRACE_SECONDS": GRACE,
+        "THUMBLINE_SINK_MAX_SECONDS": "0.2",
+        "THUMBLINE_RATE_WINDOW_SECONDS": "2",
+        "THUMBLINE_RATE_SLIDING_SECONDS": "6",
+        "THUMBLINE_RATE_LATENESS_SECONDS": "3",
+        "THUMBLINE_ALERT_RULES": str(rules),
+    }
+    first = start_up(thumbline_bin, env, tmp_path / "data")
+    spec = LoadSpec(
+        rate=150, duration=40, projects=3, environments=1, models=1, capabilities=1,
+        bad_share=0.05, early_share=0.0, seed=31, run_id=unique("sc"),
+        spike=Spike(start=12, end=26, bad_share=0.7, project="project-0"),
+    )  # fmt: skip
+    firing = "SELECT alert_id FROM thumbline.alerts FINAL WHERE state = 'firing'"
+    async with FeedbackProducer(bootstrap_servers=broker.bootstrap, topic_prefix=prefix) as fb:
+        load = asyncio.create_task(run_load(fb, spec))
+        for _ in range(60):  # until the spike fires
+            await asyncio.sleep(0.5)
+            if sql_rows(thumbline_bin, env, firing):
+                break
+        else:
+            pytest.fail("the spike never fired before the crash")
+        os.kill(first.proc.pid, signal.SIGKILL)
+        assert gone(first.proc.pid, within=30)
+        stop(first)
+        second = start_up(thumbline_bin, env, tmp_path / "data")
+        try:
+            report = await load
+            resolved = "SELECT alert_id FROM thumbline.alerts FINAL WHERE state = 'resolved'"
+            for _ in range(60):
+                await asyncio.sleep(0.5)
+                if sql_rows(thumbline_bin, env, resolved):
+                    break
+            messages = await consume(broker.bootstrap, [f"{prefix}alerts"], events=2)
+            states = [(e["state"], e["project"]) for _, _, events in messages for e in events]
+            assert states == [("firing", "project-0"), ("resolved", "project-0")]
+
+            await asyncio.sleep(6)  # every window closed
+            horizon = int(time.time()) - 8
+            rates = sql_rows(thumbline_bin, env,
+                "SELECT project, toUnixTimestamp(window_start) AS s, good, bad, neutral, implicit "
+                "FROM thumbline.feedback_rates FINAL WHERE window_seconds = 2 AND model = '*' "
+                f"AND s < {horizon} AND total + implicit > 0 ORDER BY project, s")  # fmt: skip
+            table = sql_rows(thumbline_bin, env,
+                "SELECT project, toUnixTimestamp(toStartOfInterval(ts, INTERVAL 2 SECOND)) AS s, "
+                "countIf(source != 'implicit' AND label = 'good') AS good, "
+                "countIf(source != 'implicit' AND label = 'bad') AS bad, "
+                "countIf(source != 'implicit' AND label NOT IN ('good', 'bad')) AS neutral, "
+                "countIf(source = 'implicit') AS implicit FROM thumbline.feedback FINAL "
+                f"WHERE s < {horizon} AND retracted = 0 GROUP BY project, s "
+                "ORDER BY project, s")  # fmt: skip
+            assert report.feedback > 4000 and len(table) > 40
+            assert rates == table
         finally:
             stop(second)

@@ -67,16 +67,6 @@ async def raw(broker) -> AsyncIterator[AIOKafkaProducer]:
     await producer.stop()
 
 
-@pytest.fixture
-def query(store, store_settings) -> Callable[[str], list[tuple]]:
-    db = store_settings.clickhouse_database
-
-    def run(sql: str) -> list[tuple]:
-        return store.query(sql.replace("{db}", db)).result_rows
-
-    return run
-
-
 async def eventually(check: Callable[[], object], timeout: float = 30.0) -> object:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -1,0 +1,238 @@
+"""Rates and spike alerts on the real broker and chDB, with 2-second windows.
+
+The stream app runs in this process (so its metrics registry can be read);
+the load generator publishes steady traffic for three projects and a spike of
+bad feedback on one of them, with a known start and end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from producers import FeedbackProducer
+from producers.loadgen import LoadSpec, Spike, run_load
+from schemas import Topics
+from stream_jobs.app import StreamApp
+from tests.conftest import unique
+from tests.integration.conftest import consume
+from thumbline.kafka import ensure_topics
+from thumbline.metrics import Metrics
+from thumbline.settings import load_settings
+
+WINDOW = 2
+LATENESS = 3.0
+RULES = """
+[[rule]]
+name = "spike"
+dimensions = "model"
+window = 2
+baseline = 20
+min_total = 20
+min_bad = 5
+resolve_after = 2
+cooldown = 60
+"""
+
+
+@pytest.fixture(scope="module")
+async def webhook() -> AsyncIterator[tuple[str, list[dict]]]:
+    """A receiver for alert webhooks: the first two posts fail, to exercise the retries."""
+    received: list[dict] = []
+    calls = [0]
+
+    async def post(request: web.Request) -> web.Response:
+        calls[0] += 1
+        if calls[0] <= 2:
+            return web.Response(status=503)
+        received.append(orjson.loads(await request.read()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", post)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/hook", received
+    await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+async def stream(broker, store, store_settings, webhook, tmp_path_factory) -> AsyncIterator:
+    prefix = f"{unique('rates')}."
+    rules = Path(tmp_path_factory.mktemp("rules")) / "rules.toml"
+    rules.write_text(RULES)
+    settings = load_settings(
+        data_dir=store_settings.data_dir, clickhouse_database=store_settings.clickhouse_database,
+        topic_prefix=prefix, partitions=4, join_grace_seconds=3, sink_max_seconds=0.2,
+        rate_window_seconds=WINDOW, rate_sliding_seconds="6", rate_lateness_seconds=LATENESS,
+        alert_rules=rules, alert_webhook_urls=webhook[0],
+    )  # fmt: skip
+    await ensure_topics(broker.bootstrap, Topics.build(prefix, 4).all())
+    metrics = Metrics(CollectorRegistry())
+    app = StreamApp(settings, broker.bootstrap, metrics=metrics)
+    await app.start()
+    yield app
+    await app.stop()
+
+
+def value(stream, name: str, **labels) -> float:
+    got = stream.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if got is None else got
+
+
+async def eventually(check, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.5)
+
+
+async def test_a_spike_on_one_project_fires_once_for_it_and_resolves(
+    stream, broker, query, webhook
+):
+    spec = LoadSpec(
+        rate=150, duration=26, projects=3, environments=1, models=1, capabilities=1,
+        bad_share=0.05, early_share=0.0, seed=21, run_id=unique("spike"),
+        spike=Spike(start=12, end=18, bad_share=0.7, project="project-0"),
+    )  # fmt: skip
+    began = time.time()
+    async with FeedbackProducer(
+        bootstrap_servers=broker.bootstrap, topic_prefix=stream.settings.topic_prefix
+    ) as fb:
+        report = await run_load(fb, spec)
+    assert report.spike_total > 100
+
+    def changes():
+        return [(a.state, a.project) for a in stream.rates.alerts if a.rule == "spike"]
+
+    await eventually(lambda: ("resolved", "project-0") in changes(), timeout=30)
+    assert changes() == [("firing", "project-0"), ("resolved", "project-0")]
+    firing = stream.rates.alerts[0]
+    onset = began + 12
+    # detected within two windows of the onset (window ends are on 2 s boundaries)
+    assert firing.window_start.timestamp() <= math.ceil(onset / WINDOW) * WINDOW + 2 * WINDOW
+    assert firing.bad_rate > 0.4 and firing.baseline_rate < 0.2 and firing.sample_trace_ids
+    assert "--project project-0" in firing.inbox_command
+
+    # the same two in the alerts table and topic, and delivered to the webhook despite failures
+    rows = query(
+        f"SELECT state, alert_id FROM {{db}}.alerts FINAL WHERE rule = 'spike' "
+        f"AND alert_id = '{firing.alert_id}' ORDER BY at"
+    )
+    assert [r[0] for r in rows] == ["firing", "resolved"]
+    messages = await consume(broker.bootstrap, [stream.topics.alerts.name], events=2)
+    on_topic = [e for _, _, events in messages for e in events]
+    assert [e["state"] for e in on_topic if e["alert_id"] == firing.alert_id] == [
+        "firing",
+        "resolved",
+    ]
+    await eventually(lambda: len(webhook[1]) >= 2, timeout=20)
+    assert [b["thumbline"]["state"] for b in webhook[1]] == ["firing", "resolved"]
+    assert "project-0" in webhook[1][0]["text"] and webhook[1][0]["blocks"]
+    assert value(stream, "thumbline_webhook_deliveries_total", outcome="retried") >= 2
+
+    # metrics: state changes, the gauges and the pipeline counters
+    assert value(stream, "thumbline_alerts_total", rule="spike", state="firing") == 1
+    assert (
+        value(
+            stream,
+            "thumbline_alerts_firing",
+            rule="spike",
+            project="project-0",
+            environment=firing.environment,
+            model=firing.model,
+            capability="*",
+        )
+        == 0
+    )
+
+    # counters are synced from the job's counts on its next tick
+    def pipeline_counted() -> bool:
+        return (
+            value(stream, "thumbline_join_outcomes_total", outcome="joined") >= report.feedback
+            and value(stream, "thumbline_sink_rows_total", table="feedback") >= report.feedback
+            and value(stream, "thumbline_events_consumed_total",
+                      topic=stream.topics.feedback.name) >= report.feedback
+        )  # fmt: skip
+
+    assert await eventually(pipeline_counted)
+    assert value(stream, "thumbline_freshness_seconds_count") > 0
+    assert value(stream, "thumbline_bad_rate", project="project-1",
+                 environment=firing.environment, model=firing.model) < 0.3  # fmt: skip
+
+
+async def test_window_rows_match_the_feedback_table(stream, query):
+    """Every closed 2 s window of the run equals the deduplicated feedback rows it covers."""
+    await asyncio.sleep(WINDOW + LATENESS + 1)
+    horizon = int(time.time()) - 10
+    rates = query(
+        "SELECT project, toUnixTimestamp(window_start), good, bad, neutral, implicit "
+        "FROM {db}.feedback_rates FINAL "
+        f"WHERE window_seconds = {WINDOW} AND model = '*' AND project LIKE 'project-%' "
+        f"AND toUnixTimestamp(window_start) < {horizon} AND total + implicit > 0 ORDER BY 1, 2"
+    )
+    table = query(
+        "SELECT project, toUnixTimestamp(toStartOfInterval(ts, INTERVAL 2 SECOND)) AS s, "
+        "countIf(source != 'implicit' AND label = 'good'), "
+        "countIf(source != 'implicit' AND label = 'bad'), "
+        "countIf(source != 'implicit' AND label NOT IN ('good', 'bad')), "
+        "countIf(source = 'implicit') FROM {db}.feedback FINAL "
+        f"WHERE project LIKE 'project-%' AND s < {horizon} AND retracted = 0 "
+        "GROUP BY project, s ORDER BY 1, 2"
+    )
+    assert rates and rates == table
+
+
+async def test_late_feedback_updates_its_window_and_too_late_is_counted(
+    stream, broker, query, raw_feedback
+):
+    project = unique("late")
+    late_before = value(stream, "thumbline_rate_late_events_total")
+    async with FeedbackProducer(
+        bootstrap_servers=broker.bootstrap, topic_prefix=stream.settings.topic_prefix
+    ) as fb:
+        await fb.trace(trace_id=f"{project}-t", project=project, model="m")
+        now = time.time()
+        start = math.floor(now / WINDOW) * WINDOW
+        await raw_feedback(fb, f"{project}-t", f"{project}-1", now)
+
+        def total():
+            rows = query(
+                f"SELECT total FROM {{db}}.feedback_rates FINAL WHERE project = '{project}' "
+                f"AND window_seconds = {WINDOW} AND model = 'm' "
+                f"AND toUnixTimestamp(window_start) = {start}"
+            )
+            return rows[0][0] if rows else 0
+
+        assert await eventually(lambda: total() == 1, timeout=15)
+        assert time.time() < start + WINDOW + LATENESS - 0.5, "too slow to test lateness"
+        await raw_feedback(fb, f"{project}-t", f"{project}-2", start + 0.5)  # ended, still open
+        assert await eventually(lambda: total() == 2, timeout=10)
+        await raw_feedback(fb, f"{project}-t", f"{project}-3", start - 60)  # long closed
+    assert await eventually(
+        lambda: value(stream, "thumbline_rate_late_events_total") >= late_before + 1, timeout=10
+    )
+    assert total() == 2
+
+
+@pytest.fixture
+def raw_feedback():
+    async def send(fb: FeedbackProducer, trace_id: str, event_id: str, at: float) -> None:
+        from datetime import UTC, datetime
+
+        await fb.thumb_down(trace_id, event_id=event_id, ts=datetime.fromtimestamp(at, UTC))
+
+    return send
