@@ -42,7 +42,7 @@ WINDOW = 60.0
 def simulate(spec: LoadSpec, seconds: int) -> tuple[list[Alert], int]:
     """Run ``seconds`` of traffic at ``spec.rate`` per second; the alerts and the event count."""
     clock = [T0]
-    rates = RateState(window=WINDOW, sliding=(300,), lateness=30, history=7200,
+    rates = RateState(window=WINDOW, sliding=(300,), lateness=30, history=4 * 3600 + 3900,
                       clock=lambda: clock[0])  # fmt: skip
     detector = SpikeDetector(DEFAULT_RULES)
     join = JoinState(clock=lambda: clock[0])

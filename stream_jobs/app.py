@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 TICK_SECONDS = 0.25
 RATES_TICK_SECONDS = 0.5
 LAG_SECONDS = 5.0
+HISTORY_FOR_SPIKES = 4 * 3600.0
 
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_THRESHOLDS = (20_000, 10, 10)
@@ -160,7 +161,10 @@ class StreamApp:
                 window=s.rate_window_seconds,
                 sliding=s.sliding_windows,
                 lateness=s.rate_lateness_seconds,
-                history=max((*s.sliding_windows, *(r.window + r.baseline for r in rules))),
+                # enough for the rules' baselines, and for the pre-onset baseline of
+                # an alert firing for up to HISTORY_FOR_SPIKES
+                history=max((*s.sliding_windows, *(r.window + r.baseline for r in rules)))
+                + HISTORY_FOR_SPIKES,
             ),
             detector=SpikeDetector(rules),
             sink=ClickHouseSink(await asyncio.to_thread(open_client, s), db),

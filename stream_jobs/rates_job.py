@@ -135,10 +135,15 @@ class RatesJob:
 
     async def _publish(self, windows: list[RateWindow], alerts: list[Alert]) -> None:
         acks = []
-        for start in range(0, len(windows), 500):
-            chunk = windows[start : start + 500]
-            body = b"[" + b",".join(w.to_json() for w in chunk) + b"]"
-            acks.append(await self.producer.send(self.topics.rates.name, body))
+        by_project: dict[str, list[bytes]] = {}
+        for w in windows:
+            by_project.setdefault(w.project, []).append(w.to_json())
+        for project, encoded in by_project.items():  # keyed by project, as the registry says
+            for start in range(0, len(encoded), 500):
+                body = b"[" + b",".join(encoded[start : start + 500]) + b"]"
+                acks.append(
+                    await self.producer.send(self.topics.rates.name, body, key=project.encode())
+                )
         for alert in alerts:
             acks.append(  # keyed by alert: one episode's events stay in order
                 await self.producer.send(

@@ -17,7 +17,9 @@ So 2 bad out of 2 never pages anyone: ``min_total`` stops it first, and its
 Wilson lower bound at z=3 is only 0.18.
 
 Hysteresis: one ``firing`` event when it starts; one ``resolved`` event after
-``resolve_after`` windows in a row without the condition; then ``cooldown``
+``resolve_after`` windows in a row without the condition (judged, while it
+fires, against the baseline from before the onset, so that a long spike does
+not become its own baseline); then ``cooldown``
 seconds before the same rule and dimensions can fire again. The state lives in
 the ``alerts`` table too, so a restarted worker knows what is firing and does
 not fire it again (:meth:`SpikeDetector.restore`).
@@ -188,10 +190,13 @@ class SpikeDetector:
                 dims for (name, dims), t in self.tracks.items() if name == rule.name and t.firing
             }
             for dims in sorted(d for d in candidates if rule.applies_to(d)):
-                window = rates.total(dims, start, end)
-                baseline = rates.total(dims, start - rule.baseline, start)
-                verdict = judge(rule, window, baseline)
                 track = self.tracks.setdefault((rule.name, dims), _Track())
+                window = rates.total(dims, start, end)
+                # While firing, compare with the baseline before the onset: a trailing
+                # one would absorb a long spike and resolve it while it still goes on.
+                until = track.onset if track.firing and track.onset else start
+                baseline = rates.total(dims, until - rule.baseline, until)
+                verdict = judge(rule, window, baseline)
                 alert = self._step(rule, dims, track, verdict, start, end, now, rates)
                 if alert is not None:
                     out.append(alert)

@@ -192,6 +192,13 @@ class TestDetector:
         assert firing.baseline_rate < 0.1 and len(firing.sample_trace_ids) == 5
         assert firing.inbox_command.startswith("thumbline inbox --label bad --project shop")
 
+    def test_a_long_spike_does_not_become_its_own_baseline(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, history=7200, clock=clock)
+        detector = SpikeDetector((self.RULE,))  # a 10-minute baseline, a 20-minute spike
+        alerts = self.run(rates, clock, detector, [3] * 10 + [30] * 20 + [3] * 4)
+        assert [a.state for a in alerts] == ["firing", "resolved"]
+        assert alerts[1].window_start.timestamp() >= T0 + 30 * 60  # after the spike, not in it
+
     def test_low_volume_noise_never_fires(self, clock):
         rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
         detector = SpikeDetector((self.RULE,))
