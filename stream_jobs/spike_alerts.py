@@ -16,8 +16,9 @@ seconds before the window). It fires only when all of these hold:
 So 2 bad out of 2 never pages anyone: ``min_total`` stops it first, and its
 Wilson lower bound at z=3 is only 0.18.
 
-Hysteresis: one ``firing`` event when it starts; one ``resolved`` event after
-``resolve_after`` windows in a row without the condition (judged, while it
+Hysteresis: one ``firing`` event when it starts (the lower bound clears the
+bar); one ``resolved`` event after ``resolve_after`` windows in a row whose
+rate itself is back under the bar (judged, while it
 fires, against the baseline from before the onset, so that a long spike does
 not become its own baseline); then ``cooldown``
 seconds before the same rule and dimensions can fire again. The state lives in
@@ -144,7 +145,8 @@ def wilson_bounds(bad: int, total: int, z: float) -> tuple[float, float]:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    breach: bool
+    breach: bool  # significantly above the bar: starts an alert
+    elevated: bool  # at or above the bar at all: keeps a firing alert from resolving
     rate: float
     baseline: float
     lower: float
@@ -160,7 +162,8 @@ def judge(rule: AlertRule, window: Counts, baseline: Counts) -> Verdict:
     if rule.threshold is not None:
         bar = min(bar, rule.threshold)
     enough = window.total >= rule.min_total and window.bad >= rule.min_bad
-    return Verdict(enough and lower > bar, window.bad_rate, base_rate, lower, window)
+    elevated = window.total > 0 and window.bad_rate > bar
+    return Verdict(enough and lower > bar, elevated, window.bad_rate, base_rate, lower, window)
 
 
 @dataclass(slots=True)
@@ -212,7 +215,7 @@ class SpikeDetector:
             track.firing, track.onset, track.quiet = True, start, 0
             track.alert_id = alert_id(rule.name, dims, start)
             return _alert(rule, dims, track, AlertState.FIRING, verdict, start, end, now, rates)
-        if verdict.breach:
+        if verdict.breach or verdict.elevated:
             track.quiet = 0
             return None
         track.quiet += 1
