@@ -340,7 +340,7 @@ class JoinTracesJob:
     ) -> None:
         encoded = [feedback_json(row) for row in rows]  # the same bytes to Kafka and ClickHouse
         for row in rows:
-            self.counts[row.join_status] += 1
+            self.counts[str(row.join_status)] += 1
         if self.metrics is not None and rows:
             step = max(1, len(rows) // 50)
             self._received.extend(r.received_at.timestamp() for r in rows[::step] if r.received_at)
@@ -402,13 +402,13 @@ class JoinTracesJob:
         while True:
             try:
                 began = time.monotonic()
-                written = await asyncio.to_thread(self.sink.write, batch)
+                await asyncio.to_thread(self.sink.write, batch)
                 took = time.monotonic() - began
                 break
             except SinkUnavailable as exc:
                 self.counts["flush_failures"] += 1
                 await asyncio.sleep(exc.retry_after)
-        self.counts["rows_written"] += written
+        self.counts["rows_written"] += sum(tables.values())  # over every attempt
         for table, n in tables.items():
             self.counts[f"rows:{table}"] += n
             self.counts[f"batches:{table}"] += 1

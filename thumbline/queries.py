@@ -147,7 +147,8 @@ def alerts_sql(
     """Alert episodes, newest first: the latest state of each alert_id."""
     having = f"HAVING latest_state = {literal(state)} " if state else ""
     return (
-        "SELECT max(at) AS last_at, alert_id, any(rule) AS rule, argMax(state, at) AS latest_state, "
+        "SELECT max(at) AS last_at, alert_id, any(rule) AS rule, "
+        "argMax(state, at) AS latest_state, "
         "any(project) AS project, any(environment) AS environment, any(model) AS model, "
         "any(capability) AS capability, argMax(bad_rate, at) AS bad_rate, "
         "argMax(baseline_rate, at) AS baseline_rate, argMax(bad, at) AS bad, "
