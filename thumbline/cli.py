@@ -473,14 +473,17 @@ def rates(
         return
     _, rows = _rows(settings, query)
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("window", "project", "env", "model/capability", "total", "bad", "bad rate",
-                 "comments", "implicit", "mean score"):  # fmt: skip
-        table.add_column(name, justify="right" if name in ("total", "bad", "bad rate") else "left")
+    for name in ("UTC", "project", "env", "model" if capability is None else "capability",
+                 "n", "bad", "rate", "cmt", "impl", "score"):  # fmt: skip
+        if name in ("n", "bad", "rate", "cmt", "impl", "score"):
+            table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+        else:
+            table.add_column(name, overflow="fold", min_width=5)
     for r in rows:
         start, proj, env, mdl, cap, total, _, bad, _, implicit, comments, rate, score = r
         shown = f"[red]{rate:.0%}[/red]" if rate > 0.2 else f"{rate:.0%}"
         table.add_row(
-            str(start)[:19], proj, env, mdl if cap == "*" else cap, str(total), str(bad), shown,
+            str(start)[5:16], proj, env, mdl if cap == "*" else cap, str(total), str(bad), shown,
             str(comments), str(implicit), "" if score is None else f"{score:.2f}",
         )  # fmt: skip
     out.print(table)
