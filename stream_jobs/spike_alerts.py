@@ -126,7 +126,8 @@ def load_rules(path: Path | None, base_window: float) -> tuple[AlertRule, ...]:
     for rule in rules:
         if rule.window % base_window or rule.baseline % base_window:
             raise RulesError(
-                f"rule {rule.name}: window and baseline must be multiples of the base window "
+                f"{path or 'built-in rules'}: rule {rule.name}: window and baseline must be "
+                "multiples of the base window "
                 f"({base_window:g}s; THUMBLINE_RATE_WINDOW_SECONDS)"
             )
     return rules
