@@ -39,7 +39,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
-    ModelWrapValidatorHandler,
     StrictBool,
     field_validator,
     model_validator,
@@ -213,10 +212,9 @@ class FeedbackEvent(Contract):
             raise ValueError(f"is longer than {MAX_CORRECTION_LEN} characters")
         return value
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _derive(cls, data: Any, handler: ModelWrapValidatorHandler[FeedbackEvent]) -> Any:
-        event = handler(data)
+    @model_validator(mode="after")
+    def _derive(self) -> FeedbackEvent:
+        event = self
         settle_times(event, ("ts", "received_at"))
         if event.metadata:
             try:
