@@ -244,9 +244,18 @@ class RateState:
             w.counts[dims].add(c.counts, -1)
             w.dirty.add(dims)
 
-    def restore_counts(self, start: float, dims: Dims, counts: Counts) -> None:
-        """Closed-window counts read back from the store at start (history only)."""
-        w = self.windows.setdefault(start, _Window(ended=True))
+    def restore_counts(
+        self, start: float, dims: Dims, counts: Counts, *, write: bool = False
+    ) -> None:
+        """Closed-window counts read back from the store at start.
+
+        ``write``: the window was never written (it closed while no worker ran):
+        the next :meth:`advance` writes its rows once. Otherwise it is history
+        only, for sliding windows and baselines.
+        """
+        w = self.windows.get(start)
+        if w is None:
+            w = self.windows[start] = _Window(ended=not write, closes_at=0.0)
         w.counts[dims].add(counts)
 
     # Time -------------------------------------------------------------------

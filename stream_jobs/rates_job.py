@@ -206,30 +206,53 @@ _CLASSES = """
 def restore_rates(
     rates: RateState, client: Client, database: str, *, now: float, recovery: float
 ) -> None:
-    """Older windows as counts (history), recent ones event by event, reopened."""
+    """Rebuild the windows of the last ``rates.history`` seconds at start.
+
+    - the last ``recovery`` seconds event by event from ``feedback``, reopened
+      (exact, and the join's replay still lands in them);
+    - before that, the closed windows this job wrote to ``feedback_rates``
+      (cheap, whatever the volume), for sliding windows and baselines;
+    - windows after the last one written (they closed while no worker ran)
+      counted from ``feedback`` and written again.
+    """
     window = rates.window
     recent = (now - recovery) // window * window
-    since = now - rates.history
-    history = client.query(
+    since = (now - rates.history) // window * window
+    spans = {"since": int(since * 1000), "recent": int(recent * 1000)}
+    stored = client.query(
         # database is an identifier checked by Settings; values go in as parameters
+        "SELECT toUnixTimestamp(window_start) AS start, project, environment, model, "  # noqa: S608
+        "capability, good, bad, neutral, implicit, with_comment, score_sum, score_count "
+        f"FROM {database}.feedback_rates FINAL WHERE window_seconds = {int(window)} "
+        "AND window_start >= fromUnixTimestamp64Milli({since:Int64}) "
+        "AND window_start < fromUnixTimestamp64Milli({recent:Int64})",
+        parameters=spans,
+    ).result_rows
+    last = since - window
+    for start, project, environment, model, capability, *c in stored:
+        counts = Counts(c[0], c[1], c[2], c[3], c[4], float(c[5]), c[6])
+        rates.restore_counts(float(start), (project, environment, model, capability), counts)
+        last = max(last, float(start))
+    gap = {"since": int((last + window) * 1000), "recent": spans["recent"]}
+    missing = client.query(
         f"SELECT toUnixTimestamp(toStartOfInterval(ts, INTERVAL {int(window)} SECOND)) AS start, "  # noqa: S608
         f"project, environment, model, capability, {_CLASSES} "
         f"FROM {database}.feedback FINAL "
         "WHERE ts >= fromUnixTimestamp64Milli({since:Int64}) "
         "AND ts < fromUnixTimestamp64Milli({recent:Int64}) AND retracted = 0 "
         "GROUP BY start, project, environment, model, capability",
-        parameters={"since": int(since * 1000), "recent": int(recent * 1000)},
+        parameters=gap,
     ).result_rows
-    for start, project, environment, model, capability, *c in history:
+    for start, project, environment, model, capability, *c in missing:
         counts = Counts(c[0], c[1], c[2], c[3], c[4], float(c[5]), c[6])
-        rates.restore_counts(float(start), (project, environment, model, ALL), counts)
-        rates.restore_counts(float(start), (project, environment, ALL, capability), counts)
+        for dims in ((project, environment, model, ALL), (project, environment, ALL, capability)):
+            rates.restore_counts(float(start), dims, counts, write=True)
     result = client.query(
         "SELECT event_id, trace_id, version, ts, label, source, comment, score, retracted, "  # noqa: S608
         "project, environment, model, capability "
         f"FROM {database}.feedback FINAL "
         "WHERE ts >= fromUnixTimestamp64Milli({recent:Int64})",
-        parameters={"recent": int(recent * 1000)},
+        parameters=spans,
     )
     names = result.column_names
     rows = []
@@ -239,7 +262,10 @@ def restore_rates(
             row["ts"] = row["ts"].replace(tzinfo=UTC)
         rows.append(row)
     rates.apply(rows, reopen=True)
-    logger.info("rates restored: %d windows of counts, %d recent events", len(history), len(rows))
+    logger.info(
+        "rates restored: %d stored windows, %d counted again, %d recent events",
+        len(stored), len(missing), len(rows),
+    )  # fmt: skip
 
 
 def latest_alerts(client: Client, database: str) -> list[dict[str, Any]]:

@@ -22,6 +22,8 @@ from producers import FeedbackProducer
 from producers.loadgen import LoadSpec, Spike, run_load
 from schemas import Topics
 from stream_jobs.app import StreamApp
+from stream_jobs.bad_feedback_rates import ALL, RateState
+from stream_jobs.rates_job import restore_rates
 from tests.conftest import unique
 from tests.integration.conftest import consume
 from thumbline.kafka import ensure_topics
@@ -205,6 +207,40 @@ async def test_window_rows_match_the_feedback_table(stream, query):
         "GROUP BY project, s ORDER BY 1, 2"
     )
     assert len(table) > 20 and rates == table
+
+
+async def test_a_restart_rebuilds_windows_from_stored_rows_and_recounts_the_missing(
+    stream, store, store_settings, query
+):
+    """restore_rates on the spike run: stored windows as they are, missing ones recounted."""
+    assert RUN, "runs after the spike test"
+    db = store_settings.clickhouse_database
+    since = int(RUN["began"]) // WINDOW * WINDOW
+    horizon = int(time.time()) // WINDOW * WINDOW - 10
+    gap = horizon - 6 * WINDOW  # as if the worker had died before writing these windows
+    store.command(
+        f"DELETE FROM {db}.feedback_rates WHERE window_seconds = {WINDOW} "
+        f"AND project LIKE 'project-%' AND toUnixTimestamp(window_start) >= {gap}"
+    )
+    now = time.time()
+    rates = RateState(window=WINDOW, sliding=(), lateness=LATENESS, history=now - since + 60)
+    restore_rates(rates, store, db, now=now, recovery=WINDOW)
+    rewritten = {int(e.start) for e in rates.advance()}
+    table = query(
+        "SELECT project, toUnixTimestamp(toStartOfInterval(ts, INTERVAL 2 SECOND)) AS s, "
+        "countIf(source != 'implicit' AND label = 'bad'), countIf(source != 'implicit') "
+        "FROM {db}.feedback FINAL "
+        f"WHERE startsWith(trace_id, 'lg-{RUN['run_id']}-') AND s BETWEEN {since} AND {horizon} "
+        "AND retracted = 0 GROUP BY project, s ORDER BY 1, 2"
+    )
+    assert len(table) > 20
+    for project, start, bad, total in table:
+        counts = rates.windows[float(start)].counts
+        by_capability = [c for d, c in counts.items() if d[0] == project and d[2] == ALL]
+        assert (sum(c.bad for c in by_capability), sum(c.total for c in by_capability)) == (
+            bad, total,
+        ), (project, start)  # fmt: skip
+        assert (start >= gap) == (start in rewritten), start
 
 
 async def test_late_feedback_updates_its_window_and_too_late_is_counted(
