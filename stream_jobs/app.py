@@ -184,44 +184,29 @@ class StreamApp:
             metrics=self.metrics,
         )
         app = self._app = build_faust_app(s, self.bootstrap, self.app_id)
-        source = app.topic(
-            self.topics.feedback.name,
-            self.topics.traces.name,
-            self.topics.keyed.name,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-        )
         batch_size, batch_seconds = s.stream_batch_size, s.stream_batch_seconds
 
-        @app.agent(source, name="join_traces")
-        async def join_traces(stream: faust.StreamT[bytes]) -> None:
-            batches = stream.take_events(batch_size, within=batch_seconds)  # type: ignore[attr-defined]
-            async for events in batches:
-                await job.handle(events)
+        def raw_topic(*names: str) -> Any:
+            return app.topic(
+                *names, key_type=bytes, value_type=bytes, key_serializer="raw",
+                value_serializer="raw",
+            )  # fmt: skip
 
-        @app.timer(TICK_SECONDS, name="join_traces_tick")
-        async def tick() -> None:
-            await job.tick()
+        def in_batches(handle: Any) -> Any:
+            async def agent(stream: faust.StreamT[bytes]) -> None:
+                batches = stream.take_events(batch_size, within=batch_seconds)  # type: ignore[attr-defined]
+                async for events in batches:
+                    await handle(events)
 
-        enriched = app.topic(
-            self.topics.enriched.name,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
+            return agent
+
+        joins = raw_topic(
+            self.topics.feedback.name, self.topics.traces.name, self.topics.keyed.name
         )
-
-        @app.agent(enriched, name="rates")
-        async def count_rates(stream: faust.StreamT[bytes]) -> None:
-            batches = stream.take_events(batch_size, within=batch_seconds)  # type: ignore[attr-defined]
-            async for events in batches:
-                await rates.handle(events)
-
-        @app.timer(RATES_TICK_SECONDS, name="rates_tick")
-        async def rates_tick() -> None:
-            await rates.tick()
+        app.agent(joins, name="join_traces")(in_batches(job.handle))
+        app.timer(TICK_SECONDS, name="join_traces_tick")(job.tick)
+        app.agent(raw_topic(self.topics.enriched.name), name="rates")(in_batches(rates.handle))
+        app.timer(RATES_TICK_SECONDS, name="rates_tick")(rates.tick)
 
         @app.timer(LAG_SECONDS, name="consumer_lag")
         async def consumer_lag() -> None:

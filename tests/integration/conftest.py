@@ -198,3 +198,17 @@ def query(store, store_settings) -> Callable[[str], list[tuple]]:
         return store.query(sql.replace("{db}", db)).result_rows
 
     return run
+
+
+#: A spike rule for 2-second windows: judged every window against the last 20 s.
+SPIKE_RULES = """
+[[rule]]
+name = "spike"
+dimensions = "model"
+window = 2
+baseline = 20
+min_total = 20
+min_bad = 5
+resolve_after = 2
+cooldown = 60
+"""

@@ -20,10 +20,28 @@ from producers import FeedbackProducer
 from producers.loadgen import LoadReport, LoadSpec, Spike, run_load
 from schemas import Topics
 from tests.conftest import unique
-from tests.integration.conftest import consume, gone, run, start_up, stop
+from tests.integration.conftest import SPIKE_RULES, consume, gone, run, start_up, stop
 from thumbline.kafka import ensure_topics
 
 GRACE = "3"
+
+
+async def worker_env(
+    broker, clean_env: dict[str, str], tmp_path, name: str, **extra: str
+) -> dict[str, str]:
+    """Fresh topics and the settings of a `thumbline up` worker against the session broker."""
+    prefix = f"{unique(name)}."
+    await ensure_topics(broker.bootstrap, Topics.build(prefix, 4).all())
+    return {
+        **clean_env,
+        "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
+        "THUMBLINE_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "THUMBLINE_TOPIC_PREFIX": prefix,
+        "THUMBLINE_PARTITIONS": "4",
+        "THUMBLINE_JOIN_GRACE_SECONDS": GRACE,
+        "THUMBLINE_SINK_MAX_SECONDS": "0.2",
+        **extra,
+    }
 
 
 def final_counts(thumbline_bin: str, env: dict[str, str]) -> dict[str, int]:
@@ -63,17 +81,8 @@ def expected(report: LoadReport) -> dict[str, int]:
 async def test_a_worker_stopped_mid_stream_loses_nothing_and_counts_nothing_twice(
     broker, thumbline_bin, clean_env, tmp_path, how
 ):
-    prefix = f"{unique('crash')}."
-    await ensure_topics(broker.bootstrap, Topics.build(prefix, 4).all())
-    env = {
-        **clean_env,
-        "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
-        "THUMBLINE_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "THUMBLINE_TOPIC_PREFIX": prefix,
-        "THUMBLINE_PARTITIONS": "4",
-        "THUMBLINE_JOIN_GRACE_SECONDS": GRACE,
-        "THUMBLINE_SINK_MAX_SECONDS": "0.2",
-    }
+    env = await worker_env(broker, clean_env, tmp_path, "crash")
+    prefix = env["THUMBLINE_TOPIC_PREFIX"]
     first = start_up(thumbline_bin, env, tmp_path / "data")
     spec = LoadSpec(
         rate=1500, duration=None, count=9000, early_share=0.15, orphan_share=0.03, seed=11
@@ -95,19 +104,6 @@ async def test_a_worker_stopped_mid_stream_loses_nothing_and_counts_nothing_twic
             stop(second)
 
 
-RULES = """
-[[rule]]
-name = "spike"
-dimensions = "model"
-window = 2
-baseline = 20
-min_total = 20
-min_bad = 5
-resolve_after = 2
-cooldown = 60
-"""
-
-
 def sql_rows(thumbline_bin: str, env: dict[str, str], query: str) -> list[dict]:
     result = run(thumbline_bin, env, "sql", "-f", "json", query)
     assert result.returncode == 0, result.stderr
@@ -117,23 +113,14 @@ def sql_rows(thumbline_bin: str, env: dict[str, str], query: str) -> list[dict]:
 async def test_a_worker_killed_mid_spike_fires_once_and_its_windows_match_the_feedback(
     broker, thumbline_bin, clean_env, tmp_path
 ):
-    prefix = f"{unique('spikecrash')}."
-    await ensure_topics(broker.bootstrap, Topics.build(prefix, 4).all())
     rules = tmp_path / "rules.toml"
-    rules.write_text(RULES)
-    env = {
-        **clean_env,
-        "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
-        "THUMBLINE_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "THUMBLINE_TOPIC_PREFIX": prefix,
-        "THUMBLINE_PARTITIONS": "4",
-        "THUMBLINE_JOIN_GRACE_SECONDS": GRACE,
-        "THUMBLINE_SINK_MAX_SECONDS": "0.2",
-        "THUMBLINE_RATE_WINDOW_SECONDS": "2",
-        "THUMBLINE_RATE_SLIDING_SECONDS": "6",
-        "THUMBLINE_RATE_LATENESS_SECONDS": "3",
-        "THUMBLINE_ALERT_RULES": str(rules),
-    }
+    rules.write_text(SPIKE_RULES)
+    env = await worker_env(
+        broker, clean_env, tmp_path, "spikecrash",
+        THUMBLINE_RATE_WINDOW_SECONDS="2", THUMBLINE_RATE_SLIDING_SECONDS="6",
+        THUMBLINE_RATE_LATENESS_SECONDS="3", THUMBLINE_ALERT_RULES=str(rules),
+    )  # fmt: skip
+    prefix = env["THUMBLINE_TOPIC_PREFIX"]
     first = start_up(thumbline_bin, env, tmp_path / "data")
     spec = LoadSpec(
         rate=150, duration=40, projects=3, environments=1, models=1, capabilities=1,

@@ -25,24 +25,13 @@ from stream_jobs.app import StreamApp
 from stream_jobs.bad_feedback_rates import ALL, RateState
 from stream_jobs.rates_job import restore_rates
 from tests.conftest import unique
-from tests.integration.conftest import consume
+from tests.integration.conftest import SPIKE_RULES, consume
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics
 from thumbline.settings import load_settings
 
 WINDOW = 2
 LATENESS = 3.0
-RULES = """
-[[rule]]
-name = "spike"
-dimensions = "model"
-window = 2
-baseline = 20
-min_total = 20
-min_bad = 5
-resolve_after = 2
-cooldown = 60
-"""
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +62,7 @@ async def webhook() -> AsyncIterator[tuple[str, list[dict]]]:
 async def stream(broker, store, store_settings, webhook, tmp_path_factory) -> AsyncIterator:
     prefix = f"{unique('rates')}."
     rules = Path(tmp_path_factory.mktemp("rules")) / "rules.toml"
-    rules.write_text(RULES)
+    rules.write_text(SPIKE_RULES)
     settings = load_settings(
         data_dir=store_settings.data_dir, clickhouse_database=store_settings.clickhouse_database,
         topic_prefix=prefix, partitions=4, join_grace_seconds=3, sink_max_seconds=0.2,
