@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -76,7 +77,7 @@ class RatesJob:
         # fire an alert out of order.
         self._judge_after = 0.0
         self._resumed = True  # restored windows released (see RateState.resume)
-        self.alerts: list[Alert] = []  # every state change this worker emitted
+        self.alerts: deque[Alert] = deque(maxlen=1000)  # the latest state changes it emitted
 
     async def handle(self, events: Sequence[Any]) -> None:
         """Count one micro-batch of enriched messages (JSON arrays of rows)."""
