@@ -21,9 +21,11 @@ Counts are idempotent: each event's contribution is kept under its
 once, a newer version (a changed mind, an orphan corrected, a retraction)
 replaces the older one, and a replay after a crash changes nothing. A
 restarted worker rebuilds its windows from the deduplicated ``feedback`` table
-(:meth:`RateState.restore`): the recent ones event by event, reopened for one
-more lateness period so the join's replay still lands in them; older ones as
-counts, for the sliding windows and the alert baselines. So after a kill -9,
+(see ``rates_job.restore_rates``): the recent ones event by event, and every
+window from then on held open (:meth:`RateState.hold`) until the stream has
+caught up, then for one more lateness period, so the join's replay still
+lands in them however long the restart took; older ones as counts, for the
+sliding windows and the alert baselines. So after a kill -9,
 window counts equal what the ``feedback`` table says for the same windows.
 
 Classes: a row is ``implicit`` when its source is (copied, regenerated...),
@@ -172,23 +174,20 @@ class RateState:
         self.seen: dict[str, Contribution] = {}
         self.late = 0
         self.applied = 0
-        self._reopened: set[float] = set()  # restored windows held open until resume()
+        self._held_since: float | None = None  # windows from here on held open...
+        self._hold_until = 0.0  # ...until then (set by resume())
 
     # Input ------------------------------------------------------------------
 
-    def apply(self, rows: Iterable[dict[str, Any]], *, reopen: bool = False) -> None:
-        """Count enriched rows; a row seen before counts once, a newer version replaces it.
-
-        ``reopen`` (restore only): windows that ended before now take rows and
-        stay open until :meth:`resume`, then for one more lateness period.
-        """
+    def apply(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Count enriched rows; a row seen before counts once, a newer version replaces it."""
         now = self.clock()
         for row in rows:
             event_id, new = contribution(row, self.window)
             old = self.seen.get(event_id)
             if old is not None and old.version >= new.version:
                 continue
-            target = self._window_for(new.start, now, reopen)
+            target = self._window_for(new.start, now)
             if target is None:
                 self.late += 1
                 continue
@@ -197,33 +196,44 @@ class RateState:
             self._add(event_id, new, target)
             self.applied += 1
 
-    def _window_for(self, start: float, now: float, reopen: bool) -> _Window | None:
+    def _window_for(self, start: float, now: float) -> _Window | None:
+        held = self._held_since is not None and start >= self._held_since and now < self._hold_until
         w = self.windows.get(start)
         if w is None:
             end = start + self.window
-            if end + self.lateness <= now and not reopen:
+            if end + self.lateness <= now and not held:
                 return None
             if end <= now - self.history:
                 return None
-            w = self.windows[start] = _Window(closes_at=max(end, now) + self.lateness)
-        elif w.closes_at <= now and not reopen:
+            closes_at = max(end, now) + self.lateness
+            w = self.windows[start] = _Window(
+                closes_at=max(closes_at, self._hold_until) if held else closes_at
+            )
+        elif w.closes_at <= now and not held:
             return None
-        if reopen:
-            w.closes_at = math.inf
-            self._reopened.add(start)
+        elif held:
+            w.closes_at = max(w.closes_at, self._hold_until)
         return w
 
-    def resume(self) -> None:
-        """The stream is consuming again: restored windows close one lateness from now.
+    def hold(self, since: float) -> None:
+        """At a restart: windows from ``since`` on take every row until :meth:`resume`.
 
-        Until then they take the worker's replay, however long its restart
-        (group join, recovery) took.
+        Among them are windows that ended while no worker ran, or while this one
+        was starting, whose rows the join had not written yet: its replay must
+        land in them rather than count as late.
         """
-        closes_at = self.clock() + self.lateness
-        for start in self._reopened:
-            if start in self.windows:
-                self.windows[start].closes_at = closes_at
-        self._reopened.clear()
+        self._held_since = since // self.window * self.window
+        self._hold_until = math.inf
+
+    def resume(self) -> None:
+        """The stream has caught up: held windows, and any the rest of the replay
+        opens, take rows for one more lateness period, then close as usual."""
+        if self._held_since is None or self._hold_until != math.inf:
+            return
+        self._hold_until = self.clock() + self.lateness
+        for start, w in self.windows.items():
+            if start >= self._held_since and w.closes_at == math.inf:
+                w.closes_at = max(start + self.window + self.lateness, self._hold_until)
 
     def _add(self, event_id: str, c: Contribution, w: _Window) -> None:
         self.seen[event_id] = c

@@ -37,8 +37,9 @@ from thumbline.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-#: After a restart, restored windows stay open until rows the join wrote since
-#: the restart arrive, or this many seconds pass without them.
+#: After a restart, windows are held (open, neither written nor judged) until
+#: rows the join received since the restart arrive, or until no input at all
+#: has come for this many seconds.
 RESUME_AFTER = 120.0
 
 
@@ -76,7 +77,8 @@ class RatesJob:
         # before this worker ran, and judging them late in a row could resolve or
         # fire an alert out of order.
         self._judge_after = 0.0
-        self._resumed = True  # restored windows released (see RateState.resume)
+        self._resumed = True  # held windows released (see RateState.hold)
+        self._last_input = 0.0
         self.alerts: deque[Alert] = deque(maxlen=1000)  # the latest state changes it emitted
 
     async def handle(self, events: Sequence[Any]) -> None:
@@ -91,22 +93,35 @@ class RatesJob:
                     continue
                 rows.extend(value if isinstance(value, list) else [value])
             self.rates.apply(rows)
+            self._last_input = self.rates.clock()
             if not self._resumed and self._join_output_seen(rows):
-                self._resumed = True
-                self.rates.resume()
+                self._resume()
             if self.metrics is not None:
                 self.metrics.events_consumed.labels(self.topics.enriched.name).inc(len(rows))
 
+    def _resume(self) -> None:
+        self._resumed = True
+        self.rates.resume()
+        logger.info(
+            "rates resumed %.1fs after the restore (%d events counted, %d late)",
+            self.rates.clock() - self._judge_after, self.rates.applied, self.rates.late,
+        )  # fmt: skip
+
     def _join_output_seen(self, rows: list[dict[str, Any]]) -> bool:
-        """True once rows the join wrote after this restart arrive (or input is idle)."""
-        return any(_received(r) >= self._judge_after for r in rows)
+        """True once the join's output is fresh: rows it received after this
+        restart and less than one lateness ago. Its replay is in but for the
+        skew between partitions, which the lateness period after covers."""
+        fresh = max(self._judge_after, self.rates.clock() - self.rates.lateness)
+        return any(_received(r) >= fresh for r in rows)
 
     async def tick(self) -> None:
         """End and close windows by the clock; write rows, judge the ended windows."""
         async with self._lock:
-            if not self._resumed and self.rates.clock() > self._judge_after + RESUME_AFTER:
-                self._resumed = True  # no new input for a while: stop waiting for a replay
-                self.rates.resume()
+            if not self._resumed:
+                idle_since = max(self._judge_after, self._last_input)
+                if self.rates.clock() < idle_since + RESUME_AFTER:
+                    return  # the replay is not in yet: windows would be short
+                self._resume()  # no input for a while: nothing more to wait for
             ended = self.rates.advance()
             if not ended:
                 self._report_late()
@@ -209,8 +224,9 @@ def restore_rates(
 ) -> None:
     """Rebuild the windows of the last ``rates.history`` seconds at start.
 
-    - the last ``recovery`` seconds event by event from ``feedback``, reopened
-      (exact, and the join's replay still lands in them);
+    - the last ``recovery`` seconds event by event from ``feedback``, every
+      window from then on held open until the stream has caught up (exact,
+      and the join's replay of rows it had not written yet lands in them);
     - before that, the closed windows this job wrote to ``feedback_rates``
       (cheap, whatever the volume), for sliding windows and baselines;
     - windows after the last one written (they closed while no worker ran)
@@ -262,7 +278,8 @@ def restore_rates(
         if row["ts"].tzinfo is None:
             row["ts"] = row["ts"].replace(tzinfo=UTC)
         rows.append(row)
-    rates.apply(rows, reopen=True)
+    rates.hold(recent)
+    rates.apply(rows)
     logger.info(
         "rates restored: %d stored windows, %d counted again, %d recent events",
         len(stored), len(missing), len(rows),

@@ -120,13 +120,37 @@ class TestWindows:
         rows = base_rows(rates.advance())
         assert rows[(300, "m1", ALL)].bad == 1 + 2 + 3 + 4 + 5
 
-    def test_restored_windows_reopen_so_a_replay_after_a_restart_lands(self, clock):
+    def test_held_windows_take_a_replay_after_a_restart_then_close(self, clock):
         state = RateState(window=60, sliding=(), lateness=30, clock=clock)
         clock.now = T0 + 200  # the worker was down while the window ended and closed
-        state.apply([row(T0 + 1, event_id="a"), row(T0 + 2, event_id="b")], reopen=True)
+        state.hold(T0)
+        state.apply([row(T0 + 1, event_id="a"), row(T0 + 2, event_id="b")])  # from the store
         state.apply([row(T0 + 1, event_id="a"), row(T0 + 3, event_id="c")])  # the join's replay
-        [ended] = state.advance()
+        state.resume()
+        [ended, *_] = state.advance()
         assert base_rows([ended])[(60, "m1", ALL)].bad == 3 and state.late == 0
+        clock.now += 30  # one lateness after the resume: closed again
+        state.apply([row(T0 + 4)])
+        assert state.late == 1
+
+    def test_a_window_that_ends_while_the_worker_starts_still_takes_the_replay(self, clock):
+        state = RateState(window=60, sliding=(), lateness=30, clock=clock)
+        state.hold(T0 - 300)  # restored at T0 + 50: the window had no stored row yet
+        clock.now = T0 + 200  # group join and recovery took until long after it ended
+        state.apply([row(T0 + 5, event_id="a")])  # the join's replay of what it had not written
+        state.resume()  # fresh rows from one partition: another's replay is still coming
+        state.apply([row(T0 + 65, event_id="b")])
+        assert state.late == 0
+        assert {e.start for e in state.advance()} == {T0, T0 + 60}
+        clock.now += 30  # one lateness after the resume: windows close as usual
+        state.apply([row(T0 + 125)])
+        assert state.late == 1
+
+    def test_without_a_hold_a_row_for_a_closed_window_is_late(self, clock):
+        state = RateState(window=60, sliding=(), lateness=30, clock=clock)
+        clock.now = T0 + 200
+        state.apply([row(T0 + 5)])
+        assert state.late == 1
 
     def test_a_sliding_window_that_is_not_a_multiple_is_refused(self):
         with pytest.raises(ValueError, match="not a multiple"):
