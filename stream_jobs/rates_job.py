@@ -38,9 +38,11 @@ from thumbline.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 #: After a restart, windows are held (open, neither written nor judged) until
-#: rows the join received since the restart arrive, or until no input at all
-#: has come for this many seconds.
-RESUME_AFTER = 120.0
+#: the join's output is fresh, or until no input at all has come for
+#: ``RESUME_IDLE`` seconds, or at most ``MAX_HOLD`` seconds (a join that stays
+#: behind must not keep rates and alerts from being written forever).
+RESUME_IDLE = 120.0
+MAX_HOLD = 900.0
 
 
 def _received(row: dict[str, Any]) -> float:
@@ -118,10 +120,11 @@ class RatesJob:
         """End and close windows by the clock; write rows, judge the ended windows."""
         async with self._lock:
             if not self._resumed:
+                now = self.rates.clock()
                 idle_since = max(self._judge_after, self._last_input)
-                if self.rates.clock() < idle_since + RESUME_AFTER:
+                if now < idle_since + RESUME_IDLE and now < self._judge_after + MAX_HOLD:
                     return  # the replay is not in yet: windows would be short
-                self._resume()  # no input for a while: nothing more to wait for
+                self._resume()  # no input for a while, or held long enough
             ended = self.rates.advance()
             if not ended:
                 self._report_late()
@@ -197,10 +200,20 @@ class RatesJob:
             self.metrics.late_events.inc(self.rates.late - self._late_reported)
         self._late_reported = self.rates.late
 
+    def hold(self) -> None:
+        """From now until the join's output is fresh, write and judge no window.
+
+        Windows that ended while no worker ran, or while this one started, are
+        still taking the join's replay; written now they would come out short,
+        and judged now they could resolve a firing alert that is not over.
+        """
+        self._judge_after = self.rates.clock()
+        self._resumed = False
+
     async def restore(self, client: Client, database: str, *, recovery: float) -> None:
         """Rebuild windows and alert state from ClickHouse (call before consuming)."""
-        now = self._judge_after = self.rates.clock()
-        self._resumed = False
+        self.hold()
+        now = self._judge_after
         await asyncio.to_thread(
             restore_rates, self.rates, client, database, now=now, recovery=recovery
         )

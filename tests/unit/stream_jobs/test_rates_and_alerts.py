@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
+from schemas import Topics
 from stream_jobs.bad_feedback_rates import ALL, Counts, RateState
+from stream_jobs.rates_job import MAX_HOLD, RatesJob
 from stream_jobs.spike_alerts import (
     AlertRule,
     RulesError,
@@ -253,6 +257,82 @@ class TestDetector:
         rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
         snoozed = self.RULE.model_copy(update={"snooze_until": datetime(2100, 1, 1, tzinfo=UTC)})
         assert self.run(rates, clock, SpikeDetector((snoozed,)), [3] * 10 + [30] * 4) == []
+
+
+class RecordingSink:
+    """Stands in for ClickHouseSink in these broker-free tests: keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[dict]] = {}
+
+    def add_json(self, table: str, rows: list[bytes]) -> None:
+        self.rows.setdefault(table, []).extend(orjson.loads(r) for r in rows)
+
+    def flush(self) -> None:
+        pass
+
+
+class AckingProducer:
+    async def send(self, *args, **kwargs) -> asyncio.Future:
+        acked = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        return acked
+
+
+class Message:
+    def __init__(self, rows: list[dict]) -> None:
+        self.message = self
+        self.value = orjson.dumps(rows)
+
+
+def received(at: float, received_at: float, **kw) -> dict:
+    return row(at, received_at=datetime.fromtimestamp(received_at, UTC).isoformat(), **kw)
+
+
+class TestRestartHold:
+    """After a restart no window is written or judged until the join's replay is in."""
+
+    @pytest.fixture
+    def job(self, clock) -> RatesJob:
+        rates = RateState(window=60, sliding=(), lateness=30, clock=clock)
+        return RatesJob(topics=Topics.build("t.", 1), rates=rates,
+                        detector=SpikeDetector((TestDetector.RULE,)), sink=RecordingSink(),
+                        producer=AckingProducer())  # fmt: skip
+
+    def restart(self, job, clock) -> None:
+        clock.now = T0 + 50  # restored: windows from 5 minutes back held
+        job.rates.hold(clock.now - 300)
+        job.hold()
+
+    async def test_nothing_is_written_while_the_replay_is_still_coming(self, job, clock):
+        self.restart(job, clock)
+        clock.now = T0 + 200
+        await job.handle([Message([received(T0 + 5, T0 + 5)])])  # the replay: received before
+        await job.handle([Message([received(T0 + 100, T0 + 100)])])  # after, but 100 s behind
+        await job.tick()
+        assert job.sink.rows == {}
+
+    async def test_fresh_output_ends_the_hold_and_the_windows_are_whole(self, job, clock):
+        self.restart(job, clock)
+        clock.now = T0 + 200
+        await job.handle([Message([received(T0 + 5, T0 + 5)])])
+        await job.handle([Message([received(T0 + 190, T0 + 190)])])  # received after the restart
+        await job.handle([Message([received(T0 + 65, T0 + 65)])])  # another partition's replay
+        await job.tick()
+        written = {(r["window_start"], r["bad"]) for r in job.sink.rows["feedback_rates"]
+                   if r["capability"] == ALL}  # fmt: skip
+        assert {bad for _, bad in written} == {1} and len(written) == 2  # T0 and T0 + 60
+        assert job.rates.late == 0
+
+    async def test_a_join_that_stays_behind_holds_the_windows_no_longer_than_max_hold(
+        self, job, clock
+    ):
+        self.restart(job, clock)
+        for step in range(0, int(MAX_HOLD) + 60, 30):
+            clock.now = T0 + 50 + step
+            await job.handle([Message([received(clock.now - 100, clock.now - 100)])])
+            await job.tick()
+        assert job.sink.rows.get("feedback_rates")
 
 
 class TestRulesFile:
