@@ -177,6 +177,11 @@ class FeedbackProducer:
             await self._producer.stop()
             self._state = "stopped"
 
+    @property
+    def running(self) -> bool:
+        """Started and not stopped."""
+        return self._state == "running"
+
     async def __aenter__(self) -> FeedbackProducer:
         await self.start()
         return self

@@ -31,7 +31,9 @@ topics_app = typer.Typer(help="The Kafka topics thumbline uses.", no_args_is_hel
 schemas_app = typer.Typer(help="The event contracts.", no_args_is_help=True)
 app.add_typer(send_app, name="send")
 app.add_typer(topics_app, name="topics")
+keys_app = typer.Typer(help="API keys of the HTTP gateway.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(keys_app, name="keys")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -130,6 +132,10 @@ def _print_started(settings: Settings, started: Any) -> None:
     )
     if started.metrics_url:
         lines.append(f"  metrics     {started.metrics_url}")
+    if started.gateway_url:
+        lines.append(
+            f"  gateway     {started.gateway_url}/v1/feedback  (HTTP ingest; docs at /docs)"
+        )
     if started.sql_url:
         lines.append(
             f"  SQL         {started.sql_url}/sql  (for `thumbline sql`; token in run file)"
@@ -724,6 +730,78 @@ def migrate() -> None:
     for m in applied:
         state = "applied" if m.applied else "already there"
         out.print(f"{m.version:04d}_{m.name}: {state}")
+
+
+# gateway and keys ------------------------------------------------------------
+
+
+@app.command()
+def gateway() -> None:
+    """Run the HTTP gateway alone, against the configured broker and store."""
+    from prometheus_client import CollectorRegistry
+
+    from thumbline.gateway import GatewayProcess
+    from thumbline.metrics import Metrics
+    from thumbline.runtime import Runtime
+    from thumbline.store import apply_migrations, open_client
+
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+
+    async def run() -> None:
+        client = await asyncio.to_thread(open_client, settings)
+        try:
+            await asyncio.to_thread(apply_migrations, client, settings.clickhouse_database)
+        finally:
+            client.close()
+        process = await GatewayProcess(settings, bootstrap, Metrics(CollectorRegistry())).start()
+        out.print(f"gateway     {process.url}/v1/feedback  (Kafka {bootstrap}); Ctrl-C stops.")
+        try:
+            await Runtime(settings).serve_until_signalled()
+        finally:
+            await process.stop()
+
+    asyncio.run(run())
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[str, typer.Option(help="ingest (write-only), read or admin.")] = "ingest",
+    project: Annotated[
+        str, typer.Option(help="The one project the key may use (not for admin keys).")
+    ] = "",
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "",
+) -> None:
+    """Create an API key; the full key is shown this once."""
+    from thumbline.keys import create_key
+
+    key = create_key(_settings(), scope=scope, project=project, name=name)  # type: ignore[arg-type]
+    out.print(key, markup=False)
+    err.print(f"{scope} key for {project or 'every project'}: store it now, it is not shown again")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The keys: id, scope, project, name, created, revoked (never the secret)."""
+    from thumbline.keys import list_keys
+
+    table = Table("key id", "scope", "project", "name", "created", "revoked")
+    for k in list_keys(_settings()):
+        created = k.created_at.strftime("%Y-%m-%d %H:%M")
+        table.add_row(k.key_id, k.scope, k.project or "*", k.name, created, "yes" * k.revoked)
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (or the full key).")],
+) -> None:
+    """Revoke a key: the gateway refuses it from now on."""
+    from thumbline.keys import revoke_key
+
+    if not revoke_key(_settings(), key_id):
+        _fail(f"no key {key_id!r} (thumbline keys list shows them)")
+    out.print(f"revoked {key_id}")
 
 
 @schemas_app.command("export")

@@ -114,6 +114,18 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.gateway_requests = Counter(
+            "thumbline_gateway_requests_total",
+            "HTTP requests to the gateway, by route and status code.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.gateway_events = Counter(
+            "thumbline_gateway_events_total",
+            "Events posted to the gateway: accepted (acknowledged by Kafka) or rejected.",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self._dimension_sets: set[tuple[str, ...]] = set()
         self._capped = False
 

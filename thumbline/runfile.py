@@ -24,6 +24,7 @@ class RunInfo:
     sql_token: str | None
     started_at: str
     metrics_url: str | None = None
+    gateway_url: str | None = None
 
 
 def write(path: Path, info: RunInfo) -> None:

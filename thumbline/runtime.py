@@ -28,6 +28,7 @@ from schemas.topics import Topics
 from thumbline import runfile
 from thumbline.broker import EmbeddedBroker
 from thumbline.errors import ConfigError
+from thumbline.gateway import GatewayProcess
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics, MetricsServer
 from thumbline.settings import Settings
@@ -52,6 +53,7 @@ class Started:
     store: str
     sql_url: str | None
     metrics_url: str | None = None
+    gateway_url: str | None = None
 
 
 def _own_temp_dir(path: Path) -> None:
@@ -76,6 +78,7 @@ class Runtime:
         self._sql: SqlServer | None = None
         self._stream: StreamApp | None = None
         self._metrics_server: MetricsServer | None = None
+        self._gateway: GatewayProcess | None = None
         self.metrics = Metrics(CollectorRegistry())
 
     async def start(self) -> Started:
@@ -114,10 +117,14 @@ class Runtime:
                 )
             self._stream = StreamApp(s, bootstrap, metrics=self.metrics)
             await self._stream.start()
+            if s.gateway_enabled:
+                self._gateway = await GatewayProcess(s, bootstrap, self.metrics).start()
             if s.store_is_chdb:
                 self._sql = SqlServer(
                     s, writer=self._client, host=s.sql_host, port=s.sql_port
                 ).start()
+                if self._gateway is not None:
+                    self._sql.on_write = self._gateway.keys.invalidate
             runfile.write(
                 s.run_file,
                 runfile.RunInfo(
@@ -129,6 +136,7 @@ class Runtime:
                     sql_url=self._sql.url if self._sql else None,
                     sql_token=self._sql.token if self._sql else None,
                     metrics_url=self._metrics_server.url if self._metrics_server else None,
+                    gateway_url=self._gateway.url if self._gateway else None,
                     started_at=datetime.now(UTC).isoformat(),
                 ),
             )
@@ -144,10 +152,14 @@ class Runtime:
             store=s.store_display,
             sql_url=self._sql.url if self._sql else None,
             metrics_url=self._metrics_server.url if self._metrics_server else None,
+            gateway_url=self._gateway.url if self._gateway else None,
         )
 
     async def stop(self) -> None:
         runfile.remove(self.settings.run_file, os.getpid())
+        gateway, self._gateway = self._gateway, None
+        if gateway is not None:
+            await gateway.stop()
         stream, self._stream = self._stream, None
         if stream is not None:
             await stream.stop()

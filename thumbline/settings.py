@@ -84,6 +84,30 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9464, ge=0, le=65535, description="0: any free port.")
     metrics_enabled: bool = True
 
+    gateway_enabled: bool = Field(True, description="thumbline up also runs the HTTP gateway.")
+    gateway_host: str = Field(
+        "127.0.0.1", description="Where the gateway listens; beyond loopback it needs API keys."
+    )
+    gateway_port: int = Field(8788, ge=0, le=65535, description="0: any free port.")
+    gateway_max_body_bytes: int = Field(
+        5 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="Larger bodies get 413."
+    )
+    gateway_rate_limit: float = Field(
+        0.0, ge=0, description="Events per second per API key (429 beyond); 0: no limit."
+    )
+    gateway_cors_origins: str = Field(
+        "", description="Comma-separated browser origins allowed to call the gateway."
+    )
+    gateway_ack_timeout_seconds: float = Field(
+        10.0, gt=0, le=300,
+        description="How long the gateway waits for Kafka's acknowledgement before it answers 503.",
+    )  # fmt: skip
+    gateway_key_cache_seconds: float = Field(
+        1.0, ge=0, le=60,
+        description="How long the gateway trusts a key lookup (a revocation takes at most this "
+        "long on a standalone gateway; at once in thumbline up).",
+    )  # fmt: skip
+
     broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0: any free.")
     sql_host: str = Field("127.0.0.1", description="Where the store owner serves SQL.")
     sql_port: int = Field(0, ge=0, le=65535, description="0: any free port.")
@@ -185,6 +209,10 @@ class Settings(BaseSettings):
             return ()
         urls = self.alert_webhook_urls.get_secret_value().split(",")
         return tuple(u.strip() for u in urls if u.strip())
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        return tuple(o.strip() for o in self.gateway_cors_origins.split(",") if o.strip())
 
     @property
     def run_file(self) -> Path:

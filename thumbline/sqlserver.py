@@ -15,7 +15,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,6 +57,7 @@ class SqlServer:
     ) -> None:
         self.settings = settings
         self.token = token or secrets.token_urlsafe(24)
+        self.on_write: Callable[[], None] | None = None
         self._writer = writer
         self._writer_lock = threading.Lock()
         self._readers: queue.Queue[Client] = queue.Queue()
@@ -102,7 +103,10 @@ class SqlServer:
 
     def execute(self, sql: str, fmt: str, write: bool) -> bytes:
         with self._client(write) as client:
-            return bytes(client.raw_query(sql, fmt=fmt))
+            out = bytes(client.raw_query(sql, fmt=fmt))
+        if write and self.on_write is not None:
+            self.on_write()  # e.g. the gateway forgets cached keys: a revocation is at once
+        return out
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -84,10 +84,10 @@ def thumbline_bin() -> str:
 def clean_env() -> dict[str, str]:
     """The environment without any THUMBLINE_ setting, for CLI subprocesses.
 
-    Except the metrics port: any free one, so that two `thumbline up` never clash.
+    Except the metrics and gateway ports: any free ones, so that two `thumbline up` never clash.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("THUMBLINE_")}
-    return {**env, "THUMBLINE_METRICS_PORT": "0"}
+    return {**env, "THUMBLINE_METRICS_PORT": "0", "THUMBLINE_GATEWAY_PORT": "0"}
 
 
 async def consume(

@@ -1,0 +1,389 @@
+"""The HTTP ingest gateway: feedback and traces over HTTP, published to Kafka.
+
+For browsers, mobile apps and services in other languages. ``thumbline up``
+runs it beside the stream; ``thumbline gateway`` runs it alone against a
+configured broker and store.
+
+- ``POST /v1/feedback`` (one event or an array of up to 1,000),
+  ``POST /v1/feedback/{shape}`` (a hosted product's payload: trulayer,
+  braintrust, honeyhive, axiom, attributes; see :mod:`schemas.shapes`) and
+  ``POST /v1/traces``.
+- **A 202 means durable**: the answer comes after Kafka acknowledged the
+  write (``acks=all``). If the broker does not acknowledge, the answer is 503
+  with ``Retry-After``, never 202; sending the same events again is safe.
+- Each item of a batch gets its own result (accepted with its event ids, or
+  rejected with the reason naming the field); 202 when all were accepted, 207
+  when some were, 422 when none was.
+- **Idempotent by event_id**: the store keeps one row per ``event_id``, so a
+  client's retry never makes a second row.
+- The server stamps ``received_at``, the key's project and the feedback's
+  ``source`` (derived from its kind): a client cannot forge them.
+- Auth: API keys (:mod:`thumbline.keys`) as ``Authorization: Bearer tl_...``
+  or ``X-API-Key``. Until a key exists, a gateway bound to loopback accepts
+  requests without one (and says so at start); bound elsewhere it refuses to
+  start without keys.
+- Limits: request bodies over ``gateway_max_body_bytes`` get 413; a key over
+  ``gateway_rate_limit`` events per second gets 429 with ``Retry-After``.
+- ``GET /healthz`` (the process answers), ``GET /readyz`` (Kafka and the key
+  store reachable), ``GET /metrics`` (Prometheus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from producers.errors import DeliveryFailed, ProducerClosed
+from producers.kafka import FeedbackProducer
+from schemas import FeedbackEvent, InvalidEvent, TraceEvent
+from schemas.shapes import SHAPES, to_events
+from schemas.wire import MAX_BATCH_EVENTS
+from thumbline.errors import ConfigError
+from thumbline.keys import ApiKey, KeyRing, Scope
+from thumbline.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 5
+
+
+class ItemResult(BaseModel):
+    index: int
+    status: Literal["accepted", "rejected"]
+    event_ids: list[str] = []
+    error: str | None = None
+
+
+class IngestResult(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[ItemResult]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _RateLimiter:
+    """A token bucket per key: ``rate`` events a second, bursts of one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, who: str, events: int) -> float:
+        """0 if allowed, else the seconds to wait before this many events fit."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        tokens, at = self._buckets.get(who, (self.rate, now))
+        tokens = min(self.rate, tokens + (now - at) * self.rate)
+        if events > tokens:
+            self._buckets[who] = (tokens, now)
+            return (min(events, self.rate) - tokens) / self.rate
+        self._buckets[who] = (tokens - events, now)
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()
+        return 0.0
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    headers = extra.pop("headers", None)
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def build_app(
+    *,
+    producer: FeedbackProducer,
+    keys: KeyRing,
+    host: str,
+    metrics: Metrics,
+    max_body_bytes: int = 5 * 1024 * 1024,
+    rate_limit: float = 0.0,
+    cors_origins: tuple[str, ...] = (),
+) -> FastAPI:
+    """The gateway's ASGI app (``producer`` started by the caller)."""
+    app = FastAPI(
+        title="thumbline gateway",
+        version="1",
+        description="Feedback and traces over HTTP; a 202 means Kafka has them.",
+    )
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            max_age=600,
+        )
+    loopback = is_loopback(host)
+    limiter = _RateLimiter(rate_limit)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    async def authenticate(request: Request, scope: Scope) -> ApiKey | None:
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else None
+        token = token or request.headers.get("x-api-key")
+        if token is None:
+            if loopback and not await asyncio.to_thread(keys.any_keys):
+                return None  # no key exists yet, and only this machine can reach us
+            raise HTTPException(
+                401, "send an API key: Authorization: Bearer tl_... (thumbline keys create)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        key = await asyncio.to_thread(keys.check, token)
+        if key is None:
+            raise HTTPException(
+                401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if not key.may(scope):
+            raise HTTPException(403, f"this key's scope is {key.scope}: it cannot {scope}")
+        return key
+
+    async def read_body(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise HTTPException(
+                413, f"the body is over {max_body_bytes} bytes: send smaller batches"
+            )
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise HTTPException(
+                    413, f"the body is over {max_body_bytes} bytes: send smaller batches"
+                )
+            chunks.append(chunk)
+        try:
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError as exc:
+            raise HTTPException(400, f"the body is not JSON: {exc}") from None
+
+    async def ingest(
+        request: Request,
+        kind: Literal["feedback", "traces"],
+        prepare: Callable[[Any, ApiKey | None, datetime], list[FeedbackEvent | TraceEvent]],
+    ) -> Response:
+        key = await authenticate(request, "ingest")
+        body = await read_body(request)
+        items = body if isinstance(body, list) else [body]
+        if not items:
+            raise HTTPException(422, "the batch is empty")
+        if len(items) > MAX_BATCH_EVENTS:
+            raise HTTPException(413, f"at most {MAX_BATCH_EVENTS} items per request")
+        wait = limiter.take(key.key_id if key else "anonymous", len(items))
+        if wait > 0:
+            retry = max(1, math.ceil(wait))
+            raise HTTPException(
+                429, f"over {limiter.rate:g} events a second for this key: retry in {retry} s",
+                headers={"Retry-After": str(retry)},
+            )  # fmt: skip
+        now = datetime.now(UTC)
+        results: list[ItemResult] = []
+        events: list[FeedbackEvent | TraceEvent] = []
+        for index, item in enumerate(items):
+            try:
+                built = prepare(item, key, now)
+            except InvalidEvent as exc:
+                results.append(ItemResult(index=index, status="rejected", error=exc.reason))
+                continue
+            events.extend(built)
+            results.append(
+                ItemResult(index=index, status="accepted", event_ids=[_id(e) for e in built])
+            )
+        rejected = sum(r.status == "rejected" for r in results)
+        if events:
+            try:
+                await producer.send_many(events)
+            except (DeliveryFailed, ProducerClosed) as exc:
+                logger.warning("Kafka did not acknowledge %d events: %s", len(events), exc)
+                metrics.gateway_events.labels(kind, "unavailable").inc(len(events))
+                return _error(
+                    503, "Kafka did not acknowledge the events: nothing is promised; "
+                    "send the same events again (the event ids keep it to one row)",
+                    retriable=True, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )  # fmt: skip
+        metrics.gateway_events.labels(kind, "accepted").inc(len(events))
+        metrics.gateway_events.labels(kind, "rejected").inc(rejected)
+        status = 422 if rejected == len(items) else 207 if rejected else 202
+        result = IngestResult(accepted=len(items) - rejected, rejected=rejected, results=results)
+        return Response(result.model_dump_json(), status_code=status, media_type="application/json")
+
+    def stamp(item: Any, key: ApiKey | None, now: datetime, what: str) -> dict[str, Any]:
+        if not isinstance(item, dict):
+            raise InvalidEvent(what, [("(item)", item, "must be a JSON object")])
+        fields = {k: v for k, v in item.items() if k not in ("received_at", "source")}
+        if key is not None and key.project:
+            sent = fields.get("project")
+            if sent is not None and sent != key.project:
+                raise InvalidEvent(
+                    what, [("project", sent, f"this key writes only to project {key.project!r}")]
+                )
+            fields["project"] = key.project
+        fields["received_at"] = now
+        return fields
+
+    def feedback_from(shape: str | None) -> Callable[[Any, ApiKey | None, datetime], list[Any]]:
+        def prepare(
+            item: Any, key: ApiKey | None, now: datetime
+        ) -> list[FeedbackEvent | TraceEvent]:
+            payloads = to_events(shape, item) if shape else [item]
+            return [
+                FeedbackEvent.parse(stamp(fields, key, now, "FeedbackEvent")) for fields in payloads
+            ]
+
+        return prepare
+
+    def trace_prepare(
+        item: Any, key: ApiKey | None, now: datetime
+    ) -> list[FeedbackEvent | TraceEvent]:
+        return [TraceEvent.parse(stamp(item, key, now, "TraceEvent"))]
+
+    @app.post("/v1/feedback", status_code=202, response_model=IngestResult,
+              responses={207: {"model": IngestResult}, 422: {"model": IngestResult}})  # fmt: skip
+    async def post_feedback(request: Request) -> Response:
+        """One FeedbackEvent, or an array of up to 1,000."""
+        return await ingest(request, "feedback", feedback_from(None))
+
+    @app.post("/v1/feedback/{shape}", status_code=202, response_model=IngestResult,
+              responses={207: {"model": IngestResult}, 422: {"model": IngestResult}})  # fmt: skip
+    async def post_feedback_shape(shape: str, request: Request) -> Response:
+        """A hosted product's feedback payload (or an array of them)."""
+        if shape not in SHAPES:
+            raise HTTPException(
+                404, f"unknown shape {shape!r}: use one of {', '.join(sorted(SHAPES))}"
+            )
+        return await ingest(request, "feedback", feedback_from(shape))
+
+    @app.post("/v1/traces", status_code=202, response_model=IngestResult,
+              responses={207: {"model": IngestResult}, 422: {"model": IngestResult}})  # fmt: skip
+    async def post_traces(request: Request) -> Response:
+        """One TraceEvent (a trace or a span), or an array of up to 1,000."""
+        return await ingest(request, "traces", trace_prepare)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        problems = []
+        if not producer.running:
+            problems.append("the Kafka producer is not running")
+        try:
+            await asyncio.to_thread(keys.any_keys)
+        except Exception as exc:  # noqa: BLE001 (any store failure means not ready)
+            problems.append(f"the key store did not answer: {exc}")
+        if problems:
+            return _error(503, "; ".join(problems))
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def count(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "other")
+        metrics.gateway_requests.labels(path, str(response.status_code)).inc()
+        return response
+
+    return app
+
+
+def _id(event: FeedbackEvent | TraceEvent) -> str:
+    return event.event_id if isinstance(event, FeedbackEvent) else (event.span_id or event.trace_id)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside a process that owns its own signal handling (``thumbline up``)."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
+class Gateway:
+    """Serves the app with uvicorn on the running event loop; ``stop()`` is safe twice.
+
+    Raises ConfigError at start when it would listen beyond loopback with no key.
+    """
+
+    def __init__(self, app: FastAPI, *, host: str, port: int, keys: KeyRing) -> None:
+        self._app, self._host, self._port, self._keys = app, host, port, keys
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def start(self) -> Gateway:
+        if not await asyncio.to_thread(self._keys.any_keys):
+            if not is_loopback(self._host):
+                raise ConfigError(
+                    f"the gateway would listen on {self._host} with no API key: create one "
+                    "(thumbline keys create --scope ingest --project NAME) or bind to 127.0.0.1"
+                )
+            logger.warning(
+                "gateway auth is off: no API key exists and it listens on loopback only "
+                "(thumbline keys create turns it on)"
+            )
+        # Bound here, not by uvicorn: a port in use is then an error we can word
+        # (uvicorn would exit the process).
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"the gateway cannot listen on {self._host}:{self._port}: {exc.strerror}; "
+                "set THUMBLINE_GATEWAY_PORT (0: any free port)"
+            ) from None
+        sock.set_inheritable(True)
+        config = uvicorn.Config(
+            self._app, log_level="warning", access_log=False, lifespan="off",
+        )  # fmt: skip
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve([sock]), name="thumbline-gateway")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise ConfigError(f"the gateway stopped at start on {self._host}:{self._port}")
+            await asyncio.sleep(0.02)
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        return self
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None and self._task is not None:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._task

@@ -1,0 +1,71 @@
+"""The gateway as ``thumbline up`` and ``thumbline gateway`` run it: producer, keys, server.
+
+The app itself (routes, auth, limits) is :mod:`producers.gateway`; this wires
+it to the settings: a Kafka producer with ``acks=all``, the key ring on the
+store, and uvicorn on the configured address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from clickhouse_connect.driver.client import Client
+
+from producers.gateway import Gateway, build_app
+from producers.kafka import FeedbackProducer
+from thumbline.keys import KeyRing
+from thumbline.metrics import Metrics
+from thumbline.settings import Settings
+from thumbline.store import open_client
+
+
+class GatewayProcess:
+    """Start with ``await GatewayProcess(...).start()``; ``stop()`` is safe to call twice."""
+
+    def __init__(self, settings: Settings, bootstrap: str, metrics: Metrics) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.metrics = metrics
+        self.url = ""
+        self._client: Client | None = None
+        self._producer: FeedbackProducer | None = None
+        self._gateway: Gateway | None = None
+        self.keys: KeyRing
+
+    async def start(self) -> GatewayProcess:
+        s = self.settings
+        try:
+            self._client = await asyncio.to_thread(open_client, s, readonly=True)
+            self.keys = KeyRing(
+                self._client, s.clickhouse_database, ttl=s.gateway_key_cache_seconds
+            )
+            self._producer = FeedbackProducer(
+                bootstrap_servers=self.bootstrap, topic_prefix=s.topic_prefix,
+                linger_ms=2.0, request_timeout_ms=int(s.gateway_ack_timeout_seconds * 1000),
+                **s.kafka_kwargs(),
+            )  # fmt: skip
+            await self._producer.start()
+            app = build_app(
+                producer=self._producer, keys=self.keys, host=s.gateway_host,
+                metrics=self.metrics, max_body_bytes=s.gateway_max_body_bytes,
+                rate_limit=s.gateway_rate_limit, cors_origins=s.cors_origins,
+            )  # fmt: skip
+            self._gateway = await Gateway(
+                app, host=s.gateway_host, port=s.gateway_port, keys=self.keys
+            ).start()
+            self.url = self._gateway.url
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def stop(self) -> None:
+        gateway, self._gateway = self._gateway, None
+        if gateway is not None:
+            await gateway.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
