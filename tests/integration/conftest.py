@@ -80,7 +80,7 @@ def thumbline_bin() -> str:
     return found
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def clean_env() -> dict[str, str]:
     """The environment without any THUMBLINE_ setting, for CLI subprocesses.
 
@@ -212,3 +212,30 @@ min_bad = 5
 resolve_after = 2
 cooldown = 60
 """
+
+
+GRACE = "3"
+
+
+async def worker_env(
+    broker, clean_env: dict[str, str], tmp_path, name: str, **extra: str
+) -> dict[str, str]:
+    """Fresh topics and the settings of a `thumbline up` worker against the session broker."""
+    prefix = f"{unique(name)}."
+    await ensure_topics(broker.bootstrap, Topics.build(prefix, 4).all())
+    return {
+        **clean_env,
+        "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
+        "THUMBLINE_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "THUMBLINE_TOPIC_PREFIX": prefix,
+        "THUMBLINE_PARTITIONS": "4",
+        "THUMBLINE_JOIN_GRACE_SECONDS": GRACE,
+        "THUMBLINE_SINK_MAX_SECONDS": "0.2",
+        **extra,
+    }
+
+
+def sql_rows(thumbline_bin: str, env: dict[str, str], query: str) -> list[dict]:
+    result = run(thumbline_bin, env, "sql", "-f", "json", query)
+    assert result.returncode == 0, result.stderr
+    return [orjson.loads(line) for line in result.stdout.splitlines() if line.strip()]

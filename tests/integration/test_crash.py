@@ -18,30 +18,17 @@ import pytest
 
 from producers import FeedbackProducer
 from producers.loadgen import LoadReport, LoadSpec, Spike, run_load
-from schemas import Topics
 from tests.conftest import unique
-from tests.integration.conftest import SPIKE_RULES, consume, gone, run, start_up, stop
-from thumbline.kafka import ensure_topics
-
-GRACE = "3"
-
-
-async def worker_env(
-    broker, clean_env: dict[str, str], tmp_path, name: str, **extra: str
-) -> dict[str, str]:
-    """Fresh topics and the settings of a `thumbline up` worker against the session broker."""
-    prefix = f"{unique(name)}."
-    await ensure_topics(broker.bootstrap, Topics.build(prefix, 4).all())
-    return {
-        **clean_env,
-        "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
-        "THUMBLINE_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "THUMBLINE_TOPIC_PREFIX": prefix,
-        "THUMBLINE_PARTITIONS": "4",
-        "THUMBLINE_JOIN_GRACE_SECONDS": GRACE,
-        "THUMBLINE_SINK_MAX_SECONDS": "0.2",
-        **extra,
-    }
+from tests.integration.conftest import (
+    SPIKE_RULES,
+    consume,
+    gone,
+    run,
+    sql_rows,
+    start_up,
+    stop,
+    worker_env,
+)  # fmt: skip
 
 
 def final_counts(thumbline_bin: str, env: dict[str, str]) -> dict[str, int]:
@@ -102,12 +89,6 @@ async def test_a_worker_stopped_mid_stream_loses_nothing_and_counts_nothing_twic
             assert got == want
         finally:
             stop(second)
-
-
-def sql_rows(thumbline_bin: str, env: dict[str, str], query: str) -> list[dict]:
-    result = run(thumbline_bin, env, "sql", "-f", "json", query)
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
 async def test_a_worker_killed_mid_spike_fires_once_and_its_windows_match_the_feedback(

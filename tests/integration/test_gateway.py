@@ -1,0 +1,244 @@
+"""The HTTP gateway on the real broker and chDB: what a 202 means, shapes, keys.
+
+`thumbline up` runs the gateway beside the stream; requests go over real HTTP
+and the rows are read back from ClickHouse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from schemas import Topics
+from tests.conftest import unique
+from tests.integration.conftest import (
+    Up,
+    consume,
+    run,
+    sql_rows,
+    start_up,
+    stop,
+    worker_env,
+)  # fmt: skip
+from thumbline.broker import EmbeddedBroker, free_port
+from thumbline.kafka import ensure_topics
+
+
+async def post(url: str, body: Any, key: str | None = None) -> tuple[int, dict, dict[str, str]]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession() as http, http.post(url, json=body, headers=headers) as r:
+        return r.status, await r.json(), dict(r.headers)
+
+
+async def rows_for(thumbline_bin: str, env: dict[str, str], query: str, want: int) -> list[dict]:
+    """Poll ``query`` until it returns ``want`` rows (the stream is asynchronous)."""
+    for _ in range(60):
+        rows = await asyncio.to_thread(sql_rows, thumbline_bin, env, query)
+        if len(rows) >= want:
+            return rows
+        await asyncio.sleep(0.5)
+    return rows
+
+
+@pytest.fixture(scope="module")
+async def gateway(broker, thumbline_bin, clean_env, tmp_path_factory) -> AsyncIterator[Up]:
+    """One `thumbline up` with no API key yet: auth is off on loopback."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    env = await worker_env(broker, clean_env, tmp, "gw")
+    up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp / "data")
+    assert up.info.gateway_url, "thumbline up serves the gateway by default"
+    yield up
+    stop(up)
+
+
+async def test_a_batch_gets_a_result_per_item_and_a_retry_makes_no_second_row(
+    gateway, thumbline_bin
+):
+    base, run_id = gateway.info.gateway_url, unique("b")
+    status, body, _ = await post(f"{base}/v1/traces", {
+        "trace_id": f"{run_id}-t", "project": "shop", "model": "m1", "user_id": "u1",
+    })  # fmt: skip
+    assert status == 202 and body["accepted"] == 1
+    batch = [
+        {"event_id": f"{run_id}-1", "trace_id": f"{run_id}-t", "label": "bad", "comment": "wrong"},
+        {"event_id": f"{run_id}-2", "trace_id": f"{run_id}-t", "lable": "good"},
+        {"event_id": f"{run_id}-3", "trace_id": f"{run_id}-t", "kind": "signal", "name": "copied",
+         "source": "explicit", "received_at": "2020-01-01T00:00:00Z"},
+    ]  # fmt: skip
+    status, body, _ = await post(f"{base}/v1/feedback", batch)
+    assert status == 207 and (body["accepted"], body["rejected"]) == (2, 1)
+    assert [r["status"] for r in body["results"]] == ["accepted", "rejected", "accepted"]
+    assert body["results"][1]["error"] == "lable: is not a field of this event"
+    again, _, _ = await post(f"{base}/v1/feedback", [batch[0], batch[2]])  # the client retries
+    assert again == 202
+
+    query = (
+        "SELECT event_id, label, source, project, model, user_id, join_status, "
+        "toYear(received_at) AS year FROM thumbline.feedback FINAL "
+        f"WHERE trace_id = '{run_id}-t' ORDER BY event_id"
+    )
+    rows = await rows_for(thumbline_bin, gateway.env, query, 2)
+    assert [(r["event_id"], r["label"], r["source"]) for r in rows] == [
+        (f"{run_id}-1", "bad", "explicit"),
+        (f"{run_id}-3", "neutral", "implicit"),  # the server derives source: implicit
+    ]
+    assert all(r["year"] >= 2026 for r in rows)  # the server stamps received_at
+    assert {(r["project"], r["model"], r["user_id"], r["join_status"]) for r in rows} == {
+        ("shop", "m1", "u1", "joined")
+    }
+    count = f"SELECT count() AS n FROM thumbline.feedback FINAL WHERE trace_id = '{run_id}-t'"
+    assert sql_rows(thumbline_bin, gateway.env, count) == [{"n": 2}]
+
+
+async def test_every_hosted_product_shape_arrives_as_the_right_rows(gateway, thumbline_bin):
+    base, t = gateway.info.gateway_url, unique("shape")
+    status, _, _ = await post(
+        f"{base}/v1/traces", {"trace_id": t, "project": "shop", "model": "m2"}
+    )
+    assert status == 202
+    payloads = {
+        "trulayer": {"trace_id": t, "label": "edit", "comment": "Paris", "user_id": "u1"},
+        "braintrust": {"id": t, "scores": {"correctness": 0}, "comment": "wrong city"},
+        "honeyhive": {"session_id": t, "feedback": {"rating": True, "actions": {"copied": True}}},
+        "axiom": {"links": {"traceId": t, "capability": "support"},
+                  "feedback": {"kind": "enum", "name": "issue", "value": "hallucination"}},
+        "attributes": {"trace_id": t, "attributes": {"user_feedback": "negative",
+                                                     "user_feedback_rating": 2}},
+    }  # fmt: skip
+    for shape, payload in payloads.items():
+        status, body, _ = await post(f"{base}/v1/feedback/{shape}", payload)
+        assert status == 202, (shape, body)
+    status, body, _ = await post(f"{base}/v1/feedback/zendesk", {})
+    assert status == 404 and "braintrust" in body["error"]
+
+    query = (
+        "SELECT kind, name, label, score, comment, correction, model FROM thumbline.feedback "
+        f"FINAL WHERE trace_id = '{t}' ORDER BY kind, name"
+    )
+    rows = await rows_for(thumbline_bin, gateway.env, query, 7)
+    got = {(r["kind"], r["name"], r["label"]) for r in rows}
+    assert got == {
+        ("correction", "correction", "edit"),  # trulayer inline edit
+        ("score", "correctness", "bad"),  # braintrust
+        ("thumb", "rating", "good"), ("signal", "copied", "neutral"),  # honeyhive
+        ("category", "issue", "bad"),  # axiom
+        ("thumb", "user_feedback", "bad"), ("rating", "user_feedback_rating", "bad"),  # attributes
+    }  # fmt: skip
+    assert {r["model"] for r in rows} == {"m2"}  # joined with the trace
+
+
+async def test_keys_ingest_only_their_project_and_a_revoked_key_stops_at_once(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    env = await worker_env(broker, clean_env, tmp_path, "keys")
+    up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp_path / "data")
+    try:
+        url = f"{up.info.gateway_url}/v1/feedback"
+        event = {"trace_id": unique("k"), "label": "good"}
+
+        def create(*args: str) -> str:
+            result = run(thumbline_bin, env, "keys", "create", *args)
+            assert result.returncode == 0, result.stderr
+            return result.stdout.strip()
+
+        assert (await post(url, event))[0] == 202  # no key exists yet: open on loopback
+        ingest_a = create("--scope", "ingest", "--project", "a")
+        read_a = create("--scope", "read", "--project", "a")
+        admin = create("--scope", "admin")
+        assert (await post(url, event))[0] == 401  # from the first key on, one is needed
+        assert (await post(url, event, "tl_0123456789abcdef_not-a-real-secret-at-all"))[0] == 401
+        assert (await post(url, event, ingest_a))[0] == 202
+        status, body, _ = await post(url, {**event, "project": "b"}, ingest_a)
+        assert status == 422 and "only to project 'a'" in body["results"][0]["error"]
+        status, body, _ = await post(url, event, read_a)
+        assert status == 403 and "scope is read" in body["error"]
+        assert (await post(url, {**event, "project": "b"}, admin))[0] == 202
+
+        key_id = ingest_a.split("_")[1]
+        assert run(thumbline_bin, env, "keys", "revoke", key_id).returncode == 0
+        assert (await post(url, event, ingest_a))[0] == 401  # at once, no cache to wait out
+        listed = run(thumbline_bin, env, "keys", "list").stdout
+        assert key_id in listed and ingest_a not in listed  # the secret is never shown again
+    finally:
+        stop(up)
+
+
+async def test_a_202_means_kafka_has_it_and_a_503_is_safe_to_retry(
+    thumbline_bin, clean_env, tmp_path
+):
+    """Stop the broker: 503 with Retry-After, never 202. Restart it: the retry lands once."""
+    port, gateway_port = free_port(), free_port()
+    first = EmbeddedBroker(port=port, log_path=tmp_path / "broker1.log").start()
+    await ensure_topics(first.bootstrap, Topics.build("thumbline.", 4).all())
+    env = {
+        **clean_env, "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
+        "THUMBLINE_KAFKA_BOOTSTRAP": first.bootstrap, "THUMBLINE_PARTITIONS": "4",
+        "THUMBLINE_GATEWAY_PORT": str(gateway_port), "THUMBLINE_GATEWAY_ACK_TIMEOUT_SECONDS": "3",
+        "THUMBLINE_JOIN_GRACE_SECONDS": "1", "THUMBLINE_SINK_MAX_SECONDS": "0.2",
+    }  # fmt: skip
+    gateway = subprocess.Popen(  # noqa: ASYNC220 (starting it does not block)
+        [thumbline_bin, "gateway"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    brokers, worker = [first], None
+    try:
+        base = f"http://127.0.0.1:{gateway_port}"
+        assert await ready(base, gateway), "the gateway did not start"
+        url, t = f"{base}/v1/feedback", unique("durable")
+        assert (await post(url, {"trace_id": t, "label": "good"}))[0] == 202
+        await asyncio.to_thread(first.stop)
+
+        event = {"event_id": f"{t}-during", "trace_id": t, "label": "bad"}
+        status, body, headers = await post(url, event)
+        assert status == 503 and body["retriable"] is True and headers["Retry-After"] == "5"
+
+        brokers.append(EmbeddedBroker(port=port, log_path=tmp_path / "broker2.log").start())
+        await ensure_topics(brokers[1].bootstrap, Topics.build("thumbline.", 4).all())
+        for _ in range(60):  # the client retries as told, until a 202
+            status, _, _ = await post(url, event)
+            if status == 202:
+                break
+            await asyncio.sleep(1)
+        assert status == 202
+        messages = await consume(brokers[1].bootstrap, ["thumbline.feedback"], events=1)
+        assert [e["event_id"] for _, _, events in messages for e in events] == [f"{t}-during"]
+
+        # Into the store: a worker on the restarted broker (the gateway frees the chDB path).
+        gateway.terminate()
+        gateway.wait(30)
+        worker = await asyncio.to_thread(start_up, thumbline_bin, env, tmp_path / "data")
+        query = f"SELECT event_id, label FROM thumbline.feedback FINAL WHERE trace_id = '{t}'"
+        assert await rows_for(thumbline_bin, env, query, 1) == [
+            {"event_id": f"{t}-during", "label": "bad"}
+        ]
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+        gateway.wait()
+        if gateway.stderr:
+            gateway.stderr.close()
+        if worker is not None:
+            stop(worker)
+        for b in brokers:
+            await asyncio.to_thread(b.stop)
+
+
+async def ready(base: str, proc: subprocess.Popen[str]) -> bool:
+    for _ in range(150):
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"thumbline gateway exited: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        try:
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as r:
+                if r.status == 200:
+                    return True
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    return False
