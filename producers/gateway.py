@@ -36,14 +36,17 @@ import ipaddress
 import logging
 import math
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request, Response
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -57,6 +60,7 @@ from schemas.wire import MAX_BATCH_EVENTS
 from thumbline.errors import ConfigError
 from thumbline.keys import ApiKey, KeyRing, Scope
 from thumbline.metrics import Metrics
+from thumbline.queries import InboxFilter, inbox_sql, literal, parse_since
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +121,8 @@ def build_app(
     *,
     producer: FeedbackProducer,
     keys: KeyRing,
+    reader: Client,
+    database: str,
     host: str,
     metrics: Metrics,
     max_body_bytes: int = 5 * 1024 * 1024,
@@ -165,6 +171,12 @@ def build_app(
         return key
 
     async def read_body(request: Request) -> Any:
+        try:
+            return orjson.loads(await read_raw(request))
+        except orjson.JSONDecodeError as exc:
+            raise HTTPException(400, f"the body is not JSON: {exc}") from None
+
+    async def read_raw(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
             raise HTTPException(
@@ -178,10 +190,7 @@ def build_app(
                     413, f"the body is over {max_body_bytes} bytes: send smaller batches"
                 )
             chunks.append(chunk)
-        try:
-            return orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError as exc:
-            raise HTTPException(400, f"the body is not JSON: {exc}") from None
+        return b"".join(chunks)
 
     async def ingest(
         request: Request,
@@ -285,6 +294,94 @@ def build_app(
         """One TraceEvent (a trace or a span), or an array of up to 1,000."""
         return await ingest(request, "traces", trace_prepare)
 
+    read_lock = threading.Lock()  # one clickhouse-connect client: one query at a time
+
+    async def select(sql: str) -> Response:
+        """Rows as a JSON array, straight from ClickHouse (read-only)."""
+
+        def query() -> bytes:
+            with read_lock:
+                return bytes(reader.raw_query(sql, fmt="JSONEachRow", settings={"readonly": 2}))
+
+        try:
+            lines = await asyncio.to_thread(query)
+        except ClickHouseError as exc:
+            raise HTTPException(400, f"ClickHouse refused the query: {exc}") from None
+        body = b"[" + b",".join(line for line in lines.splitlines() if line.strip()) + b"]"
+        return Response(body, media_type="application/json")
+
+    def own_project(key: ApiKey | None, asked: str | None) -> str | None:
+        if key is None or not key.project:
+            return asked
+        if asked is not None and asked != key.project:
+            raise HTTPException(403, f"this key reads only project {key.project!r}")
+        return key.project
+
+    @app.get("/v1/feedback")
+    async def get_feedback(
+        request: Request,
+        label: Annotated[list[str], Query(description="bad, good, edit or a custom label")] = [],  # noqa: B006
+        kind: Annotated[list[str], Query(description="thumb, rating, correction...")] = [],  # noqa: B006
+        project: str | None = None,
+        environment: str | None = None,
+        model: str | None = None,
+        capability: str | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        trace_id: str | None = None,
+        has_comment: bool = False,
+        since: Annotated[str | None, Query(description="e.g. 30m, 24h, 7d")] = None,
+        start: Annotated[datetime | None, Query(alias="from")] = None,
+        end: Annotated[datetime | None, Query(alias="to")] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+    ) -> Response:
+        """The feedback inbox, newest first, with the filters of ``thumbline inbox``."""
+        key = await authenticate(request, "read")
+        try:
+            filters = InboxFilter(
+                labels=tuple(label), kinds=tuple(kind), project=own_project(key, project),
+                environment=environment, model=model, capability=capability, user_id=user_id,
+                session_id=session_id, trace_id=trace_id, has_comment=has_comment,
+                since=parse_since(since) if since else None,
+                start=_aware(start), end=_aware(end), limit=limit,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return await select(inbox_sql(database, filters))
+
+    @app.get("/v1/traces/{trace_id}")
+    async def get_trace(trace_id: str, request: Request) -> Response:
+        """A trace's spans and all its feedback."""
+        key = await authenticate(request, "read")
+        project = own_project(key, None)
+        scope = f" AND project = {literal(project)}" if project else ""
+        spans = await select(
+            "SELECT span_id, parent_span_id, name, project, environment, model, capability, "  # noqa: S608
+            "step, user_id, session_id, start_time, end_time, latency_ms, total_tokens, cost_usd, "
+            f"status, error FROM {database}.traces FINAL WHERE trace_id = {literal(trace_id)}"
+            f"{scope} ORDER BY start_time, span_id"
+        )
+        feedback = await get_feedback_rows(trace_id, project)
+        if spans.body == b"[]" and feedback == b"[]":
+            raise HTTPException(
+                404, f"no trace {trace_id!r}" + (f" in project {project!r}" if project else "")
+            )
+        body = b'{"trace_id":%s,"spans":%s,"feedback":%s}' % (
+            orjson.dumps(trace_id), spans.body, feedback,
+        )  # fmt: skip
+        return Response(body, media_type="application/json")
+
+    async def get_feedback_rows(trace_id: str, project: str | None) -> bytes:
+        filters = InboxFilter(trace_id=trace_id, project=project, limit=10_000)
+        return bytes((await select(inbox_sql(database, filters))).body)
+
+    @app.post("/v1/sql")
+    async def post_sql(request: Request) -> Response:
+        """Read-only SQL (admin keys): the body is the query; rows come back as a JSON array."""
+        await authenticate(request, "admin")
+        body = await read_raw(request)
+        return await select(body.decode("utf-8", errors="replace"))
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -317,6 +414,10 @@ def build_app(
         return response
 
     return app
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _id(event: FeedbackEvent | TraceEvent) -> str:

@@ -28,6 +28,7 @@ class GatewayProcess:
         self.metrics = metrics
         self.url = ""
         self._client: Client | None = None
+        self._reader: Client | None = None
         self._producer: FeedbackProducer | None = None
         self._gateway: Gateway | None = None
         self.keys: KeyRing
@@ -36,6 +37,7 @@ class GatewayProcess:
         s = self.settings
         try:
             self._client = await asyncio.to_thread(open_client, s, readonly=True)
+            self._reader = await asyncio.to_thread(open_client, s, readonly=True)
             self.keys = KeyRing(
                 self._client, s.clickhouse_database, ttl=s.gateway_key_cache_seconds
             )
@@ -46,7 +48,8 @@ class GatewayProcess:
             )  # fmt: skip
             await self._producer.start()
             app = build_app(
-                producer=self._producer, keys=self.keys, host=s.gateway_host,
+                producer=self._producer, keys=self.keys, reader=self._reader,
+                database=s.clickhouse_database, host=s.gateway_host,
                 metrics=self.metrics, max_body_bytes=s.gateway_max_body_bytes,
                 rate_limit=s.gateway_rate_limit, cors_origins=s.cors_origins,
             )  # fmt: skip
@@ -66,6 +69,7 @@ class GatewayProcess:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        for client in (self._client, self._reader):
+            if client is not None:
+                client.close()
+        self._client = self._reader = None

@@ -32,6 +32,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from thumbline.errors import ConfigError
+from thumbline.queries import literal
 from thumbline.settings import Settings
 from thumbline.sqlserver import run_sql
 
@@ -59,10 +60,6 @@ def _sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def create_key(settings: Settings, *, scope: Scope, project: str, name: str = "") -> str:
     """Store a new key and return it in full (the only time it is shown)."""
     if scope not in SCOPES:
@@ -78,8 +75,8 @@ def create_key(settings: Settings, *, scope: Scope, project: str, name: str = ""
         settings,
         # INSERT ... SELECT: the SQL endpoint appends a FORMAT clause, which VALUES cannot take
         f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, name, "  # noqa: S608
-        f"created_at, version) SELECT {_quote(key_id)}, {_quote(_sha256(secret))}, "
-        f"{_quote(scope)}, {_quote(project)}, {_quote(name[:200])}, "
+        f"created_at, version) SELECT {literal(key_id)}, {literal(_sha256(secret))}, "
+        f"{literal(scope)}, {literal(project)}, {literal(name[:200])}, "
         f"fromUnixTimestamp64Milli({int(now.timestamp() * 1000)}), "
         f"{int(now.timestamp() * 1000)}",
         write=True,
@@ -107,7 +104,7 @@ def revoke_key(settings: Settings, key_id: str) -> bool:
     db = settings.clickhouse_database
     found = run_sql(
         settings,
-        f"SELECT count() FROM {db}.api_keys WHERE key_id = {_quote(key_id)}",  # noqa: S608
+        f"SELECT count() FROM {db}.api_keys WHERE key_id = {literal(key_id)}",  # noqa: S608
         fmt="JSONEachRow",
     )
     if not orjson.loads(found.splitlines()[0])["count()"]:
@@ -118,7 +115,7 @@ def revoke_key(settings: Settings, key_id: str) -> bool:
         f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, name, created_at, "  # noqa: S608
         "revoked, revoked_at, version) SELECT key_id, secret_sha256, scope, project, name, "
         f"created_at, 1, now64(3), {int(now.timestamp() * 1000)} FROM {db}.api_keys FINAL "
-        f"WHERE key_id = {_quote(key_id)}",
+        f"WHERE key_id = {literal(key_id)}",
         write=True,
     )
     return True

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from schemas import Topics
@@ -29,10 +30,17 @@ from thumbline.broker import EmbeddedBroker, free_port
 from thumbline.kafka import ensure_topics
 
 
-async def post(url: str, body: Any, key: str | None = None) -> tuple[int, dict, dict[str, str]]:
+async def post(url: str, body: Any, key: str | None = None) -> tuple[int, Any, dict[str, str]]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with aiohttp.ClientSession() as http, http.post(url, json=body, headers=headers) as r:
+    data = body.encode() if isinstance(body, str) else orjson.dumps(body)
+    async with aiohttp.ClientSession() as http, http.post(url, data=data, headers=headers) as r:
         return r.status, await r.json(), dict(r.headers)
+
+
+async def get(url: str, key: str | None = None, **params: Any) -> tuple[int, Any]:
+    headers = {"X-API-Key": key} if key else {}
+    async with aiohttp.ClientSession() as http, http.get(url, params=params, headers=headers) as r:
+        return r.status, await r.json()
 
 
 async def rows_for(thumbline_bin: str, env: dict[str, str], query: str, want: int) -> list[dict]:
@@ -132,6 +140,30 @@ async def test_every_hosted_product_shape_arrives_as_the_right_rows(gateway, thu
     assert {r["model"] for r in rows} == {"m2"}  # joined with the trace
 
 
+async def test_the_inbox_and_a_trace_read_back_over_http(gateway, thumbline_bin):
+    base, t = gateway.info.gateway_url, unique("read")
+    await post(f"{base}/v1/traces", {"trace_id": t, "project": "shop", "model": "m3"})
+    await post(f"{base}/v1/feedback", [
+        {"trace_id": t, "label": "bad", "comment": "wrong", "user_id": "u9"},
+        {"trace_id": t, "label": "good", "user_id": "u9"},
+    ])  # fmt: skip
+    query = f"SELECT event_id FROM thumbline.feedback FINAL WHERE trace_id = '{t}'"
+    assert len(await rows_for(thumbline_bin, gateway.env, query, 2)) == 2
+
+    status, rows = await get(f"{base}/v1/feedback", trace_id=t, label="bad", has_comment="true")
+    assert status == 200 and [(r["label"], r["comment"], r["model"]) for r in rows] == [
+        ("bad", "wrong", "m3")
+    ]
+    status, trace = await get(f"{base}/v1/traces/{t}")
+    assert status == 200 and len(trace["feedback"]) == 2 and trace["spans"][0]["model"] == "m3"
+    assert (await get(f"{base}/v1/traces/{unique('none')}"))[0] == 404
+    assert (await get(f"{base}/v1/feedback", since="7 parsecs"))[0] == 422
+    sql = f"SELECT toUInt8(count()) AS n FROM thumbline.feedback FINAL WHERE trace_id = '{t}'"
+    assert (await post(f"{base}/v1/sql", sql))[:2] == (200, [{"n": 2}])
+    status, refused = (await post(f"{base}/v1/sql", "DROP TABLE thumbline.feedback"))[:2]
+    assert status == 400 and "readonly" in refused["error"].lower()
+
+
 async def test_keys_ingest_only_their_project_and_a_revoked_key_stops_at_once(
     broker, thumbline_bin, clean_env, tmp_path
 ):
@@ -158,6 +190,21 @@ async def test_keys_ingest_only_their_project_and_a_revoked_key_stops_at_once(
         status, body, _ = await post(url, event, read_a)
         assert status == 403 and "scope is read" in body["error"]
         assert (await post(url, {**event, "project": "b"}, admin))[0] == 202
+
+        feed = f"{up.info.gateway_url}/v1/feedback"
+        assert (await get(feed, ingest_a))[0] == 403  # an ingest key reads nothing
+        assert (await get(f"{up.info.gateway_url}/v1/traces/x", ingest_a))[0] == 403
+        for _ in range(40):  # orphans (no trace was sent) are written after the grace
+            status, rows = await get(feed, read_a)
+            if rows:
+                break
+            await asyncio.sleep(0.5)
+        assert status == 200 and rows and {r["project"] for r in rows} == {"a"}
+        assert (await get(feed, read_a, project="b"))[0] == 403
+        assert {r["project"] for r in (await get(feed, admin, limit=1000))[1]} >= {"a", "b"}
+        sql = f"{up.info.gateway_url}/v1/sql"
+        assert (await post(sql, "SELECT 1", read_a))[0] == 403  # SQL sees every project: admin
+        assert (await post(sql, "SELECT 1 AS one", admin))[:2] == (200, [{"one": 1}])
 
         key_id = ingest_a.split("_")[1]
         assert run(thumbline_bin, env, "keys", "revoke", key_id).returncode == 0
