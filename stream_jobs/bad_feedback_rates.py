@@ -254,18 +254,12 @@ class RateState:
             w.counts[dims].add(c.counts, -1)
             w.dirty.add(dims)
 
-    def restore_counts(
-        self, start: float, dims: Dims, counts: Counts, *, write: bool = False
-    ) -> None:
-        """Closed-window counts read back from the store at start.
-
-        ``write``: the window was never written (it closed while no worker ran):
-        the next :meth:`advance` writes its rows once. Otherwise it is history
-        only, for sliding windows and baselines.
-        """
+    def restore_counts(self, start: float, dims: Dims, counts: Counts) -> None:
+        """Counts of a window this job wrote before a restart, read back from the store:
+        history for sliding windows and baselines, not written again."""
         w = self.windows.get(start)
         if w is None:
-            w = self.windows[start] = _Window(ended=not write, closes_at=0.0)
+            w = self.windows[start] = _Window(ended=True, closes_at=0.0)
         w.counts[dims].add(counts)
 
     # Time -------------------------------------------------------------------

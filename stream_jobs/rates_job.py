@@ -81,6 +81,7 @@ class RatesJob:
         self._judge_after = 0.0
         self._resumed = True  # held windows released (see RateState.hold)
         self._last_input = 0.0
+        self._judged_at = 0.0
         self.alerts: deque[Alert] = deque(maxlen=1000)  # the latest state changes it emitted
 
     async def handle(self, events: Sequence[Any]) -> None:
@@ -135,7 +136,10 @@ class RatesJob:
             for e in ended:
                 if e.first_time and e.start + self.rates.window > self._judge_after:
                     end = e.start + self.rates.window
-                    alerts.extend(self.detector.evaluate(self.rates, end, now))
+                    # Each judgement gets its own time, so two state changes of one alert
+                    # in one tick (after a hold) are ordered in the store by ``at``.
+                    self._judged_at = at = max(now, self._judged_at + 0.001)
+                    alerts.extend(self.detector.evaluate(self.rates, end, at))
             self.sink.add_json("feedback_rates", [w.to_json() for w in windows])
             self.sink.add_json("alerts", [a.to_json() for a in alerts])
             await self._write()
@@ -221,34 +225,23 @@ class RatesJob:
         self.detector.restore(found)
 
 
-_CLASSES = """
-    countIf(source != 'implicit' AND label = 'good') AS good,
-    countIf(source != 'implicit' AND label = 'bad') AS bad,
-    countIf(source != 'implicit' AND label NOT IN ('good', 'bad')) AS neutral,
-    countIf(source = 'implicit') AS implicit,
-    countIf(comment != '') AS with_comment,
-    sumIf(score, score IS NOT NULL) AS score_sum,
-    countIf(score IS NOT NULL) AS score_count
-"""
-
-
 def restore_rates(
     rates: RateState, client: Client, database: str, *, now: float, recovery: float
 ) -> None:
     """Rebuild the windows of the last ``rates.history`` seconds at start.
 
-    - the last ``recovery`` seconds event by event from ``feedback``, every
-      window from then on held open until the stream has caught up (exact,
-      and the join's replay of rows it had not written yet lands in them);
-    - before that, the closed windows this job wrote to ``feedback_rates``
-      (cheap, whatever the volume), for sliding windows and baselines;
-    - windows after the last one written (they closed while no worker ran)
-      counted from ``feedback`` and written again.
+    - the closed windows this job wrote to ``feedback_rates`` come back as
+      counts (cheap, whatever the volume), for sliding windows and baselines;
+    - from the first window it did not write (at the latest ``recovery``
+      seconds ago), the rows of ``feedback`` event by event, and every window
+      from there on is held open until the stream has caught up. A worker down
+      longer than ``recovery`` thus still gets exact windows for its downtime:
+      the join's replay of rows not in ``feedback`` yet lands in them, and rows
+      in both count once.
     """
     window = rates.window
     recent = (now - recovery) // window * window
     since = (now - rates.history) // window * window
-    spans = {"since": int(since * 1000), "recent": int(recent * 1000)}
     stored = client.query(
         # database is an identifier checked by Settings; values go in as parameters
         "SELECT toUnixTimestamp(window_start) AS start, project, environment, model, "  # noqa: S608
@@ -256,33 +249,20 @@ def restore_rates(
         f"FROM {database}.feedback_rates FINAL WHERE window_seconds = {int(window)} "
         "AND window_start >= fromUnixTimestamp64Milli({since:Int64}) "
         "AND window_start < fromUnixTimestamp64Milli({recent:Int64})",
-        parameters=spans,
+        parameters={"since": int(since * 1000), "recent": int(recent * 1000)},
     ).result_rows
     last = since - window
     for start, project, environment, model, capability, *c in stored:
         counts = Counts(c[0], c[1], c[2], c[3], c[4], float(c[5]), c[6])
         rates.restore_counts(float(start), (project, environment, model, capability), counts)
         last = max(last, float(start))
-    gap = {"since": int((last + window) * 1000), "recent": spans["recent"]}
-    missing = client.query(
-        f"SELECT toUnixTimestamp(toStartOfInterval(ts, INTERVAL {int(window)} SECOND)) AS start, "  # noqa: S608
-        f"project, environment, model, capability, {_CLASSES} "
-        f"FROM {database}.feedback FINAL "
-        "WHERE ts >= fromUnixTimestamp64Milli({since:Int64}) "
-        "AND ts < fromUnixTimestamp64Milli({recent:Int64}) AND retracted = 0 "
-        "GROUP BY start, project, environment, model, capability",
-        parameters=gap,
-    ).result_rows
-    for start, project, environment, model, capability, *c in missing:
-        counts = Counts(c[0], c[1], c[2], c[3], c[4], float(c[5]), c[6])
-        for dims in ((project, environment, model, ALL), (project, environment, ALL, capability)):
-            rates.restore_counts(float(start), dims, counts, write=True)
+    replay_from = min(recent, last + window)
     result = client.query(
         "SELECT event_id, trace_id, version, ts, label, source, comment, score, retracted, "  # noqa: S608
         "project, environment, model, capability "
         f"FROM {database}.feedback FINAL "
-        "WHERE ts >= fromUnixTimestamp64Milli({recent:Int64})",
-        parameters=spans,
+        "WHERE ts >= fromUnixTimestamp64Milli({replay_from:Int64})",
+        parameters={"replay_from": int(replay_from * 1000)},
     )
     names = result.column_names
     rows = []
@@ -291,11 +271,11 @@ def restore_rates(
         if row["ts"].tzinfo is None:
             row["ts"] = row["ts"].replace(tzinfo=UTC)
         rows.append(row)
-    rates.hold(recent)
+    rates.hold(replay_from)
     rates.apply(rows)
     logger.info(
-        "rates restored: %d stored windows, %d counted again, %d recent events",
-        len(stored), len(missing), len(rows),
+        "rates restored: %d stored windows, %d events since %s",
+        len(stored), len(rows), datetime.fromtimestamp(replay_from, UTC).isoformat(),
     )  # fmt: skip
 
 
@@ -304,14 +284,16 @@ def latest_alerts(client: Client, database: str) -> list[dict[str, Any]]:
     result = client.query(
         "SELECT rule, project, environment, model, capability, "  # noqa: S608
         "argMax(alert_id, at) AS alert_id, argMax(state, at) AS state, "
-        "argMax(window_start, at) AS window_start "
+        "argMax(window_start, at) AS window_start, max(at) AS changed_at "
         f"FROM {database}.alerts FINAL "
         "GROUP BY rule, project, environment, model, capability"
     )
     out = []
     for values in result.result_rows:
         row = dict(zip(result.column_names, values, strict=True))
-        if isinstance(row["window_start"], datetime) and row["window_start"].tzinfo is None:
-            row["window_start"] = row["window_start"].replace(tzinfo=UTC)
+        row["at"] = row.pop("changed_at")  # as an Alert names it
+        for name in ("window_start", "at"):
+            if isinstance(row[name], datetime) and row[name].tzinfo is None:
+                row[name] = row[name].replace(tzinfo=UTC)
         out.append(row)
     return out

@@ -227,13 +227,20 @@ class SpikeDetector:
         return _alert(rule, dims, track, AlertState.RESOLVED, verdict, start, end, now, rates)
 
     def restore(self, alerts: Iterable[dict[str, Any]]) -> None:
-        """The latest state of each alert, read back from the store at start."""
+        """The latest state of each alert, read back from the store at start.
+
+        A firing alert goes on firing (it does not fire again); a resolved one
+        keeps its cool-down from when it resolved (``at``).
+        """
+        cooldowns = {rule.name: rule.cooldown for rule in self.rules}
         for a in alerts:
             dims = (a["project"], a["environment"], a["model"], a["capability"])
             track = self.tracks.setdefault((a["rule"], dims), _Track())
             track.alert_id = a["alert_id"]
             track.firing = a["state"] == AlertState.FIRING
             track.onset = a["window_start"].timestamp()
+            if not track.firing and a.get("at") is not None:
+                track.cooldown_until = a["at"].timestamp() + cooldowns.get(a["rule"], 0.0)
 
     def firing(self) -> list[tuple[str, Dims]]:
         return [key for key, t in self.tracks.items() if t.firing]

@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     )
     rate_recovery_seconds: float = Field(
         300.0, gt=0, le=86400,
-        description="At start, windows this recent are rebuilt event by event from ClickHouse.",
+        description="At start, windows this recent (and any not yet written) are rebuilt event by "
+        "event from ClickHouse.",
     )  # fmt: skip
     alert_rules: Path | None = Field(None, description="A TOML file of spike rules.")
     alert_webhook_urls: SecretStr | None = Field(

@@ -11,6 +11,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -24,6 +25,7 @@ from schemas import Topics
 from stream_jobs.app import StreamApp
 from stream_jobs.bad_feedback_rates import ALL, RateState
 from stream_jobs.rates_job import restore_rates
+from stream_jobs.sink import ClickHouseSink
 from tests.conftest import unique
 from tests.integration.conftest import SPIKE_RULES, consume
 from thumbline.kafka import ensure_topics
@@ -272,3 +274,62 @@ def raw_feedback():
         await fb.thumb_down(trace_id, event_id=event_id, ts=datetime.fromtimestamp(at, UTC))
 
     return send
+
+
+def enriched_row(at: float, project: str, n: int) -> dict:
+    stamp = datetime.fromtimestamp(at, UTC).isoformat()
+    return {
+        "event_id": f"{project}-{n}", "trace_id": f"{project}-t{n}", "version": 1, "ts": stamp,
+        "received_at": stamp, "label": "bad" if n % 3 == 0 else "good", "source": "explicit",
+        "project": project, "environment": "prod", "model": "m1", "capability": "support",
+        "comment": "", "retracted": 0,
+    }  # fmt: skip
+
+
+async def test_a_worker_down_longer_than_the_recovery_span_still_gets_exact_windows(
+    store, store_settings
+):
+    """Down 10 minutes with a recovery span of 5: the backlog still lands in its windows."""
+    db, project = store_settings.clickhouse_database, unique("down")
+    t0 = 1_704_067_200.0  # 2024-01-01: no other test's rows in these windows
+    sink = ClickHouseSink(store, db)
+    now = [t0]
+
+    def rate_state() -> RateState:
+        return RateState(window=60, sliding=(300,), lateness=30, history=7200, clock=lambda: now[0])
+
+    before = rate_state()
+    for minute in range(10):  # the join writes feedback, the rates job its windows
+        rows = [enriched_row(t0 + minute * 60 + 1 + i, project, minute * 10 + i) for i in range(10)]
+        sink.add_json("feedback", [orjson.dumps(r) for r in rows])
+        before.apply(rows)
+        now[0] = t0 + (minute + 1) * 60 + 0.5
+        for ended in before.advance():
+            sink.add_json("feedback_rates", [w.to_json() for w in ended.rows])
+    sink.flush()
+    # kill -9; for 10 minutes producers go on; the join replays all of it after the restart
+    backlog = [enriched_row(t0 + m * 60 + 1 + i, project, m * 10 + i)
+               for m in range(10, 20) for i in range(10)]  # fmt: skip
+    now[0] = t0 + 20 * 60 + 5
+    after = rate_state()
+    restore_rates(after, store, db, now=now[0], recovery=300)
+    sink.add_json("feedback", [orjson.dumps(r) for r in backlog[:40]])  # some written before
+    sink.flush()
+    after.apply(backlog)  # the whole replay, the written part included
+    after.resume()
+    now[0] += 60
+    for ended in after.advance():
+        sink.add_json("feedback_rates", [w.to_json() for w in ended.rows])
+    sink.add_json("feedback", [orjson.dumps(r) for r in backlog[40:]])
+    sink.flush()
+
+    assert after.late == 0
+    rates = store.query(
+        f"SELECT toUnixTimestamp(window_start), total FROM {db}.feedback_rates FINAL "
+        f"WHERE window_seconds = 60 AND capability = '*' AND project = '{project}' ORDER BY 1"
+    ).result_rows
+    table = store.query(
+        "SELECT toUnixTimestamp(toStartOfInterval(ts, INTERVAL 60 SECOND)), count() "
+        f"FROM {db}.feedback FINAL WHERE project = '{project}' GROUP BY 1 ORDER BY 1"
+    ).result_rows
+    assert len(table) == 20 and rates == table

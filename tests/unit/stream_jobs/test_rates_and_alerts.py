@@ -253,6 +253,18 @@ class TestDetector:
         assert again.evaluate(rates, start + 60, clock.now) == []
         assert again.firing() == [("spike", ("shop", "prod", "m1", ALL))]
 
+    def test_a_restarted_detector_keeps_the_cooldown_of_a_resolved_alert(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
+        first = SpikeDetector((self.RULE,))
+        alerts = self.run(rates, clock, first, [3] * 10 + [30] * 2 + [3] * 2)
+        assert [a.state for a in alerts] == ["firing", "resolved"]
+        again = SpikeDetector((self.RULE,))
+        again.restore([alerts[-1].model_dump()])  # restarted right after it resolved
+        start = T0 + 14 * 60
+        minute(rates, clock, start, 30, 60)  # a new spike within the 5-minute cooldown
+        assert again.evaluate(rates, start + 60, clock.now) == []
+        assert first.evaluate(rates, start + 60, clock.now) == []  # as without the restart
+
     def test_a_snoozed_rule_stays_quiet(self, clock):
         rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
         snoozed = self.RULE.model_copy(update={"snooze_until": datetime(2100, 1, 1, tzinfo=UTC)})
@@ -323,6 +335,28 @@ class TestRestartHold:
                    if r["capability"] == ALL}  # fmt: skip
         assert {bad for _, bad in written} == {1} and len(written) == 2  # T0 and T0 + 60
         assert job.rates.late == 0
+
+    async def test_a_spike_inside_the_hold_changes_state_in_order(self, job, clock):
+        for m in range(12):  # a quiet baseline
+            clock.now = T0 + m * 60 + 1
+            await job.handle([Message([received(T0 + m * 60 + 1 + i * 0.1, T0 + m * 60 + 1,
+                                                label="bad" if i < 3 else "good")
+                                       for i in range(60)])])  # fmt: skip
+            clock.now = T0 + (m + 1) * 60 + 0.5
+            await job.tick()
+        restart = clock.now
+        job.rates.hold(restart - 300)
+        job.hold()
+        clock.now = restart + 400  # the replay: a spike that started and ended while down
+        for m, bad in zip(range(12, 18), [30, 30, 3, 3, 3, 3], strict=True):
+            await job.handle([Message([received(T0 + m * 60 + 1 + i * 0.1, restart - 1,
+                                                label="bad" if i < bad else "good")
+                                       for i in range(60)])])  # fmt: skip
+        await job.handle([Message([received(clock.now - 1, clock.now - 1, label="good")])])
+        await job.tick()
+        changes = [(a["state"], a["at"]) for a in job.sink.rows["alerts"]]
+        assert [state for state, _ in changes] == ["firing", "resolved"]
+        assert changes[0][1] < changes[1][1]  # the store's latest state is the resolved one
 
     async def test_a_join_that_stays_behind_holds_the_windows_no_longer_than_max_hold(
         self, job, clock
