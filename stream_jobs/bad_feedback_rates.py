@@ -278,7 +278,11 @@ class RateState:
                 dims = set(w.counts) if first else set(w.dirty)
                 w.ended = True
                 w.dirty.clear()
-                out.append(Ended(start, self._rows(start, dims, now), first))
+                rows = self._rows(start, dims, now)
+                if not first:  # sliding rows already written that sum this window
+                    for later in self._later_ended(start):
+                        rows.extend(self._sliding_rows(later, dims, now))
+                out.append(Ended(start, rows, first))
             if w.closes_at <= now and w.events:
                 for event_id in w.events:
                     self.seen.pop(event_id, None)
@@ -289,14 +293,29 @@ class RateState:
         return out
 
     def _rows(self, start: float, dims: Iterable[Dims], now: float) -> list[RateWindow]:
+        """The base window's rows and the sliding windows that end with it."""
+        version = int(now * 1000)
+        dims = list(dims)
+        rows = [
+            self._row(d, start, self.window, self.windows[start].counts[d], version) for d in dims
+        ]
+        return rows + self._sliding_rows(start, dims, now)
+
+    def _sliding_rows(self, start: float, dims: Iterable[Dims], now: float) -> list[RateWindow]:
         version = int(now * 1000)
         end = start + self.window
-        rows = []
-        for d in dims:
-            rows.append(self._row(d, start, self.window, self.windows[start].counts[d], version))
-            for size in self.sliding:
-                rows.append(self._row(d, end - size, size, self.total(d, end - size, end), version))
-        return rows
+        return [
+            self._row(d, end - size, size, self.total(d, end - size, end), version)
+            for d in dims
+            for size in self.sliding
+        ]
+
+    def _later_ended(self, start: float) -> list[float]:
+        """Base windows after ``start``, already ended, whose sliding windows include it."""
+        if not self.sliding:
+            return []
+        reach = start + max(self.sliding) - self.window
+        return sorted(s for s, w in self.windows.items() if start < s <= reach and w.ended)
 
     def total(self, dims: Dims, start: float, end: float) -> Counts:
         """Counts of ``dims`` summed over the base windows in [start, end)."""

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 #: ``RESUME_IDLE`` seconds, or at most ``MAX_HOLD`` seconds (a join that stays
 #: behind must not keep rates and alerts from being written forever).
 RESUME_IDLE = 120.0
+#: Output is fresh when received less than max(lateness, this) seconds ago: with a
+#: lateness shorter than the join's own latency the hold would never see fresh rows.
+FRESH_WITHIN = 10.0
 MAX_HOLD = 900.0
 
 
@@ -112,9 +115,11 @@ class RatesJob:
 
     def _join_output_seen(self, rows: list[dict[str, Any]]) -> bool:
         """True once the join's output is fresh: rows it received after this
-        restart and less than one lateness ago. Its replay is in but for the
-        skew between partitions, which the lateness period after covers."""
-        fresh = max(self._judge_after, self.rates.clock() - self.rates.lateness)
+        restart and less than one lateness (at least ``FRESH_WITHIN``) ago. Its
+        replay is in but for the skew between partitions, which the lateness
+        period after covers."""
+        behind = max(self.rates.lateness, FRESH_WITHIN)
+        fresh = max(self._judge_after, self.rates.clock() - behind)
         return any(_received(r) >= fresh for r in rows)
 
     async def tick(self) -> None:

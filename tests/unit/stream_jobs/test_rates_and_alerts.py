@@ -156,6 +156,18 @@ class TestWindows:
         state.apply([row(T0 + 5)])
         assert state.late == 1
 
+    def test_a_late_row_rewrites_the_sliding_windows_already_written_that_hold_it(self, clock):
+        state = RateState(window=60, sliding=(300,), lateness=150, clock=clock)
+        state.apply([row(T0 + 60 * m + 1) for m in range(3)])  # one bad a minute
+        clock.now = T0 + 180
+        state.advance()  # windows 0, 1 and 2 written
+        state.apply([row(T0 + 2)])  # late, for minute 0 (still open)
+        rows = {(r.window_seconds, r.window_start.timestamp()): r.bad
+                for e in state.advance() for r in e.rows if r.capability == ALL}  # fmt: skip
+        assert rows[(60, T0)] == 2
+        # the 5-minute windows ending with minutes 0, 1 and 2 all hold minute 0
+        assert [rows[(300, T0 + 60 * m + 60 - 300)] for m in range(3)] == [2, 3, 4]
+
     def test_a_sliding_window_that_is_not_a_multiple_is_refused(self):
         with pytest.raises(ValueError, match="not a multiple"):
             RateState(window=60, sliding=(90,))
