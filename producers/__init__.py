@@ -1,13 +1,16 @@
-"""The Python producer SDK: publish feedback and trace events to thumbline's Kafka topics."""
+"""The Python producer SDK: feedback and trace events to Kafka, or over HTTP to the gateway."""
 
+from producers.api import Delivery, new_span_id, new_trace_id
 from producers.errors import DeliveryFailed, InvalidEvent, ProducerClosed, TopicMissing
-from producers.kafka import Delivery, FeedbackProducer, new_span_id, new_trace_id
+from producers.http import GatewayProducer
+from producers.kafka import FeedbackProducer
 from producers.sync import SyncFeedbackProducer
 
 __all__ = [
     "Delivery",
     "DeliveryFailed",
     "FeedbackProducer",
+    "GatewayProducer",
     "InvalidEvent",
     "ProducerClosed",
     "SyncFeedbackProducer",

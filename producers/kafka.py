@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,28 +22,17 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
+from producers.api import Delivery, Event, EventHelpers
 from producers.errors import DeliveryFailed, InvalidEvent, ProducerClosed, TopicMissing
-from schemas import FeedbackEvent, FeedbackKind, TraceEvent, partition_for
+from schemas import FeedbackEvent, partition_for
 from schemas.topics import DEFAULT_PREFIX, Topics
 from schemas.wire import MAX_BATCH_EVENTS
 
 logger = logging.getLogger(__name__)
 
-Event = FeedbackEvent | TraceEvent
+
 _ALWAYS_RETRIABLE = (KafkaTimeoutError, KafkaConnectionError, OSError)
 ErrorCallback = Callable[[Event, DeliveryFailed], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """Where Kafka stored an event: the message's offset and the event's index in it."""
-
-    event_id: str | None
-    trace_id: str
-    topic: str
-    partition: int
-    offset: int
-    index: int
 
 
 @dataclass(slots=True)
@@ -72,7 +60,7 @@ class _Batch:
         )
 
 
-class FeedbackProducer:
+class FeedbackProducer(EventHelpers):
     """Publishes feedback and trace events to Kafka, batched per partition.
 
     Use ``async with FeedbackProducer(bootstrap_servers=...) as fb:``, or call
@@ -309,99 +297,3 @@ class FeedbackProducer:
         for index, future in batch.waiters:
             if not future.done():
                 future.set_result(batch.delivery(index, meta.offset))
-
-    # Feedback helpers ------------------------------------------------------
-
-    def _feedback(self, trace_id: str, **fields: Any) -> FeedbackEvent:
-        return FeedbackEvent.parse({"trace_id": trace_id, **_drop_none(fields)})
-
-    async def feedback(self, trace_id: str, **fields: Any) -> Delivery:
-        """Send any feedback: ``label=``, ``kind=``, ``value=``, ``comment=``, ``user_id=``...
-
-        Fields are those of :class:`schemas.FeedbackEvent`. Raises InvalidEvent
-        (nothing sent) or DeliveryFailed.
-        """
-        return await self.send(self._feedback(trace_id, **fields))
-
-    async def thumb_up(self, trace_id: str, **fields: Any) -> Delivery:
-        return await self.feedback(trace_id, kind=FeedbackKind.THUMB, value="up", **fields)
-
-    async def thumb_down(self, trace_id: str, **fields: Any) -> Delivery:
-        return await self.feedback(trace_id, kind=FeedbackKind.THUMB, value="down", **fields)
-
-    async def rating(
-        self, trace_id: str, value: float, *, range: tuple[float, float] = (1, 5), **fields: Any
-    ) -> Delivery:
-        """A star rating; ``range`` is the scale (default 1-5 stars)."""
-        return await self.feedback(
-            trace_id, kind=FeedbackKind.RATING, value=value, range=range, **fields
-        )
-
-    async def score(
-        self,
-        trace_id: str,
-        value: float,
-        *,
-        range: tuple[float, float] | None = None,
-        **fields: Any,
-    ) -> Delivery:
-        """A numeric score, 0..1 unless ``range`` says otherwise."""
-        return await self.feedback(
-            trace_id, kind=FeedbackKind.SCORE, value=value, range=range, **fields
-        )
-
-    async def boolean(self, trace_id: str, value: bool, **fields: Any) -> Delivery:
-        """A yes/no answer ("was this helpful?")."""
-        return await self.feedback(trace_id, kind=FeedbackKind.BOOL, value=value, **fields)
-
-    async def text(self, trace_id: str, comment: str, **fields: Any) -> Delivery:
-        return await self.feedback(trace_id, kind=FeedbackKind.TEXT, comment=comment, **fields)
-
-    async def category(self, trace_id: str, category: str, **fields: Any) -> Delivery:
-        """A category of issue (incorrect, hallucination...) or of the user's own taxonomy."""
-        return await self.feedback(trace_id, kind=FeedbackKind.CATEGORY, value=category, **fields)
-
-    async def signal(self, trace_id: str, name: str, **fields: Any) -> Delivery:
-        """An implicit signal with no value: ``copied``, ``regenerated``..."""
-        return await self.feedback(trace_id, kind=FeedbackKind.SIGNAL, name=name, **fields)
-
-    async def correction(self, trace_id: str, correction: str, **fields: Any) -> Delivery:
-        """The answer the user expected, or their edit of it (label ``edit``)."""
-        return await self.feedback(
-            trace_id, kind=FeedbackKind.CORRECTION, correction=correction, **fields
-        )
-
-    # Trace helpers ---------------------------------------------------------
-
-    async def trace(self, *, trace_id: str | None = None, **fields: Any) -> str:
-        """Send a whole-trace event and return its ``trace_id`` (generated if absent).
-
-        Hand the id to the client UI so feedback can refer to the answer.
-        Fields are those of :class:`schemas.TraceEvent` (project, model, ...).
-        """
-        event = TraceEvent.parse({"trace_id": trace_id or new_trace_id(), **_drop_none(fields)})
-        await self.send(event)
-        return event.trace_id
-
-    async def span(self, trace_id: str, *, span_id: str | None = None, **fields: Any) -> str:
-        """Send one span of a trace and return its ``span_id`` (generated if absent)."""
-        event = TraceEvent.parse(
-            {"trace_id": trace_id, "span_id": span_id or new_span_id(), **_drop_none(fields)}
-        )
-        await self.send(event)
-        assert event.span_id is not None  # noqa: S101 (set just above)
-        return event.span_id
-
-
-def new_trace_id() -> str:
-    """A W3C trace id: 32 hex digits."""
-    return uuid.uuid4().hex
-
-
-def new_span_id() -> str:
-    """A W3C span id: 16 hex digits."""
-    return uuid.uuid4().hex[:16]
-
-
-def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in fields.items() if v is not None}

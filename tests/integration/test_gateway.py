@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
+from producers import DeliveryFailed, GatewayProducer, InvalidEvent
 from schemas import Topics
 from tests.conftest import unique
 from tests.integration.conftest import (
@@ -289,3 +290,32 @@ async def ready(base: str, proc: subprocess.Popen[str]) -> bool:
             pass
         await asyncio.sleep(0.2)
     return False
+
+
+async def test_the_python_sdk_over_http_has_the_kafka_transports_api(gateway, thumbline_bin):
+    t = unique("sdk")
+    async with GatewayProducer(url=gateway.info.gateway_url) as fb:
+        assert await fb.trace(trace_id=t, project="shop", model="m4") == t
+        down = await fb.thumb_down(t, comment="wrong", user_id="u1")
+        assert down.trace_id == t and down.topic == "/v1/feedback"
+        await fb.send_many([fb._feedback(t, kind="signal", name="copied"),
+                            fb._feedback(t, kind="rating", value=5)])  # fmt: skip
+        with pytest.raises(InvalidEvent, match="lable"):
+            await fb.feedback(t, lable="bad")  # checked before anything is sent
+    query = (
+        "SELECT kind, label, model FROM thumbline.feedback FINAL "
+        f"WHERE trace_id = '{t}' ORDER BY kind"
+    )
+    rows = await rows_for(thumbline_bin, gateway.env, query, 3)
+    assert rows == [
+        {"kind": "rating", "label": "good", "model": "m4"},
+        {"kind": "signal", "label": "neutral", "model": "m4"},
+        {"kind": "thumb", "label": "bad", "model": "m4"},
+    ]
+
+
+async def test_the_sdk_gives_up_with_a_retriable_error_when_the_gateway_is_gone():
+    async with GatewayProducer(url=f"http://127.0.0.1:{free_port()}", retries=1) as fb:
+        with pytest.raises(DeliveryFailed) as failed:
+            await fb.thumb_up("t1")
+    assert failed.value.retriable
