@@ -457,7 +457,9 @@ class Gateway:
         # Bound here, not by uvicorn: a port in use is then an error we can word
         # (uvicorn would exit the process).
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP said explicitly: asyncio sets TCP_NODELAY on accepted sockets only
+        # then, and without it every keep-alive response waits 40 ms for a delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self._host, self._port))
