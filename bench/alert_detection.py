@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import git_commit
 
 from producers.loadgen import LoadGenerator, LoadSpec, Spike
 from schemas import Alert
@@ -114,10 +115,7 @@ def main() -> None:
     parser.add_argument("--share", type=float, nargs="+", default=[0.3, 0.5],
                         help="bad share inside the spike (steady: 0.1)")  # fmt: skip
     args = parser.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 (git from PATH, a dev tool)
-        capture_output=True, text=True, check=False,
-    ).stdout.strip()  # fmt: skip
+    commit = git_commit()
     began = time.perf_counter()
     print("| rate/s | spike bad share | seeds | detected | detection delay s (median, max) "
           "| in windows (median) | resolved after end s (median) | alerts per spike (median) "

@@ -34,6 +34,7 @@ import aiohttp
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import git_commit  # noqa: E402
 from producer_throughput import count_events, make_events  # noqa: E402
 
 from producers import FeedbackProducer  # noqa: E402
@@ -174,11 +175,8 @@ async def main() -> None:
             gateway.terminate()
             gateway.wait(30)  # noqa: ASYNC221
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
-    print(
-        f"{platform.machine()}, {os.cpu_count()} CPUs, {datetime.now(UTC):%Y-%m-%d}, commit {commit}"
-    )
+    today = f"{datetime.now(UTC):%Y-%m-%d}"
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, {today}, commit {git_commit()}")
     print("\n| run | events accepted | seconds | events/s | ratio to kafka_sdk |")
     print("|---|---|---|---|---|")
     base_rate = rows[0][1] / rows[0][2]

@@ -39,6 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import git_commit  # bench/ is on sys.path when run as a script
+
 from producers import FeedbackProducer
 from producers.loadgen import LoadGenerator, LoadSpec
 from schemas import Topics
@@ -244,10 +246,7 @@ def run_variant(
 
 
 def parent(args: argparse.Namespace) -> None:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 (git from PATH, a dev tool)
-        capture_output=True, text=True, check=False,
-    ).stdout.strip()  # fmt: skip
+    commit = git_commit()
     with EmbeddedBroker() as broker:
         results = {}
         # The baseline first: run after the other on the same broker it was much slower.
