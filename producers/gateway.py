@@ -48,6 +48,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -402,6 +403,41 @@ def build_app(
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's spec plus the request bodies the handlers read themselves."""
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                           routes=app.routes)  # fmt: skip
+        components = spec.setdefault("components", {}).setdefault("schemas", {})
+        for model in (FeedbackEvent, TraceEvent):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            components[model.__name__] = schema
+
+        def one_or_many(name: str) -> dict[str, Any]:
+            one = {"$ref": f"#/components/schemas/{name}"}
+            many = {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_BATCH_EVENTS}
+            body = {"schema": {"oneOf": [one, many]}}
+            return {"required": True, "content": {"application/json": body}}
+
+        paths = spec["paths"]
+        paths["/v1/feedback"]["post"]["requestBody"] = one_or_many("FeedbackEvent")
+        paths["/v1/traces"]["post"]["requestBody"] = one_or_many("TraceEvent")
+        shaped = paths["/v1/feedback/{shape}"]["post"]
+        shaped["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+        shaped["parameters"][0]["schema"] = {"type": "string", "enum": sorted(SHAPES)}
+        paths["/v1/sql"]["post"]["requestBody"] = {
+            "required": True, "content": {"text/plain": {"schema": {"type": "string"}}},
+        }  # fmt: skip
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.middleware("http")
     async def count(
