@@ -90,26 +90,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _RateLimiter:
-    """A token bucket per key: ``rate`` events a second, bursts of one second's worth."""
+class RateLimiter:
+    """A token bucket per key: ``rate`` events a second, bursts of one second's worth.
 
-    def __init__(self, rate: float) -> None:
+    A batch larger than the bucket passes when the bucket is full and leaves it
+    in debt, so the key's average stays at ``rate``.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
+        self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def take(self, who: str, events: int) -> float:
-        """0 if allowed, else the seconds to wait before this many events fit."""
+        """0 if allowed (and counted), else the seconds to wait before it would be."""
         if self.rate <= 0:
             return 0.0
-        now = time.monotonic()
+        now = self._clock()
         tokens, at = self._buckets.get(who, (self.rate, now))
         tokens = min(self.rate, tokens + (now - at) * self.rate)
-        if events > tokens:
+        needed = min(events, self.rate)
+        if tokens < needed:
             self._buckets[who] = (tokens, now)
-            return (min(events, self.rate) - tokens) / self.rate
-        self._buckets[who] = (tokens - events, now)
+            return (needed - tokens) / self.rate
         if len(self._buckets) > 100_000:
             self._buckets.clear()
+        self._buckets[who] = (tokens - events, now)
         return 0.0
 
 
@@ -129,6 +135,7 @@ def build_app(
     max_body_bytes: int = 5 * 1024 * 1024,
     rate_limit: float = 0.0,
     cors_origins: tuple[str, ...] = (),
+    store_url: str = "",
 ) -> FastAPI:
     """The gateway's ASGI app (``producer`` started by the caller)."""
     app = FastAPI(
@@ -145,7 +152,7 @@ def build_app(
             max_age=600,
         )
     loopback = is_loopback(host)
-    limiter = _RateLimiter(rate_limit)
+    limiter = RateLimiter(rate_limit)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -307,7 +314,9 @@ def build_app(
         try:
             lines = await asyncio.to_thread(query)
         except ClickHouseError as exc:
-            raise HTTPException(400, f"ClickHouse refused the query: {exc}") from None
+            # the driver's text may carry the store's URL, credentials included
+            message = str(exc).replace(store_url, "the store") if store_url else str(exc)
+            raise HTTPException(400, f"ClickHouse refused the query: {message}") from None
         body = b"[" + b",".join(line for line in lines.splitlines() if line.strip()) + b"]"
         return Response(body, media_type="application/json")
 

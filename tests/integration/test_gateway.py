@@ -168,7 +168,8 @@ async def test_the_inbox_and_a_trace_read_back_over_http(gateway, thumbline_bin)
 async def test_keys_ingest_only_their_project_and_a_revoked_key_stops_at_once(
     broker, thumbline_bin, clean_env, tmp_path
 ):
-    env = await worker_env(broker, clean_env, tmp_path, "keys")
+    env = await worker_env(broker, clean_env, tmp_path, "keys", THUMBLINE_GATEWAY_RATE_LIMIT="200",
+                           THUMBLINE_GATEWAY_MAX_BODY_BYTES="65536")  # fmt: skip
     up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp_path / "data")
     try:
         url = f"{up.info.gateway_url}/v1/feedback"
@@ -206,6 +207,13 @@ async def test_keys_ingest_only_their_project_and_a_revoked_key_stops_at_once(
         sql = f"{up.info.gateway_url}/v1/sql"
         assert (await post(sql, "SELECT 1", read_a))[0] == 403  # SQL sees every project: admin
         assert (await post(sql, "SELECT 1 AS one", admin))[:2] == (200, [{"one": 1}])
+
+        burst = [{"trace_id": unique("k"), "label": "good"} for _ in range(200)]
+        assert (await post(url, burst, admin))[0] == 202  # a second's worth for this key
+        status, body, headers = await post(url, burst, admin)
+        assert status == 429 and int(headers["Retry-After"]) >= 1 and "200" in body["error"]
+        status, body, _ = await post(url, [{"trace_id": "t", "comment": "x" * 70_000}], ingest_a)
+        assert status == 413 and "65536 bytes" in body["error"]
 
         key_id = ingest_a.split("_")[1]
         assert run(thumbline_bin, env, "keys", "revoke", key_id).returncode == 0
