@@ -469,6 +469,21 @@ def _id(event: FeedbackEvent | TraceEvent) -> str:
     return event.event_id if isinstance(event, FeedbackEvent) else (event.span_id or event.trace_id)
 
 
+async def check_exposure(keys: KeyRing, host: str) -> None:
+    """Refuse to serve beyond loopback with no API key; say so when auth is off."""
+    if await asyncio.to_thread(keys.any_keys):
+        return
+    if not is_loopback(host):
+        raise ConfigError(
+            f"the gateway would listen on {host} with no API key: create one "
+            "(thumbline keys create --scope ingest --project NAME) or bind to 127.0.0.1"
+        )
+    logger.warning(
+        "gateway auth is off: no API key exists and it listens on loopback only "
+        "(thumbline keys create turns it on)"
+    )
+
+
 class _Server(uvicorn.Server):
     """uvicorn inside a process that owns its own signal handling (``thumbline up``)."""
 
@@ -479,26 +494,17 @@ class _Server(uvicorn.Server):
 class Gateway:
     """Serves the app with uvicorn on the running event loop; ``stop()`` is safe twice.
 
-    Raises ConfigError at start when it would listen beyond loopback with no key.
+    Call :func:`check_exposure` first (``thumbline.gateway`` does, before it
+    connects to Kafka): this class does not check who may reach it.
     """
 
-    def __init__(self, app: FastAPI, *, host: str, port: int, keys: KeyRing) -> None:
-        self._app, self._host, self._port, self._keys = app, host, port, keys
+    def __init__(self, app: FastAPI, *, host: str, port: int) -> None:
+        self._app, self._host, self._port = app, host, port
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.url = ""
 
     async def start(self) -> Gateway:
-        if not await asyncio.to_thread(self._keys.any_keys):
-            if not is_loopback(self._host):
-                raise ConfigError(
-                    f"the gateway would listen on {self._host} with no API key: create one "
-                    "(thumbline keys create --scope ingest --project NAME) or bind to 127.0.0.1"
-                )
-            logger.warning(
-                "gateway auth is off: no API key exists and it listens on loopback only "
-                "(thumbline keys create turns it on)"
-            )
         # Bound here, not by uvicorn: a port in use is then an error we can word
         # (uvicorn would exit the process).
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET

@@ -11,7 +11,7 @@ import asyncio
 
 from clickhouse_connect.driver.client import Client
 
-from producers.gateway import Gateway, build_app
+from producers.gateway import Gateway, build_app, check_exposure
 from producers.kafka import FeedbackProducer
 from thumbline.keys import KeyRing
 from thumbline.metrics import Metrics
@@ -41,6 +41,7 @@ class GatewayProcess:
             self.keys = KeyRing(
                 self._client, s.clickhouse_database, ttl=s.gateway_key_cache_seconds
             )
+            await check_exposure(self.keys, s.gateway_host)  # before connecting anything
             self._producer = FeedbackProducer(
                 bootstrap_servers=self.bootstrap, topic_prefix=s.topic_prefix,
                 linger_ms=2.0, request_timeout_ms=int(s.gateway_ack_timeout_seconds * 1000),
@@ -54,9 +55,7 @@ class GatewayProcess:
                 rate_limit=s.gateway_rate_limit, cors_origins=s.cors_origins,
                 store_url=s.store_url,
             )  # fmt: skip
-            self._gateway = await Gateway(
-                app, host=s.gateway_host, port=s.gateway_port, keys=self.keys
-            ).start()
+            self._gateway = await Gateway(app, host=s.gateway_host, port=s.gateway_port).start()
             self.url = self._gateway.url
         except BaseException:
             await self.stop()

@@ -327,3 +327,17 @@ async def test_the_sdk_gives_up_with_a_retriable_error_when_the_gateway_is_gone(
         with pytest.raises(DeliveryFailed) as failed:
             await fb.thumb_up("t1")
     assert failed.value.retriable
+
+
+def test_beyond_loopback_without_a_key_the_gateway_refuses_to_start(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    env = {
+        **clean_env, "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
+        "THUMBLINE_KAFKA_BOOTSTRAP": broker.bootstrap, "THUMBLINE_GATEWAY_HOST": "0.0.0.0",  # noqa: S104
+    }  # fmt: skip
+    result = subprocess.run(  # the test fails by timeout if it starts anyway
+        [thumbline_bin, "gateway"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "no API key" in result.stderr and "thumbline keys create" in result.stderr
