@@ -163,6 +163,11 @@ async def test_the_inbox_and_a_trace_read_back_over_http(gateway, thumbline_bin)
     assert (await post(f"{base}/v1/sql", sql))[:2] == (200, [{"n": 2}])
     status, refused = (await post(f"{base}/v1/sql", "DROP TABLE thumbline.feedback"))[:2]
     assert status == 400 and "readonly" in refused["error"].lower()
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as r:
+        text = await r.text()
+    assert r.status == 200
+    assert 'thumbline_gateway_events_total{kind="feedback",outcome="accepted"}' in text
+    assert 'thumbline_gateway_requests_total{route="/v1/feedback",status="200"}' in text
 
 
 async def test_keys_ingest_only_their_project_and_a_revoked_key_stops_at_once(
