@@ -346,3 +346,19 @@ def test_beyond_loopback_without_a_key_the_gateway_refuses_to_start(
     )
     assert result.returncode == 2
     assert "no API key" in result.stderr and "thumbline keys create" in result.stderr
+
+
+def test_store_credentials_never_appear_in_what_the_gateway_says(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    secret = "s3cret-Pa55word"
+    env = {
+        **clean_env, "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
+        "THUMBLINE_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "THUMBLINE_CLICKHOUSE_URL": f"http://thumbline:{secret}@127.0.0.1:{free_port()}",
+    }  # fmt: skip
+    result = subprocess.run(
+        [thumbline_bin, "gateway"], env=env, capture_output=True, text=True, timeout=90
+    )
+    assert result.returncode != 0 and result.stderr.strip()
+    assert secret not in result.stdout + result.stderr
