@@ -41,6 +41,7 @@ class TestMigrations:
         ).result_rows
         assert dict(rows) == {
             "alerts": "ReplacingMergeTree",
+            "api_keys": "ReplacingMergeTree",
             "bad_rate_by_model_hourly": "View",
             "dead_letters": "ReplacingMergeTree",
             "feedback": "ReplacingMergeTree",
