@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from producers.api import Delivery, Event, EventHelpers
+from producers.api import Delivery, Event, EventHelpers, spawn
 from producers.errors import DeliveryFailed, InvalidEvent, ProducerClosed
 from schemas import FeedbackEvent
 
@@ -134,9 +134,7 @@ class GatewayProducer(EventHelpers):
             return
         if batch.timer is not None:
             batch.timer.cancel()
-        task = asyncio.ensure_future(self._deliver(batch))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        spawn(self._inflight, self._deliver(batch))
 
     async def _deliver(self, batch: _Pending) -> None:
         body = (

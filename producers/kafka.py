@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-from producers.api import Delivery, Event, EventHelpers
+from producers.api import Delivery, Event, EventHelpers, spawn
 from producers.errors import DeliveryFailed, InvalidEvent, ProducerClosed, TopicMissing
 from schemas import FeedbackEvent, partition_for
 from schemas.topics import DEFAULT_PREFIX, Topics
@@ -263,9 +263,7 @@ class FeedbackProducer(EventHelpers):
             return
         if batch.timer is not None:
             batch.timer.cancel()
-        task = asyncio.ensure_future(self._deliver(batch))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        spawn(self._inflight, self._deliver(batch))
 
     async def _deliver(self, batch: _Batch) -> None:
         value = b"[" + b",".join(batch.encoded) + b"]"

@@ -106,12 +106,18 @@ def _split_metadata(metadata: Any, shape: str, field: str = "metadata") -> tuple
     return people, rest
 
 
-def _group(common: Fields, events: list[Fields], comment: Any) -> list[Fields]:
-    """Give every event the common fields and the primary one the comment."""
+def _group(
+    product: str, target: str, common: Fields, events: list[Fields], comment: Any, hint: str
+) -> list[Fields]:
+    """Give every event the common fields and the primary one the comment.
+
+    A comment alone becomes a ``text`` event (with an id derived from ``target``);
+    nothing at all is refused with ``hint``.
+    """
+    if not events and comment is None:
+        raise _nothing(product, hint)
     if not events:
-        if comment is None:
-            return []
-        events = [{"kind": "text"}]
+        events = [{"event_id": derived_id(product, target, "comment"), "kind": "text"}]
     if comment is not None:
         events[0]["comment"] = _text(comment)
     return [{**common, **e} for e in events]
@@ -198,12 +204,8 @@ def braintrust(payload: Any) -> list[Fields]:
             "event_id": derived_id("braintrust", span, "expected"),
             "kind": "correction", "correction": _text(data["expected"]), "name": "expected",
         })  # fmt: skip
-    comment = data.get("comment")
-    if not events and comment is None:
-        raise _nothing("braintrust", "send scores, expected or a comment")
-    if not events:
-        events = [{"event_id": derived_id("braintrust", span, "comment"), "kind": "text"}]
-    return _group(common, events, comment)
+    hint = "send scores, expected or a comment"
+    return _group("braintrust", span, common, events, data.get("comment"), hint)
 
 
 # HoneyHive -------------------------------------------------------------------
@@ -260,12 +262,8 @@ def honeyhive(payload: Any) -> list[Fields]:
             })  # fmt: skip
         elif happened not in (False, None):
             raise _problem("honeyhive", f"feedback.actions.{name}", happened, "must be true/false")
-    comment = feedback.get("comment")
-    if not events and comment is None:
-        raise _nothing("honeyhive", "send rating, score, comment, ground_truth or actions")
-    if not events:
-        events = [{"event_id": derived_id("honeyhive", target, "comment"), "kind": "text"}]
-    return _group(common, events, comment)
+    hint = "send rating, score, comment, ground_truth or actions"
+    return _group("honeyhive", target, common, events, feedback.get("comment"), hint)
 
 
 # Axiom -----------------------------------------------------------------------
@@ -383,12 +381,9 @@ def attributes(payload: Any) -> list[Fields]:
                 "event_id": derived_id("attributes", target, "user_feedback_category"),
                 "kind": "category", "value": _text(category), "name": "user_feedback_category",
             })  # fmt: skip
+    hint = f"send one of {', '.join(_ATTRIBUTES[:4])} or a tag"
     comment = attrs.get("user_feedback_comment")
-    if not events and comment is None:
-        raise _nothing("attributes", f"send one of {', '.join(_ATTRIBUTES[:4])} or a tag")
-    if not events:
-        events = [{"event_id": derived_id("attributes", target, "comment"), "kind": "text"}]
-    return _group({**common, "metadata": metadata}, events, comment)
+    return _group("attributes", target, {**common, "metadata": metadata}, events, comment, hint)
 
 
 #: The shapes the gateway accepts, by name.
