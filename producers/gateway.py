@@ -353,7 +353,7 @@ def build_app(
                 environment=environment, model=model, capability=capability, user_id=user_id,
                 session_id=session_id, trace_id=trace_id, has_comment=has_comment,
                 since=parse_since(since) if since else None,
-                start=_aware(start), end=_aware(end), limit=limit,
+                start=start, end=end, limit=limit,
             )  # fmt: skip
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
@@ -459,10 +459,6 @@ def build_app(
         return response
 
     return app
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _id(event: FeedbackEvent | TraceEvent) -> str:

@@ -424,7 +424,7 @@ def inbox(
             environment=environment, model=model, capability=capability, user_id=user,
             session_id=session, has_comment=has_comment,
             since=parse_since(since) if since else None,
-            start=_utc(start), end=_utc(end), limit=limit,
+            start=start, end=end, limit=limit,  # no zone: UTC
         )  # fmt: skip
         query = inbox_sql(settings.clickhouse_database, filters)
     except ValueError as exc:
@@ -536,14 +536,6 @@ def alerts(
             out.print(f"           “{_short(comment, 100)}”", markup=False)
         out.print(f"           {command}", style="dim", markup=False)
     err.print(f"{len(rows)} alert{'s' if len(rows) != 1 else ''}", style="dim")
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    from datetime import UTC
-
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @app.command()

@@ -39,6 +39,9 @@ def parse_since(text: str) -> timedelta:
 
 
 def _time(value: datetime) -> str:
+    """A DateTime64 literal; a time without a zone is taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
     return (
         f"toDateTime64({literal(value.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f'))}, 6, 'UTC')"
     )

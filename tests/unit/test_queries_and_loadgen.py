@@ -60,3 +60,10 @@ def test_a_spike_raises_the_bad_share_only_on_its_dimensions_and_window():
         assert not in_spike or trace.project == "project-0"
     assert sum(inside) / len(inside) > 0.8
     assert sum(outside) / len(outside) < 0.1
+
+
+def test_an_inbox_time_without_a_zone_is_utc_whoever_asks():
+    naive = InboxFilter(start=datetime(2026, 11, 24, 10, 0), end=datetime(2026, 11, 24, 11, 0))  # noqa: DTZ001 (naive on purpose)
+    utc = InboxFilter(start=datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
+                      end=datetime(2026, 11, 24, 11, 0, tzinfo=UTC))  # fmt: skip
+    assert naive.where() == utc.where() and "2026-11-24 10:00:00" in naive.where()
