@@ -169,7 +169,10 @@ def build_app(
                 401, "send an API key: Authorization: Bearer tl_... (thumbline keys create)",
                 headers={"WWW-Authenticate": "Bearer"},
             )  # fmt: skip
-        key = await asyncio.to_thread(keys.check, token)
+        if keys.needs_lookup(token):  # a store query: off the event loop
+            key = await asyncio.to_thread(keys.check, token)
+        else:
+            key = keys.check(token)  # from memory: no thread hop per request
         if key is None:
             raise HTTPException(
                 401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}

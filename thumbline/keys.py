@@ -168,6 +168,15 @@ class KeyRing:
             self._any = (now, bool(rows[0][0]))
         return self._any[1]
 
+    def needs_lookup(self, token: str) -> bool:
+        """Whether :meth:`check` would query the store (else it answers from memory,
+        and the caller can skip the thread hop)."""
+        match = _TOKEN.match(token.strip())
+        if match is None:
+            return False
+        cached = self._cache.get(match.group(1))
+        return cached is None or time.monotonic() - cached[0] >= self._ttl
+
     def check(self, token: str) -> ApiKey | None:
         """The key a presented token belongs to, or None (unknown, wrong or revoked)."""
         match = _TOKEN.match(token.strip())
