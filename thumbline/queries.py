@@ -38,13 +38,20 @@ def parse_since(text: str) -> timedelta:
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
+#: What ClickHouse's DateTime64 holds.
+_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2299, 12, 31, tzinfo=UTC)
+
+
+def _as_utc(value: datetime) -> datetime:
+    """A time without a zone is taken as UTC; one with a zone is converted."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _time(value: datetime) -> str:
     """A DateTime64 literal; a time without a zone is taken as UTC."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return (
-        f"toDateTime64({literal(value.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f'))}, 6, 'UTC')"
-    )
+    stamp = _as_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return f"toDateTime64({literal(stamp)}, 6, 'UTC')"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,17 @@ class InboxFilter:
     end: datetime | None = None
     limit: int = 50
     extra: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for name, value in (("--from", self.start), ("--to", self.end)):
+            if value is None:
+                continue
+            try:
+                in_range = _EARLIEST <= _as_utc(value) <= _LATEST
+            except OverflowError:  # year 1 or 9999 with a zone
+                in_range = False
+            if not in_range:
+                raise ValueError(f"{name} must be between 1900 and 2299 (got {value.isoformat()})")
 
     def where(self, now: datetime | None = None) -> str:
         clauses = ["retracted = 0"]

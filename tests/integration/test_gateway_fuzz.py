@@ -35,7 +35,7 @@ def test_no_input_makes_a_server_error(fuzzed: Up) -> None:
 
         @given(case=operation.as_strategy())
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)  # fmt: skip
+                  database=None, derandomize=True)  # fmt: skip
         def no_server_error(case: schemathesis.Case) -> None:
             response = case.call(base_url=base, timeout=30)
             case.validate_response(response, checks=[not_a_server_error])

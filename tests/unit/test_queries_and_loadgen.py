@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -67,3 +67,13 @@ def test_an_inbox_time_without_a_zone_is_utc_whoever_asks():
     utc = InboxFilter(start=datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
                       end=datetime(2026, 11, 24, 11, 0, tzinfo=UTC))  # fmt: skip
     assert naive.where() == utc.where() and "2026-11-24 10:00:00" in naive.where()
+
+
+@pytest.mark.parametrize("when", [
+    datetime(1, 1, 1, 1, 42, tzinfo=timezone(timedelta(hours=3))),  # found by schemathesis
+    datetime(1425, 1, 12, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-3))),
+])  # fmt: skip
+def test_a_time_clickhouse_cannot_hold_is_a_clear_error(when):
+    with pytest.raises(ValueError, match="between 1900 and 2299"):
+        InboxFilter(start=when)
