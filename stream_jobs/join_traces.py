@@ -50,7 +50,13 @@ from schemas import (
 )
 from schemas.wire import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES
 from stream_jobs.join_state import JoinState, TraceAttributes
-from stream_jobs.sink import ClickHouseSink, SinkBatch, SinkUnavailable, feedback_json
+from stream_jobs.sink import (
+    ClickHouseSink,
+    SinkBatch,
+    SinkUnavailable,
+    feedback_record,
+    json_arrays,
+)
 from thumbline.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -338,27 +344,27 @@ class JoinTracesJob:
         dead: list[DeadLetter],
         forward: dict[int, dict[str, list[bytes]]],
     ) -> None:
-        encoded = [feedback_json(row) for row in rows]  # the same bytes to Kafka and ClickHouse
         for row in rows:
             self.counts[str(row.join_status)] += 1
         if self.metrics is not None and rows:
             step = max(1, len(rows) // 50)
             self._received.extend(r.received_at.timestamp() for r in rows[::step] if r.received_at)
         self.sink.add_traces(traces)
-        self.sink.add_json("feedback", encoded)
         self.sink.add_dead_letters(dead)
         self.counts["traces"] += len(traces)
         self.counts["enriched"] += len(rows)
         self.counts["dead"] += len(dead)
         acks = []
-        by_partition: dict[int, list[bytes]] = defaultdict(list)
-        for row, blob in zip(rows, encoded, strict=True):
-            by_partition[partition_for(row.trace_id, self.partitions)].append(blob)
-        for partition, encoded in by_partition.items():
-            for chunk in _chunks(encoded):
-                acks.append(await self.producer.send(
-                    self.topics.enriched.name, b"[" + b",".join(chunk) + b"]", partition=partition
-                ))  # fmt: skip
+        by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_partition[partition_for(row.trace_id, self.partitions)].append(feedback_record(row))
+        for partition, records in by_partition.items():
+            # the same bytes to Kafka and ClickHouse, encoded once per array
+            for array, count in json_arrays(records):
+                self.sink.add_array("feedback", array, count)
+                acks.append(
+                    await self.producer.send(self.topics.enriched.name, array, partition=partition)
+                )
         self.counts[f"out:{self.topics.enriched.name}"] += len(rows)
         self.counts[f"out:{self.topics.dlq.name}"] += len(dead)
         for letter in dead:
@@ -398,7 +404,7 @@ class JoinTracesJob:
             self._writing = None
 
     async def _write(self, batch: SinkBatch, held: list[_Held], received: list[float]) -> None:
-        tables = {table: len(rows) for table, rows in batch.tables.items()}
+        tables = {table: batch.rows[table] for table in batch.tables}
         while True:
             try:
                 began = time.monotonic()
@@ -422,15 +428,3 @@ class JoinTracesJob:
         for queue in self._order.values():
             while queue and queue[0].durable:
                 queue.popleft().event.ack()
-
-
-def _chunks(items: list[bytes], max_bytes: int = 512 * 1024) -> list[list[bytes]]:
-    chunks: list[list[bytes]] = [[]]
-    size = 0
-    for item in items:
-        if chunks[-1] and (size + len(item) > max_bytes or len(chunks[-1]) >= 1000):
-            chunks.append([])
-            size = 0
-        chunks[-1].append(item)
-        size += len(item) + 1
-    return chunks
