@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import orjson
-from clickhouse_connect.driver.client import Client
 
 from schemas import FeedbackEvent, TraceEvent
 from stream_jobs.join_state import TraceAttributes
+from stream_jobs.sink import StoreClient
 
 _TRACE_FIELDS = (
     "trace_id", "span_id", "parent_span_id", "name", "project", "environment", "model",
@@ -28,7 +29,7 @@ _FEEDBACK_FIELDS = (
 
 
 def lookup_traces(
-    client: Client, database: str, trace_ids: Sequence[str], now: float = 0.0
+    client: StoreClient, database: str, trace_ids: Sequence[str], now: float = 0.0
 ) -> dict[str, TraceAttributes]:
     """The merged attributes of those of ``trace_ids`` that the ``traces`` table holds."""
     if not trace_ids:
@@ -49,7 +50,17 @@ def lookup_traces(
     return found
 
 
-def load_orphans(client: Client, database: str, since: datetime) -> list[FeedbackEvent]:
+def _value(text: str) -> Any:
+    """The ``value`` column: numbers, bools and objects as JSON text, strings bare."""
+    if not text:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def load_orphans(client: StoreClient, database: str, since: datetime) -> list[FeedbackEvent]:
     """Orphan feedback received since ``since``: a late trace should still correct it."""
     rows = client.query(
         f"SELECT {', '.join(_FEEDBACK_FIELDS)} FROM {database}.feedback FINAL "  # noqa: S608
@@ -59,7 +70,7 @@ def load_orphans(client: Client, database: str, since: datetime) -> list[Feedbac
     orphans = []
     for row in rows:
         data = dict(zip(_FEEDBACK_FIELDS, row, strict=True))
-        data["value"] = orjson.loads(data["value"]) if data["value"] else None
+        data["value"] = _value(data["value"])
         data["metadata"] = orjson.loads(data["metadata"]) if data["metadata"] else {}
         data["tags"] = tuple(data["tags"])
         data["retracted"] = bool(data["retracted"])

@@ -68,7 +68,16 @@ def test_orphans_come_back_as_feedback_a_late_trace_corrects(store, store_settin
                     "metadata": {"a": 1},
                     "received_at": received,
                 }
-            )
+            ),
+            FeedbackEvent.parse(  # a string value is stored as bare text, not as JSON
+                {
+                    "trace_id": tid,
+                    "event_id": f"{tid}-t",
+                    "kind": "thumb",
+                    "value": "down",
+                    "received_at": received,
+                }
+            ),  # fmt: skip
         ]
     )
     clock[0] += 2
@@ -78,6 +87,8 @@ def test_orphans_come_back_as_feedback_a_late_trace_corrects(store, store_settin
 
     restarted = JoinState()
     restarted.add_orphans(load_orphans(store, db, received - timedelta(minutes=1)))
-    [row] = restarted.add_traces([TraceEvent.parse({"trace_id": tid, "project": "shop"})])
+    rows = restarted.add_traces([TraceEvent.parse({"trace_id": tid, "project": "shop"})])
+    row, thumb = sorted(rows, key=lambda r: r.event_id)
     assert (row.event_id, row.join_status, row.project) == (f"{tid}-e", "corrected", "shop")
     assert (row.label, row.score, row.comment, row.metadata) == ("bad", 0.25, "meh", {"a": 1})
+    assert (thumb.event_id, thumb.join_status, thumb.value) == (f"{tid}-t", "corrected", "down")
