@@ -19,15 +19,28 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas import DeadLetter, EnrichedFeedback, ThumblineError, TraceEvent
 
 logger = logging.getLogger(__name__)
+
+
+class StoreClient(Protocol):
+    """What the stream asks of a store client: clickhouse-connect's ``Client`` has it,
+    and so has :class:`thumbline.sqlserver.OwnerClient` (a helper's way to the owner)."""
+
+    def raw_insert(
+        self, table: str, *, insert_block: bytes, settings: dict[str, Any] | None = None,
+        fmt: str = "JSONEachRow",
+    ) -> Any: ...  # fmt: skip
+
+    def query(self, query: str, parameters: dict[str, Any] | None = None) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class SinkUnavailable(ThumblineError):
@@ -151,7 +164,7 @@ class ClickHouseSink:
 
     def __init__(
         self,
-        client: Client,
+        client: StoreClient,
         database: str,
         *,
         max_rows: int = 50_000,

@@ -9,13 +9,16 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
 
-from schemas import migrations
+from schemas import TraceEvent, migrations
+from stream_jobs.lookups import lookup_traces
+from stream_jobs.sink import ClickHouseSink, SinkUnavailable
 from tests.conftest import unique
 from thumbline import runfile
 from thumbline.errors import StoreError
 from thumbline.settings import load_settings
-from thumbline.sqlserver import SqlServer, run_sql
+from thumbline.sqlserver import OwnerClient, SqlServer, run_sql
 from thumbline.store import apply_migrations
 
 FEEDBACK_COLUMNS = ["event_id", "trace_id", "label", "ts", "received_at", "version", "retracted"]
@@ -201,3 +204,54 @@ class TestSqlEndpoint:
             urllib.request.urlopen(request, timeout=5)
         info.value.close()
         assert info.value.code == 401
+
+
+class TestOwnerClient:
+    """A join helper's way to the embedded store: the sink and the lookups through the owner."""
+
+    @pytest.fixture
+    def server(self, store, store_settings):
+        server = SqlServer(store_settings, writer=store).start()
+        yield server
+        server.stop()
+
+    def test_the_sink_writes_and_the_lookups_read_through_the_owner(self, server, store_settings):
+        db = store_settings.clickhouse_database
+        client = OwnerClient(server.url, server.token)
+        sink = ClickHouseSink(client, db)
+        trace_id = unique("tr")
+        at = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+        sink.add_traces(
+            [TraceEvent.parse({"trace_id": trace_id, "project": "shop", "received_at": at})]
+        )
+        assert sink.flush() == 1
+        assert lookup_traces(client, db, [trace_id, "nobody"])[trace_id].project == "shop"
+        rows = client.query(
+            f"SELECT received_at, version FROM {db}.traces WHERE trace_id = {{t:String}} "
+            "AND received_at >= {since:DateTime64(3, 'UTC')}",
+            parameters={"t": trace_id, "since": at - timedelta(seconds=1)},
+        ).result_rows
+        assert [(r[0].replace(tzinfo=UTC), int(r[1])) for r in rows] == [
+            (at, int(at.timestamp() * 1_000_000))
+        ]  # datetimes come back as datetimes, parameters bound on the server
+        client.close()
+
+    def test_only_the_joins_tables_take_inserts(self, server, store_settings):
+        client = OwnerClient(server.url, server.token)
+        with pytest.raises(DatabaseError, match="table must be one of"):
+            client.raw_insert(f"{store_settings.clickhouse_database}.api_keys", insert_block=b"{}")
+
+    def test_a_wrong_token_or_a_gone_owner_is_an_error_the_sink_retries(
+        self, server, store_settings
+    ):
+        sink = ClickHouseSink(OwnerClient(server.url, "wrong"), store_settings.clickhouse_database)
+        sink.add_json("traces", [b'{"trace_id":"x"}'])
+        with pytest.raises(SinkUnavailable):
+            sink.flush()
+        url = server.url
+        server.stop()
+        sink = ClickHouseSink(OwnerClient(url, server.token), store_settings.clickhouse_database)
+        sink.add_json("traces", [b'{"trace_id":"x"}'])
+        with pytest.raises(SinkUnavailable, match="did not answer"):
+            sink.flush()
+        assert sink.pending == 1  # kept for the retry
