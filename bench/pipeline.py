@@ -10,8 +10,12 @@ the first micro-batch included), and rows over the time from the first message
 the stream received to the last feedback row written (the processing rate:
 start-up and group join excluded, every event's work included). Variants:
 
-- ``thumbline``: the join job of this repository (micro-batches, one
-  ClickHouse lookup per batch, columnar inserts);
+- ``thumbline``: the join job of this repository as ``thumbline up`` runs it
+  (micro-batches, one ClickHouse lookup per batch, JSON arrays inserted as
+  they are published), in one process;
+- ``thumbline-2``: the same with ``THUMBLINE_STREAM_WORKERS=2``: a join
+  helper process takes half the partitions and writes through the store
+  owner's loopback endpoint (the second core);
 - ``per_event``: the straightforward faust-streaming implementation of the
   same join as a baseline: one event at a time, trace attributes in a Faust
   Table, pending feedback in a dict, rows inserted 1,000 at a time.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import io
 import json
 import os
@@ -109,9 +114,13 @@ def note_first_message() -> None:
 # thumbline's join -----------------------------------------------------------------
 
 
-async def run_thumbline(bootstrap: str, prefix: str, n: int, profile: bool, budget: float) -> dict:
+async def run_thumbline(
+    bootstrap: str, prefix: str, n: int, profile: bool, budget: float, *, workers: int = 1
+) -> dict:
     from stream_jobs.app import StreamApp
     from stream_jobs.join_traces import JoinTracesJob
+    from thumbline.sqlserver import SqlServer
+    from thumbline.workers import JoinHelpers
 
     handle = JoinTracesJob.handle
 
@@ -123,20 +132,28 @@ async def run_thumbline(bootstrap: str, prefix: str, n: int, profile: bool, budg
 
     settings = load_settings(
         data_dir=Path(tempfile.mkdtemp(prefix="bench-tl-")), topic_prefix=prefix,
-        partitions=PARTITIONS, sink_max_seconds=0.5,
+        partitions=PARTITIONS, sink_max_seconds=0.5, stream_workers=workers,
     )  # fmt: skip
     client = open_client(settings)
     apply_migrations(client, settings.clickhouse_database)
-    app = StreamApp(settings, bootstrap, app_id=f"{prefix}bench-thumbline-{time.time_ns()}")
+    app = StreamApp(settings, bootstrap)  # consumer group <prefix>join, as its helpers
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
     started = time.perf_counter()
+    sql = helpers = None
+    if workers > 1:  # as thumbline up starts them
+        sql = SqlServer(settings, writer=client).start()
+        owner = (sql.url, sql.token)
+        helpers = JoinHelpers(settings, bootstrap, owner=owner, log_dir=settings.data_dir).start()
     await app.start()
     result = await wait_rows(client, settings.clickhouse_database, n, started, budget)
     if profiler:
         profiler.disable()
     result["counts"] = dict(app.job.counts) if app.job else {}
+    if helpers is not None and sql is not None:
+        await helpers.stop()
+        sql.stop()
     await app.stop()
     if profiler:
         out = io.StringIO()
@@ -216,7 +233,11 @@ async def run_per_event(bootstrap: str, prefix: str, n: int, profile: bool, budg
     return result
 
 
-VARIANTS = {"thumbline": run_thumbline, "per_event": run_per_event}
+VARIANTS = {
+    "thumbline": run_thumbline,
+    "thumbline-2": functools.partial(run_thumbline, workers=2),
+    "per_event": run_per_event,
+}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -227,7 +248,11 @@ def child(args: argparse.Namespace) -> None:
     result = asyncio.run(
         VARIANTS[args.variant](args.bootstrap, args.prefix, args.expect, args.profile, args.budget)
     )
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # this process and its largest child (a join helper): the sum bounds their peak
+    result["peak_rss_mb"] = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    ) / 1024
     sys.stdout.write(json.dumps(result) + "\n")
 
 
@@ -250,7 +275,11 @@ def parent(args: argparse.Namespace) -> None:
     with EmbeddedBroker() as broker:
         results = {}
         # The baseline first: run after the other on the same broker it was much slower.
-        runs = (("per_event", args.baseline_feedback), ("thumbline", args.feedback))
+        runs = (
+            ("per_event", args.baseline_feedback),
+            ("thumbline", args.feedback),
+            ("thumbline-2", args.feedback),
+        )
         for variant, n in [(v, n) for v, n in runs if v in args.variants]:
             prefix = f"bench-{variant}-{n}."
             asyncio.run(ensure_topics(broker.bootstrap, Topics.build(prefix, PARTITIONS).all()))
@@ -273,13 +302,15 @@ def parent(args: argparse.Namespace) -> None:
             )
             if result.get("profile"):
                 print(result["profile"])
-    ratio = (
-        f"ratio thumbline / per_event: "
-        f"{results['thumbline']['feedback_per_s'] / results['per_event']['feedback_per_s']:.1f}x; "
-        if len(results) == 2
-        else ""
-    )
-    print(f"\n{ratio}{platform.machine()}, {datetime.now(UTC):%Y-%m-%d}, commit {commit}")
+    base = results.get("per_event")
+    for variant, result in results.items():
+        if base is not None and variant != "per_event":
+            print(
+                f"ratio {variant} / per_event: "
+                f"{result['feedback_per_s'] / base['feedback_per_s']:.1f}x including start-up, "
+                f"{result['steady_per_s'] / base['steady_per_s']:.1f}x from the first message"
+            )
+    print(f"\n{platform.machine()}, {datetime.now(UTC):%Y-%m-%d}, commit {commit}")
 
 
 def main() -> None:

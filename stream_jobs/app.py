@@ -14,8 +14,14 @@
 ``StreamApp`` runs inside an existing asyncio program (``thumbline up``): no
 autodiscovery, no signal handlers of its own, no terminal spinner. Processing
 is at-least-once (the embedded broker has no transactions); exactness comes
-from the tables' version keys and from idempotent window state. The worker
-that runs it must own the store.
+from the tables' version keys and from idempotent window state.
+
+One worker runs everything. Join helpers (``THUMBLINE_STREAM_WORKERS`` > 1,
+:mod:`thumbline.workers`) run the join alone (``join_only``) in the same
+consumer group: Faust's assignor splits the join's co-partitioned topics among
+every member and gives ``feedback.enriched``, which only the first worker
+reads, to it alone, so the rates see every row. A helper reaches an embedded
+store through its owner (``store``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import gc
 import logging
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +43,7 @@ from stream_jobs.join_state import JoinState
 from stream_jobs.join_traces import JoinTracesJob
 from stream_jobs.lookups import load_orphans, lookup_traces
 from stream_jobs.rates_job import RatesJob
-from stream_jobs.sink import ClickHouseSink
+from stream_jobs.sink import ClickHouseSink, StoreClient
 from stream_jobs.spike_alerts import SpikeDetector, load_rules
 from stream_jobs.webhooks import WebhookNotifier
 from thumbline.metrics import Metrics
@@ -121,11 +128,16 @@ class StreamApp:
         *,
         app_id: str | None = None,
         metrics: Metrics | None = None,
+        join_only: bool = False,
+        store: Callable[[bool], StoreClient] | None = None,
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.app_id = app_id
         self.metrics = metrics
+        self.join_only = join_only
+        #: Opens a store client (argument: read-only); default: the store itself.
+        self.store = store or (lambda readonly: open_client(settings, readonly=readonly))
         self.topics = Topics.build(settings.topic_prefix, settings.partitions)
         self.job: JoinTracesJob | None = None
         self.rates: RatesJob | None = None
@@ -137,13 +149,11 @@ class StreamApp:
         s = self.settings
         db = s.clickhouse_database
         rules = load_rules(s.alert_rules, s.rate_window_seconds)  # a bad file fails first
-        sink_client = await asyncio.to_thread(open_client, s)
-        lookup_client = await asyncio.to_thread(open_client, s, readonly=True)
+        sink_client = await asyncio.to_thread(self.store, False)
+        lookup_client = await asyncio.to_thread(self.store, True)
         state = JoinState(
             grace_seconds=s.join_grace_seconds, retention_seconds=s.join_retention_seconds
         )
-        since = datetime.now(UTC) - timedelta(seconds=s.join_retention_seconds)
-        state.add_orphans(await asyncio.to_thread(load_orphans, lookup_client, db, since))
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
@@ -153,26 +163,7 @@ class StreamApp:
             **s.kafka_kwargs(),
         )
         await self._producer.start()
-        self._notifier = WebhookNotifier(s.webhook_urls, metrics=self.metrics)
-        self._notifier.start()
-        rates = self.rates = RatesJob(
-            topics=self.topics,
-            rates=RateState(
-                window=s.rate_window_seconds,
-                sliding=s.sliding_windows,
-                lateness=s.rate_lateness_seconds,
-                # enough for the rules' baselines, and for the pre-onset baseline of
-                # an alert firing for up to HISTORY_FOR_SPIKES
-                history=max((*s.sliding_windows, *(r.window + r.baseline for r in rules)))
-                + HISTORY_FOR_SPIKES,
-            ),
-            detector=SpikeDetector(rules),
-            sink=ClickHouseSink(await asyncio.to_thread(open_client, s), db),
-            producer=self._producer,
-            notifier=self._notifier,
-            metrics=self.metrics,
-        )
-        await rates.restore(lookup_client, db, recovery=s.rate_recovery_seconds)
+        rates = None if self.join_only else await self._start_rates(rules)
         job = self.job = JoinTracesJob(
             topics=self.topics,
             state=state,
@@ -180,6 +171,9 @@ class StreamApp:
                 sink_client, db, max_rows=s.sink_max_rows, max_age=s.sink_max_seconds
             ),
             lookup=lambda ids: lookup_traces(lookup_client, db, ids, now=state.clock()),
+            orphans=lambda: load_orphans(
+                lookup_client, db, datetime.now(UTC) - timedelta(seconds=s.join_retention_seconds)
+            ),
             producer=self._producer,
             metrics=self.metrics,
         )
@@ -205,8 +199,28 @@ class StreamApp:
         )
         app.agent(joins, name="join_traces")(in_batches(job.handle))
         app.timer(TICK_SECONDS, name="join_traces_tick")(job.tick)
-        app.agent(raw_topic(self.topics.enriched.name), name="rates")(in_batches(rates.handle))
-        app.timer(RATES_TICK_SECONDS, name="rates_tick")(rates.tick)
+        if rates is not None:
+            enriched = raw_topic(self.topics.enriched.name)
+            app.agent(enriched, name="rates")(in_batches(rates.handle))
+            app.timer(RATES_TICK_SECONDS, name="rates_tick")(rates.tick)
+
+        # A rebalance: partitions that moved are replayed from their last commit by
+        # their new holder. The rates hold their open windows from the moment it
+        # begins (revoked) until the replay is in (see RatesJob.rebalanced).
+        helpers = rates is not None and s.stream_workers > 1
+
+        @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+        async def revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+            await job.revoke()  # flushed before the next holder of a partition reads the store
+            if helpers and rates is not None:
+                rates.rebalanced()
+
+        @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+        async def reassigned(sender: Any, assigned: set[Any], **_: Any) -> None:
+            join_topics = {self.topics.feedback.name, self.topics.traces.name}
+            await job.assign({tp.partition for tp in assigned if tp.topic in join_topics})
+            if helpers and rates is not None:
+                rates.rebalanced()  # fresh output counts from here
 
         @app.timer(LAG_SECONDS, name="consumer_lag")
         async def consumer_lag() -> None:
@@ -216,16 +230,54 @@ class StreamApp:
         await app.start()
         tune_gc()
 
+    async def _start_rates(self, rules: Any) -> RatesJob:
+        s, db = self.settings, self.settings.clickhouse_database
+        assert self._producer is not None  # noqa: S101 (started first)
+        self._notifier = WebhookNotifier(s.webhook_urls, metrics=self.metrics)
+        self._notifier.start()
+        rates = self.rates = RatesJob(
+            topics=self.topics,
+            rates=RateState(
+                window=s.rate_window_seconds,
+                sliding=s.sliding_windows,
+                lateness=s.rate_lateness_seconds,
+                # enough for the rules' baselines, and for the pre-onset baseline of
+                # an alert firing for up to HISTORY_FOR_SPIKES
+                history=max((*s.sliding_windows, *(r.window + r.baseline for r in rules)))
+                + HISTORY_FOR_SPIKES,
+            ),
+            detector=SpikeDetector(rules),
+            sink=ClickHouseSink(await asyncio.to_thread(open_client, s), db),
+            producer=self._producer,
+            notifier=self._notifier,
+            metrics=self.metrics,
+        )
+        reader = await asyncio.to_thread(open_client, s, readonly=True)
+        try:
+            await rates.restore(reader, db, recovery=s.rate_recovery_seconds)
+        finally:
+            reader.close()
+        return rates
+
     async def _report_lag(self, app: faust.App) -> None:
         lag: dict[str, int] = {}
         for tp in app.consumer.assignment():
             position = await app.consumer.position(tp)
-            if position is not None:
-                behind = max(0, app.consumer.highwater(tp) - position)
+            highwater = app.consumer.highwater(tp)
+            if position is not None and highwater is not None:  # None: just assigned
+                behind = max(0, highwater - position)
                 lag[tp.topic] = lag.get(tp.topic, 0) + behind
         assert self.metrics is not None  # noqa: S101 (checked by the caller)
         for topic, value in lag.items():
             self.metrics.consumer_lag.labels(topic).set(value)
+
+    async def wait_failed(self) -> BaseException:
+        """Return once the Faust app has crashed (an agent or timer raised), with the reason."""
+        while True:
+            app = self._app
+            if app is not None and app.crashed:
+                return app.crash_reason or RuntimeError("the stream app crashed")
+            await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         app, self._app = self._app, None

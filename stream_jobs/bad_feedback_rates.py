@@ -225,6 +225,21 @@ class RateState:
         self._held_since = since // self.window * self.window
         self._hold_until = math.inf
 
+    def hold_open(self) -> None:
+        """Hold every window that is open now, and any later one (see :meth:`hold`).
+
+        Closed windows stay closed: their events are forgotten, so a replayed
+        row could not be told from a new one there.
+        """
+        now = self.clock()
+        since = min((s for s, w in self.windows.items() if w.closes_at > now), default=now)
+        if self._held_since is not None and self._hold_until > now:
+            since = min(since, self._held_since)  # a hold still running keeps its start
+        self.hold(since)
+        for start, w in self.windows.items():
+            if start >= since and w.closes_at > now:
+                w.closes_at = math.inf  # until resume(): then one lateness period more
+
     def resume(self) -> None:
         """The stream has caught up: held windows, and any the rest of the replay
         opens, take rows for one more lateness period, then close as usual."""

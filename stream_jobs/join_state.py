@@ -280,6 +280,16 @@ class JoinState:
                 attrs.seen_at = now
                 self.traces[trace_id] = attrs
 
+    def forget(self, moved: Callable[[str], bool]) -> None:
+        """Drop the traces, waiting feedback and orphans of trace ids for which ``moved`` is true.
+
+        For partitions another worker now holds: their waiting feedback is not
+        released (its input stays unacknowledged, and the new holder replays it).
+        """
+        for table in (self.traces, self.pending, self.orphans):
+            for trace_id in [t for t in table if moved(t)]:
+                del table[trace_id]
+
     def take_released(self) -> list[Any]:
         """The refs of held events emitted or superseded since the last call."""
         released, self._released = self._released, []

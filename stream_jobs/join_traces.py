@@ -112,6 +112,7 @@ class JoinTracesJob:
         state: the join state of this worker.
         sink: the ClickHouse sink, used only from this job.
         lookup: looks trace ids up in ClickHouse (blocking; run in a thread).
+        orphans: loads the orphans a late trace may still correct (blocking).
         producer: a started AIOKafkaProducer for enriched, dlq and keyed.
         metrics: where to report (optional): counts are synced on each tick,
             insert time and freshness observed per write.
@@ -125,6 +126,7 @@ class JoinTracesJob:
         sink: ClickHouseSink,
         lookup: Callable[[list[str]], dict[str, TraceAttributes]],
         producer: AIOKafkaProducer,
+        orphans: Callable[[], list[FeedbackEvent]] = list,
         metrics: Metrics | None = None,
     ) -> None:
         self.topics = topics
@@ -135,6 +137,9 @@ class JoinTracesJob:
         self.state = state
         self.sink = sink
         self.lookup = lookup
+        self.load_orphans = orphans
+        self.owned: set[int] = set()  # partitions of the join's topics this worker holds
+        self.rebalancing = False  # between revoke() and assign()
         self.producer = producer
         self._lock = asyncio.Lock()
         self._unflushed: list[_Held] = []  # complete, waiting for the next flush
@@ -177,7 +182,9 @@ class JoinTracesJob:
         """Called periodically: orphans whose grace ended, flushes by age, metrics."""
         self.sync_metrics()
         async with self._lock:
-            if self.state.pending:
+            if self.rebalancing:
+                pass  # no orphans for partitions that may be moving (see revoke)
+            elif self.state.pending:
                 rows = await asyncio.to_thread(self.state.expire, self.lookup)
                 self._release()
                 if rows:
@@ -187,11 +194,52 @@ class JoinTracesJob:
             if self.sink.due() or (self._unflushed and not self.sink.pending):
                 await self._flush()
 
-    async def close(self) -> None:
-        """Flush what is complete; held feedback stays unacknowledged for the next start."""
+    async def flush(self) -> None:
+        """Write and acknowledge what is complete."""
         async with self._lock:
             await self._flush()
             await self.drain()
+
+    async def revoke(self) -> None:
+        """A rebalance begins: flush, and emit no orphan until :meth:`assign`.
+
+        Every worker flushes before the group reassigns partitions, and none
+        emits orphans meanwhile, so the new holder of a partition finds in the
+        store every orphan emitted for it (it loads them in :meth:`assign`).
+        """
+        self.rebalancing = True
+        await self.flush()
+
+    async def assign(self, partitions: set[int]) -> None:
+        """The join's partitions after a rebalance: forget what moved away, load what came.
+
+        Feedback waiting on a partition that moved is dropped, unacknowledged: its
+        new owner replays it from the last commit. The traces and correctable
+        orphans of a partition stay with the worker that holds it; orphans of a
+        partition that came here are loaded from the store.
+        """
+        async with self._lock:
+            self.rebalancing = False
+            lost, gained = self.owned - partitions, partitions - self.owned
+            self.owned = set(partitions)
+            if lost:
+                self.state.forget(lambda trace_id: partition_for(trace_id, self.partitions) in lost)
+                for tp in [tp for tp in self._order if tp.partition in lost]:
+                    del self._order[tp]
+            if gained:
+                found = await asyncio.to_thread(self.load_orphans)
+                self.state.add_orphans(
+                    o for o in found if partition_for(o.trace_id, self.partitions) in gained
+                )
+            if lost or gained:
+                logger.info(
+                    "join partitions now %s (moved away %s, came %s)",
+                    sorted(partitions), sorted(lost), sorted(gained),
+                )  # fmt: skip
+
+    async def close(self) -> None:
+        """Flush what is complete; held feedback stays unacknowledged for the next start."""
+        await self.flush()
 
     def sync_metrics(self) -> None:
         """Report what the counts gained since the last call (cheaper than per event)."""

@@ -46,6 +46,9 @@ RESUME_IDLE = 120.0
 #: lateness shorter than the join's own latency the hold would never see fresh rows.
 FRESH_WITHIN = 10.0
 MAX_HOLD = 900.0
+#: After a rebalance of the join (no restore, only moved partitions to replay),
+#: the hold also ends after this long without input: the replay is a short tail.
+REBALANCE_IDLE = 10.0
 
 
 def _received(row: dict[str, Any]) -> float:
@@ -82,6 +85,8 @@ class RatesJob:
         # before this worker ran, and judging them late in a row could resolve or
         # fire an alert out of order.
         self._judge_after = 0.0
+        self._held_at = 0.0  # when the current hold began
+        self._resume_idle = RESUME_IDLE
         self._resumed = True  # held windows released (see RateState.hold)
         self._last_input = 0.0
         self._judged_at = 0.0
@@ -110,7 +115,7 @@ class RatesJob:
         self.rates.resume()
         logger.info(
             "rates resumed %.1fs after the restore (%d events counted, %d late)",
-            self.rates.clock() - self._judge_after, self.rates.applied, self.rates.late,
+            self.rates.clock() - self._held_at, self.rates.applied, self.rates.late,
         )  # fmt: skip
 
     def _join_output_seen(self, rows: list[dict[str, Any]]) -> bool:
@@ -119,7 +124,7 @@ class RatesJob:
         replay is in but for the skew between partitions, which the lateness
         period after covers."""
         behind = max(self.rates.lateness, FRESH_WITHIN)
-        fresh = max(self._judge_after, self.rates.clock() - behind)
+        fresh = max(self._held_at, self.rates.clock() - behind)
         return any(_received(r) >= fresh for r in rows)
 
     async def tick(self) -> None:
@@ -127,8 +132,8 @@ class RatesJob:
         async with self._lock:
             if not self._resumed:
                 now = self.rates.clock()
-                idle_since = max(self._judge_after, self._last_input)
-                if now < idle_since + RESUME_IDLE and now < self._judge_after + MAX_HOLD:
+                idle_since = max(self._held_at, self._last_input)
+                if now < idle_since + self._resume_idle and now < self._held_at + MAX_HOLD:
                     return  # the replay is not in yet: windows would be short
                 self._resume()  # no input for a while, or held long enough
             ended = self.rates.advance()
@@ -216,7 +221,24 @@ class RatesJob:
         still taking the join's replay; written now they would come out short,
         and judged now they could resolve a firing alert that is not over.
         """
-        self._judge_after = self.rates.clock()
+        self._judge_after = self._held_at = self.rates.clock()
+        self._resume_idle = RESUME_IDLE
+        self._resumed = False
+
+    def rebalanced(self) -> None:
+        """The join's partitions moved between workers (a helper joined, left or died).
+
+        The partitions that moved are replayed from their last commit by their
+        new holder, possibly after the windows of those rows would have closed
+        (a dead helper's partitions wait out the session timeout). So the windows
+        open now are held as after a restart, without the restore, until the
+        join's output is fresh again, or no input came for ``REBALANCE_IDLE``
+        seconds (the replay is a short tail); windows are judged as usual.
+        """
+        self.rates.hold_open()
+        if self._resumed:  # a restore's hold keeps its longer idle limit
+            self._resume_idle = REBALANCE_IDLE
+        self._held_at = self.rates.clock()
         self._resumed = False
 
     async def restore(self, client: Client, database: str, *, recovery: float) -> None:

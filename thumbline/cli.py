@@ -126,6 +126,11 @@ def _print_started(settings: Settings, started: Any) -> None:
         f"{new} new migration{'s' if new != 1 else ''})",
     ]
     lines.append("  stream      join_traces: feedback joined with its trace, written to ClickHouse")
+    if started.join_processes > 1:
+        lines.append(
+            f"              in {started.join_processes} processes (this one and "
+            f"{started.join_processes - 1} helper{'s' if started.join_processes > 2 else ''})"
+        )
     lines.append(
         f"              rates: {settings.rate_window_seconds}s windows (+ "
         f"{', '.join(f'{w}s' for w in settings.sliding_windows) or 'no'} sliding), spike alerts"

@@ -9,6 +9,7 @@ __all__ = [
     "ConfigError",
     "InvalidEvent",
     "StoreError",
+    "StreamFailed",
     "StoreLocked",
     "ThumblineError",
     "TopicsMismatch",
@@ -40,5 +41,11 @@ class StoreError(ThumblineError):
 
 class StoreLocked(StoreError):
     """The chDB path is owned by another process, and that process serves no SQL."""
+
+    retriable = True
+
+
+class StreamFailed(ThumblineError):
+    """The stream app crashed; starting again replays what it held."""
 
     retriable = True

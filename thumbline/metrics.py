@@ -69,6 +69,12 @@ class Metrics:
             "thumbline_sink_insert_seconds", "Time to write one batch to ClickHouse.",
             buckets=_INSERT_BUCKETS, registry=r,
         )  # fmt: skip
+        self.helper_inserts = Counter(
+            "thumbline_helper_inserts_total",
+            "Inserts join helper processes made through the store owner, by table.",
+            ["table"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "thumbline_consumer_lag_messages",
             "Messages not yet read (high watermark minus position), by topic.",

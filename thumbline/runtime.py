@@ -3,9 +3,11 @@
 Start order: the embedded broker (unless ``THUMBLINE_KAFKA_BOOTSTRAP`` is set),
 the topics with their partition counts, the ClickHouse migrations, the stream
 jobs (which write to the store, so they run in the process that owns it), and
-the SQL endpoint for other processes when the store is an embedded chDB path. Then the
-run file is written so that the CLI finds all of it. Stop order is the
-reverse; the broker also dies with this process if it is killed.
+the SQL endpoint for other processes when the store is an embedded chDB path,
+and the join helpers when ``stream_workers`` asks for them (they write through
+that endpoint). Then the run file is written so that the CLI finds all of it.
+Stop order is the reverse; the broker and the helpers also die with this
+process if it is killed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
@@ -27,13 +29,14 @@ from prometheus_client import CollectorRegistry
 from schemas.topics import Topics
 from thumbline import runfile
 from thumbline.broker import EmbeddedBroker
-from thumbline.errors import ConfigError
+from thumbline.errors import ConfigError, StreamFailed
 from thumbline.gateway import GatewayProcess
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics, MetricsServer
 from thumbline.settings import Settings
 from thumbline.sqlserver import SqlServer
 from thumbline.store import AppliedMigration, apply_migrations, open_client
+from thumbline.workers import JoinHelpers
 
 if TYPE_CHECKING:
     from stream_jobs.app import StreamApp
@@ -54,6 +57,7 @@ class Started:
     sql_url: str | None
     metrics_url: str | None = None
     gateway_url: str | None = None
+    join_processes: int = 1
 
 
 def _own_temp_dir(path: Path) -> None:
@@ -79,6 +83,7 @@ class Runtime:
         self._stream: StreamApp | None = None
         self._metrics_server: MetricsServer | None = None
         self._gateway: GatewayProcess | None = None
+        self.helpers: JoinHelpers | None = None
         self.metrics = Metrics(CollectorRegistry())
 
     async def start(self) -> Started:
@@ -125,6 +130,10 @@ class Runtime:
                 ).start()
                 if self._gateway is not None:
                     self._sql.on_write = self._gateway.keys.invalidate
+                self._sql.on_insert = lambda table: self.metrics.helper_inserts.labels(table).inc()
+            if s.stream_workers > 1:
+                owner = (self._sql.url, self._sql.token) if self._sql else None
+                self.helpers = JoinHelpers(s, bootstrap, owner=owner, log_dir=s.data_dir).start()
             runfile.write(
                 s.run_file,
                 runfile.RunInfo(
@@ -153,10 +162,14 @@ class Runtime:
             sql_url=self._sql.url if self._sql else None,
             metrics_url=self._metrics_server.url if self._metrics_server else None,
             gateway_url=self._gateway.url if self._gateway else None,
+            join_processes=s.stream_workers,
         )
 
     async def stop(self) -> None:
         runfile.remove(self.settings.run_file, os.getpid())
+        helpers, self.helpers = self.helpers, None
+        if helpers is not None:  # first: they flush through the SQL endpoint
+            await helpers.stop()
         gateway, self._gateway = self._gateway, None
         if gateway is not None:
             await gateway.stop()
@@ -177,13 +190,29 @@ class Runtime:
             await asyncio.to_thread(broker.stop)
 
     async def serve_until_signalled(self) -> None:
-        """Block until SIGINT or SIGTERM."""
+        """Block until SIGINT or SIGTERM.
+
+        Raises:
+            StreamFailed: the stream crashed (an agent or a timer raised); what
+                it held is replayed when thumbline up starts again.
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        if self._stream is not None:
+            waits.append(asyncio.ensure_future(self._stream.wait_failed()))
         try:
-            await stop.wait()
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if waits[0] not in done:
+                reason = waits[1].result()
+                raise StreamFailed(
+                    f"the stream crashed ({reason!r}); restart thumbline up: unacknowledged "
+                    "input is replayed, nothing is lost (details in the log above)"
+                )
         finally:
+            for wait in waits:
+                wait.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -58,6 +59,11 @@ class Settings(BaseSettings):
         200, ge=1, le=100_000, description="Messages per micro-batch (of up to 1,000 events each)."
     )
     stream_batch_seconds: float = Field(0.05, gt=0, le=10, description="Longest wait for a batch.")
+    stream_workers: int = Field(
+        1, ge=1, le=64,
+        description="Processes that run the join. 1: thumbline up alone; more: helper processes "
+        "split the join's partitions with it (a second core's worth of throughput each).",
+    )  # fmt: skip
     sink_max_rows: int = Field(50_000, ge=1, le=1_000_000, description="Rows per insert, at most.")
     sink_max_seconds: float = Field(0.5, gt=0, le=60, description="Longest a row waits to insert.")
 
@@ -159,6 +165,23 @@ class Settings(BaseSettings):
             if not url.startswith(("http://", "https://")):
                 raise ValueError("alert_webhook_urls: each URL needs http:// or https://")
         return self
+
+    @model_validator(mode="after")
+    def _workers(self) -> Settings:
+        if self.stream_workers > self.partitions:
+            raise ValueError(
+                f"stream_workers: {self.stream_workers} workers for {self.partitions} partitions "
+                "would leave some idle; use at most THUMBLINE_PARTITIONS"
+            )
+        return self
+
+    def to_json(self) -> bytes:
+        """Every setting, secrets included, for a child process (send it over a pipe only)."""
+        values = {
+            name: value.get_secret_value() if isinstance(value, SecretStr) else value
+            for name, value in self
+        }
+        return orjson.dumps(values, default=str)
 
     @model_validator(mode="after")
     def _sasl(self) -> Settings:

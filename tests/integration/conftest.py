@@ -239,3 +239,27 @@ def sql_rows(thumbline_bin: str, env: dict[str, str], query: str) -> list[dict]:
     result = run(thumbline_bin, env, "sql", "-f", "json", query)
     assert result.returncode == 0, result.stderr
     return [orjson.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def rate_windows(
+    thumbline_bin: str, env: dict[str, str], *, window: int, before: int
+) -> tuple[dict, dict]:
+    """Counts per (project, window start) of windows starting before ``before``: as the
+    rates wrote them to ``feedback_rates``, and as the ``feedback`` table says they are."""
+    rates = sql_rows(thumbline_bin, env,  # rows by (environment, capability), summed
+        "SELECT project, toUnixTimestamp(window_start) AS s, sum(good) AS good, "
+        "sum(bad) AS bad, sum(neutral) AS neutral, sum(implicit) AS implicit "
+        f"FROM thumbline.feedback_rates FINAL WHERE window_seconds = {window} AND model = '*' "
+        f"AND s < {before} GROUP BY project, s HAVING good + bad + neutral + implicit > 0 "
+        "ORDER BY project, s")  # fmt: skip
+    table = sql_rows(thumbline_bin, env,
+        "SELECT project, "
+        f"toUnixTimestamp(toStartOfInterval(ts, INTERVAL {window} SECOND)) AS s, "
+        "countIf(source != 'implicit' AND label = 'good') AS good, "
+        "countIf(source != 'implicit' AND label = 'bad') AS bad, "
+        "countIf(source != 'implicit' AND label NOT IN ('good', 'bad')) AS neutral, "
+        "countIf(source = 'implicit') AS implicit FROM thumbline.feedback FINAL "
+        f"WHERE s < {before} AND retracted = 0 GROUP BY project, s "
+        "ORDER BY project, s")  # fmt: skip
+    by_window = lambda rows: {(r.pop("project"), r.pop("s")): r for r in rows}  # noqa: E731
+    return by_window(rates), by_window(table)

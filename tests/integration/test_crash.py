@@ -23,6 +23,7 @@ from tests.integration.conftest import (
     SPIKE_RULES,
     consume,
     gone,
+    rate_windows,
     run,
     sql_rows,
     start_up,
@@ -135,20 +136,8 @@ async def test_a_worker_killed_mid_spike_fires_once_and_its_windows_match_the_fe
 
             await asyncio.sleep(6)  # every window closed
             horizon = int(time.time()) - 8
-            rates = sql_rows(thumbline_bin, env,
-                "SELECT project, toUnixTimestamp(window_start) AS s, good, bad, neutral, implicit "
-                "FROM thumbline.feedback_rates FINAL WHERE window_seconds = 2 AND model = '*' "
-                f"AND s < {horizon} AND total + implicit > 0 ORDER BY project, s")  # fmt: skip
-            table = sql_rows(thumbline_bin, env,
-                "SELECT project, toUnixTimestamp(toStartOfInterval(ts, INTERVAL 2 SECOND)) AS s, "
-                "countIf(source != 'implicit' AND label = 'good') AS good, "
-                "countIf(source != 'implicit' AND label = 'bad') AS bad, "
-                "countIf(source != 'implicit' AND label NOT IN ('good', 'bad')) AS neutral, "
-                "countIf(source = 'implicit') AS implicit FROM thumbline.feedback FINAL "
-                f"WHERE s < {horizon} AND retracted = 0 GROUP BY project, s "
-                "ORDER BY project, s")  # fmt: skip
+            rates, table = rate_windows(thumbline_bin, env, window=2, before=horizon)
             assert report.feedback > 4000 and len(table) > 40
-            by_window = lambda rows: {(r.pop("project"), r.pop("s")): r for r in rows}  # noqa: E731
-            assert by_window(rates) == by_window(table)
+            assert rates == table
         finally:
             stop(second)

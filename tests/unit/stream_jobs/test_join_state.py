@@ -282,3 +282,16 @@ def test_expiry_keeps_up_with_many_held_traces_emitting_each_once(state, clock):
     assert state.expire() == []
     clock.advance(500)
     assert len(state.expire()) == 500 and not state.pending
+
+
+def test_a_partition_that_moved_away_is_forgotten_without_releasing_its_waiting_feedback(
+    state, clock
+):
+    state.add_traces([trace("kept"), trace("moved")])
+    state.add_feedback([feedback(trace_id="waits-moved")], refs=["msg-1"])
+    state.add_feedback([feedback(trace_id="waits-kept")], refs=["msg-2"])
+    state.forget(lambda trace_id: "moved" in trace_id)
+    assert set(state.traces) == {"kept"} and set(state.pending) == {"waits-kept"}
+    assert state.take_released() == []  # its input stays unacknowledged: the new holder replays it
+    clock.advance(601)
+    assert [row.trace_id for row in state.expire()] == ["waits-kept"]  # no orphan for the moved

@@ -150,6 +150,29 @@ class TestWindows:
         state.apply([row(T0 + 125)])
         assert state.late == 1
 
+    def test_a_rebalance_holds_the_open_windows_for_the_replay_and_keeps_closed_ones_closed(
+        self, clock
+    ):
+        state = RateState(window=60, sliding=(), lateness=30, clock=clock)
+        clock.now = T0 - 55
+        state.apply([row(T0 - 55, event_id="old")])
+        clock.now = T0 + 5
+        state.apply([row(T0 + 5, event_id="a")])
+        clock.now = T0 + 80  # a helper dies: the window of T0 - 60 closed, T0's closes at T0 + 90
+        state.advance()
+        state.hold_open()
+        clock.now = T0 + 120  # after the window would have closed; other partitions are fresh
+        state.resume()
+        state.advance()
+        state.apply([row(T0 + 5, event_id="a"), row(T0 + 6, event_id="b")])  # the replay
+        state.apply([row(T0 - 50, event_id="c")])  # closed before the rebalance: stays closed
+        assert state.late == 1
+        [ended] = [e for e in state.advance() if e.start == T0]
+        assert base_rows([ended])[(60, "m1", ALL)].bad == 2  # "a" once, and "b"
+        clock.now += 30  # one lateness after the resume: closed again
+        state.apply([row(T0 + 7)])
+        assert state.late == 2
+
     def test_without_a_hold_a_row_for_a_closed_window_is_late(self, clock):
         state = RateState(window=60, sliding=(), lateness=30, clock=clock)
         clock.now = T0 + 200

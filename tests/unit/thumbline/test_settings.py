@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from thumbline.errors import ConfigError
@@ -59,6 +60,7 @@ def test_values_come_from_the_environment(monkeypatch):
         ("THUMBLINE_CLICKHOUSE_DATABASE", "drop table;", "THUMBLINE_CLICKHOUSE_DATABASE"),
         ("THUMBLINE_LOG_LEVEL", "loud", "THUMBLINE_LOG_LEVEL"),
         ("THUMBLINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "THUMBLINE_KAFKA_SASL_MECHANISM"),
+        ("THUMBLINE_STREAM_WORKERS", "9", "THUMBLINE_STREAM_WORKERS: 9 workers for 8 partitions"),
     ],
 )
 def test_a_bad_value_names_the_variable(monkeypatch, var, value, words):
@@ -87,3 +89,10 @@ def test_secrets_never_appear_in_errors_or_display(monkeypatch):
 def test_overrides_win_over_the_environment(monkeypatch):
     monkeypatch.setenv("THUMBLINE_DATA_DIR", "/tmp/a")
     assert load_settings(data_dir=Path("/tmp/b")).data_dir == Path("/tmp/b")
+
+
+def test_a_child_process_gets_every_setting_secrets_included(monkeypatch):
+    monkeypatch.setenv("THUMBLINE_CLICKHOUSE_URL", "http://u:secret@ch:8123")
+    monkeypatch.setenv("THUMBLINE_STREAM_WORKERS", "2")
+    settings = load_settings()
+    assert load_settings(**orjson.loads(settings.to_json())) == settings

@@ -1,0 +1,119 @@
+"""Join helpers (THUMBLINE_STREAM_WORKERS=2): the join in two processes, one store owner.
+
+`thumbline up` runs the join and the rates and owns the embedded store; its
+helper joins the same consumer group with the join alone and writes through
+the owner. The tables must hold exactly what the load generator sent, the rate
+windows must match the feedback table, also when the helper is killed -9
+mid-stream, and no helper may outlive `thumbline up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import urllib.request
+
+from producers import FeedbackProducer
+from producers.loadgen import LoadSpec, run_load
+from tests.integration.conftest import gone, rate_windows, start_up, stop, worker_env
+from tests.integration.test_crash import expected, final_counts, settle
+
+
+def helper_pids(parent: int) -> list[int]:
+    """The join helpers `thumbline up` (pid ``parent``) runs now."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline") as f:
+                command = f.read()
+        except (OSError, IndexError):
+            continue
+        if ppid == parent and "thumbline.workers" in command:
+            pids.append(int(entry))
+    return pids
+
+
+def helper_inserts(metrics_url: str) -> float:
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:  # noqa: S310 (loopback)
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("thumbline_helper_inserts_total{")
+    )
+
+
+async def windows_settled(thumbline_bin, env, before: int, timeout: float = 40.0):
+    """The rate windows and the feedback table's, once they agree or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rates, table = rate_windows(thumbline_bin, env, window=2, before=before)
+        if rates == table or time.monotonic() > deadline:
+            return rates, table
+        await asyncio.sleep(1.0)
+
+
+async def helpers_env(broker, clean_env, tmp_path, name):
+    return await worker_env(
+        broker, clean_env, tmp_path, name, THUMBLINE_STREAM_WORKERS="2",
+        THUMBLINE_RATE_WINDOW_SECONDS="2", THUMBLINE_RATE_SLIDING_SECONDS="",
+        THUMBLINE_RATE_LATENESS_SECONDS="3",
+    )  # fmt: skip
+
+
+async def test_two_join_processes_share_the_work_and_every_row_lands_once(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    env = await helpers_env(broker, clean_env, tmp_path, "helpers")
+    up = start_up(thumbline_bin, env, tmp_path / "data")
+    try:
+        [helper] = helper_pids(up.proc.pid)
+        spec = LoadSpec(rate=1500, duration=None, count=6000, early_share=0.15, seed=5)
+        async with FeedbackProducer(
+            bootstrap_servers=broker.bootstrap, topic_prefix=env["THUMBLINE_TOPIC_PREFIX"]
+        ) as fb:
+            report = await run_load(fb, spec)
+        want = expected(report)
+        assert await settle(lambda: final_counts(thumbline_bin, env), want, timeout=90) == want
+        assert up.info.metrics_url and helper_inserts(up.info.metrics_url) > 0  # it did write
+        before = int(time.time()) - 2
+        # the rebalance held the windows: they close once the input is idle (no more load)
+        rates, table = await windows_settled(thumbline_bin, env, before)
+        assert len(table) >= 3 and rates == table  # the rates saw the helper's rows too
+    finally:
+        stop(up)
+    assert gone(helper, within=20)  # stopped with thumbline up
+
+
+async def test_a_helper_killed_mid_stream_is_replaced_and_nothing_is_lost_or_counted_twice(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    env = await helpers_env(broker, clean_env, tmp_path, "helperkill")
+    up = start_up(thumbline_bin, env, tmp_path / "data")
+    try:
+        [first] = helper_pids(up.proc.pid)
+        spec = LoadSpec(rate=500, duration=None, count=12000, early_share=0.15, seed=7)
+        async with FeedbackProducer(
+            bootstrap_servers=broker.bootstrap, topic_prefix=env["THUMBLINE_TOPIC_PREFIX"]
+        ) as fb:
+            load = asyncio.create_task(run_load(fb, spec))
+            await asyncio.sleep(8)  # mid-stream: the helper holds half the partitions
+            os.kill(first, signal.SIGKILL)
+            report = await load
+        want = expected(report)
+        assert await settle(lambda: final_counts(thumbline_bin, env), want, timeout=120) == want
+        [second] = helper_pids(up.proc.pid)
+        assert second != first
+        rates, table = await windows_settled(thumbline_bin, env, int(time.time()) - 2)
+        assert len(table) >= 10 and rates == table  # the replay counted once, none late
+        os.kill(up.proc.pid, signal.SIGKILL)  # the owner dies: its helper dies with it
+        assert gone(up.proc.pid, within=20)
+        assert gone(second, within=20)
+    finally:
+        stop(up)

@@ -1,0 +1,195 @@
+"""Join helpers: more processes for the join, a core each (``THUMBLINE_STREAM_WORKERS``).
+
+The join is one Python thread, so one worker uses one core. With
+``stream_workers = N > 1`` ``thumbline up`` still runs the join itself and
+starts N - 1 helper processes that join the same consumer group with the join
+alone (:class:`stream_jobs.app.StreamApp` with ``join_only``). Faust's assignor
+splits the join's co-partitioned topics among all of them and gives
+``feedback.enriched`` to ``thumbline up`` alone, so the rates still see every
+row. A helper reaches an embedded chDB store through its owner's loopback
+endpoint (:class:`thumbline.sqlserver.OwnerClient`) and a ClickHouse server
+directly.
+
+A helper dies with ``thumbline up`` (even by kill -9: ``PR_SET_PDEATHSIG``),
+stops cleanly on SIGTERM (flushes what is complete and commits), and is started
+again if it exits on its own. While it is down its partitions go to the other
+workers after the session timeout, and its unacknowledged input is replayed
+there: nothing is lost, and the tables' version keys make the replay count once.
+
+Run as ``python -m thumbline.workers`` by :class:`JoinHelpers` only: it reads
+its settings (secrets included) as JSON on stdin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from thumbline import logs
+from thumbline.broker import _die_with_parent
+from thumbline.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+#: A helper that exits sooner than this after its start is restarted only after it.
+RESTART_SECONDS = 5.0
+#: How long a helper may take to flush and commit on SIGTERM before it is killed.
+STOP_SECONDS = 15.0
+
+
+class JoinHelpers:
+    """``stream_workers - 1`` helper processes, watched and restarted.
+
+    Call ``start()`` from the main thread (the kernel kills a helper when the
+    thread that started it exits) with a running loop; ``stop()`` is safe to
+    call twice.
+
+    Args:
+        settings: the settings of ``thumbline up``; each helper gets the same.
+        bootstrap: the Kafka bootstrap servers.
+        owner: the SQL endpoint (url, token) of the embedded store's owner; None
+            for a ClickHouse server, which helpers reach directly.
+        log_dir: where each helper writes its log (``helper-<n>.log``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        owner: tuple[str, str] | None,
+        log_dir: Path,
+    ) -> None:
+        self.count = settings.stream_workers - 1
+        self._payload = orjson.dumps(
+            {
+                "settings": orjson.Fragment(settings.to_json()),
+                "bootstrap": bootstrap,
+                "owner": list(owner) if owner else None,
+            }
+        )
+        self._log_dir = log_dir
+        self._procs: list[subprocess.Popen[bytes] | None] = [None] * self.count
+        self._started_at = [0.0] * self.count
+        self._logs: list[IO[bytes] | None] = [None] * self.count
+        self._watch: asyncio.Task[None] | None = None
+        self.restarts = 0
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None and p.poll() is None]
+
+    def start(self) -> JoinHelpers:
+        for index in range(self.count):
+            self._spawn(index)
+        self._watch = asyncio.get_running_loop().create_task(self._supervise())
+        return self
+
+    def _spawn(self, index: int) -> None:
+        log = self._logs[index]
+        if log is None:
+            log = self._logs[index] = (self._log_dir / f"helper-{index + 1}.log").open("ab")
+        proc = subprocess.Popen(  # noqa: S603 (our interpreter, our module)
+            [sys.executable, "-m", "thumbline.workers"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (prctl only, as for the broker)
+        )
+        assert proc.stdin is not None  # noqa: S101 (stdin=PIPE)
+        proc.stdin.write(self._payload)
+        proc.stdin.close()
+        self._procs[index] = proc
+        self._started_at[index] = time.monotonic()
+        logger.info("join helper %d started (pid %d)", index + 1, proc.pid)
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for index, proc in enumerate(self._procs):
+                if proc is None or proc.poll() is None:
+                    continue
+                if time.monotonic() - self._started_at[index] < RESTART_SECONDS:
+                    continue  # it died at once: wait before trying again
+                logger.warning(
+                    "join helper %d (pid %d) exited with %s; starting it again (its log: %s)",
+                    index + 1, proc.pid, proc.returncode,
+                    self._log_dir / f"helper-{index + 1}.log",
+                )  # fmt: skip
+                self.restarts += 1
+                self._spawn(index)
+
+    async def stop(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        procs = [p for p in self._procs if p is not None]
+        self._procs = [None] * self.count
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                await asyncio.to_thread(proc.wait, STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                logger.warning("join helper pid %d did not stop in time; killed", proc.pid)
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        for index, log in enumerate(self._logs):
+            if log is not None:
+                log.close()
+                self._logs[index] = None
+
+
+async def run_helper(settings: Settings, bootstrap: str, owner: tuple[str, str] | None) -> None:
+    """Run the join alone until SIGTERM or SIGINT, then flush and stop."""
+    from stream_jobs.app import StreamApp
+    from thumbline.sqlserver import OwnerClient
+
+    store: Any = None
+    if owner is not None:
+        url, token = owner
+        store = lambda readonly: OwnerClient(url, token)  # noqa: E731
+    elif settings.store_is_chdb:
+        raise SystemExit("a join helper needs the store owner's endpoint for a chDB store")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    app = StreamApp(settings, bootstrap, join_only=True, store=store)
+    try:
+        await app.start()
+        logger.info("join helper running")
+        failed = asyncio.ensure_future(app.wait_failed())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([failed, stopped], return_when=asyncio.FIRST_COMPLETED)
+        for wait in (failed, stopped):
+            wait.cancel()
+        if not stop.is_set():
+            logger.error("the join crashed (%r); exiting to be started again", failed.result())
+            raise SystemExit(1)
+    finally:
+        await app.stop()
+
+
+def main() -> None:
+    spec = orjson.loads(sys.stdin.buffer.read())
+    settings = load_settings(**spec["settings"])
+    logs.configure(settings.log_level, settings.log_format)
+    owner = tuple(spec["owner"]) if spec["owner"] else None
+    asyncio.run(run_helper(settings, spec["bootstrap"], owner))
+
+
+if __name__ == "__main__":
+    main()
