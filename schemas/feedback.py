@@ -177,14 +177,16 @@ class FeedbackEvent(Contract):
     ts: datetime = Field(default_factory=utc_now, description="Event time, with a timezone.")
     received_at: datetime | None = Field(None, description="Stamped by the ingest point.")
 
-    @model_validator(mode="before")
+    @field_validator("kind", mode="before")
     @classmethod
-    def _aliases(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("kind"), str):
-            kind = data["kind"].strip().lower()
+    def _aliases(cls, value: Any) -> Any:
+        # On the field, not the model: a model "before" validator makes pydantic
+        # build a dict of every JSON message first (a third of the validation).
+        if isinstance(value, str):
+            kind = value.strip().lower()
             if kind in KIND_ALIASES:
-                data = {**data, "kind": KIND_ALIASES[kind]}
-        return data
+                return KIND_ALIASES[kind]
+        return value
 
     @field_validator("label")
     @classmethod

@@ -34,10 +34,13 @@ def lookup_traces(
     """The merged attributes of those of ``trace_ids`` that the ``traces`` table holds."""
     if not trace_ids:
         return {}
+    # One string parameter, split by ClickHouse: an Array(String) parameter of
+    # tens of thousands of ids is parsed as a literal, several times slower.
+    # Trace ids hold no whitespace (the contract's pattern), so newlines separate.
     rows = client.query(
         f"SELECT {', '.join(_TRACE_FIELDS)} FROM {database}.traces FINAL "  # noqa: S608
-        "WHERE trace_id IN {ids:Array(String)}",
-        parameters={"ids": list(dict.fromkeys(trace_ids))},
+        "WHERE trace_id IN (SELECT arrayJoin(splitByChar('\\n', {ids:String})))",
+        parameters={"ids": "\n".join(dict.fromkeys(trace_ids))},
     ).result_rows
     found: dict[str, TraceAttributes] = {}
     for row in rows:
