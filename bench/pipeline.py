@@ -99,8 +99,25 @@ async def wait_rows(client, db: str, n: int, started: float, budget: float) -> d
     # From the first message the stream received (its group join and start-up
     # excluded) to the last feedback row written: every event's processing.
     begun = FIRST_MESSAGE[0] or time.time()
-    seconds = max(last.replace(tzinfo=UTC).timestamp() - begun, 1e-3) if count else total
-    return {"rows": count, "complete": count >= n, "total_seconds": total, "seconds": seconds}
+    last_insert = last.replace(tzinfo=UTC).timestamp()
+    seconds = max(last_insert - begun, 1e-3) if count else total
+    return {
+        "rows": count, "complete": count >= n, "total_seconds": total, "seconds": seconds,
+        "last_insert": last_insert,
+    }  # fmt: skip
+
+
+def helper_first_input(data_dir: Path, result: dict) -> dict:
+    """The processing rate of helpers: from the first input any helper logged."""
+    firsts = [
+        entry["at"]
+        for log in data_dir.glob("helper-*.log")
+        for line in log.read_text().splitlines()
+        if line.startswith("{") and (entry := json.loads(line)).get("msg") == "join: first input"
+    ]
+    if not firsts or not result["rows"]:
+        return {}
+    return {"seconds": max(result["last_insert"] - min(firsts), 1e-3)}
 
 
 FIRST_MESSAGE: list[float | None] = [None]  # wall time the variant's stream got its first input
@@ -133,6 +150,7 @@ async def run_thumbline(
     settings = load_settings(
         data_dir=Path(tempfile.mkdtemp(prefix="bench-tl-")), topic_prefix=prefix,
         partitions=PARTITIONS, sink_max_seconds=0.5, stream_workers=workers,
+        log_level="INFO", log_format="json",  # helpers log their first input (read below)
     )  # fmt: skip
     client = open_client(settings)
     apply_migrations(client, settings.clickhouse_database)
@@ -154,6 +172,7 @@ async def run_thumbline(
     if helpers is not None and sql is not None:
         await helpers.stop()
         sql.stop()
+        result.update(helper_first_input(settings.data_dir, result))
     await app.stop()
     if profiler:
         out = io.StringIO()

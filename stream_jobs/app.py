@@ -16,12 +16,13 @@ autodiscovery, no signal handlers of its own, no terminal spinner. Processing
 is at-least-once (the embedded broker has no transactions); exactness comes
 from the tables' version keys and from idempotent window state.
 
-One worker runs everything. Join helpers (``THUMBLINE_STREAM_WORKERS`` > 1,
-:mod:`thumbline.workers`) run the join alone (``join_only``) in the same
-consumer group: Faust's assignor splits the join's co-partitioned topics among
-every member and gives ``feedback.enriched``, which only the first worker
-reads, to it alone, so the rates see every row. A helper reaches an embedded
-store through its owner (``store``).
+One worker runs everything (``runs="all"``). With ``THUMBLINE_STREAM_WORKERS``
+> 1 join helpers (:mod:`thumbline.workers`, ``runs="join"``) run the join
+alone in the same consumer group: Faust's assignor splits the join's
+co-partitioned topics among the members that read them and gives
+``feedback.enriched``, which only ``thumbline up`` reads, to it alone, so the
+rates see every row. A helper reaches an embedded store through its owner
+(``store``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import faust
 from aiokafka import AIOKafkaProducer
@@ -51,6 +52,10 @@ from thumbline.settings import Settings
 from thumbline.store import open_client
 
 logger = logging.getLogger(__name__)
+
+#: What a StreamApp runs: everything (``thumbline up``), the join alone (a join
+#: helper), or the rates alone (not used by thumbline up yet).
+Runs = Literal["all", "join", "rates"]
 
 TICK_SECONDS = 0.25
 RATES_TICK_SECONDS = 0.5
@@ -112,6 +117,7 @@ def build_faust_app(settings: Settings, bootstrap: str, app_id: str | None = Non
         web_enabled=False,
         producer_acks=-1,
         stream_buffer_maxsize=max(4096, settings.stream_batch_size * 2),
+        consumer_max_fetch_size=8 * 1024 * 1024,
         # Feedback waiting for its trace is held unacknowledged on purpose; do not
         # wait for it to drain on stop or rebalance (it is replayed instead).
         stream_wait_empty=False,
@@ -128,14 +134,14 @@ class StreamApp:
         *,
         app_id: str | None = None,
         metrics: Metrics | None = None,
-        join_only: bool = False,
+        runs: Runs = "all",
         store: Callable[[bool], StoreClient] | None = None,
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.app_id = app_id
         self.metrics = metrics
-        self.join_only = join_only
+        self.runs = runs
         #: Opens a store client (argument: read-only); default: the store itself.
         self.store = store or (lambda readonly: open_client(settings, readonly=readonly))
         self.topics = Topics.build(settings.topic_prefix, settings.partitions)
@@ -147,13 +153,7 @@ class StreamApp:
 
     async def start(self) -> None:
         s = self.settings
-        db = s.clickhouse_database
         rules = load_rules(s.alert_rules, s.rate_window_seconds)  # a bad file fails first
-        sink_client = await asyncio.to_thread(self.store, False)
-        lookup_client = await asyncio.to_thread(self.store, True)
-        state = JoinState(
-            grace_seconds=s.join_grace_seconds, retention_seconds=s.join_retention_seconds
-        )
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
@@ -163,20 +163,8 @@ class StreamApp:
             **s.kafka_kwargs(),
         )
         await self._producer.start()
-        rates = None if self.join_only else await self._start_rates(rules)
-        job = self.job = JoinTracesJob(
-            topics=self.topics,
-            state=state,
-            sink=ClickHouseSink(
-                sink_client, db, max_rows=s.sink_max_rows, max_age=s.sink_max_seconds
-            ),
-            lookup=lambda ids: lookup_traces(lookup_client, db, ids, now=state.clock()),
-            orphans=lambda: load_orphans(
-                lookup_client, db, datetime.now(UTC) - timedelta(seconds=s.join_retention_seconds)
-            ),
-            producer=self._producer,
-            metrics=self.metrics,
-        )
+        rates = None if self.runs == "join" else await self._start_rates(rules)
+        job = self.job = None if self.runs == "rates" else await self._join_job()
         app = self._app = build_faust_app(s, self.bootstrap, self.app_id)
         batch_size, batch_seconds = s.stream_batch_size, s.stream_batch_seconds
 
@@ -194,11 +182,12 @@ class StreamApp:
 
             return agent
 
-        joins = raw_topic(
-            self.topics.feedback.name, self.topics.traces.name, self.topics.keyed.name
-        )
-        app.agent(joins, name="join_traces")(in_batches(job.handle))
-        app.timer(TICK_SECONDS, name="join_traces_tick")(job.tick)
+        if job is not None:
+            joins = raw_topic(
+                self.topics.feedback.name, self.topics.traces.name, self.topics.keyed.name
+            )
+            app.agent(joins, name="join_traces")(in_batches(job.handle))
+            app.timer(TICK_SECONDS, name="join_traces_tick")(job.tick)
         if rates is not None:
             enriched = raw_topic(self.topics.enriched.name)
             app.agent(enriched, name="rates")(in_batches(rates.handle))
@@ -207,20 +196,22 @@ class StreamApp:
         # A rebalance: partitions that moved are replayed from their last commit by
         # their new holder. The rates hold their open windows from the moment it
         # begins (revoked) until the replay is in (see RatesJob.rebalanced).
-        helpers = rates is not None and s.stream_workers > 1
+        hold = rates if s.stream_workers > 1 else None  # join helpers run in other processes
 
         @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-            await job.revoke()  # flushed before the next holder of a partition reads the store
-            if helpers and rates is not None:
-                rates.rebalanced()
+            if job is not None:  # flushed before the next holder of a partition reads the store
+                await job.revoke()
+            if hold is not None:
+                hold.rebalanced()
 
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
         async def reassigned(sender: Any, assigned: set[Any], **_: Any) -> None:
-            join_topics = {self.topics.feedback.name, self.topics.traces.name}
-            await job.assign({tp.partition for tp in assigned if tp.topic in join_topics})
-            if helpers and rates is not None:
-                rates.rebalanced()  # fresh output counts from here
+            if job is not None:
+                join_topics = {self.topics.feedback.name, self.topics.traces.name}
+                await job.assign({tp.partition for tp in assigned if tp.topic in join_topics})
+            if hold is not None:
+                hold.rebalanced()  # fresh output counts from here
 
         @app.timer(LAG_SECONDS, name="consumer_lag")
         async def consumer_lag() -> None:
@@ -229,6 +220,28 @@ class StreamApp:
 
         await app.start()
         tune_gc()
+
+    async def _join_job(self) -> JoinTracesJob:
+        s, db = self.settings, self.settings.clickhouse_database
+        assert self._producer is not None  # noqa: S101 (started first)
+        sink_client = await asyncio.to_thread(self.store, False)
+        lookup_client = await asyncio.to_thread(self.store, True)
+        state = JoinState(
+            grace_seconds=s.join_grace_seconds, retention_seconds=s.join_retention_seconds
+        )
+        return JoinTracesJob(
+            topics=self.topics,
+            state=state,
+            sink=ClickHouseSink(
+                sink_client, db, max_rows=s.sink_max_rows, max_age=s.sink_max_seconds
+            ),
+            lookup=lambda ids: lookup_traces(lookup_client, db, ids, now=state.clock()),
+            orphans=lambda: load_orphans(
+                lookup_client, db, datetime.now(UTC) - timedelta(seconds=s.join_retention_seconds)
+            ),
+            producer=self._producer,
+            metrics=self.metrics,
+        )
 
     async def _start_rates(self, rules: Any) -> RatesJob:
         s, db = self.settings, self.settings.clickhouse_database

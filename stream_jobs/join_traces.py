@@ -150,11 +150,15 @@ class JoinTracesJob:
         # messages are acknowledged strictly in order: a held one holds back the rest.
         self._order: dict[Any, deque[_Held]] = defaultdict(deque)
         self.counts: dict[str, int] = defaultdict(int)
+        self.first_input_at: float | None = None  # wall time of the first micro-batch
 
     # The agent's entry point ---------------------------------------------------
 
     async def handle(self, events: Sequence[Any]) -> None:
         """Process one micro-batch of faust events (raw bytes values)."""
+        if self.first_input_at is None:
+            self.first_input_at = time.time()
+            logger.info("join: first input", extra={"at": self.first_input_at})
         async with self._lock:
             batch = _Batch()
             for event in events:

@@ -127,9 +127,10 @@ def _print_started(settings: Settings, started: Any) -> None:
     ]
     lines.append("  stream      join_traces: feedback joined with its trace, written to ClickHouse")
     if started.join_processes > 1:
+        helpers = started.join_processes - 1
         lines.append(
             f"              in {started.join_processes} processes (this one and "
-            f"{started.join_processes - 1} helper{'s' if started.join_processes > 2 else ''})"
+            f"{helpers} helper{'s' if helpers > 1 else ''})"
         )
     lines.append(
         f"              rates: {settings.rate_window_seconds}s windows (+ "
@@ -137,6 +138,9 @@ def _print_started(settings: Settings, started: Any) -> None:
     )
     if started.metrics_url:
         lines.append(f"  metrics     {started.metrics_url}")
+        if started.join_processes > 1 and settings.metrics_port:
+            first, last = settings.metrics_port + 1, settings.metrics_port + helpers
+            lines.append(f"              join helpers: the same on ports {first}-{last}")
     if started.gateway_url:
         lines.append(
             f"  gateway     {started.gateway_url}/v1/feedback  (HTTP ingest; docs at /docs)"

@@ -1,14 +1,14 @@
-"""Join helpers: more processes for the join, a core each (``THUMBLINE_STREAM_WORKERS``).
+"""Join helpers: the join in several processes, a core each (``THUMBLINE_STREAM_WORKERS``).
 
 The join is one Python thread, so one worker uses one core. With
-``stream_workers = N > 1`` ``thumbline up`` still runs the join itself and
-starts N - 1 helper processes that join the same consumer group with the join
-alone (:class:`stream_jobs.app.StreamApp` with ``join_only``). Faust's assignor
-splits the join's co-partitioned topics among all of them and gives
-``feedback.enriched`` to ``thumbline up`` alone, so the rates still see every
-row. A helper reaches an embedded chDB store through its owner's loopback
-endpoint (:class:`thumbline.sqlserver.OwnerClient`) and a ClickHouse server
-directly.
+``stream_workers = N > 1`` ``thumbline up`` still runs the join (and the
+rates, the store and the endpoints) and starts N - 1 helper processes that run
+the join alone (:class:`stream_jobs.app.StreamApp` with ``runs="join"``), all
+in one consumer group. Faust's assignor splits the join's co-partitioned
+topics among all of them and gives ``feedback.enriched`` to ``thumbline up``
+alone, so the rates still see every row. A helper reaches
+an embedded chDB store through its owner's loopback endpoint
+(:class:`thumbline.sqlserver.OwnerClient`) and a ClickHouse server directly.
 
 A helper dies with ``thumbline up`` (even by kill -9: ``PR_SET_PDEATHSIG``),
 stops cleanly on SIGTERM (flushes what is complete and commits), and is started
@@ -70,13 +70,11 @@ class JoinHelpers:
         log_dir: Path,
     ) -> None:
         self.count = settings.stream_workers - 1
-        self._payload = orjson.dumps(
-            {
-                "settings": orjson.Fragment(settings.to_json()),
-                "bootstrap": bootstrap,
-                "owner": list(owner) if owner else None,
-            }
-        )
+        self._spec = {
+            "settings": orjson.Fragment(settings.to_json()),
+            "bootstrap": bootstrap,
+            "owner": list(owner) if owner else None,
+        }
         self._log_dir = log_dir
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * self.count
         self._started_at = [0.0] * self.count
@@ -106,7 +104,7 @@ class JoinHelpers:
             preexec_fn=_die_with_parent,  # noqa: PLW1509 (prctl only, as for the broker)
         )
         assert proc.stdin is not None  # noqa: S101 (stdin=PIPE)
-        proc.stdin.write(self._payload)
+        proc.stdin.write(orjson.dumps({**self._spec, "index": index + 1}))
         proc.stdin.close()
         self._procs[index] = proc
         self._started_at[index] = time.monotonic()
@@ -152,9 +150,19 @@ class JoinHelpers:
                 self._logs[index] = None
 
 
-async def run_helper(settings: Settings, bootstrap: str, owner: tuple[str, str] | None) -> None:
+def metrics_port(settings: Settings, index: int) -> int:
+    """Helper ``index`` (from 1) serves /metrics on the port after the owner's (+ index)."""
+    return settings.metrics_port + index if settings.metrics_port else 0
+
+
+async def run_helper(
+    settings: Settings, bootstrap: str, owner: tuple[str, str] | None, index: int = 1
+) -> None:
     """Run the join alone until SIGTERM or SIGINT, then flush and stop."""
+    from prometheus_client import CollectorRegistry
+
     from stream_jobs.app import StreamApp
+    from thumbline.metrics import Metrics, MetricsServer
     from thumbline.sqlserver import OwnerClient
 
     store: Any = None
@@ -167,10 +175,18 @@ async def run_helper(settings: Settings, bootstrap: str, owner: tuple[str, str] 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = StreamApp(settings, bootstrap, join_only=True, store=store)
+    metrics = server = None
+    if settings.metrics_enabled:
+        metrics = Metrics(CollectorRegistry())
+        port = metrics_port(settings, index)
+        server = MetricsServer(metrics, host=settings.metrics_host, port=port)
+    app = StreamApp(settings, bootstrap, runs="join", store=store, metrics=metrics)
     try:
         await app.start()
-        logger.info("join helper running")
+        logger.info(
+            "join helper %d running (metrics: %s)", index, server.url if server else "off",
+            extra={"metrics_url": server.url if server else None},
+        )  # fmt: skip
         failed = asyncio.ensure_future(app.wait_failed())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([failed, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -181,6 +197,8 @@ async def run_helper(settings: Settings, bootstrap: str, owner: tuple[str, str] 
             raise SystemExit(1)
     finally:
         await app.stop()
+        if server is not None:
+            server.stop()
 
 
 def main() -> None:
@@ -188,7 +206,7 @@ def main() -> None:
     settings = load_settings(**spec["settings"])
     logs.configure(settings.log_level, settings.log_format)
     owner = tuple(spec["owner"]) if spec["owner"] else None
-    asyncio.run(run_helper(settings, spec["bootstrap"], owner))
+    asyncio.run(run_helper(settings, spec["bootstrap"], owner, spec.get("index", 1)))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Join helpers (THUMBLINE_STREAM_WORKERS=2): the join in two processes, one store owner.
 
 `thumbline up` runs the join and the rates and owns the embedded store; its
-helper joins the same consumer group with the join alone and writes through
-the owner. The tables must hold exactly what the load generator sent, the rate
+helper runs the join alone in the same consumer group and writes through the
+owner. The tables must hold exactly what the load generator sent, the rate
 windows must match the feedback table, also when the helper is killed -9
 mid-stream, and no helper may outlive `thumbline up`.
 """
@@ -59,11 +59,11 @@ async def windows_settled(thumbline_bin, env, before: int, timeout: float = 40.0
         await asyncio.sleep(1.0)
 
 
-async def helpers_env(broker, clean_env, tmp_path, name):
+async def helpers_env(broker, clean_env, tmp_path, name, lateness="3"):
     return await worker_env(
         broker, clean_env, tmp_path, name, THUMBLINE_STREAM_WORKERS="2",
         THUMBLINE_RATE_WINDOW_SECONDS="2", THUMBLINE_RATE_SLIDING_SECONDS="",
-        THUMBLINE_RATE_LATENESS_SECONDS="3",
+        THUMBLINE_RATE_LATENESS_SECONDS=lateness,
     )  # fmt: skip
 
 
@@ -73,7 +73,8 @@ async def test_two_join_processes_share_the_work_and_every_row_lands_once(
     env = await helpers_env(broker, clean_env, tmp_path, "helpers")
     up = start_up(thumbline_bin, env, tmp_path / "data")
     try:
-        [helper] = helper_pids(up.proc.pid)
+        helpers = helper_pids(up.proc.pid)
+        assert len(helpers) == 1
         spec = LoadSpec(rate=1500, duration=None, count=6000, early_share=0.15, seed=5)
         async with FeedbackProducer(
             bootstrap_servers=broker.bootstrap, topic_prefix=env["THUMBLINE_TOPIC_PREFIX"]
@@ -88,13 +89,15 @@ async def test_two_join_processes_share_the_work_and_every_row_lands_once(
         assert len(table) >= 3 and rates == table  # the rates saw the helper's rows too
     finally:
         stop(up)
-    assert gone(helper, within=20)  # stopped with thumbline up
+    assert all(gone(pid, within=20) for pid in helpers)  # stopped with thumbline up
 
 
 async def test_a_helper_killed_mid_stream_is_replaced_and_nothing_is_lost_or_counted_twice(
     broker, thumbline_bin, clean_env, tmp_path
 ):
-    env = await helpers_env(broker, clean_env, tmp_path, "helperkill")
+    # A killed helper is noticed after the session timeout (6 s): windows still
+    # open then take its replay, so the lateness must cover that gap.
+    env = await helpers_env(broker, clean_env, tmp_path, "helperkill", lateness="12")
     up = start_up(thumbline_bin, env, tmp_path / "data")
     try:
         [first] = helper_pids(up.proc.pid)
@@ -108,12 +111,12 @@ async def test_a_helper_killed_mid_stream_is_replaced_and_nothing_is_lost_or_cou
             report = await load
         want = expected(report)
         assert await settle(lambda: final_counts(thumbline_bin, env), want, timeout=120) == want
-        [second] = helper_pids(up.proc.pid)
-        assert second != first
-        rates, table = await windows_settled(thumbline_bin, env, int(time.time()) - 2)
+        now = helper_pids(up.proc.pid)
+        assert len(now) == 1 and first not in now  # started again
+        rates, table = await windows_settled(thumbline_bin, env, int(time.time()) - 2, 60)
         assert len(table) >= 10 and rates == table  # the replay counted once, none late
         os.kill(up.proc.pid, signal.SIGKILL)  # the owner dies: its helper dies with it
         assert gone(up.proc.pid, within=20)
-        assert gone(second, within=20)
+        assert all(gone(pid, within=20) for pid in now)
     finally:
         stop(up)
