@@ -240,14 +240,17 @@ class TestOwnerClient:
         client = OwnerClient(server.url, server.token)
         with pytest.raises(DatabaseError, match="table must be one of"):
             client.raw_insert(f"{store_settings.clickhouse_database}.api_keys", insert_block=b"{}")
+        client.close()
 
     def test_a_wrong_token_or_a_gone_owner_is_an_error_the_sink_retries(
         self, server, store_settings
     ):
-        sink = ClickHouseSink(OwnerClient(server.url, "wrong"), store_settings.clickhouse_database)
+        wrong = OwnerClient(server.url, "wrong")
+        sink = ClickHouseSink(wrong, store_settings.clickhouse_database)
         sink.add_json("traces", [b'{"trace_id":"x"}'])
         with pytest.raises(SinkUnavailable):
             sink.flush()
+        wrong.close()
         url = server.url
         server.stop()
         sink = ClickHouseSink(OwnerClient(url, server.token), store_settings.clickhouse_database)
