@@ -32,15 +32,28 @@ class Delivery:
 
 
 class EventHelpers:
-    """Feedback and trace helpers on top of a transport's ``send``."""
+    """Feedback and trace helpers on top of a transport's ``send``.
+
+    ``project`` (set by the transport's constructor) goes on every event the
+    helpers build that does not name one: the project is part of an event's
+    identity, and feedback joins only a trace of its own project.
+    """
+
+    project: str | None = None
 
     async def send(self, event: Event) -> Delivery:
         raise NotImplementedError
 
+    def _fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        out = _drop_none(fields)
+        if self.project and "project" not in out:
+            out["project"] = self.project
+        return out
+
     # Feedback helpers ------------------------------------------------------
 
     def _feedback(self, trace_id: str, **fields: Any) -> FeedbackEvent:
-        return FeedbackEvent.parse({"trace_id": trace_id, **_drop_none(fields)})
+        return FeedbackEvent.parse({"trace_id": trace_id, **self._fields(fields)})
 
     async def feedback(self, trace_id: str, **fields: Any) -> Delivery:
         """Send any feedback: ``label=``, ``kind=``, ``value=``, ``comment=``, ``user_id=``...
@@ -106,14 +119,14 @@ class EventHelpers:
         Hand the id to the client UI so feedback can refer to the answer.
         Fields are those of :class:`schemas.TraceEvent` (project, model, ...).
         """
-        event = TraceEvent.parse({"trace_id": trace_id or new_trace_id(), **_drop_none(fields)})
+        event = TraceEvent.parse({"trace_id": trace_id or new_trace_id(), **self._fields(fields)})
         await self.send(event)
         return event.trace_id
 
     async def span(self, trace_id: str, *, span_id: str | None = None, **fields: Any) -> str:
         """Send one span of a trace and return its ``span_id`` (generated if absent)."""
         event = TraceEvent.parse(
-            {"trace_id": trace_id, "span_id": span_id or new_span_id(), **_drop_none(fields)}
+            {"trace_id": trace_id, "span_id": span_id or new_span_id(), **self._fields(fields)}
         )
         await self.send(event)
         assert event.span_id is not None  # noqa: S101 (set just above)

@@ -55,7 +55,7 @@ from pydantic import BaseModel
 
 from producers.errors import DeliveryFailed, ProducerClosed
 from producers.kafka import FeedbackProducer
-from schemas import FeedbackEvent, InvalidEvent, TraceEvent
+from schemas import FeedbackEvent, InvalidEvent, TimeBounds, TraceEvent
 from schemas.shapes import SHAPES, to_events
 from schemas.wire import MAX_BATCH_EVENTS
 from thumbline.errors import ConfigError
@@ -136,6 +136,7 @@ def build_app(
     rate_limit: float = 0.0,
     cors_origins: tuple[str, ...] = (),
     store_url: str = "",
+    time_bounds: TimeBounds = TimeBounds(),  # noqa: B008 (frozen)
 ) -> FastAPI:
     """The gateway's ASGI app (``producer`` started by the caller)."""
     app = FastAPI(
@@ -272,16 +273,21 @@ def build_app(
             item: Any, key: ApiKey | None, now: datetime
         ) -> list[FeedbackEvent | TraceEvent]:
             payloads = to_events(shape, item) if shape else [item]
-            return [
+            events: list[FeedbackEvent | TraceEvent] = [
                 FeedbackEvent.parse(stamp(fields, key, now, "FeedbackEvent")) for fields in payloads
             ]
+            for event in events:
+                time_bounds.check(event, now)
+            return events
 
         return prepare
 
     def trace_prepare(
         item: Any, key: ApiKey | None, now: datetime
     ) -> list[FeedbackEvent | TraceEvent]:
-        return [TraceEvent.parse(stamp(item, key, now, "TraceEvent"))]
+        event = TraceEvent.parse(stamp(item, key, now, "TraceEvent"))
+        time_bounds.check(event, now)
+        return [event]
 
     @app.post("/v1/feedback", status_code=202, response_model=IngestResult,
               responses={207: {"model": IngestResult}, 422: {"model": IngestResult}})  # fmt: skip

@@ -51,6 +51,8 @@ class GatewayProducer(EventHelpers):
         max_batch_events: events per request (at most 1,000).
         retries: how often a 503, a 429 or a connection error is retried.
         timeout: seconds per request.
+        project: the project of every event the helpers build without one; a
+            key bound to a project sets it on the server (another is refused).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class GatewayProducer(EventHelpers):
         *,
         url: str,
         api_key: str | None = None,
+        project: str | None = None,
         linger_ms: float = 5.0,
         max_batch_events: int = 500,
         retries: int = 5,
@@ -65,6 +68,7 @@ class GatewayProducer(EventHelpers):
     ) -> None:
         if not 1 <= max_batch_events <= 1000:
             raise ValueError("max_batch_events must be 1..1000")
+        self.project = project
         self._url = url.rstrip("/")
         self._headers = {"Content-Type": "application/json"}
         if api_key:

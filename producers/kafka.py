@@ -78,6 +78,8 @@ class FeedbackProducer(EventHelpers):
         on_error: called with the event and the error of every failed delivery,
             in addition to the failed future (for fire-and-forget callers).
         request_timeout_ms: how long to wait for an acknowledgement.
+        project: the project of every event the helpers build without one
+            (absent: ``default``); part of each event's identity.
         **kafka_kwargs: passed to ``AIOKafkaProducer`` (SASL, TLS...).
     """
 
@@ -85,6 +87,7 @@ class FeedbackProducer(EventHelpers):
         self,
         *,
         bootstrap_servers: str,
+        project: str | None = None,
         topic_prefix: str = DEFAULT_PREFIX,
         linger_ms: float = 5.0,
         max_batch_events: int = 500,
@@ -96,6 +99,7 @@ class FeedbackProducer(EventHelpers):
     ) -> None:
         if not 1 <= max_batch_events <= MAX_BATCH_EVENTS:
             raise ValueError(f"max_batch_events must be 1..{MAX_BATCH_EVENTS}")
+        self.project = project
         self._topics = Topics.build(topic_prefix)
         self._linger = linger_ms / 1000.0
         self._max_events = max_batch_events

@@ -144,7 +144,7 @@ class LoadGenerator:
         if data["kind"] != "signal" and rng.random() < spec.comment_share:
             data["comment"] = rng.choice(COMMENTS)
         feedback = FeedbackEvent.model_validate({
-            "trace_id": trace_id, "event_id": f"{trace_id}-fb", "user_id": user,
+            "trace_id": trace_id, "event_id": f"{trace_id}-fb", "project": project, "user_id": user,
             "session_id": session, "received_at": now, **data,
         })  # fmt: skip
         return trace, feedback, in_spike

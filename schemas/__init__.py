@@ -2,6 +2,7 @@
 the wire format and the ClickHouse migrations. Imports nothing else from the project.
 """
 
+from schemas._base import TimeBounds
 from schemas.errors import InvalidEvent, ThumblineError, WireError
 from schemas.feedback import FeedbackEvent, FeedbackKind, Label, Source
 from schemas.records import (
@@ -29,6 +30,7 @@ __all__ = [
     "RateWindow",
     "Source",
     "ThumblineError",
+    "TimeBounds",
     "Topic",
     "Topics",
     "TraceEvent",

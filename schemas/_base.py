@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self
 
@@ -93,6 +94,56 @@ def invalid_event(model: str, exc: ValidationError) -> InvalidEvent:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+#: Event-time fields of each contract that must lie near the time the event was received.
+EVENT_TIMES = {"FeedbackEvent": ("ts",), "TraceEvent": ("start_time", "end_time")}
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBounds:
+    """How far an event's time may lie from the time it was received.
+
+    An event time more than ``max_future`` seconds ahead of its reception, or
+    more than ``max_age`` seconds before it, is refused: at the gateway with a
+    422 naming the field, in the stream as a dead letter ``ts_out_of_range``.
+    Every open rate window, spike track and store row it would make is then
+    within that span of now.
+    """
+
+    max_age: float = 7 * 86400.0
+    max_future: float = 3600.0
+
+    def check(self, event: Any, received: datetime, *, fields: tuple[str, ...] = ()) -> None:
+        """Raise :class:`InvalidEvent` naming the first time field out of range.
+
+        ``received``: when the ingest point received the event (the gateway's
+        clock, or the Kafka message's timestamp for the stream). ``fields``:
+        the time fields to check (default: the contract's event times).
+        """
+        model = type(event).__name__
+        for name in fields or EVENT_TIMES.get(model, ()):
+            value = getattr(event, name)
+            if value is None:
+                continue
+            ahead = (value - received).total_seconds()
+            if ahead > self.max_future:
+                raise InvalidEvent(model, [(name, value.isoformat(),
+                    f"is {_span(ahead)} ahead of the time it was received "
+                    f"({received.isoformat(timespec='seconds')}); at most {_span(self.max_future)} "
+                    "is allowed (check the sender's clock)")])  # fmt: skip
+            if -ahead > self.max_age:
+                raise InvalidEvent(model, [(name, value.isoformat(),
+                    f"is {_span(-ahead)} older than the time it was received "
+                    f"({received.isoformat(timespec='seconds')}); at most {_span(self.max_age)} "
+                    "is allowed (THUMBLINE_INGEST_MAX_AGE_SECONDS)")])  # fmt: skip
+
+
+def _span(seconds: float) -> str:
+    units = (("d", 86400), ("h", 3600), ("min", 60))
+    unit, size = next(((u, n) for u, n in units if seconds >= n), ("s", 1))
+    value = seconds / size
+    return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
 
 
 def require_aware(value: datetime | None, field: str) -> datetime | None:

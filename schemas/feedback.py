@@ -161,11 +161,18 @@ class FeedbackEvent(Contract):
         (), max_length=MAX_TAGS
     )
     source: Source | None = Field(None, description="explicit or implicit; derived from the kind.")
-    retracted: bool = Field(False, description="True withdraws the feedback with this event_id.")
+    retracted: StrictBool = Field(
+        False, description="true withdraws the feedback with this event_id (a JSON boolean)."
+    )
     user_id: Id | None = None
     session_id: Id | None = None
     conversation_id: Id | None = None
-    project: Name | None = Field(None, description="Normally inherited from the trace.")
+    project: Name = Field(
+        "default",
+        description="The project the feedback belongs to: part of its identity (with event_id), "
+        "and it joins only a trace of the same project. Absent: 'default'. The gateway sets it "
+        "from the API key.",
+    )
     environment: Name | None = Field(None, description="Normally inherited from the trace.")
     capability: Name | None = None
     step: Name | None = None

@@ -36,7 +36,11 @@ class TraceEvent(Contract):
     span_id: Id | None = Field(None, description="Absent: the event describes the whole trace.")
     parent_span_id: Id | None = None
     name: Name | None = Field(None, description="The operation: chat, retrieve, generate...")
-    project: Name = "default"
+    project: Name = Field(
+        "default",
+        description="The project the trace belongs to: part of its identity (with trace_id and "
+        "span_id). Absent: 'default'. The gateway sets it from the API key.",
+    )
     environment: Name = "default"
     model: Name | None = None
     capability: Name | None = None

@@ -227,8 +227,9 @@ class StreamApp:
         sink_client = await asyncio.to_thread(self.store, False)
         lookup_client = await asyncio.to_thread(self.store, True)
         state = JoinState(
-            grace_seconds=s.join_grace_seconds, retention_seconds=s.join_retention_seconds
-        )
+            grace_seconds=s.join_grace_seconds, retention_seconds=s.join_retention_seconds,
+            max_pending=s.join_max_pending,
+        )  # fmt: skip
         return JoinTracesJob(
             topics=self.topics,
             state=state,
@@ -241,6 +242,7 @@ class StreamApp:
             ),
             producer=self._producer,
             metrics=self.metrics,
+            time_bounds=s.time_bounds,
         )
 
     async def _start_rates(self, rules: Any) -> RatesJob:
@@ -258,8 +260,10 @@ class StreamApp:
                 # an alert firing for up to HISTORY_FOR_SPIKES
                 history=max((*s.sliding_windows, *(r.window + r.baseline for r in rules)))
                 + HISTORY_FOR_SPIKES,
+                max_cells=s.rate_max_cells,
+                max_events=s.rate_max_events,
             ),
-            detector=SpikeDetector(rules),
+            detector=SpikeDetector(rules, max_tracks=s.alert_max_tracks),
             sink=ClickHouseSink(await asyncio.to_thread(open_client, s), db),
             producer=self._producer,
             notifier=self._notifier,

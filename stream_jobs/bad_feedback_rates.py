@@ -16,8 +16,8 @@ It stays open for ``lateness`` seconds more: a late row re-emits the window
 
 Exact under failure
 -------------------
-Counts are idempotent: each event's contribution is kept under its
-``event_id`` while its window is open, so the same row delivered twice counts
+Counts are idempotent: each event's contribution is kept under its identity,
+``(project, event_id)``, while its window is open, so the same row delivered twice counts
 once, a newer version (a changed mind, an orphan corrected, a retraction)
 replaces the older one, and a replay after a crash changes nothing. A
 restarted worker rebuilds its windows from the deduplicated ``feedback`` table
@@ -27,6 +27,14 @@ caught up, then for one more lateness period, so the join's replay still
 lands in them however long the restart took; older ones as counts, for the
 sliding windows and the alert baselines. So after a kill -9,
 window counts equal what the ``feedback`` table says for the same windows.
+
+Bounded memory
+--------------
+Dimensions and event ids come from clients, so the state is capped: at most
+``max_cells`` (window, dimensions) counters and ``max_events`` events counted
+in open windows. A row that would pass either cap is left out of the rates
+and counted in :attr:`RateState.bound_hits` (a metric); it is in ``feedback``
+as always. Event times are bounded at ingest, so no window lies far ahead.
 
 Classes: a row is ``implicit`` when its source is (copied, regenerated...),
 else ``good`` or ``bad`` by label, else ``neutral`` (neutral, edit and custom
@@ -93,8 +101,12 @@ class Contribution:
     sample: tuple[str, str] | None  # (trace_id, comment) of a bad row
 
 
-def contribution(row: dict[str, Any], window: float) -> tuple[str, Contribution]:
-    """The event id of an enriched row and what it contributes."""
+#: What identifies a feedback event: (project, event_id), as in the ``feedback`` table.
+EventKey = tuple[str, str]
+
+
+def contribution(row: dict[str, Any], window: float) -> tuple[EventKey, Contribution]:
+    """The identity of an enriched row and what it contributes."""
     ts = row["ts"]
     when = ts.timestamp() if isinstance(ts, datetime) else datetime.fromisoformat(ts).timestamp()
     start = math.floor(when / window) * window
@@ -120,7 +132,8 @@ def contribution(row: dict[str, Any], window: float) -> tuple[str, Contribution]
         counts.with_comment = 1 if comment else 0
         if row.get("score") is not None:
             counts.score_sum, counts.score_count = float(row["score"]), 1
-    return row["event_id"], Contribution(int(row["version"]), start, dims, counts, sample)
+    key = (project, row["event_id"])
+    return key, Contribution(int(row["version"]), start, dims, counts, sample)
 
 
 @dataclass(slots=True)
@@ -130,7 +143,7 @@ class _Window:
     dirty: set[Dims] = field(default_factory=set)
     ended: bool = False
     closes_at: float = 0.0  # wall time after which rows for it are late
-    events: set[str] = field(default_factory=set)  # ids counted here, while open
+    events: set[EventKey] = field(default_factory=set)  # counted here, while open
 
 
 @dataclass(slots=True)
@@ -150,6 +163,8 @@ class RateState:
         sliding: sizes of the sliding windows (multiples of ``window``).
         lateness: seconds a window stays open after it ends.
         history: seconds of closed windows kept for sliding sums and baselines.
+        max_cells: most (window, dimensions) counters held.
+        max_events: most events counted in open windows.
         clock: wall time in seconds (injectable for tests).
     """
 
@@ -160,9 +175,15 @@ class RateState:
         sliding: Iterable[float] = (300.0, 3600.0),
         lateness: float = 30.0,
         history: float = 7200.0,
+        max_cells: int = 500_000,
+        max_events: int = 5_000_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.window = window
+        self.max_cells = max_cells
+        self.max_events = max_events
+        self.cells = 0  # (window, dimensions) counters held
+        self.bound_hits = 0
         self.sliding = tuple(sorted(s for s in sliding if s > window))
         for size in self.sliding:
             if size % window:
@@ -171,7 +192,7 @@ class RateState:
         self.history = max(history, *self.sliding, window)
         self.clock = clock
         self.windows: dict[float, _Window] = {}
-        self.seen: dict[str, Contribution] = {}
+        self.seen: dict[EventKey, Contribution] = {}
         self.late = 0
         self.applied = 0
         self._held_since: float | None = None  # windows from here on held open...
@@ -190,6 +211,9 @@ class RateState:
             target = self._window_for(new.start, now)
             if target is None:
                 self.late += 1
+                continue
+            if old is None and not self._room_for(new, target):
+                self.bound_hits += 1
                 continue
             if old is not None:
                 self._remove(event_id, old)
@@ -250,16 +274,24 @@ class RateState:
             if start >= self._held_since and w.closes_at == math.inf:
                 w.closes_at = max(start + self.window + self.lateness, self._hold_until)
 
-    def _add(self, event_id: str, c: Contribution, w: _Window) -> None:
+    def _room_for(self, c: Contribution, w: _Window) -> bool:
+        """Whether a new event fits in the caps (a newer version of one counted always does)."""
+        if len(self.seen) >= self.max_events:
+            return False
+        return self.cells + sum(dims not in w.counts for dims in c.dims) <= self.max_cells
+
+    def _add(self, event_id: EventKey, c: Contribution, w: _Window) -> None:
         self.seen[event_id] = c
         w.events.add(event_id)
         for dims in c.dims:
+            if dims not in w.counts:
+                self.cells += 1
             w.counts[dims].add(c.counts)
             w.dirty.add(dims)
             if c.sample is not None and len(w.samples[dims]) < MAX_SAMPLES:
                 w.samples[dims].append(c.sample)
 
-    def _remove(self, event_id: str, c: Contribution) -> None:
+    def _remove(self, event_id: EventKey, c: Contribution) -> None:
         w = self.windows.get(c.start)
         del self.seen[event_id]
         if w is None:
@@ -275,6 +307,11 @@ class RateState:
         w = self.windows.get(start)
         if w is None:
             w = self.windows[start] = _Window(ended=True, closes_at=0.0)
+        if dims not in w.counts:
+            if self.cells >= self.max_cells:
+                self.bound_hits += 1
+                return
+            self.cells += 1
         w.counts[dims].add(counts)
 
     # Time -------------------------------------------------------------------
@@ -304,7 +341,7 @@ class RateState:
                 w.events = set()  # samples stay: at most five per dimensions, for alerts
         horizon = now - self.history
         for start in [s for s in self.windows if s + self.window <= horizon]:
-            del self.windows[start]
+            self.cells -= len(self.windows.pop(start).counts)
         return out
 
     def _rows(self, start: float, dims: Iterable[Dims], now: float) -> list[RateWindow]:

@@ -17,6 +17,10 @@ The grace period for a trace to arrive is measured in wall time from when the
 feedback reached the join, not in event time: trace exporters lag in wall time,
 and a replay of old events after an outage would otherwise orphan them all
 before their traces, read a moment later, could match.
+
+Tenant isolation: everything is keyed by ``(project, trace_id)``. Feedback of
+project A joins only a trace of project A; a trace of another project with the
+same ``trace_id`` is another trace.
 """
 
 from __future__ import annotations
@@ -44,6 +48,17 @@ def _nones() -> Iterator[None]:
 
 
 _STATUS = {s.value: s for s in TraceStatus}  # Enum(value) is slow on the hot path
+DEFAULT_PROJECT = "default"
+
+#: What identifies a trace: (project, trace_id).
+Key = tuple[str, str]
+
+
+def key_of(event: FeedbackEvent | TraceEvent) -> Key:
+    """The trace an event belongs to: its project and trace id."""
+    return (event.project or DEFAULT_PROJECT, event.trace_id)
+
+
 RANK = {JoinStatus.ORPHAN: 1, JoinStatus.JOINED: 2, JoinStatus.CORRECTED: 3}
 
 
@@ -58,7 +73,7 @@ class TraceAttributes:
     """
 
     trace_id: str
-    project: str = ""
+    project: str = DEFAULT_PROJECT  # part of the identity: the same for all its spans
     environment: str = ""
     model: str = ""
     capability: str = ""
@@ -78,7 +93,7 @@ class TraceAttributes:
     seen_at: float = 0.0  # wall time of the last update, for retention
 
     _TEXT = (
-        "project", "environment", "model", "capability", "step",
+        "environment", "model", "capability", "step",
         "user_id", "session_id", "conversation_id", "name",
     )  # fmt: skip
 
@@ -92,9 +107,9 @@ class TraceAttributes:
             if not value:
                 continue
             current = getattr(self, name)
-            # TraceEvent defaults project and environment to "default": a span that
-            # did not say must not overwrite a value another span did say.
-            weak = name in ("project", "environment") and value == "default"
+            # TraceEvent defaults environment to "default": a span that did not
+            # say must not overwrite a value another span did say.
+            weak = name == "environment" and value == "default"
             if not current or (not weak and (root or current == "default")):
                 setattr(self, name, value)
         if root:
@@ -168,7 +183,7 @@ def enrich(
             user_id=pick(event.user_id, t.user_id if t else "") or None,
             session_id=pick(event.session_id, t.session_id if t else "") or None,
             conversation_id=pick(event.conversation_id, t.conversation_id if t else "") or None,
-            project=pick(event.project, t.project if t else ""),
+            project=event.project or DEFAULT_PROJECT,  # identity: never inherited
             environment=pick(event.environment, t.environment if t else ""),
             model=t.model if t else "",
             capability=pick(event.capability, t.capability if t else "") or None,
@@ -189,13 +204,19 @@ def enrich(
 
 
 class JoinState:
-    """Traces and waiting feedback of the partitions one worker owns.
+    """Traces and waiting feedback of the partitions one worker owns, by (project, trace_id).
+
+    Every structure is bounded: traces and correctable orphans by the
+    retention; feedback waiting for its trace by ``max_pending`` events. Past
+    that bound the longest-waiting feedback is emitted as an orphan before its
+    grace ends (a late trace still corrects it) and :attr:`bound_hits` counts it.
 
     Args:
         grace_seconds: how long feedback waits for its trace before it is
             emitted as an orphan (wall time; default 10 minutes).
         retention_seconds: how long a trace's attributes, and orphans that
             may still be corrected, are kept after their last update (7 days).
+        max_pending: most feedback events held waiting for their traces.
         clock: wall time in seconds (injectable for tests).
     """
 
@@ -204,37 +225,44 @@ class JoinState:
         *,
         grace_seconds: float = 600.0,
         retention_seconds: float = 7 * 86400.0,
+        max_pending: int = 1_000_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.grace = grace_seconds
         self.retention = retention_seconds
+        self.max_pending = max_pending
         self.clock = clock
-        self.traces: dict[str, TraceAttributes] = {}
-        self.pending: dict[str, dict[str, Pending]] = {}  # trace_id -> event_id -> entry
-        self.orphans: dict[str, dict[str, FeedbackEvent]] = {}  # may still be corrected
+        self.traces: dict[Key, TraceAttributes] = {}
+        self.pending: dict[Key, dict[str, Pending]] = {}  # key -> event_id -> entry
+        self.pending_count = 0
+        self.orphans: dict[Key, dict[str, FeedbackEvent]] = {}  # may still be corrected
+        self.bound_hits = 0  # feedback orphaned early because max_pending was reached
         self._released: list[Any] = []
-        # (deadline, trace_id) in the order feedback was held: deadlines only grow,
+        # (deadline, key) in the order feedback was held: deadlines only grow,
         # so expiry looks at the front instead of every held trace on each tick.
-        self._deadlines: deque[tuple[float, str]] = deque()
+        self._deadlines: deque[tuple[float, Key]] = deque()
         self._next_sweep = 0.0  # retention sweeps (a scan of the state) at most every minute
 
     def add_traces(self, events: Iterable[TraceEvent]) -> list[EnrichedFeedback]:
         """Merge trace events; emit waiting feedback (joined) and orphans (corrected)."""
         now = self.clock()
-        touched: set[str] = set()
+        touched: set[Key] = set()
         for event in events:
-            attrs = self.traces.get(event.trace_id)
+            key = key_of(event)
+            attrs = self.traces.get(key)
             if attrs is None:
-                attrs = self.traces[event.trace_id] = TraceAttributes(event.trace_id)
+                attrs = self.traces[key] = TraceAttributes(event.trace_id, project=key[0])
             attrs.merge(event, now)
-            touched.add(event.trace_id)
+            touched.add(key)
         out: list[EnrichedFeedback] = []
-        for trace_id in touched:
-            attrs = self.traces[trace_id]
-            for entry in self.pending.pop(trace_id, {}).values():
+        for key in touched:
+            attrs = self.traces[key]
+            waiting = self.pending.pop(key, {})
+            self.pending_count -= len(waiting)
+            for entry in waiting.values():
                 out.append(enrich(entry.event, attrs, JoinStatus.JOINED))
                 self._released.append(entry.ref)
-            for orphan in self.orphans.pop(trace_id, {}).values():
+            for orphan in self.orphans.pop(key, {}).values():
                 out.append(enrich(orphan, attrs, JoinStatus.CORRECTED))
         return out
 
@@ -250,35 +278,65 @@ class JoinState:
         now = self.clock()
         out: list[EnrichedFeedback] = []
         for event, ref in zip(events, refs if refs is not None else _nones(), strict=False):
-            attrs = self.traces.get(event.trace_id)
+            key = key_of(event)
+            attrs = self.traces.get(key)
             if attrs is not None:
                 out.append(enrich(event, attrs, JoinStatus.JOINED))
                 continue
-            waiting = self.pending.setdefault(event.trace_id, {})
+            waiting = self.pending.setdefault(key, {})
             previous = waiting.get(event.event_id)
             if previous is None or version_of(event, JoinStatus.JOINED) >= version_of(
                 previous.event, JoinStatus.JOINED
             ):
                 if previous is not None:
                     self._released.append(previous.ref)
+                else:
+                    self.pending_count += 1
                 waiting[event.event_id] = Pending(event, now + self.grace, ref)
-                self._deadlines.append((now + self.grace, event.trace_id))
+                self._deadlines.append((now + self.grace, key))
             else:
                 self._released.append(ref)  # an older copy of what is already held
+        if self.pending_count > self.max_pending:
+            out.extend(self._orphan_oldest(self.pending_count - self.max_pending))
+        return out
+
+    def _orphan_oldest(self, count: int) -> list[EnrichedFeedback]:
+        """Emit the ``count`` longest-waiting feedback events as orphans (the bound is hit)."""
+        out: list[EnrichedFeedback] = []
+        for key in list(self.pending):  # dicts keep insertion order: oldest first
+            if len(out) >= count:
+                break
+            out.extend(self._orphan(key, self.pending[key], lambda _entry: True))
+        self.bound_hits += len(out)
+        return out
+
+    def _orphan(
+        self, key: Key, waiting: dict[str, Pending], due: Callable[[Pending], bool]
+    ) -> list[EnrichedFeedback]:
+        out: list[EnrichedFeedback] = []
+        for event_id, entry in list(waiting.items()):
+            if due(entry):
+                del waiting[event_id]
+                self.pending_count -= 1
+                out.append(enrich(entry.event, None, JoinStatus.ORPHAN))
+                self._released.append(entry.ref)
+                self.orphans.setdefault(key, {})[event_id] = entry.event
+        if not waiting:
+            self.pending.pop(key, None)
         return out
 
     def add_orphans(self, events: Iterable[FeedbackEvent]) -> None:
         """Remember orphans emitted before a restart, so a late trace still corrects them."""
         for event in events:
-            self.orphans.setdefault(event.trace_id, {})[event.event_id] = event
+            self.orphans.setdefault(key_of(event), {})[event.event_id] = event
 
-    def add_known_traces(self, found: dict[str, TraceAttributes]) -> None:
+    def add_known_traces(self, found: dict[Key, TraceAttributes]) -> None:
         """Traces looked up in the store (the state did not hold them)."""
         now = self.clock()
-        for trace_id, attrs in found.items():
-            if trace_id not in self.traces:
+        for key, attrs in found.items():
+            if key not in self.traces:
                 attrs.seen_at = now
-                self.traces[trace_id] = attrs
+                self.traces[key] = attrs
 
     def forget(self, moved: Callable[[str], bool]) -> None:
         """Drop the traces, waiting feedback and orphans of trace ids for which ``moved`` is true.
@@ -287,56 +345,46 @@ class JoinState:
         released (its input stays unacknowledged, and the new holder replays it).
         """
         for table in (self.traces, self.pending, self.orphans):
-            for trace_id in [t for t in table if moved(t)]:
-                del table[trace_id]
+            for key in [k for k in table if moved(k[1])]:
+                if table is self.pending:
+                    self.pending_count -= len(self.pending[key])
+                del table[key]
 
     def take_released(self) -> list[Any]:
         """The refs of held events emitted or superseded since the last call."""
         released, self._released = self._released, []
         return [r for r in released if r is not None]
 
-    def known(self, trace_ids: Iterable[str]) -> set[str]:
-        return {t for t in trace_ids if t in self.traces}
-
-    def waiting_trace_ids(self) -> list[str]:
-        return list(self.pending)
-
     def expire(
-        self, found: Callable[[list[str]], dict[str, TraceAttributes]] | None = None
+        self, found: Callable[[list[Key]], dict[Key, TraceAttributes]] | None = None
     ) -> list[EnrichedFeedback]:
         """Emit as orphans the feedback whose grace ended, and forget stale traces.
 
         ``found`` looks up traces the state no longer holds (older than the
-        retention, or from before a restart) in the store, for a batch of ids,
+        retention, or from before a restart) in the store, for a batch of keys,
         before any feedback is called an orphan.
         """
         now = self.clock()
-        due: dict[str, None] = {}  # ordered, unique
+        due: dict[Key, None] = {}  # ordered, unique
         while self._deadlines and self._deadlines[0][0] <= now:
-            trace_id = self._deadlines.popleft()[1]
-            waiting = self.pending.get(trace_id)
+            key = self._deadlines.popleft()[1]
+            waiting = self.pending.get(key)
             if waiting and min(p.deadline for p in waiting.values()) <= now:
-                due[trace_id] = None
+                due[key] = None
         out: list[EnrichedFeedback] = []
         if due and found is not None:
-            for trace_id, attrs in found(list(due)).items():
+            for key, attrs in found(list(due)).items():
                 attrs.seen_at = now
-                self.traces[trace_id] = attrs
-                for entry in self.pending.pop(trace_id, {}).values():
+                self.traces[key] = attrs
+                waiting = self.pending.pop(key, {})
+                self.pending_count -= len(waiting)
+                for entry in waiting.values():
                     out.append(enrich(entry.event, attrs, JoinStatus.JOINED))
                     self._released.append(entry.ref)
-        for trace_id in due:
-            waiting = self.pending.get(trace_id)
-            if not waiting:
-                continue
-            for event_id, entry in list(waiting.items()):
-                if entry.deadline <= now:
-                    del waiting[event_id]
-                    out.append(enrich(entry.event, None, JoinStatus.ORPHAN))
-                    self._released.append(entry.ref)
-                    self.orphans.setdefault(trace_id, {})[event_id] = entry.event
-            if not waiting:
-                del self.pending[trace_id]
+        for key in due:
+            waiting = self.pending.get(key)
+            if waiting:
+                out.extend(self._orphan(key, waiting, lambda entry: entry.deadline <= now))
         if now >= self._next_sweep:
             self._sweep(now)
         return out
@@ -345,13 +393,13 @@ class JoinState:
         """Forget traces and correctable orphans older than the retention."""
         self._next_sweep = now + min(60.0, self.retention / 10)
         horizon = now - self.retention
-        for trace_id in [t for t, a in self.traces.items() if a.seen_at < horizon]:
-            del self.traces[trace_id]
-        for trace_id in [
-            t for t, o in self.orphans.items()
+        for key in [k for k, a in self.traces.items() if a.seen_at < horizon]:
+            del self.traces[key]
+        for key in [
+            k for k, o in self.orphans.items()
             if all(self._received(e) < horizon for e in o.values())
         ]:  # fmt: skip
-            del self.orphans[trace_id]
+            del self.orphans[key]
 
     @staticmethod
     def _received(event: FeedbackEvent) -> float:
@@ -365,6 +413,6 @@ class JoinState:
     def stats(self) -> dict[str, Any]:
         return {
             "traces": len(self.traces),
-            "pending": sum(len(w) for w in self.pending.values()),
+            "pending": self.pending_count,
             "orphans": sum(len(o) for o in self.orphans.values()),
         }

@@ -42,6 +42,7 @@ from schemas import (
     EnrichedFeedback,
     FeedbackEvent,
     InvalidEvent,
+    TimeBounds,
     Topics,
     TraceEvent,
     WireError,
@@ -49,7 +50,7 @@ from schemas import (
     partition_for,
 )
 from schemas.wire import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES
-from stream_jobs.join_state import JoinState, TraceAttributes
+from stream_jobs.join_state import JoinState, Key, TraceAttributes, key_of
 from stream_jobs.sink import (
     ClickHouseSink,
     SinkBatch,
@@ -111,11 +112,13 @@ class JoinTracesJob:
         topics: the registry (names and partition counts).
         state: the join state of this worker.
         sink: the ClickHouse sink, used only from this job.
-        lookup: looks trace ids up in ClickHouse (blocking; run in a thread).
+        lookup: looks (project, trace_id) keys up in ClickHouse (blocking; run in a thread).
         orphans: loads the orphans a late trace may still correct (blocking).
         producer: a started AIOKafkaProducer for enriched, dlq and keyed.
         metrics: where to report (optional): counts are synced on each tick,
             insert time and freshness observed per write.
+        time_bounds: how far event times may lie from their reception; events
+            beyond become dead letters ``ts_out_of_range``.
     """
 
     def __init__(
@@ -124,12 +127,14 @@ class JoinTracesJob:
         topics: Topics,
         state: JoinState,
         sink: ClickHouseSink,
-        lookup: Callable[[list[str]], dict[str, TraceAttributes]],
+        lookup: Callable[[list[Key]], dict[Key, TraceAttributes]],
         producer: AIOKafkaProducer,
         orphans: Callable[[], list[FeedbackEvent]] = list,
         metrics: Metrics | None = None,
+        time_bounds: TimeBounds = TimeBounds(),  # noqa: B008 (frozen)
     ) -> None:
         self.topics = topics
+        self.time_bounds = time_bounds
         self.metrics = metrics
         self._synced: dict[str, int] = {}
         self._received: list[float] = []  # received_at of a sample of rows, for freshness
@@ -250,7 +255,8 @@ class JoinTracesJob:
         m = self.metrics
         if m is None:
             return
-        m.join_pending.set(sum(len(w) for w in self.state.pending.values()))
+        m.join_pending.set(self.state.pending_count)
+        self.counts["bound:join_pending"] = self.state.bound_hits
         for key, value in list(self.counts.items()):
             delta = value - self._synced.get(key, 0)
             if delta <= 0:
@@ -267,6 +273,8 @@ class JoinTracesJob:
                 m.sink_batches.labels(name).inc(delta)
             elif key in ("joined", "orphan", "corrected"):
                 m.join_outcomes.labels(key).inc(delta)
+            elif kind == "bound":
+                m.bound_hits.labels(name).inc(delta)
             elif key.startswith("dead_"):
                 m.dead_letters.labels(key.removeprefix("dead_")).inc(delta)
             elif key == "flush_failures":
@@ -304,16 +312,19 @@ class JoinTracesJob:
         for kind, items in groups:
             model = FeedbackEvent if kind == "feedback" else TraceEvent
             for item in items:
+                reason = "invalid_event"
                 try:
                     if not isinstance(item, dict):
                         raise InvalidEvent(
                             model.__name__, [("(event)", item, "is not a JSON object")]
                         )
                     event = _stamp(model.parse(item), message.timestamp)
+                    reason = "ts_out_of_range"
+                    self._check_times(event, message)
                 except InvalidEvent as exc:
                     raw_item = orjson.dumps(item).decode()
-                    batch.dead.append(_dead(message, index, "invalid_event", exc.reason, raw_item))
-                    self.counts["dead_invalid_event"] += 1
+                    batch.dead.append(_dead(message, index, reason, exc.reason, raw_item))
+                    self.counts[f"dead_{reason}"] += 1
                     index += 1
                     continue
                 target = partition_for(event.trace_id, self.partitions)
@@ -350,9 +361,29 @@ class JoinTracesJob:
             return None
         if not 0 < len(events) <= MAX_BATCH_EVENTS:
             return None
-        self.counts[f"in:{message.topic}"] += len(events)
         stamp = message.timestamp
-        return [(kind, [_stamp(e, stamp) for e in events])]
+        events = [_stamp(e, stamp) for e in events]
+        try:
+            for event in events:
+                self._check_times(event, message)
+        except InvalidEvent:
+            return None  # the careful path dead-letters it, and only it
+        self.counts[f"in:{message.topic}"] += len(events)
+        return [(kind, events)]
+
+    def _check_times(self, event: FeedbackEvent | TraceEvent, message: Any) -> None:
+        """Refuse event times far from when the event was received (InvalidEvent).
+
+        ``received_at`` is bounded by the Kafka message's timestamp (not on the
+        keyed topic: forwarded events keep the time they were first received),
+        and the event's own times by ``received_at``, so a replay judges the same.
+        """
+        received = event.received_at
+        assert received is not None  # noqa: S101 (stamped by _stamp)
+        if message.timestamp and message.topic != self.topics.keyed.name:
+            sent = datetime.fromtimestamp(message.timestamp, UTC)
+            self.time_bounds.check(event, sent, fields=("received_at",))
+        self.time_bounds.check(event, received)
 
     def _place(
         self, message: Any, held: _Held, batch: _Batch, groups: list[tuple[str, list[Any]]]
@@ -373,11 +404,12 @@ class JoinTracesJob:
             batch.feedback.append((feedback, held))
 
     async def _lookup_unknown(self, batch: _Batch) -> None:
+        traces, pending = self.state.traces, self.state.pending
         unknown = {
-            e.trace_id
+            key
             for items, _ in batch.feedback
             for e in items
-            if e.trace_id not in self.state.traces and e.trace_id not in self.state.pending
+            if (key := key_of(e)) not in traces and key not in pending
         }
         if unknown:
             found = await asyncio.to_thread(self.lookup, list(unknown))

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from schemas import FeedbackEvent, TraceEvent
-from stream_jobs.join_state import TraceAttributes
+from stream_jobs.join_state import Key, TraceAttributes
 from stream_jobs.sink import StoreClient
 
 _TRACE_FIELDS = (
@@ -29,26 +29,38 @@ _FEEDBACK_FIELDS = (
 
 
 def lookup_traces(
-    client: StoreClient, database: str, trace_ids: Sequence[str], now: float = 0.0
-) -> dict[str, TraceAttributes]:
-    """The merged attributes of those of ``trace_ids`` that the ``traces`` table holds."""
-    if not trace_ids:
+    client: StoreClient, database: str, keys: Sequence[Key], now: float = 0.0
+) -> dict[Key, TraceAttributes]:
+    """The merged attributes of those of ``keys`` (project, trace_id) that ``traces`` holds."""
+    if not keys:
         return {}
-    # One string parameter, split by ClickHouse: an Array(String) parameter of
-    # tens of thousands of ids is parsed as a literal, several times slower.
-    # Trace ids hold no whitespace (the contract's pattern), so newlines separate.
+    wanted = set(keys)
+    # The projects as an array (few per batch), the ids as one string split by
+    # ClickHouse: an Array(String) parameter of tens of thousands of ids is
+    # parsed as a literal, several times slower. Trace ids hold no whitespace
+    # (the contract's pattern), so newlines separate. Both filters are on the
+    # table's sort key (project, trace_id, span_id); pairs are matched here.
     rows = client.query(
         f"SELECT {', '.join(_TRACE_FIELDS)} FROM {database}.traces FINAL "  # noqa: S608
-        "WHERE trace_id IN (SELECT arrayJoin(splitByChar('\\n', {ids:String})))",
-        parameters={"ids": "\n".join(dict.fromkeys(trace_ids))},
+        "WHERE project IN {projects:Array(String)} "
+        "AND trace_id IN (SELECT arrayJoin(splitByChar('\\n', {ids:String})))",
+        parameters={
+            "projects": sorted({project for project, _ in wanted}),
+            "ids": "\n".join(dict.fromkeys(trace_id for _, trace_id in keys)),
+        },
     ).result_rows
-    found: dict[str, TraceAttributes] = {}
+    found: dict[Key, TraceAttributes] = {}
     for row in rows:
         data = dict(zip(_TRACE_FIELDS, row, strict=True))
-        for key in ("span_id", "parent_span_id"):
-            data[key] = data[key] or None
+        key = (data["project"], data["trace_id"])
+        if key not in wanted:
+            continue
+        for name in ("span_id", "parent_span_id"):
+            data[name] = data[name] or None
         event = TraceEvent.model_construct(**{k: v for k, v in data.items() if v not in ("",)})
-        attrs = found.setdefault(event.trace_id, TraceAttributes(event.trace_id))
+        attrs = found.get(key)
+        if attrs is None:
+            attrs = found[key] = TraceAttributes(event.trace_id, project=key[0])
         attrs.merge(event, now)
     return found
 
@@ -77,8 +89,9 @@ def load_orphans(client: StoreClient, database: str, since: datetime) -> list[Fe
         data["metadata"] = orjson.loads(data["metadata"]) if data["metadata"] else {}
         data["tags"] = tuple(data["tags"])
         data["retracted"] = bool(data["retracted"])
+        data["project"] = data["project"] or "default"
         for key in ("span_id", "comment", "correction", "category", "user_id", "session_id",
-                    "conversation_id", "project", "environment", "capability", "step"):  # fmt: skip
+                    "conversation_id", "environment", "capability", "step"):  # fmt: skip
             data[key] = data[key] or None
         orphans.append(FeedbackEvent.model_construct(**data))
     return orphans

@@ -81,6 +81,7 @@ class RatesJob:
         self.metrics = metrics
         self._lock = asyncio.Lock()
         self._late_reported = 0
+        self._bounds_reported: dict[str, int] = {}
         # Windows restored at start are written again but not judged: they ended
         # before this worker ran, and judging them late in a row could resolve or
         # fire an alert out of order.
@@ -210,9 +211,17 @@ class RatesJob:
                 m.alerts_firing.labels(*alert_labels).set(1 if a.state == "firing" else 0)
 
     def _report_late(self) -> None:
-        if self.metrics is not None and self.rates.late > self._late_reported:
-            self.metrics.late_events.inc(self.rates.late - self._late_reported)
+        m = self.metrics
+        if m is not None and self.rates.late > self._late_reported:
+            m.late_events.inc(self.rates.late - self._late_reported)
         self._late_reported = self.rates.late
+        for structure, hits in (
+            ("rate_windows", self.rates.bound_hits), ("spike_tracks", self.detector.bound_hits),
+        ):  # fmt: skip
+            reported = self._bounds_reported.get(structure, 0)
+            if m is not None and hits > reported:
+                m.bound_hits.labels(structure).inc(hits - reported)
+            self._bounds_reported[structure] = hits
 
     def hold(self) -> None:
         """From now until the join's output is fresh, write and judge no window.

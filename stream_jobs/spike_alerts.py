@@ -178,10 +178,17 @@ class _Track:
 
 @dataclass(slots=True)
 class SpikeDetector:
-    """Alert state per rule and dimensions; :meth:`evaluate` after each base window ends."""
+    """Alert state per rule and dimensions; :meth:`evaluate` after each base window ends.
+
+    Only tracks with state are kept (firing, or cooling down after they
+    resolved), at most ``max_tracks``: past that, a new spike is not tracked
+    and :attr:`bound_hits` counts it.
+    """
 
     rules: tuple[AlertRule, ...]
     tracks: dict[tuple[str, Dims], _Track] = field(default_factory=dict)
+    max_tracks: int = 10_000
+    bound_hits: int = 0
 
     def evaluate(self, rates: RateState, end: float, now: float) -> list[Alert]:
         """Judge every rule on the windows that end at ``end``; the alerts that change state."""
@@ -194,17 +201,31 @@ class SpikeDetector:
                 dims for (name, dims), t in self.tracks.items() if name == rule.name and t.firing
             }
             for dims in sorted(d for d in candidates if rule.applies_to(d)):
-                track = self.tracks.setdefault((rule.name, dims), _Track())
+                key = (rule.name, dims)
+                track = self.tracks.get(key) or _Track()
                 window = rates.total(dims, start, end)
                 # While firing, compare with the baseline before the onset: a trailing
                 # one would absorb a long spike and resolve it while it still goes on.
                 until = track.onset if track.firing and track.onset else start
                 baseline = rates.total(dims, until - rule.baseline, until)
                 verdict = judge(rule, window, baseline)
+                if key not in self.tracks and not self._room(track, verdict, now):
+                    continue
                 alert = self._step(rule, dims, track, verdict, start, end, now, rates)
                 if alert is not None:
                     out.append(alert)
+                if track.firing or track.cooldown_until > now:
+                    self.tracks[key] = track
+                else:
+                    self.tracks.pop(key, None)  # no state left: a fresh track is the same
         return out
+
+    def _room(self, track: _Track, verdict: Verdict, now: float) -> bool:
+        """Whether a new track may fire: false (and counted) when the bound is reached."""
+        if not verdict.breach or now < track.cooldown_until or len(self.tracks) < self.max_tracks:
+            return True
+        self.bound_hits += 1
+        return False
 
     def _step(
         self, rule: AlertRule, dims: Dims, track: _Track, verdict: Verdict,

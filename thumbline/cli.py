@@ -288,6 +288,9 @@ def send_feedback(
     category: Annotated[str | None, typer.Option()] = None,
     name: Annotated[str | None, typer.Option(help="response-quality, star-rating...")] = None,
     span_id: Annotated[str | None, typer.Option()] = None,
+    project: Annotated[
+        str | None, typer.Option(help="The trace's project (absent: default); it joins only there.")
+    ] = None,
     user_id: Annotated[str | None, typer.Option()] = None,
     session_id: Annotated[str | None, typer.Option()] = None,
     event_id: Annotated[
@@ -320,6 +323,7 @@ def send_feedback(
         category=category,
         name=name,
         span_id=span_id,
+        project=project,
         user_id=user_id,
         session_id=session_id,
         event_id=event_id,

@@ -53,7 +53,7 @@ class GatewayProcess:
                 database=s.clickhouse_database, host=s.gateway_host,
                 metrics=self.metrics, max_body_bytes=s.gateway_max_body_bytes,
                 rate_limit=s.gateway_rate_limit, cors_origins=s.cors_origins,
-                store_url=s.store_url,
+                store_url=s.store_url, time_bounds=s.time_bounds,
             )  # fmt: skip
             self._gateway = await Gateway(app, host=s.gateway_host, port=s.gateway_port).start()
             self.url = self._gateway.url

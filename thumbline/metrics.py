@@ -54,6 +54,14 @@ class Metrics:
         self.join_pending = Gauge(
             "thumbline_join_pending", "Feedback held, waiting for its trace.", registry=r
         )
+        self.bound_hits = Counter(
+            "thumbline_bound_hits_total",
+            "Times an in-memory structure reached its bound, by structure (join_pending: "
+            "feedback orphaned early; rate_windows, spike_tracks: events or dimensions left out "
+            "of the rates; api_key_cache, rate_limit_buckets: entries evicted).",
+            ["structure"],
+            registry=r,
+        )
         self.sink_rows = Counter(
             "thumbline_sink_rows_total", "Rows written to ClickHouse, by table.", ["table"],
             registry=r,

@@ -15,6 +15,7 @@ import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas import TimeBounds
 from thumbline.errors import ConfigError
 
 ENV_PREFIX = "THUMBLINE_"
@@ -55,6 +56,20 @@ class Settings(BaseSettings):
     join_retention_seconds: float = Field(
         7 * 86400.0, gt=0, description="How long the join holds a trace's attributes in memory."
     )
+    ingest_max_age_seconds: float = Field(
+        7 * 86400.0, gt=0, le=10 * 365 * 86400,
+        description="Events whose time (ts, start/end time) is older than this when received are "
+        "refused: 422 at the gateway, dead letter ts_out_of_range in the stream.",
+    )  # fmt: skip
+    ingest_max_future_seconds: float = Field(
+        3600.0, ge=0, le=7 * 86400,
+        description="Events whose time is further than this ahead of their reception are refused.",
+    )  # fmt: skip
+    join_max_pending: int = Field(
+        1_000_000, ge=1, le=100_000_000,
+        description="Most feedback events held waiting for their traces; past it the longest "
+        "waiting is emitted as an orphan early (a late trace still corrects it).",
+    )  # fmt: skip
     stream_batch_size: int = Field(
         200, ge=1, le=100_000, description="Messages per micro-batch (of up to 1,000 events each)."
     )
@@ -81,6 +96,20 @@ class Settings(BaseSettings):
         300.0, gt=0, le=86400,
         description="At start, windows this recent (and any not yet written) are rebuilt event by "
         "event from ClickHouse.",
+    )  # fmt: skip
+    rate_max_cells: int = Field(
+        500_000, ge=100, le=100_000_000,
+        description="Most (window, dimensions) counters the rates hold; rows past it are left "
+        "out of the rates (thumbline_bound_hits_total{structure=\"rate_windows\"}).",
+    )  # fmt: skip
+    rate_max_events: int = Field(
+        5_000_000, ge=100, le=1_000_000_000,
+        description="Most events counted in open rate windows; rows past it are left out.",
+    )  # fmt: skip
+    alert_max_tracks: int = Field(
+        10_000, ge=10, le=10_000_000,
+        description="Most alerts firing or cooling down at once; new spikes past it are not "
+        "tracked.",
     )  # fmt: skip
     alert_rules: Path | None = Field(None, description="A TOML file of spike rules.")
     alert_webhook_urls: SecretStr | None = Field(
@@ -237,6 +266,13 @@ class Settings(BaseSettings):
     @property
     def cors_origins(self) -> tuple[str, ...]:
         return tuple(o.strip() for o in self.gateway_cors_origins.split(",") if o.strip())
+
+    @property
+    def time_bounds(self) -> TimeBounds:
+        """How far an event's time may lie from its reception."""
+        return TimeBounds(
+            max_age=self.ingest_max_age_seconds, max_future=self.ingest_max_future_seconds
+        )
 
     @property
     def run_file(self) -> Path:

@@ -66,6 +66,18 @@ def store_error(exc: BaseException, settings: Settings | None = None) -> StoreEr
     return StoreError(text.strip(), code=int(match.group(1)) if match else None)
 
 
+#: Migrations that change a table's sort key (ClickHouse cannot ALTER it): the
+#: migration's SQL creates ``<table>__rekeyed`` with the new key, then
+#: :func:`_rekey` copies, swaps and drops. Version -> (table, its new sort key).
+REKEYED: dict[int, tuple[tuple[str, str], ...]] = {
+    5: (("feedback", "project, event_id"), ("traces", "project, trace_id, span_id")),
+}
+
+#: Columns rewritten on the way into a rekeyed table (rows stored before the
+#: project was part of the identity had none when they were orphans).
+_REKEY_COLUMNS = {"project": "if(project = '', 'default', project)"}
+
+
 @dataclass(frozen=True, slots=True)
 class AppliedMigration:
     version: int
@@ -110,6 +122,8 @@ def apply_migrations(client: Client, database: str) -> list[AppliedMigration]:
                 continue
             for statement in migration.statements(database):
                 client.command(statement)
+            for table, sorting_key in REKEYED.get(migration.version, ()):
+                _rekey(client, database, table, sorting_key)
             client.insert(
                 f"{database}.schema_migrations",
                 [[migration.version, migration.name, migration.checksum, datetime.now(UTC)]],
@@ -120,3 +134,54 @@ def apply_migrations(client: Client, database: str) -> list[AppliedMigration]:
         return result
     except ClickHouseError as exc:
         raise store_error(exc) from None
+
+
+def _rekey(client: Client, database: str, table: str, sorting_key: str) -> None:
+    """Give ``table`` the sort key of ``<table>__rekeyed``: copy, check, swap, drop.
+
+    Safe to run again at any point after a crash: the table's current sort key
+    says whether the swap happened. Before it, the copy starts over (the new
+    table is emptied first); after it, only the old table is left to drop.
+
+    Raises:
+        StoreError: the copy does not hold as many rows as the table (nothing is
+            swapped; the next start tries again).
+    """
+    new = f"{table}__rekeyed"
+
+    def scalar(sql: str, **parameters: Any) -> Any:
+        return client.query(sql, parameters=parameters).result_rows[0][0]
+
+    current = scalar(
+        "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        db=database, t=table,
+    )  # fmt: skip
+    if current == sorting_key:
+        client.command(f"DROP TABLE IF EXISTS {database}.{new}")
+        return
+    client.command(f"TRUNCATE TABLE IF EXISTS {database}.{new}")
+    columns = [
+        str(row[0])
+        for row in client.query(
+            "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String} "
+            "AND name IN (SELECT name FROM system.columns WHERE database = {db:String} "
+            "AND table = {old:String}) ORDER BY position",
+            parameters={"db": database, "t": new, "old": table},
+        ).result_rows
+    ]
+    names = ", ".join(columns)
+    values = ", ".join(f"{_REKEY_COLUMNS[c]} AS {c}" if c in _REKEY_COLUMNS else c for c in columns)
+    client.command(
+        f"INSERT INTO {database}.{new} ({names}) SELECT {values} "  # noqa: S608 (our identifiers)
+        f"FROM {database}.{table} FINAL SETTINGS insert_deduplicate = 0"
+    )
+    before = scalar(f"SELECT count() FROM {database}.{table} FINAL")  # noqa: S608
+    after = scalar(f"SELECT count() FROM {database}.{new} FINAL")  # noqa: S608
+    if before != after:
+        raise StoreError(
+            f"migrating {database}.{table} to its new key copied {after} of {before} rows; "
+            "nothing was swapped: start again to retry, and report it if it repeats"
+        )
+    client.command(f"EXCHANGE TABLES {database}.{table} AND {database}.{new}")
+    client.command(f"DROP TABLE IF EXISTS {database}.{new}")
+    logger.info("%s.%s now keyed by (%s): %d rows moved", database, table, sorting_key, after)

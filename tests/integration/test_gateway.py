@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -74,10 +75,11 @@ async def test_a_batch_gets_a_result_per_item_and_a_retry_makes_no_second_row(
     })  # fmt: skip
     assert status == 202 and body["accepted"] == 1
     batch = [
-        {"event_id": f"{run_id}-1", "trace_id": f"{run_id}-t", "label": "bad", "comment": "wrong"},
+        {"event_id": f"{run_id}-1", "trace_id": f"{run_id}-t", "label": "bad", "comment": "wrong",
+         "project": "shop"},
         {"event_id": f"{run_id}-2", "trace_id": f"{run_id}-t", "lable": "good"},
         {"event_id": f"{run_id}-3", "trace_id": f"{run_id}-t", "kind": "signal", "name": "copied",
-         "source": "explicit", "received_at": "2020-01-01T00:00:00Z"},
+         "source": "explicit", "received_at": "2020-01-01T00:00:00Z", "project": "shop"},
     ]  # fmt: skip
     status, body, _ = await post(f"{base}/v1/feedback", batch)
     assert status == 207 and (body["accepted"], body["rejected"]) == (2, 1)
@@ -106,9 +108,8 @@ async def test_a_batch_gets_a_result_per_item_and_a_retry_makes_no_second_row(
 
 async def test_every_hosted_product_shape_arrives_as_the_right_rows(gateway, thumbline_bin):
     base, t = gateway.info.gateway_url, unique("shape")
-    status, _, _ = await post(
-        f"{base}/v1/traces", {"trace_id": t, "project": "shop", "model": "m2"}
-    )
+    # No key: hosted payloads carry no project, so these events and the trace are in "default".
+    status, _, _ = await post(f"{base}/v1/traces", {"trace_id": t, "model": "m2"})
     assert status == 202
     payloads = {
         "trulayer": {"trace_id": t, "label": "edit", "comment": "Paris", "user_id": "u1"},
@@ -145,8 +146,8 @@ async def test_the_inbox_and_a_trace_read_back_over_http(gateway, thumbline_bin)
     base, t = gateway.info.gateway_url, unique("read")
     await post(f"{base}/v1/traces", {"trace_id": t, "project": "shop", "model": "m3"})
     await post(f"{base}/v1/feedback", [
-        {"trace_id": t, "label": "bad", "comment": "wrong", "user_id": "u9"},
-        {"trace_id": t, "label": "good", "user_id": "u9"},
+        {"trace_id": t, "label": "bad", "comment": "wrong", "user_id": "u9", "project": "shop"},
+        {"trace_id": t, "label": "good", "user_id": "u9", "project": "shop"},
     ])  # fmt: skip
     query = f"SELECT event_id FROM thumbline.feedback FINAL WHERE trace_id = '{t}'"
     assert len(await rows_for(thumbline_bin, gateway.env, query, 2)) == 2
@@ -312,8 +313,8 @@ async def ready(base: str, proc: subprocess.Popen[str]) -> bool:
 
 async def test_the_python_sdk_over_http_has_the_kafka_transports_api(gateway, thumbline_bin):
     t = unique("sdk")
-    async with GatewayProducer(url=gateway.info.gateway_url) as fb:
-        assert await fb.trace(trace_id=t, project="shop", model="m4") == t
+    async with GatewayProducer(url=gateway.info.gateway_url, project="shop") as fb:
+        assert await fb.trace(trace_id=t, model="m4") == t
         down = await fb.thumb_down(t, comment="wrong", user_id="u1")
         assert down.trace_id == t and down.topic == "/v1/feedback"
         await fb.send_many([fb._feedback(t, kind="signal", name="copied"),
@@ -367,3 +368,28 @@ def test_store_credentials_never_appear_in_what_the_gateway_says(
     )
     assert result.returncode != 0 and result.stderr.strip()
     assert secret not in result.stdout + result.stderr
+
+
+async def test_event_times_far_from_the_servers_clock_are_refused_naming_the_field(gateway):
+    base, now = gateway.info.gateway_url, datetime.now(UTC)
+    trace_id = unique("when")
+    batch = [
+        {"trace_id": trace_id, "label": "bad", "ts": "2300-01-01T00:00:00Z"},
+        {"trace_id": trace_id, "label": "bad", "ts": "0001-01-01T00:00:00Z"},
+        {"trace_id": trace_id, "label": "bad", "ts": (now - timedelta(days=8)).isoformat()},
+        {"trace_id": trace_id, "label": "bad", "ts": (now - timedelta(days=6)).isoformat()},
+        {"trace_id": trace_id, "label": "bad", "ts": (now + timedelta(minutes=30)).isoformat()},
+        {"trace_id": trace_id, "label": "bad", "retracted": "yes"},
+    ]
+    status, body, _ = await post(f"{base}/v1/feedback", batch)
+    assert status == 207 and (body["accepted"], body["rejected"]) == (2, 4)
+    errors = [r["error"] for r in body["results"]]
+    assert errors[0].startswith("ts: is 99,") and "ahead of the time it was received" in errors[0]
+    assert errors[1].startswith("ts: is ") and "older than the time it was received" in errors[1]
+    assert errors[2].startswith("ts: is 8 d older") and errors[3:5] == [None, None]
+    assert errors[5].startswith("retracted: Input should be a valid boolean")
+    status, body, _ = await post(f"{base}/v1/traces", [
+        {"trace_id": trace_id, "start_time": "9999-12-31T00:00:00Z"},
+        {"trace_id": trace_id, "span_id": "s", "end_time": now.isoformat()},
+    ])  # fmt: skip
+    assert status == 207 and body["results"][0]["error"].startswith("start_time: is ")

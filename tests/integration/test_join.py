@@ -53,8 +53,9 @@ async def stream(broker, store, store_settings) -> AsyncIterator[StreamApp]:
 @pytest.fixture(scope="module")
 async def sdk(broker, stream) -> AsyncIterator[FeedbackProducer]:
     async with FeedbackProducer(
-        bootstrap_servers=broker.bootstrap, topic_prefix=stream.settings.topic_prefix, linger_ms=1
-    ) as producer:
+        bootstrap_servers=broker.bootstrap, topic_prefix=stream.settings.topic_prefix, linger_ms=1,
+        project="shop",
+    ) as producer:  # fmt: skip
         yield producer
 
 
@@ -116,9 +117,9 @@ async def test_feedback_before_its_trace_waits_for_it(sdk, query):
 
 async def test_an_orphan_is_corrected_when_its_trace_turns_up(sdk, query):
     trace_id = unique("t")
-    await sdk.thumb_up(trace_id, event_id=(eid := unique("e")), project="from-feedback")
+    await sdk.thumb_up(trace_id, event_id=(eid := unique("e")))
     orphan = await eventually(lambda: (r := row_of(query, eid)()) and r[0] == "orphan" and r)
-    assert orphan[1:3] == ("from-feedback", "")
+    assert orphan[1:3] == ("shop", "")
     await sdk.trace(trace_id=trace_id, project="shop", model="m3")
     corrected = await eventually(lambda: (r := row_of(query, eid)()) and r[0] == "corrected" and r)
     assert corrected[2] == "m3" and corrected[6] > orphan[6]
@@ -129,7 +130,7 @@ async def test_feedback_older_than_the_retention_finds_its_trace_in_clickhouse(s
     trace_id = await sdk.trace(project="archive", model="m-old")
     await eventually(lambda: query(f"SELECT 1 FROM {{db}}.traces WHERE trace_id = '{trace_id}'"))
     await eventually(lambda: trace_id not in stream.job.state.traces, timeout=RETENTION + 10)
-    await sdk.thumb_down(trace_id, event_id=(eid := unique("e")))
+    await sdk.thumb_down(trace_id, event_id=(eid := unique("e")), project="archive")
     status, project, model, *_ = await eventually(row_of(query, eid))
     assert (status, project, model) == ("joined", "archive", "m-old")
 
@@ -140,7 +141,6 @@ async def test_a_trace_sent_as_several_spans_merges(sdk, query):
         trace_id,
         span_id="child",
         parent_span_id="root",
-        project="default",
         model="m-small",
         cost_usd=0.25,
     )
@@ -159,6 +159,7 @@ async def test_the_same_event_delivered_three_times_is_one_row(sdk, raw, stream,
         {
             "trace_id": trace_id,
             "event_id": (eid := unique("e")),
+            "project": "shop",
             "label": "bad",
             "received_at": datetime.now(UTC).isoformat(),
         }
@@ -194,7 +195,16 @@ async def test_events_on_the_wrong_partition_are_still_joined(sdk, raw, stream, 
     )
     await raw.send_and_wait(
         stream.topics.feedback.name,
-        orjson.dumps([{"trace_id": trace_id, "event_id": (eid := unique("e")), "label": "bad"}]),
+        orjson.dumps(
+            [
+                {
+                    "trace_id": trace_id,
+                    "event_id": (eid := unique("e")),
+                    "label": "bad",
+                    "project": "elsewhere",
+                }
+            ]
+        ),  # fmt: skip
         partition=(home + 2) % 4,
     )
     status, project, *_ = await eventually(row_of(query, eid))
@@ -311,3 +321,33 @@ async def test_a_clickhouse_outage_pauses_the_stream_and_loses_nothing(
         f"SELECT count() FROM {{db}}.traces FINAL WHERE {like}"
     ) == [(report.traces,)], timeout=60)  # fmt: skip
     assert stream.job.counts["flush_failures"] > failures_before
+
+
+async def test_event_times_far_from_their_reception_are_dead_lettered(raw, stream, query):
+    topic, trace_id, now = stream.topics.feedback.name, unique("t"), datetime.now(UTC)
+    events = [
+        {"trace_id": trace_id, "event_id": unique("ok"), "label": "bad", "ts": now.isoformat()},
+        {"trace_id": trace_id, "label": "bad", "ts": "2300-01-01T00:00:00Z"},
+        {"trace_id": trace_id, "label": "bad", "ts": "1900-01-01T00:00:00Z"},
+        {"trace_id": trace_id, "label": "bad", "received_at": "2300-01-01T00:00:00Z",
+         "ts": "2300-01-01T00:00:00Z"},  # a forged reception time is bounded by Kafka's
+    ]  # fmt: skip
+    meta = await raw.send_and_wait(topic, orjson.dumps(events), partition=0)
+    await eventually(row_of(query, events[0]["event_id"]))
+    letters = await eventually(
+        lambda: (
+            (
+                rows := query(
+                    f"SELECT batch_index, reason, error FROM {{db}}.dead_letters FINAL "
+                    f"WHERE topic = '{topic}' AND offset = {meta.offset} ORDER BY batch_index"
+                )
+            )
+            and len(rows) >= 3
+            and rows
+        )
+    )
+    assert [(i, reason) for i, reason, _ in letters] == [
+        (1, "ts_out_of_range"), (2, "ts_out_of_range"), (3, "ts_out_of_range"),
+    ]  # fmt: skip
+    assert letters[0][2].startswith("ts: is 99,")
+    assert "received_at: is" in letters[2][2]

@@ -31,6 +31,7 @@ def test_a_trace_stored_as_spans_comes_back_merged(store, store_settings):
                     "trace_id": tid,
                     "span_id": "child",
                     "parent_span_id": "root",
+                    "project": "shop",
                     "cost_usd": 0.25,
                     "status": "error",
                 }
@@ -38,9 +39,9 @@ def test_a_trace_stored_as_spans_comes_back_merged(store, store_settings):
         ]
     )
     sink.flush()
-    found = lookup_traces(store, db, [tid, unique("absent")])
-    assert list(found) == [tid]
-    attrs = found[tid]
+    found = lookup_traces(store, db, [("shop", tid), ("shop", unique("absent"))])
+    assert list(found) == [("shop", tid)]
+    attrs = found[("shop", tid)]
     assert (attrs.project, attrs.model, attrs.latency_ms, attrs.cost, attrs.status) == (
         "shop",
         "m-big",
@@ -62,6 +63,7 @@ def test_orphans_come_back_as_feedback_a_late_trace_corrects(store, store_settin
                 {
                     "trace_id": tid,
                     "event_id": f"{tid}-e",
+                    "project": "shop",
                     "kind": "rating",
                     "value": 2,
                     "comment": "meh",
@@ -73,6 +75,7 @@ def test_orphans_come_back_as_feedback_a_late_trace_corrects(store, store_settin
                 {
                     "trace_id": tid,
                     "event_id": f"{tid}-t",
+                    "project": "shop",
                     "kind": "thumb",
                     "value": "down",
                     "received_at": received,
@@ -92,3 +95,13 @@ def test_orphans_come_back_as_feedback_a_late_trace_corrects(store, store_settin
     assert (row.event_id, row.join_status, row.project) == (f"{tid}-e", "corrected", "shop")
     assert (row.label, row.score, row.comment, row.metadata) == ("bad", 0.25, "meh", {"a": 1})
     assert (thumb.event_id, thumb.join_status, thumb.value) == (f"{tid}-t", "corrected", "down")
+
+
+def test_a_trace_is_found_only_in_its_own_project(store, store_settings):
+    db = store_settings.clickhouse_database
+    tid = unique("shared")
+    sink = ClickHouseSink(store, db)
+    sink.add_traces([TraceEvent.parse({"trace_id": tid, "project": "b", "model": "b-model"})])
+    sink.flush()
+    assert lookup_traces(store, db, [("a", tid)]) == {}
+    assert lookup_traces(store, db, [("b", tid)])[("b", tid)].model == "b-model"

@@ -240,9 +240,10 @@ async def test_late_feedback_updates_its_window_and_too_late_is_counted(
     project = unique("late")
     late_before = value(stream, "thumbline_rate_late_events_total")
     async with FeedbackProducer(
-        bootstrap_servers=broker.bootstrap, topic_prefix=stream.settings.topic_prefix
-    ) as fb:
-        await fb.trace(trace_id=f"{project}-t", project=project, model="m")
+        bootstrap_servers=broker.bootstrap, topic_prefix=stream.settings.topic_prefix,
+        project=project,
+    ) as fb:  # fmt: skip
+        await fb.trace(trace_id=f"{project}-t", model="m")
         now = time.time()
         start = math.floor(now / WINDOW) * WINDOW
         await raw_feedback(fb, f"{project}-t", f"{project}-1", now)

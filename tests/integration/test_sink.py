@@ -33,6 +33,7 @@ def enriched_rows(prefix: str, n: int):
             {
                 "trace_id": f"{prefix}-{i}",
                 "event_id": f"{prefix}-e{i}",
+                "project": "shop",
                 "kind": "rating",
                 "value": 1 + i % 5,
                 "tags": ["x"],
@@ -142,7 +143,7 @@ def test_every_column_of_a_trace_and_a_thumb_lands_as_typed(store, store_setting
     state.add_traces([trace])
     thumb = FeedbackEvent.parse(
         {"trace_id": prefix, "event_id": f"{prefix}-e", "value": "up", "kind": "thumb",
-         "comment": "ok", "received_at": T0, "ts": T0}
+         "project": "shop", "comment": "ok", "received_at": T0, "ts": T0}
     )  # fmt: skip
     sink = ClickHouseSink(store, db)
     sink.add_traces([trace])

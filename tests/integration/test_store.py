@@ -82,6 +82,87 @@ class TestMigrations:
             store.command(f"DROP DATABASE IF EXISTS {db}")
 
 
+def migrate_to(store, db, version):
+    """Apply the migrations up to ``version`` by hand: a store of an older thumbline."""
+    store.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    for migration in migrations.load():
+        if migration.version > version:
+            break
+        for statement in migration.statements(db):
+            store.command(statement)
+
+
+def sort_key(store, db, table):
+    return store.query(
+        "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": db, "t": table},
+    ).result_rows
+
+
+class TestProjectIdentityMigration:
+    """0005: an old store's feedback and traces move to keys that hold the project."""
+
+    def old_store(self, store):
+        db = unique("old")
+        migrate_to(store, db, 4)
+        now = datetime.now(UTC)
+        columns = ["event_id", "trace_id", "project", "label", "join_status", "ts", "received_at",
+                   "version", "retracted"]  # fmt: skip
+        store.insert(f"{db}.feedback", [
+            ["e-orphan", "t-1", "", "bad", "orphan", now, now, 1, 0],
+            ["e-shop", "t-2", "shop", "good", "joined", now, now, 1, 0],
+            ["e-shop", "t-2", "shop", "bad", "joined", now, now, 2, 0],  # a newer version
+        ], column_names=columns)  # fmt: skip
+        trace_columns = ["trace_id", "span_id", "project", "received_at", "version"]
+        traces = [["t-2", "", "shop", now, 1], ["t-3", "s", "b", now, 1]]
+        store.insert(f"{db}.traces", traces, column_names=trace_columns)
+        return db
+
+    def test_rows_keep_their_latest_version_and_orphans_go_to_default(self, store):
+        db = self.old_store(store)
+        try:
+            apply_migrations(store, db)
+            assert sort_key(store, db, "feedback") == [("project, event_id",)]
+            assert sort_key(store, db, "traces") == [("project, trace_id, span_id",)]
+            assert sort_key(store, db, "feedback__rekeyed") == []  # the old table is gone
+            rows = store.query(
+                f"SELECT project, event_id, label FROM {db}.feedback FINAL ORDER BY event_id"
+            ).result_rows
+            assert rows == [("default", "e-orphan", "bad"), ("shop", "e-shop", "bad")]
+            traces = store.query(f"SELECT project, trace_id FROM {db}.traces FINAL ORDER BY 2")
+            assert traces.result_rows == [("shop", "t-2"), ("b", "t-3")]
+            views = store.query(f"SELECT count() FROM {db}.feedback_latest").result_rows
+            assert views == [(2,)]  # views follow the swapped table
+        finally:
+            store.command(f"DROP DATABASE IF EXISTS {db}")
+
+    @pytest.mark.parametrize("crash", ["half_copied", "swapped_not_dropped"])
+    def test_a_crash_at_any_step_is_finished_by_the_next_start(self, store, crash):
+        db = self.old_store(store)
+        try:
+            migrate_to(store, db, 5)  # the new tables exist, nothing recorded yet
+            if crash == "half_copied":
+                store.command(
+                    f"INSERT INTO {db}.feedback__rekeyed (event_id, project, version) "
+                    "VALUES ('e-shop', 'shop', 1), ('junk', 'x', 1)"
+                )
+            else:
+                store.command(f"EXCHANGE TABLES {db}.traces AND {db}.traces__rekeyed")
+                store.command(
+                    f"INSERT INTO {db}.traces SELECT * FROM {db}.traces__rekeyed FINAL"  # noqa: S608
+                )
+            apply_migrations(store, db)
+            assert sort_key(store, db, "feedback") == [("project, event_id",)]
+            assert sort_key(store, db, "traces") == [("project, trace_id, span_id",)]
+            events = store.query(f"SELECT event_id FROM {db}.feedback FINAL ORDER BY 1")
+            assert events.result_rows == [("e-orphan",), ("e-shop",)]
+            assert store.query(f"SELECT count() FROM {db}.traces FINAL").result_rows == [(2,)]
+            again = apply_migrations(store, db)
+            assert not any(m.applied for m in again)
+        finally:
+            store.command(f"DROP DATABASE IF EXISTS {db}")
+
+
 class TestAnalyticsViews:
     def test_each_view_answers_from_the_feedback_rows(self, store, store_settings):
         db = store_settings.clickhouse_database
@@ -225,7 +306,8 @@ class TestOwnerClient:
             [TraceEvent.parse({"trace_id": trace_id, "project": "shop", "received_at": at})]
         )
         assert sink.flush() == 1
-        assert lookup_traces(client, db, [trace_id, "nobody"])[trace_id].project == "shop"
+        found = lookup_traces(client, db, [("shop", trace_id), ("shop", "nobody")])
+        assert found[("shop", trace_id)].project == "shop"
         rows = client.query(
             f"SELECT received_at, version FROM {db}.traces WHERE trace_id = {{t:String}} "
             "AND received_at >= {since:DateTime64(3, 'UTC')}",

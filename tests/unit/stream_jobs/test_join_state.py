@@ -35,6 +35,7 @@ def feedback(
     data = {
         "trace_id": trace_id,
         "event_id": event_id,
+        "project": "shop",
         "label": "bad",
         "received_at": T0 + timedelta(seconds=received),
         **fields,
@@ -108,14 +109,14 @@ def test_the_store_is_asked_before_feedback_is_called_an_orphan(state, clock):
     clock.advance(601)
     asked = []
 
-    def found(ids):
-        asked.append(list(ids))
-        attrs = TraceAttributes("old", project="archive", model="m0")
-        return {"old": attrs}
+    def found(keys):
+        asked.append(list(keys))
+        attrs = TraceAttributes("old", project="shop", model="m0")
+        return {("shop", "old"): attrs}
 
     [row] = state.expire(found)
-    assert asked == [["old"]]
-    assert (row.join_status, row.project, row.model) == ("joined", "archive", "m0")
+    assert asked == [[("shop", "old")]]
+    assert (row.join_status, row.project, row.model) == ("joined", "shop", "m0")
 
 
 def test_a_trace_in_many_spans_merges_into_one_set_of_attributes(state):
@@ -124,7 +125,6 @@ def test_a_trace_in_many_spans_merges_into_one_set_of_attributes(state):
             trace(
                 span_id="s2",
                 parent_span_id="s1",
-                project="default",
                 environment="default",
                 model="m-small",
                 cost_usd=0.01,
@@ -134,7 +134,6 @@ def test_a_trace_in_many_spans_merges_into_one_set_of_attributes(state):
             trace(
                 span_id="s3",
                 parent_span_id="s1",
-                project="default",
                 environment="default",
                 model="m-small",
                 cost_usd=0.02,
@@ -195,6 +194,7 @@ def test_a_retraction_is_emitted_as_a_retracted_row(state):
                 {
                     "trace_id": "t1",
                     "event_id": "e1",
+                    "project": "shop",
                     "retracted": True,
                     "received_at": T0 + timedelta(seconds=5),
                 }
@@ -291,7 +291,45 @@ def test_a_partition_that_moved_away_is_forgotten_without_releasing_its_waiting_
     state.add_feedback([feedback(trace_id="waits-moved")], refs=["msg-1"])
     state.add_feedback([feedback(trace_id="waits-kept")], refs=["msg-2"])
     state.forget(lambda trace_id: "moved" in trace_id)
-    assert set(state.traces) == {"kept"} and set(state.pending) == {"waits-kept"}
+    assert set(state.traces) == {("shop", "kept")}
+    assert set(state.pending) == {("shop", "waits-kept")}
     assert state.take_released() == []  # its input stays unacknowledged: the new holder replays it
     clock.advance(601)
     assert [row.trace_id for row in state.expire()] == ["waits-kept"]  # no orphan for the moved
+
+
+# Tenant isolation -------------------------------------------------------------
+
+
+def test_feedback_joins_only_a_trace_of_its_own_project(state, clock):
+    state.add_traces([trace("shared", model="b-model", project="b")])
+    assert state.add_feedback([feedback("shared", event_id="a1", project="a")]) == []
+    clock.advance(601)
+    [orphan] = state.expire()
+    assert (orphan.join_status, orphan.project, orphan.model) == ("orphan", "a", "")
+    [own] = state.add_feedback([feedback("shared", event_id="b1", project="b")])
+    assert (own.join_status, own.project, own.model) == ("joined", "b", "b-model")
+
+
+def test_a_trace_of_another_project_with_the_same_id_changes_nothing_of_this_one(state):
+    state.add_traces([trace("shared", project="b", model="b-model", environment="prod")])
+    state.add_traces([trace("shared", project="a", model="evil", environment="staging")])
+    [row] = state.add_feedback([feedback("shared", project="b")])
+    assert (row.project, row.model, row.environment) == ("b", "b-model", "prod")
+
+
+def test_feedback_without_a_project_belongs_to_default(state):
+    state.add_traces([trace("t-default", project="default", model="m-d")])
+    event = FeedbackEvent.parse({"trace_id": "t-default", "label": "good"})
+    [row] = state.add_feedback([event])
+    assert (row.project, row.model) == ("default", "m-d")
+
+
+def test_waiting_feedback_is_bounded_and_the_oldest_is_orphaned_first(clock):
+    state = JoinState(grace_seconds=600, max_pending=3, clock=clock)
+    assert state.add_feedback([feedback(f"t{i}", event_id=f"e{i}") for i in range(3)]) == []
+    [orphan] = state.add_feedback([feedback("t9", event_id="e9")])
+    assert (orphan.event_id, orphan.join_status) == ("e0", "orphan")
+    assert state.stats()["pending"] == 3 and state.bound_hits == 1
+    [corrected] = state.add_traces([trace("t0")])  # a late trace still corrects it
+    assert (corrected.event_id, corrected.join_status) == ("e0", "corrected")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from stream_jobs.spike_alerts import (
     AlertRule,
     RulesError,
     SpikeDetector,
+    _Track,
     judge,
     load_rules,
     wilson_bounds,
@@ -95,13 +97,22 @@ class TestWindows:
         assert base_rows(rates.advance())[(60, "m1", ALL)].total == 0
 
     def test_a_corrected_orphan_moves_to_its_trace_dimensions(self, rates, clock):
-        rates.apply([row(T0 + 1, event_id="a", project="", model="")])
+        rates.apply([row(T0 + 1, event_id="a", model="")])
         rates.apply([row(T0 + 1, event_id="a", version=2)])
         clock.now = T0 + 60
         got = {
             (r.project, r.model, r.window_seconds): r.total for e in rates.advance() for r in e.rows
         }
-        assert got[("shop", "m1", 60)] == 1 and got[("", "", 60)] == 0
+        assert got[("shop", "m1", 60)] == 1 and got[("shop", "", 60)] == 0
+
+    def test_the_same_event_id_in_two_projects_is_two_events(self, rates, clock):
+        rates.apply([row(T0 + 1, event_id="same", project="a")])
+        rates.apply([row(T0 + 1, event_id="same", project="b", version=2)])
+        rates.apply([row(T0 + 1, event_id="same", project="a", version=3, retracted=True)])
+        clock.now = T0 + 60
+        got = {(r.project, r.window_seconds): r.total for e in rates.advance() for r in e.rows
+               if r.capability == ALL}  # fmt: skip
+        assert got[("a", 60)] == 0 and got[("b", 60)] == 1
 
     def test_late_rows_within_the_lateness_update_the_window_and_beyond_are_counted(
         self, rates, clock
@@ -190,6 +201,24 @@ class TestWindows:
         assert rows[(60, T0)] == 2
         # the 5-minute windows ending with minutes 0, 1 and 2 all hold minute 0
         assert [rows[(300, T0 + 60 * m + 60 - 300)] for m in range(3)] == [2, 3, 4]
+
+    def test_counters_are_capped_and_rows_past_the_cap_are_left_out_and_counted(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, max_cells=3, clock=clock)
+        rates.apply([row(T0 + 1, model="m1"), row(T0 + 2, model="m2")])  # 3 cells: 2 models, 1 cap
+        rates.apply([row(T0 + 3, model="m3")])  # would make 4 cells: left out
+        rates.apply([row(T0 + 4, model="m1")])  # existing cells: counted
+        assert (rates.cells, rates.bound_hits) == (3, 1)
+        clock.now = T0 + 60
+        assert {m for (_, m, _) in base_rows(rates.advance())} == {"m1", "m2", ALL}
+        clock.now = T0 + 60 + rates.history + 60
+        rates.advance()
+        assert rates.cells == 0  # forgotten windows free their cells
+
+    def test_events_in_open_windows_are_capped(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, max_events=2, clock=clock)
+        rates.apply([row(T0 + 1, event_id="a"), row(T0 + 2, event_id="b")])
+        rates.apply([row(T0 + 3, event_id="c"), row(T0 + 4, event_id="a", version=2)])
+        assert rates.bound_hits == 1 and set(rates.seen) == {("shop", "a"), ("shop", "b")}
 
     def test_a_sliding_window_that_is_not_a_multiple_is_refused(self):
         with pytest.raises(ValueError, match="not a multiple"):
@@ -299,6 +328,21 @@ class TestDetector:
         minute(rates, clock, start, 30, 60)  # a new spike within the 5-minute cooldown
         assert again.evaluate(rates, start + 60, clock.now) == []
         assert first.evaluate(rates, start + 60, clock.now) == []  # as without the restart
+
+    def test_only_tracks_with_state_are_kept(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
+        detector = SpikeDetector((self.RULE,))
+        self.run(rates, clock, detector, [3] * 10)
+        assert detector.tracks == {}  # quiet dimensions leave nothing behind
+        self.run(rates, clock, detector, [3] * 10 + [30] * 2)
+        assert list(detector.tracks) == [("spike", ("shop", "prod", "m1", ALL))]
+
+    def test_past_the_track_bound_a_new_spike_is_not_tracked_and_counted(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
+        detector = SpikeDetector((self.RULE,), max_tracks=1)
+        detector.tracks[("spike", ("x", "x", "x", ALL))] = _Track(cooldown_until=math.inf)
+        assert self.run(rates, clock, detector, [3] * 10 + [30] * 2) == []
+        assert detector.bound_hits >= 1 and len(detector.tracks) == 1
 
     def test_a_snoozed_rule_stays_quiet(self, clock):
         rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
