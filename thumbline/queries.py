@@ -40,12 +40,21 @@ def parse_since(text: str) -> timedelta:
 
 #: What ClickHouse's DateTime64 holds.
 _EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-_LATEST = datetime(2299, 12, 31, tzinfo=UTC)
+_LATEST = datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
 
 
 def _as_utc(value: datetime) -> datetime:
     """A time without a zone is taken as UTC; one with a zone is converted."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _within_store(value: datetime) -> int:
+    """-1 before the earliest time the store holds, 1 after its latest, else 0."""
+    try:
+        utc = _as_utc(value)
+    except OverflowError:  # year 1 or 9999 with an offset
+        return -1 if value.year < 1900 else 1
+    return -1 if utc < _EARLIEST else 1 if utc > _LATEST else 0
 
 
 def _time(value: datetime) -> str:
@@ -74,17 +83,6 @@ class InboxFilter:
     limit: int = 50
     extra: tuple[str, ...] = field(default=())
 
-    def __post_init__(self) -> None:
-        for name, value in (("--from", self.start), ("--to", self.end)):
-            if value is None:
-                continue
-            try:
-                in_range = _EARLIEST <= _as_utc(value) <= _LATEST
-            except OverflowError:  # year 1 or 9999 with a zone
-                in_range = False
-            if not in_range:
-                raise ValueError(f"{name} must be between 1900 and 2299 (got {value.isoformat()})")
-
     def where(self, now: datetime | None = None) -> str:
         clauses = ["retracted = 0"]
         for column in ("project", "environment", "model", "capability", "user_id", "session_id",
@@ -100,10 +98,12 @@ class InboxFilter:
             clauses.append("comment != ''")
         if self.since is not None:
             clauses.append(f"ts >= {_time((now or datetime.now(UTC)) - self.since)}")
-        if self.start is not None:
-            clauses.append(f"ts >= {_time(self.start)}")
-        if self.end is not None:
-            clauses.append(f"ts < {_time(self.end)}")
+        # Any time is accepted; beyond what the store holds (1900-2299) a bound is
+        # either always true (dropped) or never (an empty answer).
+        if self.start is not None and (side := _within_store(self.start)) >= 0:
+            clauses.append("0" if side > 0 else f"ts >= {_time(self.start)}")
+        if self.end is not None and (side := _within_store(self.end)) <= 0:
+            clauses.append("0" if side < 0 else f"ts < {_time(self.end)}")
         return " AND ".join(clauses)
 
 

@@ -74,6 +74,8 @@ def test_an_inbox_time_without_a_zone_is_utc_whoever_asks():
     datetime(1425, 1, 12, tzinfo=UTC),
     datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-3))),
 ])  # fmt: skip
-def test_a_time_clickhouse_cannot_hold_is_a_clear_error(when):
-    with pytest.raises(ValueError, match="between 1900 and 2299"):
-        InboxFilter(start=when)
+def test_any_time_filters_and_those_beyond_the_store_are_clamped(when):
+    late = when.year > 2299
+    since, until = InboxFilter(start=when).where(), InboxFilter(end=when).where()
+    assert since == ("retracted = 0 AND 0" if late else "retracted = 0")  # from: none, or all
+    assert until == ("retracted = 0" if late else "retracted = 0 AND 0")  # to: all, or none
