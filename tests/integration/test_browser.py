@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -21,16 +20,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import unique
+from tests.conftest import system_tool, unique
 from tests.integration.conftest import run, sql_rows, start_up, stop, worker_env
 from thumbline.broker import free_port
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 JS = Path(__file__).resolve().parents[2] / "producers" / "js"
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium is not installed (apt install chromium)"
-)
+
+@pytest.fixture(scope="module")
+def chromium_bin() -> str:
+    return system_tool("chromium", "chromium-browser", package="chromium")
 
 
 class Page:
@@ -79,13 +78,13 @@ class Page:
 
 
 @pytest.fixture
-async def chromium(tmp_path) -> AsyncIterator[Page]:
+async def chromium(chromium_bin, tmp_path) -> AsyncIterator[Page]:
     port = free_port()
-    assert CHROMIUM is not None
     proc = subprocess.Popen(  # noqa: ASYNC220 (starting it does not block)
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--no-first-run", f"--remote-debugging-port={port}", f"--user-data-dir={tmp_path / 'c'}",
-         "about:blank"],
+        [chromium_bin, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--disable-quic", f"--remote-debugging-port={port}",
+         f"--user-data-dir={tmp_path / 'c'}", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:

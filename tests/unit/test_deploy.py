@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from tests.conftest import system_tool
 from thumbline.metrics import Metrics
 from thumbline.settings import load_settings
 
@@ -74,12 +74,8 @@ def test_prometheus_scrapes_the_port_thumbline_serves_metrics_on():
             assert (ROOT / source).exists(), f"{service} mounts {source}, which does not exist"
 
 
-PROMTOOL = shutil.which("promtool")
-
-
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (apt install prometheus)")
 def test_promtool_accepts_the_rules_and_the_config(tmp_path):
-    assert PROMTOOL is not None
+    PROMTOOL = system_tool("promtool", package="prometheus")  # noqa: N806
     rules = subprocess.run(  # noqa: S603 (a dev tool, our file)
         [PROMTOOL, "check", "rules", str(DEPLOY / "prometheus" / "rules.yml")],
         capture_output=True, text=True, check=False,
