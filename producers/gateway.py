@@ -9,8 +9,9 @@ configured broker and store.
   braintrust, honeyhive, axiom, attributes; see :mod:`schemas.shapes`) and
   ``POST /v1/traces``.
 - **A 202 means durable**: the answer comes after Kafka acknowledged the
-  write (``acks=all``). If the broker does not acknowledge, the answer is 503
-  with ``Retry-After``, never 202; sending the same events again is safe.
+  write (``acks=all``), within ``ack_timeout`` of the request. If the broker
+  does not acknowledge by then, the answer is 503 with ``Retry-After``, never a
+  late 202; the events may still land, and sending them again is safe.
 - Each item of a batch gets its own result (accepted with its event ids, or
   rejected with the reason naming the field); 202 when all were accepted, 207
   when some were, 422 when none was.
@@ -136,8 +137,13 @@ def build_app(
     rate_limit: float = 0.0,
     cors_origins: tuple[str, ...] = (),
     store_url: str = "",
+    ack_timeout: float = 10.0,
 ) -> FastAPI:
-    """The gateway's ASGI app (``producer`` started by the caller)."""
+    """The gateway's ASGI app (``producer`` started by the caller).
+
+    ``ack_timeout`` bounds the whole wait for Kafka's acknowledgement of a
+    request's events: past it the answer is 503, never a late 202.
+    """
     app = FastAPI(
         title="thumbline gateway",
         version="1",
@@ -238,13 +244,18 @@ def build_app(
         rejected = sum(r.status == "rejected" for r in results)
         if events:
             try:
-                await producer.send_many(events)
-            except (DeliveryFailed, ProducerClosed) as exc:
-                logger.warning("Kafka did not acknowledge %d events: %s", len(events), exc)
+                # The whole wait: the linger, the queue behind a batch in flight, the request.
+                async with asyncio.timeout(ack_timeout):
+                    await producer.send_many(events)
+            except (DeliveryFailed, ProducerClosed, TimeoutError) as exc:
+                logger.warning(
+                    "Kafka did not acknowledge %d events: %s", len(events),
+                    str(exc) or f"no answer within {ack_timeout:g} s",
+                )  # fmt: skip
                 metrics.gateway_events.labels(kind, "unavailable").inc(len(events))
                 return _error(
-                    503, "Kafka did not acknowledge the events: nothing is promised; "
-                    "send the same events again (the event ids keep it to one row)",
+                    503, f"Kafka did not acknowledge the events within {ack_timeout:g} s: they "
+                    "may still land; send the same events again (the event ids keep it to one row)",
                     retriable=True, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )  # fmt: skip
         metrics.gateway_events.labels(kind, "accepted").inc(len(events))
