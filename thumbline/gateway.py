@@ -39,8 +39,9 @@ class GatewayProcess:
             self._client = await asyncio.to_thread(open_client, s, readonly=True)
             self._reader = await asyncio.to_thread(open_client, s, readonly=True)
             self.keys = KeyRing(
-                self._client, s.clickhouse_database, ttl=s.gateway_key_cache_seconds
-            )
+                self._client, s.clickhouse_database, ttl=s.gateway_key_cache_seconds,
+                max_keys=s.gateway_max_keys, metrics=self.metrics,
+            )  # fmt: skip
             await check_exposure(self.keys, s.gateway_host)  # before connecting anything
             # The app bounds each request's whole wait by the ack timeout; a request timeout
             # as long makes aiokafka give up a batch past it soon after, not 40 s later.

@@ -132,6 +132,18 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.gateway_key_ring_full = Counter(
+            "thumbline_gateway_key_ring_full_total",
+            "Reads of the API key table that found more active keys than the gateway holds "
+            "(THUMBLINE_GATEWAY_MAX_KEYS): the oldest are refused.",
+            registry=r,
+        )
+        self.gateway_rate_buckets_evicted = Counter(
+            "thumbline_gateway_rate_buckets_evicted_total",
+            "Per-key rate-limit buckets dropped (the least recently used) to stay within the "
+            "bound; an evicted key starts again with a full bucket.",
+            registry=r,
+        )
         self._dimension_sets: set[tuple[str, ...]] = set()
         self._capped = False
 
