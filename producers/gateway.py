@@ -25,6 +25,8 @@ configured broker and store.
   start without keys.
 - Limits: request bodies over ``gateway_max_body_bytes`` get 413; a key over
   ``gateway_rate_limit`` events per second gets 429 with ``Retry-After``.
+- Errors: ``{"error": ...}`` (:mod:`producers.gateway_errors`), with
+  ``"retriable": true`` on 429 and 503; the OpenAPI spec lists each route's.
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (Kafka and the key
   store reachable), ``GET /metrics`` (Prometheus).
 """
@@ -48,13 +50,16 @@ import uvicorn
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from producers import gateway_errors
 from producers.errors import DeliveryFailed, ProducerClosed
+from producers.gateway_errors import INGEST, NO_KEY, responses
 from producers.kafka import FeedbackProducer
 from schemas import FeedbackEvent, InvalidEvent, TraceEvent
 from schemas.shapes import SHAPES, to_events
@@ -164,6 +169,15 @@ def build_app(
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # the same body as every other error: {"error": ...}, naming each field
+        problems = [
+            f"{'.'.join(str(part) for part in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+            for e in exc.errors()
+        ]  # fmt: skip
+        return _error(422, "; ".join(problems))
+
     async def authenticate(request: Request, scope: Scope) -> ApiKey | None:
         header = request.headers.get("authorization", "")
         token = header[7:] if header.lower().startswith("bearer ") else None
@@ -223,9 +237,9 @@ def build_app(
         wait = limiter.take(key.key_id if key else "anonymous", len(items))
         if wait > 0:
             retry = max(1, math.ceil(wait))
-            raise HTTPException(
+            return _error(
                 429, f"over {limiter.rate:g} events a second for this key: retry in {retry} s",
-                headers={"Retry-After": str(retry)},
+                retriable=True, headers={"Retry-After": str(retry)},
             )  # fmt: skip
         now = datetime.now(UTC)
         results: list[ItemResult] = []
@@ -293,14 +307,18 @@ def build_app(
     ) -> list[FeedbackEvent | TraceEvent]:
         return [TraceEvent.parse(stamp(item, key, now, "TraceEvent"))]
 
+    ingest_errors = responses(INGEST, per_item=IngestResult)
+
     @app.post("/v1/feedback", status_code=202, response_model=IngestResult,
-              responses={207: {"model": IngestResult}, 422: {"model": IngestResult}})  # fmt: skip
+              responses={207: {"model": IngestResult}, **ingest_errors})  # fmt: skip
     async def post_feedback(request: Request) -> Response:
         """One FeedbackEvent, or an array of up to 1,000."""
         return await ingest(request, "feedback", feedback_from(None))
 
     @app.post("/v1/feedback/{shape}", status_code=202, response_model=IngestResult,
-              responses={207: {"model": IngestResult}, 422: {"model": IngestResult}})  # fmt: skip
+              responses={207: {"model": IngestResult}, **responses(
+                  {**INGEST, 404: "No such shape: the error names the known ones."},
+                  per_item=IngestResult)})  # fmt: skip
     async def post_feedback_shape(shape: str, request: Request) -> Response:
         """A hosted product's feedback payload (or an array of them)."""
         if shape not in SHAPES:
@@ -310,7 +328,7 @@ def build_app(
         return await ingest(request, "feedback", feedback_from(shape))
 
     @app.post("/v1/traces", status_code=202, response_model=IngestResult,
-              responses={207: {"model": IngestResult}, 422: {"model": IngestResult}})  # fmt: skip
+              responses={207: {"model": IngestResult}, **ingest_errors})  # fmt: skip
     async def post_traces(request: Request) -> Response:
         """One TraceEvent (a trace or a span), or an array of up to 1,000."""
         return await ingest(request, "traces", trace_prepare)
@@ -340,7 +358,11 @@ def build_app(
             raise HTTPException(403, f"this key reads only project {key.project!r}")
         return key.project
 
-    @app.get("/v1/feedback")
+    read_errors = {401: NO_KEY, 403: "The key's scope is ingest, or it asks for another "
+                   "project than the key's."}  # fmt: skip
+
+    @app.get("/v1/feedback", responses=responses({**read_errors, 422: "A filter is invalid "
+             "(e.g. since=7 parsecs, limit=0): the error names it."}))  # fmt: skip
     async def get_feedback(
         request: Request,
         label: Annotated[list[str], Query(description="bad, good, edit or a custom label")] = [],  # noqa: B006
@@ -372,7 +394,8 @@ def build_app(
             raise HTTPException(422, str(exc)) from None
         return await select(inbox_sql(database, filters))
 
-    @app.get("/v1/traces/{trace_id}")
+    @app.get("/v1/traces/{trace_id}", responses=responses({**read_errors, 404: "No span and no "
+             "feedback of this trace (in the key's project)."}))  # fmt: skip
     async def get_trace(trace_id: str, request: Request) -> Response:
         """A trace's spans and all its feedback."""
         key = await authenticate(request, "read")
@@ -409,7 +432,8 @@ def build_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"model": gateway_errors.Error,
+             "description": "Kafka or the key store is not reachable."}})  # fmt: skip
     async def readyz() -> Response:
         problems = []
         if not producer.running:
@@ -453,6 +477,11 @@ def build_app(
             "content": {"application/json": {"schema": {"type": "object"}}},
         }
         shaped["parameters"][0]["schema"] = {"type": "string", "enum": sorted(SHAPES)}
+        # FastAPI documents a 422 wherever a route has parameters; a str in the path cannot fail
+        paths["/v1/traces/{trace_id}"]["get"]["responses"].pop("422", None)
+        if b"HTTPValidationError" not in orjson.dumps(paths):  # every 422 is ours: {"error"}
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
         paths["/v1/sql"]["post"]["requestBody"] = {
             "required": True, "content": {"text/plain": {"schema": {"type": "string"}}},
         }  # fmt: skip
