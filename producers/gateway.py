@@ -100,27 +100,43 @@ class RateLimiter:
     """A token bucket per key: ``rate`` events a second, bursts of one second's worth.
 
     A batch larger than the bucket passes when the bucket is full and leaves it
-    in debt, so the key's average stays at ``rate``.
+    in debt, so the key's average stays at ``rate``. At most ``max_buckets``
+    are held: past that the least recently used is dropped (``on_evict`` is
+    called), so a flood of keys never wipes the debt of a key in use; a dropped
+    key starts again with a full bucket.
     """
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_buckets: int = 100_000,
+        on_evict: Callable[[], object] = lambda: None,
+    ) -> None:
         self.rate = rate
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._max_buckets = max_buckets
+        self._on_evict = on_evict
+        self._buckets: dict[str, tuple[float, float]] = {}  # least recently used first
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, who: str, events: int) -> float:
         """0 if allowed (and counted), else the seconds to wait before it would be."""
         if self.rate <= 0:
             return 0.0
         now = self._clock()
-        tokens, at = self._buckets.get(who, (self.rate, now))
+        tokens, at = self._buckets.pop(who, (self.rate, now))  # re-inserted: most recent
+        if len(self._buckets) >= self._max_buckets:
+            del self._buckets[next(iter(self._buckets))]
+            self._on_evict()
         tokens = min(self.rate, tokens + (now - at) * self.rate)
         needed = min(events, self.rate)
         if tokens < needed:
             self._buckets[who] = (tokens, now)
             return (needed - tokens) / self.rate
-        if len(self._buckets) > 100_000:
-            self._buckets.clear()
         self._buckets[who] = (tokens - events, now)
         return 0.0
 
@@ -163,7 +179,7 @@ def build_app(
             max_age=600,
         )
     loopback = is_loopback(host)
-    limiter = RateLimiter(rate_limit)
+    limiter = RateLimiter(rate_limit, on_evict=metrics.gateway_rate_buckets_evicted.inc)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
