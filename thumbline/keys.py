@@ -144,15 +144,16 @@ def _key(row: dict[str, object]) -> ApiKey:
 class KeyRing:
     """The gateway's view of the keys: the whole ``api_keys`` table, held in memory.
 
-    The table is small (a row a key) and read as a whole, at most every ``ttl``
-    seconds and at once after :meth:`invalidate`; a presented key is then
-    checked in memory. So a flood of made-up key ids costs no store query, and
-    an unknown id, a wrong secret and a revoked key take one path: a SHA-256 of
-    the secret and one constant-time compare (against a dummy digest when the id
-    is not held), so the answer time does not tell whether a key id exists.
+    The table is small (a row a key) and read as a whole when it changed,
+    which is checked at most every ``ttl`` seconds and at once after
+    :meth:`invalidate`; a presented key is then checked in memory. So a flood
+    of made-up key ids costs no store query, and an unknown id, a wrong secret
+    and a revoked key take one path: a SHA-256 of the secret and one
+    constant-time compare (against a dummy digest when the id is not held), so
+    the answer time does not tell whether a key id exists.
 
-    A revocation takes effect within ``ttl`` (0: the table is read for every
-    check); the owner of an embedded store calls :meth:`invalidate` after every
+    A revocation takes effect within ``ttl`` (0: the table is checked for every
+    request); the owner of an embedded store calls :meth:`invalidate` after every
     write through its SQL endpoint, so there it takes effect at once. At most
     ``max_keys`` active keys are held, the newest; older ones are refused, and
     each read that finds more counts in ``thumbline_gateway_key_ring_full_total``.
@@ -187,6 +188,7 @@ class KeyRing:
         # request after it does not wait on a read that began before it.
         self._generation = 0
         self._pending: tuple[int, asyncio.Future[None]] | None = None
+        self._fingerprint: tuple[int, ...] | None = None  # of the rows last read whole
         self._warned_full = False
 
     @property
@@ -209,18 +211,37 @@ class KeyRing:
         self._loaded_at = None
 
     def refresh(self) -> None:
-        """Read the whole table now (blocking: from async code, await :meth:`refreshed`)."""
+        """Bring the table up to date now (blocking: from async code, await :meth:`refreshed`).
+
+        First a fingerprint of every row (a few ms whatever the size); the whole
+        table is read only when it changed (a read of 100,000 keys takes about a
+        second, mostly in Python, holding the GIL the event loop needs). Any
+        insert (a new key, a revocation) or merge changes the fingerprint.
+        """
         db = self._database
         with self._lock:
             generation, started = self._generation, self._clock()
-            result = self._client.query(
-                # FINAL in the subquery: the newest row of each key, before the filter
-                "SELECT key_id, secret_sha256, scope, project, name, created_at, revoked FROM "  # noqa: S608
-                "(SELECT key_id, secret_sha256, scope, project, name, revoked, "
-                f"toString(created_at) AS created_at FROM {db}.api_keys FINAL) "
-                f"WHERE revoked = 0 ORDER BY created_at DESC LIMIT {self._max_keys + 1}"
+            fingerprint = tuple(
+                self._client.query(
+                    "SELECT count(), sum(cityHash64(key_id, secret_sha256, scope, project, "  # noqa: S608
+                    f"revoked, version)) FROM {db}.api_keys"
+                ).result_rows[0]
             )
-            total = self._client.query(f"SELECT count() FROM {db}.api_keys").result_rows  # noqa: S608
+            if fingerprint != self._fingerprint:
+                self._keys = self._read_all()
+                self._fingerprint = fingerprint
+            self._any = bool(fingerprint[0])
+            if generation == self._generation:
+                self._loaded_at = started
+
+    def _read_all(self) -> dict[str, tuple[bytes, ApiKey]]:
+        result = self._client.query(
+            # FINAL in the subquery: the newest row of each key, before the filter
+            "SELECT key_id, secret_sha256, scope, project, name, created_at, revoked FROM "  # noqa: S608
+            "(SELECT key_id, secret_sha256, scope, project, name, revoked, "
+            f"toString(created_at) AS created_at FROM {self._database}.api_keys FINAL) "
+            f"WHERE revoked = 0 ORDER BY created_at DESC LIMIT {self._max_keys + 1}"
+        )
         keys: dict[str, tuple[bytes, ApiKey]] = {}
         for values in result.result_rows[: self._max_keys]:
             row = dict(zip(result.column_names, values, strict=True))
@@ -230,9 +251,7 @@ class KeyRing:
                 keys[key.key_id] = (digest, key)
         if len(result.result_rows) > self._max_keys:
             self._full()
-        self._keys, self._any = keys, bool(total[0][0])
-        if generation == self._generation:
-            self._loaded_at = started
+        return keys
 
     def _full(self) -> None:
         if self._metrics is not None:

@@ -38,8 +38,9 @@ class CountingStore:
     def query(self, sql: str, parameters: dict | None = None) -> SimpleNamespace:
         self.queries.append(sql)
         self.during_query()
-        if "count()" in sql:
-            return SimpleNamespace(column_names=["count()"], result_rows=[[len(self.rows)]])
+        if "cityHash64" in sql:  # the fingerprint: changes with any row
+            digest = hash(tuple(tuple(sorted(r.items())) for r in self.rows))
+            return SimpleNamespace(column_names=["n", "h"], result_rows=[[len(self.rows), digest]])
         rows = self.rows
         if parameters and "key_id" in parameters:  # a lookup by key id
             rows = [r for r in rows if r["key_id"] == parameters["key_id"]]
@@ -135,7 +136,7 @@ def test_the_refresh_is_off_the_event_loop_and_shared_by_concurrent_requests():
         return [ring.lookup(key) is not None for _ in range(50)]
 
     assert asyncio.run(requests()) == [True] * 50
-    assert not ring.stale and len(store.queries) == 2  # one refresh: the keys, and the count
+    assert not ring.stale and len(store.queries) == 2  # one refresh: fingerprint, keys
 
 
 def test_no_key_yet_means_none_needed_and_a_revoked_last_key_still_counts():
@@ -167,10 +168,25 @@ def test_a_malformed_token_is_refused_without_a_store_query():
 
 
 @pytest.mark.parametrize("ttl", [0.0, 1.0])
-def test_a_ttl_of_zero_reads_the_table_on_every_check(ttl):
+def test_a_ttl_of_zero_checks_the_table_on_every_check(ttl):
     store, clock = CountingStore(), Clock()
     key = store.add()
     ring = KeyRing(store, "db", ttl=ttl, clock=clock)  # type: ignore[arg-type]
     ring.check(key)
     ring.check(key)
-    assert len(store.queries) == (4 if ttl == 0 else 2)
+    assert len(store.queries) == (3 if ttl == 0 else 2)  # the fingerprint again, unchanged
+
+
+def test_the_whole_table_is_read_again_only_when_it_changed():
+    store, clock = CountingStore(), Clock()
+    key = store.add()
+    ring = KeyRing(store, "db", ttl=1, clock=clock)  # type: ignore[arg-type]
+    for _ in range(5):
+        assert ring.check(key) is not None
+        clock.now += 1
+    reads = [q for q in store.queries if "cityHash64" not in q]
+    assert len(reads) == 1  # five fingerprints, one read
+    fresh = store.add()
+    clock.now += 1
+    assert ring.check(fresh) is not None
+    assert len([q for q in store.queries if "cityHash64" not in q]) == 2
