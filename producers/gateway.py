@@ -9,8 +9,9 @@ configured broker and store.
   braintrust, honeyhive, axiom, attributes; see :mod:`schemas.shapes`) and
   ``POST /v1/traces``.
 - **A 202 means durable**: the answer comes after Kafka acknowledged the
-  write (``acks=all``). If the broker does not acknowledge, the answer is 503
-  with ``Retry-After``, never 202; sending the same events again is safe.
+  write (``acks=all``), within ``ack_timeout`` of the request. If the broker
+  does not acknowledge by then, the answer is 503 with ``Retry-After``, never a
+  late 202; the events may still land, and sending them again is safe.
 - Each item of a batch gets its own result (accepted with its event ids, or
   rejected with the reason naming the field); 202 when all were accepted, 207
   when some were, 422 when none was.
@@ -24,6 +25,8 @@ configured broker and store.
   start without keys.
 - Limits: request bodies over ``gateway_max_body_bytes`` get 413; a key over
   ``gateway_rate_limit`` events per second gets 429 with ``Retry-After``.
+- Errors: ``{"error": ...}`` (:mod:`producers.gateway_errors`), with
+  ``"retriable": true`` on 429 and 503; the OpenAPI spec lists each route's.
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (Kafka and the key
   store reachable), ``GET /metrics`` (Prometheus).
 """
@@ -47,13 +50,16 @@ import uvicorn
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from producers import gateway_errors
 from producers.errors import DeliveryFailed, ProducerClosed
+from producers.gateway_errors import INGEST, NO_KEY, responses
 from producers.kafka import FeedbackProducer
 from schemas import FeedbackEvent, InvalidEvent, TimeBounds, TraceEvent
 from schemas.shapes import SHAPES, to_events
@@ -94,27 +100,43 @@ class RateLimiter:
     """A token bucket per key: ``rate`` events a second, bursts of one second's worth.
 
     A batch larger than the bucket passes when the bucket is full and leaves it
-    in debt, so the key's average stays at ``rate``.
+    in debt, so the key's average stays at ``rate``. At most ``max_buckets``
+    are held: past that the least recently used is dropped (``on_evict`` is
+    called), so a flood of keys never wipes the debt of a key in use; a dropped
+    key starts again with a full bucket.
     """
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_buckets: int = 100_000,
+        on_evict: Callable[[], object] = lambda: None,
+    ) -> None:
         self.rate = rate
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._max_buckets = max_buckets
+        self._on_evict = on_evict
+        self._buckets: dict[str, tuple[float, float]] = {}  # least recently used first
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, who: str, events: int) -> float:
         """0 if allowed (and counted), else the seconds to wait before it would be."""
         if self.rate <= 0:
             return 0.0
         now = self._clock()
-        tokens, at = self._buckets.get(who, (self.rate, now))
+        tokens, at = self._buckets.pop(who, (self.rate, now))  # re-inserted: most recent
+        if len(self._buckets) >= self._max_buckets:
+            del self._buckets[next(iter(self._buckets))]
+            self._on_evict()
         tokens = min(self.rate, tokens + (now - at) * self.rate)
         needed = min(events, self.rate)
         if tokens < needed:
             self._buckets[who] = (tokens, now)
             return (needed - tokens) / self.rate
-        if len(self._buckets) > 100_000:
-            self._buckets.clear()
         self._buckets[who] = (tokens - events, now)
         return 0.0
 
@@ -136,9 +158,16 @@ def build_app(
     rate_limit: float = 0.0,
     cors_origins: tuple[str, ...] = (),
     store_url: str = "",
+    ack_timeout: float = 10.0,
     time_bounds: TimeBounds = TimeBounds(),  # noqa: B008 (frozen)
 ) -> FastAPI:
-    """The gateway's ASGI app (``producer`` started by the caller)."""
+    """The gateway's ASGI app (``producer`` started by the caller).
+
+    ``ack_timeout`` bounds the whole wait for Kafka's acknowledgement of a
+    request's events: past it the answer is 503, never a late 202.
+    ``time_bounds``: how far an event's time may lie from the server's clock
+    (422 naming the field beyond).
+    """
     app = FastAPI(
         title="thumbline gateway",
         version="1",
@@ -153,27 +182,35 @@ def build_app(
             max_age=600,
         )
     loopback = is_loopback(host)
-    limiter = RateLimiter(rate_limit)
+    limiter = RateLimiter(rate_limit, on_evict=metrics.bound_hits.labels("rate_limit_buckets").inc)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # the same body as every other error: {"error": ...}, naming each field
+        problems = [
+            f"{'.'.join(str(part) for part in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+            for e in exc.errors()
+        ]  # fmt: skip
+        return _error(422, "; ".join(problems))
+
     async def authenticate(request: Request, scope: Scope) -> ApiKey | None:
         header = request.headers.get("authorization", "")
         token = header[7:] if header.lower().startswith("bearer ") else None
         token = token or request.headers.get("x-api-key")
+        if keys.stale:  # the key table is read in a thread; fresh, it costs no hop
+            await keys.refreshed()
         if token is None:
-            if loopback and not await asyncio.to_thread(keys.any_keys):
+            if loopback and not keys.has_keys:
                 return None  # no key exists yet, and only this machine can reach us
             raise HTTPException(
                 401, "send an API key: Authorization: Bearer tl_... (thumbline keys create)",
                 headers={"WWW-Authenticate": "Bearer"},
             )  # fmt: skip
-        if keys.needs_lookup(token):  # a store query: off the event loop
-            key = await asyncio.to_thread(keys.check, token)
-        else:
-            key = keys.check(token)  # from memory: no thread hop per request
+        key = keys.lookup(token)  # from memory, the same work for unknown and wrong keys
         if key is None:
             raise HTTPException(
                 401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}
@@ -219,9 +256,9 @@ def build_app(
         wait = limiter.take(key.key_id if key else "anonymous", len(items))
         if wait > 0:
             retry = max(1, math.ceil(wait))
-            raise HTTPException(
+            return _error(
                 429, f"over {limiter.rate:g} events a second for this key: retry in {retry} s",
-                headers={"Retry-After": str(retry)},
+                retriable=True, headers={"Retry-After": str(retry)},
             )  # fmt: skip
         now = datetime.now(UTC)
         results: list[ItemResult] = []
@@ -239,13 +276,18 @@ def build_app(
         rejected = sum(r.status == "rejected" for r in results)
         if events:
             try:
-                await producer.send_many(events)
-            except (DeliveryFailed, ProducerClosed) as exc:
-                logger.warning("Kafka did not acknowledge %d events: %s", len(events), exc)
+                # The whole wait: the linger, the queue behind a batch in flight, the request.
+                async with asyncio.timeout(ack_timeout):
+                    await producer.send_many(events)
+            except (DeliveryFailed, ProducerClosed, TimeoutError) as exc:
+                logger.warning(
+                    "Kafka did not acknowledge %d events: %s", len(events),
+                    str(exc) or f"no answer within {ack_timeout:g} s",
+                )  # fmt: skip
                 metrics.gateway_events.labels(kind, "unavailable").inc(len(events))
                 return _error(
-                    503, "Kafka did not acknowledge the events: nothing is promised; "
-                    "send the same events again (the event ids keep it to one row)",
+                    503, f"Kafka did not acknowledge the events within {ack_timeout:g} s: they "
+                    "may still land; send the same events again (the event ids keep it to one row)",
                     retriable=True, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )  # fmt: skip
         metrics.gateway_events.labels(kind, "accepted").inc(len(events))
@@ -289,14 +331,18 @@ def build_app(
         time_bounds.check(event, now)
         return [event]
 
+    ingest_errors = responses(INGEST, per_item=IngestResult)
+
     @app.post("/v1/feedback", status_code=202, response_model=IngestResult,
-              responses={207: {"model": IngestResult}, 422: {"model": IngestResult}})  # fmt: skip
+              responses={207: {"model": IngestResult}, **ingest_errors})  # fmt: skip
     async def post_feedback(request: Request) -> Response:
         """One FeedbackEvent, or an array of up to 1,000."""
         return await ingest(request, "feedback", feedback_from(None))
 
     @app.post("/v1/feedback/{shape}", status_code=202, response_model=IngestResult,
-              responses={207: {"model": IngestResult}, 422: {"model": IngestResult}})  # fmt: skip
+              responses={207: {"model": IngestResult}, **responses(
+                  {**INGEST, 404: "No such shape: the error names the known ones."},
+                  per_item=IngestResult)})  # fmt: skip
     async def post_feedback_shape(shape: str, request: Request) -> Response:
         """A hosted product's feedback payload (or an array of them)."""
         if shape not in SHAPES:
@@ -306,7 +352,7 @@ def build_app(
         return await ingest(request, "feedback", feedback_from(shape))
 
     @app.post("/v1/traces", status_code=202, response_model=IngestResult,
-              responses={207: {"model": IngestResult}, 422: {"model": IngestResult}})  # fmt: skip
+              responses={207: {"model": IngestResult}, **ingest_errors})  # fmt: skip
     async def post_traces(request: Request) -> Response:
         """One TraceEvent (a trace or a span), or an array of up to 1,000."""
         return await ingest(request, "traces", trace_prepare)
@@ -336,7 +382,11 @@ def build_app(
             raise HTTPException(403, f"this key reads only project {key.project!r}")
         return key.project
 
-    @app.get("/v1/feedback")
+    read_errors = {401: NO_KEY, 403: "The key's scope is ingest, or it asks for another "
+                   "project than the key's."}  # fmt: skip
+
+    @app.get("/v1/feedback", responses=responses({**read_errors, 422: "A filter is invalid "
+             "(e.g. since=7 parsecs, limit=0): the error names it."}))  # fmt: skip
     async def get_feedback(
         request: Request,
         label: Annotated[list[str], Query(description="bad, good, edit or a custom label")] = [],  # noqa: B006
@@ -368,7 +418,8 @@ def build_app(
             raise HTTPException(422, str(exc)) from None
         return await select(inbox_sql(database, filters))
 
-    @app.get("/v1/traces/{trace_id}")
+    @app.get("/v1/traces/{trace_id}", responses=responses({**read_errors, 404: "No span and no "
+             "feedback of this trace (in the key's project)."}))  # fmt: skip
     async def get_trace(trace_id: str, request: Request) -> Response:
         """A trace's spans and all its feedback."""
         key = await authenticate(request, "read")
@@ -405,13 +456,14 @@ def build_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"model": gateway_errors.Error,
+             "description": "Kafka or the key store is not reachable."}})  # fmt: skip
     async def readyz() -> Response:
         problems = []
         if not producer.running:
             problems.append("the Kafka producer is not running")
         try:
-            await asyncio.to_thread(keys.any_keys)
+            await keys.refreshed()
         except Exception as exc:  # noqa: BLE001 (any store failure means not ready)
             problems.append(f"the key store did not answer: {exc}")
         if problems:
@@ -449,6 +501,11 @@ def build_app(
             "content": {"application/json": {"schema": {"type": "object"}}},
         }
         shaped["parameters"][0]["schema"] = {"type": "string", "enum": sorted(SHAPES)}
+        # FastAPI documents a 422 wherever a route has parameters; a str in the path cannot fail
+        paths["/v1/traces/{trace_id}"]["get"]["responses"].pop("422", None)
+        if b"HTTPValidationError" not in orjson.dumps(paths):  # every 422 is ours: {"error"}
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
         paths["/v1/sql"]["post"]["requestBody"] = {
             "required": True, "content": {"text/plain": {"schema": {"type": "string"}}},
         }  # fmt: skip

@@ -244,14 +244,26 @@ class FeedbackProducer(EventHelpers):
         event. Events are checked as they are queued; an invalid one raises
         InvalidEvent and the events before it are still sent.
 
+        Cancelling the wait (e.g. ``async with asyncio.timeout(s)``, to bound it
+        as a whole: ``request_timeout_ms`` bounds the request, not the time a
+        batch queues behind the one in flight) does not cancel the sending: the
+        events are still sent and may land later.
+
         Raises:
             DeliveryFailed: some batch was not acknowledged. Others may have been;
                 sending all the events again is safe (the store keeps one row
                 per ``event_id``).
         """
         placed = [self._enqueue(event) for event in events]
-        batches = {id(batch): batch for batch, _ in placed}
-        await asyncio.gather(*(b.ack for b in batches.values()))
+        acks = list({id(batch): batch.ack for batch, _ in placed}.values())
+        # asyncio.wait, not gather: a batch's future is shared with the other callers
+        # whose events are in it, and gather would cancel it for all of them when this
+        # caller is cancelled (a timeout, a client that went away).
+        await asyncio.wait(acks)
+        for ack in acks:
+            error = ack.exception()
+            if error is not None:
+                raise error
         return [batch.delivery(index, batch.ack.result()) for batch, index in placed]
 
     async def flush(self) -> None:

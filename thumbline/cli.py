@@ -18,6 +18,7 @@ from schemas import FeedbackEvent, InvalidEvent, ThumblineError, TraceEvent
 from schemas.topics import Topics
 from thumbline import logs, runfile
 from thumbline.errors import ConfigError, StoreError
+from thumbline.files import private_umask
 from thumbline.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -824,6 +825,9 @@ def schemas_export(
 
 def main() -> None:
     """Entrypoint: turns thumbline's errors into a message and an exit code."""
+    # Before any command creates a file: the chDB store (opened directly when no
+    # owner runs), its logs and temp files hold every comment and user id.
+    private_umask()
     try:
         app()
     except InvalidEvent as exc:

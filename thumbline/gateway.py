@@ -39,9 +39,12 @@ class GatewayProcess:
             self._client = await asyncio.to_thread(open_client, s, readonly=True)
             self._reader = await asyncio.to_thread(open_client, s, readonly=True)
             self.keys = KeyRing(
-                self._client, s.clickhouse_database, ttl=s.gateway_key_cache_seconds
-            )
+                self._client, s.clickhouse_database, ttl=s.gateway_key_cache_seconds,
+                max_keys=s.gateway_max_keys, metrics=self.metrics,
+            )  # fmt: skip
             await check_exposure(self.keys, s.gateway_host)  # before connecting anything
+            # The app bounds each request's whole wait by the ack timeout; a request timeout
+            # as long makes aiokafka give up a batch past it soon after, not 40 s later.
             self._producer = FeedbackProducer(
                 bootstrap_servers=self.bootstrap, topic_prefix=s.topic_prefix,
                 linger_ms=2.0, request_timeout_ms=int(s.gateway_ack_timeout_seconds * 1000),
@@ -53,7 +56,8 @@ class GatewayProcess:
                 database=s.clickhouse_database, host=s.gateway_host,
                 metrics=self.metrics, max_body_bytes=s.gateway_max_body_bytes,
                 rate_limit=s.gateway_rate_limit, cors_origins=s.cors_origins,
-                store_url=s.store_url, time_bounds=s.time_bounds,
+                store_url=s.store_url, ack_timeout=s.gateway_ack_timeout_seconds,
+                time_bounds=s.time_bounds,
             )  # fmt: skip
             self._gateway = await Gateway(app, host=s.gateway_host, port=s.gateway_port).start()
             self.url = self._gateway.url

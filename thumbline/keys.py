@@ -18,12 +18,15 @@ stamps it on every event) and reads only its rows.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -32,6 +35,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from thumbline.errors import ConfigError
+from thumbline.metrics import Metrics
 from thumbline.queries import literal
 from thumbline.settings import Settings
 from thumbline.sqlserver import run_sql
@@ -40,6 +44,10 @@ Scope = Literal["ingest", "read", "admin"]
 SCOPES: tuple[Scope, ...] = ("ingest", "read", "admin")
 _TOKEN = re.compile(r"^tl_([0-9a-f]{16})_([A-Za-z0-9_\-]{20,100})$")
 _PROJECT = re.compile(r"^[^\x00-\x1f']{1,128}$")
+#: What a secret is compared with when its key id is unknown: the same work as a wrong secret.
+_DUMMY_DIGEST = hashlib.sha256(secrets.token_bytes(32)).digest()
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,75 +142,163 @@ def _key(row: dict[str, object]) -> ApiKey:
 
 
 class KeyRing:
-    """The gateway's view of the keys: looked up in ClickHouse, cached briefly.
+    """The gateway's view of the keys: the whole ``api_keys`` table, held in memory.
 
-    A key's row is cached for ``ttl`` seconds, so a revocation takes effect
-    within ``ttl`` (0: checked on every request). The owner of an embedded
-    store calls :meth:`invalidate` after every write through its SQL
-    endpoint, so there a revocation takes effect at once.
+    The table is small (a row a key) and read as a whole when it changed,
+    which is checked at most every ``ttl`` seconds and at once after
+    :meth:`invalidate`; a presented key is then checked in memory. So a flood
+    of made-up key ids costs no store query, and an unknown id, a wrong secret
+    and a revoked key take one path: a SHA-256 of the secret and one
+    constant-time compare (against a dummy digest when the id is not held), so
+    the answer time does not tell whether a key id exists.
+
+    A revocation takes effect within ``ttl`` (0: the table is checked for every
+    request); the owner of an embedded store calls :meth:`invalidate` after every
+    write through its SQL endpoint, so there it takes effect at once. At most
+    ``max_keys`` active keys are held, the newest; older ones are refused, and
+    each read that finds more counts in ``thumbline_bound_hits_total{structure="api_keys"}``.
+
+    Async code awaits :meth:`refreshed` (the read runs in a thread, one for all
+    concurrent callers; a fresh table costs no thread hop) and then calls
+    :meth:`lookup` and :attr:`has_keys`, which never query. :meth:`check` and
+    :meth:`any_keys` do both, blocking, for threads.
     """
 
-    def __init__(self, client: Client, database: str, *, ttl: float = 1.0) -> None:
+    def __init__(
+        self,
+        client: Client,
+        database: str,
+        *,
+        ttl: float = 1.0,
+        max_keys: int = 100_000,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         self._database = database
         self._ttl = ttl
+        self._max_keys = max_keys
+        self._metrics = metrics
+        self._clock = clock
         self._lock = threading.Lock()  # one clickhouse-connect client: one query at a time
-        self._cache: dict[str, tuple[float, tuple[str, ApiKey] | None]] = {}
-        self._any: tuple[float, bool] | None = None
+        self._keys: dict[str, tuple[bytes, ApiKey]] = {}
+        self._any = False
+        self._loaded_at: float | None = None
+        # Bumped by invalidate(): a read that overlaps it leaves the table stale, and a
+        # request after it does not wait on a read that began before it.
+        self._generation = 0
+        self._pending: tuple[int, asyncio.Future[None]] | None = None
+        self._fingerprint: tuple[int, ...] | None = None  # of the rows last read whole
+        self._warned_full = False
 
-    def invalidate(self) -> None:
-        self._cache.clear()
-        self._any = None
+    @property
+    def stale(self) -> bool:
+        """Whether the table must be read before the next check."""
+        loaded = self._loaded_at
+        return loaded is None or self._clock() - loaded >= self._ttl
 
-    def any_keys(self) -> bool:
-        """Whether a key was ever created: from then on every request needs one.
+    @property
+    def has_keys(self) -> bool:
+        """Whether a key was ever created, as last read: from then on every request needs one.
 
         (Revoked keys count: revoking the last key does not open the gateway again.)
         """
-        now = time.monotonic()
-        if self._any is None or now - self._any[0] >= self._ttl:
-            with self._lock:
-                rows = self._client.query(
-                    f"SELECT count() FROM {self._database}.api_keys"  # noqa: S608
-                ).result_rows
-            self._any = (now, bool(rows[0][0]))
-        return self._any[1]
+        return self._any
 
-    def needs_lookup(self, token: str) -> bool:
-        """Whether :meth:`check` would query the store (else it answers from memory,
-        and the caller can skip the thread hop)."""
+    def invalidate(self) -> None:
+        """Read the table again before the next check; safe to call from any thread."""
+        self._generation += 1
+        self._loaded_at = None
+
+    def refresh(self) -> None:
+        """Bring the table up to date now (blocking: from async code, await :meth:`refreshed`).
+
+        First a fingerprint of every row (a few ms whatever the size); the whole
+        table is read only when it changed (a read of 100,000 keys takes about a
+        second, mostly in Python, holding the GIL the event loop needs). Any
+        insert (a new key, a revocation) or merge changes the fingerprint.
+        """
+        db = self._database
+        with self._lock:
+            generation, started = self._generation, self._clock()
+            fingerprint = tuple(
+                self._client.query(
+                    "SELECT count(), sum(cityHash64(key_id, secret_sha256, scope, project, "  # noqa: S608
+                    f"revoked, version)) FROM {db}.api_keys"
+                ).result_rows[0]
+            )
+            if fingerprint != self._fingerprint:
+                self._keys = self._read_all()
+                self._fingerprint = fingerprint
+            self._any = bool(fingerprint[0])
+            if generation == self._generation:
+                self._loaded_at = started
+
+    def _read_all(self) -> dict[str, tuple[bytes, ApiKey]]:
+        result = self._client.query(
+            # FINAL in the subquery: the newest row of each key, before the filter
+            "SELECT key_id, secret_sha256, scope, project, name, created_at, revoked FROM "  # noqa: S608
+            "(SELECT key_id, secret_sha256, scope, project, name, revoked, "
+            f"toString(created_at) AS created_at FROM {self._database}.api_keys FINAL) "
+            f"WHERE revoked = 0 ORDER BY created_at DESC LIMIT {self._max_keys + 1}"
+        )
+        keys: dict[str, tuple[bytes, ApiKey]] = {}
+        for values in result.result_rows[: self._max_keys]:
+            row = dict(zip(result.column_names, values, strict=True))
+            digest = bytes.fromhex(str(row.pop("secret_sha256")))
+            key = _key(row)
+            if not key.revoked:
+                keys[key.key_id] = (digest, key)
+        if len(result.result_rows) > self._max_keys:
+            self._full()
+        return keys
+
+    def _full(self) -> None:
+        if self._metrics is not None:
+            self._metrics.bound_hits.labels("api_keys").inc()
+        if not self._warned_full:
+            self._warned_full = True
+            logger.warning(
+                "more than %d active API keys: the gateway holds the newest %d and refuses "
+                "older ones; revoke unused keys or raise THUMBLINE_GATEWAY_MAX_KEYS",
+                self._max_keys, self._max_keys,
+            )  # fmt: skip
+
+    async def refreshed(self) -> None:
+        """Make the table fresh: read in a thread if stale, one read for concurrent callers."""
+        if not self.stale:
+            return
+        pending = self._pending
+        if pending is None or pending[1].done() or pending[0] != self._generation:
+            future = asyncio.ensure_future(asyncio.to_thread(self.refresh))
+            future.add_done_callback(_retrieved)
+            pending = self._pending = (self._generation, future)
+        await asyncio.shield(pending[1])  # a caller that goes away leaves it to the others
+
+    def lookup(self, token: str) -> ApiKey | None:
+        """The key a presented token belongs to, or None, from the table as last read."""
         match = _TOKEN.match(token.strip())
         if match is None:
-            return False
-        cached = self._cache.get(match.group(1))
-        return cached is None or time.monotonic() - cached[0] >= self._ttl
+            return None  # not a key's shape: no key id to learn anything about
+        key_id, secret = match.groups()
+        digest, key = self._keys.get(key_id, (_DUMMY_DIGEST, None))
+        same = hmac.compare_digest(digest, hashlib.sha256(secret.encode()).digest())
+        return key if same else None
 
     def check(self, token: str) -> ApiKey | None:
-        """The key a presented token belongs to, or None (unknown, wrong or revoked)."""
-        match = _TOKEN.match(token.strip())
-        if match is None:
-            return None
-        key_id, secret = match.groups()
-        now = time.monotonic()
-        cached = self._cache.get(key_id)
-        if cached is None or now - cached[0] >= self._ttl:
-            with self._lock:
-                result = self._client.query(
-                    "SELECT key_id, secret_sha256, scope, project, name, "  # noqa: S608
-                    f"toString(created_at) AS created_at, revoked FROM {self._database}.api_keys "
-                    "FINAL WHERE key_id = {key_id:String}",
-                    parameters={"key_id": key_id},
-                )
-            found = None
-            for values in result.result_rows:
-                row = dict(zip(result.column_names, values, strict=True))
-                found = (str(row.pop("secret_sha256")), _key(row))
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            cached = self._cache[key_id] = (now, found)
-        entry = cached[1]
-        if entry is None or entry[1].revoked:
-            return None
-        if not hmac.compare_digest(entry[0], _sha256(secret)):
-            return None
-        return entry[1]
+        """:meth:`lookup`, after reading the table if it is stale (blocking)."""
+        if self.stale:
+            self.refresh()
+        return self.lookup(token)
+
+    def any_keys(self) -> bool:
+        """:attr:`has_keys`, after reading the table if it is stale (blocking)."""
+        if self.stale:
+            self.refresh()
+        return self._any
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Mark a read's error as seen: the requests that waited for it have their own copy."""
+    if not future.cancelled():
+        future.exception()

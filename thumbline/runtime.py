@@ -30,6 +30,7 @@ from schemas.topics import Topics
 from thumbline import runfile
 from thumbline.broker import EmbeddedBroker
 from thumbline.errors import ConfigError, StreamFailed
+from thumbline.files import make_private, private_umask
 from thumbline.gateway import GatewayProcess
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics, MetricsServer
@@ -71,6 +72,24 @@ def _own_temp_dir(path: Path) -> None:
     tempfile.tempdir = str(path)
 
 
+def _make_private(settings: Settings) -> None:
+    """Close what an older version (or a shell's umask) left readable to other users."""
+    roots = [settings.data_dir.resolve()]
+    if settings.store_is_chdb:  # THUMBLINE_CLICKHOUSE_URL may put the store elsewhere
+        store = Path(settings.store_url.removeprefix("chdb://")).resolve()
+        if not store.is_relative_to(roots[0]):
+            roots.append(store)
+    for root in roots:
+        fixed = make_private(root)
+        if fixed:
+            logger.warning(
+                "%d files and folders under %s were readable by other users: now only by "
+                "their owner", fixed, root,
+            )  # fmt: skip
+        else:
+            logger.info("every file under %s is readable by its owner only", root)
+
+
 class Runtime:
     """The processes and endpoints of one ``thumbline up``; ``stop()`` is safe to call twice."""
 
@@ -88,6 +107,7 @@ class Runtime:
 
     async def start(self) -> Started:
         s = self.settings
+        private_umask()  # before anything is created: the store, logs, temp files
         live = runfile.read(s.run_file)
         if live is not None:
             raise ConfigError(
@@ -95,6 +115,7 @@ class Runtime:
                 "stop it first, or set THUMBLINE_DATA_DIR to run another"
             )
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        _make_private(s)
         _own_temp_dir(s.data_dir / "tmp")
         try:
             if s.kafka_bootstrap is None:

@@ -140,8 +140,14 @@ class Settings(BaseSettings):
     )  # fmt: skip
     gateway_key_cache_seconds: float = Field(
         1.0, ge=0, le=60,
-        description="How long the gateway trusts a key lookup (a revocation takes at most this "
-        "long on a standalone gateway; at once in thumbline up).",
+        description="The gateway reads the key table at most this often (a revocation takes at "
+        "most this long on a standalone gateway; at once in thumbline up).",
+    )  # fmt: skip
+
+    gateway_max_keys: int = Field(
+        100_000, ge=1, le=10_000_000,
+        description="Active API keys the gateway holds in memory, the newest; older ones are "
+        "refused (counted in thumbline_bound_hits_total{structure=\"api_keys\"}).",
     )  # fmt: skip
 
     broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0: any free.")

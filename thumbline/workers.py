@@ -36,6 +36,7 @@ import orjson
 
 from thumbline import logs
 from thumbline.broker import _die_with_parent
+from thumbline.files import private_umask
 from thumbline.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -202,6 +203,7 @@ async def run_helper(
 
 
 def main() -> None:
+    private_umask()  # inherited from thumbline up already; said again for a direct start
     spec = orjson.loads(sys.stdin.buffer.read())
     settings = load_settings(**spec["settings"])
     logs.configure(settings.log_level, settings.log_format)

@@ -273,7 +273,8 @@ async def test_a_202_means_kafka_has_it_and_a_503_is_safe_to_retry(
             await asyncio.sleep(1)
         assert status == 202
         messages = await consume(brokers[1].bootstrap, ["thumbline.feedback"], events=1)
-        assert [e["event_id"] for _, _, events in messages for e in events] == [f"{t}-during"]
+        # The 503'd attempt may land too once the broker is back: the store keeps one row.
+        assert {e["event_id"] for _, _, events in messages for e in events} == {f"{t}-during"}
 
         # Into the store: a worker on the restarted broker (the gateway frees the chDB path).
         gateway.terminate()

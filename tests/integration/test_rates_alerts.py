@@ -137,6 +137,7 @@ async def test_a_spike_on_one_project_fires_once_for_it_and_resolves(
         "firing",
         "resolved",
     ]
+
     def hooks():
         return [b for b in webhook[1] if b["thumbline"]["project"].startswith("project-")]
 

@@ -209,3 +209,31 @@ async def test_send_many_raises_when_a_batch_is_not_acknowledged():
     with pytest.raises(DeliveryFailed) as info:
         await p.send_many([feedback("a"), feedback("b")])
     assert info.value.retriable
+
+
+class HangingKafka(FakeKafka):
+    """Takes each batch and acknowledges it only when told (a broker that hangs)."""
+
+    def __init__(self, partitions: dict[str, int]):
+        super().__init__(partitions)
+        self.pending: list[asyncio.Future] = []
+
+    async def send(self, topic, value, partition):
+        self.sent.append((topic, partition, orjson.loads(value)))
+        ack = asyncio.get_running_loop().create_future()
+        self.pending.append(ack)
+        return ack
+
+
+async def test_a_caller_that_stops_waiting_does_not_cancel_the_batch_it_shares():
+    fake = HangingKafka(TOPICS)
+    p = await producer(fake, linger_ms=20)
+    patient = asyncio.create_task(p.send_many([feedback("t", event_id="e2")]))
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):  # as the gateway bounds its wait for the ack
+            await p.send_many([feedback("t", event_id="e1")])  # queued first, same batch
+    assert len(fake.sent) == 1 and [e["event_id"] for e in fake.sent[0][2]] == ["e1", "e2"]
+    fake.pending[0].set_result(SimpleNamespace(partition=fake.sent[0][1], offset=7))
+    deliveries = await patient  # the batch still lands, for the caller who waited
+    assert [(d.event_id, d.offset) for d in deliveries] == [("e2", 7)]
+    await p.stop()

@@ -40,6 +40,27 @@ def test_a_batch_larger_than_the_bucket_passes_once_and_leaves_it_in_debt():
     assert limiter.take("k", 100) == 0
 
 
+def test_a_flood_of_keys_does_not_wipe_the_debt_of_a_key_in_use():
+    limiter = RateLimiter(100, Clock())  # no time passes: a debt stays a debt
+    assert limiter.take("busy", 300) == 0
+    for i in range(101_000):
+        limiter.take(f"key-{i}", 1)
+        if i % 1_000 == 0:
+            assert limiter.take("busy", 1) > 0, i  # still paying back, still refused
+
+
+def test_buckets_are_bounded_the_least_recently_used_go_first_and_are_counted():
+    evicted: list[int] = []
+    limiter = RateLimiter(10, Clock(), max_buckets=3, on_evict=lambda: evicted.append(1))
+    for who in ("a", "b", "c"):
+        limiter.take(who, 10)
+    limiter.take("a", 1)  # a is used again: b is now the least recent
+    limiter.take("d", 1)
+    assert len(limiter) == 3 and len(evicted) == 1
+    assert limiter.take("a", 1) > 0 and limiter.take("c", 1) > 0  # kept, still empty
+    assert limiter.take("b", 10) == 0  # dropped: starts again with a full bucket
+
+
 def test_no_rate_means_no_limit():
     assert RateLimiter(0, Clock()).take("k", 10**9) == 0
 
