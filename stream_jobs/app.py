@@ -228,7 +228,8 @@ class StreamApp:
         lookup_client = await asyncio.to_thread(self.store, True)
         state = JoinState(
             grace_seconds=s.join_grace_seconds, retention_seconds=s.join_retention_seconds,
-            max_pending=s.join_max_pending,
+            max_pending=s.join_max_pending, max_traces=s.join_max_traces,
+            max_orphans=s.join_max_orphans,
         )  # fmt: skip
         return JoinTracesJob(
             topics=self.topics,

@@ -25,6 +25,7 @@ same ``trace_id`` is another trace.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -206,10 +207,14 @@ def enrich(
 class JoinState:
     """Traces and waiting feedback of the partitions one worker owns, by (project, trace_id).
 
-    Every structure is bounded: traces and correctable orphans by the
-    retention; feedback waiting for its trace by ``max_pending`` events. Past
-    that bound the longest-waiting feedback is emitted as an orphan before its
-    grace ends (a late trace still corrects it) and :attr:`bound_hits` counts it.
+    Every structure is bounded, and :attr:`bound_hits` counts, per structure,
+    what a bound cost: traces by the retention and ``max_traces`` (past it the
+    oldest are forgotten: the store still has them, and a lookup finds them
+    when feedback comes); correctable orphans by the retention and
+    ``max_orphans`` (the oldest are forgotten: a late trace no longer corrects
+    them); feedback waiting for its trace by ``max_pending`` events (the
+    longest-waiting is emitted as an orphan before its grace ends, and a late
+    trace still corrects it).
 
     Args:
         grace_seconds: how long feedback waits for its trace before it is
@@ -217,6 +222,8 @@ class JoinState:
         retention_seconds: how long a trace's attributes, and orphans that
             may still be corrected, are kept after their last update (7 days).
         max_pending: most feedback events held waiting for their traces.
+        max_traces: most traces held.
+        max_orphans: most traces with correctable orphans held.
         clock: wall time in seconds (injectable for tests).
     """
 
@@ -226,17 +233,23 @@ class JoinState:
         grace_seconds: float = 600.0,
         retention_seconds: float = 7 * 86400.0,
         max_pending: int = 1_000_000,
+        max_traces: int = 5_000_000,
+        max_orphans: int = 1_000_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.grace = grace_seconds
         self.retention = retention_seconds
         self.max_pending = max_pending
+        self.max_traces = max_traces
+        self.max_orphans = max_orphans
         self.clock = clock
         self.traces: dict[Key, TraceAttributes] = {}
         self.pending: dict[Key, dict[str, Pending]] = {}  # key -> event_id -> entry
         self.pending_count = 0
         self.orphans: dict[Key, dict[str, FeedbackEvent]] = {}  # may still be corrected
-        self.bound_hits = 0  # feedback orphaned early because max_pending was reached
+        #: what the bounds cost: feedback orphaned early (pending), traces and
+        #: orphans forgotten before their retention ended (traces, orphans)
+        self.bound_hits: dict[str, int] = {"pending": 0, "traces": 0, "orphans": 0}
         self._released: list[Any] = []
         # (deadline, key) in the order feedback was held: deadlines only grow,
         # so expiry looks at the front instead of every held trace on each tick.
@@ -264,7 +277,18 @@ class JoinState:
                 self._released.append(entry.ref)
             for orphan in self.orphans.pop(key, {}).values():
                 out.append(enrich(orphan, attrs, JoinStatus.CORRECTED))
+        self._trim(self.traces, self.max_traces, "traces")
         return out
+
+    def _trim(self, table: dict[Key, Any], bound: int, name: str) -> None:
+        """Forget the oldest entries of ``table`` past ``bound`` (and 1% more, so
+        that a table at its bound is not trimmed on every call)."""
+        if len(table) <= bound:
+            return
+        excess = len(table) - bound + bound // 100
+        for key in list(itertools.islice(table, excess)):
+            del table[key]
+        self.bound_hits[name] += excess
 
     def add_feedback(
         self, events: Iterable[FeedbackEvent], refs: Iterable[Any] | None = None
@@ -307,7 +331,7 @@ class JoinState:
             if len(out) >= count:
                 break
             out.extend(self._orphan(key, self.pending[key], lambda _entry: True))
-        self.bound_hits += len(out)
+        self.bound_hits["pending"] += len(out)
         return out
 
     def _orphan(
@@ -323,12 +347,14 @@ class JoinState:
                 self.orphans.setdefault(key, {})[event_id] = entry.event
         if not waiting:
             self.pending.pop(key, None)
+        self._trim(self.orphans, self.max_orphans, "orphans")
         return out
 
     def add_orphans(self, events: Iterable[FeedbackEvent]) -> None:
         """Remember orphans emitted before a restart, so a late trace still corrects them."""
         for event in events:
             self.orphans.setdefault(key_of(event), {})[event.event_id] = event
+        self._trim(self.orphans, self.max_orphans, "orphans")
 
     def add_known_traces(self, found: dict[Key, TraceAttributes]) -> None:
         """Traces looked up in the store (the state did not hold them)."""
@@ -337,6 +363,7 @@ class JoinState:
             if key not in self.traces:
                 attrs.seen_at = now
                 self.traces[key] = attrs
+        self._trim(self.traces, self.max_traces, "traces")
 
     def forget(self, moved: Callable[[str], bool]) -> None:
         """Drop the traces, waiting feedback and orphans of trace ids for which ``moved`` is true.

@@ -256,7 +256,8 @@ class JoinTracesJob:
         if m is None:
             return
         m.join_pending.set(self.state.pending_count)
-        self.counts["bound:join_pending"] = self.state.bound_hits
+        for structure, hits in self.state.bound_hits.items():
+            self.counts[f"bound:join_{structure}"] = hits
         for key, value in list(self.counts.items()):
             delta = value - self._synced.get(key, 0)
             if delta <= 0:

@@ -57,7 +57,8 @@ class Metrics:
         self.bound_hits = Counter(
             "thumbline_bound_hits_total",
             "Times an in-memory structure reached its bound, by structure (join_pending: "
-            "feedback orphaned early; rate_windows, spike_tracks: events or dimensions left out "
+            "feedback orphaned early; join_traces, join_orphans: entries forgotten before their "
+            "retention; rate_windows, spike_tracks: events or dimensions left out "
             "of the rates; api_keys: a key table larger than the gateway holds, the oldest "
             "refused; rate_limit_buckets: the least recently used bucket dropped).",
             ["structure"],

@@ -70,6 +70,16 @@ class Settings(BaseSettings):
         description="Most feedback events held waiting for their traces; past it the longest "
         "waiting is emitted as an orphan early (a late trace still corrects it).",
     )  # fmt: skip
+    join_max_traces: int = Field(
+        5_000_000, ge=1, le=1_000_000_000,
+        description="Most traces the join holds in memory; past it the oldest are forgotten "
+        "(the store has them: feedback for one is joined after a lookup).",
+    )  # fmt: skip
+    join_max_orphans: int = Field(
+        1_000_000, ge=1, le=100_000_000,
+        description="Most traces with orphans the join can still correct; past it the oldest "
+        "are forgotten (a late trace no longer corrects them).",
+    )  # fmt: skip
     stream_batch_size: int = Field(
         200, ge=1, le=100_000, description="Messages per micro-batch (of up to 1,000 events each)."
     )

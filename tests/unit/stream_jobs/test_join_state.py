@@ -330,6 +330,17 @@ def test_waiting_feedback_is_bounded_and_the_oldest_is_orphaned_first(clock):
     assert state.add_feedback([feedback(f"t{i}", event_id=f"e{i}") for i in range(3)]) == []
     [orphan] = state.add_feedback([feedback("t9", event_id="e9")])
     assert (orphan.event_id, orphan.join_status) == ("e0", "orphan")
-    assert state.stats()["pending"] == 3 and state.bound_hits == 1
+    assert state.stats()["pending"] == 3 and state.bound_hits["pending"] == 1
     [corrected] = state.add_traces([trace("t0")])  # a late trace still corrects it
     assert (corrected.event_id, corrected.join_status) == ("e0", "corrected")
+
+
+def test_traces_and_orphans_past_their_bounds_are_forgotten_oldest_first(clock):
+    state = JoinState(grace_seconds=1, max_traces=2, max_orphans=1, clock=clock)
+    state.add_traces([trace("t1"), trace("t2"), trace("t3")])
+    assert set(state.traces) == {("shop", "t2"), ("shop", "t3")}
+    assert state.bound_hits["traces"] == 1  # t1 is in the store: a lookup would find it
+    state.add_feedback([feedback("o1", event_id="e1"), feedback("o2", event_id="e2")])
+    clock.advance(2)
+    assert len(state.expire()) == 2
+    assert set(state.orphans) == {("shop", "o2")} and state.bound_hits["orphans"] == 1
