@@ -129,7 +129,7 @@ class Catalog:
     whose definitions pass the same rules). ``refused``: the other objects of
     ``database`` (other engines, views that read elsewhere). ``writable``:
     tables that take ``INSERT ... SELECT`` in write mode. ``databases``: every
-    database name. ``denied_functions``: lower-case names of functions that
+    database name, in lower case. ``denied_functions``: lower-case names of functions that
     reach files, the network, dictionaries, other tables or the server.
     """
 
@@ -402,7 +402,7 @@ def _identifier(name: str, catalog: Catalog, tables: set[str]) -> None:
     """A column, or the table of ``x IN t``: never a name in another database."""
     db = catalog.database
     head, dot, _ = name.partition(".")
-    if dot and head != db and (head in catalog.databases or head.lower() in _SYSTEM_DATABASES):
+    if dot and head != db and head.lower() in catalog.databases | _SYSTEM_DATABASES:
         raise _refuse(catalog, "table", f"{name} is outside the {db} database")
     local = _local(name, db)
     if local in catalog.refused:

@@ -196,6 +196,12 @@ def test_tables_outside_the_database_or_refused_views_are_refused():
         assert refusal(tree) == "statement"  # DESCRIBE takes known tables only
 
 
+def test_a_name_in_another_database_is_refused_whatever_its_case():
+    for name in ("system.tables", "SYSTEM.tables", "Default.x", "information_schema.tables"):
+        assert refusal(IN_SYSTEM.replace("system.tables", name)) == "table"
+    assert verdict(IN_SYSTEM.replace("system.tables", "thumbline.api_keys")) == "select"
+
+
 def test_a_with_name_resolves_in_the_database_and_passes():
     assert verdict(SELECT_JOIN.replace("traces (alias t)", "recent (alias t)")) == "select"
 
