@@ -29,66 +29,27 @@ Kind = Literal["select", "explain", "describe", "insert"]
 
 _LINE = re.compile(r"^( *)(\S+)(.*?)(?: \(children ([1-9][0-9]*)\))?$")
 _PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TSV_ESCAPES = {
-    "b": "\b",
-    "f": "\f",
-    "n": "\n",
-    "r": "\r",
-    "t": "\t",
-    "0": "\0",
-    "a": "\a",
-    "v": "\v",
-    "e": "\x1b",
-}
+_TSV_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "0": "\0", "a": "\a",
+                "v": "\v", "e": "\x1b"}  # fmt: skip
 
 #: Node kinds a SELECT may hold. Anything else (Set, an output clause's node, a
 #: query parameter left unbound, APPLY(function), DDL...) is refused.
-BODY_KINDS = frozenset(
-    {
-        "SelectWithUnionQuery",
-        "SelectIntersectExceptQuery",
-        "SelectQuery",
-        "ExpressionList",
-        "Identifier",
-        "Function",
-        "Literal",
-        "Asterisk",
-        "QualifiedAsterisk",
-        "ColumnsRegexpMatcher",
-        "ColumnsListMatcher",
-        "QualifiedColumnsRegexpMatcher",
-        "QualifiedColumnsListMatcher",
-        "ColumnsTransformerList",
-        "ColumnsExceptTransformer",
-        "ColumnsReplaceTransformer",
-        "ColumnsReplaceTransformer::Replacement",
-        "TablesInSelectQuery",
-        "TablesInSelectQueryElement",
-        "TableExpression",
-        "TableIdentifier",
-        "TableJoin",
-        "ArrayJoin",
-        "Subquery",
-        "WithElement",
-        "OrderByElement",
-        "WindowDefinition",
-        "WindowListElement",
-        "SampleRatio",
-        "InterpolateElement",
-    }
-)
+BODY_KINDS = frozenset({
+    "SelectWithUnionQuery", "SelectIntersectExceptQuery", "SelectQuery", "ExpressionList",
+    "Identifier", "Function", "Literal", "Asterisk", "QualifiedAsterisk",
+    "ColumnsRegexpMatcher", "ColumnsListMatcher", "QualifiedColumnsRegexpMatcher",
+    "QualifiedColumnsListMatcher", "ColumnsTransformerList", "ColumnsExceptTransformer",
+    "ColumnsReplaceTransformer", "ColumnsReplaceTransformer::Replacement",
+    "TablesInSelectQuery", "TablesInSelectQueryElement", "TableExpression", "TableIdentifier",
+    "TableJoin", "ArrayJoin", "Subquery", "WithElement", "OrderByElement", "WindowDefinition",
+    "WindowListElement", "SampleRatio", "InterpolateElement",
+})  # fmt: skip
 
 #: EXPLAIN kinds, as the tree prints them (EXPLAIN PLAN prints as EXPLAIN). EXPLAIN AST
 #: is left out: ClickHouse gives its output clause to the inner query, so it ignores FORMAT.
-EXPLAIN_KINDS = frozenset(
-    {
-        "EXPLAIN",
-        "EXPLAIN SYNTAX",
-        "EXPLAIN QUERY TREE",
-        "EXPLAIN PIPELINE",
-        "EXPLAIN ESTIMATE",
-    }
-)
+EXPLAIN_KINDS = frozenset({
+    "EXPLAIN", "EXPLAIN SYNTAX", "EXPLAIN QUERY TREE", "EXPLAIN PIPELINE", "EXPLAIN ESTIMATE",
+})  # fmt: skip
 
 
 def allowed(database: str, *, write: bool = False) -> str:
