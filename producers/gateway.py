@@ -39,7 +39,6 @@ import ipaddress
 import logging
 import math
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -47,8 +46,6 @@ from typing import Annotated, Any, Literal
 
 import orjson
 import uvicorn
-from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -64,10 +61,11 @@ from producers.kafka import FeedbackProducer
 from schemas import FeedbackEvent, InvalidEvent, TimeBounds, TraceEvent
 from schemas.shapes import SHAPES, to_events
 from schemas.wire import MAX_BATCH_EVENTS
-from thumbline.errors import ConfigError
+from thumbline.errors import ConfigError, SqlRefused, StoreError
 from thumbline.keys import ApiKey, KeyRing, Scope
 from thumbline.metrics import Metrics
 from thumbline.queries import InboxFilter, inbox_sql, literal, parse_since
+from thumbline.sqlpool import SqlPool
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +83,14 @@ class IngestResult(BaseModel):
     accepted: int
     rejected: int
     results: list[ItemResult]
+
+
+class SqlError(BaseModel):
+    """Why SQL got no rows: what was refused and what the sandbox runs."""
+
+    error: str
+    reason: str | None = None  # the sandbox's rule (table_function, table, settings...)
+    code: int | None = None  # ClickHouse's error code, when it answered
 
 
 def is_loopback(host: str) -> bool:
@@ -150,19 +156,21 @@ def build_app(
     *,
     producer: FeedbackProducer,
     keys: KeyRing,
-    reader: Client,
+    reads: SqlPool,
+    sql: SqlPool,
     database: str,
     host: str,
     metrics: Metrics,
     max_body_bytes: int = 5 * 1024 * 1024,
     rate_limit: float = 0.0,
     cors_origins: tuple[str, ...] = (),
-    store_url: str = "",
     ack_timeout: float = 10.0,
     time_bounds: TimeBounds = TimeBounds(),  # noqa: B008 (frozen)
 ) -> FastAPI:
-    """The gateway's ASGI app (``producer`` started by the caller).
+    """The gateway's ASGI app (``producer`` and the pools started by the caller).
 
+    ``reads`` serves the inbox and trace reads, ``sql`` serves ``POST /v1/sql``:
+    separate threads and clients, so a slow admin query never delays a read.
     ``ack_timeout`` bounds the whole wait for Kafka's acknowledgement of a
     request's events: past it the answer is 503, never a late 202.
     ``time_bounds``: how far an event's time may lie from the server's clock
@@ -196,6 +204,14 @@ def build_app(
             for e in exc.errors()
         ]  # fmt: skip
         return _error(422, "; ".join(problems))
+
+    @app.exception_handler(StoreError)
+    async def store_refused(request: Request, exc: StoreError) -> JSONResponse:
+        """400 for SQL the sandbox refused (or stopped at a limit) and SQL ClickHouse refused."""
+        if isinstance(exc, SqlRefused):
+            return _error(400, str(exc), reason=exc.reason, code=exc.code)
+        return _error(400, f"ClickHouse refused the query: {exc}", reason="clickhouse",
+                      code=exc.code)  # fmt: skip
 
     async def authenticate(request: Request, scope: Scope) -> ApiKey | None:
         header = request.headers.get("authorization", "")
@@ -357,21 +373,9 @@ def build_app(
         """One TraceEvent (a trace or a span), or an array of up to 1,000."""
         return await ingest(request, "traces", trace_prepare)
 
-    read_lock = threading.Lock()  # one clickhouse-connect client: one query at a time
-
-    async def select(sql: str) -> Response:
-        """Rows as a JSON array, straight from ClickHouse (read-only)."""
-
-        def query() -> bytes:
-            with read_lock:
-                return bytes(reader.raw_query(sql, fmt="JSONEachRow", settings={"readonly": 2}))
-
-        try:
-            lines = await asyncio.to_thread(query)
-        except ClickHouseError as exc:
-            # the driver's text may carry the store's URL, credentials included
-            message = str(exc).replace(store_url, "the store") if store_url else str(exc)
-            raise HTTPException(400, f"ClickHouse refused the query: {message}") from None
+    async def select(query: str, pool: SqlPool = reads) -> Response:
+        """Rows as a JSON array, from the SQL sandbox (raises StoreError: a 400 above)."""
+        lines = await pool.run(query, fmt="JSONEachRow")
         body = b"[" + b",".join(line for line in lines.splitlines() if line.strip()) + b"]"
         return Response(body, media_type="application/json")
 
@@ -445,12 +449,19 @@ def build_app(
         filters = InboxFilter(trace_id=trace_id, project=project, limit=10_000)
         return bytes((await select(inbox_sql(database, filters))).body)
 
-    @app.post("/v1/sql")
+    @app.post("/v1/sql", responses={
+        400: {"model": SqlError, "description": "the SQL sandbox or ClickHouse refused the SQL, "
+              "or it ran over a limit (THUMBLINE_SQL_MAX_*)"},
+        401: {"model": SqlError, "description": "no key, or an unknown or revoked key"},
+        403: {"model": SqlError, "description": "the key's scope is not admin"},
+    })  # fmt: skip
     async def post_sql(request: Request) -> Response:
-        """Read-only SQL (admin keys): the body is the query; rows come back as a JSON array."""
+        """SQL in the sandbox (admin keys): the body is one SELECT, EXPLAIN or DESCRIBE over
+        thumbline's database (no table functions, files or settings); rows come back as a
+        JSON array."""
         await authenticate(request, "admin")
         body = await read_raw(request)
-        return await select(body.decode("utf-8", errors="replace"))
+        return await select(body.decode("utf-8", errors="replace"), sql)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 class StoreClient(Protocol):
     """What the stream asks of a store client: clickhouse-connect's ``Client`` has it,
-    and so has :class:`thumbline.sqlserver.OwnerClient` (a helper's way to the owner)."""
+    and so has :class:`thumbline.sqlclient.OwnerClient` (a helper's way to the owner)."""
 
     def raw_insert(
         self, table: str, *, insert_block: bytes, settings: dict[str, Any] | None = None,

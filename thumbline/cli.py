@@ -17,7 +17,7 @@ from rich.table import Table
 from schemas import FeedbackEvent, InvalidEvent, ThumblineError, TraceEvent
 from schemas.topics import Topics
 from thumbline import logs, runfile
-from thumbline.errors import ConfigError, StoreError
+from thumbline.errors import ConfigError, SqlRefused, StoreError
 from thumbline.files import private_umask
 from thumbline.settings import Settings, load_settings
 
@@ -171,11 +171,21 @@ def sql(
         str, typer.Option("--format", "-f", help="table, json (one object a line) or csv")
     ] = "table",
     write: Annotated[
-        bool, typer.Option("--write", help="Allow INSERT, DDL and other writes.")
+        bool,
+        typer.Option(
+            "--write",
+            help="Also allow INSERT INTO thumbline.<table> [(columns)] SELECT ... (inserts into "
+            "thumbline tables only: no DDL, no other writes).",
+        ),
     ] = False,
 ) -> None:
-    """Run SQL on the store, while `thumbline up` runs or not."""
-    from thumbline.sqlserver import run_sql
+    """Run SQL on the store, while `thumbline up` runs or not.
+
+    SQL runs in a sandbox: one SELECT, EXPLAIN or DESCRIBE over the thumbline
+    database, without table functions, files or settings, within the limits
+    of THUMBLINE_SQL_MAX_*.
+    """
+    from thumbline.sqlclient import run_sql
 
     if fmt not in _FORMATS:
         _fail(f"--format must be one of {', '.join(_FORMATS)}", 2)
@@ -183,7 +193,7 @@ def sql(
     try:
         body = run_sql(settings, query, fmt=_FORMATS[fmt], write=write)
     except StoreError as exc:
-        if exc.code == _READONLY and not write:
+        if exc.code == _READONLY and not write and not isinstance(exc, SqlRefused):
             raise StoreError(f"{exc}\nthat statement writes: add --write to allow it") from None
         raise
     if fmt != "table":
@@ -391,7 +401,7 @@ _LABEL_STYLE = {"good": "green", "bad": "red"}
 
 
 def _rows(settings: Settings, query: str) -> tuple[list[str], list[list[Any]]]:
-    from thumbline.sqlserver import run_sql
+    from thumbline.sqlclient import run_sql
 
     result = orjson.loads(run_sql(settings, query, fmt="JSONCompact"))
     return [c["name"] for c in result["meta"]], result["data"]
@@ -429,7 +439,7 @@ def inbox(
 ) -> None:
     """The feedback inbox: newest first, with the filters of the hosted products."""
     from thumbline.queries import InboxFilter, inbox_sql, parse_since
-    from thumbline.sqlserver import run_sql
+    from thumbline.sqlclient import run_sql
 
     settings = _settings()
     try:
@@ -477,7 +487,7 @@ def rates(
 ) -> None:
     """Feedback rates per window, newest first (bad rate in red over 20%)."""
     from thumbline.queries import parse_since, rates_sql
-    from thumbline.sqlserver import run_sql
+    from thumbline.sqlclient import run_sql
 
     settings = _settings()
     try:
@@ -519,7 +529,7 @@ def alerts(
 ) -> None:
     """Spike alerts, newest first, with the inbox command that shows each window."""
     from thumbline.queries import alerts_sql, parse_since
-    from thumbline.sqlserver import run_sql
+    from thumbline.sqlclient import run_sql
 
     if state not in (None, "firing", "resolved"):
         _fail(f"--state takes firing or resolved, not {state!r}", 2)

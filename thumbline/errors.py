@@ -8,6 +8,7 @@ __all__ = [
     "BrokerFailed",
     "ConfigError",
     "InvalidEvent",
+    "SqlRefused",
     "StoreError",
     "StreamFailed",
     "StoreLocked",
@@ -49,3 +50,20 @@ class StreamFailed(ThumblineError):
     """The stream app crashed; starting again replays what it held."""
 
     retriable = True
+
+
+class SqlRefused(StoreError):
+    """The SQL sandbox refused a statement, or stopped it at one of its limits.
+
+    ``reason`` names the rule in a word (``table_function``, ``table``,
+    ``function``, ``settings``, ``output``, ``statement``, ``construct``,
+    ``syntax``, ``characters``, ``parameters``, ``write``, ``limit``); the
+    message says what was refused and what the sandbox runs. Sending the same
+    SQL again cannot help.
+    """
+
+    retriable = False
+
+    def __init__(self, message: str, *, reason: str, code: int | None = None) -> None:
+        self.reason = reason
+        super().__init__(message, code=code)

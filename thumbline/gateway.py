@@ -2,7 +2,9 @@
 
 The app itself (routes, auth, limits) is :mod:`producers.gateway`; this wires
 it to the settings: a Kafka producer with ``acks=all``, the key ring on the
-store, and uvicorn on the configured address.
+store, two pools of SQL-sandbox clients (the inbox and trace reads, and
+``POST /v1/sql``: a slow admin query never delays a read), and uvicorn on the
+configured address.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from producers.gateway import Gateway, build_app, check_exposure
 from producers.kafka import FeedbackProducer
 from thumbline.keys import KeyRing
 from thumbline.metrics import Metrics
+from thumbline.sandbox import Sandbox, warn_if_unwalled
 from thumbline.settings import Settings
+from thumbline.sqlpool import SqlPool
 from thumbline.store import open_client
 
 
@@ -28,7 +32,7 @@ class GatewayProcess:
         self.metrics = metrics
         self.url = ""
         self._client: Client | None = None
-        self._reader: Client | None = None
+        self._pools: list[SqlPool] = []
         self._producer: FeedbackProducer | None = None
         self._gateway: Gateway | None = None
         self.keys: KeyRing
@@ -37,7 +41,11 @@ class GatewayProcess:
         s = self.settings
         try:
             self._client = await asyncio.to_thread(open_client, s, readonly=True)
-            self._reader = await asyncio.to_thread(open_client, s, readonly=True)
+            warn_if_unwalled(s)
+            sandbox, size = Sandbox(s), s.gateway_sql_workers
+            for name in ("thumbline-reads", "thumbline-sql"):
+                pool = await asyncio.to_thread(SqlPool, s, size=size, name=name, sandbox=sandbox)
+                self._pools.append(pool)
             self.keys = KeyRing(
                 self._client, s.clickhouse_database, ttl=s.gateway_key_cache_seconds,
                 max_keys=s.gateway_max_keys, metrics=self.metrics,
@@ -52,12 +60,11 @@ class GatewayProcess:
             )  # fmt: skip
             await self._producer.start()
             app = build_app(
-                producer=self._producer, keys=self.keys, reader=self._reader,
-                database=s.clickhouse_database, host=s.gateway_host,
+                producer=self._producer, keys=self.keys, reads=self._pools[0],
+                sql=self._pools[1], database=s.clickhouse_database, host=s.gateway_host,
                 metrics=self.metrics, max_body_bytes=s.gateway_max_body_bytes,
                 rate_limit=s.gateway_rate_limit, cors_origins=s.cors_origins,
-                store_url=s.store_url, ack_timeout=s.gateway_ack_timeout_seconds,
-                time_bounds=s.time_bounds,
+                ack_timeout=s.gateway_ack_timeout_seconds, time_bounds=s.time_bounds,
             )  # fmt: skip
             self._gateway = await Gateway(app, host=s.gateway_host, port=s.gateway_port).start()
             self.url = self._gateway.url
@@ -73,7 +80,9 @@ class GatewayProcess:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
-        for client in (self._client, self._reader):
-            if client is not None:
-                client.close()
-        self._client = self._reader = None
+        pools, self._pools = self._pools, []
+        for pool in pools:
+            await asyncio.to_thread(pool.close)
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()

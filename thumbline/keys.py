@@ -38,7 +38,7 @@ from thumbline.errors import ConfigError
 from thumbline.metrics import Metrics
 from thumbline.queries import literal
 from thumbline.settings import Settings
-from thumbline.sqlserver import run_sql
+from thumbline.sqlclient import run_sql
 
 Scope = Literal["ingest", "read", "admin"]
 SCOPES: tuple[Scope, ...] = ("ingest", "read", "admin")

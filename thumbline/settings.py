@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         description="chdb:///abs/path or http(s)://user:pass@host:8123; unset: chDB in data_dir.",
     )
     clickhouse_database: str = Field("thumbline", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    clickhouse_reader_url: SecretStr | None = Field(
+        None,
+        description="http(s)://reader:pass@host:8123: a read-only ClickHouse user for the SQL "
+        "that keys and the CLI send (SELECT on the database only, readonly=1, a profile with "
+        "the limits); unset on a server: the main user with readonly=1, and a warning.",
+    )  # fmt: skip
 
     topic_prefix: str = Field("thumbline.", pattern=r"^[A-Za-z0-9._\-]*$", max_length=200)
     partitions: int = Field(8, ge=1, le=256, description="Partitions of the join's topics.")
@@ -162,6 +168,24 @@ class Settings(BaseSettings):
 
     broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0: any free.")
     sql_host: str = Field("127.0.0.1", description="Where the store owner serves SQL.")
+    sql_max_seconds: float = Field(
+        30.0, gt=0, le=3600, description="Longest a query of the SQL sandbox runs (then 400)."
+    )
+    sql_max_result_rows: int = Field(
+        1_000_000, ge=1, description="Most rows a query of the SQL sandbox returns."
+    )
+    sql_max_result_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Most bytes a query of the SQL sandbox returns."
+    )
+    sql_max_memory_bytes: int = Field(
+        2 * 1024**3, ge=16 * 1024 * 1024,
+        description="Most memory one query of the SQL sandbox may use.",
+    )  # fmt: skip
+    gateway_sql_workers: int = Field(
+        2, ge=1, le=32,
+        description="Threads (each with its store client) for POST /v1/sql; the inbox and trace "
+        "reads have as many of their own, so a slow query never delays them.",
+    )  # fmt: skip
     sql_port: int = Field(0, ge=0, le=65535, description="0: any free port.")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
@@ -197,6 +221,25 @@ class Settings(BaseSettings):
         if scheme == "chdb" and not url.startswith("chdb:///"):
             raise ValueError("a chDB URL needs an absolute path: chdb:///var/lib/thumbline")
         return SecretStr(url)
+
+    @field_validator("clickhouse_reader_url")
+    @classmethod
+    def _reader(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        url = value.get_secret_value().strip()
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError("must be http(s)://user:pass@host:8123 (a ClickHouse server user)")
+        return SecretStr(url)
+
+    @model_validator(mode="after")
+    def _reader_needs_a_server(self) -> Settings:
+        if self.clickhouse_reader_url is not None and self.store_is_chdb:
+            raise ValueError(
+                "clickhouse_reader_url: a reader user needs a ClickHouse server: set "
+                "THUMBLINE_CLICKHOUSE_URL=http(s)://... too, or unset it for chDB"
+            )
+        return self
 
     @model_validator(mode="after")
     def _windows(self) -> Settings:
@@ -267,6 +310,25 @@ class Settings(BaseSettings):
             )
             return urlunsplit(parts._replace(netloc=netloc))
         return self.store_url
+
+    @property
+    def reader_url(self) -> str | None:
+        """The reader user's URL, secrets included: never log it."""
+        if self.clickhouse_reader_url is None:
+            return None
+        return self.clickhouse_reader_url.get_secret_value()
+
+    def mask(self, text: str) -> str:
+        """``text`` with the store's and the reader's URLs replaced by their masked forms."""
+        text = text.replace(self.store_url, self.store_display)
+        if self.reader_url:
+            parts = urlsplit(self.reader_url)
+            text = text.replace(self.reader_url, f"{parts.scheme}://{parts.username}:***@...")
+        for url in (self.store_url, self.reader_url):
+            password = urlsplit(url).password if url else None
+            if password:
+                text = text.replace(password, "***")
+        return text
 
     @property
     def sliding_windows(self) -> tuple[int, ...]:

@@ -2,8 +2,9 @@
 
 chDB lets one process open a path. That process (``thumbline up``) owns the
 store and serves SQL to the others over loopback (:mod:`thumbline.sqlserver`);
-:func:`run_sql` finds the owner through the run file, or opens the path itself
-when nobody owns it.
+:func:`thumbline.sqlclient.run_sql` finds the owner through the run file, or
+opens the path itself when nobody owns it. SQL from keys and the CLI runs in the
+sandbox of :mod:`thumbline.sandbox`; :func:`open_client` is for thumbline's own.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def store_error(exc: BaseException, settings: Settings | None = None) -> StoreEr
             "runs (it serves SQL to other processes), or stop the process that holds it."
         )
     if settings is not None:
-        text = text.replace(settings.store_url, settings.store_display)
+        text = settings.mask(text)
     match = _CODE.search(text)
     return StoreError(text.strip(), code=int(match.group(1)) if match else None)
 

@@ -8,7 +8,7 @@ in one consumer group. Faust's assignor splits the join's co-partitioned
 topics among all of them and gives ``feedback.enriched`` to ``thumbline up``
 alone, so the rates still see every row. A helper reaches
 an embedded chDB store through its owner's loopback endpoint
-(:class:`thumbline.sqlserver.OwnerClient`) and a ClickHouse server directly.
+(:class:`thumbline.sqlclient.OwnerClient`) and a ClickHouse server directly.
 
 A helper dies with ``thumbline up`` (even by kill -9: ``PR_SET_PDEATHSIG``),
 stops cleanly on SIGTERM (flushes what is complete and commits), and is started
@@ -164,7 +164,7 @@ async def run_helper(
 
     from stream_jobs.app import StreamApp
     from thumbline.metrics import Metrics, MetricsServer
-    from thumbline.sqlserver import OwnerClient
+    from thumbline.sqlclient import OwnerClient
 
     store: Any = None
     if owner is not None:

@@ -41,17 +41,17 @@ def test_sql_answers_while_up_runs(thumbline_bin, up):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"n": 0}
-    table = run(
-        thumbline_bin,
-        up.env,
-        "sql",
-        "SELECT name FROM system.tables WHERE database = 'thumbline' ORDER BY name",
+    tables = ("feedback", "traces", "feedback_rates", "alerts", "dead_letters", "feedback_latest",
+              "weekly_quality_review", "users_repeated_bad")  # fmt: skip
+    every = " UNION ALL ".join(
+        f"SELECT '{t}' AS name, count() AS n FROM thumbline.{t}" for t in tables
     )
+    table = run(thumbline_bin, up.env, "sql", f"SELECT name FROM ({every}) ORDER BY name")
     assert table.returncode == 0, table.stderr
     listed = table.stdout.split()
-    assert listed[0] == "name"
-    assert {"feedback", "traces", "feedback_rates", "alerts", "dead_letters", "feedback_latest",
-            "weekly_quality_review", "users_repeated_bad"} <= set(listed[1:])  # fmt: skip
+    assert listed[0] == "name" and set(listed[1:]) == set(tables)
+    system = run(thumbline_bin, up.env, "sql", "SELECT name FROM system.tables")
+    assert system.returncode == 1 and "outside the thumbline database" in system.stderr
 
 
 async def test_send_puts_valid_events_on_the_running_broker(thumbline_bin, up):
@@ -169,15 +169,21 @@ def test_sql_without_a_running_up_opens_the_store_itself(thumbline_bin, env):
     assert result.stdout.splitlines() == ['"version"', *every]
 
 
-def test_sql_refuses_writes_unless_asked_and_says_how(thumbline_bin, up):
-    refused = run(thumbline_bin, up.env, "sql", "CREATE VIEW thumbline.v AS SELECT 1 AS one")
-    assert refused.returncode == 1 and "add --write to allow it" in refused.stderr
-    created = run(
-        thumbline_bin, up.env, "sql", "--write", "CREATE VIEW thumbline.v AS SELECT 1 AS one"
+def test_sql_refuses_writes_unless_asked_and_write_mode_only_inserts(thumbline_bin, up):
+    insert = (
+        "INSERT INTO thumbline.dead_letters (topic, partition, offset, batch_index, reason, "
+        "error, raw, key, at) SELECT 't', 0, 0, -1, 'test', 'e', 'r', 'k', now64(3)"
     )
-    assert created.returncode == 0, created.stderr
-    read = run(thumbline_bin, up.env, "sql", "SELECT one FROM thumbline.v", "-f", "csv")
-    assert read.stdout.splitlines() == ['"one"', "1"]
+    refused = run(thumbline_bin, up.env, "sql", insert)
+    assert refused.returncode == 1 and "an INSERT needs write mode (thumbline sql --write)" in (
+        refused.stderr
+    )
+    assert run(thumbline_bin, up.env, "sql", "--write", insert).returncode == 0
+    read = run(thumbline_bin, up.env, "sql", "SELECT count() AS n FROM thumbline.dead_letters "
+               "WHERE reason = 'test'", "-f", "csv")  # fmt: skip
+    assert read.stdout.splitlines() == ['"n"', "1"]
+    ddl = run(thumbline_bin, up.env, "sql", "--write", "CREATE VIEW thumbline.v AS SELECT 1")
+    assert ddl.returncode == 1 and "Create statements are not allowed" in ddl.stderr
 
 
 def test_send_without_a_broker_says_what_to_do(thumbline_bin, env):

@@ -16,7 +16,7 @@ from stream_jobs.lookups import lookup_traces
 from stream_jobs.sink import ClickHouseSink, SinkUnavailable
 from tests.conftest import unique
 from thumbline import runfile
-from thumbline.errors import StoreError
+from thumbline.errors import SqlRefused, StoreError
 from thumbline.settings import load_settings
 from thumbline.sqlserver import OwnerClient, SqlServer, run_sql
 from thumbline.store import apply_migrations
@@ -263,14 +263,22 @@ class TestSqlEndpoint:
         )
         assert int(orjson.loads(out)["n"]) == 0
 
-    def test_writes_need_to_be_asked_for(self, owner):
+    def test_writes_need_to_be_asked_for_and_are_inserts_only(self, owner):
         settings, _ = owner
         db = settings.clickhouse_database
-        with pytest.raises(StoreError) as info:
-            run_sql(settings, f"CREATE VIEW {db}.v AS SELECT 1")
-        assert info.value.code == 164
-        run_sql(settings, f"CREATE VIEW {db}.v AS SELECT 1 AS one", write=True)
-        assert run_sql(settings, f"SELECT one FROM {db}.v", fmt="CSVWithNames") == b'"one"\n1\n'
+        insert = (
+            f"INSERT INTO {db}.dead_letters (topic, partition, offset, batch_index, reason, "  # noqa: S608
+            "error, raw, key, at) SELECT 'owner', 1, 2, -1, 'test', '', '', '', now64(3)"
+        )
+        with pytest.raises(SqlRefused) as info:
+            run_sql(settings, insert)
+        assert info.value.reason == "write"
+        run_sql(settings, insert, write=True)
+        count = f"SELECT count() AS n FROM {db}.dead_letters WHERE topic = 'owner'"  # noqa: S608
+        assert run_sql(settings, count, fmt="CSVWithNames") == b'"n"\n1\n'
+        with pytest.raises(SqlRefused) as info:
+            run_sql(settings, f"CREATE VIEW {db}.v AS SELECT 1 AS one", write=True)
+        assert info.value.reason == "statement"
 
     def test_clickhouse_errors_keep_their_code(self, owner):
         settings, _ = owner
@@ -318,10 +326,34 @@ class TestOwnerClient:
         ]  # datetimes come back as datetimes, parameters bound on the server
         client.close()
 
-    def test_only_the_joins_tables_take_inserts(self, server, store_settings):
+    def test_only_the_joins_tables_take_inserts_with_the_sinks_settings(
+        self, server, store_settings
+    ):
         client = OwnerClient(server.url, server.token)
+        db = store_settings.clickhouse_database
         with pytest.raises(DatabaseError, match="table must be one of"):
-            client.raw_insert(f"{store_settings.clickhouse_database}.api_keys", insert_block=b"{}")
+            client.raw_insert(f"{db}.api_keys", insert_block=b"{}")
+        for settings in ({"max_execution_time": 0}, {"input_format_skip_unknown_fields": [1]}):
+            with pytest.raises(DatabaseError, match="settings must be a JSON object of"):
+                client.raw_insert(f"{db}.traces", insert_block=b"{}", settings=settings)
+        client.close()
+
+    def test_a_helpers_query_runs_in_the_sandbox(self, server, store_settings):
+        client = OwnerClient(server.url, server.token)
+        db = store_settings.clickhouse_database
+        for query, parameters in (
+            ("SELECT file({p:String})", {"p": "/etc/hostname"}),
+            ("SELECT * FROM {t:Identifier}", {"t": "system.tables"}),
+            ("SELECT name FROM system.tables WHERE database = {d:String}", {"d": db}),
+            (f"SELECT count() FROM {db}.traces WHERE trace_id = %(t)s", {"t": "x"}),
+        ):
+            with pytest.raises(DatabaseError, match="refused"):
+                client.query(query, parameters)
+        rows = client.query(
+            "SELECT count() FROM {t:Identifier} WHERE trace_id = {x:String}",  # noqa: S608
+            {"t": "traces", "x": "nobody"},  # the sandbox's current database is thumbline's
+        ).result_rows
+        assert rows == [(0,)]
         client.close()
 
     def test_a_wrong_token_or_a_gone_owner_is_an_error_the_sink_retries(

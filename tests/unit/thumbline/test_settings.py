@@ -96,3 +96,33 @@ def test_a_child_process_gets_every_setting_secrets_included(monkeypatch):
     monkeypatch.setenv("THUMBLINE_STREAM_WORKERS", "2")
     settings = load_settings()
     assert load_settings(**orjson.loads(settings.to_json())) == settings
+
+
+def test_the_sql_sandbox_has_limits_and_an_optional_reader_user(monkeypatch):
+    s = load_settings()
+    assert (s.sql_max_seconds, s.sql_max_result_rows, s.gateway_sql_workers) == (30, 1_000_000, 2)
+    assert s.reader_url is None
+    monkeypatch.setenv("THUMBLINE_CLICKHOUSE_URL", "http://thumbline:main-pw@clickhouse:8123")
+    monkeypatch.setenv("THUMBLINE_CLICKHOUSE_READER_URL", "http://reader:reader-pw@clickhouse:8123")
+    monkeypatch.setenv("THUMBLINE_SQL_MAX_SECONDS", "5")
+    s = load_settings()
+    assert s.reader_url == "http://reader:reader-pw@clickhouse:8123" and s.sql_max_seconds == 5
+    masked = s.mask(f"failed at {s.reader_url} and {s.store_url}: reader-pw main-pw")
+    assert "reader-pw" not in masked and "main-pw" not in masked
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"THUMBLINE_CLICKHOUSE_READER_URL": "http://r:p@ch:8123"}, "needs a ClickHouse server"),
+        ({"THUMBLINE_CLICKHOUSE_READER_URL": "chdb:///x"}, "must be http(s)://user:pass@host"),
+        ({"THUMBLINE_SQL_MAX_SECONDS": "0"}, "THUMBLINE_SQL_MAX_SECONDS"),
+        ({"THUMBLINE_SQL_MAX_MEMORY_BYTES": "1000"}, "THUMBLINE_SQL_MAX_MEMORY_BYTES"),
+        ({"THUMBLINE_GATEWAY_SQL_WORKERS": "0"}, "THUMBLINE_GATEWAY_SQL_WORKERS"),
+    ],
+)
+def test_bad_sandbox_settings_fail_naming_the_variable(monkeypatch, env, words):
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        load_settings()

@@ -1,0 +1,199 @@
+"""SQL from other processes: the client side of the store owner's loopback endpoint.
+
+:func:`run_sql` is what ``thumbline sql``, ``inbox``, ``keys`` and the other
+commands call: it runs SQL in the sandbox (:mod:`thumbline.sandbox`) on a
+ClickHouse server directly, on a chDB path directly when nobody owns it, or
+through the owner (``thumbline up``) when it runs. :class:`OwnerClient` is a
+join helper's way to the owner's ``POST /query`` and ``POST /insert``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
+
+from thumbline import runfile
+from thumbline.errors import SqlRefused, StoreError, StoreLocked
+from thumbline.sandbox import Sandbox, open_insert_client, open_sandbox_client
+from thumbline.settings import Settings
+
+#: Output formats the endpoint passes through from ClickHouse.
+FORMATS = frozenset(
+    {"JSONCompact", "JSON", "JSONEachRow", "CSVWithNames", "TabSeparatedWithNames", "Pretty"}
+)
+
+
+def run_sql(
+    settings: Settings, sql: str, *, fmt: str = "JSONCompact", write: bool = False
+) -> bytes:
+    """Run ``sql`` in the SQL sandbox wherever the store is; ClickHouse's output in ``fmt``.
+
+    Read mode runs one SELECT, EXPLAIN or DESCRIBE over thumbline's database;
+    ``write`` also runs ``INSERT INTO <db>.<table> [(columns)] SELECT ...`` into
+    a thumbline table, nothing else. A ClickHouse server is queried directly. A
+    chDB path is queried through its owner when ``thumbline up`` runs, and
+    opened directly when nobody owns it.
+
+    Raises:
+        SqlRefused: the sandbox refused the SQL (the message says why and what it runs).
+        StoreError: the query failed (the message is ClickHouse's, with its code).
+        StoreLocked: the path is held by a process that serves no SQL.
+    """
+    if fmt not in FORMATS:
+        raise StoreError(f"format must be one of {sorted(FORMATS)}")
+    if settings.store_is_chdb:
+        info = runfile.read(settings.run_file)
+        if info is not None and info.sql_url:
+            return _query_owner(info, sql, fmt, write)
+    try:
+        client = open_sandbox_client(settings)
+    except StoreLocked:
+        info = runfile.read(settings.run_file)  # the owner may have just started
+        if info is not None and info.sql_url:
+            return _query_owner(info, sql, fmt, write)
+        raise
+    sandbox = Sandbox(settings)
+    try:
+        checked = sandbox.check(client, sql, write=write)
+        if checked.kind != "insert":
+            return sandbox.execute(client, checked, fmt=fmt)
+        writer = open_insert_client(settings)
+        try:
+            return sandbox.execute(writer, checked, fmt=fmt)
+        finally:
+            writer.close()
+    finally:
+        client.close()
+
+
+def _query_owner(info: runfile.RunInfo, sql: str, fmt: str, write: bool) -> bytes:
+    params = urllib.parse.urlencode({"format": fmt, "write": "1" if write else "0"})
+    request = urllib.request.Request(  # noqa: S310 (a loopback http URL we wrote ourselves)
+        f"{info.sql_url}/sql?{params}",
+        data=sql.encode(),
+        headers={"Authorization": f"Bearer {info.sql_token}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310
+            return bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            try:
+                detail = orjson.loads(exc.read())
+            except orjson.JSONDecodeError:
+                detail = {"error": f"HTTP {exc.code}", "code": None}
+        if detail.get("reason"):
+            raise SqlRefused(
+                str(detail.get("error")), reason=str(detail["reason"]), code=detail.get("code")
+            ) from None
+        raise StoreError(str(detail.get("error")), code=detail.get("code")) from None
+    except urllib.error.URLError as exc:
+        raise StoreError(
+            f"the running thumbline (pid {info.pid}) did not answer at {info.sql_url}: {exc.reason}"
+        ) from None
+
+
+def _utc_text(value: datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRows:
+    """What :meth:`OwnerClient.query` returns: the rows, as clickhouse-connect's result has them."""
+
+    column_names: tuple[str, ...]
+    result_rows: list[tuple[Any, ...]]
+
+
+class OwnerClient:
+    """The two calls of a clickhouse-connect client the join makes, served by the store's owner.
+
+    A join helper process cannot open the owner's chDB path, so its sink and its
+    trace lookups go through ``POST /insert`` and ``POST /query`` on the owner's
+    loopback endpoint (one kept-alive connection, one call at a time). Failures
+    raise clickhouse-connect's own errors, so callers treat them as they treat
+    the store's: an unreachable owner or a refused insert is ``OperationalError``
+    (the sink keeps its rows and retries).
+    """
+
+    def __init__(self, url: str, token: str, *, timeout: float = 300.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    def query(self, query: str, parameters: dict[str, Any] | None = None) -> QueryRows:
+        """Rows of ``query`` bound server-side; datetime parameters travel as UTC text."""
+        bound = {
+            name: _utc_text(value) if isinstance(value, datetime) else value
+            for name, value in (parameters or {}).items()
+        }
+        body = self._post("/query", orjson.dumps({"sql": query, "parameters": bound}))
+        result = orjson.loads(body)
+        times = [i for i, t in enumerate(result["types"]) if "DateTime" in t]
+        rows = []
+        for row in result["rows"]:
+            for i in times:
+                if row[i] is not None:
+                    row[i] = datetime.fromisoformat(row[i])
+            rows.append(tuple(row))
+        return QueryRows(tuple(result["columns"]), rows)
+
+    def raw_insert(
+        self, table: str, *, insert_block: bytes, settings: dict[str, Any] | None = None,
+        fmt: str = "JSONEachRow",
+    ) -> None:  # fmt: skip
+        """Insert JSONEachRow ``insert_block`` into ``table`` (``db.name`` or ``name``)."""
+        if fmt != "JSONEachRow":
+            raise ProgrammingError(f"the owner takes JSONEachRow inserts, not {fmt}")
+        params = urllib.parse.urlencode(
+            {"table": table.rpartition(".")[2], "settings": orjson.dumps(settings or {}).decode()}
+        )
+        self._post(f"/insert?{params}", insert_block)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _post(self, path: str, body: bytes) -> bytes:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = http.client.HTTPConnection(*self._address, timeout=self._timeout)
+                self._conn.request("POST", path, body=body, headers=self._headers)
+                response = self._conn.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                raise OperationalError(
+                    f"the store's owner did not answer at {self._address[0]}:{self._address[1]}: "
+                    f"{exc!r}; is thumbline up still running?"
+                ) from None
+        if response.status == HTTPStatus.OK:
+            return data
+        try:
+            message = str(orjson.loads(data).get("error"))
+        except (orjson.JSONDecodeError, AttributeError):
+            message = f"HTTP {response.status}"
+        if response.status == HTTPStatus.BAD_REQUEST:
+            raise DatabaseError(message)
+        raise OperationalError(message)
