@@ -24,7 +24,8 @@ ROUTES = {  # (method, path): the error statuses the route answers
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
     app = build_app(
-        producer=SimpleNamespace(), keys=SimpleNamespace(), reader=SimpleNamespace(),  # type: ignore[arg-type]
+        producer=SimpleNamespace(), keys=SimpleNamespace(), reads=SimpleNamespace(),  # type: ignore[arg-type]
+        sql=SimpleNamespace(),  # type: ignore[arg-type]
         database="db", host="127.0.0.1", metrics=Metrics(CollectorRegistry()),
     )  # fmt: skip
     return app.openapi()
