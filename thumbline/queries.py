@@ -19,9 +19,14 @@ INBOX_COLUMNS = (
 )  # fmt: skip
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def literal(value: str) -> str:
-    """A ClickHouse string literal for ``value``."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A ClickHouse string literal for ``value``; control characters as ``\\xHH`` escapes
+    (the SQL sandbox refuses raw ones in the text)."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return "'" + _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", escaped) + "'"
 
 
 def parse_since(text: str) -> timedelta:

@@ -41,6 +41,7 @@ from thumbline.sqltree import (
     Catalog,
     Kind,
     allowed,
+    controls_outside_strings,
     judge,
     parse_tree,
     quoted_identifiers_are_plain,
@@ -223,9 +224,7 @@ class Sandbox:
                 f"ClickHouse could not read it as one statement ({err})", "syntax", err.code
             ) from None
         canonical = str(rows.result_rows[0][0])
-        if not quoted_identifiers_are_plain(canonical) or any(
-            ord(ch) < 0x20 and ch != "\n" for ch in canonical
-        ):
+        if not quoted_identifiers_are_plain(canonical) or controls_outside_strings(canonical):
             raise self._refused(
                 "names with control characters, backslashes or backquotes", "characters"
             )

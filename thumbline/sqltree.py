@@ -150,6 +150,31 @@ def quoted_identifiers_are_plain(canonical: str) -> bool:
     return quote is None
 
 
+def _controls(text: str, allowed: str) -> bool:
+    """Whether ``text`` holds control characters; ``allowed`` non-empty: a literal's line,
+    where all but line breaks are the string's own (a filter value with a bell in it)."""
+    if allowed:
+        return "\n" in text or "\r" in text
+    return any(ord(ch) < 0x20 or ch == "\x7f" for ch in text)
+
+
+def controls_outside_strings(canonical: str) -> bool:
+    """Whether ``formatQuery`` output holds a control character (but a line break)
+    outside its string literals; inside them ClickHouse keeps all but line breaks raw."""
+    quote: str | None = None
+    escaped = False
+    for ch in canonical:
+        if escaped:
+            escaped = False
+        elif quote == "'" and ch == "\\":
+            escaped = True
+        elif ch in "'`\"" and quote in (None, ch):
+            quote = None if quote else ch
+        elif quote != "'" and (ord(ch) < 0x20 and ch != "\n" or ch == "\x7f"):
+            return True
+    return False
+
+
 def parse_tree(text: str) -> Node:
     """The tree of ``EXPLAIN AST`` output (TabSeparated text, one node a line).
 
@@ -163,7 +188,7 @@ def parse_tree(text: str) -> Node:
     for raw in lines:
         line = unescape_tsv(raw)
         match = _LINE.match(line)
-        if match is None or any(ord(ch) < 0x20 or ch == "\x7f" for ch in line):
+        if match is None or _controls(line, allowed="" if match.group(2) != "Literal" else "\a"):
             raise _shape(raw)
         indent, kind, rest, count = match.groups()
         payload, alias = _split_alias(rest.strip())

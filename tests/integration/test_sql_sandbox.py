@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 
 from tests.conftest import unique
 from tests.integration.conftest import Up, run, start_up, stop, worker_env
@@ -312,8 +312,9 @@ async def test_generated_sql_over_http_never_leaves_the_database(target: Target)
             with exc:
                 return exc.code, exc.read()
 
+    @seed(20261125)  # the places' names vary per run: derandomize alone would not fix the draws
     @given(query=queries(where))
-    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=40, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
     def never_leaves(query: Generated) -> None:
         status, raw = post(query.sql)

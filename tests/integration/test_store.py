@@ -372,3 +372,10 @@ class TestOwnerClient:
         with pytest.raises(SinkUnavailable, match="did not answer"):
             sink.flush()
         assert sink.pending == 1  # kept for the retry
+
+
+def test_a_literal_reads_back_as_the_same_string_control_characters_included(store):
+    from thumbline.queries import literal
+
+    text = "a'b\\c\x00\x07\n\t\x7f\x1f é 🙂 \\x41"
+    assert store.query(f"SELECT {literal(text)}").result_rows == [(text,)]

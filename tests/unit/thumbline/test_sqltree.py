@@ -11,6 +11,7 @@ import pytest
 from thumbline.errors import SqlRefused
 from thumbline.sqltree import (
     Catalog,
+    controls_outside_strings,
     judge,
     parse_tree,
     quoted_identifiers_are_plain,
@@ -256,3 +257,26 @@ def test_escaped_quotes_and_backslashes_come_back_as_text():
 )
 def test_names_with_escapes_are_found_in_the_canonical_text(canonical: str, plain: bool):
     assert quoted_identifiers_are_plain(canonical) is plain
+
+
+@pytest.mark.parametrize(
+    ("canonical", "found"),
+    [
+        ("SELECT 'a\x07b\x7f' FROM t WHERE x = 1", False),  # a filter value's own bytes
+        ("SELECT 1\nFROM t", False),  # the formatter's own line breaks
+        ("SELECT 1 AS `a\x07`", True),
+        ("SELECT 1\x07", True),
+        ("SELECT 'it\\'s', 2\x0c", True),  # an escaped quote does not end the string
+    ],
+)
+def test_control_characters_are_found_outside_string_literals_only(canonical: str, found: bool):
+    assert controls_outside_strings(canonical) is found
+
+
+def test_a_literal_keeps_its_control_characters_but_no_line_break():
+    tree = "SelectWithUnionQuery (children 1)\n ExpressionList (children 1)\n  Literal 'a\x07b'"
+    assert parse_tree(tree).children[0].children[0].text == "'a\x07b'"
+    with pytest.raises(SqlRefused):
+        parse_tree(tree.replace("Literal", "Identifier"))
+    with pytest.raises(SqlRefused):
+        parse_tree(tree.replace("\x07", "\\r"))  # TSV's escaped carriage return
