@@ -40,6 +40,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     Field,
     StrictBool,
+    StrictFloat,
     field_validator,
     model_validator,
 )
@@ -140,7 +141,7 @@ class FeedbackEvent(Contract):
         None, description="thumb, rating, score, bool, text, category, signal, correction, label."
     )
     value: StrictBool | float | str | None = Field(None, description="Depends on the kind.")
-    range: tuple[float, float] | None = Field(
+    range: tuple[StrictFloat, StrictFloat] | None = Field(
         None, description="[low, high] of a rating or score; default 1..5 for ratings, 0..1 scores."
     )
     label: str | None = Field(
@@ -149,7 +150,7 @@ class FeedbackEvent(Contract):
         max_length=MAX_LABEL_LEN,
         description="good, bad, neutral, or custom (edit...). Derived when absent.",
     )
-    score: float | None = Field(
+    score: StrictFloat | None = Field(
         None, ge=0.0, le=1.0, description="Normalised score in [0, 1]; derived when absent."
     )
     comment: str | None = Field(None, max_length=MAX_COMMENT_LEN)

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictFloat, StrictInt, model_validator
 
 from schemas._base import (
     MAX_ATTRIBUTES_BYTES,
@@ -50,11 +50,15 @@ class TraceEvent(Contract):
     conversation_id: Id | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
-    latency_ms: float | None = Field(None, ge=0, description="Derived from the times if absent.")
-    input_tokens: int | None = Field(None, ge=0)
-    output_tokens: int | None = Field(None, ge=0)
-    total_tokens: int | None = Field(None, ge=0, description="Derived from in + out if absent.")
-    cost_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    latency_ms: StrictFloat | None = Field(
+        None, ge=0, description="Derived from the times if absent."
+    )
+    input_tokens: StrictInt | None = Field(None, ge=0)
+    output_tokens: StrictInt | None = Field(None, ge=0)
+    total_tokens: StrictInt | None = Field(
+        None, ge=0, description="Derived from in + out if absent."
+    )
+    cost_usd: StrictFloat | None = Field(None, ge=0, allow_inf_nan=False)
     status: TraceStatus = TraceStatus.UNSET
     error: str | None = Field(None, max_length=MAX_COMMENT_LEN)
     attributes: dict[str, Any] = Field(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import FeedbackEvent, FeedbackKind, InvalidEvent, Label, Source
+from schemas import FeedbackEvent, FeedbackKind, InvalidEvent, Label, Source, TimeBounds
 from schemas.feedback import BAD_AT_MOST, GOOD_AT_LEAST, ISSUE_CATEGORIES
 
 
@@ -242,3 +242,39 @@ class TestMappingProperties:
     def test_naive_timestamps_are_refused(self, ts):
         with pytest.raises(InvalidEvent, match="ts"):
             parse(label="good", ts=ts)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"retracted": "yes"}, {"retracted": 1}, {"score": "0.5"}, {"range": ["1", "5"]}],
+)
+def test_booleans_and_numbers_are_json_booleans_and_numbers(fields):
+    with pytest.raises(InvalidEvent, match=next(iter(fields))):
+        parse(kind="rating", value=3, **fields)
+
+
+class TestTimeBounds:
+    NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+    @pytest.mark.parametrize(
+        ("ts", "problem"),
+        [
+            (NOW + timedelta(minutes=61), "ts: is 1.02 h ahead of the time it was received"),
+            (NOW - timedelta(days=8), "ts: is 8 d older than the time it was received"),
+            (datetime(2300, 1, 1, tzinfo=UTC), "ts: is 99,"),
+        ],
+    )
+    def test_an_event_time_far_from_its_reception_is_refused_naming_the_field(self, ts, problem):
+        with pytest.raises(InvalidEvent) as caught:
+            TimeBounds().check(parse(label="bad", ts=ts), self.NOW)
+        assert caught.value.reason.startswith(problem)
+
+    @pytest.mark.parametrize("offset", [timedelta(minutes=59), -timedelta(days=6, hours=23)])
+    def test_times_within_the_bounds_pass(self, offset):
+        TimeBounds().check(parse(label="bad", ts=self.NOW + offset), self.NOW)
+
+    def test_the_bounds_are_settings(self):
+        with pytest.raises(InvalidEvent, match="at most 10 s"):
+            TimeBounds(max_future=10).check(
+                parse(label="bad", ts=self.NOW + timedelta(seconds=11)), self.NOW
+            )

@@ -64,3 +64,12 @@ def test_an_error_message_sets_the_status():
 def test_invalid_traces_are_refused_with_the_field(fields, words):
     with pytest.raises(InvalidEvent, match=words):
         TraceEvent.parse({"trace_id": "t", **fields})
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"latency_ms": "820"}, {"input_tokens": 5.0}, {"output_tokens": True}, {"cost_usd": "0.1"}],
+)
+def test_numbers_are_json_numbers_and_counts_are_integers(fields):
+    with pytest.raises(InvalidEvent, match=next(iter(fields))):
+        TraceEvent.parse({"trace_id": "t", **fields})
