@@ -110,14 +110,14 @@ def _select(draw: st.DrawFn, p: Places, depth: int, odds: random.Random) -> tupl
     escapes: list[str] = []
     exprs = []
     for _ in range(draw(st.integers(1, 3))):
-        expr, escape = _pick(draw, odds, _good_expressions(p), _bad_expressions(p), 0.08)
+        expr, escape = _pick(draw, odds, _good_expressions(p), _bad_expressions(p), 0.04)
         exprs.append(expr)
         escapes += [escape] if escape else []
     if depth < 2 and draw(st.booleans()):
         inner, more = draw(_select(p, depth + 1, odds))
         source, escapes = f"({inner})", escapes + more
     else:
-        source, escape = _pick(draw, odds, _good_sources(p), _bad_sources(p), 0.12)
+        source, escape = _pick(draw, odds, _good_sources(p), _bad_sources(p), 0.06)
         escapes += [escape] if escape else []
     keyword = draw(st.sampled_from(["SELECT", "select", "SeLeCt"]))
     where = draw(st.sampled_from(["", " WHERE 1", " WHERE label = 'bad'", " LIMIT 2"]))
@@ -128,7 +128,7 @@ def _select(draw: st.DrawFn, p: Places, depth: int, odds: random.Random) -> tupl
 def queries(draw: st.DrawFn, p: Places) -> Generated:
     """One generated query and the escapes in it."""
     odds = draw(st.randoms(use_true_random=False))
-    if odds.random() < 0.05:
+    if odds.random() < 0.03:
         name = draw(st.sampled_from(sorted(_bad_statements(p))))
         return Generated(_bad_statements(p)[name], (name,))
     selects = [draw(_select(p, 0, odds)) for _ in range(draw(st.integers(1, 3)))]
@@ -137,7 +137,7 @@ def queries(draw: st.DrawFn, p: Places) -> Generated:
     escapes = [e for _, found in selects for e in found]
     if draw(st.booleans()):
         sql = f"WITH recent AS (SELECT * FROM {p.database}.feedback LIMIT 5) {sql}"
-    suffix, escape = _pick(draw, odds, [""], _bad_suffixes(p), 0.12)
+    suffix, escape = _pick(draw, odds, [""], _bad_suffixes(p), 0.06)
     sql += suffix
     escapes += [escape] if escape else []
     prefix = draw(st.sampled_from(["", "", "EXPLAIN ", "EXPLAIN SYNTAX ", "EXPLAIN PIPELINE "]))

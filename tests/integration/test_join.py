@@ -80,6 +80,16 @@ async def eventually(check: Callable[[], object], timeout: float = 30.0) -> obje
         await asyncio.sleep(0.2)
 
 
+async def dead_letters(query, columns: str, where: str, at_least: int) -> list[tuple]:
+    """The dead letters ``where`` says, in offset order, once there are ``at_least`` of them."""
+    sql = (
+        f"SELECT {columns} FROM {{db}}.dead_letters FINAL WHERE {where} "
+        "ORDER BY offset, batch_index"
+    )
+    rows = await eventually(lambda: (found := query(sql)) and len(found) >= at_least and found)
+    return rows
+
+
 def row_of(query, event_id: str) -> Callable[[], tuple | None]:
     def check() -> tuple | None:
         rows = query(
@@ -234,18 +244,7 @@ async def test_poison_and_invalid_input_is_dead_lettered_and_the_stream_goes_on(
             query(f"SELECT count() FROM {{db}}.feedback FINAL WHERE event_id IN ({ids})") == [(5,)]
         )
     )
-    letters = await eventually(
-        lambda: (
-            (
-                rows := query(
-                    f"SELECT offset, batch_index, reason FROM {{db}}.dead_letters FINAL "
-                    f"WHERE topic = '{topic}' ORDER BY offset, batch_index"
-                )
-            )
-            and len(rows) >= 5
-            and rows
-        )
-    )
+    letters = await dead_letters(query, "offset, batch_index, reason", f"topic = '{topic}'", 5)
     assert letters == [
         (offsets[0], -1, "bad_json"),
         (offsets[1], -1, "not_an_object"),
@@ -334,18 +333,8 @@ async def test_event_times_far_from_their_reception_are_dead_lettered(raw, strea
     ]  # fmt: skip
     meta = await raw.send_and_wait(topic, orjson.dumps(events), partition=0)
     await eventually(row_of(query, events[0]["event_id"]))
-    letters = await eventually(
-        lambda: (
-            (
-                rows := query(
-                    f"SELECT batch_index, reason, error FROM {{db}}.dead_letters FINAL "
-                    f"WHERE topic = '{topic}' AND offset = {meta.offset} ORDER BY batch_index"
-                )
-            )
-            and len(rows) >= 3
-            and rows
-        )
-    )
+    where = f"topic = '{topic}' AND offset = {meta.offset}"
+    letters = await dead_letters(query, "batch_index, reason, error", where, 3)
     assert [(i, reason) for i, reason, _ in letters] == [
         (1, "ts_out_of_range"), (2, "ts_out_of_range"), (3, "ts_out_of_range"),
     ]  # fmt: skip
