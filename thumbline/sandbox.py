@@ -37,11 +37,11 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from thumbline.errors import SqlRefused, StoreError
 from thumbline.settings import Settings
+from thumbline.sqltext import controls_outside_strings, output_clause
 from thumbline.sqltree import (
     Catalog,
     Kind,
     allowed,
-    controls_outside_strings,
     judge,
     parse_tree,
     quoted_identifiers_are_plain,
@@ -228,6 +228,12 @@ class Sandbox:
             raise self._refused(
                 "names with control characters, backslashes or backquotes", "characters"
             )
+        clause = output_clause(canonical)
+        if clause is not None:  # EXPLAIN AST does not always show these (UNION DISTINCT)
+            raise self._refused(
+                f"{clause} is not allowed (the endpoint picks the format; the limits are the "
+                "server's)", "output" if clause != "SETTINGS" else "settings",
+            )  # fmt: skip
         return canonical
 
     def _tree(self, client: Client, canonical: str, parameters: dict[str, Any] | None) -> Any:

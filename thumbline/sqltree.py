@@ -158,23 +158,6 @@ def _controls(text: str, allowed: str) -> bool:
     return any(ord(ch) < 0x20 or ch == "\x7f" for ch in text)
 
 
-def controls_outside_strings(canonical: str) -> bool:
-    """Whether ``formatQuery`` output holds a control character (but a line break)
-    outside its string literals; inside them ClickHouse keeps all but line breaks raw."""
-    quote: str | None = None
-    escaped = False
-    for ch in canonical:
-        if escaped:
-            escaped = False
-        elif quote == "'" and ch == "\\":
-            escaped = True
-        elif ch in "'`\"" and quote in (None, ch):
-            quote = None if quote else ch
-        elif quote != "'" and (ord(ch) < 0x20 and ch != "\n" or ch == "\x7f"):
-            return True
-    return False
-
-
 def parse_tree(text: str) -> Node:
     """The tree of ``EXPLAIN AST`` output (TabSeparated text, one node a line).
 

@@ -115,6 +115,9 @@ def attacks(target: Target) -> dict[str, str]:
         "into outfile": f"SELECT 'x' INTO OUTFILE '{out}'",
         "into outfile, truncating": f"SELECT 'import os' INTO OUTFILE '{pth}' TRUNCATE "
         "SETTINGS engine_file_truncate_on_insert = 1",
+        # EXPLAIN AST shows no INTO OUTFILE after a UNION DISTINCT (the property test found it)
+        "into outfile after a union distinct": f"SELECT 1 UNION DISTINCT SELECT 2 INTO OUTFILE "
+        f"'{out}' TRUNCATE",
         "insert into function": f"INSERT INTO FUNCTION file('{out}', 'CSV') SELECT 1",
         "url": "SELECT * FROM url('http://127.0.0.1:9/x', 'CSV', 'a String')",
         "executable": "SELECT * FROM executable('id', 'TSV', 'a String')",

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from thumbline.errors import SqlRefused
+from thumbline.sqltext import controls_outside_strings, output_clause
 from thumbline.sqltree import (
     Catalog,
-    controls_outside_strings,
     judge,
     parse_tree,
     quoted_identifiers_are_plain,
@@ -280,3 +280,18 @@ def test_a_literal_keeps_its_control_characters_but_no_line_break():
         parse_tree(tree.replace("Literal", "Identifier"))
     with pytest.raises(SqlRefused):
         parse_tree(tree.replace("\x07", "\\r"))  # TSV's escaped carriage return
+
+
+@pytest.mark.parametrize(
+    ("canonical", "clause"),
+    [
+        ("SELECT 1\nUNION DISTINCT\nSELECT 2\nINTO OUTFILE '/tmp/x' TRUNCATE", "INTO OUTFILE"),
+        ("SELECT 1\nUNION DISTINCT\nSELECT 2\nSETTINGS max_threads = 1", "SETTINGS"),
+        ("SELECT 1\nFORMAT CSV", "FORMAT"),
+        ("SELECT 'INTO OUTFILE', `FORMAT` FROM t", None),  # quoted: text, not clauses
+        ("SELECT format('{}', 1), formatDateTime(now(), '%F')", None),
+        ("SELECT 1 AS settings_count", None),
+    ],
+)
+def test_output_clauses_are_found_in_the_canonical_text(canonical: str, clause: str | None):
+    assert output_clause(canonical) == clause
