@@ -171,7 +171,10 @@ def settle_times(event: Any, names: tuple[str, ...]) -> None:
         if offset is None:
             raise ValueError(f"{name}: " + _naive_message(name))
         if offset:
-            object.__setattr__(event, name, value.astimezone(UTC))
+            try:
+                object.__setattr__(event, name, value.astimezone(UTC))
+            except OverflowError:  # year 1 or 9999 with an offset: no such time in UTC
+                raise ValueError(f"{name}: {value.isoformat()} has no UTC time") from None
 
 
 def _naive_message(field: str) -> str:

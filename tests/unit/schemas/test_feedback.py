@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from schemas import FeedbackEvent, FeedbackKind, InvalidEvent, Label, Source, TimeBounds
 from schemas.feedback import BAD_AT_MOST, GOOD_AT_LEAST, ISSUE_CATEGORIES
@@ -235,8 +236,21 @@ class TestMappingProperties:
 
     @given(st.datetimes(timezones=st.just(timezone(timedelta(hours=5)))))
     def test_aware_timestamps_become_utc_at_the_same_instant(self, ts):
-        e = parse(label="good", ts=ts)
-        assert e.ts == ts and e.ts.utcoffset() == timedelta(0)
+        try:
+            e = parse(label="good", ts=ts)
+        except InvalidEvent as exc:  # the first hours of year 1 have no UTC time
+            assert ts.year == 1 and "has no UTC time" in str(exc)
+        else:
+            assert e.ts == ts and e.ts.utcoffset() == timedelta(0)
+
+    def test_a_time_with_no_utc_instant_is_an_invalid_event_not_a_crash(self):
+        year_one = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+        with pytest.raises(InvalidEvent, match="ts: 0001-01-01T00:00:00\\+05:00 has no UTC time"):
+            parse(label="good", ts=year_one)
+        with pytest.raises(ValidationError, match="has no UTC time"):  # the stream's fast path
+            FeedbackEvent.model_validate_json(
+                b'{"trace_id":"t","label":"good","ts":"0001-01-01T01:00:00+05:00"}'
+            )
 
     @given(st.datetimes(timezones=st.none()))
     def test_naive_timestamps_are_refused(self, ts):
