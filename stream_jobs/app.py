@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import faust
 from aiokafka import AIOKafkaProducer
+from faust.types import TP
 
 from schemas import Topics
 from stream_jobs.bad_feedback_rates import RateState
@@ -194,24 +195,19 @@ class StreamApp:
             app.timer(RATES_TICK_SECONDS, name="rates_tick")(rates.tick)
 
         # A rebalance: partitions that moved are replayed from their last commit by
-        # their new holder. The rates hold their open windows from the moment it
-        # begins (revoked) until the replay is in (see RatesJob.rebalanced).
-        hold = rates if s.stream_workers > 1 else None  # join helpers run in other processes
+        # their new holder. The rates need no help: a partition's watermark comes from
+        # whoever holds it, and rows the replay brings late are recomputed.
+        if job is not None:
+            job.marks.highwater = lambda topic, p: app.consumer.highwater(TP(topic, p))
 
-        @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-        async def revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-            if job is not None:  # flushed before the next holder of a partition reads the store
-                await job.revoke()
-            if hold is not None:
-                hold.rebalanced()
+            @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+            async def revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+                await job.revoke()  # flushed before the next holder of a partition reads the store
 
-        @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-        async def reassigned(sender: Any, assigned: set[Any], **_: Any) -> None:
-            if job is not None:
+            @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+            async def reassigned(sender: Any, assigned: set[Any], **_: Any) -> None:
                 join_topics = {self.topics.feedback.name, self.topics.traces.name}
                 await job.assign({tp.partition for tp in assigned if tp.topic in join_topics})
-            if hold is not None:
-                hold.rebalanced()  # fresh output counts from here
 
         @app.timer(LAG_SECONDS, name="consumer_lag")
         async def consumer_lag() -> None:
@@ -261,20 +257,20 @@ class StreamApp:
                 # an alert firing for up to HISTORY_FOR_SPIKES
                 history=max((*s.sliding_windows, *(r.window + r.baseline for r in rules)))
                 + HISTORY_FOR_SPIKES,
+                reconcile=s.rate_reconcile_seconds,
                 max_cells=s.rate_max_cells,
                 max_events=s.rate_max_events,
             ),
             detector=SpikeDetector(rules, max_tracks=s.alert_max_tracks),
             sink=ClickHouseSink(await asyncio.to_thread(open_client, s), db),
             producer=self._producer,
+            store=await asyncio.to_thread(open_client, s, readonly=True),
+            database=db,
             notifier=self._notifier,
             metrics=self.metrics,
         )
-        reader = await asyncio.to_thread(open_client, s, readonly=True)
-        try:
-            await rates.restore(reader, db, recovery=s.rate_recovery_seconds)
-        finally:
-            reader.close()
+        assert rates.store is not None  # noqa: S101 (just given)
+        await rates.restore(rates.store, db)
         return rates
 
     async def _report_lag(self, app: faust.App) -> None:
@@ -309,6 +305,8 @@ class StreamApp:
         rates, self.rates = self.rates, None
         if rates is not None:
             rates.sink.close()
+            if rates.store is not None:
+                rates.store.close()
         notifier, self._notifier = self._notifier, None
         if notifier is not None:
             await notifier.drain(2.0)

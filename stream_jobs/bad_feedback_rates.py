@@ -4,37 +4,46 @@ Reads ``feedback.enriched`` (the join's output), so every count can be cut by
 project, environment, model and capability. Two dimension sets per row:
 ``(project, environment, model, "*")`` and ``(project, environment, "*", capability)``.
 
-Windows
--------
+Windows complete by the stream's progress, not by the clock
+-----------------------------------------------------------
 A tumbling base window of ``window`` seconds (default 60) on the feedback's
 event time ``ts``, plus sliding windows (default 5 minutes and 1 hour) that are
-sums of base windows and advance with them. A base window *ends* at
-``start + window`` (wall time): its rows are emitted and the alert rules run.
-It stays open for ``lateness`` seconds more: a late row re-emits the window
-(a higher ``version`` replaces the earlier row in ``feedback_rates``). Then it
-*closes*; a row for a closed window is counted in ``late`` and left out.
+sums of base windows and advance with them. A base window is *complete* when
+the **watermark** (how far the join's input is stored, as the join's markers
+on ``feedback.enriched`` say; see :mod:`stream_jobs.rates_job`) has passed its
+end by ``lateness``, and every row counted in it is stored (its offset on
+``feedback.enriched`` is at or below the join's durable offset of its
+partition). Then its rows are written and the alert rules judge it, once. A
+stall, a lag or a backlog delays completion: nothing is dropped for being slow.
+
+After completion
+----------------
+A row whose window is already complete (an old ``ts`` from a client, an orphan
+corrected after its grace, a backfill of last month) makes the window *dirty*:
+once that row is stored, the window is **recomputed from the** ``feedback``
+**table** (deduplicated, so exact) and written again with a higher version,
+with the sliding windows that hold it. Every completed window is also
+*reconciled* with the table once, ``reconcile`` seconds of watermark after it
+completed: that corrects what no row announces (a changed mind that moved an
+event into another window). :attr:`RateState.late` counts the rows that came
+after their window completed; none is lost.
 
 Exact under failure
 -------------------
-Counts are idempotent: each event's contribution is kept under its identity,
-``(project, event_id)``, while its window is open, so the same row delivered twice counts
-once, a newer version (a changed mind, an orphan corrected, a retraction)
-replaces the older one, and a replay after a crash changes nothing. A
-restarted worker rebuilds its windows from the deduplicated ``feedback`` table
-(see ``rates_job.restore_rates``): the recent ones event by event, and every
-window from then on held open (:meth:`RateState.hold`) until the stream has
-caught up, then for one more lateness period, so the join's replay still
-lands in them however long the restart took; older ones as counts, for the
-sliding windows and the alert baselines. So after a kill -9,
-window counts equal what the ``feedback`` table says for the same windows.
+Counts in open windows are idempotent: each event's contribution is kept under
+its identity, ``(project, event_id)``, so the same row delivered twice counts
+once and a newer version (a changed mind, a corrected orphan, a retraction)
+replaces the older one. A restarted worker rebuilds its open windows from the
+``feedback`` table event by event and its written ones as counts
+(``rates_store.restore_rates``); the join's replay then counts once.
 
 Bounded memory
 --------------
 Dimensions and event ids come from clients, so the state is capped: at most
 ``max_cells`` (window, dimensions) counters and ``max_events`` events counted
 in open windows. A row that would pass either cap is left out of the rates
-and counted in :attr:`RateState.bound_hits` (a metric); it is in ``feedback``
-as always. Event times are bounded at ingest, so no window lies far ahead.
+until its window is reconciled with the table, and counted in
+:attr:`RateState.bound_hits` (a metric).
 
 Classes: a row is ``implicit`` when its source is (copied, regenerated...),
 else ``good`` or ``bad`` by label, else ``neutral`` (neutral, edit and custom
@@ -47,7 +56,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -140,15 +149,16 @@ def contribution(row: dict[str, Any], window: float) -> tuple[EventKey, Contribu
 class _Window:
     counts: dict[Dims, Counts] = field(default_factory=lambda: defaultdict(Counts))
     samples: dict[Dims, list[tuple[str, str]]] = field(default_factory=lambda: defaultdict(list))
-    dirty: set[Dims] = field(default_factory=set)
-    ended: bool = False
-    closes_at: float = 0.0  # wall time after which rows for it are late
+    complete: bool = False  # written and judged; its events are no longer held
     events: set[EventKey] = field(default_factory=set)  # counted here, while open
+    #: enriched partition -> highest offset of a row counted here (stored before completing)
+    offsets: dict[int, int] = field(default_factory=dict)
+    reconcile_at: float = math.inf  # the watermark at which it is compared with the store
 
 
 @dataclass(slots=True)
 class Ended:
-    """A base window that just ended (or changed later): rows to write, windows to judge."""
+    """A base window that completed, or changed after: rows to write, windows to judge."""
 
     start: float
     rows: list[RateWindow]
@@ -156,16 +166,20 @@ class Ended:
 
 
 class RateState:
-    """The windows of the partitions one worker owns.
+    """The windows of one rates worker, completed by the watermark.
 
     Args:
         window: seconds of the tumbling base window.
         sliding: sizes of the sliding windows (multiples of ``window``).
-        lateness: seconds a window stays open after it ends.
-        history: seconds of closed windows kept for sliding sums and baselines.
+        lateness: seconds of watermark a window waits after its end for rows
+            whose ``ts`` is a little older than their arrival.
+        history: seconds (of watermark) completed windows are kept for sliding
+            sums and alert baselines.
+        reconcile: seconds of watermark after completion at which each window
+            is compared once with the ``feedback`` table.
         max_cells: most (window, dimensions) counters held.
         max_events: most events counted in open windows.
-        clock: wall time in seconds (injectable for tests).
+        clock: wall time in seconds (for versions; injectable for tests).
     """
 
     def __init__(
@@ -175,104 +189,75 @@ class RateState:
         sliding: Iterable[float] = (300.0, 3600.0),
         lateness: float = 30.0,
         history: float = 7200.0,
+        reconcile: float = 300.0,
         max_cells: int = 500_000,
         max_events: int = 5_000_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.window = window
-        self.max_cells = max_cells
-        self.max_events = max_events
-        self.cells = 0  # (window, dimensions) counters held
-        self.bound_hits = 0
         self.sliding = tuple(sorted(s for s in sliding if s > window))
         for size in self.sliding:
             if size % window:
                 raise ValueError(f"sliding window {size:g}s is not a multiple of {window:g}s")
         self.lateness = lateness
         self.history = max(history, *self.sliding, window)
+        self.reconcile = reconcile
+        self.max_cells = max_cells
+        self.max_events = max_events
         self.clock = clock
         self.windows: dict[float, _Window] = {}
         self.seen: dict[EventKey, Contribution] = {}
+        #: window start -> enriched partition -> highest offset of a row that came
+        #: after the window completed: recomputed from the store once those are stored
+        self.dirty: dict[float, dict[int, int]] = {}
+        self.watermark = -math.inf
+        self.cells = 0  # (window, dimensions) counters held
         self.late = 0
         self.applied = 0
-        self._held_since: float | None = None  # windows from here on held open...
-        self._hold_until = 0.0  # ...until then (set by resume())
+        self.bound_hits = 0
 
     # Input ------------------------------------------------------------------
 
-    def apply(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Count enriched rows; a row seen before counts once, a newer version replaces it."""
-        now = self.clock()
+    def apply(
+        self, rows: Iterable[dict[str, Any]], *, partition: int = -1, offset: int = -1
+    ) -> set[float]:
+        """Count enriched rows (from ``partition`` at ``offset`` of ``feedback.enriched``;
+        -1: already stored). A row seen before counts once, a newer version replaces it.
+
+        Returns:
+            The starts of complete windows these rows made dirty (to be recomputed).
+        """
+        dirtied: set[float] = set()
         for row in rows:
             event_id, new = contribution(row, self.window)
             old = self.seen.get(event_id)
             if old is not None and old.version >= new.version:
                 continue
-            target = self._window_for(new.start, now)
-            if target is None:
+            w = self.windows.get(new.start)
+            done = w.complete if w is not None else self._completed(new.start)
+            if done:
+                if old is not None:  # it moved out of an open window into a complete one
+                    self._remove(event_id, old)
+                marks = self.dirty.setdefault(new.start, {})
+                marks[partition] = max(marks.get(partition, -1), offset)
+                dirtied.add(new.start)
                 self.late += 1
                 continue
-            if old is None and not self._room_for(new, target):
+            if w is None:
+                w = self.windows[new.start] = _Window()
+            if old is None and not self._room_for(new, w):
                 self.bound_hits += 1
                 continue
             if old is not None:
                 self._remove(event_id, old)
-            self._add(event_id, new, target)
+            self._add(event_id, new, w)
+            if offset >= 0:
+                w.offsets[partition] = max(w.offsets.get(partition, -1), offset)
             self.applied += 1
+        return dirtied
 
-    def _window_for(self, start: float, now: float) -> _Window | None:
-        held = self._held_since is not None and start >= self._held_since and now < self._hold_until
-        w = self.windows.get(start)
-        if w is None:
-            end = start + self.window
-            if end + self.lateness <= now and not held:
-                return None
-            if end <= now - self.history:
-                return None
-            closes_at = max(end, now) + self.lateness
-            w = self.windows[start] = _Window(
-                closes_at=max(closes_at, self._hold_until) if held else closes_at
-            )
-        elif w.closes_at <= now and not held:
-            return None
-        elif held:
-            w.closes_at = max(w.closes_at, self._hold_until)
-        return w
-
-    def hold(self, since: float) -> None:
-        """At a restart: windows from ``since`` on take every row until :meth:`resume`.
-
-        Among them are windows that ended while no worker ran, or while this one
-        was starting, whose rows the join had not written yet: its replay must
-        land in them rather than count as late.
-        """
-        self._held_since = since // self.window * self.window
-        self._hold_until = math.inf
-
-    def hold_open(self) -> None:
-        """Hold every window that is open now, and any later one (see :meth:`hold`).
-
-        Closed windows stay closed: their events are forgotten, so a replayed
-        row could not be told from a new one there.
-        """
-        now = self.clock()
-        since = min((s for s, w in self.windows.items() if w.closes_at > now), default=now)
-        if self._held_since is not None and self._hold_until > now:
-            since = min(since, self._held_since)  # a hold still running keeps its start
-        self.hold(since)
-        for start, w in self.windows.items():
-            if start >= since and w.closes_at > now:
-                w.closes_at = math.inf  # until resume(): then one lateness period more
-
-    def resume(self) -> None:
-        """The stream has caught up: held windows, and any the rest of the replay
-        opens, take rows for one more lateness period, then close as usual."""
-        if self._held_since is None or self._hold_until != math.inf:
-            return
-        self._hold_until = self.clock() + self.lateness
-        for start, w in self.windows.items():
-            if start >= self._held_since and w.closes_at == math.inf:
-                w.closes_at = max(start + self.window + self.lateness, self._hold_until)
+    def _completed(self, start: float) -> bool:
+        return start + self.window + self.lateness <= self.watermark
 
     def _room_for(self, c: Contribution, w: _Window) -> bool:
         """Whether a new event fits in the caps (a newer version of one counted always does)."""
@@ -287,7 +272,6 @@ class RateState:
             if dims not in w.counts:
                 self.cells += 1
             w.counts[dims].add(c.counts)
-            w.dirty.add(dims)
             if c.sample is not None and len(w.samples[dims]) < MAX_SAMPLES:
                 w.samples[dims].append(c.sample)
 
@@ -299,14 +283,16 @@ class RateState:
         w.events.discard(event_id)
         for dims in c.dims:
             w.counts[dims].add(c.counts, -1)
-            w.dirty.add(dims)
 
-    def restore_counts(self, start: float, dims: Dims, counts: Counts) -> None:
-        """Counts of a window this job wrote before a restart, read back from the store:
-        history for sliding windows and baselines, not written again."""
+    def restore_counts(self, start: float, dims: Dims, counts: Counts, *, recent: bool) -> None:
+        """Counts of a window written before a restart, read back from the store: history
+        for sliding windows and baselines. ``recent``: reconcile it with the table as soon as
+        the watermark is known (it may have been written without its late rows)."""
         w = self.windows.get(start)
         if w is None:
-            w = self.windows[start] = _Window(ended=True, closes_at=0.0)
+            w = self.windows[start] = _Window(complete=True)
+        if recent:
+            w.reconcile_at = -math.inf
         if dims not in w.counts:
             if self.cells >= self.max_cells:
                 self.bound_hits += 1
@@ -314,60 +300,102 @@ class RateState:
             self.cells += 1
         w.counts[dims].add(counts)
 
-    # Time -------------------------------------------------------------------
+    # Progress ---------------------------------------------------------------
 
-    def advance(self) -> list[Ended]:
-        """End and close windows by the clock; the rows to write for each change."""
-        now = self.clock()
+    def advance(self, watermark: float, stored: Mapping[int, int]) -> list[Ended]:
+        """Complete the windows the watermark has passed (by ``lateness``) whose rows are
+        all stored (``stored``: enriched partition -> the join's durable offset), in order;
+        the rows to write for each. Then forget what is older than the history."""
+        self.watermark = max(self.watermark, watermark)
         out: list[Ended] = []
         for start in sorted(self.windows):
             w = self.windows[start]
-            end = start + self.window
-            if end > now:
-                break
-            first = not w.ended
-            if first or w.dirty:
-                dims = set(w.counts) if first else set(w.dirty)
-                w.ended = True
-                w.dirty.clear()
-                rows = self._rows(start, dims, now)
-                if not first:  # sliding rows already written that sum this window
-                    for later in self._later_ended(start):
-                        rows.extend(self._sliding_rows(later, dims, now))
-                out.append(Ended(start, rows, first))
-            if w.closes_at <= now and w.events:
-                for event_id in w.events:
-                    self.seen.pop(event_id, None)
-                w.events = set()  # samples stay: at most five per dimensions, for alerts
-        horizon = now - self.history
-        for start in [s for s in self.windows if s + self.window <= horizon]:
+            if w.complete:
+                continue
+            if not self._completed(start) or any(
+                offset > stored.get(partition, -1) for partition, offset in w.offsets.items()
+            ):
+                break  # in order: a later window never completes before this one
+            w.complete = True
+            w.reconcile_at = self.watermark + self.reconcile
+            for event_id in w.events:
+                self.seen.pop(event_id, None)
+            w.events, w.offsets = set(), {}
+            out.append(Ended(start, self._rows(start, set(w.counts)), True))
+        horizon = self.watermark - self.history
+        for start in [s for s, w in self.windows.items() if s + self.window <= horizon
+                      and self._settled(s, w)]:  # fmt: skip
             self.cells -= len(self.windows.pop(start).counts)
         return out
 
-    def _rows(self, start: float, dims: Iterable[Dims], now: float) -> list[RateWindow]:
+    def _settled(self, start: float, w: _Window) -> bool:
+        """Complete, and nothing left to recompute: it may be forgotten past the history."""
+        return w.complete and start not in self.dirty and w.reconcile_at == math.inf
+
+    def due(self, stored: Mapping[int, int]) -> list[float]:
+        """Complete windows to recompute from the store: dirty ones whose late rows are
+        stored, and those whose reconciliation is due."""
+        starts = {
+            start for start, marks in self.dirty.items()
+            if all(offset <= stored.get(partition, -1) for partition, offset in marks.items())
+        }  # fmt: skip
+        if self.watermark > -math.inf:  # reconciled only once the join has said where it is
+            starts |= {s for s, w in self.windows.items() if w.reconcile_at <= self.watermark}
+        return sorted(starts)
+
+    def replace(self, found: Mapping[float, Mapping[Dims, Counts]], due: Iterable[float]) -> Ended:
+        """Counts read from the store for the ``due`` windows and their neighbours (for the
+        sliding sums): the rows to write. Open windows keep their own counts. A due window
+        is written again whole; a neighbour where the store differs from memory too (it
+        held rows since corrected), with zeros for dimensions it no longer has."""
+        due = sorted(due)
+        found = {**{start: {} for start in due}, **found}
+        rewrite: dict[float, set[Dims]] = {}
+        for start, counts in found.items():
+            w = self.windows.get(start)
+            if w is not None and not w.complete:
+                continue
+            if w is None:
+                w = self.windows[start] = _Window(complete=True)
+            old, dims = w.counts, set(w.counts) | set(counts)
+            if start not in due:
+                dims = {d for d in dims if old.get(d, Counts()) != counts.get(d, Counts())}
+            if dims:
+                rewrite[start] = dims
+            self.cells += len(counts) - len(old)
+            w.counts = defaultdict(Counts, {d: _copy(c) for d, c in counts.items()})
+        for start in due:
+            self.windows[start].reconcile_at = math.inf
+            self.dirty.pop(start, None)
+        rows: list[RateWindow] = []
+        now = self.clock()
+        for start, dims in sorted(rewrite.items()):
+            w = self.windows[start]
+            rows += [self._row(d, start, self.window, w.counts.get(d, Counts()), now) for d in dims]
+            for later in [start, *self._later_complete(start)]:
+                rows += self._sliding_rows(later, dims, now)
+        return Ended(due[0] if due else 0.0, _unique(rows), False)
+
+    def _rows(self, start: float, dims: Iterable[Dims]) -> list[RateWindow]:
         """The base window's rows and the sliding windows that end with it."""
-        version = int(now * 1000)
-        dims = list(dims)
-        rows = [
-            self._row(d, start, self.window, self.windows[start].counts[d], version) for d in dims
-        ]
+        now, dims = self.clock(), list(dims)
+        rows = [self._row(d, start, self.window, self.windows[start].counts[d], now) for d in dims]
         return rows + self._sliding_rows(start, dims, now)
 
     def _sliding_rows(self, start: float, dims: Iterable[Dims], now: float) -> list[RateWindow]:
-        version = int(now * 1000)
         end = start + self.window
         return [
-            self._row(d, end - size, size, self.total(d, end - size, end), version)
+            self._row(d, end - size, size, self.total(d, end - size, end), now)
             for d in dims
             for size in self.sliding
         ]
 
-    def _later_ended(self, start: float) -> list[float]:
-        """Base windows after ``start``, already ended, whose sliding windows include it."""
+    def _later_complete(self, start: float) -> list[float]:
+        """Complete base windows after ``start`` whose sliding windows include it."""
         if not self.sliding:
             return []
         reach = start + max(self.sliding) - self.window
-        return sorted(s for s, w in self.windows.items() if start < s <= reach and w.ended)
+        return sorted(s for s, w in self.windows.items() if start < s <= reach and w.complete)
 
     def total(self, dims: Dims, start: float, end: float) -> Counts:
         """Counts of ``dims`` summed over the base windows in [start, end)."""
@@ -381,11 +409,12 @@ class RateState:
         return {d for s, w in self.windows.items() if start <= s < end for d in w.counts}
 
     def samples(self, dims: Dims, start: float, end: float) -> list[tuple[str, str]]:
-        found = [x for s, w in self.windows.items() if start <= s < end for x in w.samples[dims]]
+        found = [x for s, w in self.windows.items() if start <= s < end
+                 for x in w.samples.get(dims, ())]  # fmt: skip
         found.sort(key=lambda x: not x[1])  # those with a comment first
         return found[:MAX_SAMPLES]
 
-    def _row(self, d: Dims, start: float, size: float, c: Counts, version: int) -> RateWindow:
+    def _row(self, d: Dims, start: float, size: float, c: Counts, now: float) -> RateWindow:
         return RateWindow.trusted(
             dict(
                 schema_version=1, project=d[0], environment=d[1], model=d[2], capability=d[3],
@@ -394,9 +423,22 @@ class RateState:
                 with_comment=c.with_comment, implicit=c.implicit, score_sum=c.score_sum,
                 score_count=c.score_count,
                 mean_score=c.score_sum / c.score_count if c.score_count else None,
-                bad_rate=c.bad_rate, version=version,
+                bad_rate=c.bad_rate, version=int(now * 1000),
             )
         )  # fmt: skip
+
+
+def _copy(c: Counts) -> Counts:
+    out = Counts()
+    out.add(c)
+    return out
+
+
+def _unique(rows: list[RateWindow]) -> list[RateWindow]:
+    """The last row per (dimensions, size, start): a sliding window reached twice is one row."""
+    keyed = {(r.project, r.environment, r.model, r.capability, r.window_seconds,
+              r.window_start): r for r in rows}  # fmt: skip
+    return list(keyed.values())
 
 
 def _utc(seconds: float) -> datetime:

@@ -58,6 +58,7 @@ from stream_jobs.sink import (
     feedback_record,
     json_arrays,
 )
+from stream_jobs.watermarks import Watermarks
 from thumbline.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class _Held:
     event: Any  # the faust Event
     outstanding: int = 0
     durable: bool = False  # every event of it is flushed or acknowledged by Kafka
+    settled: bool = False  # every event emitted is flushed (held ones come later, as late rows)
 
 
 @dataclass(slots=True)
@@ -148,6 +150,8 @@ class JoinTracesJob:
         self.producer = producer
         self._lock = asyncio.Lock()
         self._unflushed: list[_Held] = []  # complete, waiting for the next flush
+        self._since_flush: list[_Held] = []  # processed since the last flush began
+        self.marks = Watermarks(topics, producer)  # how far this worker's input is stored
         self._writing: asyncio.Task[None] | None = None  # the flush in flight
         # Received messages per partition, in offset order. Faust's consumer commits
         # past an unacknowledged message once later offsets are acknowledged (its
@@ -173,6 +177,7 @@ class JoinTracesJob:
                 held = _Held(event)
                 batch.held.append(held)
                 self._order[event.message.tp].append(held)
+                self.marks.handled(event.message)
                 self._decode(event.message, held, batch)
             rows = self.state.add_traces(batch.traces)
             await self._lookup_unknown(batch)
@@ -183,6 +188,7 @@ class JoinTracesJob:
             self._release()
             await self._emit(rows, batch.traces, batch.dead, batch.forward)
             self._unflushed.extend(h for h in batch.held if h.outstanding == 0)
+            self._since_flush.extend(batch.held)
             self.counts["messages"] += len(events)
             if self.sink.due():
                 await self._flush()
@@ -200,8 +206,11 @@ class JoinTracesJob:
                     await self._emit(rows, [], [], {})
             else:
                 self.state.expire()
-            if self.sink.due() or (self._unflushed and not self.sink.pending):
+            if self.sink.due() or (
+                (self._unflushed or self._since_flush) and not self.sink.pending
+            ):
                 await self._flush()
+            await self.marks.send(self.owned, self._order)
 
     async def flush(self) -> None:
         """Write and acknowledge what is complete."""
@@ -235,6 +244,7 @@ class JoinTracesJob:
                 self.state.forget(lambda trace_id: partition_for(trace_id, self.partitions) in lost)
                 for tp in [tp for tp in self._order if tp.partition in lost]:
                     del self._order[tp]
+                self.marks.forget(lost)
             if gained:
                 found = await asyncio.to_thread(self.load_orphans)
                 self.state.add_orphans(
@@ -439,7 +449,7 @@ class JoinTracesJob:
         self.counts["traces"] += len(traces)
         self.counts["enriched"] += len(rows)
         self.counts["dead"] += len(dead)
-        acks = []
+        acks, enriched = [], []
         by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             by_partition[partition_for(row.trace_id, self.partitions)].append(feedback_record(row))
@@ -447,7 +457,7 @@ class JoinTracesJob:
             # the same bytes to Kafka and ClickHouse, encoded once per array
             for array, count in json_arrays(records):
                 self.sink.add_array("feedback", array, count)
-                acks.append(
+                enriched.append(
                     await self.producer.send(self.topics.enriched.name, array, partition=partition)
                 )
         self.counts[f"out:{self.topics.enriched.name}"] += len(rows)
@@ -464,8 +474,9 @@ class JoinTracesJob:
             acks.append(
                 await self.producer.send(self.topics.keyed.name, value, partition=partition)
             )
-        if acks:
-            await asyncio.gather(*acks)
+        if acks or enriched:
+            await asyncio.gather(*acks, *enriched)
+        self.marks.published(sent.result() for sent in enriched)
 
     async def _flush(self) -> None:
         """Start writing what the sink holds; at most one write is in flight.
@@ -476,11 +487,12 @@ class JoinTracesJob:
         ClickHouse is down, that write retries and the stream takes no input.
         """
         await self.drain()
-        if not self.sink.pending and not self._unflushed:
+        if not self.sink.pending and not self._unflushed and not self._since_flush:
             return
         batch, held, received = self.sink.detach(), self._unflushed, self._received
-        self._unflushed, self._received = [], []
-        self._writing = asyncio.create_task(self._write(batch, held, received))
+        settled, published = self._since_flush, self.marks.published_so_far()
+        self._unflushed, self._received, self._since_flush = [], [], []
+        self._writing = asyncio.create_task(self._write(batch, held, received, settled, published))
 
     async def drain(self) -> None:
         """Wait until the write in flight, if any, is in ClickHouse and acknowledged."""
@@ -488,7 +500,10 @@ class JoinTracesJob:
             await self._writing
             self._writing = None
 
-    async def _write(self, batch: SinkBatch, held: list[_Held], received: list[float]) -> None:
+    async def _write(
+        self, batch: SinkBatch, held: list[_Held], received: list[float],
+        settled: list[_Held], published: dict[int, int],
+    ) -> None:  # fmt: skip
         tables = {table: batch.rows[table] for table in batch.tables}
         while True:
             try:
@@ -510,6 +525,9 @@ class JoinTracesJob:
                 self.metrics.freshness.observe(max(0.0, now - at))
         for message in held:
             message.durable = True
+        for message in settled:
+            message.settled = True
+        self.marks.stored(published)
         for queue in self._order.values():
             while queue and queue[0].durable:
                 queue.popleft().event.ack()

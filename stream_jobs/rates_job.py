@@ -1,65 +1,70 @@
 """The rates and alerts job: enriched feedback in, rate windows and spike alerts out.
 
 Per micro-batch of ``feedback.enriched`` messages it counts the rows
-(:class:`~stream_jobs.bad_feedback_rates.RateState`); on each tick it ends and
-closes windows by the clock, writes their rows to ``rates`` and
-``feedback_rates``, and runs the spike rules
-(:class:`~stream_jobs.spike_alerts.SpikeDetector`) on every base window that
-ended, writing state changes to ``alerts`` (topic and table), the webhooks and
-the metrics.
+(:class:`~stream_jobs.bad_feedback_rates.RateState`) and reads the join's
+**watermark markers** from the same topic: per partition, a JSON object
+``{"watermark": ms, "durable": offset}`` saying that the join's input up to
+that time is stored (or caught up), and that its rows on this partition up to
+that offset are in ClickHouse. The watermark is the lowest over the topic's
+partitions: a partition the join has not reported yet holds every window back.
+On each tick windows the watermark has passed complete, in order: their rows go
+to ``rates`` and ``feedback_rates`` and the spike rules
+(:class:`~stream_jobs.spike_alerts.SpikeDetector`) judge them, once; state
+changes go to ``alerts`` (topic and table), the webhooks and the metrics.
+Windows a late row changed, and windows due for reconciliation, are
+recomputed from ``feedback FINAL`` (:mod:`stream_jobs.rates_store`) and
+written again.
 
-Delivery: the input is acknowledged as soon as it is counted. That is safe
-because nothing here is the only copy: the rows are in ``feedback`` (the join
-writes them first or replays them), and a restarted worker rebuilds its
-windows and its alert state from ClickHouse (:meth:`RatesJob.restore`), so
-counts stay exact and a firing alert does not fire again.
+Delivery: a message is acknowledged, in offset order per partition, once what
+it changed is safe without it: at once for rows counted in open windows (a
+restart rebuilds those from the ``feedback`` table, and the join replays what
+it had not stored), and for a late row only after its window was recomputed
+(no restart would know to recompute it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import time
+from collections import defaultdict, deque
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from clickhouse_connect.driver.client import Client
 
 from schemas import Alert, RateWindow, Topics
-from stream_jobs.bad_feedback_rates import ALL, Counts, RateState
-from stream_jobs.sink import ClickHouseSink, SinkUnavailable
+from stream_jobs.bad_feedback_rates import ALL, Ended, RateState
+from stream_jobs.rates_store import latest_alerts, read_windows, recompute_span, restore_rates
+from stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
 from stream_jobs.spike_alerts import SpikeDetector
 from stream_jobs.webhooks import WebhookNotifier
 from thumbline.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-#: After a restart, windows are held (open, neither written nor judged) until
-#: the join's output is fresh, or until no input at all has come for
-#: ``RESUME_IDLE`` seconds, or at most ``MAX_HOLD`` seconds (a join that stays
-#: behind must not keep rates and alerts from being written forever).
-RESUME_IDLE = 120.0
-#: Output is fresh when received less than max(lateness, this) seconds ago: with a
-#: lateness shorter than the join's own latency the hold would never see fresh rows.
-FRESH_WITHIN = 10.0
-MAX_HOLD = 900.0
-#: After a rebalance of the join (no restore, only moved partitions to replay),
-#: the hold also ends after this long without input: the replay is a short tail.
-REBALANCE_IDLE = 10.0
+#: Windows to recompute are read from the store at most this often (one query each time).
+RECOMPUTE_EVERY = 5.0
 
 
-def _received(row: dict[str, Any]) -> float:
-    at = row.get("received_at") or row["ts"]
-    if isinstance(at, str):
-        at = datetime.fromisoformat(at)
-    return float(at.timestamp())
+@dataclass(slots=True, eq=False)
+class _Held:
+    """An input message and the windows it made dirty (it is acknowledged when none is left)."""
+
+    event: Any
+    dirty: set[float] = field(default_factory=set)
 
 
 class RatesJob:
-    """Counts, windows and alerts of one worker; the Faust agent and timer call into it."""
+    """Counts, windows and alerts of one worker; the Faust agent and timer call into it.
+
+    Args:
+        store: a client that reads the store (windows to recompute); without one,
+            late rows are counted in ``late`` and their windows wait.
+        database: where the tables are.
+    """
 
     def __init__(
         self,
@@ -69,6 +74,8 @@ class RatesJob:
         detector: SpikeDetector,
         sink: ClickHouseSink,
         producer: AIOKafkaProducer,
+        store: StoreClient | None = None,
+        database: str = "thumbline",
         notifier: WebhookNotifier | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -77,85 +84,122 @@ class RatesJob:
         self.detector = detector
         self.sink = sink
         self.producer = producer
+        self.store = store
+        self.database = database
         self.notifier = notifier
         self.metrics = metrics
+        self.partitions = topics.enriched.partitions
+        #: enriched partition -> (watermark in seconds, durable offset), from the join's markers
+        self.marks: dict[int, tuple[float, int]] = {}
+        self._order: dict[Any, deque[_Held]] = defaultdict(deque)
         self._lock = asyncio.Lock()
-        self._late_reported = 0
-        self._bounds_reported: dict[str, int] = {}
-        # Windows restored at start are written again but not judged: they ended
-        # before this worker ran, and judging them late in a row could resolve or
-        # fire an alert out of order.
-        self._judge_after = 0.0
-        self._held_at = 0.0  # when the current hold began
-        self._resume_idle = RESUME_IDLE
-        self._resumed = True  # held windows released (see RateState.hold)
-        self._last_input = 0.0
+        self._reported: dict[str, int] = {}
         self._judged_at = 0.0
+        self._recomputed_at = 0.0
+        self.recomputes = 0
         self.alerts: deque[Alert] = deque(maxlen=1000)  # the latest state changes it emitted
 
+    @property
+    def watermark(self) -> float | None:
+        """The lowest watermark over the partitions; None until each has reported."""
+        if len(self.marks) < self.partitions:
+            return None
+        return min(w for w, _ in self.marks.values())
+
     async def handle(self, events: Sequence[Any]) -> None:
-        """Count one micro-batch of enriched messages (JSON arrays of rows)."""
+        """Count one micro-batch of enriched messages (row arrays and watermark markers)."""
         async with self._lock:
-            rows: list[dict[str, Any]] = []
+            counted = 0
             for event in events:
+                message = event.message
+                message.incref()  # acknowledged in order by _release, not after the batch
+                held = _Held(event)
+                self._order[message.tp].append(held)
                 try:
-                    value = orjson.loads(event.message.value)
+                    value = orjson.loads(message.value)
                 except orjson.JSONDecodeError:
                     logger.warning("skipped an enriched message that is not JSON")
                     continue
-                rows.extend(value if isinstance(value, list) else [value])
-            self.rates.apply(rows)
-            self._last_input = self.rates.clock()
-            if not self._resumed and self._join_output_seen(rows):
-                self._resume()
+                if isinstance(value, dict) and "watermark" in value:
+                    self._mark(message.partition, value)
+                    continue
+                rows = value if isinstance(value, list) else [value]
+                counted += len(rows)
+                held.dirty = self.rates.apply(
+                    rows, partition=message.partition, offset=message.offset
+                )
+            self._release()
             if self.metrics is not None:
-                self.metrics.events_consumed.labels(self.topics.enriched.name).inc(len(rows))
+                self.metrics.events_consumed.labels(self.topics.enriched.name).inc(counted)
 
-    def _resume(self) -> None:
-        self._resumed = True
-        self.rates.resume()
-        logger.info(
-            "rates resumed %.1fs after the restore (%d events counted, %d late)",
-            self.rates.clock() - self._held_at, self.rates.applied, self.rates.late,
-        )  # fmt: skip
+    def _mark(self, partition: int, marker: dict[str, Any]) -> None:
+        watermark, durable = float(marker["watermark"]) / 1000, int(marker.get("durable", -1))
+        previous = self.marks.get(partition, (watermark, durable))
+        self.marks[partition] = (max(previous[0], watermark), max(previous[1], durable))
 
-    def _join_output_seen(self, rows: list[dict[str, Any]]) -> bool:
-        """True once the join's output is fresh: rows it received after this
-        restart and less than one lateness (at least ``FRESH_WITHIN``) ago. Its
-        replay is in but for the skew between partitions, which the lateness
-        period after covers."""
-        behind = max(self.rates.lateness, FRESH_WITHIN)
-        fresh = max(self._held_at, self.rates.clock() - behind)
-        return any(_received(r) >= fresh for r in rows)
+    def _release(self) -> None:
+        for queue in self._order.values():
+            while queue and not queue[0].dirty:
+                queue.popleft().event.ack()
 
     async def tick(self) -> None:
-        """End and close windows by the clock; write rows, judge the ended windows."""
+        """Complete the windows the watermark passed; recompute what is due; write, judge."""
         async with self._lock:
-            if not self._resumed:
-                now = self.rates.clock()
-                idle_since = max(self._held_at, self._last_input)
-                if now < idle_since + self._resume_idle and now < self._held_at + MAX_HOLD:
-                    return  # the replay is not in yet: windows would be short
-                self._resume()  # no input for a while, or held long enough
-            ended = self.rates.advance()
-            if not ended:
-                self._report_late()
+            watermark = self.watermark
+            if watermark is None:
+                self._report()
                 return
-            now = self.rates.clock()
-            windows: list[RateWindow] = [row for e in ended for row in e.rows]
+            stored = {p: durable for p, (_, durable) in self.marks.items()}
+            ended = self.rates.advance(watermark, stored)
+            recomputed = await self._recompute(stored)
+            if recomputed is not None:
+                ended.append(recomputed)
+            if not ended:
+                self._report()
+                return
             alerts: list[Alert] = []
+            now = self.rates.clock()
+            recent = now - self.rates.history  # a backfill of last month pages nobody
             for e in ended:
-                if e.first_time and e.start + self.rates.window > self._judge_after:
-                    end = e.start + self.rates.window
+                # Judged once, when complete; a recompute is not judged again.
+                if e.first_time and e.start + self.rates.window >= recent:
                     # Each judgement gets its own time, so two state changes of one alert
-                    # in one tick (after a hold) are ordered in the store by ``at``.
+                    # in one tick are ordered in the store by ``at``.
                     self._judged_at = at = max(now, self._judged_at + 0.001)
-                    alerts.extend(self.detector.evaluate(self.rates, end, at))
+                    alerts.extend(
+                        self.detector.evaluate(self.rates, e.start + self.rates.window, at)
+                    )
+            windows: list[RateWindow] = [row for e in ended for row in e.rows]
             self.sink.add_json("feedback_rates", [w.to_json() for w in windows])
             self.sink.add_json("alerts", [a.to_json() for a in alerts])
             await self._write()
             await self._publish(windows, alerts)
             self._observe(ended, alerts)
+            if recomputed is not None:
+                self._recomputed()
+
+    async def _recompute(self, stored: dict[int, int]) -> Ended | None:
+        """Read the due windows from the store (at most every RECOMPUTE_EVERY seconds)."""
+        if self.store is None or time.monotonic() - self._recomputed_at < RECOMPUTE_EVERY:
+            return None
+        span = recompute_span(self.rates.due(stored))
+        if not span:
+            return None
+        self._recomputed_at = time.monotonic()
+        found = await asyncio.to_thread(
+            read_windows, self.rates, self.store, self.database, span
+        )  # fmt: skip
+        self.recomputes += len(span)
+        return self.rates.replace(found, span)
+
+    def _recomputed(self) -> None:
+        """Messages whose late rows' windows are recomputed and written may be acknowledged."""
+        dirty = self.rates.dirty.keys()
+        for queue in self._order.values():
+            for held in queue:
+                if held.dirty:
+                    held.dirty &= dirty
+        self._release()
 
     async def _write(self) -> None:
         while True:
@@ -190,8 +234,8 @@ class RatesJob:
         if acks:
             await asyncio.gather(*acks)
 
-    def _observe(self, ended: list[Any], alerts: list[Alert]) -> None:
-        self._report_late()
+    def _observe(self, ended: list[Ended], alerts: list[Alert]) -> None:
+        self._report()
         m = self.metrics
         if m is None:
             return
@@ -201,7 +245,7 @@ class RatesJob:
                 if row.window_seconds != self.rates.window or row.capability != ALL:
                     continue
                 labels = (row.project, row.environment, row.model)
-                if m.bounded(labels):
+                if e.first_time and m.bounded(labels):
                     m.bad_rate.labels(*labels).set(row.bad_rate)
                     m.feedback_window.labels(*labels).set(row.total)
         for a in alerts:
@@ -210,126 +254,26 @@ class RatesJob:
             if m.bounded(alert_labels):
                 m.alerts_firing.labels(*alert_labels).set(1 if a.state == "firing" else 0)
 
-    def _report_late(self) -> None:
+    def _report(self) -> None:
+        """Counters the state keeps (late rows, bounds hit, recomputes) into the metrics."""
         m = self.metrics
-        if m is not None and self.rates.late > self._late_reported:
-            m.late_events.inc(self.rates.late - self._late_reported)
-        self._late_reported = self.rates.late
-        for structure, hits in (
-            ("rate_windows", self.rates.bound_hits), ("spike_tracks", self.detector.bound_hits),
+        if m is None:
+            return
+        watermark = self.watermark
+        if watermark is not None:
+            m.rates_watermark_lag.set(max(0.0, time.time() - watermark))
+        for name, value, counter in (
+            ("late", self.rates.late, m.late_events),
+            ("recomputes", self.recomputes, m.rate_recomputes),
+            ("rate_windows", self.rates.bound_hits, m.bound_hits.labels("rate_windows")),
+            ("spike_tracks", self.detector.bound_hits, m.bound_hits.labels("spike_tracks")),
         ):  # fmt: skip
-            reported = self._bounds_reported.get(structure, 0)
-            if m is not None and hits > reported:
-                m.bound_hits.labels(structure).inc(hits - reported)
-            self._bounds_reported[structure] = hits
+            if value > self._reported.get(name, 0):
+                counter.inc(value - self._reported.get(name, 0))
+            self._reported[name] = value
 
-    def hold(self) -> None:
-        """From now until the join's output is fresh, write and judge no window.
-
-        Windows that ended while no worker ran, or while this one started, are
-        still taking the join's replay; written now they would come out short,
-        and judged now they could resolve a firing alert that is not over.
-        """
-        self._judge_after = self._held_at = self.rates.clock()
-        self._resume_idle = RESUME_IDLE
-        self._resumed = False
-
-    def rebalanced(self) -> None:
-        """The join's partitions moved between workers (a helper joined, left or died).
-
-        The partitions that moved are replayed from their last commit by their
-        new holder, possibly after the windows of those rows would have closed
-        (a dead helper's partitions wait out the session timeout). So the windows
-        open now are held as after a restart, without the restore, until the
-        join's output is fresh again, or no input came for ``REBALANCE_IDLE``
-        seconds (the replay is a short tail); windows are judged as usual.
-        """
-        self.rates.hold_open()
-        if self._resumed:  # a restore's hold keeps its longer idle limit
-            self._resume_idle = REBALANCE_IDLE
-        self._held_at = self.rates.clock()
-        self._resumed = False
-
-    async def restore(self, client: Client, database: str, *, recovery: float) -> None:
+    async def restore(self, client: StoreClient, database: str) -> None:
         """Rebuild windows and alert state from ClickHouse (call before consuming)."""
-        self.hold()
-        now = self._judge_after
-        await asyncio.to_thread(
-            restore_rates, self.rates, client, database, now=now, recovery=recovery
-        )
+        await asyncio.to_thread(restore_rates, self.rates, client, database, now=time.time())
         found = await asyncio.to_thread(latest_alerts, client, database)
         self.detector.restore(found)
-
-
-def restore_rates(
-    rates: RateState, client: Client, database: str, *, now: float, recovery: float
-) -> None:
-    """Rebuild the windows of the last ``rates.history`` seconds at start.
-
-    - the closed windows this job wrote to ``feedback_rates`` come back as
-      counts (cheap, whatever the volume), for sliding windows and baselines;
-    - from the first window it did not write (at the latest ``recovery``
-      seconds ago), the rows of ``feedback`` event by event, and every window
-      from there on is held open until the stream has caught up. A worker down
-      longer than ``recovery`` thus still gets exact windows for its downtime:
-      the join's replay of rows not in ``feedback`` yet lands in them, and rows
-      in both count once.
-    """
-    window = rates.window
-    recent = (now - recovery) // window * window
-    since = (now - rates.history) // window * window
-    stored = client.query(
-        # database is an identifier checked by Settings; values go in as parameters
-        "SELECT toUnixTimestamp(window_start) AS start, project, environment, model, "  # noqa: S608
-        "capability, good, bad, neutral, implicit, with_comment, score_sum, score_count "
-        f"FROM {database}.feedback_rates FINAL WHERE window_seconds = {int(window)} "
-        "AND window_start >= fromUnixTimestamp64Milli({since:Int64}) "
-        "AND window_start < fromUnixTimestamp64Milli({recent:Int64})",
-        parameters={"since": int(since * 1000), "recent": int(recent * 1000)},
-    ).result_rows
-    last = since - window
-    for start, project, environment, model, capability, *c in stored:
-        counts = Counts(c[0], c[1], c[2], c[3], c[4], float(c[5]), c[6])
-        rates.restore_counts(float(start), (project, environment, model, capability), counts)
-        last = max(last, float(start))
-    replay_from = min(recent, last + window)
-    result = client.query(
-        "SELECT event_id, trace_id, version, ts, label, source, comment, score, retracted, "  # noqa: S608
-        "project, environment, model, capability "
-        f"FROM {database}.feedback FINAL "
-        "WHERE ts >= fromUnixTimestamp64Milli({replay_from:Int64})",
-        parameters={"replay_from": int(replay_from * 1000)},
-    )
-    names = result.column_names
-    rows = []
-    for values in result.result_rows:
-        row = dict(zip(names, values, strict=True))
-        if row["ts"].tzinfo is None:
-            row["ts"] = row["ts"].replace(tzinfo=UTC)
-        rows.append(row)
-    rates.hold(replay_from)
-    rates.apply(rows)
-    logger.info(
-        "rates restored: %d stored windows, %d events since %s",
-        len(stored), len(rows), datetime.fromtimestamp(replay_from, UTC).isoformat(),
-    )  # fmt: skip
-
-
-def latest_alerts(client: Client, database: str) -> list[dict[str, Any]]:
-    """The newest state of each (rule, dimensions), as the detector restores it."""
-    result = client.query(
-        "SELECT rule, project, environment, model, capability, "  # noqa: S608
-        "argMax(alert_id, at) AS alert_id, argMax(state, at) AS state, "
-        "argMax(window_start, at) AS window_start, max(at) AS changed_at "
-        f"FROM {database}.alerts FINAL "
-        "GROUP BY rule, project, environment, model, capability"
-    )
-    out = []
-    for values in result.result_rows:
-        row = dict(zip(result.column_names, values, strict=True))
-        row["at"] = row.pop("changed_at")  # as an Alert names it
-        for name in ("window_start", "at"):
-            if isinstance(row[name], datetime) and row[name].tzinfo is None:
-                row[name] = row[name].replace(tzinfo=UTC)
-        out.append(row)
-    return out

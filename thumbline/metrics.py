@@ -111,7 +111,19 @@ class Metrics:
         )
         self.late_events = Counter(
             "thumbline_rate_late_events_total",
-            "Feedback for a rate window that had closed (beyond the allowed lateness).",
+            "Feedback that came after its rate window completed: the window is recomputed "
+            "from the feedback table and written again (nothing is lost).",
+            registry=r,
+        )
+        self.rate_recomputes = Counter(
+            "thumbline_rate_recomputes_total",
+            "Rate windows read back from the feedback table (late rows, reconciliation).",
+            registry=r,
+        )
+        self.rates_watermark_lag = Gauge(
+            "thumbline_rates_watermark_lag_seconds",
+            "How far the rates' watermark (the join's stored input) is behind the clock: "
+            "windows complete this much later than they end.",
             registry=r,
         )
         self.alerts = Counter(

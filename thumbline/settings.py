@@ -108,10 +108,10 @@ class Settings(BaseSettings):
     rate_lateness_seconds: float = Field(
         30.0, ge=0, le=3600, description="How long a window takes late feedback after it ends."
     )
-    rate_recovery_seconds: float = Field(
-        300.0, gt=0, le=86400,
-        description="At start, windows this recent (and any not yet written) are rebuilt event by "
-        "event from ClickHouse.",
+    rate_reconcile_seconds: float = Field(
+        300.0, ge=0, le=86400,
+        description="Seconds (of watermark) after a window completes at which it is compared "
+        "once with the feedback table and written again if they differ.",
     )  # fmt: skip
     rate_max_cells: int = Field(
         500_000, ge=100, le=100_000_000,

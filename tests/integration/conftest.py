@@ -263,3 +263,48 @@ def rate_windows(
         "ORDER BY project, s")  # fmt: skip
     by_window = lambda rows: {(r.pop("project"), r.pop("s")): r for r in rows}  # noqa: E731
     return by_window(rates), by_window(table)
+
+
+def rate_mismatches(
+    run_query: Callable[[str], list[tuple]], db: str, *, window: int, where: str
+) -> tuple[int, list[str]]:
+    """Every written rate window (base and sliding, per model and per capability) against the
+    ``feedback`` table's rows it covers, and every base window the table has against a row.
+
+    ``run_query`` runs SQL on the store; ``where`` selects the test's rows in both tables (by
+    project). Returns how many rate rows were checked, and what differs.
+    """
+    table = run_query(
+        "SELECT toUnixTimestamp64Milli(ts) / 1000, project, environment, model, capability, "
+        f"label, source FROM {db}.feedback FINAL WHERE {where} AND retracted = 0"
+    )
+    written = run_query(
+        "SELECT window_seconds, toUnixTimestamp(window_start), project, environment, model, "
+        f"capability, good, bad, neutral, implicit FROM {db}.feedback_rates FINAL WHERE {where}"
+    )
+
+    def counts(size: int, start: float, dims: tuple[str, str, str, str]) -> tuple[int, ...]:
+        got = [0, 0, 0, 0]
+        for ts, project, environment, model, capability, label, source in table:
+            mine = (project, environment, model if dims[2] != "*" else "*",
+                    capability if dims[3] != "*" else "*")  # fmt: skip
+            if mine != dims or not start <= ts < start + size:
+                continue
+            got[3 if source == "implicit" else 0 if label == "good" else 1 if label == "bad"
+                else 2] += 1  # fmt: skip
+        return tuple(got)
+
+    problems = []
+    for size, start, *dims_and_counts in written:
+        dims, have = tuple(dims_and_counts[:4]), tuple(dims_and_counts[4:])
+        want = counts(size, float(start), dims)  # type: ignore[arg-type]
+        if want != have:
+            problems.append(f"{size}s window at {start} {dims}: wrote {have}, table has {want}")
+    bases = {(float(s), tuple(d)) for size, s, *d in ((r[0], r[1], *r[2:6]) for r in written)
+             if size == window}  # fmt: skip
+    for ts, project, environment, model, capability, *_ in table:
+        start = ts // window * window
+        for dims in ((project, environment, model, "*"), (project, environment, "*", capability)):
+            if (start, dims) not in bases:
+                problems.append(f"no {window}s window at {start} for {dims}")
+    return len(written), sorted(set(problems))

@@ -273,7 +273,9 @@ async def test_enriched_feedback_is_published_for_the_rates(sdk, stream, query):
     published = await consume(
         stream.bootstrap, [stream.topics.enriched.name], events=1000, timeout=3
     )
-    mine = [e for _, _, batch in published for e in batch if e["event_id"] == eid]
+    mine = [e for _, _, batch in published for e in batch if e.get("event_id") == eid]
+    markers = [e for _, _, batch in published for e in batch if "watermark" in e]
+    assert markers and all(set(m) == {"watermark", "durable"} for m in markers)  # for the rates
     assert [(e["project"], e["model"], e["join_status"]) for e in mine] == [
         ("shop", "m9", "joined")
     ]

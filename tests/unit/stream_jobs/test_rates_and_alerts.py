@@ -14,7 +14,7 @@ import pytest
 
 from schemas import Topics
 from stream_jobs.bad_feedback_rates import ALL, Counts, RateState
-from stream_jobs.rates_job import MAX_HOLD, RatesJob
+from stream_jobs.rates_job import RatesJob
 from stream_jobs.spike_alerts import (
     AlertRule,
     RulesError,
@@ -64,15 +64,21 @@ def base_rows(ended):
     return {(r.window_seconds, r.model, r.capability): r for e in ended for r in e.rows}
 
 
+def written(ended):
+    return {(r.window_seconds, r.window_start.timestamp()): r.bad
+            for e in ended for r in e.rows if r.capability == ALL}  # fmt: skip
+
+
 class TestWindows:
-    def test_a_window_ends_with_one_row_per_dimension_set_and_window_size(self, rates, clock):
+    """Windows complete when the watermark (the join's stored progress) passes them."""
+
+    def test_a_window_completes_with_one_row_per_dimension_set_and_window_size(self, rates):
         rates.apply([
             row(T0 + 1, "bad", comment="wrong"), row(T0 + 2, "good", score=1.0),
             row(T0 + 3, "neutral"), row(T0 + 4, "neutral", source="implicit"),
         ])  # fmt: skip
-        assert rates.advance() == []  # not ended yet
-        clock.now = T0 + 60
-        [ended] = rates.advance()
+        assert rates.advance(T0 + 80, {}) == []  # ended, but within the lateness (30 s)
+        [ended] = rates.advance(T0 + 90, {})
         got = base_rows([ended])
         m = got[(60, "m1", ALL)]
         got_counts = (m.good, m.bad, m.neutral, m.total, m.implicit, m.with_comment)
@@ -81,126 +87,126 @@ class TestWindows:
         assert got[(60, ALL, "support")].total == 3
         assert got[(300, "m1", ALL)].window_start == datetime.fromtimestamp(T0 - 240, UTC)
 
-    def test_the_same_row_twice_counts_once_and_a_newer_version_replaces_it(self, rates, clock):
+    def test_the_clock_does_not_complete_a_window_however_late_it_is(self, rates, clock):
+        rates.apply([row(T0 + 1)])
+        clock.now = T0 + 86400  # a stalled stream: the watermark stays where it was
+        assert rates.advance(T0 + 30, {}) == []
+        rates.apply([row(T0 + 2)])  # what the stall held back still counts
+        assert written(rates.advance(T0 + 90, {}))[(60, T0)] == 2 and rates.late == 0
+
+    def test_a_window_waits_until_its_rows_are_stored(self, rates):
+        rates.apply([row(T0 + 1)], partition=3, offset=41)
+        assert rates.advance(T0 + 95, {3: 40}) == []  # the join has not flushed offset 41
+        assert written(rates.advance(T0 + 95, {3: 41}))[(60, T0)] == 1
+
+    def test_windows_complete_in_order(self, rates):
+        rates.apply([row(T0 + 1)], partition=0, offset=9)
+        rates.apply([row(T0 + 61)], partition=1, offset=2)
+        assert rates.advance(T0 + 200, {1: 2}) == []  # the first waits: so does the second
+        assert [e.start for e in rates.advance(T0 + 200, {0: 9, 1: 2})] == [T0, T0 + 60]
+
+    def test_the_same_row_twice_counts_once_and_a_newer_version_replaces_it(self, rates):
         rates.apply([row(T0 + 1, "bad", event_id="a"), row(T0 + 1, "bad", event_id="a")])
         rates.apply([row(T0 + 1, "good", event_id="a", version=2)])  # the user changed their mind
         rates.apply([row(T0 + 1, "bad", event_id="a", version=1)])  # a stale replay
-        clock.now = T0 + 60
-        m = base_rows(rates.advance())[(60, "m1", ALL)]
+        m = base_rows(rates.advance(T0 + 90, {}))[(60, "m1", ALL)]
         assert (m.good, m.bad, m.total) == (1, 0, 1)
 
-    def test_a_retraction_removes_the_event(self, rates, clock):
+    def test_a_retraction_removes_the_event(self, rates):
         rates.apply(
             [row(T0 + 1, event_id="a"), row(T0 + 1, event_id="a", version=2, retracted=True)]
         )
-        clock.now = T0 + 60
-        assert base_rows(rates.advance())[(60, "m1", ALL)].total == 0
+        assert base_rows(rates.advance(T0 + 90, {}))[(60, "m1", ALL)].total == 0
 
-    def test_a_corrected_orphan_moves_to_its_trace_dimensions(self, rates, clock):
+    def test_a_corrected_orphan_moves_to_its_trace_dimensions(self, rates):
         rates.apply([row(T0 + 1, event_id="a", model="")])
         rates.apply([row(T0 + 1, event_id="a", version=2)])
-        clock.now = T0 + 60
-        got = {
-            (r.project, r.model, r.window_seconds): r.total for e in rates.advance() for r in e.rows
-        }
+        got = {(r.project, r.model, r.window_seconds): r.total
+               for e in rates.advance(T0 + 90, {}) for r in e.rows}  # fmt: skip
         assert got[("shop", "m1", 60)] == 1 and got[("shop", "", 60)] == 0
 
-    def test_the_same_event_id_in_two_projects_is_two_events(self, rates, clock):
+    def test_the_same_event_id_in_two_projects_is_two_events(self, rates):
         rates.apply([row(T0 + 1, event_id="same", project="a")])
         rates.apply([row(T0 + 1, event_id="same", project="b", version=2)])
         rates.apply([row(T0 + 1, event_id="same", project="a", version=3, retracted=True)])
-        clock.now = T0 + 60
-        got = {(r.project, r.window_seconds): r.total for e in rates.advance() for r in e.rows
-               if r.capability == ALL}  # fmt: skip
+        got = {(r.project, r.window_seconds): r.total for e in rates.advance(T0 + 90, {})
+               for r in e.rows if r.capability == ALL}  # fmt: skip
         assert got[("a", 60)] == 0 and got[("b", 60)] == 1
 
-    def test_late_rows_within_the_lateness_update_the_window_and_beyond_are_counted(
-        self, rates, clock
-    ):
+    def test_a_row_for_a_complete_window_makes_it_dirty_until_its_row_is_stored(self, rates):
         rates.apply([row(T0 + 1)])
-        clock.now = T0 + 60
-        rates.advance()
-        clock.now = T0 + 80  # ended, still open for 10 s
-        rates.apply([row(T0 + 2)])
-        [again] = rates.advance()
-        assert not again.first_time and base_rows([again])[(60, "m1", ALL)].bad == 2
-        clock.now = T0 + 95  # closed
-        rates.apply([row(T0 + 3)])
-        assert rates.late == 1 and rates.advance() == []
+        rates.advance(T0 + 90, {})
+        assert rates.apply([row(T0 + 2)], partition=2, offset=7) == {T0}
+        assert rates.late == 1 and rates.due({2: 6}) == [] and rates.due({2: 7}) == [T0]
 
-    def test_sliding_windows_sum_the_base_windows(self, rates, clock):
-        for minute in range(5):
-            rates.apply([row(T0 + minute * 60 + 1) for _ in range(minute + 1)])
-        clock.now = T0 + 300
-        rows = base_rows(rates.advance())
-        assert rows[(300, "m1", ALL)].bad == 1 + 2 + 3 + 4 + 5
-
-    def test_held_windows_take_a_replay_after_a_restart_then_close(self, clock):
-        state = RateState(window=60, sliding=(), lateness=30, clock=clock)
-        clock.now = T0 + 200  # the worker was down while the window ended and closed
-        state.hold(T0)
-        state.apply([row(T0 + 1, event_id="a"), row(T0 + 2, event_id="b")])  # from the store
-        state.apply([row(T0 + 1, event_id="a"), row(T0 + 3, event_id="c")])  # the join's replay
-        state.resume()
-        [ended, *_] = state.advance()
-        assert base_rows([ended])[(60, "m1", ALL)].bad == 3 and state.late == 0
-        clock.now += 30  # one lateness after the resume: closed again
-        state.apply([row(T0 + 4)])
-        assert state.late == 1
-
-    def test_a_window_that_ends_while_the_worker_starts_still_takes_the_replay(self, clock):
-        state = RateState(window=60, sliding=(), lateness=30, clock=clock)
-        state.hold(T0 - 300)  # restored at T0 + 50: the window had no stored row yet
-        clock.now = T0 + 200  # group join and recovery took until long after it ended
-        state.apply([row(T0 + 5, event_id="a")])  # the join's replay of what it had not written
-        state.resume()  # fresh rows from one partition: another's replay is still coming
-        state.apply([row(T0 + 65, event_id="b")])
-        assert state.late == 0
-        assert {e.start for e in state.advance()} == {T0, T0 + 60}
-        clock.now += 30  # one lateness after the resume: windows close as usual
-        state.apply([row(T0 + 125)])
-        assert state.late == 1
-
-    def test_a_rebalance_holds_the_open_windows_for_the_replay_and_keeps_closed_ones_closed(
-        self, clock
-    ):
-        state = RateState(window=60, sliding=(), lateness=30, clock=clock)
-        clock.now = T0 - 55
-        state.apply([row(T0 - 55, event_id="old")])
-        clock.now = T0 + 5
-        state.apply([row(T0 + 5, event_id="a")])
-        clock.now = T0 + 80  # a helper dies: the window of T0 - 60 closed, T0's closes at T0 + 90
-        state.advance()
-        state.hold_open()
-        clock.now = T0 + 120  # after the window would have closed; other partitions are fresh
-        state.resume()
-        state.advance()
-        state.apply([row(T0 + 5, event_id="a"), row(T0 + 6, event_id="b")])  # the replay
-        state.apply([row(T0 - 50, event_id="c")])  # closed before the rebalance: stays closed
-        assert state.late == 1
-        [ended] = [e for e in state.advance() if e.start == T0]
-        assert base_rows([ended])[(60, "m1", ALL)].bad == 2  # "a" once, and "b"
-        clock.now += 30  # one lateness after the resume: closed again
-        state.apply([row(T0 + 7)])
-        assert state.late == 2
-
-    def test_without_a_hold_a_row_for_a_closed_window_is_late(self, clock):
-        state = RateState(window=60, sliding=(), lateness=30, clock=clock)
-        clock.now = T0 + 200
-        state.apply([row(T0 + 5)])
-        assert state.late == 1
-
-    def test_a_late_row_rewrites_the_sliding_windows_already_written_that_hold_it(self, clock):
-        state = RateState(window=60, sliding=(300,), lateness=150, clock=clock)
+    def test_a_recompute_writes_the_window_and_the_sliding_windows_that_hold_it(self, clock):
+        state = RateState(window=60, sliding=(300,), lateness=0, clock=clock)
         state.apply([row(T0 + 60 * m + 1) for m in range(3)])  # one bad a minute
-        clock.now = T0 + 180
-        state.advance()  # windows 0, 1 and 2 written
-        state.apply([row(T0 + 2)])  # late, for minute 0 (still open)
-        rows = {(r.window_seconds, r.window_start.timestamp()): r.bad
-                for e in state.advance() for r in e.rows if r.capability == ALL}  # fmt: skip
-        assert rows[(60, T0)] == 2
+        state.advance(T0 + 180, {})  # windows 0, 1 and 2 written
+        state.apply([row(T0 + 2)])  # late, for minute 0
+        store = {T0 + 60 * m: {BY_MODEL: Counts(bad=2 if m == 0 else 1)} for m in range(3)}
+        recomputed = state.replace(store, state.due({}))
+        rows = written([recomputed])
+        assert rows[(60, T0)] == 2 and not recomputed.first_time and state.dirty == {}
         # the 5-minute windows ending with minutes 0, 1 and 2 all hold minute 0
         assert [rows[(300, T0 + 60 * m + 60 - 300)] for m in range(3)] == [2, 3, 4]
+
+    def test_a_neighbour_the_store_corrected_is_written_again_too(self, clock):
+        state = RateState(window=60, sliding=(), lateness=0, clock=clock)
+        orphan = ("shop", "prod", "", ALL)
+        state.apply([row(T0 + 1, model=""), row(T0 + 61)])  # an orphan, since corrected
+        state.advance(T0 + 120, {})  # both written: the orphan under model ""
+        state.apply([row(T0 + 62)])  # late: the second window is due
+        store = {T0: {BY_MODEL: Counts(bad=1)}, T0 + 60: {BY_MODEL: Counts(bad=2)}}
+        rows = state.replace(store, state.due({})).rows
+        got = {(r.window_start.timestamp(), r.model): r.bad for r in rows if r.capability == ALL}
+        assert got == {(T0, ""): 0, (T0, "m1"): 1, (T0 + 60, "m1"): 2}
+        assert orphan not in state.windows[T0].counts
+
+    def test_a_backfill_of_last_month_is_recomputed_window_by_window(self, rates):
+        rates.advance(T0, {})  # live: the watermark is now
+        month_ago = T0 - 30 * 86400
+        dirty = rates.apply([row(month_ago + 1), row(month_ago + 61)], partition=0, offset=3)
+        assert dirty == {month_ago, month_ago + 60} and rates.due({0: 3}) == sorted(dirty)
+        found = {month_ago: {BY_MODEL: Counts(bad=1)}, month_ago + 60: {BY_MODEL: Counts(bad=1)}}
+        rows = written([rates.replace(found, sorted(dirty))])
+        assert rows[(60, month_ago)] == 1 and rows[(300, month_ago + 60 - 240)] == 2
+        rates.advance(T0 + 1, {})
+        assert month_ago not in rates.windows  # older than the history: written, then forgotten
+
+    def test_a_window_is_reconciled_with_the_store_once(self, clock):
+        state = RateState(window=60, sliding=(), lateness=0, reconcile=300, clock=clock)
+        state.apply([row(T0 + 1, event_id="a")])
+        state.advance(T0 + 60, {})
+        assert state.due({}) == []
+        state.advance(T0 + 360, {})
+        assert state.due({}) == [T0]
+        # the store knows better: "a" moved to another window (a changed mind)
+        rows = written([state.replace({}, [T0])])
+        assert rows[(60, T0)] == 0 and state.due({}) == []
+
+    def test_a_row_moved_from_an_open_window_into_a_complete_one_leaves_the_open_one(self, rates):
+        rates.apply([row(T0 + 1)])
+        rates.advance(T0 + 90, {})
+        rates.apply([row(T0 + 61, event_id="x")])
+        rates.apply([row(T0 + 5, event_id="x", version=2)])  # its new ts is in the complete one
+        assert rates.dirty.keys() == {T0}
+        assert written(rates.advance(T0 + 150, {}))[(60, T0 + 60)] == 0
+
+    def test_sliding_windows_sum_the_base_windows(self, rates):
+        for minute in range(5):
+            rates.apply([row(T0 + minute * 60 + 1) for _ in range(minute + 1)])
+        rows = base_rows(rates.advance(T0 + 330, {}))
+        assert rows[(300, "m1", ALL)].bad == 1 + 2 + 3 + 4 + 5
+
+    def test_windows_written_before_a_restart_are_reconciled_once_the_watermark_is_known(
+        self, rates
+    ):
+        rates.restore_counts(T0, BY_MODEL, Counts(bad=3), recent=True)
+        rates.restore_counts(T0 - 3000, BY_MODEL, Counts(bad=1), recent=False)
+        assert rates.due({}) == []  # no watermark yet
+        rates.advance(T0 + 90, {})
+        assert rates.due({}) == [T0]
 
     def test_counters_are_capped_and_rows_past_the_cap_are_left_out_and_counted(self, clock):
         rates = RateState(window=60, sliding=(), lateness=0, max_cells=3, clock=clock)
@@ -208,10 +214,11 @@ class TestWindows:
         rates.apply([row(T0 + 3, model="m3")])  # would make 4 cells: left out
         rates.apply([row(T0 + 4, model="m1")])  # existing cells: counted
         assert (rates.cells, rates.bound_hits) == (3, 1)
-        clock.now = T0 + 60
-        assert {m for (_, m, _) in base_rows(rates.advance())} == {"m1", "m2", ALL}
-        clock.now = T0 + 60 + rates.history + 60
-        rates.advance()
+        assert {m for (_, m, _) in base_rows(rates.advance(T0 + 60, {}))} == {"m1", "m2", ALL}
+        rates.replace({}, rates.due({}))  # nothing to reconcile (reconcile=300 by default)
+        rates.advance(T0 + 60 + rates.history + rates.reconcile + 60, {})
+        rates.replace({}, rates.due({}))
+        rates.advance(T0 + 60 + rates.history + rates.reconcile + 120, {})
         assert rates.cells == 0  # forgotten windows free their cells
 
     def test_events_in_open_windows_are_capped(self, clock):
@@ -257,7 +264,7 @@ def minute(rates, clock, start: float, bad: int, total: int, project: str = "sho
     rates.apply([row(start + 1 + i * 0.01, "bad" if i < bad else "good", project=project)
                  for i in range(total)])  # fmt: skip
     clock.now = start + 60
-    rates.advance()
+    rates.advance(start + 60 + rates.lateness, {})
 
 
 class TestDetector:
@@ -302,7 +309,7 @@ class TestDetector:
             rates.apply([row(start + 1 + j * 0.01, "bad" if rng.random() < 0.4 else "good")
                          for j in range(total)])  # fmt: skip
             clock.now = start + 60
-            rates.advance()
+            rates.advance(start + 60, {})
             alerts.extend(detector.evaluate(rates, start + 60, clock.now))
         assert alerts == []
 
@@ -371,81 +378,110 @@ class AckingProducer:
 
 
 class Message:
-    def __init__(self, rows: list[dict]) -> None:
+    """A faust event of ``feedback.enriched``: rows, or the join's watermark marker."""
+
+    def __init__(self, value: object, partition: int = 0, offset: int = 0) -> None:
         self.message = self
-        self.value = orjson.dumps(rows)
+        self.value = orjson.dumps(value)
+        self.partition, self.offset = partition, offset
+        self.tp = ("t.feedback.enriched", partition)
+        self.refs = 1  # faust's own reference, dropped after the batch
+
+    def incref(self) -> None:
+        self.refs += 1
+
+    def ack(self) -> None:
+        self.refs -= 1
+
+    @property
+    def acked(self) -> bool:
+        return self.refs <= 1  # the job's reference dropped
 
 
-def received(at: float, received_at: float, **kw) -> dict:
-    return row(at, received_at=datetime.fromtimestamp(received_at, UTC).isoformat(), **kw)
+def marker(watermark: float, durable: int = -1, partition: int = 0) -> Message:
+    return Message({"watermark": int(watermark * 1000), "durable": durable}, partition, -1)
 
 
-class TestRestartHold:
-    """After a restart no window is written or judged until the join's replay is in."""
+class Store:
+    """What recompute reads: counts per window as the feedback table would have them."""
+
+    def __init__(self) -> None:
+        self.windows: dict[float, dict] = {}
+        self.reads = 0
+
+    def query(self, sql: str, parameters: dict) -> object:
+        self.reads += 1
+        since, until = parameters["since"] / 1000, parameters["until"] / 1000
+        rows = [(start, *dims, c.good, c.bad, c.neutral, c.implicit, c.with_comment,
+                 c.score_sum, c.score_count)
+                for start, by in self.windows.items() if since <= start < until
+                for dims, c in by.items()]  # fmt: skip
+        return type("Result", (), {"result_rows": rows})()
+
+
+class TestRatesJob:
+    """The job: markers make the watermark, late rows are recomputed, acks wait for them."""
 
     @pytest.fixture
     def job(self, clock) -> RatesJob:
         rates = RateState(window=60, sliding=(), lateness=30, clock=clock)
         return RatesJob(topics=Topics.build("t.", 1), rates=rates,
                         detector=SpikeDetector((TestDetector.RULE,)), sink=RecordingSink(),
-                        producer=AckingProducer())  # fmt: skip
+                        producer=AckingProducer(), store=Store())  # fmt: skip
 
-    def restart(self, job, clock) -> None:
-        clock.now = T0 + 50  # restored: windows from 5 minutes back held
-        job.rates.hold(clock.now - 300)
-        job.hold()
+    async def test_nothing_completes_before_every_partition_has_a_watermark(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, clock=clock)
+        job = RatesJob(topics=Topics.build("t.", 2), rates=rates, detector=SpikeDetector(()),
+                       sink=RecordingSink(), producer=AckingProducer())  # fmt: skip
+        await job.handle([Message([row(T0 + 1)]), marker(T0 + 600, durable=0, partition=0)])
+        await job.tick()
+        assert job.sink.rows == {}  # partition 1 has not reported: it holds every window
+        await job.handle([marker(T0 + 61, partition=1)])
+        await job.tick()
+        assert [r["bad"] for r in job.sink.rows["feedback_rates"]] == [1, 1]
 
-    async def test_nothing_is_written_while_the_replay_is_still_coming(self, job, clock):
-        self.restart(job, clock)
-        clock.now = T0 + 200
-        await job.handle([Message([received(T0 + 5, T0 + 5)])])  # the replay: received before
-        await job.handle([Message([received(T0 + 100, T0 + 100)])])  # after, but 100 s behind
+    async def test_a_window_completes_once_its_rows_are_stored_and_is_judged_once(self, job):
+        await job.handle([Message([row(T0 + 1)], offset=5), marker(T0 + 95, durable=4)])
         await job.tick()
         assert job.sink.rows == {}
-
-    async def test_fresh_output_ends_the_hold_and_the_windows_are_whole(self, job, clock):
-        self.restart(job, clock)
-        clock.now = T0 + 200
-        await job.handle([Message([received(T0 + 5, T0 + 5)])])
-        await job.handle([Message([received(T0 + 190, T0 + 190)])])  # received after the restart
-        await job.handle([Message([received(T0 + 65, T0 + 65)])])  # another partition's replay
+        await job.handle([marker(T0 + 95, durable=5)])
         await job.tick()
-        written = {(r["window_start"], r["bad"]) for r in job.sink.rows["feedback_rates"]
-                   if r["capability"] == ALL}  # fmt: skip
-        assert {bad for _, bad in written} == {1} and len(written) == 2  # T0 and T0 + 60
-        assert job.rates.late == 0
+        assert len(job.sink.rows["feedback_rates"]) == 2
 
-    async def test_a_spike_inside_the_hold_changes_state_in_order(self, job, clock):
-        for m in range(12):  # a quiet baseline
-            clock.now = T0 + m * 60 + 1
-            await job.handle([Message([received(T0 + m * 60 + 1 + i * 0.1, T0 + m * 60 + 1,
-                                                label="bad" if i < 3 else "good")
-                                       for i in range(60)])])  # fmt: skip
-            clock.now = T0 + (m + 1) * 60 + 0.5
-            await job.tick()
-        restart = clock.now
-        job.rates.hold(restart - 300)
-        job.hold()
-        clock.now = restart + 400  # the replay: a spike that started and ended while down
-        for m, bad in zip(range(12, 18), [30, 30, 3, 3, 3, 3], strict=True):
-            await job.handle([Message([received(T0 + m * 60 + 1 + i * 0.1, restart - 1,
-                                                label="bad" if i < bad else "good")
-                                       for i in range(60)])])  # fmt: skip
-        await job.handle([Message([received(clock.now - 1, clock.now - 1, label="good")])])
+    async def test_a_late_row_is_recomputed_from_the_store_and_only_then_acknowledged(
+        self, job, monkeypatch
+    ):
+        monkeypatch.setattr("stream_jobs.rates_job.RECOMPUTE_EVERY", 0.0)
+        await job.handle([Message([row(T0 + 1)], offset=1), marker(T0 + 95, durable=1)])
+        await job.tick()
+        late = Message([row(T0 + 2)], offset=2)
+        after = Message([row(T0 + 100)], offset=3)
+        await job.handle([late, after])
+        assert not late.acked and not after.acked  # in order: the late one holds the rest
+        job.store.windows[T0] = {BY_MODEL: Counts(bad=2)}
+        await job.tick()  # its row is not stored yet: no recompute
+        assert job.store.reads == 0
+        await job.handle([marker(T0 + 95, durable=2)])
+        await job.tick()
+        rewritten = [r for r in job.sink.rows["feedback_rates"] if r["capability"] == ALL]
+        assert rewritten[-1]["bad"] == 2 and late.acked and after.acked
+
+    async def test_rows_for_open_windows_are_acknowledged_at_once(self, job):
+        first = Message([row(T0 + 1)], offset=1)
+        await job.handle([first])
+        assert first.acked
+
+    async def test_a_spike_fires_and_resolves_in_order_when_windows_complete(self, job, clock):
+        job.rates.lateness = 0
+        for m, bad in enumerate([3] * 12 + [30, 30] + [3] * 4):
+            clock.now = T0 + m * 60 + 61
+            await job.handle([Message([row(T0 + m * 60 + 1 + i * 0.1, "bad" if i < bad else "good")
+                                       for i in range(60)], offset=m)])  # fmt: skip
+        await job.handle([marker(T0 + 18 * 60, durable=17)])  # a stalled stream catches up
         await job.tick()
         changes = [(a["state"], a["at"]) for a in job.sink.rows["alerts"]]
         assert [state for state, _ in changes] == ["firing", "resolved"]
         assert changes[0][1] < changes[1][1]  # the store's latest state is the resolved one
-
-    async def test_a_join_that_stays_behind_holds_the_windows_no_longer_than_max_hold(
-        self, job, clock
-    ):
-        self.restart(job, clock)
-        for step in range(0, int(MAX_HOLD) + 60, 30):
-            clock.now = T0 + 50 + step
-            await job.handle([Message([received(clock.now - 100, clock.now - 100)])])
-            await job.tick()
-        assert job.sink.rows.get("feedback_rates")
 
 
 class TestRulesFile:

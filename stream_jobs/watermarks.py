@@ -1,0 +1,137 @@
+"""Watermarks: how far a join worker's input is stored, told to the rates in markers.
+
+Each second, for each partition it holds, a join worker sends to
+``feedback.enriched`` (on that partition) ``{"watermark": ms, "durable":
+offset}``:
+
+- ``watermark``: every input message of the partition (``feedback``,
+  ``traces``, ``keyed``) older than this is flushed: its events are stored, or
+  waiting for their trace (those come later, as late rows). An input that has
+  caught up with its partition's end holds nothing back (the watermark is the
+  clock), so a quiet partition does not stall the rates.
+- ``durable``: every enriched row this worker published on the partition up
+  to this offset is in ClickHouse.
+
+The rates job (:mod:`stream_jobs.rates_job`) completes a window when the lowest
+watermark over the partitions has passed it, and once the rows it counted are
+at or below their partitions' durable offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from schemas import Topics
+
+#: Seconds between two markers of a partition.
+MARK_EVERY = 1.0
+
+
+class Settled(Protocol):
+    """What the join holds of an input message: is every event it emitted flushed?"""
+
+    event: Any
+    settled: bool
+
+
+class Watermarks:
+    """One join worker's progress per partition, and the markers that announce it."""
+
+    def __init__(self, topics: Topics, producer: AIOKafkaProducer) -> None:
+        self.topics = topics
+        self.producer = producer
+        #: the consumer's high watermark of an input partition (None: not fetched yet)
+        self.highwater: Callable[[str, int], int | None] = lambda topic, partition: None
+        self._last: dict[tuple[str, int], tuple[int, float]] = {}  # offset, timestamp handled
+        self._published: dict[int, int] = {}  # enriched partition -> highest offset sent
+        self._durable: dict[int, int] = {}  # enriched partition -> highest offset stored
+        self._marked_at: dict[int, float] = {}
+
+    def handled(self, message: Any) -> None:
+        """An input message reached the join."""
+        self._last[(message.topic, message.partition)] = (
+            message.offset, message.timestamp or time.time()
+        )  # fmt: skip
+
+    def published(self, sent: Iterable[Any]) -> None:
+        """Enriched rows Kafka acknowledged (their record metadata)."""
+        for meta in sent:
+            self._published[meta.partition] = max(
+                self._published.get(meta.partition, -1), meta.offset
+            )
+
+    def published_so_far(self) -> dict[int, int]:
+        """What a flush starting now will store, once it succeeds (see :meth:`stored`)."""
+        return dict(self._published)
+
+    def stored(self, published: Mapping[int, int]) -> None:
+        for partition, offset in published.items():
+            self._durable[partition] = max(self._durable.get(partition, -1), offset)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions another worker holds now: it announces them."""
+        lost = set(partitions)
+        for key in [k for k in self._last if k[1] in lost]:
+            del self._last[key]
+        for partition in lost:
+            self._marked_at.pop(partition, None)
+
+    async def send(
+        self, owned: Iterable[int], order: Mapping[Any, deque[Any]], now: float | None = None
+    ) -> None:
+        """Send the markers of the ``owned`` partitions that are due (one a second each)."""
+        now = time.time() if now is None else now
+        sends = []
+        for partition in sorted(owned):
+            if now - self._marked_at.get(partition, 0.0) < MARK_EVERY:
+                continue
+            watermark = self.of(partition, order, now)
+            if watermark is None:
+                continue
+            self._marked_at[partition] = now
+            marker = orjson.dumps(
+                {"watermark": int(watermark * 1000), "durable": self._durable.get(partition, -1)}
+            )
+            sends.append(
+                await self.producer.send(self.topics.enriched.name, marker, partition=partition)
+            )
+        if sends:
+            await asyncio.gather(*sends)
+
+    def of(self, partition: int, order: Mapping[Any, deque[Any]], now: float) -> float | None:
+        """How far the input of ``partition`` is settled, in message time.
+
+        Per input topic of the partition: the timestamp of the first message not
+        yet flushed (``order`` holds the join's received messages per input
+        partition, oldest first, each :class:`Settled`), or, all flushed, now if
+        the consumer has caught up with the partition's high watermark, else the
+        last message's timestamp. The lowest over the topics; None while a
+        topic's position is unknown.
+        """
+        marks = []
+        for topic in (self.topics.feedback.name, self.topics.traces.name, self.topics.keyed.name):
+            first: Settled | None = None
+            for held in reversed(order.get((topic, partition), ())):  # unflushed: the newest
+                if held.settled:
+                    break
+                first = held
+            if first is not None:
+                marks.append((first.event.message.timestamp or now) - 0.001)
+                continue
+            last, high = self._last.get((topic, partition)), self.highwater(topic, partition)
+            if high is None:
+                return None
+            if (last is None and high == 0) or (last is not None and last[0] + 1 >= high):
+                marks.append(now)  # caught up
+            elif last is not None:
+                marks.append(last[1])  # behind: everything received is settled
+            else:
+                return None  # behind, and nothing of it handled yet
+        return min(marks)

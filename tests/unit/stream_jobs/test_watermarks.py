@@ -1,0 +1,95 @@
+"""The join's watermark per partition: how far its input is stored, broker-free."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from schemas import Topics
+from stream_jobs.watermarks import Watermarks
+
+NOW = 1_795_000_000.0
+TOPICS = Topics.build("t.", 2)
+
+
+def message(topic: str, offset: int, at: float, partition: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(topic=topic, partition=partition, offset=offset, timestamp=at)
+
+
+@dataclass
+class Held:
+    event: SimpleNamespace
+    settled: bool = False
+
+
+@dataclass
+class Producer:
+    sent: list[tuple[str, bytes, int]] = field(default_factory=list)
+
+    async def send(self, topic: str, value: bytes, partition: int) -> asyncio.Future:
+        self.sent.append((topic, value, partition))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+@pytest.fixture
+def marks() -> Watermarks:
+    marks = Watermarks(TOPICS, Producer())  # type: ignore[arg-type]
+    highs = {(t.name, 0): 10 for t in (TOPICS.feedback, TOPICS.traces, TOPICS.keyed)}
+    marks.highwater = lambda topic, partition: highs.get((topic, partition))
+    return marks
+
+
+def handled(marks: Watermarks, order: dict, topic: str, offset: int, at: float) -> Held:
+    m = message(topic, offset, at)
+    marks.handled(m)
+    held = Held(SimpleNamespace(message=m))
+    order.setdefault((topic, 0), deque()).append(held)
+    return held
+
+
+def test_a_caught_up_partition_holds_nothing_back(marks):
+    order: dict = {}
+    for topic in (TOPICS.feedback, TOPICS.traces, TOPICS.keyed):
+        handled(marks, order, topic.name, 9, NOW - 50).settled = True
+    assert marks.of(0, order, NOW) == NOW
+
+
+def test_the_first_message_not_flushed_holds_the_partition_back(marks):
+    order: dict = {}
+    for topic in (TOPICS.traces, TOPICS.keyed):
+        handled(marks, order, topic.name, 9, NOW - 50).settled = True
+    handled(marks, order, TOPICS.feedback.name, 8, NOW - 40).settled = True
+    handled(marks, order, TOPICS.feedback.name, 9, NOW - 30)  # processed, not flushed
+    assert marks.of(0, order, NOW) == pytest.approx(NOW - 30.001)
+
+
+def test_a_partition_behind_its_end_is_where_its_last_message_was(marks):
+    order: dict = {}
+    for topic in (TOPICS.traces, TOPICS.keyed):
+        handled(marks, order, topic.name, 9, NOW - 50).settled = True
+    handled(marks, order, TOPICS.feedback.name, 4, NOW - 600).settled = True  # 5 more to read
+    assert marks.of(0, order, NOW) == NOW - 600
+
+
+def test_an_unknown_position_gives_no_watermark(marks):
+    assert marks.of(1, {}, NOW) is None  # partition 1: no high watermark fetched yet
+
+
+async def test_markers_go_to_the_partition_each_second_with_the_stored_offset(marks):
+    order: dict = {}
+    for topic in (TOPICS.feedback, TOPICS.traces, TOPICS.keyed):
+        handled(marks, order, topic.name, 9, NOW - 50).settled = True
+    marks.published([SimpleNamespace(partition=0, offset=17)])
+    marks.stored(marks.published_so_far())
+    await marks.send({0}, order, now=NOW)
+    await marks.send({0}, order, now=NOW + 0.5)  # not due yet
+    [(topic, value, partition)] = marks.producer.sent
+    assert (topic, partition) == (TOPICS.enriched.name, 0)
+    assert orjson.loads(value) == {"watermark": int(NOW * 1000), "durable": 17}
