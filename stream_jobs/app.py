@@ -48,6 +48,7 @@ from stream_jobs.sink import ClickHouseSink, StoreClient
 from stream_jobs.spike_alerts import SpikeDetector, load_rules
 from stream_jobs.webhooks import WebhookNotifier
 from thumbline.metrics import Metrics
+from thumbline.outages import STORE, Waits
 from thumbline.settings import Settings
 from thumbline.store import open_client
 
@@ -136,8 +137,11 @@ class StreamApp:
         metrics: Metrics | None = None,
         runs: Runs = "all",
         store: Callable[[bool], StoreClient] | None = None,
+        waits: Waits | None = None,
     ) -> None:
         self.settings = settings
+        #: What this worker waits for (shared with the gateway in ``thumbline up``).
+        self.waits = waits or Waits(metrics, mask=settings.mask)
         self.bootstrap = bootstrap
         self.app_id = app_id
         self.metrics = metrics
@@ -226,6 +230,9 @@ class StreamApp:
         assert self._producer is not None  # noqa: S101 (started first)
         sink_client = await asyncio.to_thread(self.store, False)
         lookup_client = await asyncio.to_thread(self.store, True)
+        # Retried inside the call: the join's expiry changes its state around a lookup.
+        lookup = self.waits.blocking(STORE, "join_lookup", lookup_traces)
+        orphans = self.waits.blocking(STORE, "join_load_orphans", load_orphans)
         state = JoinState(
             grace_seconds=s.join_grace_seconds, retention_seconds=s.join_retention_seconds,
             max_pending=s.join_max_pending, max_traces=s.join_max_traces,
@@ -237,13 +244,14 @@ class StreamApp:
             sink=ClickHouseSink(
                 sink_client, db, max_rows=s.sink_max_rows, max_age=s.sink_max_seconds
             ),
-            lookup=lambda ids: lookup_traces(lookup_client, db, ids, now=state.clock()),
-            orphans=lambda: load_orphans(
+            lookup=lambda ids: lookup(lookup_client, db, ids, now=state.clock()),
+            orphans=lambda: orphans(
                 lookup_client, db, datetime.now(UTC) - timedelta(seconds=s.join_retention_seconds)
             ),
             producer=self._producer,
             metrics=self.metrics,
             time_bounds=s.time_bounds,
+            waits=self.waits,
         )
 
     async def _start_rates(self, rules: Any) -> RatesJob:
@@ -269,6 +277,7 @@ class StreamApp:
             producer=self._producer,
             notifier=self._notifier,
             metrics=self.metrics,
+            waits=self.waits,
         )
         reader = await asyncio.to_thread(open_client, s, readonly=True)
         try:

@@ -1,7 +1,8 @@
-"""Outages are waited out: which errors waiting can cure, the back-off, quiet logs."""
+"""Outages are waited out: which errors waiting can cure, the back-off, quiet logs, sends."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from stream_jobs.sink import SinkUnavailable
 from thumbline.errors import SqlRefused
+from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics
 from thumbline.outages import KAFKA, STORE, WaitAborted, Waits, transient
 
@@ -125,3 +127,40 @@ def test_a_blocking_call_is_retried_inside_and_a_stop_ends_the_wait():
 
     with pytest.raises(WaitAborted):
         waits.blocking(STORE, "join_lookup", down)(["k"])
+
+
+class FlakyProducer:
+    """Acknowledges a send unless its value is in ``failing`` (then fails it, once)."""
+
+    def __init__(self, failing: set[bytes], error: Exception) -> None:
+        self.failing, self.error = failing, error
+        self.sent: list[bytes] = []
+
+    async def send(self, topic, value, key=None, partition=None) -> asyncio.Future:
+        self.sent.append(value)
+        ack = asyncio.get_running_loop().create_future()
+        if value in self.failing:
+            self.failing.discard(value)
+            ack.set_exception(self.error)
+        else:
+            ack.set_result(None)
+        return ack
+
+
+async def test_deliver_sends_again_what_failed_and_what_followed_it_on_its_key():
+    producer = FlakyProducer({b"a2"}, RequestTimedOutError())
+    messages = [
+        Outgoing("t", b"a1", key=b"a"), Outgoing("t", b"a2", key=b"a"),
+        Outgoing("t", b"b1", key=b"b"), Outgoing("t", b"a3", key=b"a"),
+    ]  # fmt: skip
+    waits = Waits(first_delay=0.001, max_delay=0.001)
+    await deliver(producer, messages, waits=waits, operation="rates_publish")  # type: ignore[arg-type]
+    # a2 failed: it and a3 (after it on key a) again, so a's last copies come in order
+    assert producer.sent == [b"a1", b"a2", b"b1", b"a3", b"a2", b"a3"]
+    assert not waits.waiting()
+
+
+async def test_deliver_raises_what_waiting_cannot_cure():
+    producer = FlakyProducer({b"x"}, MessageSizeTooLargeError())
+    with pytest.raises(MessageSizeTooLargeError):
+        await deliver(producer, [Outgoing("t", b"x")], waits=Waits(), operation="join_publish")  # type: ignore[arg-type]
