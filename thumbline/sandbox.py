@@ -220,6 +220,8 @@ class Sandbox:
             rows = client.query("SELECT formatQuery({q:String})", parameters={"q": sql})
         except ClickHouseError as exc:
             err = store_error(exc, self.settings)
+            if err.retriable:  # the store did not answer: no verdict on the SQL
+                raise err from None
             raise self._refused(
                 f"ClickHouse could not read it as one statement ({err})", "syntax", err.code
             ) from None
@@ -235,6 +237,8 @@ class Sandbox:
             text = client.command(f"EXPLAIN AST {canonical}", parameters=parameters or None)
         except ClickHouseError as exc:
             err = store_error(exc, self.settings)
+            if err.retriable:  # the store did not answer: no verdict on the SQL
+                raise err from None
             if err.code == READONLY:  # EXPLAIN applies a SETTINGS clause, which readonly refuses
                 raise self._refused(
                     "SETTINGS clauses are not allowed (the limits are the server's: "

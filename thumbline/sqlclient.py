@@ -23,7 +23,7 @@ import orjson
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 
 from thumbline import runfile
-from thumbline.errors import SqlRefused, StoreError, StoreLocked
+from thumbline.errors import SqlRefused, StoreError, StoreLocked, StoreUnavailable
 from thumbline.sandbox import Sandbox, open_insert_client, open_sandbox_client
 from thumbline.settings import Settings
 
@@ -97,9 +97,10 @@ def _query_owner(info: runfile.RunInfo, sql: str, fmt: str, write: bool) -> byte
             raise SqlRefused(
                 str(detail.get("error")), reason=str(detail["reason"]), code=detail.get("code")
             ) from None
-        raise StoreError(str(detail.get("error")), code=detail.get("code")) from None
+        kind = StoreUnavailable if exc.code >= HTTPStatus.INTERNAL_SERVER_ERROR else StoreError
+        raise kind(str(detail.get("error")), code=detail.get("code")) from None
     except urllib.error.URLError as exc:
-        raise StoreError(
+        raise StoreUnavailable(
             f"the running thumbline (pid {info.pid}) did not answer at {info.sql_url}: {exc.reason}"
         ) from None
 

@@ -21,7 +21,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas import migrations
-from thumbline.errors import StoreError, StoreLocked
+from thumbline.errors import StoreError, StoreLocked, StoreUnavailable
+from thumbline.outages import transient
 from thumbline.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def store_error(exc: BaseException, settings: Settings | None = None) -> StoreEr
     if settings is not None:
         text = settings.mask(text)
     match = _CODE.search(text)
-    return StoreError(text.strip(), code=int(match.group(1)) if match else None)
+    kind = StoreUnavailable if transient(exc) else StoreError
+    return kind(text.strip(), code=int(match.group(1)) if match else None)
 
 
 #: Migrations that change a table's sort key (ClickHouse cannot ALTER it): the

@@ -18,7 +18,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from prometheus_client import CollectorRegistry
 
 from stream_jobs.sink import SinkUnavailable
-from thumbline.errors import SqlRefused
+from thumbline.errors import SqlRefused, StoreUnavailable
 from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics
 from thumbline.outages import KAFKA, STORE, WaitAborted, Waits, transient
@@ -30,7 +30,7 @@ from thumbline.outages import KAFKA, STORE, WaitAborted, Waits, transient
         RequestTimedOutError(), KafkaConnectionError(), NotLeaderForPartitionError(),
         KafkaTimeoutError(), OperationalError("Connection refused"),
         DatabaseError("Code: 241. DB::Exception: Memory limit exceeded", code=241),
-        SinkUnavailable("down", retry_after=1.0), OSError("reset"),
+        SinkUnavailable("down", retry_after=1.0), StoreUnavailable("down"), OSError("reset"),
         TimeoutError(),
     ],
     ids=lambda e: type(e).__name__,
