@@ -17,11 +17,13 @@ from aiokafka.errors import (
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 from prometheus_client import CollectorRegistry
 
+from stream_jobs.lookups import LOOKUP_CHUNK_BYTES, LOOKUP_CHUNK_KEYS, chunks
 from stream_jobs.sink import SinkUnavailable
 from thumbline.errors import SqlRefused, StoreUnavailable
 from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics
 from thumbline.outages import KAFKA, STORE, WaitAborted, Waits, transient
+from thumbline.sqlclient import _parts
 
 
 @pytest.mark.parametrize(
@@ -164,3 +166,20 @@ async def test_deliver_raises_what_waiting_cannot_cure():
     producer = FlakyProducer({b"x"}, MessageSizeTooLargeError())
     with pytest.raises(MessageSizeTooLargeError):
         await deliver(producer, [Outgoing("t", b"x")], waits=Waits(), operation="join_publish")  # type: ignore[arg-type]
+
+
+def test_lookups_come_in_chunks_bounded_by_ids_and_bytes():
+    keys = [("p", f"{i:0200d}") for i in range(6_000)]  # 201 bytes each with its newline
+    parts = chunks(keys)
+    assert [k for part in parts for k in part] == keys
+    assert all(len(p) <= LOOKUP_CHUNK_KEYS for p in parts)
+    assert all(sum(len(t) + 1 for _, t in p) <= LOOKUP_CHUNK_BYTES for p in parts)
+    assert len(chunks([("p", "t")] * 12_000)) == 3
+
+
+def test_an_insert_to_the_owner_is_cut_between_rows():
+    rows = [b'{"i":%d,"pad":"%s"}' % (i, b"x" * 50) for i in range(100)]
+    block = b"\n".join(rows)
+    parts = _parts(block, 400)
+    assert b"\n".join(parts) == block and all(len(p) <= 400 for p in parts)
+    assert _parts(b"a" * 10 + b"\n" + b"b", 4) == [b"a" * 10, b"b"]  # a long row travels alone
