@@ -28,6 +28,7 @@ rates see every row. A helper reaches an embedded store through its owner
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import re
@@ -44,11 +45,11 @@ from stream_jobs.join_state import JoinState
 from stream_jobs.join_traces import JoinTracesJob
 from stream_jobs.lookups import load_orphans, lookup_traces
 from stream_jobs.rates_job import RatesJob
-from stream_jobs.sink import ClickHouseSink, StoreClient
+from stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
 from stream_jobs.spike_alerts import SpikeDetector, load_rules
 from stream_jobs.webhooks import WebhookNotifier
 from thumbline.metrics import Metrics
-from thumbline.outages import STORE, Waits
+from thumbline.outages import STORE, WaitAborted, Waits
 from thumbline.settings import Settings
 from thumbline.store import open_client
 
@@ -61,6 +62,8 @@ Runs = Literal["all", "join", "rates"]
 TICK_SECONDS = 0.25
 RATES_TICK_SECONDS = 0.5
 LAG_SECONDS = 5.0
+#: A worker that failed waits at most this long for the broker to take its LeaveGroup.
+LEAVE_SECONDS = 5.0
 HISTORY_FOR_SPIKES = 4 * 3600.0
 
 #: Allocations between young-generation collections (CPython's default is 700).
@@ -154,6 +157,8 @@ class StreamApp:
         self._notifier: WebhookNotifier | None = None
         self._app: faust.App | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._failure: BaseException | None = None  # what an agent raised
+        self._abandoned = False
 
     async def start(self) -> None:
         s = self.settings
@@ -181,8 +186,16 @@ class StreamApp:
         def in_batches(handle: Any) -> Any:
             async def agent(stream: faust.StreamT[bytes]) -> None:
                 batches = stream.take_events(batch_size, within=batch_seconds)  # type: ignore[attr-defined]
-                async for events in batches:
-                    await handle(events)
+                try:
+                    async for events in batches:
+                        await handle(events)
+                except WaitAborted:
+                    raise  # stopping while an outage lasts
+                except Exception as exc:
+                    # Faust would restart the agent and go on past the batch it held; a
+                    # bug ends this worker instead (wait_failed), to be started again.
+                    self._failure = self._failure or exc
+                    raise
 
             return agent
 
@@ -204,8 +217,9 @@ class StreamApp:
 
         @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-            if job is not None:  # flushed before the next holder of a partition reads the store
-                await job.revoke()
+            logger.info("the consumer group rebalances (%d partitions revoked)", len(revoked))
+            if job is not None and not self._abandoned:  # flushed before the next holder of
+                await job.revoke()  # a partition reads the store
             if hold is not None:
                 hold.rebalanced()
 
@@ -299,25 +313,61 @@ class StreamApp:
             self.metrics.consumer_lag.labels(topic).set(value)
 
     async def wait_failed(self) -> BaseException:
-        """Return once the Faust app has crashed (an agent or timer raised), with the reason."""
+        """Return once an agent or a timer raised an error waiting cannot cure (a bug),
+        with the error. Outages of Kafka or the store never end up here: they are waited out."""
         while True:
             app = self._app
+            if self._failure is not None:
+                return self._failure
             if app is not None and app.crashed:
                 return app.crash_reason or RuntimeError("the stream app crashed")
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.25)
+
+    async def abandon(self) -> None:
+        """Leave the consumer group at once, flushing and committing nothing.
+
+        For a worker that failed, before its process exits: its partitions go to
+        the other workers now rather than after the session timeout, and what it
+        held unacknowledged is replayed there.
+        """
+        self._abandoned = True
+        self.waits.stop()
+        app = self._app
+        if app is None:
+            return
+        # Faust runs aiokafka's consumer in a thread of its own; stopping it there
+        # sends LeaveGroup (aiokafka commits nothing on close: auto-commit is off).
+        thread = getattr(app.consumer, "_thread", None)
+        consumer = getattr(thread, "_consumer", None)
+        if thread is None or consumer is None:
+            return
+        try:
+            async with asyncio.timeout(LEAVE_SECONDS):
+                await thread.call_thread(consumer.stop)
+            logger.info("left the consumer group")
+        except Exception as exc:  # noqa: BLE001 (leaving is best effort: the process exits)
+            logger.warning("could not leave the consumer group (%r): the session timeout "
+                           "moves the partitions instead", exc)  # fmt: skip
 
     async def stop(self) -> None:
+        """Stop; safe twice. Flushes and commits what is complete, unless the store or
+        Kafka does not answer: then what waits is left unacknowledged, to be replayed."""
+        self.waits.stop()  # waits under way give up; calls that go through are unaffected
         app, self._app = self._app, None
         job, self.job = self.job, None
-        if job is not None:  # flush and acknowledge first, so stopping commits the offsets
-            await job.close()
+        if job is not None and not self._abandoned:
+            # flush and acknowledge first, so stopping commits the offsets
+            with _unless_waiting("the join's complete rows"):
+                await job.close()
         if app is not None:
             await app.stop()
         if job is not None:
-            job.sink.close()
+            with _unless_waiting("the join's last rows"):
+                job.sink.close()
         rates, self.rates = self.rates, None
         if rates is not None:
-            rates.sink.close()
+            with _unless_waiting("the last rate windows"):
+                rates.sink.close()
         notifier, self._notifier = self._notifier, None
         if notifier is not None:
             await notifier.drain(2.0)
@@ -325,3 +375,13 @@ class StreamApp:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
+
+
+@contextlib.contextmanager
+def _unless_waiting(what: str) -> Any:
+    """At stop, a store or broker that does not answer leaves ``what`` unwritten:
+    the input behind it is unacknowledged and replayed at the next start."""
+    try:
+        yield
+    except (WaitAborted, SinkUnavailable) as exc:
+        logger.warning("stopped without writing %s (%s): replayed at the next start", what, exc)

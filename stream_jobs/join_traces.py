@@ -174,11 +174,13 @@ class JoinTracesJob:
             for event in events:
                 # Hold the message: Faust's take_events acks each event after the
                 # batch; our extra reference keeps it uncommitted until it is stored.
+                # Every message first: if anything below raises, none is acknowledged.
                 event.message.incref()
                 held = _Held(event)
                 batch.held.append(held)
                 self._order[event.message.tp].append(held)
-                self._decode(event.message, held, batch)
+            for held in batch.held:
+                self._decode(held.event.message, held, batch)
             rows = self.state.add_traces(batch.traces)
             await self._lookup_unknown(batch)
             for items, held in batch.feedback:

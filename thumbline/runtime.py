@@ -214,8 +214,9 @@ class Runtime:
         """Block until SIGINT or SIGTERM.
 
         Raises:
-            StreamFailed: the stream crashed (an agent or a timer raised); what
-                it held is replayed when thumbline up starts again.
+            StreamFailed: the stream met an error that waiting cannot cure (a
+                bug; outages of Kafka and the store are waited out); what it held
+                is replayed when thumbline up starts again.
         """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -226,11 +227,13 @@ class Runtime:
             waits.append(asyncio.ensure_future(self._stream.wait_failed()))
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if waits[0] not in done:
+            if waits[0] not in done and self._stream is not None:
                 reason = waits[1].result()
+                await self._stream.abandon()
                 raise StreamFailed(
-                    f"the stream crashed ({reason!r}); restart thumbline up: unacknowledged "
-                    "input is replayed, nothing is lost (details in the log above)"
+                    f"the stream stopped on an error that waiting cannot cure: {reason!r}. "
+                    "This is a bug: please report it with the traceback in the log above. "
+                    "Restart thumbline up: unacknowledged input is replayed, nothing is lost"
                 )
         finally:
             for wait in waits:
