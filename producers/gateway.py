@@ -167,6 +167,7 @@ def build_app(
     cors_origins: tuple[str, ...] = (),
     ack_timeout: float = 10.0,
     time_bounds: TimeBounds = TimeBounds(),  # noqa: B008 (frozen)
+    problems: Callable[[], list[str]] = list,
 ) -> FastAPI:
     """The gateway's ASGI app (``producer`` and the pools started by the caller).
 
@@ -175,7 +176,8 @@ def build_app(
     ``ack_timeout`` bounds the whole wait for Kafka's acknowledgement of a
     request's events: past it the answer is 503, never a late 202.
     ``time_bounds``: how far an event's time may lie from the server's clock
-    (422 naming the field beyond).
+    (422 naming the field beyond). ``problems`` says what the rest of the
+    process waits for (Kafka, the store): ``/readyz`` is not ready meanwhile.
     """
     app = FastAPI(
         title="thumbline gateway",
@@ -487,8 +489,10 @@ def build_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    waiting = problems
+
     @app.get("/readyz", responses={503: {"model": gateway_errors.Error,
-             "description": "Kafka or the key store is not reachable."}})  # fmt: skip
+             "description": "Kafka or the store does not answer (each reason)."}})  # fmt: skip
     async def readyz() -> Response:
         problems = []
         if not producer.running:
@@ -497,8 +501,12 @@ def build_app(
             await keys.refreshed()
         except Exception as exc:  # noqa: BLE001 (any store failure means not ready)
             problems.append(f"the key store did not answer: {exc}")
+        problems.extend(waiting())
         if problems:
-            return _error(503, "; ".join(problems))
+            return _error(
+                503, "; ".join(problems), retriable=True,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )  # fmt: skip
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics")

@@ -23,6 +23,13 @@ co-partitioned topics among the members that read them and gives
 ``feedback.enriched``, which only ``thumbline up`` reads, to it alone, so the
 rates see every row. A helper reaches an embedded store through its owner
 (``store``).
+
+Outages are waited out (:mod:`thumbline.outages`): the jobs' sends, inserts
+and lookups retry what Kafka or the store did not take, for as long as it
+takes, holding their input meanwhile; a watch probes the broker so that
+readiness says when it does not answer, and the rates hold their windows
+open until the join's output flows again. Only an error waiting cannot cure
+ends the app (:meth:`StreamApp.wait_failed`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from typing import Any, Literal
 
 import faust
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from schemas import Topics
 from stream_jobs.bad_feedback_rates import RateState
@@ -49,7 +57,7 @@ from stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
 from stream_jobs.spike_alerts import SpikeDetector, load_rules
 from stream_jobs.webhooks import WebhookNotifier
 from thumbline.metrics import Metrics
-from thumbline.outages import STORE, WaitAborted, Waits
+from thumbline.outages import KAFKA, STORE, WaitAborted, Waits
 from thumbline.settings import Settings
 from thumbline.store import open_client
 
@@ -62,6 +70,9 @@ Runs = Literal["all", "join", "rates"]
 TICK_SECONDS = 0.25
 RATES_TICK_SECONDS = 0.5
 LAG_SECONDS = 5.0
+#: The broker is probed this often, and has this long to answer (a metadata request).
+WATCH_SECONDS = 2.0
+PROBE_SECONDS = 3.0
 #: A worker that failed waits at most this long for the broker to take its LeaveGroup.
 LEAVE_SECONDS = 5.0
 HISTORY_FOR_SPIKES = 4 * 3600.0
@@ -157,6 +168,7 @@ class StreamApp:
         self._notifier: WebhookNotifier | None = None
         self._app: faust.App | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._watching: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None  # what an agent raised
         self._abandoned = False
 
@@ -237,6 +249,7 @@ class StreamApp:
                 await self._report_lag(app)
 
         await app.start()
+        self._watching = asyncio.create_task(self._watch())
         tune_gc()
 
     async def _join_job(self) -> JoinTracesJob:
@@ -300,10 +313,36 @@ class StreamApp:
             reader.close()
         return rates
 
+    async def _watch(self) -> None:
+        """Probe the broker, so that readiness says when it does not answer even with
+        no input; and while anything waits (Kafka, the store), hold the rates' open
+        windows as after a rebalance, until the join's output flows again: what the
+        join held through the outage comes after it, and must not come late."""
+        assert self._producer is not None  # noqa: S101 (started first)
+        client = self._producer.client
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            try:
+                async with asyncio.timeout(PROBE_SECONDS):
+                    await client.fetch_all_metadata()
+            except (TimeoutError, KafkaError) as exc:
+                error = exc if str(exc) else TimeoutError(f"no answer within {PROBE_SECONDS:g} s")
+                self.waits.failed(KAFKA, "broker_probe", error)
+            else:
+                self.waits.succeeded(KAFKA, "broker_probe")
+            if self.rates is not None and self.waits.waiting():
+                self.rates.rebalanced()
+
     async def _report_lag(self, app: faust.App) -> None:
+        if self.waits.waiting(KAFKA):
+            return  # positions would wait for the broker too
         lag: dict[str, int] = {}
         for tp in app.consumer.assignment():
-            position = await app.consumer.position(tp)
+            try:  # a partition can move away meanwhile; the broker can stall
+                async with asyncio.timeout(LAG_SECONDS / 2):
+                    position = await app.consumer.position(tp)
+            except (TimeoutError, KafkaError):
+                continue
             highwater = app.consumer.highwater(tp)
             if position is not None and highwater is not None:  # None: just assigned
                 behind = max(0, highwater - position)
@@ -353,6 +392,11 @@ class StreamApp:
         """Stop; safe twice. Flushes and commits what is complete, unless the store or
         Kafka does not answer: then what waits is left unacknowledged, to be replayed."""
         self.waits.stop()  # waits under way give up; calls that go through are unaffected
+        watch, self._watching = self._watching, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         app, self._app = self._app, None
         job, self.job = self.job, None
         if job is not None and not self._abandoned:

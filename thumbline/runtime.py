@@ -34,6 +34,7 @@ from thumbline.files import make_private, private_umask
 from thumbline.gateway import GatewayProcess
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics, MetricsServer
+from thumbline.outages import Waits
 from thumbline.settings import Settings
 from thumbline.sqlserver import SqlServer
 from thumbline.store import AppliedMigration, apply_migrations, open_client
@@ -104,6 +105,8 @@ class Runtime:
         self._gateway: GatewayProcess | None = None
         self.helpers: JoinHelpers | None = None
         self.metrics = Metrics(CollectorRegistry())
+        #: What the stream waits for (Kafka, the store): the gateway's /readyz reads it.
+        self.waits = Waits(self.metrics, mask=settings.mask)
 
     async def start(self) -> Started:
         s = self.settings
@@ -141,10 +144,12 @@ class Runtime:
                 self._metrics_server = MetricsServer(
                     self.metrics, host=s.metrics_host, port=s.metrics_port
                 )
-            self._stream = StreamApp(s, bootstrap, metrics=self.metrics)
+            self._stream = StreamApp(s, bootstrap, metrics=self.metrics, waits=self.waits)
             await self._stream.start()
             if s.gateway_enabled:
-                self._gateway = await GatewayProcess(s, bootstrap, self.metrics).start()
+                self._gateway = await GatewayProcess(
+                    s, bootstrap, self.metrics, waits=self.waits
+                ).start()
             if s.store_is_chdb:
                 self._sql = SqlServer(
                     s, writer=self._client, host=s.sql_host, port=s.sql_port
