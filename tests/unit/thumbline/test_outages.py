@@ -21,6 +21,7 @@ from stream_jobs.lookups import LOOKUP_CHUNK_BYTES, LOOKUP_CHUNK_KEYS, chunks
 from stream_jobs.sink import SinkUnavailable
 from thumbline.errors import SqlRefused, StoreUnavailable
 from thumbline.kafka import Outgoing, deliver
+from thumbline.logs import RepeatFilter
 from thumbline.metrics import Metrics
 from thumbline.outages import KAFKA, STORE, WaitAborted, Waits, transient
 from thumbline.sqlclient import _parts
@@ -183,3 +184,18 @@ def test_an_insert_to_the_owner_is_cut_between_rows():
     parts = _parts(block, 400)
     assert b"\n".join(parts) == block and all(len(p) <= 400 for p in parts)
     assert _parts(b"a" * 10 + b"\n" + b"b", 4) == [b"a" * 10, b"b"]  # a long row travels alone
+
+
+def test_a_librarys_repeated_warning_passes_once_a_minute():
+    shown = RepeatFilter(every=60.0)
+
+    def record(at: float, name: str = "aiokafka") -> logging.LogRecord:
+        r = logging.LogRecord(name, logging.ERROR, "", 0, "Unable connect to node %s", (1,), None)
+        r.created = at
+        return r
+
+    passed = [shown.filter(record(t)) for t in (0, 3, 6, 59, 61, 62)]
+    assert passed == [True, False, False, False, True, False]
+    later = record(130)
+    assert shown.filter(later) and "[1 more like this" in later.getMessage()
+    assert all(shown.filter(record(t, "thumbline.outages")) for t in (0, 1, 2))  # ours: all
