@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -195,12 +196,15 @@ class StreamApp:
                 value_serializer="raw",
             )  # fmt: skip
 
-        def in_batches(handle: Any) -> Any:
+        def in_batches(handle: Any, crash_switch: Any = None) -> Any:
             async def agent(stream: faust.StreamT[bytes]) -> None:
                 batches = stream.take_events(batch_size, within=batch_seconds)  # type: ignore[attr-defined]
                 try:
                     async for events in batches:
                         await handle(events)
+                        if crash_switch is not None and crash_switch.exists():
+                            crash_switch.unlink(missing_ok=True)
+                            raise RuntimeError(f"fault injected: {crash_switch} existed")
                 except WaitAborted:
                     raise  # stopping while an outage lasts
                 except Exception as exc:
@@ -215,7 +219,8 @@ class StreamApp:
             joins = raw_topic(
                 self.topics.feedback.name, self.topics.traces.name, self.topics.keyed.name
             )
-            app.agent(joins, name="join_traces")(in_batches(job.handle))
+            crash = s.fault_dir / f"crash-join-{os.getpid()}" if s.fault_dir else None
+            app.agent(joins, name="join_traces")(in_batches(job.handle, crash))
             app.timer(TICK_SECONDS, name="join_traces_tick")(job.tick)
         if rates is not None:
             enriched = raw_topic(self.topics.enriched.name)

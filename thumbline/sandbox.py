@@ -46,7 +46,7 @@ from thumbline.sqltree import (
     parse_tree,
     quoted_identifiers_are_plain,
 )
-from thumbline.store import store_error
+from thumbline.store import store_error, with_faults
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,11 @@ def open_sandbox_client(settings: Settings) -> Client:
     if settings.reader_url is not None:
         url, extra = settings.reader_url, {}
     try:
-        return clickhouse_connect.get_client(
-            dsn=url, database=settings.clickhouse_database, settings=extra
+        return with_faults(
+            clickhouse_connect.get_client(
+                dsn=url, database=settings.clickhouse_database, settings=extra
+            ),
+            settings,
         )
     except ClickHouseError as exc:
         raise store_error(exc, settings) from None
@@ -123,10 +126,14 @@ def open_insert_client(settings: Settings) -> Client:
     unqualified resolve there (chDB's ``default`` database reads files by name).
     """
     try:
-        return clickhouse_connect.get_client(
-            dsn=settings.store_url, database=settings.clickhouse_database,
-            settings=limits(settings),
-        )  # fmt: skip
+        return with_faults(
+            clickhouse_connect.get_client(
+                dsn=settings.store_url,
+                database=settings.clickhouse_database,
+                settings=limits(settings),
+            ),  # fmt: skip
+            settings,
+        )
     except ClickHouseError as exc:
         raise store_error(exc, settings) from None
 
