@@ -29,17 +29,19 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-#: Libraries whose warnings repeat while a broker does not answer (each reconnect,
-#: each metadata attempt): each of their messages is let through once a minute.
-_LIBRARIES = ("aiokafka", "kafka", "faust", "mode")
+#: Loggers whose warnings repeat while a broker does not answer (the libraries at
+#: each reconnect and metadata attempt, the gateway at each request Kafka does not
+#: acknowledge): each of their messages is let through once a minute.
+_LIBRARIES = ("aiokafka", "kafka", "faust", "mode", "producers.gateway")
 
 
 class RepeatFilter(logging.Filter):
     """Lets a library's message (by logger and template) through at most once every
     ``every`` seconds, saying how many like it were held back since.
 
-    While Kafka does not answer, aiokafka logs every reconnect attempt at ERROR;
-    thumbline says once what it waits for (:mod:`thumbline.outages`).
+    While Kafka does not answer, aiokafka logs every reconnect attempt at ERROR
+    and the gateway every request it answers 503; thumbline says once what it
+    waits for (:mod:`thumbline.outages`).
     """
 
     def __init__(self, every: float = 60.0, *, prefixes: tuple[str, ...] = _LIBRARIES) -> None:
