@@ -64,6 +64,7 @@ from schemas.wire import MAX_BATCH_EVENTS
 from thumbline.errors import ConfigError, SqlRefused, StoreError
 from thumbline.keys import ApiKey, KeyRing, Scope
 from thumbline.metrics import Metrics
+from thumbline.outages import transient
 from thumbline.queries import InboxFilter, inbox_sql, literal, parse_since
 from thumbline.sqlpool import SqlPool
 
@@ -166,6 +167,7 @@ def build_app(
     cors_origins: tuple[str, ...] = (),
     ack_timeout: float = 10.0,
     time_bounds: TimeBounds = TimeBounds(),  # noqa: B008 (frozen)
+    problems: Callable[[], list[str]] = list,
 ) -> FastAPI:
     """The gateway's ASGI app (``producer`` and the pools started by the caller).
 
@@ -174,7 +176,8 @@ def build_app(
     ``ack_timeout`` bounds the whole wait for Kafka's acknowledgement of a
     request's events: past it the answer is 503, never a late 202.
     ``time_bounds``: how far an event's time may lie from the server's clock
-    (422 naming the field beyond).
+    (422 naming the field beyond). ``problems`` says what the rest of the
+    process waits for (Kafka, the store): ``/readyz`` is not ready meanwhile.
     """
     app = FastAPI(
         title="thumbline gateway",
@@ -194,7 +197,8 @@ def build_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+        extra = {"retriable": True} if exc.status_code in (429, 503) else {}
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers, **extra)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -207,7 +211,13 @@ def build_app(
 
     @app.exception_handler(StoreError)
     async def store_refused(request: Request, exc: StoreError) -> JSONResponse:
-        """400 for SQL the sandbox refused (or stopped at a limit) and SQL ClickHouse refused."""
+        """400 for SQL the sandbox refused (or stopped at a limit) and SQL ClickHouse refused;
+        503 while the store does not answer."""
+        if exc.retriable:
+            return _error(
+                503, f"the store did not answer: {exc}", retriable=True,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )  # fmt: skip
         if isinstance(exc, SqlRefused):
             return _error(400, str(exc), reason=exc.reason, code=exc.code)
         return _error(400, f"ClickHouse refused the query: {exc}", reason="clickhouse",
@@ -218,7 +228,15 @@ def build_app(
         token = header[7:] if header.lower().startswith("bearer ") else None
         token = token or request.headers.get("x-api-key")
         if keys.stale:  # the key table is read in a thread; fresh, it costs no hop
-            await keys.refreshed()
+            try:
+                await keys.refreshed()
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                raise HTTPException(
+                    503, f"the key store did not answer: {exc}",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                ) from None  # fmt: skip
         if token is None:
             if loopback and not keys.has_keys:
                 return None  # no key exists yet, and only this machine can reach us
@@ -386,8 +404,11 @@ def build_app(
             raise HTTPException(403, f"this key reads only project {key.project!r}")
         return key.project
 
-    read_errors = {401: NO_KEY, 403: "The key's scope is ingest, or it asks for another "
-                   "project than the key's."}  # fmt: skip
+    read_errors = {
+        401: NO_KEY,
+        403: "The key's scope is ingest, or it asks for another project than the key's.",
+        503: "The store did not answer: try again later.",
+    }
 
     @app.get("/v1/feedback", responses=responses({**read_errors, 422: "A filter is invalid "
              "(e.g. since=7 parsecs, limit=0): the error names it."}))  # fmt: skip
@@ -454,6 +475,7 @@ def build_app(
               "or it ran over a limit (THUMBLINE_SQL_MAX_*)"},
         401: {"model": SqlError, "description": "no key, or an unknown or revoked key"},
         403: {"model": SqlError, "description": "the key's scope is not admin"},
+        **responses({503: "The store did not answer: try again later."}),
     })  # fmt: skip
     async def post_sql(request: Request) -> Response:
         """SQL in the sandbox (admin keys): the body is one SELECT, EXPLAIN or DESCRIBE over
@@ -467,8 +489,10 @@ def build_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    waiting = problems
+
     @app.get("/readyz", responses={503: {"model": gateway_errors.Error,
-             "description": "Kafka or the key store is not reachable."}})  # fmt: skip
+             "description": "Kafka or the store does not answer (each reason)."}})  # fmt: skip
     async def readyz() -> Response:
         problems = []
         if not producer.running:
@@ -477,8 +501,12 @@ def build_app(
             await keys.refreshed()
         except Exception as exc:  # noqa: BLE001 (any store failure means not ready)
             problems.append(f"the key store did not answer: {exc}")
+        problems.extend(waiting())
         if problems:
-            return _error(503, "; ".join(problems))
+            return _error(
+                503, "; ".join(problems), retriable=True,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )  # fmt: skip
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics")

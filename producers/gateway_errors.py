@@ -52,7 +52,8 @@ INGEST: dict[int, str] = {
     "is empty (Error).",
     429: "The key is over THUMBLINE_GATEWAY_RATE_LIMIT events a second.",
     503: "Kafka did not acknowledge the events within THUMBLINE_GATEWAY_ACK_TIMEOUT_SECONDS: they "
-    "may still land; send the same events again (their event ids keep it to one row).",
+    "may still land; send the same events again (their event ids keep it to one row). Or the "
+    "key store did not answer.",
 }
 
 

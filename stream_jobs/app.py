@@ -23,13 +23,22 @@ co-partitioned topics among the members that read them and gives
 ``feedback.enriched``, which only ``thumbline up`` reads, to it alone, so the
 rates see every row. A helper reaches an embedded store through its owner
 (``store``).
+
+Outages are waited out (:mod:`thumbline.outages`): the jobs' sends, inserts
+and lookups retry what Kafka or the store did not take, for as long as it
+takes, holding their input meanwhile; a watch probes the broker so that
+readiness says when it does not answer; the rates' windows wait, as the join's
+watermark stops with its input. Only an error waiting cannot cure
+ends the app (:meth:`StreamApp.wait_failed`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -37,6 +46,7 @@ from typing import Any, Literal
 
 import faust
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from schemas import Topics
@@ -45,10 +55,11 @@ from stream_jobs.join_state import JoinState
 from stream_jobs.join_traces import JoinTracesJob
 from stream_jobs.lookups import load_orphans, lookup_traces
 from stream_jobs.rates_job import RatesJob
-from stream_jobs.sink import ClickHouseSink, StoreClient
+from stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
 from stream_jobs.spike_alerts import SpikeDetector, load_rules
 from stream_jobs.webhooks import WebhookNotifier
 from thumbline.metrics import Metrics
+from thumbline.outages import KAFKA, STORE, WaitAborted, Waits
 from thumbline.settings import Settings
 from thumbline.store import open_client
 
@@ -61,6 +72,11 @@ Runs = Literal["all", "join", "rates"]
 TICK_SECONDS = 0.25
 RATES_TICK_SECONDS = 0.5
 LAG_SECONDS = 5.0
+#: The broker is probed this often, and has this long to answer (a metadata request).
+WATCH_SECONDS = 2.0
+PROBE_SECONDS = 3.0
+#: A worker that failed waits at most this long for the broker to take its LeaveGroup.
+LEAVE_SECONDS = 5.0
 HISTORY_FOR_SPIKES = 4 * 3600.0
 
 #: Allocations between young-generation collections (CPython's default is 700).
@@ -137,8 +153,11 @@ class StreamApp:
         metrics: Metrics | None = None,
         runs: Runs = "all",
         store: Callable[[bool], StoreClient] | None = None,
+        waits: Waits | None = None,
     ) -> None:
         self.settings = settings
+        #: What this worker waits for (shared with the gateway in ``thumbline up``).
+        self.waits = waits or Waits(metrics, mask=settings.mask)
         self.bootstrap = bootstrap
         self.app_id = app_id
         self.metrics = metrics
@@ -151,6 +170,9 @@ class StreamApp:
         self._notifier: WebhookNotifier | None = None
         self._app: faust.App | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._watching: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None  # what an agent raised
+        self._abandoned = False
 
     async def start(self) -> None:
         s = self.settings
@@ -175,11 +197,22 @@ class StreamApp:
                 value_serializer="raw",
             )  # fmt: skip
 
-        def in_batches(handle: Any) -> Any:
+        def in_batches(handle: Any, crash_switch: Any = None) -> Any:
             async def agent(stream: faust.StreamT[bytes]) -> None:
                 batches = stream.take_events(batch_size, within=batch_seconds)  # type: ignore[attr-defined]
-                async for events in batches:
-                    await handle(events)
+                try:
+                    async for events in batches:
+                        await handle(events)
+                        if crash_switch is not None and crash_switch.exists():
+                            crash_switch.unlink(missing_ok=True)
+                            raise RuntimeError(f"fault injected: {crash_switch} existed")
+                except WaitAborted:
+                    raise  # stopping while an outage lasts
+                except Exception as exc:
+                    # Faust would restart the agent and go on past the batch it held; a
+                    # bug ends this worker instead (wait_failed), to be started again.
+                    self._failure = self._failure or exc
+                    raise
 
             return agent
 
@@ -187,7 +220,8 @@ class StreamApp:
             joins = raw_topic(
                 self.topics.feedback.name, self.topics.traces.name, self.topics.keyed.name
             )
-            app.agent(joins, name="join_traces")(in_batches(job.handle))
+            crash = s.fault_dir / f"crash-join-{os.getpid()}" if s.fault_dir else None
+            app.agent(joins, name="join_traces")(in_batches(job.handle, crash))
             app.timer(TICK_SECONDS, name="join_traces_tick")(job.tick)
         if rates is not None:
             enriched = raw_topic(self.topics.enriched.name)
@@ -202,7 +236,9 @@ class StreamApp:
 
             @app.on_partitions_revoked.connect  # type: ignore[arg-type]
             async def revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-                await job.revoke()  # flushed before the next holder of a partition reads the store
+                logger.info("the consumer group rebalances (%d partitions revoked)", len(revoked))
+                if not self._abandoned:  # flushed before the next holder of a partition reads
+                    await job.revoke()  # the store
 
             @app.on_partitions_assigned.connect  # type: ignore[arg-type]
             async def reassigned(sender: Any, assigned: set[Any], **_: Any) -> None:
@@ -215,6 +251,7 @@ class StreamApp:
                 await self._report_lag(app)
 
         await app.start()
+        self._watching = asyncio.create_task(self._watch())
         tune_gc()
 
     async def _join_job(self) -> JoinTracesJob:
@@ -222,6 +259,9 @@ class StreamApp:
         assert self._producer is not None  # noqa: S101 (started first)
         sink_client = await asyncio.to_thread(self.store, False)
         lookup_client = await asyncio.to_thread(self.store, True)
+        # Retried inside the call: the join's expiry changes its state around a lookup.
+        lookup = self.waits.blocking(STORE, "join_lookup", lookup_traces)
+        orphans = self.waits.blocking(STORE, "join_load_orphans", load_orphans)
         state = JoinState(
             grace_seconds=s.join_grace_seconds, retention_seconds=s.join_retention_seconds,
             max_pending=s.join_max_pending, max_traces=s.join_max_traces,
@@ -233,13 +273,14 @@ class StreamApp:
             sink=ClickHouseSink(
                 sink_client, db, max_rows=s.sink_max_rows, max_age=s.sink_max_seconds
             ),
-            lookup=lambda ids: lookup_traces(lookup_client, db, ids, now=state.clock()),
-            orphans=lambda: load_orphans(
+            lookup=lambda ids: lookup(lookup_client, db, ids, now=state.clock()),
+            orphans=lambda: orphans(
                 lookup_client, db, datetime.now(UTC) - timedelta(seconds=s.join_retention_seconds)
             ),
             producer=self._producer,
             metrics=self.metrics,
             time_bounds=s.time_bounds,
+            waits=self.waits,
         )
 
     async def _start_rates(self, rules: Any) -> RatesJob:
@@ -268,15 +309,39 @@ class StreamApp:
             database=db,
             notifier=self._notifier,
             metrics=self.metrics,
+            waits=self.waits,
         )
         assert rates.store is not None  # noqa: S101 (just given)
         await rates.restore(rates.store, db)
         return rates
 
+    async def _watch(self) -> None:
+        """Probe the broker, so that readiness says when it does not answer even with
+        no input. (The rates need no hold through an outage: the join's watermark
+        stops with it, so windows wait.)"""
+        assert self._producer is not None  # noqa: S101 (started first)
+        client = self._producer.client
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            try:
+                async with asyncio.timeout(PROBE_SECONDS):
+                    await client.fetch_all_metadata()
+            except (TimeoutError, KafkaError) as exc:
+                error = exc if str(exc) else TimeoutError(f"no answer within {PROBE_SECONDS:g} s")
+                self.waits.failed(KAFKA, "broker_probe", error)
+            else:
+                self.waits.succeeded(KAFKA, "broker_probe")
+
     async def _report_lag(self, app: faust.App) -> None:
+        if self.waits.waiting(KAFKA):
+            return  # positions would wait for the broker too
         lag: dict[str, int] = {}
         for tp in app.consumer.assignment():
-            position = await app.consumer.position(tp)
+            try:  # a partition can move away meanwhile; the broker can stall
+                async with asyncio.timeout(LAG_SECONDS / 2):
+                    position = await app.consumer.position(tp)
+            except (TimeoutError, KafkaError):
+                continue
             highwater = app.consumer.highwater(tp)
             if position is not None and highwater is not None:  # None: just assigned
                 behind = max(0, highwater - position)
@@ -286,25 +351,66 @@ class StreamApp:
             self.metrics.consumer_lag.labels(topic).set(value)
 
     async def wait_failed(self) -> BaseException:
-        """Return once the Faust app has crashed (an agent or timer raised), with the reason."""
+        """Return once an agent or a timer raised an error waiting cannot cure (a bug),
+        with the error. Outages of Kafka or the store never end up here: they are waited out."""
         while True:
             app = self._app
+            if self._failure is not None:
+                return self._failure
             if app is not None and app.crashed:
                 return app.crash_reason or RuntimeError("the stream app crashed")
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.25)
+
+    async def abandon(self) -> None:
+        """Leave the consumer group at once, flushing and committing nothing.
+
+        For a worker that failed, before its process exits: its partitions go to
+        the other workers now rather than after the session timeout, and what it
+        held unacknowledged is replayed there.
+        """
+        self._abandoned = True
+        self.waits.stop()
+        app = self._app
+        if app is None:
+            return
+        # Faust runs aiokafka's consumer in a thread of its own; stopping it there
+        # sends LeaveGroup (aiokafka commits nothing on close: auto-commit is off).
+        thread = getattr(app.consumer, "_thread", None)
+        consumer = getattr(thread, "_consumer", None)
+        if thread is None or consumer is None:
+            return
+        try:
+            async with asyncio.timeout(LEAVE_SECONDS):
+                await thread.call_thread(consumer.stop)
+            logger.info("left the consumer group")
+        except Exception as exc:  # noqa: BLE001 (leaving is best effort: the process exits)
+            logger.warning("could not leave the consumer group (%r): the session timeout "
+                           "moves the partitions instead", exc)  # fmt: skip
 
     async def stop(self) -> None:
+        """Stop; safe twice. Flushes and commits what is complete, unless the store or
+        Kafka does not answer: then what waits is left unacknowledged, to be replayed."""
+        self.waits.stop()  # waits under way give up; calls that go through are unaffected
+        watch, self._watching = self._watching, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         app, self._app = self._app, None
         job, self.job = self.job, None
-        if job is not None:  # flush and acknowledge first, so stopping commits the offsets
-            await job.close()
+        if job is not None and not self._abandoned:
+            # flush and acknowledge first, so stopping commits the offsets
+            with _unless_waiting("the join's complete rows"):
+                await job.close()
         if app is not None:
             await app.stop()
         if job is not None:
-            job.sink.close()
+            with _unless_waiting("the join's last rows"):
+                job.sink.close()
         rates, self.rates = self.rates, None
         if rates is not None:
-            rates.sink.close()
+            with _unless_waiting("the last rate windows"):
+                rates.sink.close()
             if rates.store is not None:
                 rates.store.close()
         notifier, self._notifier = self._notifier, None
@@ -314,3 +420,13 @@ class StreamApp:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
+
+
+@contextlib.contextmanager
+def _unless_waiting(what: str) -> Any:
+    """At stop, a store or broker that does not answer leaves ``what`` unwritten:
+    the input behind it is unacknowledged and replayed at the next start."""
+    try:
+        yield
+    except (WaitAborted, SinkUnavailable) as exc:
+        logger.warning("stopped without writing %s (%s): replayed at the next start", what, exc)

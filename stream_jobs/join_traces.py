@@ -59,7 +59,9 @@ from stream_jobs.sink import (
     json_arrays,
 )
 from stream_jobs.watermarks import Watermarks
+from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics
+from thumbline.outages import STORE, Waits
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ class JoinTracesJob:
             insert time and freshness observed per write.
         time_bounds: how far event times may lie from their reception; events
             beyond become dead letters ``ts_out_of_range``.
+        waits: where sends and inserts that wait out an outage report (readiness).
     """
 
     def __init__(
@@ -134,8 +137,10 @@ class JoinTracesJob:
         orphans: Callable[[], list[FeedbackEvent]] = list,
         metrics: Metrics | None = None,
         time_bounds: TimeBounds = TimeBounds(),  # noqa: B008 (frozen)
+        waits: Waits | None = None,
     ) -> None:
         self.topics = topics
+        self.waits = waits or Waits(metrics)
         self.time_bounds = time_bounds
         self.metrics = metrics
         self._synced: dict[str, int] = {}
@@ -173,12 +178,14 @@ class JoinTracesJob:
             for event in events:
                 # Hold the message: Faust's take_events acks each event after the
                 # batch; our extra reference keeps it uncommitted until it is stored.
+                # Every message first: if anything below raises, none is acknowledged.
                 event.message.incref()
                 held = _Held(event)
                 batch.held.append(held)
                 self._order[event.message.tp].append(held)
                 self.marks.handled(event.message)
-                self._decode(event.message, held, batch)
+            for held in batch.held:
+                self._decode(held.event.message, held, batch)
             rows = self.state.add_traces(batch.traces)
             await self._lookup_unknown(batch)
             for items, held in batch.feedback:
@@ -449,7 +456,7 @@ class JoinTracesJob:
         self.counts["traces"] += len(traces)
         self.counts["enriched"] += len(rows)
         self.counts["dead"] += len(dead)
-        acks, enriched = [], []
+        out: list[Outgoing] = []
         by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             by_partition[partition_for(row.trace_id, self.partitions)].append(feedback_record(row))
@@ -457,13 +464,11 @@ class JoinTracesJob:
             # the same bytes to Kafka and ClickHouse, encoded once per array
             for array, count in json_arrays(records):
                 self.sink.add_array("feedback", array, count)
-                enriched.append(
-                    await self.producer.send(self.topics.enriched.name, array, partition=partition)
-                )
+                out.append(Outgoing(self.topics.enriched.name, array, partition=partition))
         self.counts[f"out:{self.topics.enriched.name}"] += len(rows)
         self.counts[f"out:{self.topics.dlq.name}"] += len(dead)
         for letter in dead:
-            acks.append(await self.producer.send(self.topics.dlq.name, letter.to_json()))
+            out.append(Outgoing(self.topics.dlq.name, letter.to_json()))
         for partition, groups in forward.items():
             self.counts["forwarded"] += sum(len(v) for v in groups.values())
             self.counts[f"out:{self.topics.keyed.name}"] += sum(len(v) for v in groups.values())
@@ -471,12 +476,14 @@ class JoinTracesJob:
                 b'{"feedback":[' + b",".join(groups["feedback"]) + b'],"traces":['
                 + b",".join(groups["traces"]) + b"]}"
             )  # fmt: skip
-            acks.append(
-                await self.producer.send(self.topics.keyed.name, value, partition=partition)
-            )
-        if acks or enriched:
-            await asyncio.gather(*acks, *enriched)
-        self.marks.published(sent.result() for sent in enriched)
+            out.append(Outgoing(self.topics.keyed.name, value, partition=partition))
+        # Held under the lock until Kafka has all of it: while the broker does not
+        # answer, the join takes no new input (Kafka keeps it) and drops nothing.
+        sent = await deliver(self.producer, out, waits=self.waits, operation="join_publish")
+        self.marks.published(  # rows a marker may certify once they are flushed
+            meta for message, meta in zip(out, sent, strict=True)
+            if message.topic == self.topics.enriched.name
+        )  # fmt: skip
 
     async def _flush(self) -> None:
         """Start writing what the sink holds; at most one write is in flight.
@@ -513,7 +520,8 @@ class JoinTracesJob:
                 break
             except SinkUnavailable as exc:
                 self.counts["flush_failures"] += 1
-                await asyncio.sleep(exc.retry_after)
+                await self.waits.wait(STORE, "join_insert", exc)
+        self.waits.succeeded(STORE, "join_insert")
         self.counts["rows_written"] += sum(tables.values())  # over every attempt
         for table, n in tables.items():
             self.counts[f"rows:{table}"] += n

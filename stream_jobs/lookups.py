@@ -1,6 +1,10 @@
 """What the join asks ClickHouse: traces it no longer holds, and orphans it may still correct.
 
-Both are batched: one query per micro-batch of trace ids, one query at start-up.
+Both are batched: one query per micro-batch of trace ids (in chunks of at most
+:data:`LOOKUP_CHUNK_KEYS` ids and :data:`LOOKUP_CHUNK_BYTES` of them, so that no
+micro-batch meets a limit on the way: a ClickHouse server's URL size, the
+store owner's request size, the SQL sandbox's result limits), one query at
+start-up.
 """
 
 from __future__ import annotations
@@ -28,12 +32,46 @@ _FEEDBACK_FIELDS = (
 )  # fmt: skip
 
 
+#: Most trace ids in one lookup query, and most bytes of them (a trace id is up
+#: to 256 characters; ClickHouse servers take URLs of up to 1 MiB by default).
+LOOKUP_CHUNK_KEYS = 5_000
+LOOKUP_CHUNK_BYTES = 256 * 1024
+
+
+def chunks(keys: Sequence[Key]) -> list[list[Key]]:
+    """``keys`` in order, cut where a chunk would pass either bound."""
+    out: list[list[Key]] = []
+    chunk: list[Key] = []
+    size = 0
+    for key in keys:
+        length = len(key[1].encode()) + 1
+        if chunk and (len(chunk) >= LOOKUP_CHUNK_KEYS or size + length > LOOKUP_CHUNK_BYTES):
+            out.append(chunk)
+            chunk, size = [], 0
+        chunk.append(key)
+        size += length
+    if chunk:
+        out.append(chunk)
+    return out
+
+
 def lookup_traces(
     client: StoreClient, database: str, keys: Sequence[Key], now: float = 0.0
 ) -> dict[Key, TraceAttributes]:
-    """The merged attributes of those of ``keys`` (project, trace_id) that ``traces`` holds."""
-    if not keys:
-        return {}
+    """The merged attributes of those of ``keys`` (project, trace_id) that ``traces`` holds.
+
+    One query per chunk of keys (see :func:`chunks`), however many keys come.
+    """
+    found: dict[Key, TraceAttributes] = {}
+    for chunk in chunks(keys):
+        _lookup_chunk(client, database, chunk, now, found)
+    return found
+
+
+def _lookup_chunk(
+    client: StoreClient, database: str, keys: Sequence[Key], now: float,
+    found: dict[Key, TraceAttributes],
+) -> None:  # fmt: skip
     wanted = set(keys)
     # The projects as an array (few per batch), the ids as one string split by
     # ClickHouse: an Array(String) parameter of tens of thousands of ids is
@@ -49,7 +87,6 @@ def lookup_traces(
             "ids": "\n".join(dict.fromkeys(trace_id for _, trace_id in keys)),
         },
     ).result_rows
-    found: dict[Key, TraceAttributes] = {}
     for row in rows:
         data = dict(zip(_TRACE_FIELDS, row, strict=True))
         key = (data["project"], data["trace_id"])
@@ -62,7 +99,6 @@ def lookup_traces(
         if attrs is None:
             attrs = found[key] = TraceAttributes(event.trace_id, project=key[0])
         attrs.merge(event, now)
-    return found
 
 
 def _value(text: str) -> Any:

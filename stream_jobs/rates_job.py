@@ -41,7 +41,9 @@ from stream_jobs.rates_store import latest_alerts, read_windows, recompute_span,
 from stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
 from stream_jobs.spike_alerts import SpikeDetector
 from stream_jobs.webhooks import WebhookNotifier
+from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics
+from thumbline.outages import STORE, Waits
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +80,10 @@ class RatesJob:
         database: str = "thumbline",
         notifier: WebhookNotifier | None = None,
         metrics: Metrics | None = None,
+        waits: Waits | None = None,
     ) -> None:
         self.topics = topics
+        self.waits = waits or Waits(metrics)
         self.rates = rates
         self.detector = detector
         self.sink = sink
@@ -186,9 +190,8 @@ class RatesJob:
         if not span:
             return None
         self._recomputed_at = time.monotonic()
-        found = await asyncio.to_thread(
-            read_windows, self.rates, self.store, self.database, span
-        )  # fmt: skip
+        read = self.waits.blocking(STORE, "rates_recompute", read_windows)
+        found = await asyncio.to_thread(read, self.rates, self.store, self.database, span)
         self.recomputes += len(span)
         return self.rates.replace(found, span)
 
@@ -205,34 +208,30 @@ class RatesJob:
         while True:
             try:
                 await asyncio.to_thread(self.sink.flush)
-                return
+                break
             except SinkUnavailable as exc:  # hold the lock: input waits until it is back
                 if self.metrics is not None:
                     self.metrics.sink_failures.inc()
-                await asyncio.sleep(exc.retry_after)
+                await self.waits.wait(STORE, "rates_insert", exc)
+        self.waits.succeeded(STORE, "rates_insert")
 
     async def _publish(self, windows: list[RateWindow], alerts: list[Alert]) -> None:
-        acks = []
+        out: list[Outgoing] = []
         by_project: dict[str, list[bytes]] = {}
         for w in windows:
             by_project.setdefault(w.project, []).append(w.to_json())
         for project, encoded in by_project.items():  # keyed by project, as the registry says
             for start in range(0, len(encoded), 500):
                 body = b"[" + b",".join(encoded[start : start + 500]) + b"]"
-                acks.append(
-                    await self.producer.send(self.topics.rates.name, body, key=project.encode())
-                )
+                out.append(Outgoing(self.topics.rates.name, body, key=project.encode()))
+        for alert in alerts:  # keyed by alert: one episode's events stay in order
+            out.append(Outgoing(self.topics.alerts.name, alert.to_json(), alert.alert_id.encode()))
+        # Held under the lock while Kafka does not answer: the input waits, nothing is dropped.
+        await deliver(self.producer, out, waits=self.waits, operation="rates_publish")
         for alert in alerts:
-            acks.append(  # keyed by alert: one episode's events stay in order
-                await self.producer.send(
-                    self.topics.alerts.name, alert.to_json(), key=alert.alert_id.encode()
-                )
-            )
             self.alerts.append(alert)
             if self.notifier is not None:
                 self.notifier.notify(alert)
-        if acks:
-            await asyncio.gather(*acks)
 
     def _observe(self, ended: list[Ended], alerts: list[Alert]) -> None:
         self._report()

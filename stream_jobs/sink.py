@@ -25,6 +25,7 @@ import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas import DeadLetter, EnrichedFeedback, ThumblineError, TraceEvent
+from thumbline.outages import transient
 
 logger = logging.getLogger(__name__)
 
@@ -244,8 +245,9 @@ class ClickHouseSink:
         would collapse into its rows anyway).
 
         Raises:
-            SinkUnavailable: ClickHouse refused or could not be reached; the
-                tables not yet written stay in ``batch``.
+            SinkUnavailable: ClickHouse refused or could not be reached, for a
+                reason waiting can cure; the tables not yet written stay in ``batch``.
+            ClickHouseError: a refusal waiting cannot cure (a bug).
         """
         written = 0
         for table in list(batch.tables):
@@ -258,9 +260,12 @@ class ClickHouseSink:
                     fmt="JSONEachRow",
                 )
             except (ClickHouseError, OSError) as exc:
+                if not transient(exc):
+                    raise  # a statement ClickHouse can never take as sent: a bug
                 self._failures += 1
-                retry_after = min(30.0, 0.25 * 2 ** min(self._failures, 7))
-                logger.warning(
+                # At most 5 s: the stream resumes within seconds of the store's return.
+                retry_after = min(5.0, 0.25 * 2 ** min(self._failures, 7))
+                logger.debug(  # the caller's wait says it once (thumbline.outages)
                     "ClickHouse refused %d rows for %s (attempt %d, retry in %.1fs): %s",
                     rows, table, self._failures, retry_after, exc,
                 )  # fmt: skip

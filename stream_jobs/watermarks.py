@@ -20,6 +20,7 @@ at or below their partitions' durable offsets.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -29,9 +30,17 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from schemas import Topics
+from thumbline.outages import transient
+
+logger = logging.getLogger(__name__)
 
 #: Seconds between two markers of a partition.
 MARK_EVERY = 1.0
+
+
+def _consume(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        logger.debug("a watermark marker was not acknowledged: %s", done.exception())
 
 
 class Settled(Protocol):
@@ -88,7 +97,6 @@ class Watermarks:
     ) -> None:
         """Send the markers of the ``owned`` partitions that are due (one a second each)."""
         now = time.time() if now is None else now
-        sends = []
         for partition in sorted(owned):
             if now - self._marked_at.get(partition, 0.0) < MARK_EVERY:
                 continue
@@ -99,11 +107,18 @@ class Watermarks:
             marker = orjson.dumps(
                 {"watermark": int(watermark * 1000), "durable": self._durable.get(partition, -1)}
             )
-            sends.append(
-                await self.producer.send(self.topics.enriched.name, marker, partition=partition)
-            )
-        if sends:
-            await asyncio.gather(*sends)
+            try:
+                sent = await self.producer.send(
+                    self.topics.enriched.name, marker, partition=partition
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 (a marker is sent again each second)
+                if not transient(exc):
+                    raise
+                logger.debug("a watermark marker was not sent: %s", exc)
+                return
+            # Not waited for: the rows a marker certifies were acknowledged before it was
+            # made, and a lost one is made again a second later.
+            sent.add_done_callback(_consume)
 
     def of(self, partition: int, order: Mapping[Any, deque[Any]], now: float) -> float | None:
         """How far the input of ``partition`` is settled, in message time.

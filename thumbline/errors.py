@@ -12,6 +12,7 @@ __all__ = [
     "StoreError",
     "StreamFailed",
     "StoreLocked",
+    "StoreUnavailable",
     "ThumblineError",
     "TopicsMismatch",
     "WireError",
@@ -38,6 +39,12 @@ class StoreError(ThumblineError):
     def __init__(self, message: str, *, code: int | None = None) -> None:
         self.code = code
         super().__init__(message)
+
+
+class StoreUnavailable(StoreError):
+    """The store did not answer, or refused for a reason waiting can cure; try again later."""
+
+    retriable = True
 
 
 class StoreLocked(StoreError):

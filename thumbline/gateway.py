@@ -17,6 +17,7 @@ from producers.gateway import Gateway, build_app, check_exposure
 from producers.kafka import FeedbackProducer
 from thumbline.keys import KeyRing
 from thumbline.metrics import Metrics
+from thumbline.outages import Waits
 from thumbline.sandbox import Sandbox, warn_if_unwalled
 from thumbline.settings import Settings
 from thumbline.sqlpool import SqlPool
@@ -26,10 +27,14 @@ from thumbline.store import open_client
 class GatewayProcess:
     """Start with ``await GatewayProcess(...).start()``; ``stop()`` is safe to call twice."""
 
-    def __init__(self, settings: Settings, bootstrap: str, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, bootstrap: str, metrics: Metrics, *, waits: Waits | None = None
+    ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.metrics = metrics
+        #: What the process waits for (in thumbline up: the stream's waits); /readyz says it.
+        self.waits = waits or Waits(metrics, mask=settings.mask)
         self.url = ""
         self._client: Client | None = None
         self._pools: list[SqlPool] = []
@@ -65,6 +70,7 @@ class GatewayProcess:
                 metrics=self.metrics, max_body_bytes=s.gateway_max_body_bytes,
                 rate_limit=s.gateway_rate_limit, cors_origins=s.cors_origins,
                 ack_timeout=s.gateway_ack_timeout_seconds, time_bounds=s.time_bounds,
+                problems=self.waits.problems,
             )  # fmt: skip
             self._gateway = await Gateway(app, host=s.gateway_host, port=s.gateway_port).start()
             self.url = self._gateway.url

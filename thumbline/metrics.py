@@ -154,6 +154,20 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.dependency_retries = Counter(
+            "thumbline_dependency_retries_total",
+            "Calls to Kafka or the store that failed with an error waiting can cure, and were "
+            "retried, by dependency (kafka, store) and operation.",
+            ["dependency", "operation"],
+            registry=r,
+        )
+        self.dependency_waiting = Gauge(
+            "thumbline_dependency_waiting",
+            "Operations waiting now for a dependency (kafka, store) to answer again; "
+            "while above 0, /readyz says not ready.",
+            ["dependency"],
+            registry=r,
+        )
         self._dimension_sets: set[tuple[str, ...]] = set()
         self._capped = False
 

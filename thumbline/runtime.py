@@ -34,6 +34,7 @@ from thumbline.files import make_private, private_umask
 from thumbline.gateway import GatewayProcess
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics, MetricsServer
+from thumbline.outages import Waits
 from thumbline.settings import Settings
 from thumbline.sqlserver import SqlServer
 from thumbline.store import AppliedMigration, apply_migrations, open_client
@@ -104,6 +105,8 @@ class Runtime:
         self._gateway: GatewayProcess | None = None
         self.helpers: JoinHelpers | None = None
         self.metrics = Metrics(CollectorRegistry())
+        #: What the stream waits for (Kafka, the store): the gateway's /readyz reads it.
+        self.waits = Waits(self.metrics, mask=settings.mask)
 
     async def start(self) -> Started:
         s = self.settings
@@ -141,10 +144,12 @@ class Runtime:
                 self._metrics_server = MetricsServer(
                     self.metrics, host=s.metrics_host, port=s.metrics_port
                 )
-            self._stream = StreamApp(s, bootstrap, metrics=self.metrics)
+            self._stream = StreamApp(s, bootstrap, metrics=self.metrics, waits=self.waits)
             await self._stream.start()
             if s.gateway_enabled:
-                self._gateway = await GatewayProcess(s, bootstrap, self.metrics).start()
+                self._gateway = await GatewayProcess(
+                    s, bootstrap, self.metrics, waits=self.waits
+                ).start()
             if s.store_is_chdb:
                 self._sql = SqlServer(
                     s, writer=self._client, host=s.sql_host, port=s.sql_port
@@ -214,8 +219,9 @@ class Runtime:
         """Block until SIGINT or SIGTERM.
 
         Raises:
-            StreamFailed: the stream crashed (an agent or a timer raised); what
-                it held is replayed when thumbline up starts again.
+            StreamFailed: the stream met an error that waiting cannot cure (a
+                bug; outages of Kafka and the store are waited out); what it held
+                is replayed when thumbline up starts again.
         """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -226,11 +232,13 @@ class Runtime:
             waits.append(asyncio.ensure_future(self._stream.wait_failed()))
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if waits[0] not in done:
+            if waits[0] not in done and self._stream is not None:
                 reason = waits[1].result()
+                await self._stream.abandon()
                 raise StreamFailed(
-                    f"the stream crashed ({reason!r}); restart thumbline up: unacknowledged "
-                    "input is replayed, nothing is lost (details in the log above)"
+                    f"the stream stopped on an error that waiting cannot cure: {reason!r}. "
+                    "This is a bug: please report it with the traceback in the log above. "
+                    "Restart thumbline up: unacknowledged input is replayed, nothing is lost"
                 )
         finally:
             for wait in waits:

@@ -46,7 +46,7 @@ from thumbline.sqltree import (
     parse_tree,
     quoted_identifiers_are_plain,
 )
-from thumbline.store import store_error
+from thumbline.store import store_error, with_faults
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,11 @@ def open_sandbox_client(settings: Settings) -> Client:
     if settings.reader_url is not None:
         url, extra = settings.reader_url, {}
     try:
-        return clickhouse_connect.get_client(
-            dsn=url, database=settings.clickhouse_database, settings=extra
+        return with_faults(
+            clickhouse_connect.get_client(
+                dsn=url, database=settings.clickhouse_database, settings=extra
+            ),
+            settings,
         )
     except ClickHouseError as exc:
         raise store_error(exc, settings) from None
@@ -123,10 +126,14 @@ def open_insert_client(settings: Settings) -> Client:
     unqualified resolve there (chDB's ``default`` database reads files by name).
     """
     try:
-        return clickhouse_connect.get_client(
-            dsn=settings.store_url, database=settings.clickhouse_database,
-            settings=limits(settings),
-        )  # fmt: skip
+        return with_faults(
+            clickhouse_connect.get_client(
+                dsn=settings.store_url,
+                database=settings.clickhouse_database,
+                settings=limits(settings),
+            ),  # fmt: skip
+            settings,
+        )
     except ClickHouseError as exc:
         raise store_error(exc, settings) from None
 
@@ -220,6 +227,8 @@ class Sandbox:
             rows = client.query("SELECT formatQuery({q:String})", parameters={"q": sql})
         except ClickHouseError as exc:
             err = store_error(exc, self.settings)
+            if err.retriable:  # the store did not answer: no verdict on the SQL
+                raise err from None
             raise self._refused(
                 f"ClickHouse could not read it as one statement ({err})", "syntax", err.code
             ) from None
@@ -241,6 +250,8 @@ class Sandbox:
             text = client.command(f"EXPLAIN AST {canonical}", parameters=parameters or None)
         except ClickHouseError as exc:
             err = store_error(exc, self.settings)
+            if err.retriable:  # the store did not answer: no verdict on the SQL
+                raise err from None
             if err.code == READONLY:  # EXPLAIN applies a SETTINGS clause, which readonly refuses
                 raise self._refused(
                     "SETTINGS clauses are not allowed (the limits are the server's: "

@@ -191,6 +191,13 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     log_format: Literal["text", "json"] = "text"
 
+    fault_dir: Path | None = Field(
+        None,
+        description="Testing only: a folder of fault switches (README, Faults): while "
+        "`store-down` exists in it, every store call of the process fails as a ClickHouse "
+        "that does not answer would; `crash-join-<pid>` makes that process's join raise once.",
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:

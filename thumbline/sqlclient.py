@@ -20,12 +20,15 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
+from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
 
 from thumbline import runfile
-from thumbline.errors import SqlRefused, StoreError, StoreLocked
+from thumbline.errors import SqlRefused, StoreError, StoreLocked, StoreUnavailable
 from thumbline.sandbox import Sandbox, open_insert_client, open_sandbox_client
 from thumbline.settings import Settings
+
+#: The largest body of one insert request to the owner (its limit is far above).
+INSERT_REQUEST_BYTES = 64 * 1024 * 1024
 
 #: Output formats the endpoint passes through from ClickHouse.
 FORMATS = frozenset(
@@ -97,9 +100,10 @@ def _query_owner(info: runfile.RunInfo, sql: str, fmt: str, write: bool) -> byte
             raise SqlRefused(
                 str(detail.get("error")), reason=str(detail["reason"]), code=detail.get("code")
             ) from None
-        raise StoreError(str(detail.get("error")), code=detail.get("code")) from None
+        kind = StoreUnavailable if exc.code >= HTTPStatus.INTERNAL_SERVER_ERROR else StoreError
+        raise kind(str(detail.get("error")), code=detail.get("code")) from None
     except urllib.error.URLError as exc:
-        raise StoreError(
+        raise StoreUnavailable(
             f"the running thumbline (pid {info.pid}) did not answer at {info.sql_url}: {exc.reason}"
         ) from None
 
@@ -125,8 +129,12 @@ class OwnerClient:
     trace lookups go through ``POST /insert`` and ``POST /query`` on the owner's
     loopback endpoint (one kept-alive connection, one call at a time). Failures
     raise clickhouse-connect's own errors, so callers treat them as they treat
-    the store's: an unreachable owner or a refused insert is ``OperationalError``
-    (the sink keeps its rows and retries).
+    the store's: an unreachable owner, or a store that does not answer it, is
+    ``OperationalError`` (transient: waited out); a request the owner refuses
+    (a statement the sandbox or ClickHouse refuses, a wrong token, a body over
+    the owner's limits) is ``ProgrammingError``, since sending it again cannot
+    help. An insert larger than :data:`INSERT_REQUEST_BYTES` travels in several
+    requests, cut between rows, so no batch meets the owner's limit.
     """
 
     def __init__(self, url: str, token: str, *, timeout: float = 300.0) -> None:
@@ -164,7 +172,8 @@ class OwnerClient:
         params = urllib.parse.urlencode(
             {"table": table.rpartition(".")[2], "settings": orjson.dumps(settings or {}).decode()}
         )
-        self._post(f"/insert?{params}", insert_block)
+        for part in _parts(insert_block, INSERT_REQUEST_BYTES):
+            self._post(f"/insert?{params}", part)
 
     def close(self) -> None:
         with self._lock:
@@ -191,9 +200,27 @@ class OwnerClient:
         if response.status == HTTPStatus.OK:
             return data
         try:
-            message = str(orjson.loads(data).get("error"))
+            detail = orjson.loads(data)
+            message, code = str(detail.get("error")), detail.get("code")
         except (orjson.JSONDecodeError, AttributeError):
-            message = f"HTTP {response.status}"
-        if response.status == HTTPStatus.BAD_REQUEST:
-            raise DatabaseError(message)
-        raise OperationalError(message)
+            message, code = f"HTTP {response.status}", None
+        if response.status < HTTPStatus.INTERNAL_SERVER_ERROR:  # refused: the same fails again
+            raise ProgrammingError(f"the store's owner refused: {message}", code=code)
+        raise OperationalError(message, code=code)
+
+
+def _parts(block: bytes, limit: int) -> list[bytes]:
+    """``block`` (rows separated by newlines) in parts of at most ``limit`` bytes, cut
+    between rows; a row longer than ``limit`` travels alone."""
+    if len(block) <= limit:
+        return [block]
+    parts, start = [], 0
+    while start < len(block):
+        end = start + limit
+        if end < len(block):
+            cut = block.rfind(b"\n", start, end)
+            end = cut if cut > start else block.find(b"\n", end)
+            end = len(block) if end < 0 else end
+        parts.append(block[start:end])
+        start = end + 1
+    return parts

@@ -14,7 +14,8 @@ on 127.0.0.1 with a bearer token from the run file (mode 0600):
   sandbox whose rows come back typed, and a JSONEachRow insert into one of the
   join's tables with a few insert settings.
 
-A refusal of the sandbox is a 400 whose JSON names the rule (``reason``).
+A refusal of the sandbox is a 400 whose JSON names the rule (``reason``); a
+store that does not answer is a 503 (the caller waits and sends it again).
 """
 
 from __future__ import annotations
@@ -255,11 +256,12 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.server_ref.insert(table, block, settings)
         except ClickHouseError as exc:
-            err = store_error(exc, self.server_ref.settings)
-            return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(err), code=err.code)
+            return self._refused(store_error(exc, self.server_ref.settings))
         self._send(HTTPStatus.OK, b'{"ok":true}', "application/json")
 
     def _refused(self, exc: StoreError) -> None:
+        if exc.retriable:  # the store did not answer: the caller waits and sends it again
+            return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), code=exc.code)
         reason = exc.reason if isinstance(exc, SqlRefused) else None
         self._error(HTTPStatus.BAD_REQUEST, str(exc), code=exc.code, reason=reason)
 

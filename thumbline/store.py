@@ -14,14 +14,15 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from schemas import migrations
-from thumbline.errors import StoreError, StoreLocked
+from thumbline.errors import StoreError, StoreLocked, StoreUnavailable
+from thumbline.outages import transient
 from thumbline.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,13 +48,54 @@ def open_client(settings: Settings, *, readonly: bool = False) -> Client:
     if url.startswith("chdb://"):
         Path(url.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
     try:
-        return clickhouse_connect.get_client(dsn=url, **kwargs)
+        return with_faults(clickhouse_connect.get_client(dsn=url, **kwargs), settings)
     except ClickHouseError as exc:
         raise store_error(exc, settings) from None
 
 
+#: The fault switch of the store (in ``THUMBLINE_FAULT_DIR``, for tests of outages).
+STORE_DOWN = "store-down"
+
+
+class _Unanswered:
+    """A store client whose every call fails while ``switch`` exists, with the error a
+    ClickHouse server that does not answer gives (``OperationalError``)."""
+
+    def __init__(self, client: Client, switch: Path) -> None:
+        self._client = client
+        self._switch = switch
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr) or name in ("close", "close_connections"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._switch.exists():
+                raise OperationalError(
+                    f"Error connecting to the store: Connection refused "
+                    f"(fault injected: {self._switch} exists)"
+                )
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def with_faults(client: Client, settings: Settings) -> Client:
+    """``client``, or, with ``THUMBLINE_FAULT_DIR`` set (tests only), ``client`` behind
+    the store's fault switch: while ``<fault dir>/store-down`` exists, every call fails
+    as a store that does not answer, whatever path or thread it comes from."""
+    if settings.fault_dir is None:
+        return client
+    return cast(Client, _Unanswered(client, settings.fault_dir / STORE_DOWN))
+
+
 def store_error(exc: BaseException, settings: Settings | None = None) -> StoreError:
-    """Turn a driver error into a StoreError with the server's code, secrets removed."""
+    """Turn a driver error into a StoreError with the server's code, secrets removed.
+
+    :class:`StoreUnavailable` (retriable) when waiting can cure it (the store did
+    not answer: :func:`thumbline.outages.transient`).
+    """
     text = str(exc)
     if any(marker in text for marker in _LOCKED_MARKERS):
         where = settings.store_display if settings else "the chDB path"
@@ -64,7 +106,8 @@ def store_error(exc: BaseException, settings: Settings | None = None) -> StoreEr
     if settings is not None:
         text = settings.mask(text)
     match = _CODE.search(text)
-    return StoreError(text.strip(), code=int(match.group(1)) if match else None)
+    kind = StoreUnavailable if transient(exc) else StoreError
+    return kind(text.strip(), code=int(match.group(1)) if match else None)
 
 
 #: Migrations that change a table's sort key (ClickHouse cannot ALTER it): the

@@ -11,10 +11,14 @@ an embedded chDB store through its owner's loopback endpoint
 (:class:`thumbline.sqlclient.OwnerClient`) and a ClickHouse server directly.
 
 A helper dies with ``thumbline up`` (even by kill -9: ``PR_SET_PDEATHSIG``),
-stops cleanly on SIGTERM (flushes what is complete and commits), and is started
-again if it exits on its own. While it is down its partitions go to the other
-workers after the session timeout, and its unacknowledged input is replayed
-there: nothing is lost, and the tables' version keys make the replay count once.
+stops cleanly on SIGTERM (flushes what is complete and commits), waits out
+outages of Kafka and the store like the owner (:mod:`thumbline.outages`), and
+is started again if it exits on its own. One that fails on an error waiting
+cannot cure leaves the consumer group at once (its partitions move to the
+others now, not after the session timeout) and exits; one killed is noticed
+after the session timeout. Either way its unacknowledged input is replayed by
+the others: nothing is lost, and the tables' version keys make the replay
+count once.
 
 Run as ``python -m thumbline.workers`` by :class:`JoinHelpers` only: it reads
 its settings (secrets included) as JSON on stdin.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -194,8 +199,16 @@ async def run_helper(
         for wait in (failed, stopped):
             wait.cancel()
         if not stop.is_set():
-            logger.error("the join crashed (%r); exiting to be started again", failed.result())
-            raise SystemExit(1)
+            # A bug, not an outage (those are waited out). Leave the group first, so
+            # that the other workers take the partitions at once and replay what this
+            # one held; then exit without flushing or committing anything more.
+            logger.error(
+                "the join failed on an error that waiting cannot cure (%r): leaving the "
+                "consumer group and exiting, to be started again", failed.result(),
+            )  # fmt: skip
+            await app.abandon()
+            logging.shutdown()
+            os._exit(1)
     finally:
         await app.stop()
         if server is not None:

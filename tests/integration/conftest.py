@@ -8,6 +8,7 @@ database, dropped at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -138,17 +139,24 @@ class Up:
     data_dir: Path
 
 
-def start_up(thumbline_bin: str, env: dict[str, str], data_dir: Path) -> Up:
-    proc = subprocess.Popen(
-        [thumbline_bin, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def start_up(
+    thumbline_bin: str, env: dict[str, str], data_dir: Path, *, log: Path | None = None
+) -> Up:
+    """Start `thumbline up`; its stderr goes to ``log`` if given (a pipe nobody reads
+    fills up when a long run logs much), else to a pipe."""
+    with open(log, "a") if log is not None else contextlib.nullcontext() as sink:
+        proc = subprocess.Popen(
+            [thumbline_bin, "up"], env=env, stdout=subprocess.DEVNULL if sink else subprocess.PIPE,
+            stderr=sink or subprocess.PIPE, text=True,
+        )  # fmt: skip
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         info = runfile.read(data_dir / "run.json")
         if info is not None:
             return Up(proc, info, env, data_dir)
         if proc.poll() is not None:
-            raise AssertionError(f"thumbline up exited {proc.returncode}: {proc.stderr.read()}")
+            why = log.read_text() if log is not None else proc.stderr.read()  # type: ignore[union-attr]
+            raise AssertionError(f"thumbline up exited {proc.returncode}: {why}")
         time.sleep(0.1)
     proc.kill()
     raise AssertionError("thumbline up did not write its run file in 90 s")

@@ -16,8 +16,8 @@ ROUTES = {  # (method, path): the error statuses the route answers
     ("post", "/v1/feedback"): INGEST,
     ("post", "/v1/traces"): INGEST,
     ("post", "/v1/feedback/{shape}"): INGEST | {"404"},
-    ("get", "/v1/feedback"): {"401", "403", "422"},
-    ("get", "/v1/traces/{trace_id}"): {"401", "403", "404"},
+    ("get", "/v1/feedback"): {"401", "403", "422", "503"},  # 503: the store did not answer
+    ("get", "/v1/traces/{trace_id}"): {"401", "403", "404", "503"},
 }
 
 
