@@ -138,10 +138,11 @@ class Up:
     data_dir: Path
 
 
-def start_up(thumbline_bin: str, env: dict[str, str], data_dir: Path) -> Up:
+def start_up(thumbline_bin: str, env: dict[str, str], data_dir: Path, *args: str) -> Up:
     proc = subprocess.Popen(
-        [thumbline_bin, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [thumbline_bin, "up", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         info = runfile.read(data_dir / "run.json")
@@ -165,8 +166,9 @@ def stop(up: Up) -> None:
     for stream in (up.proc.stdout, up.proc.stderr):
         if stream:
             stream.close()
-    if up.info.broker_pid and runfile.pid_alive(up.info.broker_pid):
-        os.kill(up.info.broker_pid, signal.SIGKILL)
+    for pid in (up.info.broker_pid, up.info.storage_pid):
+        if pid and runfile.pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def run(thumbline_bin: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
