@@ -137,7 +137,7 @@ async def main() -> None:
         # a benchmark's setup: blocking the loop here measures nothing
         subprocess.run([thumbline, "migrate"], env=env, check=True, capture_output=True)  # noqa: ASYNC221
         key = subprocess.run(  # noqa: ASYNC221
-            [thumbline, "keys", "create", "--scope", "ingest", "--project", "bench"],
+            [thumbline, "keys", "create", "--scope", "ingest", "--project", "default"],
             env=env, check=True, capture_output=True, text=True,
         ).stdout.strip()  # fmt: skip
         gateway = subprocess.Popen(  # noqa: ASYNC220
