@@ -263,7 +263,7 @@ class SeaweedS3:
         self.stop()
         why = {403: "it refuses this data dir's credentials", 404: "the bucket was not created"}
         raise BrokerFailed(
-            f"SeaweedFS, the embedded broker's storage, was not ready in {timeout:.0f}s "
+            f"SeaweedFS, the embedded broker's storage, was not ready in {timeout:g}s "
             f"({why.get(status or 0, 'its S3 port did not answer')}): see "
             f"{self.log_path or 'its log'}. A slow disk: raise "
             "THUMBLINE_BROKER_START_TIMEOUT_SECONDS; or run the in-memory broker: "

@@ -14,12 +14,13 @@ import json
 import os
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import aiohttp
 
 from tests.conftest import unique
-from tests.integration.conftest import Up, gone, sql_rows, start_up, stop
+from tests.integration.conftest import Up, gone, run, sql_rows, start_up, stop
 from tests.integration.test_files import readable_by_others
 from thumbline import runfile
 
@@ -207,3 +208,20 @@ async def test_the_durable_broker_is_private_and_comes_back_when_a_process_dies(
         for pid in pids.values():  # the broker's processes since their restarts
             if runfile.pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_storage_too_slow_to_start_fails_saying_what_to_do_and_leaves_nothing(
+    thumbline_bin, clean_env, tmp_path
+):
+    data = tmp_path / "data"
+    env = {**clean_env, "THUMBLINE_DATA_DIR": str(data),
+           "THUMBLINE_BROKER_START_TIMEOUT_SECONDS": "0.05"}  # fmt: skip
+    result = run(thumbline_bin, env, "up")
+    assert result.returncode == 1
+    assert "SeaweedFS, the embedded broker's storage, was not ready in 0.05s" in result.stderr
+    assert "THUMBLINE_BROKER_START_TIMEOUT_SECONDS" in result.stderr
+    assert "thumbline up --memory" in result.stderr and str(data / "seaweedfs.log") in result.stderr
+    assert not (data / "run.json").exists()
+    assert sockets(ports(data)["s3.port"]) == []
+    left = subprocess.run(["pgrep", "-f", f"weed mini -dir={data}"], capture_output=True)
+    assert left.stdout == b""
