@@ -101,6 +101,12 @@ def _make_private(settings: Settings) -> None:
             logger.info("every file under %s is readable by its owner only", root)
 
 
+def _given_up(reason: str) -> str:
+    # Logged at once: stopping the stream may take long with its broker gone.
+    logger.error("%s; stopping thumbline up", reason)
+    return reason
+
+
 class Runtime:
     """The processes and endpoints of one ``thumbline up``; ``stop()`` is safe to call twice."""
 
@@ -305,7 +311,7 @@ class Runtime:
                 f" and {self.settings.data_dir / 'seaweedfs.log'}" if broker.durable else ""
             )
             if not broker.durable:
-                return (
+                return _given_up(
                     f"{dead} exited; it kept messages in memory, so those not yet in ClickHouse "
                     f"are lost (see {logs}). Restart thumbline up; without --memory the broker "
                     "is durable"
@@ -315,7 +321,7 @@ class Runtime:
             while restarts and restarts[0] < now - within:
                 restarts.popleft()
             if len(restarts) > most:
-                return (
+                return _given_up(
                     f"{dead} exited {len(restarts)} times in {within:.0f}s: see {logs}. "
                     "Nothing acknowledged is lost: fix the cause and restart thumbline up"
                 )
@@ -326,6 +332,6 @@ class Runtime:
             try:
                 await broker.revive(storage_seconds=self.settings.broker_start_timeout_seconds)
             except BrokerFailed as exc:
-                return f"{dead} exited and did not start again: {exc}"
+                return _given_up(f"{dead} exited and did not start again: {exc}")
             self._write_run_file()
             logger.warning("the embedded broker is back (%s)", broker.bootstrap)
