@@ -8,6 +8,7 @@ database, dropped at the end.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -169,6 +170,19 @@ def stop(up: Up) -> None:
     for pid in (up.info.broker_pid, up.info.storage_pid):
         if pid and runfile.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
+    remove_seaweed_sockets(up.data_dir)
+
+
+def remove_seaweed_sockets(data_dir: Path) -> None:
+    """SeaweedFS names Unix sockets in /tmp for its ports; a killed one leaves them behind."""
+    try:
+        saved = json.loads((data_dir / "broker" / "seaweedfs.json").read_text())
+    except (OSError, ValueError):
+        return
+    ports = {*saved.get("ports", {}).values(), saved.get("ports", {}).get("admin.port", 0) + 10_000}
+    for port in ports:
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
 
 
 def run(thumbline_bin: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
