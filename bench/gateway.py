@@ -12,7 +12,12 @@ Every run counts only events the gateway answered 202 for, and the topic is
 read back to check that they are all there. Then a fixed-rate run sends single
 events at ``--rate`` requests a second and reports latency percentiles.
 
+With ``--brokers memory durable`` all of it runs once on each embedded broker
+(in memory, then durable on a local SeaweedFS), each on its own broker, and
+the durable one's rates and latencies are also given as ratios to memory's.
+
     python bench/gateway.py --events 50000 --rate 200
+    python bench/gateway.py --brokers memory durable
 """
 
 from __future__ import annotations
@@ -34,12 +39,12 @@ import aiohttp
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_commit  # noqa: E402
+from common import STORAGES, embedded_broker, git_commit  # noqa: E402
 from producer_throughput import count_events, make_events  # noqa: E402
 
 from producers import FeedbackProducer  # noqa: E402
 from schemas import Topics  # noqa: E402
-from thumbline.broker import EmbeddedBroker, free_port  # noqa: E402
+from thumbline.broker import free_port  # noqa: E402
 from thumbline.kafka import ensure_topics  # noqa: E402
 
 
@@ -96,22 +101,12 @@ async def latency(url: str, key: str, bodies: list[bytes], rate: float) -> list[
     return out
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--single-events", type=int, default=5_000)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--rate", type=float, default=200.0, help="requests/s for latency")
-    parser.add_argument("--latency-seconds", type=float, default=15.0)
-    args = parser.parse_args()
-
-    events = make_events(args.events)
+async def measure(
+    args: argparse.Namespace, storage: str, events: list
+) -> tuple[list[tuple[str, int, float]], list[float]]:
+    """Every run on a fresh embedded broker of ``storage``: (rows, sorted latencies)."""
     rows = []
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker,
-    ):
+    with tempfile.TemporaryDirectory() as tmp, embedded_broker(storage, Path(tmp)) as broker:
         # baseline: the SDK straight to Kafka
         topics = Topics.build("kafka.", 8)
         await ensure_topics(broker.bootstrap, topics.all())
@@ -137,7 +132,7 @@ async def main() -> None:
         # a benchmark's setup: blocking the loop here measures nothing
         subprocess.run([thumbline, "migrate"], env=env, check=True, capture_output=True)  # noqa: ASYNC221
         key = subprocess.run(  # noqa: ASYNC221
-            [thumbline, "keys", "create", "--scope", "ingest", "--project", "bench"],
+            [thumbline, "keys", "create", "--scope", "ingest", "--project", "default"],
             env=env, check=True, capture_output=True, text=True,
         ).stdout.strip()  # fmt: skip
         gateway = subprocess.Popen(  # noqa: ASYNC220
@@ -175,22 +170,61 @@ async def main() -> None:
             gateway.terminate()
             gateway.wait(30)  # noqa: ASYNC221
 
-    today = f"{datetime.now(UTC):%Y-%m-%d}"
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs, {today}, commit {git_commit()}")
+    return rows, times
+
+
+def table(rows: list[tuple[str, int, float]], times: list[float], args) -> dict[str, float]:
+    """Print one broker's results; return its rates and latencies by name, for ratios."""
     print("\n| run | events accepted | seconds | events/s | ratio to kafka_sdk |")
     print("|---|---|---|---|---|")
     base_rate = rows[0][1] / rows[0][2]
+    figures = {}
     for name, count, seconds in rows:
         rate = count / seconds
+        figures[name] = rate
         print(f"| {name} | {count:,} | {seconds:.2f} | {rate:,.0f} | {rate / base_rate:.2f}x |")
 
     def pct(p: float) -> float:
         return times[min(len(times) - 1, int(p * len(times)))] * 1000
 
+    figures.update(p50=pct(0.5), p90=pct(0.9), p99=pct(0.99))
     print(f"\nLatency, single events at {args.rate:g} requests/s for {args.latency_seconds:g} s "
           f"({len(times)} requests): p50 {pct(0.5):.1f} ms, p90 {pct(0.9):.1f} ms, "
           f"p99 {pct(0.99):.1f} ms, max {times[-1] * 1000:.1f} ms, "
           f"mean {statistics.mean(times) * 1000:.1f} ms")  # fmt: skip
+    return figures
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--single-events", type=int, default=5_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=200.0, help="requests/s for latency")
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--brokers", nargs="+", default=["memory"], choices=STORAGES,
+        help="embedded broker storages to run on, in this order",
+    )  # fmt: skip
+    args = parser.parse_args()
+
+    events = make_events(args.events)
+    measured = {storage: await measure(args, storage, events) for storage in args.brokers}
+    today = f"{datetime.now(UTC):%Y-%m-%d}"
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, {today}, commit {git_commit()}")
+    figures = {}
+    for storage, (rows, times) in measured.items():
+        print(f"\n### broker: {storage}")
+        figures[storage] = table(rows, times, args)
+    if "memory" in figures:
+        for storage, values in figures.items():
+            if storage != "memory":
+                ratios = ", ".join(
+                    f"{name} {value / figures['memory'][name]:.2f}x"
+                    for name, value in values.items()
+                )
+                print(f"\nratio {storage} / memory: {ratios}")
     print(
         f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB"
     )

@@ -20,7 +20,13 @@ start-up and group join excluded, every event's work included). Variants:
   same join as a baseline: one event at a time, trace attributes in a Faust
   Table, pending feedback in a dict, rows inserted 1,000 at a time.
 
+With ``--brokers memory durable`` every variant runs once on each embedded
+broker (in memory, and durable on a local SeaweedFS), in this order, each on
+its own broker: the fill rate (the SDK producing with ``acks=all``) and the
+stream's rate (consuming, committing) show what durability costs.
+
     python bench/pipeline.py --feedback 50000 --baseline-feedback 50000 --budget 150
+    python bench/pipeline.py --variants thumbline --brokers memory durable --feedback 50000
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import git_commit  # bench/ is on sys.path when run as a script
+from common import STORAGES, embedded_broker, git_commit  # bench/ is on sys.path as a script
 
 from producers import FeedbackProducer
 from producers.loadgen import LoadGenerator, LoadSpec
@@ -291,45 +297,68 @@ def run_variant(
 
 def parent(args: argparse.Namespace) -> None:
     commit = git_commit()
-    with EmbeddedBroker() as broker:
-        results = {}
-        # The baseline first: run after the other on the same broker it was much slower.
-        runs = (
-            ("per_event", args.baseline_feedback),
-            ("thumbline", args.feedback),
-            ("thumbline-2", args.feedback),
+    by_broker = {}
+    for storage in args.brokers:
+        with tempfile.TemporaryDirectory(prefix="bench-broker-") as folder:
+            with embedded_broker(storage, Path(folder)) as broker:
+                by_broker[storage] = run_on(broker, storage, args)
+    if len(by_broker) > 1 and "memory" in by_broker:
+        for storage, results in by_broker.items():
+            for variant, result in results.items():
+                base = by_broker["memory"].get(variant)
+                if storage == "memory" or base is None:
+                    continue
+                ratio = {k: result[k] / base[k] for k in ("fill_per_s", "feedback_per_s",
+                                                            "steady_per_s")}  # fmt: skip
+                print(
+                    f"ratio {storage} / memory, {variant}: fill {ratio['fill_per_s']:.2f}x, "
+                    f"{ratio['feedback_per_s']:.2f}x including start-up, "
+                    f"{ratio['steady_per_s']:.2f}x from the first message"
+                )
+    print(f"\n{platform.machine()}, {datetime.now(UTC):%Y-%m-%d}, commit {commit}")
+
+
+def run_on(broker: EmbeddedBroker, storage: str, args: argparse.Namespace) -> dict:
+    """Every variant on one broker; prints a row each, returns their results by variant."""
+    results = {}
+    # The baseline first: run after the other on the same broker it was much slower.
+    runs = (
+        ("per_event", args.baseline_feedback),
+        ("thumbline", args.feedback),
+        ("thumbline-2", args.feedback),
+    )
+    for variant, n in [(v, n) for v, n in runs if v in args.variants]:
+        prefix = f"bench-{variant}-{n}."
+        asyncio.run(ensure_topics(broker.bootstrap, Topics.build(prefix, PARTITIONS).all()))
+        t = time.perf_counter()
+        asyncio.run(fill(broker.bootstrap, prefix, n, args.early))
+        fill_s = time.perf_counter() - t
+        result = run_variant(variant, broker.bootstrap, prefix, n, args.profile, args.budget)
+        done = result["rows"]
+        result.update(
+            n=n, fill_seconds=fill_s, feedback_per_s=done / result["total_seconds"],
+            steady_per_s=done / result["seconds"], fill_per_s=2 * n / fill_s,
+        )  # fmt: skip
+        results[variant] = result
+        print(
+            f"| {storage} | {variant} | {2 * n / fill_s:,.0f} | {n:,} | "
+            f"{done:,}{'' if result['complete'] else ' (budget out)'} | "
+            f"{result['total_seconds']:.1f} | {result['feedback_per_s']:,.0f} | "
+            f"{2 * result['feedback_per_s']:,.0f} | {result['steady_per_s']:,.0f} | "
+            f"{result['peak_rss_mb']:.0f} |",
+            flush=True,
         )
-        for variant, n in [(v, n) for v, n in runs if v in args.variants]:
-            prefix = f"bench-{variant}-{n}."
-            asyncio.run(ensure_topics(broker.bootstrap, Topics.build(prefix, PARTITIONS).all()))
-            t = time.perf_counter()
-            asyncio.run(fill(broker.bootstrap, prefix, n, args.early))
-            fill_s = time.perf_counter() - t
-            result = run_variant(variant, broker.bootstrap, prefix, n, args.profile, args.budget)
-            done = result["rows"]
-            result.update(
-                n=n, fill_seconds=fill_s, feedback_per_s=done / result["total_seconds"],
-                steady_per_s=done / result["seconds"],
-            )  # fmt: skip
-            results[variant] = result
-            print(
-                f"| {variant} | {n:,} | {done:,}{'' if result['complete'] else ' (budget out)'} | "
-                f"{result['total_seconds']:.1f} | {result['feedback_per_s']:,.0f} | "
-                f"{2 * result['feedback_per_s']:,.0f} | {result['steady_per_s']:,.0f} | "
-                f"{result['peak_rss_mb']:.0f} |",
-                flush=True,
-            )
-            if result.get("profile"):
-                print(result["profile"])
+        if result.get("profile"):
+            print(result["profile"])
     base = results.get("per_event")
     for variant, result in results.items():
         if base is not None and variant != "per_event":
             print(
-                f"ratio {variant} / per_event: "
+                f"ratio {variant} / per_event ({storage}): "
                 f"{result['feedback_per_s'] / base['feedback_per_s']:.1f}x including start-up, "
                 f"{result['steady_per_s'] / base['steady_per_s']:.1f}x from the first message"
             )
-    print(f"\n{platform.machine()}, {datetime.now(UTC):%Y-%m-%d}, commit {commit}")
+    return results
 
 
 def main() -> None:
@@ -339,6 +368,10 @@ def main() -> None:
     parser.add_argument("--early", type=float, default=0.1, help="share of traces sent late")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--brokers", nargs="+", default=["memory"], choices=STORAGES,
+        help="embedded broker storages to run every variant on, in this order",
+    )  # fmt: skip
     parser.add_argument("--child", dest="variant", choices=list(VARIANTS))
     parser.add_argument("--bootstrap")
     parser.add_argument("--prefix")
@@ -349,10 +382,10 @@ def main() -> None:
         child(args)
     else:
         print(
-            "| variant | feedback sent | rows written | seconds incl. start | feedback/s "
-            "| events/s | feedback/s from first message | peak RSS MB |"
+            "| broker | variant | fill events/s | feedback sent | rows written | seconds incl. "
+            "start | feedback/s | events/s | feedback/s from first message | peak RSS MB |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         parent(args)
 
 

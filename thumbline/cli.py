@@ -40,8 +40,8 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-def _settings() -> Settings:
-    settings = load_settings()
+def _settings(**overrides: Any) -> Settings:
+    settings = load_settings(**overrides)
     logs.configure(settings.log_level, settings.log_format)
     return settings
 
@@ -71,11 +71,19 @@ def up(
     demo: Annotated[
         bool, typer.Option("--demo", help="Also publish a gentle stream of demo feedback.")
     ] = False,
+    memory: Annotated[
+        bool,
+        typer.Option(
+            "--memory",
+            help="Keep the embedded broker's messages in memory (lost when it stops; starts "
+            "faster): for demos and benchmarks. Default: durable, under THUMBLINE_DATA_DIR.",
+        ),
+    ] = False,
 ) -> None:
     """Start the pipeline: broker (embedded unless configured), topics, store, stream, SQL."""
     from thumbline.runtime import Runtime
 
-    settings = _settings()
+    settings = _settings(**({"broker_storage": "memory"} if memory else {}))
 
     async def run() -> None:
         runtime = Runtime(settings)
@@ -111,11 +119,11 @@ async def _demo(settings: Settings, bootstrap: str, stop: asyncio.Event) -> None
 
 
 def _print_started(settings: Settings, started: Any) -> None:
-    kafka = started.bootstrap + (
-        "  (embedded Tansu: messages live in memory and are lost when it stops)"
-        if started.embedded_broker
-        else ""
-    )
+    kafka = started.bootstrap
+    if started.broker_storage == "durable":
+        kafka += f"  (embedded Tansu, durable in {started.broker_dir})"
+    elif started.embedded_broker:
+        kafka += "  (embedded Tansu, in memory: lost when it stops)"
     new = sum(1 for m in started.migrations if m.applied)
     lines = [
         "[bold green]thumbline is up[/bold green]",

@@ -25,6 +25,8 @@ class RunInfo:
     started_at: str
     metrics_url: str | None = None
     gateway_url: str | None = None
+    broker_storage: str | None = None  # "durable" or "memory" for the embedded broker
+    storage_pid: int | None = None  # SeaweedFS, under the durable embedded broker
 
 
 def write(path: Path, info: RunInfo) -> None:

@@ -1,23 +1,28 @@
 """``thumbline up``: everything the pipeline needs, in one process.
 
-Start order: the embedded broker (unless ``THUMBLINE_KAFKA_BOOTSTRAP`` is set),
+Start order: the embedded broker (unless ``THUMBLINE_KAFKA_BOOTSTRAP`` is set;
+durable by default: SeaweedFS first, then Tansu on it),
 the topics with their partition counts, the ClickHouse migrations, the stream
 jobs (which write to the store, so they run in the process that owns it), and
 the SQL endpoint for other processes when the store is an embedded chDB path,
 and the join helpers when ``stream_workers`` asks for them (they write through
 that endpoint). Then the run file is written so that the CLI finds all of it.
-Stop order is the reverse; the broker and the helpers also die with this
-process if it is killed.
+Stop order is the reverse; the broker, its storage and the helpers also die
+with this process if it is killed. While it runs, a durable embedded broker's
+process that exits is started again in place (see :meth:`Runtime.serve_until_signalled`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
 import signal
 import tempfile
+import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,12 +34,13 @@ from prometheus_client import CollectorRegistry
 from schemas.topics import Topics
 from thumbline import runfile
 from thumbline.broker import EmbeddedBroker
-from thumbline.errors import ConfigError, StreamFailed
+from thumbline.errors import BrokerFailed, ConfigError, StreamFailed
 from thumbline.files import make_private, private_umask
 from thumbline.gateway import GatewayProcess
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics, MetricsServer
 from thumbline.outages import Waits
+from thumbline.seaweed import SeaweedS3
 from thumbline.settings import Settings
 from thumbline.sqlserver import SqlServer
 from thumbline.store import AppliedMigration, apply_migrations, open_client
@@ -60,6 +66,8 @@ class Started:
     metrics_url: str | None = None
     gateway_url: str | None = None
     join_processes: int = 1
+    broker_storage: str | None = None  # the embedded broker's: "durable" or "memory"
+    broker_dir: Path | None = None  # where the durable one keeps its data
 
 
 def _own_temp_dir(path: Path) -> None:
@@ -75,6 +83,9 @@ def _own_temp_dir(path: Path) -> None:
 
 def _make_private(settings: Settings) -> None:
     """Close what an older version (or a shell's umask) left readable to other users."""
+    # SeaweedFS chmods its volumes' .vif files to 0644 in a 0700 folder (thumbline.seaweed):
+    # closed here without a warning, as after a kill -9 they may be.
+    make_private(settings.broker_dir)
     roots = [settings.data_dir.resolve()]
     if settings.store_is_chdb:  # THUMBLINE_CLICKHOUSE_URL may put the store elsewhere
         store = Path(settings.store_url.removeprefix("chdb://")).resolve()
@@ -91,6 +102,12 @@ def _make_private(settings: Settings) -> None:
             logger.info("every file under %s is readable by its owner only", root)
 
 
+def _given_up(reason: str) -> str:
+    # Logged at once: stopping the stream may take long with its broker gone.
+    logger.error("%s; stopping thumbline up", reason)
+    return reason
+
+
 class Runtime:
     """The processes and endpoints of one ``thumbline up``; ``stop()`` is safe to call twice."""
 
@@ -104,6 +121,7 @@ class Runtime:
         self._metrics_server: MetricsServer | None = None
         self._gateway: GatewayProcess | None = None
         self.helpers: JoinHelpers | None = None
+        self._run_info: runfile.RunInfo | None = None
         self.metrics = Metrics(CollectorRegistry())
         #: What the stream waits for (Kafka, the store): the gateway's /readyz reads it.
         self.waits = Waits(self.metrics, mask=settings.mask)
@@ -124,9 +142,12 @@ class Runtime:
             if s.kafka_bootstrap is None:
                 # Started on this (the main) thread on purpose: PR_SET_PDEATHSIG fires when
                 # the thread that spawned the broker exits, and a pool thread may exit early.
+                storage = None
+                if s.broker_storage == "durable":
+                    storage = SeaweedS3(s.broker_dir, log_path=s.data_dir / "seaweedfs.log")
                 self._broker = EmbeddedBroker(
-                    port=s.broker_port, log_path=s.data_dir / "broker.log"
-                ).start()
+                    port=s.broker_port, log_path=s.data_dir / "broker.log", storage=storage
+                ).start(storage_timeout=s.broker_start_timeout_seconds)
                 bootstrap = self._broker.bootstrap
             else:
                 bootstrap = s.kafka_bootstrap
@@ -160,21 +181,20 @@ class Runtime:
             if s.stream_workers > 1:
                 owner = (self._sql.url, self._sql.token) if self._sql else None
                 self.helpers = JoinHelpers(s, bootstrap, owner=owner, log_dir=s.data_dir).start()
-            runfile.write(
-                s.run_file,
-                runfile.RunInfo(
-                    pid=os.getpid(),
-                    bootstrap=bootstrap,
-                    embedded_broker=self._broker is not None,
-                    broker_pid=self._broker.pid if self._broker else None,
-                    store=s.store_display,
-                    sql_url=self._sql.url if self._sql else None,
-                    sql_token=self._sql.token if self._sql else None,
-                    metrics_url=self._metrics_server.url if self._metrics_server else None,
-                    gateway_url=self._gateway.url if self._gateway else None,
-                    started_at=datetime.now(UTC).isoformat(),
-                ),
+            self._run_info = runfile.RunInfo(
+                pid=os.getpid(),
+                bootstrap=bootstrap,
+                embedded_broker=self._broker is not None,
+                broker_pid=None,  # set by _write_run_file, as after a restart of the broker
+                store=s.store_display,
+                sql_url=self._sql.url if self._sql else None,
+                sql_token=self._sql.token if self._sql else None,
+                metrics_url=self._metrics_server.url if self._metrics_server else None,
+                gateway_url=self._gateway.url if self._gateway else None,
+                started_at=datetime.now(UTC).isoformat(),
+                broker_storage=self._broker_storage,
             )
+            self._write_run_file()
         except BaseException:
             await self.stop()
             raise
@@ -189,7 +209,27 @@ class Runtime:
             metrics_url=self._metrics_server.url if self._metrics_server else None,
             gateway_url=self._gateway.url if self._gateway else None,
             join_processes=s.stream_workers,
+            broker_storage=self._broker_storage,
+            broker_dir=s.broker_dir.resolve() if self._broker and self._broker.durable else None,
         )
+
+    def _write_run_file(self) -> None:
+        """Write the run file with the broker's current pids (they change when it is restarted)."""
+        if self._run_info is None:
+            return
+        broker = self._broker
+        info = dataclasses.replace(
+            self._run_info,
+            broker_pid=broker.pid if broker else None,
+            storage_pid=broker.storage.pid if broker and broker.storage else None,
+        )
+        runfile.write(self.settings.run_file, info)
+
+    @property
+    def _broker_storage(self) -> str | None:
+        if self._broker is None:
+            return None
+        return "durable" if self._broker.durable else "memory"
 
     async def stop(self) -> None:
         runfile.remove(self.settings.run_file, os.getpid())
@@ -218,22 +258,35 @@ class Runtime:
     async def serve_until_signalled(self) -> None:
         """Block until SIGINT or SIGTERM.
 
+        Meanwhile a durable embedded broker is kept up: when SeaweedFS or Tansu
+        exits, it is started again in place (until then producers get errors and
+        the gateway answers 503, never 202; nothing acknowledged is lost).
+
         Raises:
             StreamFailed: the stream met an error that waiting cannot cure (a
                 bug; outages of Kafka and the store are waited out); what it held
                 is replayed when thumbline up starts again.
+            BrokerFailed: the embedded broker exited and could not be kept up
+                (an in-memory one, or a durable one that kept dying).
         """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        stream_failed = broker_failed = None
         if self._stream is not None:
-            waits.append(asyncio.ensure_future(self._stream.wait_failed()))
+            stream_failed = asyncio.ensure_future(self._stream.wait_failed())
+            waits.append(stream_failed)
+        if self._broker is not None:
+            broker_failed = asyncio.ensure_future(self._keep_broker_up(self._broker))
+            waits.append(broker_failed)
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if waits[0] not in done and self._stream is not None:
-                reason = waits[1].result()
+            if broker_failed in done:
+                raise BrokerFailed(broker_failed.result())
+            if stream_failed in done and self._stream is not None:
+                reason = stream_failed.result()
                 await self._stream.abandon()
                 raise StreamFailed(
                     f"the stream stopped on an error that waiting cannot cure: {reason!r}. "
@@ -245,3 +298,48 @@ class Runtime:
                 wait.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+    async def _keep_broker_up(
+        self, broker: EmbeddedBroker, *, most: int = 3, within: float = 300.0
+    ) -> str:
+        """Start the embedded broker's exited processes again; return why it cannot be kept up.
+
+        An in-memory broker is not restarted: its messages and topics are gone,
+        and a worker on an empty broker would have it auto-create topics with
+        the wrong partition counts. A durable one is, up to ``most`` times in
+        ``within`` seconds (a process that keeps dying needs a person).
+        """
+        restarts: deque[float] = deque()
+        while True:
+            await asyncio.sleep(0.5)
+            dead = broker.exited()
+            if dead is None:
+                continue
+            logs = f"{self.settings.data_dir / 'broker.log'}" + (
+                f" and {self.settings.data_dir / 'seaweedfs.log'}" if broker.durable else ""
+            )
+            if not broker.durable:
+                return _given_up(
+                    f"{dead} exited; it kept messages in memory, so those not yet in ClickHouse "
+                    f"are lost (see {logs}). Restart thumbline up; without --memory the broker "
+                    "is durable"
+                )
+            now = time.monotonic()
+            restarts.append(now)
+            while restarts and restarts[0] < now - within:
+                restarts.popleft()
+            if len(restarts) > most:
+                return _given_up(
+                    f"{dead} exited {len(restarts)} times in {within:.0f}s: see {logs}. "
+                    "Nothing acknowledged is lost: fix the cause and restart thumbline up"
+                )
+            logger.warning(
+                "%s exited: starting it again on the same data (until it answers, producers get "
+                "errors and the gateway 503; nothing acknowledged is lost)", dead,
+            )  # fmt: skip
+            try:
+                await broker.revive(storage_seconds=self.settings.broker_start_timeout_seconds)
+            except BrokerFailed as exc:
+                return _given_up(f"{dead} exited and did not start again: {exc}")
+            self._write_run_file()
+            logger.warning("the embedded broker is back (%s)", broker.bootstrap)

@@ -167,6 +167,15 @@ class Settings(BaseSettings):
     )  # fmt: skip
 
     broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0: any free.")
+    broker_storage: Literal["durable", "memory"] = Field(
+        "durable",
+        description="The embedded broker's storage. durable: on a local SeaweedFS under data_dir "
+        "(acknowledged events survive a crash); memory: lost when it stops (demos, benchmarks).",
+    )
+    broker_start_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600,
+        description="How long thumbline up waits for the durable broker's storage to start.",
+    )  # fmt: skip
     sql_host: str = Field("127.0.0.1", description="Where the store owner serves SQL.")
     sql_max_seconds: float = Field(
         30.0, gt=0, le=3600, description="Longest a query of the SQL sandbox runs (then 400)."
@@ -202,6 +211,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("broker_storage", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -295,6 +309,11 @@ class Settings(BaseSettings):
     @property
     def embedded_broker(self) -> bool:
         return self.kafka_bootstrap is None
+
+    @property
+    def broker_dir(self) -> Path:
+        """Where the durable embedded broker keeps its data (SeaweedFS's files, credentials)."""
+        return self.data_dir / "broker"
 
     @property
     def store_url(self) -> str:

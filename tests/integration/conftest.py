@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -140,13 +141,14 @@ class Up:
 
 
 def start_up(
-    thumbline_bin: str, env: dict[str, str], data_dir: Path, *, log: Path | None = None
+    thumbline_bin: str, env: dict[str, str], data_dir: Path, *args: str, log: Path | None = None
 ) -> Up:
-    """Start `thumbline up`; its stderr goes to ``log`` if given (a pipe nobody reads
-    fills up when a long run logs much), else to a pipe."""
+    """Start `thumbline up` (``args``: its options); its stderr goes to ``log`` if given (a
+    pipe nobody reads fills up when a long run logs much), else to a pipe."""
     with open(log, "a") if log is not None else contextlib.nullcontext() as sink:
         proc = subprocess.Popen(
-            [thumbline_bin, "up"], env=env, stdout=subprocess.DEVNULL if sink else subprocess.PIPE,
+            [thumbline_bin, "up", *args], env=env,
+            stdout=subprocess.DEVNULL if sink else subprocess.PIPE,
             stderr=sink or subprocess.PIPE, text=True,
         )  # fmt: skip
     deadline = time.monotonic() + 90
@@ -173,8 +175,22 @@ def stop(up: Up) -> None:
     for stream in (up.proc.stdout, up.proc.stderr):
         if stream:
             stream.close()
-    if up.info.broker_pid and runfile.pid_alive(up.info.broker_pid):
-        os.kill(up.info.broker_pid, signal.SIGKILL)
+    for pid in (up.info.broker_pid, up.info.storage_pid):
+        if pid and runfile.pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    remove_seaweed_sockets(up.data_dir)
+
+
+def remove_seaweed_sockets(data_dir: Path) -> None:
+    """SeaweedFS names Unix sockets in /tmp for its ports; a killed one leaves them behind."""
+    try:
+        saved = json.loads((data_dir / "broker" / "seaweedfs.json").read_text())
+    except (OSError, ValueError):
+        return
+    ports = {*saved.get("ports", {}).values(), saved.get("ports", {}).get("admin.port", 0) + 10_000}
+    for port in ports:
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
 
 
 def run(thumbline_bin: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -25,14 +25,29 @@ def up(thumbline_bin, env, tmp_path) -> Iterator[Up]:
     stop(running)
 
 
-def test_up_prints_where_everything_is_and_says_messages_live_in_memory(up):
+def test_up_prints_where_everything_is_and_that_the_broker_is_durable(up):
     up.proc.send_signal(signal.SIGTERM)
     printed, _ = up.proc.communicate(timeout=30)
     assert up.proc.returncode == 0
-    assert f"Kafka       {up.info.bootstrap}" in printed
-    assert "messages live in memory and are lost when it stops" in printed
+    assert up.info.broker_storage == "durable" and up.info.storage_pid is not None
+    broker_dir = up.data_dir.resolve() / "broker"
+    assert f"Kafka       {up.info.bootstrap}  (embedded Tansu, durable in {broker_dir})" in printed
     assert f"ClickHouse  chdb://{up.data_dir.resolve() / 'chdb'}" in printed
     assert f"SQL         {up.info.sql_url}/sql" in printed
+
+
+def test_up_memory_keeps_messages_in_memory_and_says_so(thumbline_bin, env, tmp_path):
+    up = start_up(thumbline_bin, env, tmp_path / "data", "--memory")
+    try:
+        up.proc.send_signal(signal.SIGTERM)
+        printed, _ = up.proc.communicate(timeout=30)
+        assert up.proc.returncode == 0
+        assert "(embedded Tansu, in memory: lost when it stops)" in printed
+        assert up.info.broker_storage == "memory" and up.info.storage_pid is None
+        assert not (up.data_dir / "broker").exists()
+        assert up.info.broker_pid is not None and gone(up.info.broker_pid)
+    finally:
+        stop(up)
 
 
 def test_sql_answers_while_up_runs(thumbline_bin, up):
@@ -132,6 +147,7 @@ def test_sigterm_stops_everything(up):
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(30) == 0
     assert up.info.broker_pid is not None and gone(up.info.broker_pid)
+    assert up.info.storage_pid is not None and gone(up.info.storage_pid)
     assert not (up.data_dir / "run.json").exists()
 
 
@@ -139,6 +155,7 @@ def test_kill_9_takes_the_broker_down_too_and_the_store_opens_again(thumbline_bi
     os.kill(up.proc.pid, signal.SIGKILL)
     up.proc.wait(10)
     assert up.info.broker_pid is not None and gone(up.info.broker_pid)
+    assert up.info.storage_pid is not None and gone(up.info.storage_pid)
     after = run(
         thumbline_bin, up.env, "sql", "SELECT count() AS n FROM thumbline.traces", "-f", "json"
     )

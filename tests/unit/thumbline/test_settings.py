@@ -28,6 +28,17 @@ def test_defaults_are_the_embedded_pipeline(tmp_path, monkeypatch):
     assert (s.topic_prefix, s.partitions, s.clickhouse_database) == ("thumbline.", 8, "thumbline")
 
 
+def test_the_embedded_broker_is_durable_unless_memory_is_asked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().broker_storage == "durable"
+    assert load_settings().broker_dir == Path(".thumbline") / "broker"
+    monkeypatch.setenv("THUMBLINE_BROKER_STORAGE", " Memory ")
+    assert load_settings().broker_storage == "memory"
+    monkeypatch.setenv("THUMBLINE_BROKER_STORAGE", "disk")
+    with pytest.raises(ConfigError, match="THUMBLINE_BROKER_STORAGE: .*'durable' or 'memory'"):
+        load_settings()
+
+
 def test_values_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("THUMBLINE_KAFKA_BOOTSTRAP", "kafka-1:9092, kafka-2:9092")
     monkeypatch.setenv("THUMBLINE_PARTITIONS", "16")
