@@ -8,17 +8,20 @@ and counted at its event time, as the stream does.
 
 - ``steady``: hours of traffic with 10% bad feedback and no spike; every
   firing is a false alarm.
-- ``spike``: 90 minutes of steady traffic, then the load generator's spike
-  (``bad_share`` on one project) for 20 minutes, then 40 minutes more; the
-  delay is from the spike's start to the firing alert's time, and from its end
-  to the resolved alert.
+- ``spike``: 90 minutes of steady traffic (10% bad), then the load
+  generator's spike (``--share`` bad, on one project) for 20 minutes, then 60
+  minutes of traffic at each ``--after`` bad share; the delay is from the
+  spike's start to the firing alert's time, and from its end to the resolved
+  alert.
 
-    python bench/alert_detection.py --rate 20 --hours 24 --seeds 5
+    python bench/alert_detection.py --rate 20 --hours 24 --seeds 5 --share 0.8 --after 0.1 0.4
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import platform
 import statistics
 import sys
@@ -40,8 +43,10 @@ T0 = 1_795_000_020.0  # a minute boundary
 WINDOW = 60.0
 
 
-def simulate(spec: LoadSpec, seconds: int) -> tuple[list[Alert], int]:
-    """Run ``seconds`` of traffic at ``spec.rate`` per second; the alerts and the event count."""
+def simulate(spec: LoadSpec, seconds: int, after: float | None = None) -> tuple[list[Alert], int]:
+    """Run ``seconds`` of traffic at ``spec.rate`` per second; the alerts and the event count.
+
+    ``after``: the bad share once the spike has ended (default: as before it)."""
     clock = [T0]
     rates = RateState(window=WINDOW, sliding=(300,), lateness=30, history=4 * 3600 + 3900,
                       clock=lambda: clock[0])  # fmt: skip
@@ -52,6 +57,8 @@ def simulate(spec: LoadSpec, seconds: int) -> tuple[list[Alert], int]:
     carry = 0.0
     events = 0
     for second in range(seconds):
+        if after is not None and spec.spike and second == int(spec.spike.end):
+            gen.spec = dataclasses.replace(gen.spec, bad_share=after)
         carry += spec.rate
         n, carry = int(carry), carry - int(carry)
         rows = []
@@ -65,7 +72,7 @@ def simulate(spec: LoadSpec, seconds: int) -> tuple[list[Alert], int]:
         events += n
         clock[0] = T0 + second + 1
         rates.apply(rows)
-        for ended in rates.advance():
+        for ended in rates.advance(clock[0], {}):  # the join keeps up: the watermark is now
             if ended.first_time:
                 alerts.extend(detector.evaluate(rates, ended.start + WINDOW, clock[0]))
         if second % 600 == 0:
@@ -80,26 +87,31 @@ def steady(rate: float, hours: float, seed: int) -> tuple[int, float]:
     return sum(1 for a in alerts if a.state == "firing"), hours
 
 
-def spike(rate: float, seed: int, share: float) -> dict[str, float | None]:
+def spike(rate: float, seed: int, share: float, after: float) -> dict[str, float | None]:
     start, end = 90 * 60, 110 * 60
     spec = LoadSpec(
         rate=rate, projects=3, environments=2, models=2, capabilities=2, bad_share=0.1,
         seed=seed, run_id=f"spike{seed}",
         spike=Spike(start=start, end=end, bad_share=share, project="project-0"),
     )  # fmt: skip
-    alerts, _ = simulate(spec, 150 * 60)
+    alerts, _ = simulate(spec, 170 * 60, after)
     on = [a for a in alerts if a.project == "project-0"]
     others = [a for a in alerts if a.project != "project-0" and a.state == "firing"]
     fired = next((a for a in on if a.state == "firing"), None)
-    resolved = next((a for a in on if a.state == "resolved"), None)
     episodes: dict[tuple[str, ...], int] = {}
+    last: dict[str, Alert] = {}  # each episode's latest state
     for a in on:
+        last[a.alert_id] = a
         if a.state == "firing":
             key = (a.rule, a.environment, a.model, a.capability)
             episodes[key] = episodes.get(key, 0) + 1
+    all_resolved = bool(last) and all(a.state == "resolved" for a in last.values())
     return {
         "detect_s": fired.at.timestamp() - (T0 + start) if fired else None,
-        "resolve_s": resolved.at.timestamp() - (T0 + end) if resolved else None,
+        # when the last of the spike's alerts resolved; None if one still fires at the end
+        "resolve_s": max(a.at.timestamp() for a in last.values()) - (T0 + end)
+        if all_resolved
+        else None,
         "alerts": len(episodes),  # one per rule and dimension set that saw the spike
         "refired": sum(1 for n in episodes.values() if n > 1),
         "false_elsewhere": len(others),
@@ -114,29 +126,32 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--share", type=float, nargs="+", default=[0.3, 0.5],
                         help="bad share inside the spike (steady: 0.1)")  # fmt: skip
+    parser.add_argument("--after", type=float, nargs="+", default=[0.1],
+                        help="bad share after the spike (60 minutes)")  # fmt: skip
     args = parser.parse_args()
     commit = git_commit()
     began = time.perf_counter()
-    print("| rate/s | spike bad share | seeds | detected | detection delay s (median, max) "
-          "| in windows (median) | resolved after end s (median) | alerts per spike (median) "
-          "| re-fired | firings elsewhere |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for rate in args.rate:
-        for share in args.share:
-            runs = [spike(rate, seed, share) for seed in range(args.seeds)]
-            delays = [r["detect_s"] for r in runs if r["detect_s"] is not None]
-            resolves = [r["resolve_s"] for r in runs if r["resolve_s"] is not None]
-            repeat = sum(int(r["refired"] or 0) for r in runs)
-            per_spike = statistics.median(float(r["alerts"] or 0) for r in runs)
-            others = sum(int(r["false_elsewhere"] or 0) for r in runs)
-            med = statistics.median(delays) if delays else float("nan")
-            print(
-                f"| {rate:g} | {share:g} | {args.seeds} | {len(delays)}/{args.seeds} | {med:.0f}, "
-                f"{max(delays) if delays else float('nan'):.0f} | {med / WINDOW:.1f} | "
-                f"{statistics.median(resolves) if resolves else float('nan'):.0f} | "
-                f"{per_spike:g} | {repeat} | {others} |",
-                flush=True,
-            )
+    print("| rate/s | spike bad share | after | seeds | detected | detection delay s (median, max) "
+          "| in windows (median) | resolved | resolved after end s (median, max) "
+          "| alerts per spike (median) | re-fired | firings elsewhere |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for rate, share, after in itertools.product(args.rate, args.share, args.after):
+        runs = [spike(rate, seed, share, after) for seed in range(args.seeds)]
+        delays = [r["detect_s"] for r in runs if r["detect_s"] is not None]
+        resolves = [r["resolve_s"] for r in runs if r["resolve_s"] is not None]
+        repeat = sum(int(r["refired"] or 0) for r in runs)
+        per_spike = statistics.median(float(r["alerts"] or 0) for r in runs)
+        others = sum(int(r["false_elsewhere"] or 0) for r in runs)
+        med = statistics.median(delays) if delays else float("nan")
+        print(
+            f"| {rate:g} | {share:g} | {after:g} | {args.seeds} | {len(delays)}/{args.seeds} "
+            f"| {med:.0f}, {max(delays) if delays else float('nan'):.0f} | "
+            f"{med / WINDOW:.1f} | {len(resolves)}/{args.seeds} | "
+            f"{statistics.median(resolves) if resolves else float('nan'):.0f}, "
+            f"{max(resolves) if resolves else float('nan'):.0f} | "
+            f"{per_spike:g} | {repeat} | {others} |",
+            flush=True,
+        )
     print()
     print("| rate/s | hours of steady traffic | false alarms | per hour |")
     print("|---|---|---|---|")

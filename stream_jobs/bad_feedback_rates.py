@@ -148,7 +148,10 @@ def contribution(row: dict[str, Any], window: float) -> tuple[EventKey, Contribu
 @dataclass(slots=True)
 class _Window:
     counts: dict[Dims, Counts] = field(default_factory=lambda: defaultdict(Counts))
-    samples: dict[Dims, list[tuple[str, str]]] = field(default_factory=lambda: defaultdict(list))
+    #: bad rows for alerts: (identity, trace_id, comment), at most MAX_SAMPLES a dimension set
+    samples: dict[Dims, list[tuple[EventKey, str, str]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     complete: bool = False  # written and judged; its events are no longer held
     events: set[EventKey] = field(default_factory=set)  # counted here, while open
     #: enriched partition -> highest offset of a row counted here (stored before completing)
@@ -273,7 +276,7 @@ class RateState:
                 self.cells += 1
             w.counts[dims].add(c.counts)
             if c.sample is not None and len(w.samples[dims]) < MAX_SAMPLES:
-                w.samples[dims].append(c.sample)
+                w.samples[dims].append((event_id, *c.sample))
 
     def _remove(self, event_id: EventKey, c: Contribution) -> None:
         w = self.windows.get(c.start)
@@ -283,6 +286,8 @@ class RateState:
         w.events.discard(event_id)
         for dims in c.dims:
             w.counts[dims].add(c.counts, -1)
+            if c.sample is not None and dims in w.samples:  # retracted or changed: not a sample
+                w.samples[dims] = [x for x in w.samples[dims] if x[0] != event_id]
 
     def restore_counts(self, start: float, dims: Dims, counts: Counts, *, recent: bool) -> None:
         """Counts of a window written before a restart, read back from the store: history
@@ -409,8 +414,8 @@ class RateState:
         return {d for s, w in self.windows.items() if start <= s < end for d in w.counts}
 
     def samples(self, dims: Dims, start: float, end: float) -> list[tuple[str, str]]:
-        found = [x for s, w in self.windows.items() if start <= s < end
-                 for x in w.samples.get(dims, ())]  # fmt: skip
+        found = [(trace_id, comment) for s, w in self.windows.items() if start <= s < end
+                 for _, trace_id, comment in w.samples.get(dims, ())]  # fmt: skip
         found.sort(key=lambda x: not x[1])  # those with a comment first
         return found[:MAX_SAMPLES]
 

@@ -37,7 +37,14 @@ from aiokafka import AIOKafkaProducer
 
 from schemas import Alert, RateWindow, Topics
 from stream_jobs.bad_feedback_rates import ALL, Ended, RateState
-from stream_jobs.rates_store import latest_alerts, read_windows, recompute_span, restore_rates
+from stream_jobs.rates_store import (
+    alert_rows,
+    latest_alerts,
+    read_windows,
+    recompute_span,
+    restore_rates,
+    unpublished_alerts,
+)
 from stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
 from stream_jobs.spike_alerts import SpikeDetector
 from stream_jobs.webhooks import WebhookNotifier
@@ -175,9 +182,12 @@ class RatesJob:
                     )
             windows: list[RateWindow] = [row for e in ended for row in e.rows]
             self.sink.add_json("feedback_rates", [w.to_json() for w in windows])
-            self.sink.add_json("alerts", [a.to_json() for a in alerts])
+            self.sink.add_json("alerts", alert_rows(alerts, published=False))  # the outbox
             await self._write()
             await self._publish(windows, alerts)
+            if alerts:  # sent: a restart does not send them again
+                self.sink.add_json("alerts", alert_rows(alerts, published=True))
+                await self._write()
             self._observe(ended, alerts)
             if recomputed is not None:
                 self._recomputed()
@@ -272,7 +282,14 @@ class RatesJob:
             self._reported[name] = value
 
     async def restore(self, client: StoreClient, database: str) -> None:
-        """Rebuild windows and alert state from ClickHouse (call before consuming)."""
+        """Rebuild windows and alert state from ClickHouse, and send the alert state changes
+        a crash kept from being sent (call before consuming, with the producer started)."""
         await asyncio.to_thread(restore_rates, self.rates, client, database, now=time.time())
         found = await asyncio.to_thread(latest_alerts, client, database)
         self.detector.restore(found)
+        unsent = await asyncio.to_thread(unpublished_alerts, client, database)
+        if unsent:
+            logger.warning("sending %d alert state changes stored before a crash", len(unsent))
+            await self._publish([], unsent)
+            self.sink.add_json("alerts", alert_rows(unsent, published=True))
+            await self._write()

@@ -14,6 +14,9 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
+from schemas import Alert
 from stream_jobs.bad_feedback_rates import Counts, Dims, RateState
 from stream_jobs.sink import StoreClient
 
@@ -125,6 +128,36 @@ def restore_rates(rates: RateState, client: StoreClient, database: str, *, now: 
         "rates restored: %d stored windows, %d events since %s",
         len(stored), len(rows), datetime.fromtimestamp(replay_from, UTC).isoformat(),
     )  # fmt: skip
+
+
+def unpublished_alerts(client: StoreClient, database: str) -> list[Alert]:
+    """Alert state changes stored but not yet sent (a crash came between), oldest first."""
+    result = client.query(
+        f"SELECT * EXCEPT (published, inserted_at) FROM {database}.alerts FINAL "  # noqa: S608
+        "WHERE published = 0 ORDER BY at"
+    )
+    out = []
+    for values in result.result_rows:
+        row = dict(zip(result.column_names, values, strict=True))
+        for name in ("window_start", "window_end", "at"):
+            if isinstance(row[name], datetime) and row[name].tzinfo is None:
+                row[name] = row[name].replace(tzinfo=UTC)
+        out.append(Alert.model_validate(row))
+    return out
+
+
+def alert_rows(alerts: Sequence[Alert], *, published: bool) -> list[bytes]:
+    """``alerts`` as rows of the table: unpublished, or published (one version later)."""
+    return [
+        orjson.dumps(
+            {
+                **orjson.loads(a.to_json()),
+                "published": int(published),
+                "version": a.version + int(published),
+            }
+        )  # fmt: skip
+        for a in alerts
+    ]
 
 
 def latest_alerts(client: StoreClient, database: str) -> list[dict[str, Any]]:

@@ -16,12 +16,16 @@ seconds before the window). It fires only when all of these hold:
 So 2 bad out of 2 never pages anyone: ``min_total`` stops it first, and its
 Wilson lower bound at z=3 is only 0.18.
 
-Hysteresis: one ``firing`` event when it starts (the lower bound clears the
-bar); one ``resolved`` event after ``resolve_after`` windows in a row whose
-rate itself is back under the bar (judged, while it
-fires, against the baseline from before the onset, so that a long spike does
-not become its own baseline); then ``cooldown``
-seconds before the same rule and dimensions can fire again. The state lives in
+Hysteresis: one ``firing`` event when it starts (the lower bound at ``z``
+clears the bar); it holds while a window has at least ``min_total`` feedback
+and its lower bound at the looser ``hold_z`` (1.5) still clears the bar, and
+one ``resolved`` event comes after ``resolve_after`` windows in a row that do
+not: the rate is back within the baseline's band, or too little feedback
+came to say otherwise. While it fires it is judged against the baseline from
+before the onset, so that a long spike does not become its own baseline; but
+after ``max_age`` (30 minutes) against the trailing baseline again, so a rate
+that settles at a new level ends the episode instead of firing forever. Then
+``cooldown`` seconds before the same rule and dimensions can fire again. The state lives in
 the ``alerts`` table too, so a restarted worker knows what is firing and does
 not fire it again (:meth:`SpikeDetector.restore`).
 
@@ -38,7 +42,9 @@ Rules come from a TOML file (``THUMBLINE_ALERT_RULES``); without one,
     min_ratio = 2.0
     min_delta = 0.10
     z = 3.0
+    hold_z = 1.5
     resolve_after = 2
+    max_age = 1800
     cooldown = 600
     projects = ["checkout"]       # optional: only these projects
     threshold = 0.5               # optional: an absolute bar, whatever the baseline
@@ -86,7 +92,9 @@ class AlertRule(BaseModel):
     threshold: float | None = Field(None, gt=0.0, le=1.0)
     prior_rate: float = Field(0.1, ge=0.0, le=1.0)
     prior_total: int = Field(50, ge=0)
+    hold_z: float = Field(1.5, gt=0)
     resolve_after: int = Field(2, ge=1)
+    max_age: float = Field(1800.0, gt=0)
     cooldown: float = Field(600.0, ge=0)
     projects: tuple[str, ...] = ()
     snooze_until: datetime | None = None
@@ -147,7 +155,7 @@ def wilson_bounds(bad: int, total: int, z: float) -> tuple[float, float]:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     breach: bool  # significantly above the bar: starts an alert
-    elevated: bool  # at or above the bar at all: keeps a firing alert from resolving
+    held: bool  # above the bar at hold_z, with enough feedback: keeps a firing alert
     rate: float
     baseline: float
     lower: float
@@ -163,8 +171,10 @@ def judge(rule: AlertRule, window: Counts, baseline: Counts) -> Verdict:
     if rule.threshold is not None:
         bar = min(bar, rule.threshold)
     enough = window.total >= rule.min_total and window.bad >= rule.min_bad
-    elevated = window.total > 0 and window.bad_rate > bar
-    return Verdict(enough and lower > bar, elevated, window.bad_rate, base_rate, lower, window)
+    held = window.total >= rule.min_total and wilson_bounds(
+        window.bad, window.total, rule.hold_z
+    )[0] > bar  # fmt: skip
+    return Verdict(enough and lower > bar, held, window.bad_rate, base_rate, lower, window)
 
 
 @dataclass(slots=True)
@@ -206,7 +216,9 @@ class SpikeDetector:
                 window = rates.total(dims, start, end)
                 # While firing, compare with the baseline before the onset: a trailing
                 # one would absorb a long spike and resolve it while it still goes on.
-                until = track.onset if track.firing and track.onset else start
+                # Past max_age, with the trailing one: a new level ends the episode.
+                young = track.firing and track.onset and end - track.onset < rule.max_age
+                until = track.onset if young else start
                 baseline = rates.total(dims, until - rule.baseline, until)
                 verdict = judge(rule, window, baseline)
                 if key not in self.tracks and not self._room(track, verdict, now):
@@ -237,7 +249,7 @@ class SpikeDetector:
             track.firing, track.onset, track.quiet = True, start, 0
             track.alert_id = alert_id(rule.name, dims, start)
             return _alert(rule, dims, track, AlertState.FIRING, verdict, start, end, now, rates)
-        if verdict.breach or verdict.elevated:
+        if verdict.breach or verdict.held:
             track.quiet = 0
             return None
         track.quiet += 1

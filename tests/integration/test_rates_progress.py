@@ -19,11 +19,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from schemas import Topics
+from schemas import Alert, Topics
 from stream_jobs.app import StreamApp
 from stream_jobs.join_traces import JoinTracesJob
+from stream_jobs.rates_store import alert_rows
+from stream_jobs.sink import ClickHouseSink
 from tests.conftest import unique
-from tests.integration.conftest import rate_mismatches
+from tests.integration.conftest import consume, rate_mismatches
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics
 from thumbline.settings import load_settings
@@ -146,3 +148,24 @@ async def test_a_backfill_of_last_month_into_a_fresh_store_gives_last_months_win
         assert not [a for a in app.rates.alerts if a.window_start.timestamp() < month_ago + 3600]
     finally:
         store.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+async def test_an_alert_stored_but_not_sent_before_a_crash_is_sent_at_start(
+    start_app, broker, store, store_settings
+):
+    db, alert_id = store_settings.clickhouse_database, unique("alert")
+    now = datetime.now(UTC)
+    alert = Alert.model_validate({
+        "project": "outbox", "environment": "prod", "model": "m", "capability": "*",
+        "window_seconds": 60, "window_start": now, "window_end": now, "alert_id": alert_id,
+        "rule": "bad-rate-spike", "state": "firing", "bad_rate": 0.5, "baseline_rate": 0.1,
+        "bad": 50, "total": 100, "at": now, "version": int(now.timestamp() * 1000),
+    })  # fmt: skip
+    sink = ClickHouseSink(store, db)  # as the rates job stores it, killed before it sent it
+    sink.add_json("alerts", alert_rows([alert], published=False))
+    sink.flush()
+    app = await start_app()
+    sent = await consume(broker.bootstrap, [app.topics.alerts.name], events=1, timeout=20)
+    assert [e["alert_id"] for _, _, events in sent for e in events] == [alert_id]
+    published = f"SELECT published FROM {db}.alerts FINAL WHERE alert_id = '{alert_id}'"
+    assert store.query(published).result_rows == [(1,)]

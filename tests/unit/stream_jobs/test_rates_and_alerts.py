@@ -193,6 +193,13 @@ class TestWindows:
         assert rates.dirty.keys() == {T0}
         assert written(rates.advance(T0 + 150, {}))[(60, T0 + 60)] == 0
 
+    def test_a_retracted_or_changed_bad_row_is_no_longer_a_sample(self, rates):
+        rates.apply([row(T0 + 1, event_id="a", comment="wrong"), row(T0 + 2, event_id="b")])
+        rates.apply([row(T0 + 1, event_id="a", version=2, retracted=True)])
+        rates.apply([row(T0 + 2, "good", event_id="b", version=2)])
+        rates.apply([row(T0 + 3, event_id="c", comment="still wrong")])
+        assert [c for _, c in rates.samples(BY_MODEL, T0, T0 + 60)] == ["still wrong"]
+
     def test_sliding_windows_sum_the_base_windows(self, rates):
         for minute in range(5):
             rates.apply([row(T0 + minute * 60 + 1) for _ in range(minute + 1)])
@@ -335,6 +342,31 @@ class TestDetector:
         minute(rates, clock, start, 30, 60)  # a new spike within the 5-minute cooldown
         assert again.evaluate(rates, start + 60, clock.now) == []
         assert first.evaluate(rates, start + 60, clock.now) == []  # as without the restart
+
+    def test_after_the_spike_too_little_feedback_resolves_it(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
+        detector = SpikeDetector((self.RULE,))
+        alerts = self.run(rates, clock, detector, [3] * 10 + [30] * 2)
+        for m in range(12, 15):  # a trickle: 10 a minute, all bad, under min_total (20)
+            minute(rates, clock, T0 + m * 60, 10, 10)
+            alerts += detector.evaluate(rates, T0 + m * 60 + 60, clock.now)
+        assert [a.state for a in alerts] == ["firing", "resolved"]
+
+    def test_a_rate_that_settles_at_a_new_level_resolves_after_the_maximum_age(self, clock):
+        rule = self.RULE.model_copy(update={"max_age": 600})
+        rates = RateState(window=60, sliding=(), lateness=0, history=7200, clock=clock)
+        detector = SpikeDetector((rule,))
+        # 5% bad, a spike at 80%, then 40% for good: four times the old baseline
+        alerts = self.run(rates, clock, detector, [3] * 10 + [48] * 3 + [24] * 20)
+        states = [(a.state, a.window_start.timestamp()) for a in alerts]
+        assert [state for state, _ in states] == ["firing", "resolved"]
+        assert states[1][1] - states[0][1] <= 600 + 3 * 60  # within the age and two windows
+
+    def test_a_spike_that_dips_a_little_holds(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
+        detector = SpikeDetector((self.RULE,))
+        alerts = self.run(rates, clock, detector, [3] * 10 + [30, 20, 30, 20, 30] + [3] * 4)
+        assert [a.state for a in alerts] == ["firing", "resolved"]  # one episode, not three
 
     def test_only_tracks_with_state_are_kept(self, clock):
         rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
@@ -479,9 +511,12 @@ class TestRatesJob:
                                        for i in range(60)], offset=m)])  # fmt: skip
         await job.handle([marker(T0 + 18 * 60, durable=17)])  # a stalled stream catches up
         await job.tick()
-        changes = [(a["state"], a["at"]) for a in job.sink.rows["alerts"]]
+        rows = job.sink.rows["alerts"]
+        changes = [(a["state"], a["at"]) for a in rows if not a["published"]]
         assert [state for state, _ in changes] == ["firing", "resolved"]
         assert changes[0][1] < changes[1][1]  # the store's latest state is the resolved one
+        sent = [(a["state"], a["version"]) for a in rows if a["published"]]  # once Kafka had them
+        assert sent == [(a["state"], a["version"] + 1) for a in rows if not a["published"]]
 
 
 class TestRulesFile:
