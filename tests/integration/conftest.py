@@ -306,29 +306,24 @@ def rate_mismatches(
         "SELECT window_seconds, toUnixTimestamp(window_start), project, environment, model, "
         f"capability, good, bad, neutral, implicit FROM {db}.feedback_rates FINAL WHERE {where}"
     )
-
-    def counts(size: int, start: float, dims: tuple[str, str, str, str]) -> tuple[int, ...]:
-        got = [0, 0, 0, 0]
-        for ts, project, environment, model, capability, label, source in table:
-            mine = (project, environment, model if dims[2] != "*" else "*",
-                    capability if dims[3] != "*" else "*")  # fmt: skip
-            if mine != dims or not start <= ts < start + size:
-                continue
-            got[3 if source == "implicit" else 0 if label == "good" else 1 if label == "bad"
-                else 2] += 1  # fmt: skip
-        return tuple(got)
-
-    problems = []
-    for size, start, *dims_and_counts in written:
-        dims, have = tuple(dims_and_counts[:4]), tuple(dims_and_counts[4:])
-        want = counts(size, float(start), dims)  # type: ignore[arg-type]
-        if want != have:
-            problems.append(f"{size}s window at {start} {dims}: wrote {have}, table has {want}")
-    bases = {(float(s), tuple(d)) for size, s, *d in ((r[0], r[1], *r[2:6]) for r in written)
-             if size == window}  # fmt: skip
-    for ts, project, environment, model, capability, *_ in table:
-        start = ts // window * window
+    # thumbline sql's JSON quotes 64-bit integers: numbers as numbers
+    written = [(int(r[0]), float(r[1]), *r[2:6], *(int(x) for x in r[6:])) for r in written]
+    bases: dict[tuple[float, tuple[str, ...]], list[int]] = {}  # the table, by base window
+    for ts, project, environment, model, capability, label, source in table:
+        start = float(ts) // window * window
+        column = 3 if source == "implicit" else 0 if label == "good" else 1 if label == "bad" else 2
         for dims in ((project, environment, model, "*"), (project, environment, "*", capability)):
-            if (start, dims) not in bases:
-                problems.append(f"no {window}s window at {start} for {dims}")
-    return len(written), sorted(set(problems))
+            bases.setdefault((start, dims), [0, 0, 0, 0])[column] += 1
+    problems = []
+    for size, start, *rest in written:
+        dims, have = tuple(rest[:4]), tuple(rest[4:])
+        want = [0, 0, 0, 0]
+        for base in range(int(start), int(start + size), window):
+            for i, n in enumerate(bases.get((float(base), dims), ())):
+                want[i] += n
+        if tuple(want) != have:
+            problems.append(f"{size}s window at {start} {dims}: wrote {have}, table has {want}")
+    wrote = {(start, tuple(rest[:4])) for size, start, *rest in written if size == window}
+    problems += [f"no {window}s window at {start} for {dims}" for start, dims in bases
+                 if (start, dims) not in wrote]  # fmt: skip
+    return len(written), sorted(problems)
