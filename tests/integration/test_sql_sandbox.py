@@ -209,18 +209,25 @@ async def test_what_analysts_run_still_works(target: Target):
         assert status == 200 and isinstance(body, list), f"{query}: {body}"
 
 
-def loopback(target: Target, query: str, *, write: bool = False) -> tuple[int, Any]:
-    info = target.up.info
+def http_post(url: str, body: str, token: str, timeout: float) -> tuple[int, bytes]:
+    """POST ``body`` with a bearer token: the status and the body, whatever the status."""
     request = urllib.request.Request(
-        f"{info.sql_url}/sql?format=JSONEachRow&write={int(write)}", data=query.encode(),
-        headers={"Authorization": f"Bearer {info.sql_token}"}, method="POST",
-    )  # fmt: skip
+        url, data=body.encode(), headers={"Authorization": f"Bearer {token}"}, method="POST"
+    )
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         with exc:
-            return exc.code, orjson.loads(exc.read())
+            return exc.code, exc.read()
+
+
+def loopback(target: Target, query: str, *, write: bool = False) -> tuple[int, Any]:
+    info = target.up.info
+    assert info.sql_url and info.sql_token
+    url = f"{info.sql_url}/sql?format=JSONEachRow&write={int(write)}"
+    status, body = http_post(url, query, info.sql_token, timeout=30)
+    return status, body if status == 200 else orjson.loads(body)
 
 
 async def test_the_loopback_endpoint_reads_in_the_sandbox_and_writes_only_inserts(
@@ -304,16 +311,7 @@ async def test_generated_sql_over_http_never_leaves_the_database(target: Target)
     before = set(target.outside.iterdir())
 
     def post(query: str) -> tuple[int, bytes]:
-        request = urllib.request.Request(
-            target.sql_url, data=query.encode(), method="POST",
-            headers={"Authorization": f"Bearer {target.admin}"},
-        )  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, exc.read()
+        return http_post(target.sql_url, query, target.admin, timeout=60)
 
     @seed(20261125)  # the places' names vary per run: derandomize alone would not fix the draws
     @given(query=queries(where))
