@@ -1,6 +1,9 @@
 """The stream: one Faust app, every topic, agent and timer visible from here.
 
-    feedback, traces, keyed ──► join_traces (agent, micro-batches) ──► ClickHouse
+    feedback, traces ──► key_by_trace (aiokafka: getmany, re-keyed by trace id)
+                            │
+                            ▼
+                          keyed ──► join_traces (agent, micro-batches) ──► ClickHouse
                                    │                                   feedback, traces,
                                    ├──► feedback.enriched ──┐          dead_letters
                                    ├──► dlq                 │
@@ -16,7 +19,8 @@ autodiscovery, no signal handlers of its own, no terminal spinner. Processing
 is at-least-once (the embedded broker has no transactions); exactness comes
 from the tables' version keys and from idempotent window state.
 
-One worker runs everything (``runs="all"``). With ``THUMBLINE_STREAM_WORKERS``
+One worker runs everything (``runs="all"``), key_by_trace included (one per
+consumer group: it holds every input partition). With ``THUMBLINE_STREAM_WORKERS``
 > 1 join helpers (:mod:`thumbline.workers`, ``runs="join"``) run the join
 alone in the same consumer group: Faust's assignor splits the join's
 co-partitioned topics among the members that read them and gives
@@ -53,6 +57,7 @@ from schemas import Topics
 from stream_jobs.bad_feedback_rates import RateState
 from stream_jobs.join_state import JoinState
 from stream_jobs.join_traces import JoinTracesJob
+from stream_jobs.key_by_trace import KeyByTrace
 from stream_jobs.lookups import load_orphans, lookup_traces
 from stream_jobs.rates_job import RatesJob
 from stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
@@ -167,6 +172,7 @@ class StreamApp:
         self.topics = Topics.build(settings.topic_prefix, settings.partitions)
         self.job: JoinTracesJob | None = None
         self.rates: RatesJob | None = None
+        self.router: KeyByTrace | None = None
         self._notifier: WebhookNotifier | None = None
         self._app: faust.App | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -216,10 +222,10 @@ class StreamApp:
 
             return agent
 
+        t = self.topics
+        inputs = {t.keyed.name} if s.key_by_trace else {t.feedback.name, t.traces.name}
         if job is not None:
-            joins = raw_topic(
-                self.topics.feedback.name, self.topics.traces.name, self.topics.keyed.name
-            )
+            joins = raw_topic(*sorted(inputs | {t.keyed.name}))
             crash = s.fault_dir / f"crash-join-{os.getpid()}" if s.fault_dir else None
             app.agent(joins, name="join_traces")(in_batches(job.handle, crash))
             app.timer(TICK_SECONDS, name="join_traces_tick")(job.tick)
@@ -242,14 +248,20 @@ class StreamApp:
 
             @app.on_partitions_assigned.connect  # type: ignore[arg-type]
             async def reassigned(sender: Any, assigned: set[Any], **_: Any) -> None:
-                join_topics = {self.topics.feedback.name, self.topics.traces.name}
-                await job.assign({tp.partition for tp in assigned if tp.topic in join_topics})
+                await job.assign({tp.partition for tp in assigned if tp.topic in inputs})
 
         @app.timer(LAG_SECONDS, name="consumer_lag")
         async def consumer_lag() -> None:
             if self.metrics is not None:
                 await self._report_lag(app)
 
+        if job is not None and self.runs == "all" and s.key_by_trace:
+            self.router = KeyByTrace(
+                topics=t, bootstrap=self.bootstrap, group=f"{app.conf.id}-key_by_trace",
+                producer=self._producer, waits=self.waits, kafka_kwargs=s.kafka_kwargs(),
+                metrics=self.metrics,
+            )  # fmt: skip
+            await self.router.start(take_over_from=app.conf.id)
         await app.start()
         self._watching = asyncio.create_task(self._watch())
         tune_gc()
@@ -281,6 +293,7 @@ class StreamApp:
             metrics=self.metrics,
             time_bounds=s.time_bounds,
             waits=self.waits,
+            routed=s.key_by_trace,
         )
 
     async def _start_rates(self, rules: Any) -> RatesJob:
@@ -347,6 +360,9 @@ class StreamApp:
                 behind = max(0, highwater - position)
                 lag[tp.topic] = lag.get(tp.topic, 0) + behind
         assert self.metrics is not None  # noqa: S101 (checked by the caller)
+        if self.router is not None:
+            self.router.sync_metrics()
+            lag.update(self.router.lag())
         for topic, value in lag.items():
             self.metrics.consumer_lag.labels(topic).set(value)
 
@@ -357,6 +373,8 @@ class StreamApp:
             app = self._app
             if self._failure is not None:
                 return self._failure
+            if self.router is not None and self.router.failure is not None:
+                return self.router.failure
             if app is not None and app.crashed:
                 return app.crash_reason or RuntimeError("the stream app crashed")
             await asyncio.sleep(0.25)
@@ -396,6 +414,9 @@ class StreamApp:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
+        router, self.router = self.router, None
+        if router is not None:  # no more input for the join: what it routed is committed
+            await router.stop()
         app, self._app = self._app, None
         job, self.job = self.job, None
         if job is not None and not self._abandoned:

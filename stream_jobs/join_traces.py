@@ -1,12 +1,14 @@
 """join_traces: every feedback event joined with its trace, written to ClickHouse and Kafka.
 
-Reads ``feedback`` and ``traces`` as producers wrote them (any partitioner, one
-event or a JSON array per message) and ``keyed`` (events this job forwarded to
-the partition of their ``trace_id``). Per micro-batch it:
+Reads ``keyed``: the input events re-keyed by trace id, hundreds to a message,
+by :mod:`stream_jobs.key_by_trace` (the default), or else ``feedback`` and
+``traces`` as producers wrote them; and, either way, events this job forwarded
+to the partition of their ``trace_id``. Per micro-batch it:
 
-1. decodes and validates every event; bad input becomes a dead letter (the
-   ``dlq`` topic and the ``dead_letters`` table) with its reason, topic,
-   partition and offset, and nothing else is lost;
+1. decodes and validates every event (:mod:`stream_jobs.decode_input`); bad
+   input becomes a dead letter (the ``dlq`` topic and the ``dead_letters``
+   table) with its reason and the topic, partition and offset it was sent to,
+   and nothing else is lost;
 2. forwards events that sit on the wrong partition to ``keyed`` (producers in
    other languages hash differently), so each trace's events meet in one place;
 3. merges traces into the state, asks ClickHouse once for the traces it does
@@ -29,27 +31,21 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
-from pydantic import TypeAdapter, ValidationError
 
 from schemas import (
     DeadLetter,
     EnrichedFeedback,
     FeedbackEvent,
-    InvalidEvent,
     TimeBounds,
     Topics,
     TraceEvent,
-    WireError,
-    decode_message,
     partition_for,
 )
-from schemas.wire import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES
+from stream_jobs.decode_input import Batch, DecodeInput
 from stream_jobs.join_state import JoinState, Key, TraceAttributes, key_of
 from stream_jobs.sink import (
     ClickHouseSink,
@@ -65,10 +61,6 @@ from thumbline.outages import STORE, Waits
 
 logger = logging.getLogger(__name__)
 
-MAX_RAW_BYTES = 1_000_000
-_FEEDBACK_LIST = TypeAdapter(list[FeedbackEvent])
-_TRACE_LIST = TypeAdapter(list[TraceEvent])
-
 
 @dataclass(slots=True, eq=False)
 class _Held:
@@ -78,35 +70,6 @@ class _Held:
     outstanding: int = 0
     durable: bool = False  # every event of it is flushed or acknowledged by Kafka
     settled: bool = False  # every event emitted is flushed (held ones come later, as late rows)
-
-
-@dataclass(slots=True)
-class _Batch:
-    traces: list[TraceEvent] = field(default_factory=list)
-    feedback: list[tuple[list[FeedbackEvent], _Held]] = field(default_factory=list)
-    dead: list[DeadLetter] = field(default_factory=list)
-    forward: dict[int, dict[str, list[bytes]]] = field(
-        default_factory=lambda: defaultdict(lambda: {"feedback": [], "traces": []})
-    )
-    held: list[_Held] = field(default_factory=list)
-
-
-def _stamp(event: Any, timestamp: float | None) -> Any:
-    """Give an event without received_at the Kafka timestamp: the same on every replay."""
-    if event.received_at is not None:
-        return event
-    when = datetime.fromtimestamp(timestamp, UTC) if timestamp else datetime.now(UTC)
-    return event.model_copy(update={"received_at": when})
-
-
-def _dead(message: Any, index: int, reason: str, error: str, raw: bytes | str) -> DeadLetter:
-    text = raw if isinstance(raw, str) else raw[:MAX_RAW_BYTES].decode("utf-8", "replace")
-    key = message.key.decode("utf-8", "replace") if isinstance(message.key, bytes) else None
-    return DeadLetter.model_construct(
-        schema_version=1, topic=message.topic, partition=message.partition,
-        offset=message.offset, batch_index=index, reason=reason, error=error[:10_000],
-        raw=text, key=key, at=datetime.now(UTC),
-    )  # fmt: skip
 
 
 class JoinTracesJob:
@@ -124,6 +87,8 @@ class JoinTracesJob:
         time_bounds: how far event times may lie from their reception; events
             beyond become dead letters ``ts_out_of_range``.
         waits: where sends and inserts that wait out an outage report (readiness).
+        routed: the input comes through :mod:`stream_jobs.key_by_trace` (``keyed``
+            alone); its markers then bound the watermark.
     """
 
     def __init__(
@@ -138,8 +103,10 @@ class JoinTracesJob:
         metrics: Metrics | None = None,
         time_bounds: TimeBounds = TimeBounds(),  # noqa: B008 (frozen)
         waits: Waits | None = None,
+        routed: bool = False,
     ) -> None:
         self.topics = topics
+        self.counts: dict[str, int] = defaultdict(int)
         self.waits = waits or Waits(metrics)
         self.time_bounds = time_bounds
         self.metrics = metrics
@@ -156,14 +123,14 @@ class JoinTracesJob:
         self._lock = asyncio.Lock()
         self._unflushed: list[_Held] = []  # complete, waiting for the next flush
         self._since_flush: list[_Held] = []  # processed since the last flush began
-        self.marks = Watermarks(topics, producer)  # how far this worker's input is stored
+        self.marks = Watermarks(topics, producer, routed=routed)  # how far input is stored
+        self.decoder = DecodeInput(topics, time_bounds, self.counts, routed=self.marks.routed)
         self._writing: asyncio.Task[None] | None = None  # the flush in flight
         # Received messages per partition, in offset order. Faust's consumer commits
         # past an unacknowledged message once later offsets are acknowledged (its
         # head-gap check is off by one, and absent before the first commit), so
         # messages are acknowledged strictly in order: a held one holds back the rest.
         self._order: dict[Any, deque[_Held]] = defaultdict(deque)
-        self.counts: dict[str, int] = defaultdict(int)
         self.first_input_at: float | None = None  # wall time of the first micro-batch
 
     # The agent's entry point ---------------------------------------------------
@@ -174,7 +141,7 @@ class JoinTracesJob:
             self.first_input_at = time.time()
             logger.info("join: first input", extra={"at": self.first_input_at})
         async with self._lock:
-            batch = _Batch()
+            batch = Batch()
             for event in events:
                 # Hold the message: Faust's take_events acks each event after the
                 # batch; our extra reference keeps it uncommitted until it is stored.
@@ -185,7 +152,7 @@ class JoinTracesJob:
                 self._order[event.message.tp].append(held)
                 self.marks.handled(event.message)
             for held in batch.held:
-                self._decode(held.event.message, held, batch)
+                self.decoder.decode(held.event.message, held, batch)
             rows = self.state.add_traces(batch.traces)
             await self._lookup_unknown(batch)
             for items, held in batch.feedback:
@@ -300,128 +267,7 @@ class JoinTracesJob:
 
     # Steps ---------------------------------------------------------------------
 
-    def _decode(self, message: Any, held: _Held, batch: _Batch) -> None:
-        raw = message.value
-        fast = self._validate_all(message, raw)
-        if fast is not None:  # the whole message is valid: no separate parse, no per-item pass
-            self._place(message, held, batch, fast)
-            return
-        try:
-            if message.topic == self.topics.keyed.name:
-                body = orjson.loads(raw)
-                groups = [
-                    ("feedback", body.get("feedback", [])),
-                    ("traces", body.get("traces", [])),
-                ]
-            else:
-                kind = "feedback" if message.topic == self.topics.feedback.name else "traces"
-                groups = [(kind, decode_message(raw))]
-        except WireError as exc:
-            batch.dead.append(_dead(message, -1, exc.reason, exc.detail, raw or b""))
-            self.counts[f"dead_{exc.reason}"] += 1
-            return
-        except (orjson.JSONDecodeError, AttributeError) as exc:
-            batch.dead.append(_dead(message, -1, "bad_keyed", str(exc), raw or b""))
-            self.counts["dead_bad_keyed"] += 1
-            return
-        feedback: list[FeedbackEvent] = []
-        index = 0
-        self.counts[f"in:{message.topic}"] += sum(len(items) for _, items in groups)
-        for kind, items in groups:
-            model = FeedbackEvent if kind == "feedback" else TraceEvent
-            for item in items:
-                reason = "invalid_event"
-                try:
-                    if not isinstance(item, dict):
-                        raise InvalidEvent(
-                            model.__name__, [("(event)", item, "is not a JSON object")]
-                        )
-                    event = _stamp(model.parse(item), message.timestamp)
-                    reason = "ts_out_of_range"
-                    self._check_times(event, message)
-                except InvalidEvent as exc:
-                    raw_item = orjson.dumps(item).decode()
-                    batch.dead.append(_dead(message, index, reason, exc.reason, raw_item))
-                    self.counts[f"dead_{reason}"] += 1
-                    index += 1
-                    continue
-                target = partition_for(event.trace_id, self.partitions)
-                if target != message.partition:
-                    batch.forward[target][kind].append(
-                        type(event).__pydantic_serializer__.to_json(event, exclude_none=True)
-                    )
-                elif isinstance(event, FeedbackEvent):
-                    feedback.append(event)
-                else:
-                    batch.traces.append(event)
-                index += 1
-        if feedback:
-            batch.feedback.append((feedback, held))
-
-    def _validate_all(self, message: Any, raw: bytes | None) -> list[tuple[str, list[Any]]] | None:
-        """Validate a raw-topic message in one pass from its bytes.
-
-        None when anything is wrong with it (the careful path then finds what):
-        the keyed topic, no value, oversize, not an object or array, an empty or
-        too large batch, or any invalid item.
-        """
-        if message.topic == self.topics.keyed.name or not raw or len(raw) > MAX_MESSAGE_BYTES:
-            return None
-        kind = "feedback" if message.topic == self.topics.feedback.name else "traces"
-        adapter = _FEEDBACK_LIST if kind == "feedback" else _TRACE_LIST
-        first = raw.lstrip()[:1]
-        if first not in (b"[", b"{"):
-            return None
-        body = raw if first == b"[" else b"[" + raw + b"]"
-        try:
-            events = adapter.validate_json(body)
-        except ValidationError:
-            return None
-        if not 0 < len(events) <= MAX_BATCH_EVENTS:
-            return None
-        stamp = message.timestamp
-        events = [_stamp(e, stamp) for e in events]
-        try:
-            for event in events:
-                self._check_times(event, message)
-        except InvalidEvent:
-            return None  # the careful path dead-letters it, and only it
-        self.counts[f"in:{message.topic}"] += len(events)
-        return [(kind, events)]
-
-    def _check_times(self, event: FeedbackEvent | TraceEvent, message: Any) -> None:
-        """Refuse event times far from when the event was received (InvalidEvent).
-
-        ``received_at`` is bounded by the Kafka message's timestamp (not on the
-        keyed topic: forwarded events keep the time they were first received),
-        and the event's own times by ``received_at``, so a replay judges the same.
-        """
-        received = event.received_at
-        assert received is not None  # noqa: S101 (stamped by _stamp)
-        if message.timestamp and message.topic != self.topics.keyed.name:
-            sent = datetime.fromtimestamp(message.timestamp, UTC)
-            self.time_bounds.check(event, sent, fields=("received_at",))
-        self.time_bounds.check(event, received)
-
-    def _place(
-        self, message: Any, held: _Held, batch: _Batch, groups: list[tuple[str, list[Any]]]
-    ) -> None:
-        feedback: list[FeedbackEvent] = []
-        for kind, events in groups:
-            for event in events:
-                target = partition_for(event.trace_id, self.partitions)
-                if target != message.partition:
-                    batch.forward[target][kind].append(
-                        type(event).__pydantic_serializer__.to_json(event, exclude_none=True)
-                    )
-                elif kind == "feedback":
-                    feedback.append(event)
-                else:
-                    batch.traces.append(event)
-        if feedback:
-            batch.feedback.append((feedback, held))
-
-    async def _lookup_unknown(self, batch: _Batch) -> None:
+    async def _lookup_unknown(self, batch: Batch) -> None:
         traces, pending = self.state.traces, self.state.pending
         unknown = {
             key

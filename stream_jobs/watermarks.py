@@ -5,7 +5,8 @@ Each second, for each partition it holds, a join worker sends to
 offset}``:
 
 - ``watermark``: every input message of the partition (``feedback``,
-  ``traces``, ``keyed``) older than this is flushed: its events are stored, or
+  ``traces``, ``keyed``; behind :mod:`stream_jobs.key_by_trace`, ``keyed`` and
+  its ``routed`` markers) older than this is flushed: its events are stored, or
   waiting for their trace (those come later, as late rows). An input that has
   caught up with its partition's end holds nothing back (the watermark is the
   clock), so a quiet partition does not stall the rates.
@@ -53,9 +54,16 @@ class Settled(Protocol):
 class Watermarks:
     """One join worker's progress per partition, and the markers that announce it."""
 
-    def __init__(self, topics: Topics, producer: AIOKafkaProducer) -> None:
+    def __init__(self, topics: Topics, producer: AIOKafkaProducer, *, routed: bool = False) -> None:
         self.topics = topics
         self.producer = producer
+        #: the input topics the join reads (``keyed`` alone behind key_by_trace)
+        self.inputs = (
+            (topics.keyed.name,) if routed
+            else (topics.feedback.name, topics.traces.name, topics.keyed.name)
+        )  # fmt: skip
+        self.is_routed = routed
+        self._routed: dict[int, float] = {}  # keyed partition -> key_by_trace's progress
         #: the consumer's high watermark of an input partition (None: not fetched yet)
         self.highwater: Callable[[str, int], int | None] = lambda topic, partition: None
         self._last: dict[tuple[str, int], tuple[int, float]] = {}  # offset, timestamp handled
@@ -68,6 +76,10 @@ class Watermarks:
         self._last[(message.topic, message.partition)] = (
             message.offset, message.timestamp or time.time()
         )  # fmt: skip
+
+    def routed(self, partition: int, seconds: float) -> None:
+        """A ``routed`` marker of key_by_trace on ``partition`` of ``keyed``."""
+        self._routed[partition] = max(self._routed.get(partition, 0.0), seconds)
 
     def published(self, sent: Iterable[Any]) -> None:
         """Enriched rows Kafka acknowledged (their record metadata)."""
@@ -91,6 +103,7 @@ class Watermarks:
             del self._last[key]
         for partition in lost:
             self._marked_at.pop(partition, None)
+            self._routed.pop(partition, None)
 
     async def send(
         self, owned: Iterable[int], order: Mapping[Any, deque[Any]], now: float | None = None
@@ -131,7 +144,11 @@ class Watermarks:
         topic's position is unknown.
         """
         marks = []
-        for topic in (self.topics.feedback.name, self.topics.traces.name, self.topics.keyed.name):
+        if self.is_routed:  # nothing older than key_by_trace's progress is still on its way
+            if partition not in self._routed:
+                return None
+            marks.append(self._routed[partition])
+        for topic in self.inputs:
             first: Settled | None = None
             for held in reversed(order.get((topic, partition), ())):  # unflushed: the newest
                 if held.settled:

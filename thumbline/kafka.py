@@ -84,12 +84,14 @@ async def _check_partitions(admin: AIOKafkaAdminClient, topics: list[Topic]) -> 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message for :func:`deliver`: a topic, the value, and a key or a partition."""
+    """One message for :func:`deliver`: a topic, the value, and a key or a partition;
+    its timestamp (ms) if not the time of sending."""
 
     topic: str
     value: bytes
     key: bytes | None = None
     partition: int | None = None
+    timestamp_ms: int | None = None
 
 
 async def deliver(
@@ -128,6 +130,7 @@ async def deliver(
                         message.value,
                         key=message.key,
                         partition=message.partition,
+                        timestamp_ms=message.timestamp_ms,
                     )  # fmt: skip
                 )
             except Exception as exc:

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
         description="Processes that run the join. 1: thumbline up alone; more: helper processes "
         "split the join's partitions with it (a second core's worth of throughput each).",
     )  # fmt: skip
+    key_by_trace: bool = Field(
+        True,
+        description="Re-key input events by trace id in a plain-aiokafka stage before the join "
+        "(stream_jobs/key_by_trace.py): producers that send one event per message are read "
+        "thousands of messages per call instead of one by one. false: the join reads the input "
+        "topics itself.",
+    )
     sink_max_rows: int = Field(50_000, ge=1, le=1_000_000, description="Rows per insert, at most.")
     sink_max_seconds: float = Field(0.5, gt=0, le=60, description="Longest a row waits to insert.")
 

@@ -93,3 +93,19 @@ async def test_markers_go_to_the_partition_each_second_with_the_stored_offset(ma
     [(topic, value, partition)] = marks.producer.sent
     assert (topic, partition) == (TOPICS.enriched.name, 0)
     assert orjson.loads(value) == {"watermark": int(NOW * 1000), "durable": 17}
+
+
+def test_behind_key_by_trace_the_watermark_waits_for_its_progress():
+    marks = Watermarks(TOPICS, Producer(), routed=True)  # type: ignore[arg-type]
+    marks.highwater = lambda topic, partition: 10
+    order: dict = {}
+    handled(marks, order, TOPICS.keyed.name, 9, NOW - 50).settled = True
+    assert marks.of(0, order, NOW) is None  # no marker yet: how far the stage is is unknown
+    marks.routed(0, NOW - 30)
+    assert marks.of(0, order, NOW) == NOW - 30  # the join caught up, the stage did not
+    marks.routed(0, NOW - 40)  # an older marker (a replay) takes nothing back
+    assert marks.of(0, order, NOW) == NOW - 30
+    marks.routed(0, NOW)
+    assert marks.of(0, order, NOW) == NOW
+    marks.forget([0])
+    assert marks.of(0, order, NOW) is None

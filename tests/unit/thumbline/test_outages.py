@@ -139,7 +139,9 @@ class FlakyProducer:
         self.failing, self.error = failing, error
         self.sent: list[bytes] = []
 
-    async def send(self, topic, value, key=None, partition=None) -> asyncio.Future:
+    async def send(
+        self, topic, value, key=None, partition=None, timestamp_ms=None
+    ) -> asyncio.Future:
         self.sent.append(value)
         ack = asyncio.get_running_loop().create_future()
         if value in self.failing:

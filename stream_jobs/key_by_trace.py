@@ -1,0 +1,363 @@
+"""key_by_trace: every input event re-keyed by its trace id, hundreds to a message, for the join.
+
+    feedback, traces ──► key_by_trace (plain aiokafka) ──► keyed ──► join_traces (Faust)
+
+Producers in any language send one JSON object per Kafka message and hash keys
+their own way (librdkafka: CRC32), so most events arrive on a partition other
+than their trace's. Faust pays per message (about 5,000 messages/s on two
+cores), which capped the join at that rate for such producers. This stage reads
+the input topics with ``getmany`` and, per batch, parses each message once,
+finds each event's ``trace_id`` and publishes one message per partition of
+``keyed`` (thumbline's murmur2 partitioner) with every event bound there
+(``*_from``: runs of events that follow each other in one input message,
+``index`` the first one's position in it):
+
+    {"feedback": [event, ...], "traces": [event, ...],
+     "feedback_from": [[partition, offset, timestamp_ms, key, index, count], ...],
+     "traces_from": [...], "dead": [dead letter, ...]}
+
+It validates nothing: the join does, once. ``*_from`` say which input message
+each run of events came from, so the join stamps, bounds and dead-letters every
+event exactly as if it had read it there (same ``received_at`` on a replay, same
+coordinates in a dead letter). A message that is not usable as a whole (not
+JSON, too large, an empty or too large array) becomes a dead letter here and
+travels in ``dead``; events without a string ``trace_id`` go to the partition
+their message came from, for the join to dead-letter.
+
+Each second this stage also sends ``{"routed": ms}`` to every partition of
+``keyed``: every input message older than ``ms`` is in ``keyed`` before this
+marker (``ms`` is the clock while the stage has caught up with its input). The
+join's watermark takes it into account, so a stage that lags holds the rate
+windows back instead of letting them complete short.
+
+Delivery: input offsets are committed only after Kafka acknowledged every keyed
+message of the batch; a crash replays the batch, and the join's tables and the
+rates count events by identity, so a second copy changes nothing. One stage
+runs per consumer group, with every input partition assigned to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from schemas import DeadLetter, Topics, WireError, decode_message, partition_for
+from schemas.wire import MAX_BATCH_EVENTS
+from thumbline.kafka import Outgoing, deliver
+from thumbline.metrics import Metrics
+from thumbline.outages import KAFKA, Waits, transient
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two ``routed`` markers.
+MARK_EVERY = 1.0
+#: Bytes of events in one keyed message, at most (under the producer's request size).
+MAX_KEYED_BYTES = 900_000
+#: Longest wait for input in one ``getmany``.
+POLL_MS = 50
+
+
+class _Out:
+    """What one batch sends to one partition of ``keyed``, split at the size limits."""
+
+    __slots__ = ("done", "events", "runs", "size")
+
+    def __init__(self) -> None:
+        self.done: list[bytes] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.events: dict[str, list[bytes]] = {"feedback": [], "traces": []}
+        self.runs: dict[str, list[list[Any]]] = {"feedback": [], "traces": []}
+        self.size = 0
+
+    def add(self, kind: str, source: list[Any], items: list[bytes], index: int = 0) -> None:
+        """``items`` of one input message (``source``: partition, offset, ms, key), the
+        first of them at ``index`` in it, the others following it there."""
+        for item in items:
+            if self.size + len(item) > MAX_KEYED_BYTES or self.count >= MAX_BATCH_EVENTS:
+                self.close()
+            runs = self.runs[kind]
+            last = runs[-1] if runs else None
+            if last is not None and last[:4] == source and last[4] + last[5] == index:
+                last[5] += 1
+            else:
+                runs.append([*source, index, 1])
+            self.events[kind].append(item)
+            self.size += len(item)
+            index += 1
+
+    def add_dead(self, letter: bytes) -> None:
+        """A dead letter travels alone: its raw text may be as large as a message."""
+        self.done.append(_keyed({"feedback": [], "traces": []}, {"feedback": [], "traces": []},
+                                [letter]))  # fmt: skip
+
+    @property
+    def count(self) -> int:
+        return len(self.events["feedback"]) + len(self.events["traces"])
+
+    def close(self) -> None:
+        if self.count:
+            self.done.append(_keyed(self.events, self.runs, []))
+        self._reset()
+
+    def messages(self) -> list[bytes]:
+        self.close()
+        return self.done
+
+
+def _keyed(
+    events: dict[str, list[bytes]], runs: dict[str, list[list[Any]]], dead: list[bytes]
+) -> bytes:
+    return (
+        b'{"feedback":[' + b",".join(events["feedback"])
+        + b'],"traces":[' + b",".join(events["traces"])
+        + b'],"feedback_from":' + orjson.dumps(runs["feedback"])
+        + b',"traces_from":' + orjson.dumps(runs["traces"])
+        + b',"dead":[' + b",".join(dead) + b"]}"
+    )  # fmt: skip
+
+
+def route(
+    topics: Topics, records: Iterable[Any], *, counts: dict[str, int] | None = None
+) -> dict[int, list[bytes]]:
+    """The keyed messages for a batch of input records, by partition of ``keyed``."""
+    counts = counts if counts is not None else defaultdict(int)
+    partitions = topics.keyed.partitions
+    outs: dict[int, _Out] = defaultdict(_Out)
+    feedback_topic = topics.feedback.name
+    for record in records:
+        kind = "feedback" if record.topic == feedback_topic else "traces"
+        key = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else None
+        source = [record.partition, record.offset, record.timestamp, key]
+        raw = record.value
+        try:
+            items = decode_message(raw)
+        except WireError as exc:
+            letter = DeadLetter.model_construct(
+                schema_version=1, topic=record.topic, partition=record.partition,
+                offset=record.offset, batch_index=-1, reason=exc.reason,
+                error=exc.detail[:10_000], key=key, at=_now(),
+                raw=(raw or b"")[:1_000_000].decode("utf-8", "replace"),
+            )  # fmt: skip
+            outs[record.partition % partitions].add_dead(letter.to_json())
+            counts["dead"] += 1
+            continue
+        counts[f"out:{topics.keyed.name}"] += len(items)
+        targets = [_target(item, record.partition, partitions) for item in items]
+        if len(items) == 1 and raw is not None and raw.lstrip()[:1] == b"{":
+            outs[targets[0]].add(kind, source, [raw.strip()])  # the message's own bytes
+            continue
+        if all(t == targets[0] for t in targets):
+            outs[targets[0]].add(kind, source, [orjson.dumps(i) for i in items])
+            continue
+        # a mixed array: each target gets its own runs, in the array's order
+        for index, (target, item) in enumerate(zip(targets, items, strict=True)):
+            outs[target].add(kind, source, [orjson.dumps(item)], index)
+    return {p: out.messages() for p, out in outs.items()}
+
+
+def _target(item: Any, partition: int, partitions: int) -> int:
+    trace_id = item.get("trace_id") if isinstance(item, dict) else None
+    if isinstance(trace_id, str):
+        return partition_for(trace_id, partitions)
+    return partition % partitions  # invalid: the join dead-letters it wherever it is
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class KeyByTrace:
+    """The stage: ``start()``, ``stop()``; runs as a task in the stream's event loop."""
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        bootstrap: str,
+        group: str,
+        producer: AIOKafkaProducer,
+        waits: Waits,
+        kafka_kwargs: dict[str, Any] | None = None,
+        metrics: Metrics | None = None,
+        max_records: int = 10_000,
+    ) -> None:
+        self.topics = topics
+        self.producer = producer
+        self.waits = waits
+        self.metrics = metrics
+        self.counts: dict[str, int] = defaultdict(int)
+        self._synced: dict[str, int] = {}
+        self.max_records = max_records
+        self.bootstrap, self.kafka_kwargs = bootstrap, kafka_kwargs or {}
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+            **(kafka_kwargs or {}),
+        )
+        self.inputs = [
+            TopicPartition(t.name, p)
+            for t in (topics.feedback, topics.traces)
+            for p in range(t.partitions)
+        ]
+        self._done: dict[TopicPartition, tuple[int, int]] = {}  # next offset, last ms routed
+        self._marked_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None
+        self.first_input_at: float | None = None
+
+    async def start(self, *, take_over_from: str | None = None) -> None:
+        """Read from the group's committed offsets; where it has none, from those of
+        ``take_over_from`` (the join's group, which read the input before this stage
+        existed), else from the earliest."""
+        await self.consumer.start()
+        self.consumer.assign(self.inputs)
+        if take_over_from is not None:
+            await self._take_over(take_over_from)
+        self._task = asyncio.create_task(self._run(), name="key_by_trace")
+
+    async def _take_over(self, group: str) -> None:
+        mine = {tp: await self.consumer.committed(tp) for tp in self.inputs}
+        if all(offset is not None for offset in mine.values()):
+            return
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka_kwargs)
+        await admin.start()
+        try:
+            theirs = await admin.list_consumer_group_offsets(group, partitions=self.inputs)
+        finally:
+            await admin.close()
+        taken = 0
+        for tp, meta in theirs.items():
+            if mine.get(tp) is None and meta.offset >= 0:
+                self.consumer.seek(tp, meta.offset)
+                taken += 1
+        if taken:
+            logger.info("key_by_trace starts where the join left %d input partitions", taken)
+
+    async def stop(self) -> None:
+        """Stop reading; what was routed is committed, the rest is read again at start."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.consumer.stop()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                fetched = await self.consumer.getmany(
+                    timeout_ms=POLL_MS, max_records=self.max_records
+                )  # fmt: skip
+                if fetched:
+                    await self._route(fetched)
+                await self._mark()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failure = exc  # the app's failure watch ends the worker
+            logger.exception("key_by_trace failed")
+            raise
+
+    async def _route(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        if self.first_input_at is None:
+            self.first_input_at = time.time()
+        records = [r for rs in fetched.values() for r in rs]
+        by_partition = route(self.topics, records, counts=self.counts)
+        oldest = min(r.timestamp for r in records)  # a keyed message is as old as its input
+        out = [
+            Outgoing(self.topics.keyed.name, value, partition=p, timestamp_ms=oldest)
+            for p, values in by_partition.items()
+            for value in values
+        ]
+        await deliver(self.producer, out, waits=self.waits, operation="key_by_trace_publish")
+        self.counts["messages"] += len(records)
+        for tp, rs in fetched.items():
+            self._done[tp] = (rs[-1].offset + 1, rs[-1].timestamp)
+        await self._commit({tp: rs[-1].offset + 1 for tp, rs in fetched.items()})
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        while True:
+            try:
+                await self.consumer.commit(offsets)
+                self.waits.succeeded(KAFKA, "key_by_trace_commit")
+                return
+            except KafkaError as exc:
+                if not transient(exc) and not getattr(exc, "retriable", False):
+                    raise
+                await self.waits.wait(KAFKA, "key_by_trace_commit", exc)
+
+    def progress(self, now: float) -> float | None:
+        """Every input message older than this (seconds) is in ``keyed``; None: unknown."""
+        marks = []
+        for tp in self.inputs:
+            high = self.consumer.highwater(tp)
+            done = self._done.get(tp)
+            if high is None:
+                return None  # nothing fetched from it yet
+            if (done is None and high == 0) or (done is not None and done[0] >= high):
+                marks.append(now)
+            elif done is not None:
+                marks.append(done[1] / 1000)
+            else:
+                return None
+        return min(marks) if marks else now
+
+    async def _mark(self) -> None:
+        now = time.time()
+        if now - self._marked_at < MARK_EVERY:
+            return
+        progress = self.progress(now)
+        if progress is None:
+            return
+        self._marked_at = now
+        marker = orjson.dumps({"routed": int(progress * 1000)})
+        out = [
+            Outgoing(self.topics.keyed.name, marker, partition=p)
+            for p in range(self.topics.keyed.partitions)
+        ]
+        try:
+            await deliver(self.producer, out, waits=self.waits, operation="key_by_trace_mark")
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            logger.debug("a routed marker was not sent: %s", exc)
+
+    def lag(self) -> dict[str, int]:
+        """Messages of each input topic not yet routed (what the consumer has seen of it)."""
+        lag: dict[str, int] = defaultdict(int)
+        for tp in self.inputs:
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                lag[tp.topic] += max(0, high - self._done.get(tp, (0, 0))[0])
+        return lag
+
+    def sync_metrics(self) -> None:
+        """Report what the counts gained since the last call."""
+        m = self.metrics
+        if m is None:
+            return
+        for key, value in list(self.counts.items()):
+            delta = value - self._synced.get(key, 0)
+            if delta <= 0:
+                continue
+            self._synced[key] = value
+            kind, _, name = key.partition(":")
+            if kind == "out":
+                m.events_produced.labels(name).inc(delta)

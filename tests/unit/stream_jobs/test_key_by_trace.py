@@ -1,0 +1,247 @@
+"""key_by_trace re-keys input events by trace id; the join decodes them as if it read them there.
+
+Broker-free: records are plain objects, the join's decoder runs on the keyed
+messages the stage makes, and the result is compared with the decoder reading
+the input messages themselves.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas import TimeBounds, Topics, partition_for
+from schemas.wire import MAX_BATCH_EVENTS
+from stream_jobs.decode_input import Batch, DecodeInput
+from stream_jobs.key_by_trace import route
+
+TOPICS = Topics.build("t.", 8)
+NOW_MS = int(time.time() * 1000)
+RECENT = datetime.now(UTC).isoformat()
+
+
+def record(topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = None):
+    return SimpleNamespace(
+        topic=topic, partition=partition, offset=offset, value=value, key=key,
+        timestamp=NOW_MS - 1000 + offset,
+    )  # fmt: skip
+
+
+def feedback(trace_id: str, n: int = 0, **extra) -> dict:
+    return {"event_id": f"e-{trace_id}-{n}", "trace_id": trace_id, "kind": "thumb",
+            "value": "down", "ts": RECENT, **extra}  # fmt: skip
+
+
+def trace(trace_id: str) -> dict:
+    return {"trace_id": trace_id, "span_id": "s1", "model": "m", "start_time": RECENT}  # fmt: skip
+
+
+def crc32_partition(key: str) -> int:
+    return zlib.crc32(key.encode()) % 8  # librdkafka's consistent partitioner
+
+
+def decoded(topic_of_message, batch: Batch) -> tuple[list, list, dict]:
+    events = sorted(
+        [("traces", e.trace_id, e.to_json()) for e in batch.traces]
+        + [("feedback", e.trace_id, e.to_json()) for items, _ in batch.feedback for e in items]
+    )  # fmt: skip
+    dead = sorted((d.topic, d.partition, d.offset, d.batch_index, d.reason) for d in batch.dead)
+    forward = {p: {k: len(v) for k, v in g.items()} for p, g in batch.forward.items()}
+    return events, dead, forward
+
+
+def through_stage(records) -> tuple[list, list, dict]:
+    """Route the records, then decode every keyed message at its partition."""
+    batch = Batch()
+    decoder = DecodeInput(TOPICS, TimeBounds(), defaultdict(int))
+    for partition, values in route(TOPICS, records).items():
+        for offset, value in enumerate(values):
+            message = SimpleNamespace(
+                topic=TOPICS.keyed.name, partition=partition, offset=offset, value=value,
+                key=None, timestamp=time.time(),
+            )  # fmt: skip
+            decoder.decode(message, None, batch)
+    return decoded(None, batch)
+
+
+def directly(records) -> tuple[list, list, dict]:
+    """What the join makes of the same records when it reads the input topics."""
+    batch, forwarded = Batch(), Batch()
+    decoder = DecodeInput(TOPICS, TimeBounds(), defaultdict(int))
+    for r in records:
+        message = SimpleNamespace(**{**vars(r), "timestamp": r.timestamp / 1000})
+        decoder.decode(message, None, batch)
+    for partition, groups in batch.forward.items():  # the forwarded events, decoded there
+        value = orjson.dumps(
+            {k: [orjson.loads(e) for e in v] for k, v in groups.items()}
+        )  # fmt: skip
+        message = SimpleNamespace(
+            topic=TOPICS.keyed.name, partition=partition, offset=0, value=value, key=None,
+            timestamp=time.time(),
+        )  # fmt: skip
+        decoder.decode(message, None, forwarded)
+    events, dead, _ = decoded(None, batch)
+    more, more_dead, _ = decoded(None, forwarded)
+    return sorted(events + more), sorted(dead + more_dead), {}
+
+
+def test_single_event_messages_land_on_their_traces_partition_with_where_they_came_from():
+    ids = [f"trace-{i}" for i in range(40)]
+    records = [
+        record(TOPICS.feedback.name, crc32_partition(t), i, orjson.dumps(feedback(t)), t.encode())
+        for i, t in enumerate(ids)
+    ]
+    out = route(TOPICS, records)
+    assert sum(len(v) for v in out.values()) == len({partition_for(t, 8) for t in ids})
+    for partition, values in out.items():
+        (value,) = values
+        body = orjson.loads(value)
+        assert {f["trace_id"] for f in body["feedback"]} <= {
+            t for t in ids if partition_for(t, 8) == partition
+        }
+        for (p, offset, ms, key, index, count), event in zip(
+            body["feedback_from"], body["feedback"], strict=True
+        ):
+            assert (p, ms, key, index, count) == (
+                crc32_partition(event["trace_id"]), NOW_MS - 1000 + offset, event["trace_id"], 0, 1
+            )  # fmt: skip
+    # and the join makes of them exactly what it makes of the messages themselves
+    assert through_stage(records) == directly(records)
+
+
+def test_a_mixed_array_keeps_each_events_position_for_its_dead_letter():
+    items = [
+        feedback("a"),
+        {"trace_id": "b", "kind": "nonsense"},
+        feedback("c"),
+        7,
+        feedback("a", 1),
+    ]
+    records = [record(TOPICS.feedback.name, 3, 42, orjson.dumps(items))]
+    events, dead, _ = through_stage(records)
+    assert dead == [
+        (TOPICS.feedback.name, 3, 42, 1, "invalid_event"),
+        (TOPICS.feedback.name, 3, 42, 3, "invalid_event"),
+    ]
+    assert [e[1] for e in events] == ["a", "a", "c"]
+    assert (events, dead) == directly(records)[:2]
+
+
+def test_unusable_messages_are_dead_letters_naming_the_input_message():
+    records = [
+        record(TOPICS.traces.name, 5, 1, b"{not json"),
+        record(TOPICS.traces.name, 5, 2, b"[]"),
+        record(TOPICS.traces.name, 6, 3, b'"a string"'),
+        record(TOPICS.feedback.name, 6, 4, None),
+        record(TOPICS.feedback.name, 1, 5, orjson.dumps([feedback("x")] * (MAX_BATCH_EVENTS + 1))),
+    ]
+    _, dead, _ = through_stage(records)
+    assert dead == sorted([
+        (TOPICS.traces.name, 5, 1, -1, "bad_json"),
+        (TOPICS.traces.name, 5, 2, -1, "empty_batch"),
+        (TOPICS.traces.name, 6, 3, -1, "not_an_object"),
+        (TOPICS.feedback.name, 6, 4, -1, "bad_json"),
+        (TOPICS.feedback.name, 1, 5, -1, "batch_too_large"),
+    ])  # fmt: skip
+    assert dead == directly(records)[1]
+
+
+def test_event_times_are_bounded_by_the_input_messages_time_not_the_keyed_ones():
+    old = (datetime.now(UTC) - timedelta(days=30)).isoformat()
+    records = [
+        record(TOPICS.feedback.name, 0, 1, orjson.dumps(feedback("t1", ts=old))),
+        record(TOPICS.feedback.name, 0, 2, orjson.dumps(feedback("t2", received_at=old))),
+        record(TOPICS.feedback.name, 0, 3, orjson.dumps(feedback("t3"))),
+    ]
+    events, dead, _ = through_stage(records)
+    assert [d[2:] for d in dead] == [(1, 0, "ts_out_of_range"), (2, 0, "ts_out_of_range")]
+    (only,) = events
+    stamped = orjson.loads(only[2])["received_at"]  # the input message's time, not now
+    assert datetime.fromisoformat(stamped) == datetime.fromtimestamp((NOW_MS - 997) / 1000, UTC)
+    assert (events, dead) == directly(records)[:2]
+
+
+def test_a_large_batch_is_split_under_the_message_limits():
+    many = [feedback("same-trace", n, comment="x" * 1_000) for n in range(3 * MAX_BATCH_EVENTS)]
+    records = [
+        record(TOPICS.feedback.name, 0, i, orjson.dumps(many[i : i + 500]))
+        for i in range(0, len(many), 500)
+    ]
+    (values,) = route(TOPICS, records).values()
+    assert len(values) > 3
+    assert all(len(v) < 1_000_000 for v in values)
+    events, dead, _ = through_stage(records)
+    assert len(events) == len(many) and not dead
+
+
+def test_keyed_messages_that_do_not_describe_their_events_are_dead_letters():
+    decoder, batch = DecodeInput(TOPICS, TimeBounds(), defaultdict(int)), Batch()
+    value = orjson.dumps(
+        {"feedback": [feedback("a")], "traces": [], "feedback_from": [[0, 1, NOW_MS, None, 0, 2]],
+         "traces_from": [], "dead": []}
+    )  # fmt: skip
+    message = SimpleNamespace(
+        topic=TOPICS.keyed.name, partition=partition_for("a", 8), offset=9, value=value,
+        key=None, timestamp=time.time(),
+    )  # fmt: skip
+    decoder.decode(message, None, batch)
+    assert not batch.feedback
+    assert [(d.topic, d.offset, d.reason) for d in batch.dead] == [
+        (TOPICS.keyed.name, 9, "bad_keyed")
+    ]
+
+
+def test_routed_markers_reach_the_watermark():
+    seen = []
+    decoder = DecodeInput(
+        TOPICS, TimeBounds(), defaultdict(int), routed=lambda p, s: seen.append((p, s))
+    )
+    message = SimpleNamespace(
+        topic=TOPICS.keyed.name, partition=4, offset=0, value=b'{"routed":1795000000000}',
+        key=None, timestamp=time.time(),
+    )  # fmt: skip
+    batch = Batch()
+    decoder.decode(message, None, batch)
+    assert seen == [(4, 1_795_000_000.0)] and not batch.dead
+
+
+# Any mix of input: the stage changes nothing of what the join makes of it ------------
+
+items = st.one_of(
+    st.sampled_from([f"t{i}" for i in range(12)]).map(feedback),
+    st.sampled_from([f"t{i}" for i in range(12)]).map(trace),
+    st.just({"trace_id": 5, "kind": "thumb"}),
+    st.just("not an object"),
+    st.just({"event_id": "x", "kind": "thumb", "value": "up"}),  # no trace_id
+)
+values = st.one_of(
+    items.map(orjson.dumps),
+    st.lists(items, min_size=1, max_size=6).map(orjson.dumps),
+    st.sampled_from([b"", b"[", b"[]", b"null", b"3"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 7), values), min_size=1, max_size=20))
+def test_any_input_decodes_the_same_through_the_stage_as_read_directly(messages):
+    records = [
+        record(TOPICS.feedback.name if is_feedback else TOPICS.traces.name, p, i, v)
+        for i, (is_feedback, p, v) in enumerate(messages)
+    ]
+    assert through_stage(records) == directly(records)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_routing_is_deterministic(n):
+    records = [
+        record(TOPICS.feedback.name, 0, i, orjson.dumps(feedback(f"r{i}"))) for i in range(n)
+    ]
+    assert route(TOPICS, records) == route(TOPICS, records)
