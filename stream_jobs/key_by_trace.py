@@ -66,6 +66,8 @@ MARK_EVERY = 1.0
 MAX_KEYED_BYTES = 900_000
 #: Longest wait for input in one ``getmany``.
 POLL_MS = 50
+#: Input messages routed per batch, at most.
+MAX_RECORDS = 10_000
 
 
 class _Out:
@@ -192,7 +194,7 @@ class KeyByTrace:
         waits: Waits,
         kafka_kwargs: dict[str, Any] | None = None,
         metrics: Metrics | None = None,
-        max_records: int = 10_000,
+        max_records: int | None = None,
     ) -> None:
         self.topics = topics
         self.producer = producer
@@ -200,7 +202,7 @@ class KeyByTrace:
         self.metrics = metrics
         self.counts: dict[str, int] = defaultdict(int)
         self._synced: dict[str, int] = {}
-        self.max_records = max_records
+        self.max_records = max_records or MAX_RECORDS
         self.bootstrap, self.kafka_kwargs = bootstrap, kafka_kwargs or {}
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,

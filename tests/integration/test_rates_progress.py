@@ -20,8 +20,10 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from schemas import Alert, Topics
+from stream_jobs import key_by_trace
 from stream_jobs.app import StreamApp
 from stream_jobs.join_traces import JoinTracesJob
+from stream_jobs.key_by_trace import KeyByTrace
 from stream_jobs.rates_store import alert_rows
 from stream_jobs.sink import ClickHouseSink
 from tests.conftest import unique
@@ -89,17 +91,29 @@ async def until(check: Callable[[], Any], timeout: float) -> Any:
     return check()
 
 
-async def test_a_join_far_behind_its_input_delays_windows_and_drops_nothing(
-    start_app, broker, store, store_settings, monkeypatch
+@pytest.mark.parametrize("slow", ["join", "key_by_trace"])
+async def test_a_stream_far_behind_its_input_delays_windows_and_drops_nothing(
+    slow, start_app, broker, store, store_settings, monkeypatch
 ):
-    real = JoinTracesJob.handle
+    if slow == "join":  # reading the input topics itself, 8 messages a batch
+        real = JoinTracesJob.handle
 
-    async def slow(self: JoinTracesJob, events: Any) -> None:  # a join that cannot keep up
-        await asyncio.sleep(0.25)
-        await real(self, events)
+        async def slow_join(self: JoinTracesJob, events: Any) -> None:
+            await asyncio.sleep(0.25)
+            await real(self, events)
 
-    monkeypatch.setattr(JoinTracesJob, "handle", slow)
-    app = await start_app(stream_batch_size=8)
+        monkeypatch.setattr(JoinTracesJob, "handle", slow_join)
+        app = await start_app(stream_batch_size=8, key_by_trace=False)
+    else:  # a quick join behind a stage that cannot keep up: its markers hold the windows
+        routing = KeyByTrace._route
+
+        async def slow_route(self: KeyByTrace, fetched: Any) -> None:
+            await asyncio.sleep(0.25)
+            await routing(self, fetched)
+
+        monkeypatch.setattr(KeyByTrace, "_route", slow_route)
+        monkeypatch.setattr(key_by_trace, "MAX_RECORDS", 16)
+        app = await start_app()
     project, db = unique("lag"), store_settings.clickhouse_database
     began = time.time()
     await send_pairs(broker, app, project, [began + i * 0.01 for i in range(1000)])
