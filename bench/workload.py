@@ -151,3 +151,23 @@ def fill_single(bootstrap: str, prefix: str, work: Workload) -> dict[str, int]:
     if errors or left:
         raise RuntimeError(f"single fill: {left} unsent, errors {errors[:3]}")
     return seen
+
+
+def legacy_workload(t: int, *, early: float = 0.1, seed: int = 42) -> Workload:
+    """The bench's earlier input (``--workload legacy``): 3 projects x 2 environments x
+    4 models x 3 capabilities, no orphans, a share ``early`` of the traces sent at the
+    end of their 5,000-pair chunk, event times at generation."""
+    gen = LoadGenerator(LoadSpec(seed=seed, run_id="legacy", comment_share=0.3))
+    work = Workload(feedback=t, traces=t)
+    for start in range(0, t, CHUNK):
+        late: list[TraceEvent] = []
+        for _ in range(min(CHUNK, t - start)):
+            trace, feedback, _ = gen.pair(0.0)
+            if gen.rng.random() < early:
+                late.append(trace)
+                work.early += 1
+            else:
+                work.events.append(trace)
+            work.events.append(feedback)
+        work.events.extend(late)
+    return work
