@@ -76,15 +76,29 @@ class TraceEvent(Contract):
                 check_nested(self.attributes, "attributes", MAX_ATTRIBUTES_BYTES)
             except ValueError as exc:
                 raise ValueError(f"attributes: {exc}") from None
-        if self.start_time and self.end_time:
-            if self.end_time < self.start_time:
-                raise ValueError("end_time: is before start_time")
-            if self.latency_ms is None:
-                latency = (self.end_time - self.start_time).total_seconds() * 1000.0
-                object.__setattr__(self, "latency_ms", latency)
-        if self.total_tokens is None and (self.input_tokens or self.output_tokens):
-            total = (self.input_tokens or 0) + (self.output_tokens or 0)
-            object.__setattr__(self, "total_tokens", total)
-        if self.error and self.status is TraceStatus.UNSET:
-            object.__setattr__(self, "status", TraceStatus.ERROR)
+        # The instance is not published yet: fill the derived fields in place.
+        for name, value in derive_trace(self).items():
+            object.__setattr__(self, name, value)
         return self
+
+
+def derive_trace(event: Any) -> dict[str, Any]:
+    """Check the times' order and derive latency, total tokens and status.
+
+    ``event``: a TraceEvent with its times settled, or the fast decoder's
+    struct (schemas/fast.py). Returns the fields to update.
+
+    Raises:
+        ValueError: "end_time: is before start_time".
+    """
+    out: dict[str, Any] = {}
+    if event.start_time and event.end_time:
+        if event.end_time < event.start_time:
+            raise ValueError("end_time: is before start_time")
+        if event.latency_ms is None:
+            out["latency_ms"] = (event.end_time - event.start_time).total_seconds() * 1000.0
+    if event.total_tokens is None and (event.input_tokens or event.output_tokens):
+        out["total_tokens"] = (event.input_tokens or 0) + (event.output_tokens or 0)
+    if event.error and event.status is TraceStatus.UNSET:
+        out["status"] = TraceStatus.ERROR
+    return out
