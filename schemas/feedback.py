@@ -261,17 +261,28 @@ def check_value(value: Any) -> Any:
 class FeedbackFields(Protocol):
     """What :func:`derive` reads: a FeedbackEvent, or the fast decoder's struct."""
 
-    kind: FeedbackKind | None
-    value: bool | float | str | None
-    range: tuple[float, float] | None
-    label: str | None
-    score: float | None
-    comment: str | None
-    correction: str | None
-    category: str | None
-    name: str | None
-    source: Source | None
-    retracted: bool
+    @property
+    def kind(self) -> FeedbackKind | None: ...
+    @property
+    def value(self) -> bool | float | str | None: ...
+    @property
+    def range(self) -> tuple[float, float] | None: ...
+    @property
+    def label(self) -> str | None: ...
+    @property
+    def score(self) -> float | None: ...
+    @property
+    def comment(self) -> str | None: ...
+    @property
+    def correction(self) -> str | None: ...
+    @property
+    def category(self) -> str | None: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def source(self) -> Source | None: ...
+    @property
+    def retracted(self) -> bool: ...
 
 
 def derive(event: FeedbackFields) -> dict[str, Any]:
