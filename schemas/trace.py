@@ -6,6 +6,7 @@ join merges them into one set of attributes per ``trace_id``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -77,28 +78,30 @@ class TraceEvent(Contract):
             except ValueError as exc:
                 raise ValueError(f"attributes: {exc}") from None
         # The instance is not published yet: fill the derived fields in place.
-        for name, value in derive_trace(self).items():
+        for name, value in derive_trace(self.__dict__).items():
             object.__setattr__(self, name, value)
         return self
 
 
-def derive_trace(event: Any) -> dict[str, Any]:
+def derive_trace(event: Mapping[str, Any]) -> dict[str, Any]:
     """Check the times' order and derive latency, total tokens and status.
 
-    ``event``: a TraceEvent with its times settled, or the fast decoder's
-    struct (schemas/fast.py). Returns the fields to update.
+    ``event``: the fields of a TraceEvent with its times settled (also what the
+    fast decoder, schemas/fast.py, builds one from). Returns the fields to update.
 
     Raises:
         ValueError: "end_time: is before start_time".
     """
     out: dict[str, Any] = {}
-    if event.start_time and event.end_time:
-        if event.end_time < event.start_time:
+    start, end = event["start_time"], event["end_time"]
+    if start and end:
+        if end < start:
             raise ValueError("end_time: is before start_time")
-        if event.latency_ms is None:
-            out["latency_ms"] = (event.end_time - event.start_time).total_seconds() * 1000.0
-    if event.total_tokens is None and (event.input_tokens or event.output_tokens):
-        out["total_tokens"] = (event.input_tokens or 0) + (event.output_tokens or 0)
-    if event.error and event.status is TraceStatus.UNSET:
+        if event["latency_ms"] is None:
+            out["latency_ms"] = (end - start).total_seconds() * 1000.0
+    tokens_in, tokens_out = event["input_tokens"], event["output_tokens"]
+    if event["total_tokens"] is None and (tokens_in or tokens_out):
+        out["total_tokens"] = (tokens_in or 0) + (tokens_out or 0)
+    if event["error"] and event["status"] is TraceStatus.UNSET:
         out["status"] = TraceStatus.ERROR
     return out
