@@ -35,7 +35,7 @@ import math
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     Field,
@@ -199,28 +199,17 @@ class FeedbackEvent(Contract):
     @field_validator("label")
     @classmethod
     def _label(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        lowered = value.lower()
-        return lowered if lowered in _LABELS else value
+        return normal_label(value)
 
     @field_validator("range")
     @classmethod
     def _range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None:
-            low, high = value
-            if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-                raise ValueError("range must be [low, high] with low < high, e.g. [1, 5]")
-        return value
+        return check_range(value)
 
     @field_validator("value")
     @classmethod
     def _finite(cls, value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        if isinstance(value, str) and len(value) > MAX_CORRECTION_LEN:
-            raise ValueError(f"is longer than {MAX_CORRECTION_LEN} characters")
-        return value
+        return check_value(value)
 
     @model_validator(mode="after")
     def _derive(self) -> FeedbackEvent:
@@ -239,8 +228,68 @@ class FeedbackEvent(Contract):
         return event
 
 
-def derive(event: FeedbackEvent) -> dict[str, Any]:
+# The checks of single fields, shared with the stream's fast decoder (schemas/fast.py),
+# so the two paths cannot drift apart.
+
+
+def normal_label(value: str | None) -> str | None:
+    """The known labels in lower case; a custom label as sent."""
+    if value is None:
+        return None
+    lowered = value.lower()
+    return lowered if lowered in _LABELS else value
+
+
+def check_range(value: tuple[float, float] | None) -> tuple[float, float] | None:
+    """Refuse a range that is not finite ``[low, high]`` with low < high (ValueError)."""
+    if value is not None:
+        low, high = value
+        if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+            raise ValueError("range must be [low, high] with low < high, e.g. [1, 5]")
+    return value
+
+
+def check_value(value: Any) -> Any:
+    """Refuse a value that is not a finite number, or a string too long (ValueError)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if isinstance(value, str) and len(value) > MAX_CORRECTION_LEN:
+        raise ValueError(f"is longer than {MAX_CORRECTION_LEN} characters")
+    return value
+
+
+class FeedbackFields(Protocol):
+    """What :func:`derive` reads: a FeedbackEvent, or the fast decoder's struct."""
+
+    @property
+    def kind(self) -> FeedbackKind | None: ...
+    @property
+    def value(self) -> bool | float | str | None: ...
+    @property
+    def range(self) -> tuple[float, float] | None: ...
+    @property
+    def label(self) -> str | None: ...
+    @property
+    def score(self) -> float | None: ...
+    @property
+    def comment(self) -> str | None: ...
+    @property
+    def correction(self) -> str | None: ...
+    @property
+    def category(self) -> str | None: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def source(self) -> Source | None: ...
+    @property
+    def retracted(self) -> bool: ...
+
+
+def derive(event: FeedbackFields) -> dict[str, Any]:
     """Check ``value`` against ``kind`` and fill what the client left out.
+
+    ``event`` has its single fields checked already (``label`` normalised by
+    :func:`normal_label`).
 
     Returns the fields to update: kind, value (normalised), name, label, score,
     source, comment, correction, category.
@@ -336,7 +385,7 @@ def derive(event: FeedbackEvent) -> dict[str, Any]:
     return out
 
 
-def _infer_kind(event: FeedbackEvent) -> FeedbackKind:
+def _infer_kind(event: FeedbackFields) -> FeedbackKind:
     value = event.value
     if value is None:
         if event.label is not None or event.retracted:

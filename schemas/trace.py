@@ -6,6 +6,7 @@ join merges them into one set of attributes per ``trace_id``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -76,15 +77,31 @@ class TraceEvent(Contract):
                 check_nested(self.attributes, "attributes", MAX_ATTRIBUTES_BYTES)
             except ValueError as exc:
                 raise ValueError(f"attributes: {exc}") from None
-        if self.start_time and self.end_time:
-            if self.end_time < self.start_time:
-                raise ValueError("end_time: is before start_time")
-            if self.latency_ms is None:
-                latency = (self.end_time - self.start_time).total_seconds() * 1000.0
-                object.__setattr__(self, "latency_ms", latency)
-        if self.total_tokens is None and (self.input_tokens or self.output_tokens):
-            total = (self.input_tokens or 0) + (self.output_tokens or 0)
-            object.__setattr__(self, "total_tokens", total)
-        if self.error and self.status is TraceStatus.UNSET:
-            object.__setattr__(self, "status", TraceStatus.ERROR)
+        # The instance is not published yet: fill the derived fields in place.
+        for name, value in derive_trace(self.__dict__).items():
+            object.__setattr__(self, name, value)
         return self
+
+
+def derive_trace(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the times' order and derive latency, total tokens and status.
+
+    ``event``: the fields of a TraceEvent with its times settled (also what the
+    fast decoder, schemas/fast.py, builds one from). Returns the fields to update.
+
+    Raises:
+        ValueError: "end_time: is before start_time".
+    """
+    out: dict[str, Any] = {}
+    start, end = event["start_time"], event["end_time"]
+    if start and end:
+        if end < start:
+            raise ValueError("end_time: is before start_time")
+        if event["latency_ms"] is None:
+            out["latency_ms"] = (end - start).total_seconds() * 1000.0
+    tokens_in, tokens_out = event["input_tokens"], event["output_tokens"]
+    if event["total_tokens"] is None and (tokens_in or tokens_out):
+        out["total_tokens"] = (tokens_in or 0) + (tokens_out or 0)
+    if event["error"] and event["status"] is TraceStatus.UNSET:
+        out["status"] = TraceStatus.ERROR
+    return out
