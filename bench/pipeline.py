@@ -15,7 +15,9 @@ checked (see :mod:`checks`). Variants:
 - ``aiokafka_job``: the hand-written aiokafka job (:mod:`baselines`), the bar;
 - ``per_event``: the straightforward faust-streaming join (:mod:`baselines`);
 - ``thumbline``: the stream of this repository as ``thumbline up`` runs it
-  (join and rates), in one process;
+  (key_by_trace, join and rates), in one process;
+- ``thumbline-direct``: the same with ``THUMBLINE_KEY_BY_TRACE=false``: the
+  join reads the input topics itself, one Faust message at a time;
 - ``thumbline-2``: the same with ``THUMBLINE_STREAM_WORKERS=2``: a join
   helper process takes half the partitions and writes through the store
   owner's loopback endpoint (the second core).
@@ -71,7 +73,7 @@ from thumbline.settings import load_settings
 from thumbline.store import apply_migrations, open_client
 
 #: The order variants run in on each input form: the baselines first.
-VARIANTS = ("aiokafka_job", "per_event", "thumbline", "thumbline-2")
+VARIANTS = ("aiokafka_job", "per_event", "thumbline", "thumbline-direct", "thumbline-2")
 INPUTS = ("batched", "single")
 
 
@@ -88,9 +90,10 @@ def helper_first_input(data_dir: Path, result: dict) -> dict:
     return {"seconds": max(result["last_insert"] - min(firsts), 1e-3)}
 
 
-async def run_thumbline(spec: RunSpec, *, workers: int = 1) -> dict:
+async def run_thumbline(spec: RunSpec, *, workers: int = 1, key_by_trace: bool = True) -> dict:
     from stream_jobs.app import StreamApp
     from stream_jobs.join_traces import JoinTracesJob
+    from stream_jobs.key_by_trace import KeyByTrace
     from thumbline.sqlserver import SqlServer
     from thumbline.workers import JoinHelpers
 
@@ -101,11 +104,18 @@ async def run_thumbline(spec: RunSpec, *, workers: int = 1) -> dict:
         await handle(self, events)
 
     JoinTracesJob.handle = timed_handle  # type: ignore[method-assign]
+    route = KeyByTrace._route
+
+    async def timed_route(self, fetched):  # type: ignore[no-untyped-def]
+        note_first_message()  # the stage reads the input before the join
+        await route(self, fetched)
+
+    KeyByTrace._route = timed_route  # type: ignore[method-assign]
 
     settings = load_settings(
         data_dir=Path(tempfile.mkdtemp(prefix="bench-tl-")), topic_prefix=spec.prefix,
         partitions=PARTITIONS, sink_max_seconds=0.5, stream_workers=workers,
-        join_grace_seconds=spec.grace,
+        join_grace_seconds=spec.grace, key_by_trace=key_by_trace,
         log_level="INFO", log_format="json",  # helpers log their first input (read below)
     )  # fmt: skip
     db = settings.clickhouse_database
@@ -146,10 +156,15 @@ async def run_thumbline_2(spec: RunSpec) -> dict:
     return await run_thumbline(spec, workers=2)
 
 
+async def run_thumbline_direct(spec: RunSpec) -> dict:
+    return await run_thumbline(spec, key_by_trace=False)
+
+
 RUNNERS = {
     "aiokafka_job": run_aiokafka_job,
     "per_event": run_per_event,
     "thumbline": run_thumbline,
+    "thumbline-direct": run_thumbline_direct,
     "thumbline-2": run_thumbline_2,
 }
 

@@ -73,7 +73,7 @@ MAX_RECORDS = 10_000
 class _Out:
     """What one batch sends to one partition of ``keyed``, split at the size limits."""
 
-    __slots__ = ("done", "events", "runs", "size")
+    __slots__ = ("count", "done", "events", "runs", "size")
 
     def __init__(self) -> None:
         self.done: list[bytes] = []
@@ -82,32 +82,36 @@ class _Out:
     def _reset(self) -> None:
         self.events: dict[str, list[bytes]] = {"feedback": [], "traces": []}
         self.runs: dict[str, list[list[Any]]] = {"feedback": [], "traces": []}
-        self.size = 0
+        self.size = self.count = 0
 
     def add(self, kind: str, source: list[Any], items: list[bytes], index: int = 0) -> None:
         """``items`` of one input message (``source``: partition, offset, ms, key), the
         first of them at ``index`` in it, the others following it there."""
         for item in items:
-            if self.size + len(item) > MAX_KEYED_BYTES or self.count >= MAX_BATCH_EVENTS:
-                self.close()
-            runs = self.runs[kind]
-            last = runs[-1] if runs else None
-            if last is not None and last[:4] == source and last[4] + last[5] == index:
-                last[5] += 1
-            else:
-                runs.append([*source, index, 1])
-            self.events[kind].append(item)
-            self.size += len(item)
+            self.add_run(kind, source, item, index, 1)
             index += 1
+
+    def add_run(self, kind: str, source: list[Any], chunk: bytes, index: int, n: int) -> None:
+        """``n`` events of one input message as one comma-separated ``chunk`` of JSON, the
+        first at ``index`` in it. A chunk is never split: an input message's array fits."""
+        if self.count and (
+            self.size + len(chunk) > MAX_KEYED_BYTES or self.count + n > MAX_BATCH_EVENTS
+        ):
+            self.close()
+        runs = self.runs[kind]
+        last = runs[-1] if runs else None
+        if last is not None and last[:4] == source and last[4] + last[5] == index:
+            last[5] += n
+        else:
+            runs.append([*source, index, n])
+        self.events[kind].append(chunk)
+        self.size += len(chunk)
+        self.count += n
 
     def add_dead(self, letter: bytes) -> None:
         """A dead letter travels alone: its raw text may be as large as a message."""
         self.done.append(_keyed({"feedback": [], "traces": []}, {"feedback": [], "traces": []},
                                 [letter]))  # fmt: skip
-
-    @property
-    def count(self) -> int:
-        return len(self.events["feedback"]) + len(self.events["traces"])
 
     def close(self) -> None:
         if self.count:
@@ -161,8 +165,9 @@ def route(
         if len(items) == 1 and raw is not None and raw.lstrip()[:1] == b"{":
             outs[targets[0]].add(kind, source, [raw.strip()])  # the message's own bytes
             continue
-        if all(t == targets[0] for t in targets):
-            outs[targets[0]].add(kind, source, [orjson.dumps(i) for i in items])
+        if all(t == targets[0] for t in targets):  # thumbline's producers: the array as sent
+            inner = raw.strip()[1:-1]
+            outs[targets[0]].add_run(kind, source, inner, 0, len(items))
             continue
         # a mixed array: each target gets its own runs, in the array's order
         for index, (target, item) in enumerate(zip(targets, items, strict=True)):

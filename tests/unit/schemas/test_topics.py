@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as kafkas_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import Topics, partition_for
+from schemas.topics import murmur2
 
 
 def test_default_names_use_the_thumbline_prefix():
@@ -56,3 +58,9 @@ def test_partition_for_matches_the_java_client():
     for key, signed in JAVA_MURMUR2.items():
         java_partition = (signed & 0x7FFFFFFF) % 24  # Utils.toPositive(murmur2(key)) % n
         assert partition_for(key, 24) == java_partition
+
+
+@given(st.binary(max_size=300))
+def test_our_murmur2_is_kafkas(data):
+    """The partitioner's hash equals aiokafka's (and so the Java client's) on any bytes."""
+    assert murmur2(data) == kafkas_murmur2(data)
