@@ -29,7 +29,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from schemas import (
@@ -63,6 +63,22 @@ def key_of(event: FeedbackEvent | TraceEvent) -> Key:
 RANK = {JoinStatus.ORPHAN: 1, JoinStatus.JOINED: 2, JoinStatus.CORRECTED: 3}
 
 
+#: Attributes with few distinct values (a model, not a user): one string object each.
+_DIMENSIONS = frozenset({"environment", "model", "capability", "step", "name"})
+_SHARED: dict[str, str] = {}
+_SHARED_MAX = 100_000
+
+
+def _shared(value: str) -> str:
+    """``value`` as the one string object held for it (up to ``_SHARED_MAX`` values)."""
+    held = _SHARED.get(value)
+    if held is not None:
+        return held
+    if len(_SHARED) < _SHARED_MAX:
+        _SHARED[value] = value
+    return value
+
+
 @dataclass(slots=True)
 class TraceAttributes:
     """What feedback inherits from its trace, merged from one or many span events.
@@ -90,7 +106,7 @@ class TraceAttributes:
     has_root: bool = False
     span_cost: float = 0.0
     span_tokens: int = 0
-    span_ids: set[str] = field(default_factory=set)
+    spans: str | set[str] | None = None  # the span ids merged: one alone, or a set of them
     seen_at: float = 0.0  # wall time of the last update, for retention
 
     _TEXT = (
@@ -101,12 +117,22 @@ class TraceAttributes:
     def merge(self, event: TraceEvent, now: float) -> None:
         root = event.span_id is None or event.parent_span_id is None
         span_key = event.span_id or ""
-        first_time = span_key not in self.span_ids
-        self.span_ids.add(span_key)
+        spans = self.spans
+        if spans is None:  # most traces come as one event: no set for them (216 bytes)
+            first_time, self.spans = True, span_key
+        elif isinstance(spans, str):
+            first_time = span_key != spans
+            if first_time:
+                self.spans = {spans, span_key}
+        else:
+            first_time = span_key not in spans
+            spans.add(span_key)
         for name in self._TEXT:
             value = getattr(event, name) or ""
             if not value:
                 continue
+            if name in _DIMENSIONS:  # a few values shared by many traces: held once
+                value = _shared(value)
             current = getattr(self, name)
             # TraceEvent defaults environment to "default": a span that did not
             # say must not overwrite a value another span did say.
@@ -132,7 +158,7 @@ class TraceAttributes:
             or status == TraceStatus.ERROR
             or (status != TraceStatus.UNSET and (root or self.status == TraceStatus.UNSET))
         ):
-            self.status = status
+            self.status = _shared(status)
         self.seen_at = now
 
     @property
@@ -264,6 +290,7 @@ class JoinState:
             key = key_of(event)
             attrs = self.traces.get(key)
             if attrs is None:
+                key = (_shared(key[0]), key[1])
                 attrs = self.traces[key] = TraceAttributes(event.trace_id, project=key[0])
             attrs.merge(event, now)
             touched.add(key)
