@@ -108,13 +108,13 @@ def sender(args: argparse.Namespace) -> None:
     print(json.dumps({"sent": sent}))
 
 
-async def measure(bootstrap: str, form: str, rate: int, seconds: float) -> dict:
+async def measure(bootstrap: str, data_dir: Path, form: str, rate: int, seconds: float) -> dict:
     from stream_jobs.app import StreamApp
 
     prefix = f"fresh-{form}-{uuid.uuid4().hex[:6]}."
-    settings = load_settings(
-        data_dir=Path(tempfile.mkdtemp(prefix="bench-fresh-")), topic_prefix=prefix,
-        partitions=PARTITIONS, log_level="WARNING",
+    settings = load_settings(  # one chDB path per process: a database per run
+        data_dir=data_dir, clickhouse_database=prefix.replace("-", "_").rstrip("."),
+        topic_prefix=prefix, partitions=PARTITIONS, log_level="WARNING",
     )  # fmt: skip
     await ensure_topics(bootstrap, Topics.build(prefix, PARTITIONS).all())
     client = open_client(settings)
@@ -151,11 +151,11 @@ async def measure(bootstrap: str, form: str, rate: int, seconds: float) -> dict:
 
 
 async def main(args: argparse.Namespace) -> None:
-    rows = []
+    rows, data_dir = [], Path(tempfile.mkdtemp(prefix="bench-fresh-"))
     with EmbeddedBroker(log_path=Path(tempfile.mkdtemp()) / "broker.log") as broker:
         for form in args.input:
             for rate in args.rate:
-                result = await measure(broker.bootstrap, form, rate, args.seconds)
+                result = await measure(broker.bootstrap, data_dir, form, rate, args.seconds)
                 print(json.dumps(result), flush=True)
                 rows.append(result)
     print("\n| input | feedback/s asked | kept by the sender | stream kept up | rows measured "

@@ -200,6 +200,7 @@ class KeyByTrace:
         kafka_kwargs: dict[str, Any] | None = None,
         metrics: Metrics | None = None,
         max_records: int | None = None,
+        fetch_max_wait_ms: int = 100,
     ) -> None:
         self.topics = topics
         self.producer = producer
@@ -216,6 +217,7 @@ class KeyByTrace:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
+            fetch_max_wait_ms=fetch_max_wait_ms,
             **(kafka_kwargs or {}),
         )
         self.inputs = [

@@ -12,7 +12,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from schemas import Topics
-from stream_jobs.app import StreamApp
+from stream_jobs.app import FETCH_MAX_WAIT_MS, StreamApp
 from tests.conftest import unique
 from tests.integration.test_join import eventually
 from thumbline.kafka import ensure_topics
@@ -78,6 +78,10 @@ async def test_one_event_messages_are_read_in_batches_and_joined_where_their_tra
         assert app.job.counts["messages"] < len(ids) / 4
         assert app.job.counts[f"in:{topics.feedback.name}"] == len(ids)
         assert "forwarded" not in app.job.counts  # every event came on its trace's partition
+        # Faust's consumer fetches with our short wait, not its fixed 1,500 ms (freshness)
+        assert app._app is not None
+        faust_consumer = app._app.consumer._thread._consumer  # type: ignore[attr-defined]
+        assert faust_consumer._fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS == 100
     finally:
         await app.stop()
     assert not query(
