@@ -289,7 +289,9 @@ class KeyByTrace:
             self.first_input_at = time.time()
         records = [r for rs in fetched.values() for r in rs]
         by_partition = route(self.topics, records, counts=self.counts)
-        oldest = min(r.timestamp for r in records)  # a keyed message is as old as its input
+        # a keyed message is as old as its input (a record without a time: sent now)
+        oldest = min(r.timestamp for r in records)
+        oldest = oldest if oldest > 0 else None
         out = [
             Outgoing(self.topics.keyed.name, value, partition=p, timestamp_ms=oldest)
             for p, values in by_partition.items()

@@ -12,7 +12,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from schemas import Topics
-from stream_jobs.app import FETCH_MAX_WAIT_MS, StreamApp
+from stream_jobs.app import StreamApp
+from stream_jobs.faust_app import FETCH_MAX_WAIT_MS
 from tests.conftest import unique
 from tests.integration.test_join import eventually
 from thumbline.kafka import ensure_topics
