@@ -225,7 +225,8 @@ class KeyByTrace:
             for t in (topics.feedback, topics.traces)
             for p in range(t.partitions)
         ]
-        self._done: dict[TopicPartition, tuple[int, int]] = {}  # next offset, last ms routed
+        # per input: the next offset to route, and the time (ms) of the last one routed
+        self._done: dict[TopicPartition, tuple[int, int]] = {}
         self._marked_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
@@ -239,6 +240,8 @@ class KeyByTrace:
         self.consumer.assign(self.inputs)
         if take_over_from is not None:
             await self._take_over(take_over_from)
+        for tp in self.inputs:  # where each input starts: caught up there if nothing follows
+            self._done[tp] = (await self.consumer.position(tp), 0)
         self._task = asyncio.create_task(self._run(), name="key_by_trace")
 
     async def _take_over(self, group: str) -> None:
@@ -318,16 +321,11 @@ class KeyByTrace:
         """Every input message older than this (seconds) is in ``keyed``; None: unknown."""
         marks = []
         for tp in self.inputs:
-            high = self.consumer.highwater(tp)
-            done = self._done.get(tp)
-            if high is None:
+            high, done = self.consumer.highwater(tp), self._done.get(tp)
+            if high is None or done is None:
                 return None  # nothing fetched from it yet
-            if (done is None and high == 0) or (done is not None and done[0] >= high):
-                marks.append(now)
-            elif done is not None:
-                marks.append(done[1] / 1000)
-            else:
-                return None
+            # caught up, or behind: everything routed is older than the last one routed
+            marks.append(now if done[0] >= high else done[1] / 1000)
         return min(marks) if marks else now
 
     async def _mark(self) -> None:
