@@ -157,8 +157,9 @@ async def test_a_backfill_of_last_month_into_a_fresh_store_gives_last_months_win
         assert settled and problems == [], problems[:5]
         assert checked >= 2 * 10  # ten minutes of last month, per model and per capability
         # rows before the first watermark complete their windows from memory; the rest are
-        # late and recomputed from the table: either way the windows are exact
-        assert 0 < app.rates.rates.late <= 300
+        # late and recomputed from the table: either way the windows are exact (behind
+        # key_by_trace the backfill is usually all in before the first watermark)
+        assert app.rates.rates.late <= 300
         assert not [a for a in app.rates.alerts if a.window_start.timestamp() < month_ago + 3600]
     finally:
         store.command(f"DROP DATABASE IF EXISTS {db}")
