@@ -228,7 +228,7 @@ class FeedbackEvent(Contract):
         return event
 
 
-# The checks of single fields, shared with the stream's fast decoder (schemas/fast.py),
+# The checks of single fields, shared with the msgspec prototype (bench/fast_prototype.py),
 # so the two paths cannot drift apart.
 
 

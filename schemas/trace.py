@@ -87,7 +87,7 @@ def derive_trace(event: Mapping[str, Any]) -> dict[str, Any]:
     """Check the times' order and derive latency, total tokens and status.
 
     ``event``: the fields of a TraceEvent with its times settled (also what the
-    fast decoder, schemas/fast.py, builds one from). Returns the fields to update.
+    msgspec prototype, bench/fast_prototype.py, builds one from). Returns the fields to update.
 
     Raises:
         ValueError: "end_time: is before start_time".

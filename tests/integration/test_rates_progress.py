@@ -95,7 +95,7 @@ async def until(check: Callable[[], Any], timeout: float) -> Any:
 async def test_a_stream_far_behind_its_input_delays_windows_and_drops_nothing(
     slow, start_app, broker, store, store_settings, monkeypatch
 ):
-    if slow == "join":  # reading the input topics itself, 8 messages a batch
+    if slow == "join":  # reading the input topics itself, 16 messages a batch
         real = JoinTracesJob.handle
 
         async def slow_join(self: JoinTracesJob, events: Any) -> None:
@@ -103,7 +103,7 @@ async def test_a_stream_far_behind_its_input_delays_windows_and_drops_nothing(
             await real(self, events)
 
         monkeypatch.setattr(JoinTracesJob, "handle", slow_join)
-        app = await start_app(stream_batch_size=8, key_by_trace=False)
+        app = await start_app(stream_batch_size=16, key_by_trace=False)
     else:  # a quick join behind a stage that cannot keep up: its markers hold the windows
         routing = KeyByTrace._route
 
@@ -112,7 +112,7 @@ async def test_a_stream_far_behind_its_input_delays_windows_and_drops_nothing(
             await routing(self, fetched)
 
         monkeypatch.setattr(KeyByTrace, "_route", slow_route)
-        monkeypatch.setattr(key_by_trace, "MAX_RECORDS", 16)
+        monkeypatch.setattr(key_by_trace, "MAX_RECORDS", 32)
         app = await start_app()
     project, db = unique("lag"), store_settings.clickhouse_database
     began = time.time()
