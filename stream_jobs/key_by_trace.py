@@ -187,7 +187,12 @@ def _now() -> datetime:
 
 
 class KeyByTrace:
-    """The stage: ``start()``, ``stop()``; runs as a task in the stream's event loop."""
+    """The stage: ``start()``, ``stop()``; runs as a task in the stream's event loop.
+
+    Kafka that does not answer is waited out (fetch, publish, commit), reported in
+    ``waits`` (readiness) as the join's sends are. ``consumer``: a stand-in for
+    tests; by default an AIOKafkaConsumer of ``group`` with every input partition.
+    """
 
     def __init__(
         self,
@@ -201,6 +206,7 @@ class KeyByTrace:
         metrics: Metrics | None = None,
         max_records: int | None = None,
         fetch_max_wait_ms: int = 100,
+        consumer: Any = None,
     ) -> None:
         self.topics = topics
         self.producer = producer
@@ -210,7 +216,7 @@ class KeyByTrace:
         self._synced: dict[str, int] = {}
         self.max_records = max_records or MAX_RECORDS
         self.bootstrap, self.kafka_kwargs = bootstrap, kafka_kwargs or {}
-        self.consumer = AIOKafkaConsumer(
+        self.consumer = consumer or AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group,
             enable_auto_commit=False,
@@ -274,9 +280,16 @@ class KeyByTrace:
     async def _run(self) -> None:
         try:
             while True:
-                fetched = await self.consumer.getmany(
-                    timeout_ms=POLL_MS, max_records=self.max_records
-                )  # fmt: skip
+                try:
+                    fetched = await self.consumer.getmany(
+                        timeout_ms=POLL_MS, max_records=self.max_records
+                    )  # fmt: skip
+                except KafkaError as exc:  # the broker away: read again once it answers
+                    if not transient(exc) and not getattr(exc, "retriable", False):
+                        raise
+                    await self.waits.wait(KAFKA, "key_by_trace_fetch", exc)
+                    continue
+                self.waits.succeeded(KAFKA, "key_by_trace_fetch")
                 if fetched:
                     await self._route(fetched)
                 await self._mark()

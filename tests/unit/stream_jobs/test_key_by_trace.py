@@ -7,6 +7,7 @@ the input messages themselves.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from collections import defaultdict
@@ -15,13 +16,16 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import TimeBounds, Topics, partition_for
 from schemas.wire import MAX_BATCH_EVENTS
 from stream_jobs.decode_input import Batch, DecodeInput
-from stream_jobs.key_by_trace import route
+from stream_jobs.key_by_trace import KeyByTrace, route
+from thumbline.outages import KAFKA, Waits
 
 TOPICS = Topics.build("t.", 8)
 NOW_MS = int(time.time() * 1000)
@@ -248,3 +252,63 @@ def test_routing_is_deterministic(n):
         record(TOPICS.feedback.name, 0, i, orjson.dumps(feedback(f"r{i}"))) for i in range(n)
     ]
     assert route(TOPICS, records) == route(TOPICS, records)
+
+
+# The stage's loop, with a fake consumer and producer ------------------------------
+
+
+class FakeConsumer:
+    """Answers getmany from a script: an exception to raise, or records to return."""
+
+    def __init__(self, script: list) -> None:
+        self.script = script
+        self.committed: list[dict] = []
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+        await asyncio.sleep(0)
+        if not self.script:
+            await asyncio.sleep(3600)
+        step = self.script.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+    async def commit(self, offsets: dict) -> None:
+        self.committed.append(dict(offsets))
+
+    def highwater(self, tp) -> int | None:
+        return None
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, int]] = []
+
+    async def send(self, topic, value, key=None, partition=None, timestamp_ms=None):
+        self.sent.append((topic, value, partition))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(SimpleNamespace(topic=topic, partition=partition, offset=0))
+        return done
+
+
+async def test_a_broker_that_does_not_answer_a_fetch_is_waited_out():
+    tp = TopicPartition(TOPICS.feedback.name, 2)
+    records = [record(TOPICS.feedback.name, 2, 7, orjson.dumps(feedback("w1")))]
+    consumer = FakeConsumer([KafkaConnectionError("broker away"), {tp: records}])
+    waits = Waits(first_delay=0.01, max_delay=0.01)
+    stage = KeyByTrace(
+        topics=TOPICS, bootstrap="127.0.0.1:1", group="g", producer=FakeProducer(), waits=waits,
+        consumer=consumer,
+    )  # fmt: skip
+    task = asyncio.create_task(stage._run())
+    for _ in range(200):
+        if consumer.committed:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert stage.failure is None  # not fatal
+    assert consumer.committed == [{tp: 8}]  # routed after the broker came back, then committed
+    assert [(t, p) for t, _, p in stage.producer.sent] == [
+        (TOPICS.keyed.name, partition_for("w1", 8))
+    ]
+    assert not waits.waiting(KAFKA)
