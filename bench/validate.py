@@ -130,6 +130,7 @@ def main() -> None:
     try:
         import fast_prototype as fast
     except ImportError:  # no msgspec
+        print("# msgspec is missing (pip install -e '.[test,bench]'): pydantic alone")
         fast = None  # type: ignore[assignment]
     print(f"# commit {git_commit()}, Python {platform.python_version()}, "
           f"{args.arrays} arrays of {args.size} events, best of {args.repeat}")  # fmt: skip
