@@ -56,7 +56,7 @@ from stream_jobs.sink import (
 )
 from stream_jobs.watermarks import Watermarks
 from thumbline.kafka import Outgoing, deliver
-from thumbline.metrics import Metrics
+from thumbline.metrics import Metrics, gained
 from thumbline.outages import STORE, Waits
 
 logger = logging.getLogger(__name__)
@@ -242,11 +242,7 @@ class JoinTracesJob:
         m.join_pending.set(self.state.pending_count)
         for structure, hits in self.state.bound_hits.items():
             self.counts[f"bound:join_{structure}"] = hits
-        for key, value in list(self.counts.items()):
-            delta = value - self._synced.get(key, 0)
-            if delta <= 0:
-                continue
-            self._synced[key] = value
+        for key, delta in gained(self.counts, self._synced):
             kind, _, name = key.partition(":")
             if kind == "in":
                 m.events_consumed.labels(name).inc(delta)

@@ -55,7 +55,7 @@ from aiokafka.errors import KafkaError
 from schemas import DeadLetter, Topics, WireError, decode_message, partition_for
 from schemas.wire import MAX_BATCH_EVENTS
 from thumbline.kafka import Outgoing, deliver
-from thumbline.metrics import Metrics
+from thumbline.metrics import Metrics, gained
 from thumbline.outages import KAFKA, Waits, transient
 
 logger = logging.getLogger(__name__)
@@ -375,11 +375,7 @@ class KeyByTrace:
         m = self.metrics
         if m is None:
             return
-        for key, value in list(self.counts.items()):
-            delta = value - self._synced.get(key, 0)
-            if delta <= 0:
-                continue
-            self._synced[key] = value
+        for key, delta in gained(self.counts, self._synced):
             kind, _, name = key.partition(":")
             if kind == "out":
                 m.events_produced.labels(name).inc(delta)

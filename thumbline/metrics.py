@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -21,6 +22,19 @@ MAX_DIMENSION_SETS = 500
 
 _FRESHNESS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
 _INSERT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def gained(counts: dict[str, int], synced: dict[str, int]) -> Iterator[tuple[str, int]]:
+    """Each counter of ``counts`` that grew since the last call, with how much.
+
+    For jobs that count in plain dicts on the hot path and report to Prometheus
+    on a tick: ``synced`` remembers what was reported.
+    """
+    for key, value in list(counts.items()):
+        delta = value - synced.get(key, 0)
+        if delta > 0:
+            synced[key] = value
+            yield key, delta
 
 
 class Metrics:
