@@ -187,8 +187,9 @@ class DecodeInput:
                     stamped.append(event)
                 at += count
             if stamped:
-                self.counts[f"in:{self._topic[kind]}"] += len(stamped)
                 groups.append((kind, stamped))
+        for kind, stamped in groups:  # counted once the whole message is taken
+            self.counts[f"in:{self._topic[kind]}"] += len(stamped)
         for letter in body["dead"]:
             self._dead(batch, letter)
         self._place(message.partition, held, batch, groups)

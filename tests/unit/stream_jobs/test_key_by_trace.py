@@ -312,3 +312,23 @@ async def test_a_broker_that_does_not_answer_a_fetch_is_waited_out():
         (TOPICS.keyed.name, partition_for("w1", 8))
     ]
     assert not waits.waiting(KAFKA)
+
+
+def test_a_keyed_message_is_counted_once_when_its_last_event_sends_it_down_the_careful_path():
+    old = (datetime.now(UTC) - timedelta(days=30)).isoformat()
+    records = [
+        record(TOPICS.feedback.name, 0, 1, orjson.dumps(feedback("c1"))),
+        record(TOPICS.traces.name, 0, 2, orjson.dumps({**trace("c1"), "start_time": old})),
+    ]
+    counts: defaultdict[str, int] = defaultdict(int)
+    decoder, batch = DecodeInput(TOPICS, TimeBounds(), counts), Batch()
+    (values,) = route(TOPICS, records).values()
+    (value,) = values
+    message = SimpleNamespace(
+        topic=TOPICS.keyed.name, partition=partition_for("c1", 8), offset=0, value=value,
+        key=None, timestamp=time.time(),
+    )  # fmt: skip
+    decoder.decode(message, None, batch)
+    assert counts[f"in:{TOPICS.feedback.name}"] == 1
+    assert counts[f"in:{TOPICS.traces.name}"] == 1
+    assert [d.reason for d in batch.dead] == ["ts_out_of_range"]
