@@ -125,7 +125,6 @@ async def test_turned_on_it_starts_where_the_join_left_the_input(
     after = [f"{prefix}b{i}" for i in range(100)]
     await send_one_by_one(broker.bootstrap, topics, after)
     app = StreamApp(settings(True), broker.bootstrap)
-    began = time.monotonic()
     await app.start()
     try:
         await eventually(lambda: joined(query, prefix) == len(before) + len(after), timeout=60)
@@ -133,4 +132,3 @@ async def test_turned_on_it_starts_where_the_join_left_the_input(
         assert app.router.counts["messages"] == 2 * len(after)  # nothing read twice
     finally:
         await app.stop()
-    assert time.monotonic() - began < 60
