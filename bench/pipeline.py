@@ -18,6 +18,8 @@ checked (see :mod:`checks`). Variants:
   (key_by_trace, join and rates), in one process;
 - ``thumbline-direct``: the same with ``THUMBLINE_KEY_BY_TRACE=false``: the
   join reads the input topics itself, one Faust message at a time;
+- ``thumbline-route``: the same with ``THUMBLINE_KEY_BY_TRACE_PROCESS=true``:
+  key_by_trace in a helper process of its own, the join and rates in the first;
 - ``thumbline-2``: the same with ``THUMBLINE_STREAM_WORKERS=2``: a join
   helper process takes half the partitions and writes through the store
   owner's loopback endpoint (the second core).
@@ -73,8 +75,14 @@ from thumbline.settings import load_settings
 from thumbline.store import apply_migrations, open_client
 
 #: The order variants run in on each input form: the baselines first.
-VARIANTS = ("aiokafka_job", "per_event", "thumbline", "thumbline-direct", "thumbline-2")
+VARIANTS = (
+    "aiokafka_job", "per_event", "thumbline", "thumbline-direct", "thumbline-route", "thumbline-2"
+)  # fmt: skip
 INPUTS = ("batched", "single")
+
+
+#: what a helper logs at its first input: the join, or key_by_trace in its own process
+FIRST_INPUT = ("join: first input", "key_by_trace: first input")
 
 
 def helper_first_input(data_dir: Path, result: dict) -> dict:
@@ -83,14 +91,16 @@ def helper_first_input(data_dir: Path, result: dict) -> dict:
         entry["at"]
         for log in data_dir.glob("helper-*.log")
         for line in log.read_text().splitlines()
-        if line.startswith("{") and (entry := json.loads(line)).get("msg") == "join: first input"
+        if line.startswith("{") and (entry := json.loads(line)).get("msg") in FIRST_INPUT
     ]
     if not firsts or not result["rows"]:
         return {}
     return {"seconds": max(result["last_insert"] - min(firsts), 1e-3)}
 
 
-async def run_thumbline(spec: RunSpec, *, workers: int = 1, key_by_trace: bool = True) -> dict:
+async def run_thumbline(
+    spec: RunSpec, *, workers: int = 1, key_by_trace: bool = True, own_process: bool = False
+) -> dict:
     from stream_jobs.app import StreamApp
     from stream_jobs.join_traces import JoinTracesJob
     from stream_jobs.key_by_trace import KeyByTrace
@@ -116,19 +126,21 @@ async def run_thumbline(spec: RunSpec, *, workers: int = 1, key_by_trace: bool =
         data_dir=Path(tempfile.mkdtemp(prefix="bench-tl-")), topic_prefix=spec.prefix,
         partitions=PARTITIONS, sink_max_seconds=0.5, stream_workers=workers,
         join_grace_seconds=spec.grace, key_by_trace=key_by_trace,
+        key_by_trace_process=own_process,
         log_level="INFO", log_format="json",  # helpers log their first input (read below)
     )  # fmt: skip
     db = settings.clickhouse_database
     client = open_client(settings)
     apply_migrations(client, db)
     # helpers join the owner's consumer group, <prefix>join: one such run per prefix
-    app = StreamApp(settings, spec.bootstrap, app_id=None if workers > 1 else spec.group)
+    shared = workers > 1 or own_process
+    app = StreamApp(settings, spec.bootstrap, app_id=None if shared else spec.group)
     profiler = cProfile.Profile() if spec.profile else None
     if profiler:
         profiler.enable()
     started = time.perf_counter()
     sql = helpers = None
-    if workers > 1:  # as thumbline up starts them
+    if shared:  # as thumbline up starts them
         sql = SqlServer(settings, writer=client).start()
         owner = (sql.url, sql.token)
         helpers = JoinHelpers(
@@ -156,6 +168,10 @@ async def run_thumbline_2(spec: RunSpec) -> dict:
     return await run_thumbline(spec, workers=2)
 
 
+async def run_thumbline_route(spec: RunSpec) -> dict:
+    return await run_thumbline(spec, own_process=True)
+
+
 async def run_thumbline_direct(spec: RunSpec) -> dict:
     return await run_thumbline(spec, key_by_trace=False)
 
@@ -165,6 +181,7 @@ RUNNERS = {
     "per_event": run_per_event,
     "thumbline": run_thumbline,
     "thumbline-direct": run_thumbline_direct,
+    "thumbline-route": run_thumbline_route,
     "thumbline-2": run_thumbline_2,
 }
 
@@ -294,7 +311,7 @@ def report(results: list) -> None:
             return f"{r['feedback_per_s'] / b['feedback_per_s']:.2f}x" if b else "-"
 
         rss = f"{r['rss_mb']:.0f}"
-        if r["variant"] == "thumbline-2":
+        if r["variant"] in ("thumbline-2", "thumbline-route"):
             rss += f" + {r['helper_rss_mb']:.0f}"
         print(
             f"| {r['broker']} | {r['input']} | {r['variant']} | {r['fill_per_s']:,.0f} | "

@@ -53,7 +53,7 @@ from faust.types import TP
 
 from schemas import Topics
 from stream_jobs.bad_feedback_rates import RateState
-from stream_jobs.faust_app import FETCH_MAX_WAIT_MS, build_faust_app, tune_gc
+from stream_jobs.faust_app import FETCH_MAX_WAIT_MS, build_faust_app, join_group, tune_gc
 from stream_jobs.join_state import JoinState
 from stream_jobs.join_traces import JoinTracesJob
 from stream_jobs.key_by_trace import KeyByTrace
@@ -71,8 +71,9 @@ logger = logging.getLogger(__name__)
 
 
 #: What a StreamApp runs: everything (``thumbline up``), the join alone (a join
-#: helper), or the rates alone (not used by thumbline up yet).
-Runs = Literal["all", "join", "rates"]
+#: helper), key_by_trace alone (its helper, ``THUMBLINE_KEY_BY_TRACE_PROCESS``), or
+#: the rates alone (not used by thumbline up yet).
+Runs = Literal["all", "join", "route", "rates"]
 
 TICK_SECONDS = 0.25
 RATES_TICK_SECONDS = 0.5
@@ -131,6 +132,10 @@ class StreamApp:
             **s.kafka_kwargs(),
         )
         await self._producer.start()
+        if self.runs == "route":
+            await self._start_router(join_group(s, self.app_id))
+            self._watching = asyncio.create_task(self._route_lag())
+            return
         rates = None if self.runs == "join" else await self._start_rates(rules)
         job = self.job = None if self.runs == "rates" else await self._join_job()
         app = self._app = build_faust_app(s, self.bootstrap, self.app_id)
@@ -195,15 +200,31 @@ class StreamApp:
                 await self._report_lag(app)
 
         if job is not None and self.runs == "all" and s.key_by_trace:
-            self.router = KeyByTrace(
-                topics=t, bootstrap=self.bootstrap, group=f"{app.conf.id}-key_by_trace",
-                producer=self._producer, waits=self.waits, kafka_kwargs=s.kafka_kwargs(),
-                metrics=self.metrics, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            )  # fmt: skip
-            await self.router.start(take_over_from=app.conf.id)
+            if not s.key_by_trace_process:  # else its own helper runs it (thumbline.workers)
+                await self._start_router(app.conf.id)
         await app.start()
         self._watching = asyncio.create_task(self._watch())
         tune_gc()
+
+    async def _start_router(self, group: str) -> None:
+        """key_by_trace, in group ``<group>-key_by_trace``; ``group`` is the join's."""
+        s = self.settings
+        assert self._producer is not None  # noqa: S101 (started first)
+        self.router = KeyByTrace(
+            topics=self.topics, bootstrap=self.bootstrap, group=f"{group}-key_by_trace",
+            producer=self._producer, waits=self.waits, kafka_kwargs=s.kafka_kwargs(),
+            metrics=self.metrics, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        )  # fmt: skip
+        await self.router.start(take_over_from=group)
+
+    async def _route_lag(self) -> None:
+        """key_by_trace alone: its lag and counts, as the Faust app's timer does with it."""
+        while self.router is not None:
+            await asyncio.sleep(LAG_SECONDS)
+            if self.metrics is not None and self.router is not None:
+                self.router.sync_metrics()
+                for topic, value in self.router.lag().items():
+                    self.metrics.consumer_lag.labels(topic).set(value)
 
     async def _join_job(self) -> JoinTracesJob:
         s, db = self.settings, self.settings.clickhouse_database

@@ -74,15 +74,19 @@ def short_fetch_waits() -> None:
     driver.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
 
 
+def join_group(settings: Settings, app_id: str | None = None) -> str:
+    """The join's consumer group (the Faust app's id): ``app_id``, else ``<prefix>join``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", app_id or f"{settings.topic_prefix}join")
+
+
 def build_faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> faust.App:
     """A Faust app tuned for this pipeline (and for the embedded broker's quirks).
 
     ``app_id`` is the consumer group; default ``<topic prefix>join``.
     """
     short_fetch_waits()
-    app_id = re.sub(r"[^A-Za-z0-9_.-]", "_", app_id or f"{settings.topic_prefix}join")
     return faust.App(
-        app_id,
+        join_group(settings, app_id),
         broker=f"kafka://{bootstrap}",
         broker_credentials=_credentials(settings),
         store="memory://",

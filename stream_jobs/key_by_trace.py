@@ -303,6 +303,7 @@ class KeyByTrace:
     async def _route(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         if self.first_input_at is None:
             self.first_input_at = time.time()
+            logger.info("key_by_trace: first input", extra={"at": self.first_input_at})
         records = [r for rs in fetched.values() for r in rs]
         by_partition = route(self.topics, records, counts=self.counts)
         # a keyed message is as old as its input (a record without a time: sent now)

@@ -178,9 +178,10 @@ class Runtime:
                 if self._gateway is not None:
                     self._sql.on_write = self._gateway.keys.invalidate
                 self._sql.on_insert = lambda table: self.metrics.helper_inserts.labels(table).inc()
-            if s.stream_workers > 1:
-                owner = (self._sql.url, self._sql.token) if self._sql else None
-                self.helpers = JoinHelpers(s, bootstrap, owner=owner, log_dir=s.data_dir).start()
+            owner = (self._sql.url, self._sql.token) if self._sql else None
+            helpers = JoinHelpers(s, bootstrap, owner=owner, log_dir=s.data_dir)
+            if helpers.count:
+                self.helpers = helpers.start()
             self._run_info = runfile.RunInfo(
                 pid=os.getpid(),
                 bootstrap=bootstrap,

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         "thousands of messages per call instead of one by one. false: the join reads the input "
         "topics itself.",
     )
+    key_by_trace_process: bool = Field(
+        False,
+        description="Run key_by_trace in a helper process of its own (a second core for "
+        "producers that send one event per message) instead of inside thumbline up.",
+    )
     sink_max_rows: int = Field(50_000, ge=1, le=1_000_000, description="Rows per insert, at most.")
     sink_max_seconds: float = Field(0.5, gt=0, le=60, description="Longest a row waits to insert.")
 
@@ -288,6 +293,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"stream_workers: {self.stream_workers} workers for {self.partitions} partitions "
                 "would leave some idle; use at most THUMBLINE_PARTITIONS"
+            )
+        if self.key_by_trace_process and not self.key_by_trace:
+            raise ValueError(
+                "key_by_trace_process: key_by_trace is off; set THUMBLINE_KEY_BY_TRACE=true "
+                "or drop THUMBLINE_KEY_BY_TRACE_PROCESS"
             )
         return self
 

@@ -1,5 +1,10 @@
 """Join helpers: the join in several processes, a core each (``THUMBLINE_STREAM_WORKERS``).
 
+With ``THUMBLINE_KEY_BY_TRACE_PROCESS=true`` one more helper runs
+:mod:`stream_jobs.key_by_trace` alone (``runs="route"``), so that re-keying
+one-event messages takes a core of its own instead of a share of the join's.
+It needs no store; everything below about restarts and outages holds for it too.
+
 The join is one Python thread, so one worker uses one core. With
 ``stream_workers = N > 1`` ``thumbline up`` still runs the join (and the
 rates, the store and the endpoints) and starts N - 1 helper processes that run
@@ -35,7 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import orjson
 
@@ -75,7 +80,11 @@ class JoinHelpers:
         owner: tuple[str, str] | None,
         log_dir: Path,
     ) -> None:
-        self.count = settings.stream_workers - 1
+        #: what each helper runs: the join, and key_by_trace when it has a process of its own
+        self.roles: list[str] = ["join"] * (settings.stream_workers - 1)
+        if settings.key_by_trace and settings.key_by_trace_process:
+            self.roles.append("route")
+        self.count = len(self.roles)
         self._spec = {
             "settings": orjson.Fragment(settings.to_json()),
             "bootstrap": bootstrap,
@@ -110,11 +119,12 @@ class JoinHelpers:
             preexec_fn=_die_with_parent,  # noqa: PLW1509 (prctl only, as for the broker)
         )
         assert proc.stdin is not None  # noqa: S101 (stdin=PIPE)
-        proc.stdin.write(orjson.dumps({**self._spec, "index": index + 1}))
+        role = {"index": index + 1, "runs": self.roles[index]}
+        proc.stdin.write(orjson.dumps({**self._spec, **role}))
         proc.stdin.close()
         self._procs[index] = proc
         self._started_at[index] = time.monotonic()
-        logger.info("join helper %d started (pid %d)", index + 1, proc.pid)
+        logger.info("helper %d (%s) started (pid %d)", index + 1, self.roles[index], proc.pid)
 
     async def _supervise(self) -> None:
         while True:
@@ -162,9 +172,13 @@ def metrics_port(settings: Settings, index: int) -> int:
 
 
 async def run_helper(
-    settings: Settings, bootstrap: str, owner: tuple[str, str] | None, index: int = 1
+    settings: Settings,
+    bootstrap: str,
+    owner: tuple[str, str] | None,
+    index: int = 1,
+    runs: Literal["join", "route"] = "join",
 ) -> None:
-    """Run the join alone until SIGTERM or SIGINT, then flush and stop."""
+    """Run the join (or key_by_trace) alone until SIGTERM or SIGINT, then flush and stop."""
     from prometheus_client import CollectorRegistry
 
     from stream_jobs.app import StreamApp
@@ -175,7 +189,7 @@ async def run_helper(
     if owner is not None:
         url, token = owner
         store = lambda readonly: OwnerClient(url, token)  # noqa: E731
-    elif settings.store_is_chdb:
+    elif settings.store_is_chdb and runs == "join":
         raise SystemExit("a join helper needs the store owner's endpoint for a chDB store")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -186,11 +200,11 @@ async def run_helper(
         metrics = Metrics(CollectorRegistry())
         port = metrics_port(settings, index)
         server = MetricsServer(metrics, host=settings.metrics_host, port=port)
-    app = StreamApp(settings, bootstrap, runs="join", store=store, metrics=metrics)
+    app = StreamApp(settings, bootstrap, runs=runs, store=store, metrics=metrics)
     try:
         await app.start()
         logger.info(
-            "join helper %d running (metrics: %s)", index, server.url if server else "off",
+            "helper %d (%s) running (metrics: %s)", index, runs, server.url if server else "off",
             extra={"metrics_url": server.url if server else None},
         )  # fmt: skip
         failed = asyncio.ensure_future(app.wait_failed())
@@ -203,8 +217,8 @@ async def run_helper(
             # that the other workers take the partitions at once and replay what this
             # one held; then exit without flushing or committing anything more.
             logger.error(
-                "the join failed on an error that waiting cannot cure (%r): leaving the "
-                "consumer group and exiting, to be started again", failed.result(),
+                "the %s failed on an error that waiting cannot cure (%r): leaving the "
+                "consumer group and exiting, to be started again", runs, failed.result(),
             )  # fmt: skip
             await app.abandon()
             logging.shutdown()
@@ -221,7 +235,8 @@ def main() -> None:
     settings = load_settings(**spec["settings"])
     logs.configure(settings.log_level, settings.log_format)
     owner = tuple(spec["owner"]) if spec["owner"] else None
-    asyncio.run(run_helper(settings, spec["bootstrap"], owner, spec.get("index", 1)))
+    runs = spec.get("runs", "join")
+    asyncio.run(run_helper(settings, spec["bootstrap"], owner, spec.get("index", 1), runs))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Join helpers (THUMBLINE_STREAM_WORKERS=2): the join in two processes, one store owner.
+"""Helpers: the join in two processes (THUMBLINE_STREAM_WORKERS=2), one store owner; and
+key_by_trace in a process of its own (THUMBLINE_KEY_BY_TRACE_PROCESS=true).
 
 `thumbline up` runs the join and the rates and owns the embedded store; its
 helper runs the join alone in the same consumer group and writes through the
@@ -17,8 +18,10 @@ import urllib.request
 
 from producers import FeedbackProducer
 from producers.loadgen import LoadSpec, run_load
+from schemas import Topics
 from tests.integration.conftest import gone, rate_windows, start_up, stop, worker_env
 from tests.integration.test_crash import expected, final_counts, settle
+from tests.integration.test_key_by_trace import send_one_by_one
 
 
 def helper_pids(parent: int) -> list[int]:
@@ -120,3 +123,29 @@ async def test_a_helper_killed_mid_stream_is_replaced_and_nothing_is_lost_or_cou
         assert all(gone(pid, within=20) for pid in now)
     finally:
         stop(up)
+
+
+async def test_key_by_trace_in_a_process_of_its_own_routes_the_input_and_survives_kill_9(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    env = await worker_env(
+        broker, clean_env, tmp_path, "kbtproc", THUMBLINE_KEY_BY_TRACE_PROCESS="true"
+    )
+    prefix = env["THUMBLINE_TOPIC_PREFIX"]
+    up = start_up(thumbline_bin, env, tmp_path / "data")
+    try:
+        [router] = helper_pids(up.proc.pid)
+        os.kill(router, signal.SIGSTOP)  # the stage paused: nothing reaches the join
+        ids = [f"{prefix}t{i}" for i in range(2_000)]
+        await send_one_by_one(broker.bootstrap, Topics.build(prefix, 4), ids)
+        await asyncio.sleep(3)
+        assert final_counts(thumbline_bin, env)["traces"] == 0  # up does not route itself
+        os.kill(router, signal.SIGKILL)  # killed holding all of it, unrouted
+        want = {"feedback": 2_000, "distinct_events": 2_000, "orphans": 0, "traces": 2_000,
+                "dead": 0}  # fmt: skip
+        assert await settle(lambda: final_counts(thumbline_bin, env), want, timeout=90) == want
+        [again] = helper_pids(up.proc.pid)
+        assert again != router  # started again, and it routed everything once
+    finally:
+        stop(up)
+    assert gone(again, within=20)

@@ -81,6 +81,15 @@ def test_a_bad_value_names_the_variable(monkeypatch, var, value, words):
     assert words in str(info.value)
 
 
+def test_key_by_trace_in_its_own_process_needs_key_by_trace(monkeypatch):
+    monkeypatch.setenv("THUMBLINE_KEY_BY_TRACE_PROCESS", "true")
+    assert load_settings().key_by_trace_process
+    monkeypatch.setenv("THUMBLINE_KEY_BY_TRACE", "false")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "THUMBLINE_KEY_BY_TRACE_PROCESS: key_by_trace is off" in str(info.value)
+
+
 def test_secrets_never_appear_in_errors_or_display(monkeypatch):
     monkeypatch.setenv("THUMBLINE_CLICKHOUSE_URL", "http://default:s3cret@clickhouse:8123")
     monkeypatch.setenv("THUMBLINE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
