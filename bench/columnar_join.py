@@ -79,10 +79,31 @@ def _text(s: Any, most: int) -> bool:
 
 def _time_ok(s: Any) -> bool:
     """The shape the producers send (RFC 3339 in UTC, 0, 3 or 6 decimals); others go careful."""
-    return type(s) is str and len(s) in (20, 24, 27) and s[10] == "T" and s[-1] == "Z"
+    return (
+        type(s) is str and len(s) in (20, 24, 27) and s[10] == "T" and s[-1] == "Z"
+        and s[4] == "-" and s[7] == "-" and s[13] == ":" and s[16] == ":"
+        and (len(s) == 20 or s[19] == ".")
+    )  # fmt: skip
 
 
 _fromiso = datetime.fromisoformat
+
+
+def _times(column: list[Any], bad: set[int]) -> list[datetime | None]:
+    """A column of times of the right shape, parsed; one that is no date (month 13, hour
+    24) marks its event for the careful path."""
+    try:
+        return [_fromiso(s) if s is not None and i not in bad else None
+                for i, s in enumerate(column)]  # fmt: skip
+    except ValueError:
+        out: list[datetime | None] = []
+        for i, s in enumerate(column):
+            try:
+                out.append(_fromiso(s) if s is not None and i not in bad else None)
+            except ValueError:
+                bad.add(i)
+                out.append(None)
+        return out
 
 
 class ColumnarJoin:
@@ -227,7 +248,7 @@ class ColumnarJoin:
             label.append(lab if lab is not None else dl)
             score.append(sc if sc is not None else (round(ds, 9) if ds is not None else None))
             source.append(src if src is not None else ("implicit" if k == "signal" else "explicit"))
-        ts = [_fromiso(s) if i not in bad else None for i, s in enumerate(g["ts"])]
+        ts = _times(g["ts"], bad)
         sent = self._sent(runs)
         received = self._received(g["received_at"], sent, bad)
         self._bound(("ts",), (ts,), received, sent, bad)
@@ -255,7 +276,11 @@ class ColumnarJoin:
             if i in bad:
                 out.append(None)
             elif r is not None:
-                out.append(_fromiso(r))
+                try:
+                    out.append(_fromiso(r))
+                except ValueError:
+                    bad.add(i)
+                    out.append(None)
             else:
                 when = stamp.get(ms)
                 if when is None:
@@ -367,10 +392,7 @@ class ColumnarJoin:
             for i, v in enumerate(g[f]):
                 if v is not None and not _time_ok(v):
                     b(i)
-        start = [_fromiso(s) if s is not None and i not in bad else None
-                 for i, s in enumerate(g["start_time"])]  # fmt: skip
-        end = [_fromiso(s) if s is not None and i not in bad else None
-               for i, s in enumerate(g["end_time"])]  # fmt: skip
+        start, end = _times(g["start_time"], bad), _times(g["end_time"], bad)
         latency, total, status = g["latency_ms"], g["total_tokens"], g["status"]
         for i, (s, e, tin, tout, err) in enumerate(
             zip(start, end, g["input_tokens"], g["output_tokens"], g["error"], strict=True)

@@ -45,6 +45,7 @@ def test_prototype_rows_and_dead_letters_equal_the_join() -> None:
     _edit(records, "feedback", 7, {"ts": old, "received_at": ...})
     _edit(records, "feedback", 9, {"colour": "blue"})
     _edit(records, "traces", 4, {"latency_ms": -1.0})
+    _edit(records, "feedback", 21, {"ts": "2026-13-01T10:00:00Z"})  # the right shape, no date
     # valid, but for the models to judge: each must give the model's row
     _edit(records, "feedback", 11, {"kind": "text", "value": "nice", "label": ..., "score": ...})
     _edit(records, "feedback", 13, {"kind": "stars", "value": 4, "label": ..., "score": ...})
@@ -62,7 +63,7 @@ def test_prototype_rows_and_dead_letters_equal_the_join() -> None:
     same_rows(current, proto)  # raises on any difference, dead letters included
     assert sorted(d.reason if hasattr(d, "reason") else d["reason"] for d in current["dead"]) == [
         "bad_json",
-        *["invalid_event"] * 4,
+        *["invalid_event"] * 5,
         "ts_out_of_range",
     ]
-    assert proto["join"].counts["careful"] == 8  # the others took the columnar path
+    assert proto["join"].counts["careful"] == 9  # the others took the columnar path
