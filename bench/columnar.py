@@ -16,7 +16,9 @@ paths then take the same micro-batches (one per routed batch), no broker:
 
 Feedback still waiting after the input is read becomes orphans (the grace is
 skipped on a fake clock) on both paths. Every step is timed best of
-``--repeat`` (``perf_counter``), and the two paths' rows are compared, in Python
+``--repeat`` in CPU seconds of the thread (``thread_time``: the machine is shared,
+and wall time there measures the neighbours), inserts in wall and in CPU seconds
+of the process (chDB's threads included), and the two paths' rows are compared, in Python
 and as stored in chDB (``FINAL``, every column); any difference fails the run.
 
     python bench/columnar.py --feedback 50000 --repeat 3
@@ -129,11 +131,11 @@ def run_current(batches: list[list[Record]], topics: Topics, client: Any, databa
     traces_out: list[Any] = []
     dead: list[Any] = []
     for i, messages in enumerate([*batches, []]):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         batch = Batch()
         for message in messages:
             decoder.decode(message, None, batch)
-        t1 = time.perf_counter()
+        t1 = time.thread_time()
         if i == len(batches):  # the input is read: the grace ends for what still waits
             clock.now += 3600
             rows = state.expire(lambda keys: {})
@@ -148,7 +150,7 @@ def run_current(batches: list[list[Record]], topics: Topics, client: Any, databa
             for items, held in batch.feedback:
                 rows.extend(state.add_feedback(items, refs=[held] * len(items)))
             state.take_released()
-        t2 = time.perf_counter()
+        t2 = time.thread_time()
         for row in rows:
             counts[str(row.join_status)] += 1
         sink.add_traces(batch.traces)
@@ -161,7 +163,7 @@ def run_current(batches: list[list[Record]], topics: Topics, client: Any, databa
         for _partition, records in by_partition.items():
             for array, count in json_arrays(records):
                 sink.add_array("feedback", array, count)  # and the same bytes to Kafka
-        t3 = time.perf_counter()
+        t3 = time.thread_time()
         if batch.forward:
             raise AssertionError("key_by_trace put every event on its trace's partition")
         took["decode+validate"] += t1 - t0
@@ -230,15 +232,15 @@ def run_prototype(batches: list[list[Record]], topics: Topics) -> dict:
     traces: list[bytes] = []  # trace rows, one columnar JSON per batch
     sizes = done = 0
     for i, messages in enumerate([*batches, []]):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         decoded = [(m.partition, *join.decode(m)) for m in messages]
-        t1 = time.perf_counter()
+        t1 = time.thread_time()
         if i == len(batches):
             clock.now += 3600
             join.expire()
         else:
             join.join(decoded)
-        t2 = time.perf_counter()
+        t2 = time.thread_time()
         # Kafka: one columnar message per partition of the rows this micro-batch made
         out = join.feedback
         start, parts = sizes, out["partition"][sizes:]
@@ -250,7 +252,7 @@ def run_prototype(batches: list[list[Record]], topics: Topics) -> dict:
         if len(tr["trace_id"]) > done:
             traces.append(orjson.dumps({f: tr[f][done:] for f in TR}))
             done = len(tr["trace_id"])
-        t3 = time.perf_counter()
+        t3 = time.thread_time()
         took["decode+validate"] += t1 - t0
         took["join"] += t2 - t1
         took["encode"] += t3 - t2
@@ -383,6 +385,10 @@ def main() -> None:
     parser.add_argument("--feedback", type=int, default=50_000)
     parser.add_argument("--per-batch", type=int, default=4000, help="input messages per route")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--gil", action="store_true", help="also the GIL each insert holds (a probe thread; "
+        "only on an idle machine: under load it reads noise)",
+    )  # fmt: skip
     args = parser.parse_args()
     topics = Topics.build("bench.", PARTITIONS)
     batches = keyed_batches(input_records(args.feedback, topics), args.per_batch, topics)
@@ -410,7 +416,7 @@ def main() -> None:
                 same_rows(current, proto)  # fails loudly on any difference
             # each insert twice into fresh tables (a repeated block would be deduplicated):
             # its time alone, then the GIL it holds, with a probe thread running
-            for probed in (False, True):
+            for probed in (False, True) if args.gil else (False,):
                 tag = "g" if probed else ""
                 calls = {
                     "current": insert_current(client, current["sink"], f"cur{r}{tag}"),
@@ -423,9 +429,10 @@ def main() -> None:
                 probe = GilProbe() if probed else None  # spinning only while it measures
                 for name, (_db, call) in calls.items():
                     if probe is None:
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         call()
                         inserts[name].append(time.perf_counter() - t0)
+                        inserts[f"{name}:cpu"].append(time.process_time() - c0)
                     else:
                         inserts[f"{name}:gil"].append(probe.held(call)[1])
                 if probe is not None:
@@ -456,12 +463,14 @@ def report(
         f"{careful} events left to the models by the fast checks; "
         f"{stored} rows of feedback and traces stored equal (current, JSONColumns, column, Arrow)"
     )
-    p(f"\nseconds per 100,000 feedback with their traces (best of {args.repeat})\n")
+    p(f"\nseconds per 100,000 feedback with their traces (best of {args.repeat}; steps in"
+      " CPU seconds of the thread)\n")  # fmt: skip
     p("| step | current | prototype | current / prototype |")
     p("|---|---:|---:|---:|")
 
     def line(label: str, c: float, q: float) -> None:
-        p(f"| {label} | {c:.2f} | {q:.2f} | {c / q:.1f}x |")
+        ratio = f"{c / q:.1f}x" if q > 0.005 else "n/a"
+        p(f"| {label} | {c:.2f} | {q:.2f} | {ratio} |")
 
     for s in STEPS[:3]:
         line(s, cur[s], pro[s])
@@ -470,13 +479,16 @@ def report(
     for how, name in (("jsoncolumns", "JSONColumns, the encoded bytes"),
                       ("column", "column-oriented"), ("arrow", "Arrow")):  # fmt: skip
         line(f"insert, wall (prototype: {name})", ins["current"], ins[how])
-    for how, name in (("jsoncolumns", "JSONColumns"), ("column", "column-oriented"),
-                      ("arrow", "Arrow")):  # fmt: skip
-        line(f"insert, of which GIL held ({name})", ins["current:gil"], ins[f"{how}:gil"])
-    line("**main thread: Python + the insert's GIL (JSONColumns)**",
-         hot_c + ins["current:gil"], hot_p + ins["jsoncolumns:gil"])  # fmt: skip
-    line("**one after the other: Python + insert wall (JSONColumns)**",
-         hot_c + ins["current"], hot_p + ins["jsoncolumns"])  # fmt: skip
+        line(f"insert, CPU of the process (prototype: {name})", ins["current:cpu"],
+             ins[f"{how}:cpu"])  # fmt: skip
+    if args.gil:
+        for how, name in (("jsoncolumns", "JSONColumns"), ("column", "column-oriented"),
+                          ("arrow", "Arrow")):  # fmt: skip
+            line(f"insert, of which GIL held ({name})", ins["current:gil"], ins[f"{how}:gil"])
+        line("**main thread: Python + the insert's GIL (JSONColumns)**",
+             hot_c + ins["current:gil"], hot_p + ins["jsoncolumns:gil"])  # fmt: skip
+    line("**CPU: Python + the insert's CPU (JSONColumns)**",
+         hot_c + ins["current:cpu"], hot_p + ins["jsoncolumns:cpu"])  # fmt: skip
     p(f"\nPython {platform.python_version()}, commit {git_commit()}")
 
 
