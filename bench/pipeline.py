@@ -132,19 +132,17 @@ async def run_thumbline(
     db = settings.clickhouse_database
     client = open_client(settings)
     apply_migrations(client, db)
-    # helpers join the owner's consumer group, <prefix>join: one such run per prefix
-    shared = workers > 1 or own_process
-    app = StreamApp(settings, spec.bootstrap, app_id=None if shared else spec.group)
+    app = StreamApp(settings, spec.bootstrap, app_id=spec.group)
     profiler = cProfile.Profile() if spec.profile else None
     if profiler:
         profiler.enable()
     started = time.perf_counter()
     sql = helpers = None
-    if shared:  # as thumbline up starts them
+    if workers > 1 or own_process:  # as thumbline up starts them, in the run's own group
         sql = SqlServer(settings, writer=client).start()
         owner = (sql.url, sql.token)
         helpers = JoinHelpers(
-            settings, spec.bootstrap, owner=owner, log_dir=settings.data_dir
+            settings, spec.bootstrap, owner=owner, log_dir=settings.data_dir, app_id=spec.group
         ).start()
     await app.start()
     result = await wait_rows(client, db, spec.n, spec.orphans, started, spec.budget)

@@ -70,6 +70,7 @@ class JoinHelpers:
         owner: the SQL endpoint (url, token) of the embedded store's owner; None
             for a ClickHouse server, which helpers reach directly.
         log_dir: where each helper writes its log (``helper-<n>.log``).
+        app_id: the owner's consumer group, when not the default ``<prefix>join``.
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class JoinHelpers:
         *,
         owner: tuple[str, str] | None,
         log_dir: Path,
+        app_id: str | None = None,
     ) -> None:
         #: what each helper runs: the join, and key_by_trace when it has a process of its own
         self.roles: list[str] = ["join"] * (settings.stream_workers - 1)
@@ -89,6 +91,7 @@ class JoinHelpers:
             "settings": orjson.Fragment(settings.to_json()),
             "bootstrap": bootstrap,
             "owner": list(owner) if owner else None,
+            "app_id": app_id,
         }
         self._log_dir = log_dir
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * self.count
@@ -177,6 +180,7 @@ async def run_helper(
     owner: tuple[str, str] | None,
     index: int = 1,
     runs: Literal["join", "route"] = "join",
+    app_id: str | None = None,
 ) -> None:
     """Run the join (or key_by_trace) alone until SIGTERM or SIGINT, then flush and stop."""
     from prometheus_client import CollectorRegistry
@@ -200,7 +204,7 @@ async def run_helper(
         metrics = Metrics(CollectorRegistry())
         port = metrics_port(settings, index)
         server = MetricsServer(metrics, host=settings.metrics_host, port=port)
-    app = StreamApp(settings, bootstrap, runs=runs, store=store, metrics=metrics)
+    app = StreamApp(settings, bootstrap, app_id=app_id, runs=runs, store=store, metrics=metrics)
     try:
         await app.start()
         logger.info(
@@ -236,7 +240,11 @@ def main() -> None:
     logs.configure(settings.log_level, settings.log_format)
     owner = tuple(spec["owner"]) if spec["owner"] else None
     runs = spec.get("runs", "join")
-    asyncio.run(run_helper(settings, spec["bootstrap"], owner, spec.get("index", 1), runs))
+    asyncio.run(
+        run_helper(
+            settings, spec["bootstrap"], owner, spec.get("index", 1), runs, spec.get("app_id")
+        )
+    )
 
 
 if __name__ == "__main__":
