@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import git_commit
 
-from producers.loadgen import LoadGenerator, LoadSpec, Spike
-from schemas import Alert
-from stream_jobs.bad_feedback_rates import RateState
-from stream_jobs.join_state import JoinState
-from stream_jobs.spike_alerts import DEFAULT_RULES, SpikeDetector
+from thumbline.producers.loadgen import LoadGenerator, LoadSpec, Spike
+from thumbline.schemas import Alert
+from thumbline.stream_jobs.bad_feedback_rates import RateState
+from thumbline.stream_jobs.join_state import JoinState
+from thumbline.stream_jobs.spike_alerts import DEFAULT_RULES, SpikeDetector
 
 T0 = 1_795_000_020.0  # a minute boundary
 WINDOW = 60.0

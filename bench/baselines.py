@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from checks import RunSpec, note_first_message, own_rates, wait_rows
 
-from schemas import FeedbackEvent, Topics, TraceEvent
+from thumbline.schemas import FeedbackEvent, Topics, TraceEvent
 from thumbline.settings import load_settings
 from thumbline.store import apply_migrations, open_client
 
@@ -216,8 +216,8 @@ async def run_aiokafka_job(spec: RunSpec) -> dict:
 async def run_per_event(spec: RunSpec) -> dict:
     import faust
 
-    from stream_jobs.join_state import JoinStatus, TraceAttributes, enrich
-    from stream_jobs.sink import ClickHouseSink
+    from thumbline.stream_jobs.join_state import JoinStatus, TraceAttributes, enrich
+    from thumbline.stream_jobs.sink import ClickHouseSink
 
     settings = load_settings(
         data_dir=Path(tempfile.mkdtemp(prefix="bench-pe-")), topic_prefix=spec.prefix,

@@ -11,8 +11,8 @@ The join validates every input event; pydantic does it in some 7 us a feedback
 event. Here msgspec decodes the array into structs whose types and bounds are
 the models' own (lengths, strict numbers, enums, unknown fields refused),
 the model's checks and derivations run as the same functions the models call
-(:func:`~schemas.feedback.derive`, :func:`~schemas.trace.derive_trace`,
-:func:`~schemas._base.check_nested`...), and the events are built with
+(:func:`~thumbline.schemas.feedback.derive`, :func:`~thumbline.schemas.trace.derive_trace`,
+:func:`~thumbline.schemas._base.check_nested`...), and the events are built with
 :meth:`Contract.trusted`.
 
 The guarantee: :func:`decode_feedback` and :func:`decode_traces` return events
@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from schemas._base import (
+from thumbline.schemas._base import (
     MAX_ATTRIBUTES_BYTES,
     MAX_COMMENT_LEN,
     MAX_CORRECTION_LEN,
@@ -46,7 +46,7 @@ from schemas._base import (
     MAX_TAGS,
     check_nested,
 )
-from schemas.feedback import (
+from thumbline.schemas.feedback import (
     FeedbackEvent,
     FeedbackKind,
     Source,
@@ -55,7 +55,7 @@ from schemas.feedback import (
     derive,
     normal_label,
 )
-from schemas.trace import TraceEvent, TraceStatus, derive_trace
+from thumbline.schemas.trace import TraceEvent, TraceStatus, derive_trace
 
 # Bounds msgspec checks in C. What pydantic would strip (str_strip_whitespace) and the
 # Id pattern (no whitespace) are checked after decoding, cheaper in Python than with

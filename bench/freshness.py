@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import orjson
 from common import git_commit
 
-from schemas import Topics
 from thumbline.broker import EmbeddedBroker
 from thumbline.kafka import ensure_topics
+from thumbline.schemas import Topics
 from thumbline.settings import load_settings
 from thumbline.store import apply_migrations, open_client
 
@@ -61,8 +61,8 @@ def pair(i: int, run: str) -> tuple[dict, dict]:
 
 
 async def send_batched(bootstrap: str, prefix: str, rate: int, seconds: float) -> int:
-    from producers import FeedbackProducer
-    from schemas import FeedbackEvent, TraceEvent
+    from thumbline.producers import FeedbackProducer
+    from thumbline.schemas import FeedbackEvent, TraceEvent
 
     run, sent, began = uuid.uuid4().hex[:8], 0, time.monotonic()
     async with FeedbackProducer(bootstrap_servers=bootstrap, topic_prefix=prefix) as sdk:
@@ -109,7 +109,7 @@ def sender(args: argparse.Namespace) -> None:
 
 
 async def measure(bootstrap: str, data_dir: Path, form: str, rate: int, seconds: float) -> dict:
-    from stream_jobs.app import StreamApp
+    from thumbline.stream_jobs.app import StreamApp
 
     prefix = f"fresh-{form}-{uuid.uuid4().hex[:6]}."
     settings = load_settings(  # one chDB path per process: a database per run

@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import STORAGES, embedded_broker, git_commit  # noqa: E402
 from producer_throughput import count_events, make_events  # noqa: E402
 
-from producers import FeedbackProducer  # noqa: E402
-from schemas import Topics  # noqa: E402
 from thumbline.broker import free_port  # noqa: E402
 from thumbline.kafka import ensure_topics  # noqa: E402
+from thumbline.producers import FeedbackProducer  # noqa: E402
+from thumbline.schemas import Topics  # noqa: E402
 
 
 def encoded(events: list) -> list[bytes]:

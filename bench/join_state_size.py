@@ -2,7 +2,7 @@
 
 Builds the trace events first (as the join receives them: validated models from
 JSON), measures the process's RSS and the bytes the traced allocations hold,
-then adds the traces to a fresh :class:`stream_jobs.join_state.JoinState` and
+then adds the traces to a fresh :class:`thumbline.stream_jobs.join_state.JoinState` and
 measures again; the difference over N is the state's cost per trace. The
 events are dropped after being added, as the join drops a batch.
 
@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
 
-from schemas import TraceEvent
-from stream_jobs.join_state import JoinState
+from thumbline.schemas import TraceEvent
+from thumbline.stream_jobs.join_state import JoinState
 
 CHUNK = 10_000
 

@@ -68,9 +68,9 @@ from workload import (
     legacy_workload,
 )
 
-from schemas import Topics
 from thumbline.broker import EmbeddedBroker
 from thumbline.kafka import ensure_topics
+from thumbline.schemas import Topics
 from thumbline.settings import load_settings
 from thumbline.store import apply_migrations, open_client
 
@@ -101,11 +101,11 @@ def helper_first_input(data_dir: Path, result: dict) -> dict:
 async def run_thumbline(
     spec: RunSpec, *, workers: int = 1, key_by_trace: bool = True, own_process: bool = False
 ) -> dict:
-    from stream_jobs.app import StreamApp
-    from stream_jobs.join_traces import JoinTracesJob
-    from stream_jobs.key_by_trace import KeyByTrace
+    from thumbline.server.workers import JoinHelpers
     from thumbline.sqlserver import SqlServer
-    from thumbline.workers import JoinHelpers
+    from thumbline.stream_jobs.app import StreamApp
+    from thumbline.stream_jobs.join_traces import JoinTracesJob
+    from thumbline.stream_jobs.key_by_trace import KeyByTrace
 
     handle = JoinTracesJob.handle
 

@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from producers import FeedbackProducer
-from schemas import FeedbackEvent, Topics
 from thumbline.broker import EmbeddedBroker
 from thumbline.kafka import ensure_topics
+from thumbline.producers import FeedbackProducer
+from thumbline.schemas import FeedbackEvent, Topics
 
 
 def make_events(n: int) -> list[FeedbackEvent]:

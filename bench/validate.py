@@ -2,7 +2,7 @@
 
 Arrays of ``--size`` events (500: what the SDK batches into one message), made
 by the load generator and encoded as the producers encode them, validated from
-their bytes as ``stream_jobs.decode_input`` does: ``TypeAdapter(list[Model])
+their bytes as ``thumbline.stream_jobs.decode_input`` does: ``TypeAdapter(list[Model])
 .validate_json`` (pydantic), and, when msgspec is installed, the prototype of
 issue 13 (``fast_prototype.py``: msgspec structs, then the models' own checks and
 derivations, then ``Contract.trusted``), with the share of arrays it took rather
@@ -29,8 +29,8 @@ from pydantic import TypeAdapter
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import git_commit  # noqa: E402
 
-from producers.loadgen import LoadGenerator, LoadSpec  # noqa: E402
-from schemas import FeedbackEvent, TraceEvent  # noqa: E402
+from thumbline.producers.loadgen import LoadGenerator, LoadSpec  # noqa: E402
+from thumbline.schemas import FeedbackEvent, TraceEvent  # noqa: E402
 
 
 def make_arrays(size: int, arrays: int, seed: int = 1) -> tuple[list[bytes], list[bytes]]:

@@ -25,11 +25,11 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from producers import FeedbackProducer
-from producers.loadgen import LoadGenerator, LoadSpec
-from schemas import FeedbackEvent, Topics, TraceEvent
-from schemas.topics import partition_for
-from schemas.wire import encode_event
+from thumbline.producers import FeedbackProducer
+from thumbline.producers.loadgen import LoadGenerator, LoadSpec
+from thumbline.schemas import FeedbackEvent, Topics, TraceEvent
+from thumbline.schemas.topics import partition_for
+from thumbline.schemas.wire import encode_event
 
 PARTITIONS = 8
 ORPHAN_SHARE = 0.02

@@ -1,7 +1,7 @@
 """What every transport of the SDK shares: ``Delivery`` and the event helpers.
 
-A transport (Kafka: :class:`~producers.kafka.FeedbackProducer`; HTTP:
-:class:`~producers.http.GatewayProducer`) implements ``send``; the helpers
+A transport (Kafka: :class:`~thumbline.producers.kafka.FeedbackProducer`; HTTP:
+:class:`~thumbline.producers.http.GatewayProducer`) implements ``send``; the helpers
 (``thumb_down``, ``rating``, ``trace``...) build and validate the events on top
 of it, so both transports have the same API.
 """
@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import FeedbackEvent, FeedbackKind, TraceEvent
+from thumbline.schemas import FeedbackEvent, FeedbackKind, TraceEvent
 
 Event = FeedbackEvent | TraceEvent
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.errors import InvalidEvent, ThumblineError
+from thumbline.schemas.errors import InvalidEvent, ThumblineError
 
 __all__ = ["DeliveryFailed", "InvalidEvent", "ProducerClosed", "TopicMissing"]
 

@@ -6,7 +6,7 @@ configured broker and store.
 
 - ``POST /v1/feedback`` (one event or an array of up to 1,000),
   ``POST /v1/feedback/{shape}`` (a hosted product's payload: trulayer,
-  braintrust, honeyhive, axiom, attributes; see :mod:`schemas.shapes`) and
+  braintrust, honeyhive, axiom, attributes; see :mod:`thumbline.schemas.shapes`) and
   ``POST /v1/traces``.
 - **A 202 means durable**: the answer comes after Kafka acknowledged the
   write (``acks=all``), within ``ack_timeout`` of the request. If the broker
@@ -25,7 +25,7 @@ configured broker and store.
   start without keys.
 - Limits: request bodies over ``gateway_max_body_bytes`` get 413; a key over
   ``gateway_rate_limit`` events per second gets 429 with ``Retry-After``.
-- Errors: ``{"error": ...}`` (:mod:`producers.gateway_errors`), with
+- Errors: ``{"error": ...}`` (:mod:`thumbline.producers.gateway_errors`), with
   ``"retriable": true`` on 429 and 503; the OpenAPI spec lists each route's.
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (Kafka and the key
   store reachable), ``GET /metrics`` (Prometheus).
@@ -54,18 +54,18 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from producers import gateway_errors
-from producers.errors import DeliveryFailed, ProducerClosed
-from producers.gateway_errors import INGEST, NO_KEY, responses
-from producers.kafka import FeedbackProducer
-from schemas import FeedbackEvent, InvalidEvent, TimeBounds, TraceEvent
-from schemas.shapes import SHAPES, to_events
-from schemas.wire import MAX_BATCH_EVENTS
 from thumbline.errors import ConfigError, SqlRefused, StoreError
 from thumbline.keys import ApiKey, KeyRing, Scope
 from thumbline.metrics import Metrics
 from thumbline.outages import transient
+from thumbline.producers import gateway_errors
+from thumbline.producers.errors import DeliveryFailed, ProducerClosed
+from thumbline.producers.gateway_errors import INGEST, NO_KEY, responses
+from thumbline.producers.kafka import FeedbackProducer
 from thumbline.queries import InboxFilter, inbox_sql, literal, parse_since
+from thumbline.schemas import FeedbackEvent, InvalidEvent, TimeBounds, TraceEvent
+from thumbline.schemas.shapes import SHAPES, to_events
+from thumbline.schemas.wire import MAX_BATCH_EVENTS
 from thumbline.sqlpool import SqlPool
 
 logger = logging.getLogger(__name__)
@@ -595,7 +595,7 @@ class _Server(uvicorn.Server):
 class Gateway:
     """Serves the app with uvicorn on the running event loop; ``stop()`` is safe twice.
 
-    Call :func:`check_exposure` first (``thumbline.gateway`` does, before it
+    Call :func:`check_exposure` first (``thumbline.server.gateway`` does, before it
     connects to Kafka): this class does not check who may reach it.
     """
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from schemas.wire import MAX_BATCH_EVENTS
+from thumbline.schemas.wire import MAX_BATCH_EVENTS
 
 
 class Error(BaseModel):

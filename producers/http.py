@@ -1,6 +1,6 @@
 """GatewayProducer: the SDK over HTTP, for services that cannot reach Kafka.
 
-Same API as :class:`~producers.kafka.FeedbackProducer` (``send``,
+Same API as :class:`~thumbline.producers.kafka.FeedbackProducer` (``send``,
 ``send_nowait``, ``send_many``, ``thumb_down``, ``trace``...): events are
 validated first (an invalid one raises InvalidEvent and is never sent),
 batched per endpoint, and posted to the gateway. A future resolves when the
@@ -25,9 +25,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from producers.api import Delivery, Event, EventHelpers, spawn
-from producers.errors import DeliveryFailed, InvalidEvent, ProducerClosed
-from schemas import FeedbackEvent
+from thumbline.producers.api import Delivery, Event, EventHelpers, spawn
+from thumbline.producers.errors import DeliveryFailed, InvalidEvent, ProducerClosed
+from thumbline.schemas import FeedbackEvent
 
 logger = logging.getLogger(__name__)
 

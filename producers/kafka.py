@@ -1,6 +1,6 @@
 """FeedbackProducer: the async Python SDK, publishing straight to Kafka with aiokafka.
 
-Events are validated against :mod:`schemas` before anything is sent (an
+Events are validated against :mod:`thumbline.schemas` before anything is sent (an
 invalid event raises :class:`InvalidEvent` and is never published), stamped
 with ``received_at``, and grouped into batch messages (JSON arrays) per
 partition of their ``trace_id`` under thumbline's partitioner. A batch is sent
@@ -22,11 +22,11 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-from producers.api import Delivery, Event, EventHelpers, spawn
-from producers.errors import DeliveryFailed, InvalidEvent, ProducerClosed, TopicMissing
-from schemas import FeedbackEvent, partition_for
-from schemas.topics import DEFAULT_PREFIX, Topics
-from schemas.wire import MAX_BATCH_EVENTS
+from thumbline.producers.api import Delivery, Event, EventHelpers, spawn
+from thumbline.producers.errors import DeliveryFailed, InvalidEvent, ProducerClosed, TopicMissing
+from thumbline.schemas import FeedbackEvent, partition_for
+from thumbline.schemas.topics import DEFAULT_PREFIX, Topics
+from thumbline.schemas.wire import MAX_BATCH_EVENTS
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from producers.kafka import FeedbackProducer
-from schemas import FeedbackEvent, TraceEvent
+from thumbline.producers.kafka import FeedbackProducer
+from thumbline.schemas import FeedbackEvent, TraceEvent
 
 TICK = 0.1
 COMMENTS = (

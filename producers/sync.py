@@ -12,8 +12,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from producers.errors import ProducerClosed
-from producers.kafka import Delivery, Event, FeedbackProducer
+from thumbline.producers.errors import ProducerClosed
+from thumbline.producers.kafka import Delivery, Event, FeedbackProducer
 
 T = TypeVar("T")
 

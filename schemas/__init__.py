@@ -2,10 +2,10 @@
 the wire format and the ClickHouse migrations. Imports nothing else from the project.
 """
 
-from schemas._base import TimeBounds
-from schemas.errors import InvalidEvent, ThumblineError, WireError
-from schemas.feedback import FeedbackEvent, FeedbackKind, Label, Source
-from schemas.records import (
+from thumbline.schemas._base import TimeBounds
+from thumbline.schemas.errors import InvalidEvent, ThumblineError, WireError
+from thumbline.schemas.feedback import FeedbackEvent, FeedbackKind, Label, Source
+from thumbline.schemas.records import (
     Alert,
     AlertState,
     DeadLetter,
@@ -13,9 +13,9 @@ from schemas.records import (
     JoinStatus,
     RateWindow,
 )
-from schemas.topics import Topic, Topics, partition_for
-from schemas.trace import TraceEvent, TraceStatus
-from schemas.wire import decode_message, encode_batch, encode_event
+from thumbline.schemas.topics import Topic, Topics, partition_for
+from thumbline.schemas.trace import TraceEvent, TraceStatus
+from thumbline.schemas.wire import decode_message, encode_batch, encode_event
 
 __all__ = [
     "Alert",

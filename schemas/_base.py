@@ -10,7 +10,7 @@ from typing import Any, Self
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from schemas.errors import _MISSING, InvalidEvent
+from thumbline.schemas.errors import _MISSING, InvalidEvent
 
 # Limits. They bound what one event may cost the pipeline and the store; the
 # README's "Event JSON" section documents them.

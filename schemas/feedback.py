@@ -45,7 +45,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas._base import (
+from thumbline.schemas._base import (
     MAX_COMMENT_LEN,
     MAX_CORRECTION_LEN,
     MAX_ID_LEN,

@@ -1,6 +1,6 @@
 """JSON Schema files for every topic, generated from the models (``schemas/json/``).
 
-Run ``python -m schemas.jsonschema`` (or ``thumbline schemas export``) after
+Run ``python -m thumbline.schemas.jsonschema`` (or ``thumbline schemas export``) after
 changing a model; a test fails while the committed files differ from the models.
 The input topics accept one event or an array of events per message, and their
 schemas say so.
@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from schemas.topics import Topics
-from schemas.wire import MAX_BATCH_EVENTS
+from thumbline.schemas.topics import Topics
+from thumbline.schemas.wire import MAX_BATCH_EVENTS
 
 JSON_DIR = Path(__file__).parent / "json"
 _BATCHED = ("feedback", "traces")

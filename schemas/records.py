@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from schemas._base import Contract
-from schemas.feedback import FeedbackEvent, FeedbackKind, Id, Name, Source
-from schemas.trace import TraceEvent, TraceStatus
+from thumbline.schemas._base import Contract
+from thumbline.schemas.feedback import FeedbackEvent, FeedbackKind, Id, Name, Source
+from thumbline.schemas.trace import TraceEvent, TraceStatus
 
 
 class KeyedBatch(Contract):

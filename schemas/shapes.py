@@ -6,7 +6,7 @@ product's shape and returns the field dicts of the FeedbackEvents it stands
 for (one payload can carry several measurements: Braintrust's ``scores``,
 HoneyHive's ``actions``). The caller validates each dict as a FeedbackEvent, so
 values are checked exactly as for thumbline's own shape; problems with the
-product's shape itself raise :class:`~schemas.errors.InvalidEvent` naming the
+product's shape itself raise :class:`~thumbline.schemas.errors.InvalidEvent` naming the
 product's field.
 
 Which event carries what: the first measurement of a payload is its *primary*
@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from schemas.errors import InvalidEvent
+from thumbline.schemas.errors import InvalidEvent
 
 #: Namespace of the event ids derived from (product, span, measurement).
 _IDS = uuid.UUID("6f1d6c1e-8a4e-4c41-9a55-2f0f0e6f1b7a")

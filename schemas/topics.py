@@ -1,6 +1,6 @@
 """The topic registry: every topic thumbline reads or writes, in one place.
 
-All topics carry UTF-8 JSON (see :mod:`schemas.wire`). The topics the join
+All topics carry UTF-8 JSON (see :mod:`thumbline.schemas.wire`). The topics the join
 reads (``feedback`` and ``traces``) and the join's output are co-partitioned:
 same partition count, and every event lives on the partition of its
 ``trace_id`` under :func:`partition_for`, thumbline's one partitioner.
@@ -13,10 +13,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from schemas._base import Contract
-from schemas.feedback import FeedbackEvent
-from schemas.records import Alert, DeadLetter, EnrichedFeedback, KeyedBatch, RateWindow
-from schemas.trace import TraceEvent
+from thumbline.schemas._base import Contract
+from thumbline.schemas.feedback import FeedbackEvent
+from thumbline.schemas.records import Alert, DeadLetter, EnrichedFeedback, KeyedBatch, RateWindow
+from thumbline.schemas.trace import TraceEvent
 
 DEFAULT_PREFIX = "thumbline."
 DEFAULT_PARTITIONS = 8

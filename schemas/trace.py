@@ -13,14 +13,14 @@ from typing import Any, Literal
 
 from pydantic import Field, StrictFloat, StrictInt, model_validator
 
-from schemas._base import (
+from thumbline.schemas._base import (
     MAX_ATTRIBUTES_BYTES,
     MAX_COMMENT_LEN,
     Contract,
     check_nested,
     settle_times,
 )
-from schemas.feedback import Id, Name
+from thumbline.schemas.feedback import Id, Name
 
 
 class TraceStatus(StrEnum):

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from schemas._base import Contract
-from schemas.errors import WireError
+from thumbline.schemas._base import Contract
+from thumbline.schemas.errors import WireError
 
 #: Largest message value accepted (Kafka's default ``message.max.bytes`` is 1 MiB).
 MAX_MESSAGE_BYTES = 1_000_000

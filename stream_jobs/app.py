@@ -21,7 +21,7 @@ from the tables' version keys and from idempotent window state.
 
 One worker runs everything (``runs="all"``), key_by_trace included (one per
 consumer group: it holds every input partition). With ``THUMBLINE_STREAM_WORKERS``
-> 1 join helpers (:mod:`thumbline.workers`, ``runs="join"``) run the join
+> 1 join helpers (:mod:`thumbline.server.workers`, ``runs="join"``) run the join
 alone in the same consumer group: Faust's assignor splits the join's
 co-partitioned topics among the members that read them and gives
 ``feedback.enriched``, which only ``thumbline up`` reads, to it alone, so the
@@ -51,21 +51,21 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
-from schemas import Topics
-from stream_jobs.bad_feedback_rates import RateState
-from stream_jobs.faust_app import FETCH_MAX_WAIT_MS, build_faust_app, join_group, tune_gc
-from stream_jobs.join_state import JoinState
-from stream_jobs.join_traces import JoinTracesJob
-from stream_jobs.key_by_trace import KeyByTrace
-from stream_jobs.lookups import load_orphans, lookup_traces
-from stream_jobs.rates_job import RatesJob
-from stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
-from stream_jobs.spike_alerts import SpikeDetector, load_rules
-from stream_jobs.webhooks import WebhookNotifier
 from thumbline.metrics import Metrics
 from thumbline.outages import KAFKA, STORE, WaitAborted, Waits
+from thumbline.schemas import Topics
 from thumbline.settings import Settings
 from thumbline.store import open_client
+from thumbline.stream_jobs.bad_feedback_rates import RateState
+from thumbline.stream_jobs.faust_app import FETCH_MAX_WAIT_MS, build_faust_app, join_group, tune_gc
+from thumbline.stream_jobs.join_state import JoinState
+from thumbline.stream_jobs.join_traces import JoinTracesJob
+from thumbline.stream_jobs.key_by_trace import KeyByTrace
+from thumbline.stream_jobs.lookups import load_orphans, lookup_traces
+from thumbline.stream_jobs.rates_job import RatesJob
+from thumbline.stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
+from thumbline.stream_jobs.spike_alerts import SpikeDetector, load_rules
+from thumbline.stream_jobs.webhooks import WebhookNotifier
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class StreamApp:
                 await self._report_lag(app)
 
         if job is not None and self.runs == "all" and s.key_by_trace:
-            if not s.key_by_trace_process:  # else its own helper runs it (thumbline.workers)
+            if not s.key_by_trace_process:  # else its own helper runs it (thumbline.server.workers)
                 await self._start_router(app.conf.id)
         await app.start()
         self._watching = asyncio.create_task(self._watch())

@@ -10,7 +10,7 @@ A tumbling base window of ``window`` seconds (default 60) on the feedback's
 event time ``ts``, plus sliding windows (default 5 minutes and 1 hour) that are
 sums of base windows and advance with them. A base window is *complete* when
 the **watermark** (how far the join's input is stored, as the join's markers
-on ``feedback.enriched`` say; see :mod:`stream_jobs.rates_job`) has passed its
+on ``feedback.enriched`` say; see :mod:`thumbline.stream_jobs.rates_job`) has passed its
 end by ``lateness``, and every row counted in it is stored (its offset on
 ``feedback.enriched`` is at or below the join's durable offset of its
 partition). Then its rows are written and the alert rules judge it, once. A
@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas import RateWindow
+from thumbline.schemas import RateWindow
 
 ALL = "*"
 Dims = tuple[str, str, str, str]  # project, environment, model, capability; "*" is all

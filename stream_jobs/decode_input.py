@@ -1,10 +1,10 @@
 """decode_input: the join's input messages as validated events, or dead letters with a reason.
 
-Three forms reach the join (:mod:`stream_jobs.join_traces`):
+Three forms reach the join (:mod:`thumbline.stream_jobs.join_traces`):
 
 - a message of ``feedback`` or ``traces`` as a producer wrote it: one event,
-  or a JSON array of events (:mod:`schemas.wire`);
-- a message of ``keyed`` from :mod:`stream_jobs.key_by_trace`: events of many
+  or a JSON array of events (:mod:`thumbline.schemas.wire`);
+- a message of ``keyed`` from :mod:`thumbline.stream_jobs.key_by_trace`: events of many
   input messages with, per run of events, the input message they came from
   (``feedback_from``, ``traces_from``) and dead letters made there (``dead``);
   or its ``{"routed": ms}`` marker;
@@ -29,7 +29,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from schemas import (
+from thumbline.schemas import (
     DeadLetter,
     FeedbackEvent,
     InvalidEvent,
@@ -40,7 +40,7 @@ from schemas import (
     decode_message,
     partition_for,
 )
-from schemas.wire import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES
+from thumbline.schemas.wire import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES
 
 MAX_RAW_BYTES = 1_000_000
 _FEEDBACK_LIST = TypeAdapter(list[FeedbackEvent])

@@ -1,6 +1,6 @@
 """The Faust app of the stream, tuned for this pipeline and the embedded broker's quirks.
 
-Used by :mod:`stream_jobs.app` (one app per worker process): the consumer
+Used by :mod:`thumbline.stream_jobs.app` (one app per worker process): the consumer
 group's timings for Tansu, explicit topics, no web server, large fetches that
 wait little for data, and a garbage collector that leaves the join's state alone.
 """

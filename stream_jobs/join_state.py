@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import (
+from thumbline.schemas import (
     EnrichedFeedback,
     FeedbackEvent,
     FeedbackKind,

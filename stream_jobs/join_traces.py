@@ -1,18 +1,18 @@
 """join_traces: every feedback event joined with its trace, written to ClickHouse and Kafka.
 
 Reads ``keyed``: the input events re-keyed by trace id, hundreds to a message,
-by :mod:`stream_jobs.key_by_trace` (the default), or else ``feedback`` and
+by :mod:`thumbline.stream_jobs.key_by_trace` (the default), or else ``feedback`` and
 ``traces`` as producers wrote them; and, either way, events this job forwarded
 to the partition of their ``trace_id``. Per micro-batch it:
 
-1. decodes and validates every event (:mod:`stream_jobs.decode_input`); bad
+1. decodes and validates every event (:mod:`thumbline.stream_jobs.decode_input`); bad
    input becomes a dead letter (the ``dlq`` topic and the ``dead_letters``
    table) with its reason and the topic, partition and offset it was sent to,
    and nothing else is lost;
 2. forwards events that sit on the wrong partition to ``keyed`` (producers in
    other languages hash differently), so each trace's events meet in one place;
 3. merges traces into the state, asks ClickHouse once for the traces it does
-   not hold, and joins the feedback (:mod:`stream_jobs.join_state`);
+   not hold, and joins the feedback (:mod:`thumbline.stream_jobs.join_state`);
 4. writes traces, enriched feedback and dead letters to the ClickHouse sink and
    publishes enriched feedback and dead letters to Kafka.
 
@@ -36,7 +36,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from schemas import (
+from thumbline.kafka import Outgoing, deliver
+from thumbline.metrics import Metrics, gained
+from thumbline.outages import STORE, Waits
+from thumbline.schemas import (
     DeadLetter,
     EnrichedFeedback,
     FeedbackEvent,
@@ -45,19 +48,16 @@ from schemas import (
     TraceEvent,
     partition_for,
 )
-from stream_jobs.decode_input import Batch, DecodeInput
-from stream_jobs.join_state import JoinState, Key, TraceAttributes, key_of
-from stream_jobs.sink import (
+from thumbline.stream_jobs.decode_input import Batch, DecodeInput
+from thumbline.stream_jobs.join_state import JoinState, Key, TraceAttributes, key_of
+from thumbline.stream_jobs.sink import (
     ClickHouseSink,
     SinkBatch,
     SinkUnavailable,
     feedback_record,
     json_arrays,
 )
-from stream_jobs.watermarks import Watermarks
-from thumbline.kafka import Outgoing, deliver
-from thumbline.metrics import Metrics, gained
-from thumbline.outages import STORE, Waits
+from thumbline.stream_jobs.watermarks import Watermarks
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class JoinTracesJob:
         time_bounds: how far event times may lie from their reception; events
             beyond become dead letters ``ts_out_of_range``.
         waits: where sends and inserts that wait out an outage report (readiness).
-        routed: the input comes through :mod:`stream_jobs.key_by_trace` (``keyed``
+        routed: the input comes through :mod:`thumbline.stream_jobs.key_by_trace` (``keyed``
             alone); its markers then bound the watermark.
     """
 

@@ -52,11 +52,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from schemas import DeadLetter, Topics, WireError, decode_message, partition_for
-from schemas.wire import MAX_BATCH_EVENTS
 from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics, gained
 from thumbline.outages import KAFKA, Waits, transient
+from thumbline.schemas import DeadLetter, Topics, WireError, decode_message, partition_for
+from thumbline.schemas.wire import MAX_BATCH_EVENTS
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from schemas import FeedbackEvent, TraceEvent
-from stream_jobs.join_state import Key, TraceAttributes
-from stream_jobs.sink import StoreClient
+from thumbline.schemas import FeedbackEvent, TraceEvent
+from thumbline.stream_jobs.join_state import Key, TraceAttributes
+from thumbline.stream_jobs.sink import StoreClient
 
 _TRACE_FIELDS = (
     "trace_id", "span_id", "parent_span_id", "name", "project", "environment", "model",

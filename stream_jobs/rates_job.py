@@ -1,7 +1,7 @@
 """The rates and alerts job: enriched feedback in, rate windows and spike alerts out.
 
 Per micro-batch of ``feedback.enriched`` messages it counts the rows
-(:class:`~stream_jobs.bad_feedback_rates.RateState`) and reads the join's
+(:class:`~thumbline.stream_jobs.bad_feedback_rates.RateState`) and reads the join's
 **watermark markers** from the same topic: per partition, a JSON object
 ``{"watermark": ms, "durable": offset}`` saying that the join's input up to
 that time is stored (or caught up), and that its rows on this partition up to
@@ -9,10 +9,10 @@ that offset are in ClickHouse. The watermark is the lowest over the topic's
 partitions: a partition the join has not reported yet holds every window back.
 On each tick windows the watermark has passed complete, in order: their rows go
 to ``rates`` and ``feedback_rates`` and the spike rules
-(:class:`~stream_jobs.spike_alerts.SpikeDetector`) judge them, once; state
+(:class:`~thumbline.stream_jobs.spike_alerts.SpikeDetector`) judge them, once; state
 changes go to ``alerts`` (topic and table), the webhooks and the metrics.
 Windows a late row changed, and windows due for reconciliation, are
-recomputed from ``feedback FINAL`` (:mod:`stream_jobs.rates_store`) and
+recomputed from ``feedback FINAL`` (:mod:`thumbline.stream_jobs.rates_store`) and
 written again.
 
 Delivery: a message is acknowledged, in offset order per partition, once what
@@ -35,9 +35,12 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from schemas import Alert, RateWindow, Topics
-from stream_jobs.bad_feedback_rates import ALL, Ended, RateState
-from stream_jobs.rates_store import (
+from thumbline.kafka import Outgoing, deliver
+from thumbline.metrics import Metrics
+from thumbline.outages import STORE, Waits
+from thumbline.schemas import Alert, RateWindow, Topics
+from thumbline.stream_jobs.bad_feedback_rates import ALL, Ended, RateState
+from thumbline.stream_jobs.rates_store import (
     alert_rows,
     latest_alerts,
     read_windows,
@@ -45,12 +48,9 @@ from stream_jobs.rates_store import (
     restore_rates,
     unpublished_alerts,
 )
-from stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
-from stream_jobs.spike_alerts import SpikeDetector
-from stream_jobs.webhooks import WebhookNotifier
-from thumbline.kafka import Outgoing, deliver
-from thumbline.metrics import Metrics
-from thumbline.outages import STORE, Waits
+from thumbline.stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
+from thumbline.stream_jobs.spike_alerts import SpikeDetector
+from thumbline.stream_jobs.webhooks import WebhookNotifier
 
 logger = logging.getLogger(__name__)
 

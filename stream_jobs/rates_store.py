@@ -3,7 +3,7 @@
 The ``feedback`` table is the truth the rates are built from: deduplicated by
 identity (``FINAL``), retractions removed, every correction in. So a window
 read back from it is exact, whatever was late, replayed or moved; the counts
-here follow :func:`stream_jobs.bad_feedback_rates.contribution` to the letter.
+here follow :func:`thumbline.stream_jobs.bad_feedback_rates.contribution` to the letter.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from schemas import Alert
-from stream_jobs.bad_feedback_rates import Counts, Dims, RateState
-from stream_jobs.sink import StoreClient
+from thumbline.schemas import Alert
+from thumbline.stream_jobs.bad_feedback_rates import Counts, Dims, RateState
+from thumbline.stream_jobs.sink import StoreClient
 
 logger = logging.getLogger(__name__)
 

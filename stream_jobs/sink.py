@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from schemas import DeadLetter, EnrichedFeedback, ThumblineError, TraceEvent
 from thumbline.outages import transient
+from thumbline.schemas import DeadLetter, EnrichedFeedback, ThumblineError, TraceEvent
 
 logger = logging.getLogger(__name__)
 

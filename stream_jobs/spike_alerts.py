@@ -1,6 +1,6 @@
 """spike_alerts: fire when a bad-feedback rate is significantly above its own baseline.
 
-Runs each time a base window ends (:mod:`stream_jobs.bad_feedback_rates`). For
+Runs each time a base window ends (:mod:`thumbline.stream_jobs.bad_feedback_rates`). For
 every rule and every set of dimensions it compares the bad rate of the rule's
 window with the trailing baseline of the same dimensions (the ``baseline``
 seconds before the window). It fires only when all of these hold:
@@ -64,9 +64,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from schemas import Alert, AlertState
-from schemas.errors import ThumblineError
-from stream_jobs.bad_feedback_rates import ALL, Counts, Dims, RateState
+from thumbline.schemas import Alert, AlertState
+from thumbline.schemas.errors import ThumblineError
+from thumbline.stream_jobs.bad_feedback_rates import ALL, Counts, Dims, RateState
 
 
 class RulesError(ThumblineError):

@@ -5,7 +5,7 @@ Each second, for each partition it holds, a join worker sends to
 offset}``:
 
 - ``watermark``: every input message of the partition (``feedback``,
-  ``traces``, ``keyed``; behind :mod:`stream_jobs.key_by_trace`, ``keyed`` and
+  ``traces``, ``keyed``; behind :mod:`thumbline.stream_jobs.key_by_trace`, ``keyed`` and
   its ``routed`` markers) older than this is flushed: its events are stored, or
   waiting for their trace (those come later, as late rows). An input that has
   caught up with its partition's end holds nothing back (the watermark is the
@@ -13,7 +13,7 @@ offset}``:
 - ``durable``: every enriched row this worker published on the partition up
   to this offset is in ClickHouse.
 
-The rates job (:mod:`stream_jobs.rates_job`) completes a window when the lowest
+The rates job (:mod:`thumbline.stream_jobs.rates_job`) completes a window when the lowest
 watermark over the partitions has passed it, and once the rows it counted are
 at or below their partitions' durable offsets.
 """
@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from schemas import Topics
 from thumbline.outages import transient
+from thumbline.schemas import Topics
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from schemas import Alert
 from thumbline.metrics import Metrics
+from thumbline.schemas import Alert
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
-"""Errors of the runtime and the CLI; all derive from :class:`schemas.ThumblineError`."""
+"""Errors of the runtime and the CLI; all derive from :class:`thumbline.schemas.ThumblineError`."""
 
 from __future__ import annotations
 
-from schemas.errors import InvalidEvent, ThumblineError, WireError
+from thumbline.schemas.errors import InvalidEvent, ThumblineError, WireError
 
 __all__ = [
     "BrokerFailed",

@@ -20,9 +20,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from schemas.topics import Topic
 from thumbline.errors import TopicsMismatch
 from thumbline.outages import KAFKA, Waits, transient
+from thumbline.schemas.topics import Topic
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ class JsonFormatter(logging.Formatter):
 #: Loggers whose warnings repeat while a broker does not answer (the libraries at
 #: each reconnect and metadata attempt, the gateway at each request Kafka does not
 #: acknowledge): each of their messages is let through once a minute.
-_LIBRARIES = ("aiokafka", "kafka", "faust", "mode", "producers.gateway")
+_LIBRARIES = ("aiokafka", "kafka", "faust", "mode", "thumbline.producers.gateway")
 
 
 class RepeatFilter(logging.Filter):

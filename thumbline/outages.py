@@ -29,8 +29,8 @@ from typing import Literal, ParamSpec, TypeVar
 from aiokafka.errors import KafkaError, KafkaTimeoutError, KafkaUnavailableError
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 
-from schemas.errors import ThumblineError
 from thumbline.metrics import Metrics
+from thumbline.schemas.errors import ThumblineError
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas import TimeBounds
 from thumbline.errors import ConfigError
+from thumbline.schemas import TimeBounds
 
 ENV_PREFIX = "THUMBLINE_"
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")

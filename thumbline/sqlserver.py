@@ -51,7 +51,7 @@ MAX_INSERT_BYTES = 512 * 1024 * 1024
 #: Tables a helper may insert into (the join's output).
 INSERT_TABLES = frozenset({"feedback", "traces", "dead_letters"})
 #: Settings a helper's insert may carry: how ClickHouse reads the sink's JSON rows
-#: (stream_jobs.sink.JSON_SETTINGS) and insert deduplication.
+#: (thumbline.stream_jobs.sink.JSON_SETTINGS) and insert deduplication.
 INSERT_SETTINGS = frozenset({
     "input_format_skip_unknown_fields", "input_format_defaults_for_omitted_fields",
     "input_format_json_read_objects_as_strings", "input_format_json_read_numbers_as_strings",

@@ -20,9 +20,9 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
-from schemas import migrations
 from thumbline.errors import StoreError, StoreLocked, StoreUnavailable
 from thumbline.outages import transient
+from thumbline.schemas import migrations
 from thumbline.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -25,11 +25,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from clickhouse_connect.driver.client import Client
 
-from schemas import Topics
 from tests.conftest import unique
 from thumbline import runfile
 from thumbline.broker import EmbeddedBroker
 from thumbline.kafka import ensure_topics
+from thumbline.schemas import Topics
 from thumbline.settings import Settings, load_settings
 from thumbline.store import apply_migrations, open_client
 

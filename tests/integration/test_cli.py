@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from schemas import migrations
 from tests.integration.conftest import Up, consume, gone, run, start_up, stop
+from thumbline.schemas import migrations
 
 
 @pytest.fixture

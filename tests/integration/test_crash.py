@@ -16,8 +16,6 @@ import time
 
 import pytest
 
-from producers import FeedbackProducer
-from producers.loadgen import LoadReport, LoadSpec, Spike, run_load
 from tests.conftest import unique
 from tests.integration.conftest import (
     SPIKE_RULES,
@@ -30,6 +28,8 @@ from tests.integration.conftest import (
     stop,
     worker_env,
 )  # fmt: skip
+from thumbline.producers import FeedbackProducer
+from thumbline.producers.loadgen import LoadReport, LoadSpec, Spike, run_load
 
 
 def final_counts(thumbline_bin: str, env: dict[str, str]) -> dict[str, int]:

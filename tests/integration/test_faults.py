@@ -31,14 +31,14 @@ import aiohttp
 import orjson
 import pytest
 
-from producers import FeedbackProducer
-from producers.loadgen import LoadSpec, run_load
-from schemas import FeedbackEvent
 from tests.conftest import unique
 from tests.integration.conftest import rate_mismatches, sql_rows, start_up, stop, worker_env
 from tests.integration.test_crash import expected, final_counts, settle
 from tests.integration.test_join_helpers import helper_inserts, helper_pids
 from thumbline.broker import EmbeddedBroker
+from thumbline.producers import FeedbackProducer
+from thumbline.producers.loadgen import LoadSpec, run_load
+from thumbline.schemas import FeedbackEvent
 from thumbline.store import STORE_DOWN
 
 STALL = 90.0

@@ -16,8 +16,6 @@ import aiohttp
 import orjson
 import pytest
 
-from producers import DeliveryFailed, GatewayProducer, InvalidEvent
-from schemas import Topics
 from tests.conftest import unique
 from tests.integration.conftest import (
     Up,
@@ -30,6 +28,8 @@ from tests.integration.conftest import (
 )  # fmt: skip
 from thumbline.broker import EmbeddedBroker, free_port
 from thumbline.kafka import ensure_topics
+from thumbline.producers import DeliveryFailed, GatewayProducer, InvalidEvent
+from thumbline.schemas import Topics
 
 
 async def post(url: str, body: Any, key: str | None = None) -> tuple[int, Any, dict[str, str]]:

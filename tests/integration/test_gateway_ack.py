@@ -12,12 +12,12 @@ import signal
 import subprocess
 import time
 
-from schemas import Topics
 from tests.conftest import unique
 from tests.integration.conftest import consume
 from tests.integration.test_gateway import post, ready
 from thumbline.broker import EmbeddedBroker, free_port
 from thumbline.kafka import ensure_topics
+from thumbline.schemas import Topics
 
 ACK_TIMEOUT = 3.0
 MARGIN = 2.0  # the HTTP round trip and the event loop, on a busy 2-core machine

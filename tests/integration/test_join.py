@@ -17,14 +17,14 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from producers import FeedbackProducer
-from producers.loadgen import LoadSpec, run_load
-from schemas import Topics, partition_for
-from stream_jobs.app import StreamApp
 from tests.conftest import unique
 from tests.integration.conftest import consume
 from thumbline.kafka import ensure_topics
+from thumbline.producers import FeedbackProducer
+from thumbline.producers.loadgen import LoadSpec, run_load
+from thumbline.schemas import Topics, partition_for
 from thumbline.settings import load_settings
+from thumbline.stream_jobs.app import StreamApp
 
 GRACE = 3.0
 RETENTION = 6.0

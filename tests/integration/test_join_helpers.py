@@ -16,12 +16,12 @@ import signal
 import time
 import urllib.request
 
-from producers import FeedbackProducer
-from producers.loadgen import LoadSpec, run_load
-from schemas import Topics
 from tests.integration.conftest import gone, rate_windows, start_up, stop, worker_env
 from tests.integration.test_crash import expected, final_counts, settle
 from tests.integration.test_key_by_trace import send_one_by_one
+from thumbline.producers import FeedbackProducer
+from thumbline.producers.loadgen import LoadSpec, run_load
+from thumbline.schemas import Topics
 
 
 def helper_pids(parent: int) -> list[int]:
@@ -37,7 +37,7 @@ def helper_pids(parent: int) -> list[int]:
                 command = f.read()
         except (OSError, IndexError):
             continue
-        if ppid == parent and "thumbline.workers" in command:
+        if ppid == parent and "thumbline.server.workers" in command:
             pids.append(int(entry))
     return pids
 

@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from schemas import Topics
-from stream_jobs.app import StreamApp
-from stream_jobs.faust_app import FETCH_MAX_WAIT_MS
 from tests.conftest import unique
 from tests.integration.test_join import eventually
 from thumbline.kafka import ensure_topics
+from thumbline.schemas import Topics
 from thumbline.settings import load_settings
+from thumbline.stream_jobs.app import StreamApp
+from thumbline.stream_jobs.faust_app import FETCH_MAX_WAIT_MS
 
 PARTITIONS = 4
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from schemas import FeedbackEvent, TraceEvent
-from stream_jobs.join_state import JoinState
-from stream_jobs.lookups import load_orphans, lookup_traces
-from stream_jobs.sink import ClickHouseSink
 from tests.conftest import unique
+from thumbline.schemas import FeedbackEvent, TraceEvent
+from thumbline.stream_jobs.join_state import JoinState
+from thumbline.stream_jobs.lookups import load_orphans, lookup_traces
+from thumbline.stream_jobs.sink import ClickHouseSink
 
 
 def test_a_trace_stored_as_spans_comes_back_merged(store, store_settings):

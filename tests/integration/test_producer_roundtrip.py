@@ -7,18 +7,18 @@ import asyncio
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from producers import (
+from tests.conftest import unique
+from tests.integration.conftest import consume
+from thumbline.broker import EmbeddedBroker
+from thumbline.kafka import ensure_topics
+from thumbline.producers import (
     DeliveryFailed,
     FeedbackProducer,
     InvalidEvent,
     SyncFeedbackProducer,
     TopicMissing,
 )
-from schemas import FeedbackEvent, Topics, TraceEvent, partition_for
-from tests.conftest import unique
-from tests.integration.conftest import consume
-from thumbline.broker import EmbeddedBroker
-from thumbline.kafka import ensure_topics
+from thumbline.schemas import FeedbackEvent, Topics, TraceEvent, partition_for
 
 
 def prefix_of(topics: Topics) -> str:

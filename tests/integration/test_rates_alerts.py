@@ -19,18 +19,18 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from producers import FeedbackProducer
-from producers.loadgen import LoadSpec, Spike, run_load
-from schemas import Topics
-from stream_jobs.app import StreamApp
-from stream_jobs.bad_feedback_rates import ALL, RateState
-from stream_jobs.rates_job import restore_rates
-from stream_jobs.sink import ClickHouseSink
 from tests.conftest import unique
 from tests.integration.conftest import SPIKE_RULES, consume
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics
+from thumbline.producers import FeedbackProducer
+from thumbline.producers.loadgen import LoadSpec, Spike, run_load
+from thumbline.schemas import Topics
 from thumbline.settings import load_settings
+from thumbline.stream_jobs.app import StreamApp
+from thumbline.stream_jobs.bad_feedback_rates import ALL, RateState
+from thumbline.stream_jobs.rates_job import restore_rates
+from thumbline.stream_jobs.sink import ClickHouseSink
 
 WINDOW = 2
 LATENESS = 3.0

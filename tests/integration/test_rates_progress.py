@@ -19,19 +19,19 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from schemas import Alert, Topics
-from stream_jobs import key_by_trace
-from stream_jobs.app import StreamApp
-from stream_jobs.join_traces import JoinTracesJob
-from stream_jobs.key_by_trace import KeyByTrace
-from stream_jobs.rates_store import alert_rows
-from stream_jobs.sink import ClickHouseSink
 from tests.conftest import unique
 from tests.integration.conftest import consume, rate_mismatches
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics
+from thumbline.schemas import Alert, Topics
 from thumbline.settings import load_settings
 from thumbline.store import apply_migrations
+from thumbline.stream_jobs import key_by_trace
+from thumbline.stream_jobs.app import StreamApp
+from thumbline.stream_jobs.join_traces import JoinTracesJob
+from thumbline.stream_jobs.key_by_trace import KeyByTrace
+from thumbline.stream_jobs.rates_store import alert_rows
+from thumbline.stream_jobs.sink import ClickHouseSink
 
 Start = Callable[..., Awaitable[StreamApp]]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from schemas import DeadLetter, FeedbackEvent, TraceEvent
-from stream_jobs.join_state import JoinState
-from stream_jobs.sink import ClickHouseSink
 from tests.conftest import unique
+from thumbline.schemas import DeadLetter, FeedbackEvent, TraceEvent
+from thumbline.stream_jobs.join_state import JoinState
+from thumbline.stream_jobs.sink import ClickHouseSink
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

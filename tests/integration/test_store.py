@@ -11,15 +11,15 @@ import orjson
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, ProgrammingError
 
-from schemas import TraceEvent, migrations
-from stream_jobs.lookups import lookup_traces
-from stream_jobs.sink import ClickHouseSink, SinkUnavailable
 from tests.conftest import unique
 from thumbline import runfile
 from thumbline.errors import SqlRefused, StoreError
+from thumbline.schemas import TraceEvent, migrations
 from thumbline.settings import load_settings
 from thumbline.sqlserver import OwnerClient, SqlServer, run_sql
 from thumbline.store import apply_migrations
+from thumbline.stream_jobs.lookups import lookup_traces
+from thumbline.stream_jobs.sink import ClickHouseSink, SinkUnavailable
 
 FEEDBACK_COLUMNS = ["event_id", "trace_id", "label", "ts", "received_at", "version", "retracted"]
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from producers.loadgen import LoadGenerator, LoadSpec, Spike
+from thumbline.producers.loadgen import LoadGenerator, LoadSpec, Spike
 from thumbline.queries import InboxFilter, inbox_sql, literal, parse_since
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

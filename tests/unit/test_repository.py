@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -22,7 +25,7 @@ def quickstart_commands() -> list[str]:
 
 def test_the_quickstart_is_exactly_two_commands():
     run, test = quickstart_commands()
-    assert run.endswith("thumbline up --demo") and "pip install -e ." in run
+    assert run.endswith("thumbline up --demo") and "pip install -e '.[server]'" in run
     assert "pytest" in test
 
 
@@ -30,6 +33,25 @@ def test_ci_runs_the_readmes_test_command_verbatim():
     _, test = quickstart_commands()
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in ci_lines
+
+
+def test_ci_finds_what_its_own_run_left_behind_and_nothing_else():
+    """A developer's own `thumbline up` on the machine does not fail CI; a broker the
+    tests of this run started and did not stop does."""
+    broker_like = [sys.executable, "-c", "import time; time.sleep(60)", "tansu-v0.6 (a stand-in)"]
+    ours = subprocess.Popen(broker_like, env={**os.environ, "CI_RUN_ID": "run-a"})
+    theirs = subprocess.Popen(broker_like, env={**os.environ, "CI_RUN_ID": "run-b"})
+    try:
+        check = [str(ROOT / ".ci" / "leftovers")]
+        found = subprocess.run([*check, "run-a"], capture_output=True, text=True, timeout=30)
+        assert found.returncode == 1
+        assert f" {ours.pid} " in found.stderr and f" {theirs.pid} " not in found.stderr
+        clean = subprocess.run([*check, "run-c"], capture_output=True, text=True, timeout=30)
+        assert (clean.returncode, clean.stderr) == (0, "")
+    finally:
+        for proc in (ours, theirs):
+            proc.kill()
+            proc.wait()
 
 
 class TestComposeFile:

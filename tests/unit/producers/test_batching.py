@@ -9,8 +9,14 @@ import orjson
 import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
-from producers import DeliveryFailed, FeedbackProducer, InvalidEvent, ProducerClosed, TopicMissing
-from schemas import FeedbackEvent, partition_for
+from thumbline.producers import (
+    DeliveryFailed,
+    FeedbackProducer,
+    InvalidEvent,
+    ProducerClosed,
+    TopicMissing,
+)
+from thumbline.schemas import FeedbackEvent, partition_for
 
 
 class FakeKafka:

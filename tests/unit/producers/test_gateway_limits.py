@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from producers.gateway import RateLimiter, is_loopback
+from thumbline.producers.gateway import RateLimiter, is_loopback
 
 
 class Clock:

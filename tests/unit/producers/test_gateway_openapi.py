@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from producers.gateway import build_app
 from thumbline.metrics import Metrics
+from thumbline.producers.gateway import build_app
 
 INGEST = {"400", "401", "403", "413", "422", "429", "503"}
 ROUTES = {  # (method, path): the error statuses the route answers

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas import FeedbackEvent, FeedbackKind, InvalidEvent, Label, Source, TimeBounds
-from schemas.feedback import BAD_AT_MOST, GOOD_AT_LEAST, ISSUE_CATEGORIES
+from thumbline.schemas import FeedbackEvent, FeedbackKind, InvalidEvent, Label, Source, TimeBounds
+from thumbline.schemas.feedback import BAD_AT_MOST, GOOD_AT_LEAST, ISSUE_CATEGORIES
 
 
 def parse(**fields):

@@ -6,17 +6,26 @@ import json
 
 import pytest
 
-from schemas import DeadLetter, EnrichedFeedback, InvalidEvent, JoinStatus, RateWindow, migrations
-from schemas.jsonschema import JSON_DIR, generate, render
+from thumbline.schemas import (
+    DeadLetter,
+    EnrichedFeedback,
+    InvalidEvent,
+    JoinStatus,
+    RateWindow,
+    migrations,
+)
+from thumbline.schemas.jsonschema import JSON_DIR, generate, render
 
 
 def test_committed_json_schemas_match_the_models():
     generated = generate()
     on_disk = {p.name for p in JSON_DIR.glob("*.schema.json")}
-    assert on_disk == set(generated), "run `python -m schemas.jsonschema` and commit schemas/json"
+    assert on_disk == set(generated), (
+        "run `python -m thumbline.schemas.jsonschema` and commit schemas/json"
+    )
     for name, schema in generated.items():
         assert (JSON_DIR / name).read_text() == render(schema), (
-            f"{name} is stale: run `python -m schemas.jsonschema` and commit schemas/json"
+            f"{name} is stale: run `python -m thumbline.schemas.jsonschema` and commit schemas/json"
         )
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas import FeedbackEvent, InvalidEvent
-from schemas.shapes import SHAPES, derived_id, to_events
+from thumbline.schemas import FeedbackEvent, InvalidEvent
+from thumbline.schemas.shapes import SHAPES, derived_id, to_events
 
 
 def events(shape: str, payload: dict) -> list[FeedbackEvent]:

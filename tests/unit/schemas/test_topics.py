@@ -7,8 +7,8 @@ from aiokafka.partitioner import murmur2 as kafkas_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import Topics, partition_for
-from schemas.topics import murmur2
+from thumbline.schemas import Topics, partition_for
+from thumbline.schemas.topics import murmur2
 
 
 def test_default_names_use_the_thumbline_prefix():

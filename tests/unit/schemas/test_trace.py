@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas import InvalidEvent, TraceEvent, TraceStatus
+from thumbline.schemas import InvalidEvent, TraceEvent, TraceStatus
 
 
 def test_a_whole_trace_has_no_span_id_and_defaults():

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import FeedbackEvent, WireError, decode_message, encode_batch, encode_event
-from schemas.wire import MAX_BATCH_EVENTS
+from thumbline.schemas import FeedbackEvent, WireError, decode_message, encode_batch, encode_event
+from thumbline.schemas.wire import MAX_BATCH_EVENTS
 
 
 def test_a_single_object_is_one_event():

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from schemas import FeedbackEvent, JoinStatus, TraceEvent
-from stream_jobs.join_state import JoinState, TraceAttributes, version_of
+from thumbline.schemas import FeedbackEvent, JoinStatus, TraceEvent
+from thumbline.stream_jobs.join_state import JoinState, TraceAttributes, version_of
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

@@ -21,11 +21,11 @@ from aiokafka.errors import KafkaConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import TimeBounds, Topics, partition_for
-from schemas.wire import MAX_BATCH_EVENTS
-from stream_jobs.decode_input import Batch, DecodeInput
-from stream_jobs.key_by_trace import KeyByTrace, route
 from thumbline.outages import KAFKA, Waits
+from thumbline.schemas import TimeBounds, Topics, partition_for
+from thumbline.schemas.wire import MAX_BATCH_EVENTS
+from thumbline.stream_jobs.decode_input import Batch, DecodeInput
+from thumbline.stream_jobs.key_by_trace import KeyByTrace, route
 
 TOPICS = Topics.build("t.", 8)
 NOW_MS = int(time.time() * 1000)

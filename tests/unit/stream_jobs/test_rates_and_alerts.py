@@ -12,10 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from schemas import Topics
-from stream_jobs.bad_feedback_rates import ALL, Counts, RateState
-from stream_jobs.rates_job import RatesJob
-from stream_jobs.spike_alerts import (
+from thumbline.schemas import Topics
+from thumbline.stream_jobs.bad_feedback_rates import ALL, Counts, RateState
+from thumbline.stream_jobs.rates_job import RatesJob
+from thumbline.stream_jobs.spike_alerts import (
     AlertRule,
     RulesError,
     SpikeDetector,
@@ -483,7 +483,7 @@ class TestRatesJob:
     async def test_a_late_row_is_recomputed_from_the_store_and_only_then_acknowledged(
         self, job, monkeypatch
     ):
-        monkeypatch.setattr("stream_jobs.rates_job.RECOMPUTE_EVERY", 0.0)
+        monkeypatch.setattr("thumbline.stream_jobs.rates_job.RECOMPUTE_EVERY", 0.0)
         await job.handle([Message([row(T0 + 1)], offset=1), marker(T0 + 95, durable=1)])
         await job.tick()
         late = Message([row(T0 + 2)], offset=2)

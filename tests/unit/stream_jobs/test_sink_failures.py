@@ -6,8 +6,8 @@ import orjson
 import pytest
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from schemas import TraceEvent
-from stream_jobs.sink import ClickHouseSink, SinkUnavailable, json_arrays
+from thumbline.schemas import TraceEvent
+from thumbline.stream_jobs.sink import ClickHouseSink, SinkUnavailable, json_arrays
 
 
 def rows_of(insert_block: bytes) -> list[dict]:

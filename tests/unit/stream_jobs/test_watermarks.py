@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from schemas import Topics
-from stream_jobs.watermarks import Watermarks
+from thumbline.schemas import Topics
+from thumbline.stream_jobs.watermarks import Watermarks
 
 NOW = 1_795_000_000.0
 TOPICS = Topics.build("t.", 2)

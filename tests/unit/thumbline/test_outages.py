@@ -17,14 +17,14 @@ from aiokafka.errors import (
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 from prometheus_client import CollectorRegistry
 
-from stream_jobs.lookups import LOOKUP_CHUNK_BYTES, LOOKUP_CHUNK_KEYS, chunks
-from stream_jobs.sink import SinkUnavailable
 from thumbline.errors import SqlRefused, StoreUnavailable
 from thumbline.kafka import Outgoing, deliver
 from thumbline.logs import RepeatFilter
 from thumbline.metrics import Metrics
 from thumbline.outages import KAFKA, STORE, WaitAborted, Waits, transient
 from thumbline.sqlclient import _parts
+from thumbline.stream_jobs.lookups import LOOKUP_CHUNK_BYTES, LOOKUP_CHUNK_KEYS, chunks
+from thumbline.stream_jobs.sink import SinkUnavailable
 
 
 @pytest.mark.parametrize(

@@ -31,23 +31,23 @@ from typing import TYPE_CHECKING, Any
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
 
-from schemas.topics import Topics
 from thumbline import runfile
 from thumbline.broker import EmbeddedBroker
 from thumbline.errors import BrokerFailed, ConfigError, StreamFailed
 from thumbline.files import make_private, private_umask
-from thumbline.gateway import GatewayProcess
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics, MetricsServer
 from thumbline.outages import Waits
+from thumbline.schemas.topics import Topics
 from thumbline.seaweed import SeaweedS3
+from thumbline.server.gateway import GatewayProcess
+from thumbline.server.workers import JoinHelpers
 from thumbline.settings import Settings
 from thumbline.sqlserver import SqlServer
 from thumbline.store import AppliedMigration, apply_migrations, open_client
-from thumbline.workers import JoinHelpers
 
 if TYPE_CHECKING:
-    from stream_jobs.app import StreamApp
+    from thumbline.stream_jobs.app import StreamApp
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Runtime:
             )
             self._client = await asyncio.to_thread(open_client, s)
             applied = await asyncio.to_thread(apply_migrations, self._client, s.clickhouse_database)
-            from stream_jobs.app import StreamApp  # faust is heavy: imported when it runs
+            from thumbline.stream_jobs.app import StreamApp  # faust is heavy: imported when it runs
 
             if s.metrics_enabled:
                 self._metrics_server = MetricsServer(

@@ -1,14 +1,14 @@
 """Join helpers: the join in several processes, a core each (``THUMBLINE_STREAM_WORKERS``).
 
 With ``THUMBLINE_KEY_BY_TRACE_PROCESS=true`` one more helper runs
-:mod:`stream_jobs.key_by_trace` alone (``runs="route"``), so that re-keying
+:mod:`thumbline.stream_jobs.key_by_trace` alone (``runs="route"``), so that re-keying
 one-event messages takes a core of its own instead of a share of the join's.
 It needs no store; everything below about restarts and outages holds for it too.
 
 The join is one Python thread, so one worker uses one core. With
 ``stream_workers = N > 1`` ``thumbline up`` still runs the join (and the
 rates, the store and the endpoints) and starts N - 1 helper processes that run
-the join alone (:class:`stream_jobs.app.StreamApp` with ``runs="join"``), all
+the join alone (:class:`thumbline.stream_jobs.app.StreamApp` with ``runs="join"``), all
 in one consumer group. Faust's assignor splits the join's co-partitioned
 topics among all of them and gives ``feedback.enriched`` to ``thumbline up``
 alone, so the rates still see every row. A helper reaches
@@ -25,7 +25,7 @@ after the session timeout. Either way its unacknowledged input is replayed by
 the others: nothing is lost, and the tables' version keys make the replay
 count once.
 
-Run as ``python -m thumbline.workers`` by :class:`JoinHelpers` only: it reads
+Run as ``python -m thumbline.server.workers`` by :class:`JoinHelpers` only: it reads
 its settings (secrets included) as JSON on stdin.
 """
 
@@ -115,7 +115,7 @@ class JoinHelpers:
         if log is None:
             log = self._logs[index] = (self._log_dir / f"helper-{index + 1}.log").open("ab")
         proc = subprocess.Popen(  # noqa: S603 (our interpreter, our module)
-            [sys.executable, "-m", "thumbline.workers"],
+            [sys.executable, "-m", "thumbline.server.workers"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -185,9 +185,9 @@ async def run_helper(
     """Run the join (or key_by_trace) alone until SIGTERM or SIGINT, then flush and stop."""
     from prometheus_client import CollectorRegistry
 
-    from stream_jobs.app import StreamApp
     from thumbline.metrics import Metrics, MetricsServer
     from thumbline.sqlclient import OwnerClient
+    from thumbline.stream_jobs.app import StreamApp
 
     store: Any = None
     if owner is not None:

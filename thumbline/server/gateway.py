@@ -1,6 +1,6 @@
 """The gateway as ``thumbline up`` and ``thumbline gateway`` run it: producer, keys, server.
 
-The app itself (routes, auth, limits) is :mod:`producers.gateway`; this wires
+The app itself (routes, auth, limits) is :mod:`thumbline.producers.gateway`; this wires
 it to the settings: a Kafka producer with ``acks=all``, the key ring on the
 store, two pools of SQL-sandbox clients (the inbox and trace reads, and
 ``POST /v1/sql``: a slow admin query never delays a read), and uvicorn on the
@@ -13,11 +13,11 @@ import asyncio
 
 from clickhouse_connect.driver.client import Client
 
-from producers.gateway import Gateway, build_app, check_exposure
-from producers.kafka import FeedbackProducer
 from thumbline.keys import KeyRing
 from thumbline.metrics import Metrics
 from thumbline.outages import Waits
+from thumbline.producers.gateway import Gateway, build_app, check_exposure
+from thumbline.producers.kafka import FeedbackProducer
 from thumbline.sandbox import Sandbox, warn_if_unwalled
 from thumbline.settings import Settings
 from thumbline.sqlpool import SqlPool

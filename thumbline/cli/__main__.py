@@ -1,0 +1,5 @@
+"""``python -m thumbline.cli``: the ``thumbline`` command."""
+
+from thumbline.cli import main
+
+main()

@@ -1,0 +1,112 @@
+"""Administration: ``topics``, ``keys`` and ``schemas``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from thumbline.cli.common import (
+    cli_settings,
+    err,
+    fail,
+    find_bootstrap,
+    keys_app,
+    out,
+    schemas_app,
+    topics_app,
+)
+from thumbline.schemas.topics import Topics
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """The topics of this configuration, with partitions, keys and contracts."""
+    settings = cli_settings()
+    table = Table("topic", "partitions", "key", "contract", "what", box=None, header_style="bold")
+    for topic in Topics.build(settings.topic_prefix, settings.partitions).all():
+        table.add_row(
+            topic.name,
+            str(topic.partitions),
+            topic.key or "-",
+            topic.model.__name__,
+            topic.description,
+        )
+    out.print(table)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the missing topics on THUMBLINE_KAFKA_BOOTSTRAP (or the running embedded broker)."""
+    from thumbline.kafka import ensure_topics
+
+    settings = cli_settings()
+    topics = Topics.build(settings.topic_prefix, settings.partitions)
+    created = asyncio.run(
+        ensure_topics(
+            find_bootstrap(settings),
+            topics.all(),
+            replication_factor=settings.replication_factor,
+            kafka_kwargs=settings.kafka_kwargs(),
+        )
+    )
+    out.print(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
+
+
+# keys and schemas ---------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[str, typer.Option(help="ingest (write-only), read or admin.")] = "ingest",
+    project: Annotated[
+        str, typer.Option(help="The one project the key may use (not for admin keys).")
+    ] = "",
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "",
+) -> None:
+    """Create an API key; the full key is shown this once."""
+    from thumbline.keys import create_key
+
+    key = create_key(cli_settings(), scope=scope, project=project, name=name)  # type: ignore[arg-type]
+    out.print(key, markup=False)
+    err.print(f"{scope} key for {project or 'every project'}: store it now, it is not shown again")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The keys: id, scope, project, name, created, revoked (never the secret)."""
+    from thumbline.keys import list_keys
+
+    table = Table("key id", "scope", "project", "name", "created", "revoked")
+    for k in list_keys(cli_settings()):
+        created = k.created_at.strftime("%Y-%m-%d %H:%M")
+        table.add_row(k.key_id, k.scope, k.project or "*", k.name, created, "yes" * k.revoked)
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (or the full key).")],
+) -> None:
+    """Revoke a key: the gateway refuses it from now on."""
+    from thumbline.keys import revoke_key
+
+    if not revoke_key(cli_settings(), key_id):
+        fail(f"no key {key_id!r} (thumbline keys list shows them)")
+    out.print(f"revoked {key_id}")
+
+
+@schemas_app.command("export")
+def schemas_export(
+    directory: Annotated[Path, typer.Argument(help="Where to write *.schema.json")] = Path(
+        "schemas/json"
+    ),
+) -> None:
+    """Write the JSON Schema of every topic."""
+    from thumbline.schemas.jsonschema import write
+
+    for path in write(directory):
+        out.print(str(path))

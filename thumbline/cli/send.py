@@ -1,0 +1,182 @@
+"""Sending one event: ``send feedback`` and ``send trace``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from thumbline.cli.common import cli_settings, fail, find_bootstrap, out, send_app
+from thumbline.schemas import FeedbackEvent, TraceEvent
+from thumbline.settings import Settings
+
+
+def _parse_json_option(text: str | None, what: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{what} is not JSON: {exc}", 2)
+    if not isinstance(data, dict):
+        fail(f"{what} must be a JSON object", 2)
+    return data
+
+
+def _event(
+    contract: type[FeedbackEvent] | type[TraceEvent],
+    json_event: str | None,
+    /,
+    defaults: dict[str, Any] | None = None,
+    **flags: Any,
+) -> FeedbackEvent | TraceEvent:
+    """The event: ``defaults``, then ``--json``, then the flags that were given; validated."""
+    data = {**(defaults or {}), **_parse_json_option(json_event, "--json")}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return contract.parse(data)
+
+
+def _send(settings: Settings, event: FeedbackEvent | TraceEvent) -> None:
+    from thumbline.producers import FeedbackProducer
+
+    async def run() -> Any:
+        async with FeedbackProducer(
+            bootstrap_servers=find_bootstrap(settings),
+            topic_prefix=settings.topic_prefix,
+            **settings.kafka_kwargs(),
+        ) as producer:
+            return await producer.send(event)
+
+    delivery = asyncio.run(run())
+    out.print(
+        orjson.dumps(
+            {
+                "event_id": getattr(event, "event_id", None),
+                "trace_id": event.trace_id,
+                "span_id": event.span_id,
+                "topic": delivery.topic,
+                "partition": delivery.partition,
+                "offset": delivery.offset,
+            }
+        ).decode(),
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@send_app.command("feedback")
+def send_feedback(
+    trace_id: Annotated[str, typer.Option(help="The trace the feedback is about.")],
+    label: Annotated[str | None, typer.Option(help="good, bad, neutral or custom (edit)")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(help="thumb, rating, score, bool, text, category, signal, correction"),
+    ] = None,
+    value: Annotated[
+        str | None, typer.Option(help="The value, as JSON where it is not a string: 4, true, up")
+    ] = None,
+    comment: Annotated[str | None, typer.Option()] = None,
+    correction: Annotated[str | None, typer.Option()] = None,
+    category: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option(help="response-quality, star-rating...")] = None,
+    span_id: Annotated[str | None, typer.Option()] = None,
+    project: Annotated[
+        str | None, typer.Option(help="The trace's project (absent: default); it joins only there.")
+    ] = None,
+    user_id: Annotated[str | None, typer.Option()] = None,
+    session_id: Annotated[str | None, typer.Option()] = None,
+    event_id: Annotated[
+        str | None, typer.Option(help="Idempotency key; generated if absent.")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
+    metadata: Annotated[str | None, typer.Option(help="A JSON object, or @file.json")] = None,
+    json_event: Annotated[
+        str | None,
+        typer.Option("--json", help="The whole event as JSON (or @file.json); flags override."),
+    ] = None,
+) -> None:
+    """Send one feedback event about a trace."""
+    settings = cli_settings()
+    parsed_value: Any = value
+    if value is not None:
+        try:
+            parsed_value = json.loads(value)
+        except json.JSONDecodeError:
+            parsed_value = value
+    event = _event(
+        FeedbackEvent,
+        json_event,
+        trace_id=trace_id,
+        label=label,
+        kind=kind,
+        value=parsed_value,
+        comment=comment,
+        correction=correction,
+        category=category,
+        name=name,
+        span_id=span_id,
+        project=project,
+        user_id=user_id,
+        session_id=session_id,
+        event_id=event_id,
+        tags=tag or None,
+        metadata=_parse_json_option(metadata, "--metadata") or None,
+    )
+    _send(settings, event)
+
+
+@send_app.command("trace")
+def send_trace(
+    trace_id: Annotated[str | None, typer.Option(help="Generated if absent.")] = None,
+    span_id: Annotated[
+        str | None, typer.Option(help="Absent: the event is the whole trace.")
+    ] = None,
+    parent_span_id: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    project: Annotated[str | None, typer.Option()] = None,
+    environment: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    capability: Annotated[str | None, typer.Option()] = None,
+    step: Annotated[str | None, typer.Option()] = None,
+    user_id: Annotated[str | None, typer.Option()] = None,
+    session_id: Annotated[str | None, typer.Option()] = None,
+    latency_ms: Annotated[float | None, typer.Option()] = None,
+    status: Annotated[str | None, typer.Option(help="ok, error or unset")] = None,
+    error_message: Annotated[str | None, typer.Option("--error")] = None,
+    attributes: Annotated[str | None, typer.Option(help="A JSON object, or @file.json")] = None,
+    json_event: Annotated[
+        str | None,
+        typer.Option("--json", help="The whole event as JSON (or @file.json); flags override."),
+    ] = None,
+) -> None:
+    """Send one trace (or span) event; prints its trace_id."""
+    from thumbline.producers import new_trace_id
+
+    settings = cli_settings()
+    event = _event(
+        TraceEvent,
+        json_event,
+        defaults={"trace_id": new_trace_id()},
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_span_id,
+        name=name,
+        project=project,
+        environment=environment,
+        model=model,
+        capability=capability,
+        step=step,
+        user_id=user_id,
+        session_id=session_id,
+        latency_ms=latency_ms,
+        status=status,
+        error=error_message,
+        attributes=_parse_json_option(attributes, "--attributes") or None,
+    )
+    _send(settings, event)
