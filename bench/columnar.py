@@ -48,18 +48,18 @@ from columnar_join import OUT, TR, ColumnarJoin
 from common import git_commit
 from workload import PARTITIONS, issue_workload
 
-from schemas import TimeBounds, Topics, TraceEvent, partition_for
-from stream_jobs.decode_input import Batch, DecodeInput
-from stream_jobs.join_state import JoinState, key_of
-from stream_jobs.key_by_trace import route
-from stream_jobs.sink import (
+from thumbline.schemas import TimeBounds, Topics, TraceEvent, partition_for
+from thumbline.store import apply_migrations
+from thumbline.stream_jobs.decode_input import Batch, DecodeInput
+from thumbline.stream_jobs.join_state import JoinState, key_of
+from thumbline.stream_jobs.key_by_trace import route
+from thumbline.stream_jobs.sink import (
     JSON_SETTINGS,
     ClickHouseSink,
     SinkBatch,
     feedback_record,
     json_arrays,
 )
-from thumbline.store import apply_migrations
 
 STEPS = ("decode+validate", "join", "encode", "insert")
 
@@ -353,7 +353,7 @@ def same_rows(current: dict, proto: dict) -> None:
     dead, mine_dead = sorted(map(where, current["dead"])), sorted(map(where, proto["join"].dead))
     if dead != mine_dead:
         raise AssertionError(f"dead letters differ: {dead} against {mine_dead}")
-    from stream_jobs.sink import trace_record
+    from thumbline.stream_jobs.sink import trace_record
 
     traces = sorted(tuple(_norm(trace_record(t)[f]) for f in TR) for t in current["traces"])
     tr = proto["join"].traces

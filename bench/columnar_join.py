@@ -10,7 +10,7 @@ output rows are columns that are extended, not built row by row.
 The fast checks accept a subset of what the pydantic models accept: any event
 they do not vouch for (a field out of its bounds, an unknown field, a kind they
 do not derive, a time in another format, a span event) takes the careful path
-of ``stream_jobs.decode_input`` on its own, which validates it with the models
+of ``thumbline.stream_jobs.decode_input`` on its own, which validates it with the models
 or makes it a dead letter. So a bad event is still found, per event, and a
 valid but unusual one gives the model's own values.
 """
@@ -25,17 +25,17 @@ from typing import Any
 
 import orjson
 
-from schemas import FeedbackEvent, TimeBounds, Topics, TraceEvent
-from schemas._base import (
+from thumbline.schemas import FeedbackEvent, TimeBounds, Topics, TraceEvent
+from thumbline.schemas._base import (
     MAX_ATTRIBUTES_BYTES,
     MAX_COMMENT_LEN,
     MAX_CORRECTION_LEN,
     MAX_METADATA_BYTES,
     check_nested,
 )
-from schemas.feedback import normal_label
-from stream_jobs.decode_input import Batch, DecodeInput, Origin
-from stream_jobs.join_state import DEFAULT_PROJECT, TraceAttributes
+from thumbline.schemas.feedback import normal_label
+from thumbline.stream_jobs.decode_input import Batch, DecodeInput, Origin
+from thumbline.stream_jobs.join_state import DEFAULT_PROJECT, TraceAttributes
 
 #: A feedback event's own fields, after validation and derivation (a pending row's tuple).
 FB = (
@@ -548,7 +548,9 @@ class ColumnarJoin:
             else [state[(pid(p), t)] for p, t in zip(fb["project"], fb["trace_id"], strict=True)]
         )
         partitions = self.topics.keyed.partitions
-        from schemas import partition_for  # the released rows' partition: once per row, rare
+        from thumbline.schemas import (
+            partition_for,  # the released rows' partition: once per row, rare
+        )
 
         for p in {partition_for(t, partitions) for t in fb["trace_id"]}:
             pick = [i for i, t in enumerate(fb["trace_id"]) if partition_for(t, partitions) == p]

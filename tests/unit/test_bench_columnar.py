@@ -11,7 +11,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from columnar import input_records, keyed_batches, run_current, run_prototype, same_rows  # noqa: E402
 
-from schemas import Topics  # noqa: E402
+from thumbline.schemas import Topics  # noqa: E402
 
 
 class _NoStore:
