@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from thumbline import runfile
 from thumbline.broker import EmbeddedBroker
+from thumbline.children import LOOPBACK, port_free
 from thumbline.errors import BrokerFailed, ConfigError, StoreLocked, StreamFailed
 from thumbline.files import make_private, private_umask
 from thumbline.kafka import ensure_topics
@@ -166,6 +167,11 @@ class Runtime:
             if s.kafka_bootstrap is None:
                 # Started on this (the main) thread on purpose: PR_SET_PDEATHSIG fires when
                 # the thread that spawned the broker exits, and a pool thread may exit early.
+                if s.broker_port and not port_free(s.broker_port):
+                    raise ConfigError(
+                        f"the embedded broker cannot listen on {LOOPBACK}:{s.broker_port}: "
+                        "Address already in use; set THUMBLINE_BROKER_PORT (0: any free port)"
+                    )
                 storage = None
                 if s.broker_storage == "durable":
                     storage = SeaweedS3(s.broker_dir, log_path=s.data_dir / "seaweedfs.log")
