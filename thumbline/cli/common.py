@@ -42,12 +42,13 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def find_bootstrap(settings: Settings) -> str:
+def find_bootstrap(settings: Settings, *, anywhere: bool = True) -> str:
     """THUMBLINE_KAFKA_BOOTSTRAP, else the broker of the ``thumbline up`` found (see
-    :func:`locate`), waited for while it starts."""
+    :func:`locate`; with ``anywhere`` false, only the one of the configured data dir),
+    waited for while it starts."""
     if settings.kafka_bootstrap:
         return settings.kafka_bootstrap
-    found = locate(settings)
+    found = locate(settings) if anywhere else settings
     if found is not None:
         wait_for_start(found)
     info = runfile.read(found.run_file) if found is not None else None
