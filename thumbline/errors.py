@@ -12,6 +12,8 @@ __all__ = [
     "StoreError",
     "StreamFailed",
     "StoreLocked",
+    "StoreMissing",
+    "StoreStarting",
     "StoreUnavailable",
     "ThumblineError",
     "TopicsMismatch",
@@ -51,6 +53,18 @@ class StoreLocked(StoreError):
     """The chDB path is owned by another process, and that process serves no SQL."""
 
     retriable = True
+
+
+class StoreStarting(StoreUnavailable):
+    """``thumbline up`` holds the chDB path's data dir and does not serve SQL yet."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        super().__init__(f"thumbline up (pid {pid}) is starting, try again in a moment")
+
+
+class StoreMissing(StoreError):
+    """No store where the settings point (nothing is created to read from)."""
 
 
 class StreamFailed(ThumblineError):

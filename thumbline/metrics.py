@@ -16,6 +16,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from thumbline.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 MAX_DIMENSION_SETS = 500
@@ -208,7 +210,13 @@ class MetricsServer:
     def __init__(self, metrics: Metrics, *, host: str, port: int) -> None:
         self._server: Any
         self._thread: threading.Thread
-        self._server, self._thread = start_http_server(port, host, registry=metrics.registry)
+        try:
+            self._server, self._thread = start_http_server(port, host, registry=metrics.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"/metrics cannot be served on {host}:{port}: {exc.strerror}; set "
+                "THUMBLINE_METRICS_PORT (0: any free port) or THUMBLINE_METRICS_ENABLED=false"
+            ) from None
         self.url = f"http://{host}:{self._server.server_port}/metrics"
 
     def stop(self) -> None:

@@ -208,6 +208,10 @@ class Settings(BaseSettings):
         "reads have as many of their own, so a slow query never delays them.",
     )  # fmt: skip
     sql_port: int = Field(0, ge=0, le=65535, description="0: any free port.")
+    start_wait_seconds: float = Field(
+        30.0, ge=0, le=3600,
+        description="How long a command waits for a thumbline up that is starting.",
+    )  # fmt: skip
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     log_format: Literal["text", "json"] = "text"

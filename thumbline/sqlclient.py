@@ -17,13 +17,21 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import orjson
 from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
 
 from thumbline import runfile
-from thumbline.errors import SqlRefused, StoreError, StoreLocked, StoreUnavailable
+from thumbline.errors import (
+    SqlRefused,
+    StoreError,
+    StoreLocked,
+    StoreMissing,
+    StoreStarting,
+    StoreUnavailable,
+)
 from thumbline.sandbox import Sandbox, open_insert_client, open_sandbox_client
 from thumbline.settings import Settings
 
@@ -51,6 +59,8 @@ def run_sql(
         SqlRefused: the sandbox refused the SQL (the message says why and what it runs).
         StoreError: the query failed (the message is ClickHouse's, with its code).
         StoreLocked: the path is held by a process that serves no SQL.
+        StoreStarting: ``thumbline up`` is starting on the path (it serves SQL soon).
+        StoreMissing: the chDB path holds no store (none is created).
     """
     if fmt not in FORMATS:
         raise StoreError(f"format must be one of {sorted(FORMATS)}")
@@ -58,6 +68,7 @@ def run_sql(
         info = runfile.read(settings.run_file)
         if info is not None and info.sql_url:
             return _query_owner(info, sql, fmt, write)
+        _check_unowned(settings)
     try:
         client = open_sandbox_client(settings)
     except StoreLocked:
@@ -77,6 +88,23 @@ def run_sql(
             writer.close()
     finally:
         client.close()
+
+
+def _check_unowned(settings: Settings) -> None:
+    """Raise unless the chDB path may be opened here: it exists (a read creates no store),
+    and no ``thumbline up`` is starting on it (it would find its store taken)."""
+    pid = runfile.holder(settings.data_dir)
+    if pid is not None:
+        raise StoreStarting(pid)
+    path = Path(settings.store_url.removeprefix("chdb://"))
+    if path.is_dir():
+        return
+    if settings.clickhouse_url is not None:
+        raise StoreMissing(f"no thumbline store at {path}: check THUMBLINE_CLICKHOUSE_URL")
+    raise StoreMissing(
+        f"no thumbline store in {settings.data_dir.resolve()}: start `thumbline up` there, "
+        "or set THUMBLINE_DATA_DIR to the data dir of the one you started"
+    )
 
 
 def _query_owner(info: runfile.RunInfo, sql: str, fmt: str, write: bool) -> bytes:

@@ -34,7 +34,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from thumbline.errors import SqlRefused, StoreError
+from thumbline.errors import ConfigError, SqlRefused, StoreError
 from thumbline.sandbox import Sandbox, open_insert_client
 from thumbline.settings import Settings
 from thumbline.sqlclient import FORMATS, OwnerClient, QueryRows, run_sql
@@ -87,12 +87,18 @@ class SqlServer:
         self.on_insert: Callable[[str], None] | None = None
         self._writer = writer
         self._writer_lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"server_ref": self})
+        try:  # first: a port in use fails before any client is opened
+            self._httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"the SQL endpoint cannot listen on {host}:{port}: {exc.strerror}; "
+                "set THUMBLINE_SQL_PORT (0: any free port)"
+            ) from None
+        self._httpd.daemon_threads = True
         self.sandbox = Sandbox(settings)
         self._readers = ClientPool(settings, size=readers)
         self._inserter = ClientPool(settings, size=1, opener=open_insert_client)
-        handler = type("Handler", (_Handler,), {"server_ref": self})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
     @property

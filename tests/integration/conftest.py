@@ -83,13 +83,20 @@ def thumbline_bin() -> str:
 
 
 @pytest.fixture(scope="session")
-def clean_env() -> dict[str, str]:
+def clean_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment without any THUMBLINE_ setting, for CLI subprocesses.
 
     Except the metrics and gateway ports: any free ones, so that two `thumbline up` never clash.
+    XDG_RUNTIME_DIR is the session's own: `thumbline up` records itself there, never in
+    the real user's folders.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("THUMBLINE_")}
-    return {**env, "THUMBLINE_METRICS_PORT": "0", "THUMBLINE_GATEWAY_PORT": "0"}
+    runtime_dir = tmp_path_factory.mktemp("xdg-runtime")
+    runtime_dir.chmod(0o700)
+    return {
+        **env, "THUMBLINE_METRICS_PORT": "0", "THUMBLINE_GATEWAY_PORT": "0",
+        "XDG_RUNTIME_DIR": str(runtime_dir),
+    }  # fmt: skip
 
 
 async def consume(

@@ -17,6 +17,7 @@ from thumbline.cli.common import (
     keys_app,
     out,
     schemas_app,
+    store_settings,
     topics_app,
 )
 from thumbline.schemas.topics import Topics
@@ -70,7 +71,7 @@ def keys_create(
     """Create an API key; the full key is shown this once."""
     from thumbline.keys import create_key
 
-    key = create_key(cli_settings(), scope=scope, project=project, name=name)  # type: ignore[arg-type]
+    key = create_key(store_settings(), scope=scope, project=project, name=name)  # type: ignore[arg-type]
     out.print(key, markup=False)
     err.print(f"{scope} key for {project or 'every project'}: store it now, it is not shown again")
 
@@ -81,7 +82,7 @@ def keys_list() -> None:
     from thumbline.keys import list_keys
 
     table = Table("key id", "scope", "project", "name", "created", "revoked")
-    for k in list_keys(cli_settings()):
+    for k in list_keys(store_settings()):
         created = k.created_at.strftime("%Y-%m-%d %H:%M")
         table.add_row(k.key_id, k.scope, k.project or "*", k.name, created, "yes" * k.revoked)
     out.print(table)
@@ -94,7 +95,7 @@ def keys_revoke(
     """Revoke a key: the gateway refuses it from now on."""
     from thumbline.keys import revoke_key
 
-    if not revoke_key(cli_settings(), key_id):
+    if not revoke_key(store_settings(), key_id):
         fail(f"no key {key_id!r} (thumbline keys list shows them)")
     out.print(f"revoked {key_id}")
 

@@ -139,7 +139,8 @@ def gateway() -> None:
     from thumbline.store import apply_migrations, open_client
 
     settings = cli_settings()
-    bootstrap = find_bootstrap(settings)
+    # Only this data dir's: the gateway also opens this configuration's store.
+    bootstrap = find_bootstrap(settings, anywhere=False)
 
     async def run() -> None:
         client = await asyncio.to_thread(open_client, settings)

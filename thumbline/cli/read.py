@@ -11,7 +11,7 @@ import orjson
 import typer
 from rich.table import Table
 
-from thumbline.cli.common import app, cli_settings, err, fail, out
+from thumbline.cli.common import app, err, fail, out, store_settings
 from thumbline.errors import SqlRefused, StoreError
 from thumbline.settings import Settings
 
@@ -44,7 +44,7 @@ def sql(
 
     if fmt not in _FORMATS:
         fail(f"--format must be one of {', '.join(_FORMATS)}", 2)
-    settings = cli_settings()
+    settings = store_settings()
     try:
         body = run_sql(settings, query, fmt=_FORMATS[fmt], write=write)
     except StoreError as exc:
@@ -126,7 +126,7 @@ def inbox(
     from thumbline.queries import InboxFilter, inbox_sql, parse_since
     from thumbline.sqlclient import run_sql
 
-    settings = cli_settings()
+    settings = store_settings()
     try:
         filters = InboxFilter(
             labels=tuple(label or ()), kinds=tuple(kind or ()), project=project,
@@ -174,7 +174,7 @@ def rates(
     from thumbline.queries import parse_since, rates_sql
     from thumbline.sqlclient import run_sql
 
-    settings = cli_settings()
+    settings = store_settings()
     try:
         query = rates_sql(
             settings.clickhouse_database, window_seconds=window or settings.rate_window_seconds,
@@ -218,7 +218,7 @@ def alerts(
 
     if state not in (None, "firing", "resolved"):
         fail(f"--state takes firing or resolved, not {state!r}", 2)
-    settings = cli_settings()
+    settings = store_settings()
     try:
         query = alerts_sql(
             settings.clickhouse_database, state=state, since=parse_since(since), limit=limit
@@ -252,7 +252,7 @@ def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -
     """A trace: its spans, then all of its feedback."""
     from thumbline.queries import InboxFilter, inbox_sql, trace_spans_sql
 
-    settings = cli_settings()
+    settings = store_settings()
     db = settings.clickhouse_database
     names, spans = _rows(settings, trace_spans_sql(db, trace_id))
     if not spans:

@@ -6,7 +6,10 @@ the topics with their partition counts, the ClickHouse migrations, the stream
 jobs (which write to the store, so they run in the process that owns it), and
 the SQL endpoint for other processes when the store is an embedded chDB path,
 and the join helpers when ``stream_workers`` asks for them (they write through
-that endpoint). Then the run file is written so that the CLI finds all of it.
+that endpoint). Then the run files are written (``run.json`` in the data dir and
+this user's record, :mod:`thumbline.runfile`) so that the CLI finds all of it from
+any directory; from the first moment, the data dir's lock tells a command that
+``thumbline up`` is starting, so that it waits instead of opening the store.
 Stop order is the reverse; the broker, its storage and the helpers also die
 with this process if it is killed. While it runs, a durable embedded broker's
 process that exits is started again in place (see :meth:`Runtime.serve_until_signalled`).
@@ -33,7 +36,8 @@ from prometheus_client import CollectorRegistry
 
 from thumbline import runfile
 from thumbline.broker import EmbeddedBroker
-from thumbline.errors import BrokerFailed, ConfigError, StreamFailed
+from thumbline.children import LOOPBACK, port_free
+from thumbline.errors import BrokerFailed, ConfigError, StoreLocked, StreamFailed
 from thumbline.files import make_private, private_umask
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics, MetricsServer
@@ -102,6 +106,19 @@ def _make_private(settings: Settings) -> None:
             logger.info("every file under %s is readable by its owner only", root)
 
 
+def _open_store(settings: Settings, *, patience: float = 10.0) -> Client:
+    """The store's writer client. A command that found no ``thumbline up`` a moment before
+    this one took its lock may hold the chDB path for a moment: that is waited out."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return open_client(settings)
+        except StoreLocked:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _given_up(reason: str) -> str:
     # Logged at once: stopping the stream may take long with its broker gone.
     logger.error("%s; stopping thumbline up", reason)
@@ -122,6 +139,7 @@ class Runtime:
         self._gateway: GatewayProcess | None = None
         self.helpers: JoinHelpers | None = None
         self._run_info: runfile.RunInfo | None = None
+        self._lock: int | None = None  # runfile.hold's: the data dir is ours while it is held
         self.metrics = Metrics(CollectorRegistry())
         #: What the stream waits for (Kafka, the store): the gateway's /readyz reads it.
         self.waits = Waits(self.metrics, mask=settings.mask)
@@ -136,12 +154,24 @@ class Runtime:
                 "stop it first, or set THUMBLINE_DATA_DIR to run another"
             )
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = runfile.hold(s.data_dir)
+        if self._lock is None:
+            raise ConfigError(
+                f"thumbline is already running here (pid {runfile.holder(s.data_dir) or '?'}, "
+                f"starting; data dir {s.data_dir}); stop it first, or set THUMBLINE_DATA_DIR "
+                "to run another"
+            )
         _make_private(s)
         _own_temp_dir(s.data_dir / "tmp")
         try:
             if s.kafka_bootstrap is None:
                 # Started on this (the main) thread on purpose: PR_SET_PDEATHSIG fires when
                 # the thread that spawned the broker exits, and a pool thread may exit early.
+                if s.broker_port and not port_free(s.broker_port):
+                    raise ConfigError(
+                        f"the embedded broker cannot listen on {LOOPBACK}:{s.broker_port}: "
+                        "Address already in use; set THUMBLINE_BROKER_PORT (0: any free port)"
+                    )
                 storage = None
                 if s.broker_storage == "durable":
                     storage = SeaweedS3(s.broker_dir, log_path=s.data_dir / "seaweedfs.log")
@@ -157,7 +187,7 @@ class Runtime:
                 replication_factor=s.replication_factor,
                 kafka_kwargs=s.kafka_kwargs(),
             )
-            self._client = await asyncio.to_thread(open_client, s)
+            self._client = await asyncio.to_thread(_open_store, s)
             applied = await asyncio.to_thread(apply_migrations, self._client, s.clickhouse_database)
             from thumbline.stream_jobs.app import StreamApp  # faust is heavy: imported when it runs
 
@@ -225,6 +255,14 @@ class Runtime:
             storage_pid=broker.storage.pid if broker and broker.storage else None,
         )
         runfile.write(self.settings.run_file, info)
+        try:
+            runfile.register(self.settings.data_dir, info)
+        except OSError as exc:  # only commands run elsewhere miss it; they say what to set
+            logger.warning(
+                "cannot record this thumbline up in %s (%s): commands run in other "
+                "directories need THUMBLINE_DATA_DIR=%s", runfile.user_dir(), exc,
+                self.settings.data_dir.resolve(),
+            )  # fmt: skip
 
     @property
     def _broker_storage(self) -> str | None:
@@ -233,6 +271,7 @@ class Runtime:
         return "durable" if self._broker.durable else "memory"
 
     async def stop(self) -> None:
+        runfile.unregister(os.getpid())
         runfile.remove(self.settings.run_file, os.getpid())
         helpers, self.helpers = self.helpers, None
         if helpers is not None:  # first: they flush through the SQL endpoint
@@ -255,6 +294,9 @@ class Runtime:
         broker, self._broker = self._broker, None
         if broker is not None:
             await asyncio.to_thread(broker.stop)
+        lock, self._lock = self._lock, None
+        if lock is not None:  # last: until here a command waits instead of opening the store
+            os.close(lock)
 
     async def serve_until_signalled(self) -> None:
         """Block until SIGINT or SIGTERM.

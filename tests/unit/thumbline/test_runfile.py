@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 from thumbline import runfile
 
@@ -55,3 +56,55 @@ def test_remove_only_removes_our_own_file(tmp_path):
     assert path.exists()
     runfile.remove(path, os.getpid())
     assert not path.exists()
+
+
+# the per-user records and the lock ---------------------------------------------------
+
+
+def test_the_user_dir_is_the_runtime_dir_else_the_state_dir_else_the_home_state(tmp_path):
+    assert runfile.user_dir({"XDG_RUNTIME_DIR": "/run/user/7"}) == Path("/run/user/7/thumbline")
+    assert runfile.user_dir({"XDG_STATE_HOME": "/s"}) == Path("/s/thumbline")
+    relative = {"XDG_RUNTIME_DIR": "rel", "XDG_STATE_HOME": "rel"}  # ignored, as XDG says
+    assert runfile.user_dir(relative) == Path.home() / ".local/state/thumbline"
+
+
+def test_a_registered_up_is_found_with_its_data_dir_in_a_private_record(tmp_path):
+    environ = {"XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    data_dir = tmp_path / "data"
+    runfile.write(data_dir / "run.json", info(os.getpid()))
+    record = runfile.register(data_dir, info(os.getpid()), environ=environ)
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert stat.S_IMODE(record.parent.stat().st_mode) == 0o700
+    assert runfile.running(environ=environ) == [runfile.Running(data_dir, info(os.getpid()))]
+    assert "tok" not in str(runfile.running(environ=environ)[0])
+    runfile.unregister(os.getpid(), environ=environ)
+    assert runfile.running(environ=environ) == []
+
+
+def test_a_record_whose_data_dir_names_another_process_is_stale_and_removed(tmp_path):
+    environ = {"XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    data_dir = tmp_path / "data"
+    runfile.write(data_dir / "run.json", info(os.getppid()))  # the data dir moved on
+    record = runfile.register(data_dir, info(os.getpid()), environ=environ)
+    assert runfile.running(environ=environ) == []
+    assert not record.exists()
+
+
+def test_looking_for_records_creates_nothing(tmp_path):
+    environ = {"XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    assert runfile.running(environ=environ) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_lock_names_its_holder_until_it_is_released(tmp_path):
+    assert runfile.holder(tmp_path) is None  # no lock file: nothing created
+    assert list(tmp_path.iterdir()) == []
+    fd = runfile.hold(tmp_path)
+    assert fd is not None
+    assert runfile.holder(tmp_path) == os.getpid()
+    assert runfile.starting(tmp_path) == os.getpid()  # no run file yet
+    runfile.write(tmp_path / "run.json", info(os.getpid()))
+    assert runfile.starting(tmp_path) is None  # it serves
+    assert runfile.hold(tmp_path, patience=0) is None  # a second up on the same data dir
+    os.close(fd)
+    assert runfile.holder(tmp_path) is None
