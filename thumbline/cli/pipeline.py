@@ -330,10 +330,16 @@ def loadgen(
     out.print(
         f"sent {report.feedback:,} feedback and {report.traces:,} traces in "
         f"{report.seconds:.1f}s ({rate_sent:,.0f} feedback/s); {report.early:,} before their "
-        f"trace, {report.orphans:,} without one; labels {dict(report.labels)}"
+        f"trace, {report.orphans:,} without one; labels: {_counts(report.labels)}"
     )
     if spec.spike:
         out.print(
             f"spike {report.spike_from} .. {report.spike_to}: "
             f"{report.spike_bad}/{report.spike_total} bad"
         )
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """``bad 120, good 8000, neutral 80``: by name (``(none)`` for an empty one); no thousands
+    separators, which would read as more items."""
+    return ", ".join(f"{name or '(none)'} {n}" for name, n in sorted(counts.items())) or "none"

@@ -1,11 +1,13 @@
-"""`thumbline up --demo`'s spike, without a broker."""
+"""`thumbline up --demo`'s spike and `thumbline loadgen`'s report, without a broker."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 import typer
 
-from thumbline.cli.pipeline import _demo_spike, _describe_demo, _remember_demo_spike
+from thumbline.cli.pipeline import _counts, _demo_spike, _describe_demo, _remember_demo_spike
 from thumbline.producers.loadgen import DEMO_MODELS, DEMO_SPIKE, demo_spec
 from thumbline.settings import load_settings
 
@@ -61,3 +63,8 @@ def test_the_demo_says_when_and_where_it_spikes():
     assert "thumbline alerts" in said
     assert "spike 0:03-0:07 on" in _describe_demo(demo_spec(speed=30))
     assert "spike" not in _describe_demo(demo_spec(spike=None))
+
+
+def test_loadgen_reports_labels_as_words_not_a_python_dict():
+    assert _counts(Counter(good=8000, bad=1200, neutral=80)) == "bad 1200, good 8000, neutral 80"
+    assert _counts(Counter()) == "none"
