@@ -14,6 +14,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +65,7 @@ def alert_states(thumbline_bin: str, env: dict[str, str]) -> list[tuple[str, str
 
 
 def test_the_demo_spikes_one_model_and_its_alert_fires_then_resolves(thumbline_bin, demo):
+    """And it keeps its files in its data dir (Faust's among them), none in the working one."""
     model = DEMO_SPIKE.model  # a fresh data dir: the first demo spikes the default model
     seen: list[list[tuple[str, str, str]]] = []
     deadline = time.monotonic() + 120  # about 25 s of demo, after the stream's start
@@ -90,6 +92,10 @@ def test_the_demo_spikes_one_model_and_its_alert_fires_then_resolves(thumbline_b
 
     demo.proc.send_signal(signal.SIGTERM)
     printed, _ = demo.proc.communicate(timeout=30)
+    assert demo.proc.returncode == 0
+    group = f"{demo.env['THUMBLINE_TOPIC_PREFIX']}join"
+    assert (demo.data_dir / "faust" / group).is_dir()
+    assert not (Path.cwd() / f"{group}-data").exists()
     assert f"spike 0:03-0:07 on model {model} (70% bad): thumbline alerts" in printed
 
 
