@@ -84,7 +84,7 @@ DEMO_SPIKE = Spike(start=90.0, end=210.0, bad_share=0.7, model="comet-mini")
 def demo_spec(*, spike: Spike | None = DEMO_SPIKE, speed: float = 1.0) -> LoadSpec:
     """The story ``thumbline up --demo`` tells: a shop's assistant, 5 feedback events a second.
 
-    Four models answer product searches, returns and order tracking; about 7% of the
+    Four models answer product searches, returns and order tracking; about 6% of the
     explicit feedback is bad, and the comments complain, praise or correct in the words of
     their label, kind and capability (:mod:`thumbline.producers.comments`); then ``spike``.
 
