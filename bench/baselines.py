@@ -228,7 +228,7 @@ async def run_per_event(spec: RunSpec) -> dict:
     apply_migrations(client, db)
     sink = ClickHouseSink(open_client(settings), db, max_rows=INSERT_ROWS, max_age=FLUSH_SECONDS)
     app = faust.App(
-        spec.group, broker=f"kafka://{spec.bootstrap}",
+        spec.group, broker=f"kafka://{spec.bootstrap}", datadir=str(settings.data_dir / "faust"),
         store="memory://", autodiscover=False, processing_guarantee="at_least_once",
         broker_session_timeout=6, broker_rebalance_timeout=6, broker_heartbeat_interval=1,
         topic_disable_leader=True, consumer_auto_offset_reset="earliest", web_enabled=False,

@@ -13,18 +13,15 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from thumbline.producers import comments
 from thumbline.producers.kafka import FeedbackProducer
 from thumbline.schemas import FeedbackEvent, TraceEvent
 
 TICK = 0.1
-COMMENTS = (
-    "Wrong answer", "Made up a citation", "Too long", "Perfect, thanks", "Outdated policy",
-    "Did not answer the question", "Exactly what I needed",
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +55,57 @@ class LoadSpec:
     models: int = 4
     capabilities: int = 3
     users: int = 1000
+    #: names instead of project-0..n, model-0..n, capability-0..n (then the counts are unused)
+    project_names: tuple[str, ...] = ()
+    model_names: tuple[str, ...] = ()
+    capability_names: tuple[str, ...] = ()
     bad_share: float = 0.1
     comment_share: float = 0.3
+    correction_share: float = 0.0  # feedback that corrects the answer (label edit)
     early_share: float = 0.1  # feedback sent before its trace
     orphan_share: float = 0.0  # feedback whose trace is never sent
     trace_delay: float = 1.0  # how much later an early feedback's trace follows, in seconds
     spike: Spike | None = None
     seed: int = 1
     run_id: str = field(default_factory=lambda: f"{int(time.time())}")
+
+
+#: The demo's shop assistant: its models, and what users ask it about.
+DEMO_MODELS = ("atlas-large", "atlas-small", "nova-1", "comet-mini")
+DEMO_CAPABILITIES = ("product-search", "returns", "order-tracking")
+
+#: The demo's spike: one model goes bad a minute and a half in, for two minutes. With the
+#: default rules and windows its alert fires within about four minutes of the start and
+#: resolves about ten minutes in; the capabilities, which see it diluted by the other models,
+#: do not alert (tests/unit/producers/test_demo_story.py).
+DEMO_SPIKE = Spike(start=90.0, end=210.0, bad_share=0.7, model="comet-mini")
+
+
+def demo_spec(*, spike: Spike | None = DEMO_SPIKE, speed: float = 1.0) -> LoadSpec:
+    """The story ``thumbline up --demo`` tells: a shop's assistant, 5 feedback events a second.
+
+    Four models answer product searches, returns and order tracking; about 6% of the
+    explicit feedback is bad, and the comments complain, praise or correct in the words of
+    their label, kind and capability (:mod:`thumbline.producers.comments`); then ``spike``.
+
+    Args:
+        spike: when (seconds into the demo) and where the bad share rises; None: never.
+        speed: play the story this many times faster, with as many more events a second
+            (each window gets the same events): for rules with short windows.
+
+    Raises:
+        ValueError: ``speed`` is not above 0.
+    """
+    if speed <= 0:
+        raise ValueError("speed must be above 0")
+    if spike is not None:
+        spike = replace(spike, start=spike.start / speed, end=spike.end / speed)
+    return LoadSpec(
+        rate=5.0 * speed, duration=None, project_names=("shop",), environments=1,
+        model_names=DEMO_MODELS, capability_names=DEMO_CAPABILITIES, bad_share=0.06,
+        comment_share=0.4, correction_share=0.03, early_share=0.1, orphan_share=0.02,
+        trace_delay=1.0 / speed, spike=spike,
+    )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -100,10 +140,10 @@ class LoadGenerator:
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
         self.rng = random.Random(spec.seed)  # noqa: S311 (test data, not security)
-        self.projects = _names("project", spec.projects)
+        self.projects = list(spec.project_names) or _names("project", spec.projects)
         self.environments = ["production", "staging", "dev"][: max(1, spec.environments)]
-        self.models = _names("model", spec.models)
-        self.capabilities = _names("capability", spec.capabilities)
+        self.models = list(spec.model_names) or _names("model", spec.models)
+        self.capabilities = list(spec.capability_names) or _names("capability", spec.capabilities)
         self.n = 0
 
     def pair(self, offset: float) -> tuple[TraceEvent, FeedbackEvent, bool]:
@@ -132,17 +172,23 @@ class LoadGenerator:
         bad = rng.random() < (spec.spike.bad_share if in_spike and spec.spike else spec.bad_share)
         roll = rng.random()
         data: dict[str, Any]
-        if roll < 0.6:
+        label = "bad" if bad else "good"
+        if spec.correction_share and rng.random() < spec.correction_share:
+            said, corrected = comments.correction(rng, capability)
+            data = {"kind": "correction", "correction": corrected, "comment": said}
+            label = "edit"
+        elif roll < 0.6:
             data = {"kind": "thumb", "value": "down" if bad else "up", "name": "response-quality"}
         elif roll < 0.8:
             stars = rng.choice([1, 2]) if bad else rng.choice([3, 4, 5])
             data = {"kind": "rating", "value": stars, "name": "star-rating"}
+            label = "neutral" if stars == 3 else label
         elif roll < 0.9 and not bad:
             data = {"kind": "signal", "name": rng.choice(["copied", "regenerated"])}
         else:
             data = {"kind": "bool", "value": not bad, "name": "was-helpful"}
-        if data["kind"] != "signal" and rng.random() < spec.comment_share:
-            data["comment"] = rng.choice(COMMENTS)
+        if "comment" not in data and data["kind"] != "signal" and rng.random() < spec.comment_share:
+            data["comment"] = comments.comment(rng, label, data["kind"], capability)
         feedback = FeedbackEvent.model_validate({
             "trace_id": trace_id, "event_id": f"{trace_id}-fb", "project": project, "user_id": user,
             "session_id": session, "received_at": now, **data,

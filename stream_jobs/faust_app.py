@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import re
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -79,14 +80,27 @@ def join_group(settings: Settings, app_id: str | None = None) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", app_id or f"{settings.topic_prefix}join")
 
 
+def faust_dir(settings: Settings, app_id: str | None = None) -> Path:
+    """Where the Faust app keeps its files: ``<data dir>/faust/<app id>``.
+
+    Our tables are in memory, so it stays all but empty; left to Faust, it would
+    be an ``<app id>-data`` folder in whatever directory the process started in.
+    """
+    return settings.data_dir / "faust" / join_group(settings, app_id)
+
+
 def build_faust_app(settings: Settings, bootstrap: str, app_id: str | None = None) -> faust.App:
     """A Faust app tuned for this pipeline (and for the embedded broker's quirks).
 
-    ``app_id`` is the consumer group; default ``<topic prefix>join``.
+    ``app_id`` is the consumer group; default ``<topic prefix>join``. Its folder
+    (:func:`faust_dir`) is made here: Faust makes only the last level.
     """
     short_fetch_waits()
+    datadir = faust_dir(settings, app_id)
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
         join_group(settings, app_id),
+        datadir=str(datadir),
         broker=f"kafka://{bootstrap}",
         broker_credentials=_credentials(settings),
         store="memory://",

@@ -42,6 +42,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_folders_left_in_the_working_directory() -> Iterator[None]:
+    """Every stream app of the session keeps its Faust folder under its data dir: a new
+    ``<app id>-data`` folder in the working directory (the repository) fails the session."""
+    before = set(Path.cwd().glob("*-data"))
+    yield
+    left = sorted(p.name for p in set(Path.cwd().glob("*-data")) - before)
+    assert not left, f"tests left Faust folders in {Path.cwd()}: {', '.join(left)}"
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     log = tmp_path_factory.mktemp("broker") / "broker.log"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import Up, consume, gone, run, start_up, stop
+from tests.integration.conftest import Up, consume, gone, run, start_up, stop, worker_env
 from thumbline.schemas import migrations
 
 
@@ -265,3 +266,14 @@ def test_up_serves_prometheus_metrics(thumbline_bin, up):
     for name in ("thumbline_events_consumed_total", "thumbline_freshness_seconds",
                  "thumbline_join_pending", "thumbline_alerts_firing"):  # fmt: skip
         assert name in text
+
+
+async def test_loadgen_reports_what_kafka_took_with_the_labels_in_words(
+    thumbline_bin, broker, clean_env, tmp_path
+):
+    env = await worker_env(broker, clean_env, tmp_path, "loadgen")
+    sent = run(thumbline_bin, env, "loadgen", "--count", "300", "--rate", "1000", "--seed", "3")
+    assert sent.returncode == 0, sent.stderr
+    report = " ".join(sent.stdout.split())  # rich wraps at 80 columns
+    assert re.search(r"^sent 300 feedback .*; labels: bad \d+, good \d+, neutral \d+$", report)
+    assert "{" not in report

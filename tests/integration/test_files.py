@@ -15,6 +15,11 @@ import aiohttp
 
 from tests.conftest import unique
 from tests.integration.conftest import Up, run, sql_rows, start_up, stop
+from thumbline.kafka import ensure_topics
+from thumbline.schemas import Topics
+from thumbline.settings import load_settings
+from thumbline.stream_jobs.app import StreamApp
+from thumbline.stream_jobs.faust_app import faust_dir
 
 
 def readable_by_others(root: Path) -> list[str]:
@@ -124,3 +129,25 @@ async def test_a_fresh_store_and_an_old_one_are_readable_only_by_their_owner(
         os.umask(umask)
         if up is not None:
             stop(up)
+
+
+async def test_the_stream_keeps_faust_data_under_the_data_dir_not_in_the_working_directory(
+    broker, store, store_settings
+):
+    """Faust makes an ``<app id>-data`` folder in the working directory unless told where:
+    one per ``thumbline up`` and per test group, left behind in the repository."""
+    prefix = f"{unique('faustdir')}."
+    settings = load_settings(
+        data_dir=store_settings.data_dir, clickhouse_database=store_settings.clickhouse_database,
+        topic_prefix=prefix, partitions=4,
+    )  # fmt: skip
+    await ensure_topics(broker.bootstrap, Topics.build(prefix, 4).all())
+    before = set(Path.cwd().glob("*-data"))
+    app = StreamApp(settings, broker.bootstrap)
+    await app.start()
+    try:
+        assert faust_dir(settings).is_dir()
+        assert faust_dir(settings).parent == settings.data_dir / "faust"
+    finally:
+        await app.stop()
+    assert set(Path.cwd().glob("*-data")) - before == set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict, replace
 from typing import Annotated, Any
 
 import orjson
@@ -15,8 +16,29 @@ from thumbline.settings import Settings
 @app.command(rich_help_panel="Run the pipeline")
 def up(
     demo: Annotated[
-        bool, typer.Option("--demo", help="Also publish a gentle stream of demo feedback.")
+        bool,
+        typer.Option(
+            "--demo",
+            help="Also publish a gentle stream of demo feedback (5 a second), with a spike of "
+            "bad feedback on one model 90 s in that fires an alert and resolves it.",
+        ),
     ] = False,
+    demo_spike: Annotated[
+        str | None,
+        typer.Option(
+            help="The demo's spike: start=90,end=210,bad=0.7,model=comet-mini (seconds into "
+            "the demo; what is left out stays as it is), or off. Default: the next model "
+            "each run.",
+        ),
+    ] = None,
+    demo_speed: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Play the demo this many times faster, with as many more events a second: "
+            "for alert rules with short windows (THUMBLINE_RATE_WINDOW_SECONDS).",
+        ),
+    ] = 1.0,
     memory: Annotated[
         bool,
         typer.Option(
@@ -27,9 +49,13 @@ def up(
     ] = False,
 ) -> None:
     """Start the pipeline: broker (embedded unless configured), topics, store, stream, SQL."""
+    from thumbline.producers.loadgen import demo_spec
     from thumbline.server.runtime import Runtime
 
     settings = cli_settings(**({"broker_storage": "memory"} if memory else {}))
+    if not demo and (demo_spike is not None or demo_speed != 1.0):
+        fail("--demo-spike and --demo-speed go with --demo", 2)
+    spike = _demo_spike(settings, demo_spike) if demo else None
 
     async def run() -> None:
         runtime = Runtime(settings)
@@ -40,8 +66,10 @@ def up(
             _print_started(settings, started)
             if demo:
                 stop_demo = asyncio.Event()
-                demo_task = asyncio.create_task(_demo(settings, started.bootstrap, stop_demo))
-                out.print("demo        5 feedback/s; see them with: thumbline inbox")
+                spec = demo_spec(spike=spike, speed=demo_speed)
+                _remember_demo_spike(settings, spike)
+                demo_task = asyncio.create_task(_demo(settings, started.bootstrap, spec, stop_demo))
+                out.print(_describe_demo(spec), soft_wrap=True)
             await runtime.serve_until_signalled()
             err.print("stopping...")
         finally:
@@ -53,15 +81,65 @@ def up(
     asyncio.run(run())
 
 
-async def _demo(settings: Settings, bootstrap: str, stop: asyncio.Event) -> None:
+async def _demo(settings: Settings, bootstrap: str, spec: Any, stop: asyncio.Event) -> None:
     from thumbline.producers import FeedbackProducer
-    from thumbline.producers.loadgen import LoadSpec, run_load
+    from thumbline.producers.loadgen import run_load
 
     async with FeedbackProducer(
         bootstrap_servers=bootstrap, topic_prefix=settings.topic_prefix, **settings.kafka_kwargs()
     ) as producer:
-        spec = LoadSpec(rate=5, duration=None, early_share=0.1, orphan_share=0.02, bad_share=0.2)
         await run_load(producer, spec, stop=stop)
+
+
+def _demo_spike(settings: Settings, text: str | None) -> Any:
+    """The demo's spike: ``--demo-spike`` on top of the default, on the model after the one
+    the last demo in this data dir spiked (:func:`_remember_demo_spike`), so that a restarted
+    demo does not spike a model whose last hour, its baseline, holds the previous spike, nor
+    one cooling down after it."""
+    from thumbline.producers.loadgen import DEMO_CAPABILITIES, DEMO_MODELS, DEMO_SPIKE
+
+    if text is not None and text.strip().lower() in ("off", "none", "no"):
+        return None
+    remembered = settings.data_dir / "demo.json"
+    try:
+        last = orjson.loads(remembered.read_bytes()).get("spike_model")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        last = None
+    model = DEMO_SPIKE.model
+    if last in DEMO_MODELS:
+        model = DEMO_MODELS[(DEMO_MODELS.index(last) + 1) % len(DEMO_MODELS)]
+    spike = _parse_spike(text, option="--demo-spike", base=replace(DEMO_SPIKE, model=model))
+    for key, known in (("project", ("shop",)), ("model", DEMO_MODELS),
+                       ("capability", DEMO_CAPABILITIES)):  # fmt: skip
+        value = getattr(spike, key)
+        if value is not None and value not in known:
+            fail(f"--demo-spike {key}={value} is not in the demo: take {' or '.join(known)}", 2)
+    return spike
+
+
+def _remember_demo_spike(settings: Settings, spike: Any) -> None:
+    if spike is not None and spike.model is not None:
+        (settings.data_dir / "demo.json").write_bytes(orjson.dumps({"spike_model": spike.model}))
+
+
+def _describe_demo(spec: Any) -> str:
+    line = f"demo        {spec.rate:g} feedback/s, a shop's assistant; see them: thumbline inbox"
+    spike = spec.spike
+    if spike is None:
+        return line
+    where = " ".join(
+        f"{key} {getattr(spike, key)}" for key in ("project", "model", "capability")
+        if getattr(spike, key) is not None
+    ) or "every model"  # fmt: skip
+    return (
+        f"{line}\n            spike {_clock(spike.start)}-{_clock(spike.end)} on {where} "
+        f"({spike.bad_share:.0%} bad): thumbline alerts"
+    )
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 60}:{whole % 60:02d}"
 
 
 def _print_started(settings: Settings, started: Any) -> None:
@@ -161,12 +239,14 @@ def gateway() -> None:
 # loadgen ----------------------------------------------------------------------
 
 
-def _parse_spike(text: str | None) -> Any:
+def _parse_spike(text: str | None, *, option: str = "--spike", base: Any = None) -> Any:
+    """A Spike from ``start=30,end=90,bad=0.6,model=...``; keys left out come from ``base``
+    (without one, start and end are required)."""
     from thumbline.producers.loadgen import Spike
 
     if not text:
-        return None
-    fields: dict[str, Any] = {}
+        return base
+    fields: dict[str, Any] = asdict(base) if base is not None else {}
     for part in text.split(","):
         key, _, value = part.partition("=")
         key = key.strip()
@@ -174,15 +254,20 @@ def _parse_spike(text: str | None) -> Any:
             try:
                 fields["bad_share" if key == "bad" else key] = float(value)
             except ValueError:
-                fail(f"--spike {key} must be a number, got {value!r}", 2)
+                fail(f"{option} {key} must be a number, got {value!r}", 2)
         elif key in ("project", "model", "capability"):
-            fields[key] = value.strip()
+            fields[key] = value.strip() or None
         else:
             fail(
-                f"--spike takes start=, end=, bad=, project=, model=, capability= (got {key!r})", 2
+                f"{option} takes start=, end=, bad=, project=, model=, capability= (got {key!r})",
+                2,
             )
     if "start" not in fields or "end" not in fields:
-        fail("--spike needs start= and end= (seconds into the run)", 2)
+        fail(f"{option} needs start= and end= (seconds into the run)", 2)
+    if not 0 <= fields["start"] < fields["end"]:
+        fail(f"{option}: start must be at least 0 and before end", 2)
+    if not 0 <= fields.get("bad_share", 0.6) <= 1:
+        fail(f"{option}: bad is a share, from 0 to 1", 2)
     return Spike(**fields)
 
 
@@ -246,10 +331,16 @@ def loadgen(
     out.print(
         f"sent {report.feedback:,} feedback and {report.traces:,} traces in "
         f"{report.seconds:.1f}s ({rate_sent:,.0f} feedback/s); {report.early:,} before their "
-        f"trace, {report.orphans:,} without one; labels {dict(report.labels)}"
+        f"trace, {report.orphans:,} without one; labels: {_counts(report.labels)}"
     )
     if spec.spike:
         out.print(
             f"spike {report.spike_from} .. {report.spike_to}: "
             f"{report.spike_bad}/{report.spike_total} bad"
         )
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """``bad 120, good 8000, neutral 80``: by name (``(none)`` for an empty one); no thousands
+    separators, which would read as more items."""
+    return ", ".join(f"{name or '(none)'} {n}" for name, n in sorted(counts.items())) or "none"
