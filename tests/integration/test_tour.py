@@ -123,12 +123,12 @@ def test_send_prints_the_new_trace_and_where_kafka_stored_the_feedback(tour: Run
 
     # ...and a moment later it is in the inbox, joined with its trace's model
     deadline = time.monotonic() + 60
-    while not (shop := inbox_rows(tour, "--project shop")) and time.monotonic() < deadline:
+    while not (mine := inbox_rows(tour, "--project my-app")) and time.monotonic() < deadline:
         time.sleep(1)
-    assert [(r["trace_id"], r["label"], r["model"]) for r in shop] == [
+    assert [(r["trace_id"], r["label"], r["model"]) for r in mine] == [
         (SEEN["sent"], "bad", "gpt-4o")
     ]
-    assert "Paris" in type_(tour, "thumbline inbox --project shop")
+    assert "Paris" in type_(tour, "thumbline inbox --project my-app")
 
 
 @pytest.mark.timeout(600)
@@ -175,7 +175,7 @@ def test_the_gateway_accepts_a_post_with_the_new_key(tour: Running):
 def test_at_80_columns_the_inbox_and_alerts_fit_one_row_a_line_and_keep_ids_whole(
     tour: Running,
 ):
-    inbox = type_(tour, "thumbline inbox --project shop")
+    inbox = type_(tour, "thumbline inbox --project my-app")
     assert not fits(inbox), inbox
     assert SEEN["sent"] in inbox, f"the trace id {SEEN['sent']} is split:\n{inbox}"
     alerts = SEEN["alerts"]
