@@ -10,6 +10,8 @@ import typer
 from rich.table import Table
 
 from thumbline.cli.common import (
+    KAFKA,
+    STORE,
     cli_settings,
     err,
     fail,
@@ -22,7 +24,7 @@ from thumbline.cli.common import (
 from thumbline.schemas.topics import Topics
 
 
-@topics_app.command("list")
+@topics_app.command("list", env=("topic_prefix", "partitions"))
 def topics_list() -> None:
     """The topics of this configuration, with partitions, keys and contracts."""
     settings = cli_settings()
@@ -38,7 +40,7 @@ def topics_list() -> None:
     out.print(table)
 
 
-@topics_app.command("create")
+@topics_app.command("create", env=(*KAFKA, "partitions", "replication_factor"))
 def topics_create() -> None:
     """Create the missing topics on THUMBLINE_KAFKA_BOOTSTRAP (or the running embedded broker)."""
     from thumbline.kafka import ensure_topics
@@ -59,7 +61,7 @@ def topics_create() -> None:
 # keys and schemas ---------------------------------------------------------------
 
 
-@keys_app.command("create")
+@keys_app.command("create", env=STORE)
 def keys_create(
     scope: Annotated[str, typer.Option(help="ingest (write-only), read or admin.")] = "ingest",
     project: Annotated[
@@ -75,7 +77,7 @@ def keys_create(
     err.print(f"{scope} key for {project or 'every project'}: store it now, it is not shown again")
 
 
-@keys_app.command("list")
+@keys_app.command("list", env=STORE)
 def keys_list() -> None:
     """The keys: id, scope, project, name, created, revoked (never the secret)."""
     from thumbline.keys import list_keys
@@ -87,7 +89,7 @@ def keys_list() -> None:
     out.print(table)
 
 
-@keys_app.command("revoke")
+@keys_app.command("revoke", env=STORE)
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key id (or the full key).")],
 ) -> None:

@@ -11,7 +11,7 @@ import orjson
 import typer
 from rich.table import Table
 
-from thumbline.cli.common import app, cli_settings, err, fail, out
+from thumbline.cli.common import SQL, app, cli_settings, err, fail, out
 from thumbline.errors import SqlRefused, StoreError
 from thumbline.settings import Settings
 
@@ -19,7 +19,7 @@ _FORMATS = {"table": "JSONCompact", "json": "JSONEachRow", "csv": "CSVWithNames"
 _READONLY = 164  # ClickHouse: "Cannot execute query in readonly mode"
 
 
-@app.command(rich_help_panel="Read what it stored")
+@app.command(rich_help_panel="Read what it stored", env=SQL)
 def sql(
     query: Annotated[str, typer.Argument(help="The SQL to run, e.g. SELECT count() FROM ...")],
     fmt: Annotated[
@@ -97,7 +97,7 @@ def _short(text: Any, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-@app.command(rich_help_panel="Read what it stored")
+@app.command(rich_help_panel="Read what it stored", env=SQL)
 def inbox(
     label: Annotated[
         list[str] | None, typer.Option(help="bad, good, edit or any custom label; repeatable")
@@ -105,21 +105,29 @@ def inbox(
     kind: Annotated[
         list[str] | None, typer.Option(help="thumb, rating, correction...; repeatable")
     ] = None,
-    project: Annotated[str | None, typer.Option()] = None,
-    environment: Annotated[str | None, typer.Option()] = None,
-    model: Annotated[str | None, typer.Option()] = None,
-    capability: Annotated[str | None, typer.Option()] = None,
-    user: Annotated[str | None, typer.Option(help="One user's feedback history.")] = None,
-    session: Annotated[str | None, typer.Option()] = None,
+    project: Annotated[str | None, typer.Option(help="Only this project's feedback.")] = None,
+    environment: Annotated[
+        str | None, typer.Option(help="Only this environment (prod, staging...).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Only answers of this model.")] = None,
+    capability: Annotated[
+        str | None, typer.Option(help="Only this capability (what the app was doing).")
+    ] = None,
+    user_id: Annotated[str | None, typer.Option(help="One user's feedback history.")] = None,
+    session_id: Annotated[str | None, typer.Option(help="One session's feedback.")] = None,
+    old_user: Annotated[str | None, typer.Option("--user", hidden=True)] = None,
+    old_session: Annotated[str | None, typer.Option("--session", hidden=True)] = None,
     has_comment: Annotated[
         bool, typer.Option("--has-comment", help="Only with a comment.")
     ] = False,
-    since: Annotated[str | None, typer.Option(help="e.g. 30m, 24h, 7d")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Feedback of this long ago or later, e.g. 30m, 24h, 7d")
+    ] = None,
     start: Annotated[
         datetime | None, typer.Option("--from", help="ISO time, UTC if no zone")
     ] = None,
     end: Annotated[datetime | None, typer.Option("--to", help="ISO time, UTC if no zone")] = None,
-    limit: Annotated[int, typer.Option()] = 50,
+    limit: Annotated[int, typer.Option(help="Show at most this many, newest first.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """The feedback inbox: newest first, with the filters of the hosted products."""
@@ -130,8 +138,9 @@ def inbox(
     try:
         filters = InboxFilter(
             labels=tuple(label or ()), kinds=tuple(kind or ()), project=project,
-            environment=environment, model=model, capability=capability, user_id=user,
-            session_id=session, has_comment=has_comment,
+            environment=environment, model=model, capability=capability,
+            user_id=user_id or old_user, session_id=session_id or old_session,
+            has_comment=has_comment,
             since=parse_since(since) if since else None,
             start=start, end=end, limit=limit,  # no zone: UTC
         )  # fmt: skip
@@ -156,18 +165,23 @@ def inbox(
     err.print(f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}", style="dim")
 
 
-@app.command(rich_help_panel="Read what it stored")
+@app.command(
+    rich_help_panel="Read what it stored",
+    env=(*SQL, "rate_window_seconds", "rate_sliding_seconds"),
+)
 def rates(
-    project: Annotated[str | None, typer.Option()] = None,
-    model: Annotated[str | None, typer.Option()] = None,
+    project: Annotated[str | None, typer.Option(help="Only this project's windows.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model's windows.")] = None,
     capability: Annotated[
         str | None, typer.Option(help="Per capability instead of per model.")
     ] = None,
     window: Annotated[
         int | None, typer.Option(help="Window size in seconds (default: the base window).")
     ] = None,
-    since: Annotated[str, typer.Option(help="e.g. 30m, 24h")] = "1h",
-    limit: Annotated[int, typer.Option()] = 50,
+    since: Annotated[
+        str, typer.Option(help="Windows that started this long ago or later, e.g. 30m, 24h")
+    ] = "1h",
+    limit: Annotated[int, typer.Option(help="Show at most this many windows.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Feedback rates per window, newest first (bad rate in red over 20%)."""
@@ -205,11 +219,13 @@ def rates(
     err.print(f"{len(rows)} window{'s' if len(rows) != 1 else ''}", style="dim")
 
 
-@app.command(rich_help_panel="Read what it stored")
+@app.command(rich_help_panel="Read what it stored", env=SQL)
 def alerts(
     state: Annotated[str | None, typer.Option(help="firing or resolved (default: both)")] = None,
-    since: Annotated[str, typer.Option(help="e.g. 24h, 7d")] = "7d",
-    limit: Annotated[int, typer.Option()] = 50,
+    since: Annotated[
+        str, typer.Option(help="Alerts of this long ago or later, e.g. 24h, 7d")
+    ] = "7d",
+    limit: Annotated[int, typer.Option(help="Show at most this many alerts.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Spike alerts, newest first, with the inbox command that shows each window."""
@@ -247,7 +263,7 @@ def alerts(
     err.print(f"{len(rows)} alert{'s' if len(rows) != 1 else ''}", style="dim")
 
 
-@app.command(rich_help_panel="Read what it stored")
+@app.command(rich_help_panel="Read what it stored", env=SQL)
 def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -> None:
     """A trace: its spans, then all of its feedback."""
     from thumbline.queries import InboxFilter, inbox_sql, trace_spans_sql
