@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated
 
@@ -82,9 +83,12 @@ def keys_list() -> None:
     """The keys: id, scope, project, name, created, revoked (never the secret)."""
     from thumbline.keys import list_keys
 
-    table = Table("key id", "scope", "project", "name", "created", "revoked")
+    table = Table(
+        "key id", "scope", "project", "name", "created", "revoked", box=None,
+        header_style="bold", pad_edge=False,
+    )  # fmt: skip
     for k in list_keys(cli_settings()):
-        created = k.created_at.strftime("%Y-%m-%d %H:%M")
+        created = k.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         table.add_row(k.key_id, k.scope, k.project or "*", k.name, created, "yes" * k.revoked)
     out.print(table)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from thumbline.cli.common import SQL, app, cli_settings, err, fail, out
@@ -60,8 +61,9 @@ def sql(
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in result.get("meta", []):
         table.add_column(column["name"], justify="right" if _numeric(column["type"]) else "left")
+    times = [i for i, c in enumerate(result.get("meta", [])) if "DateTime" in c["type"]]
     for row in result.get("data", []):
-        table.add_row(*(_cell(v) for v in row))
+        table.add_row(*(when(v) if i in times else _cell(v) for i, v in enumerate(row)))
     out.print(table)
     rows = result.get("rows", 0)
     err.print(f"{rows} row{'s' if rows != 1 else ''}", style="dim")
@@ -94,7 +96,50 @@ def _rows(settings: Settings, query: str) -> tuple[list[str], list[list[Any]]]:
 
 def _short(text: Any, width: int) -> str:
     text = "" if text is None else str(text).replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def when(value: Any) -> str:
+    """A time from the store (UTC, ClickHouse's text) as ISO 8601 with its zone, to the second."""
+    if value is None or value == "":
+        return "-"
+    moment = datetime.fromisoformat(str(value))
+    if moment.tzinfo is None:  # thumbline's columns are DateTime64(3, 'UTC')
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+#: The inbox's columns: (header, kind). Ids are never cut: a column of ids that does not
+#: fit is left out whole. Free text is cut, the comment first. Optional columns go in
+#: this order when the width is short.
+_INBOX = (("time", "fixed"), ("trace", "fixed"), ("label", "fixed"), ("comment", "text"),
+          ("user", "id"), ("session", "id"), ("project/model", "text"))  # fmt: skip
+_DROP_FIRST = ("session", "project/model", "user")
+_MIN_TEXT = 10
+_GAP = 2
+
+
+def fit_columns(natural: dict[str, int], width: int) -> dict[str, int]:
+    """Widths of the inbox columns that fit ``width``: comment cut first (to 10), then
+    project/model (to 10), then whole id columns left out (session, project/model, user);
+    the comment takes what is left, up to its natural width."""
+    widths = dict(natural)
+
+    def total() -> int:
+        return sum(widths.values()) + _GAP * (len(widths) - 1)
+
+    for name in ("comment", "project/model"):
+        if total() > width and name in widths:
+            widths[name] = max(min(natural[name], _MIN_TEXT), widths[name] - (total() - width))
+    for name in _DROP_FIRST:
+        if total() <= width:
+            break
+        widths.pop(name, None)
+    if total() > width:  # narrower than the ids: the comment gives what it has left
+        widths["comment"] = max(1, widths["comment"] - (total() - width))
+    elif "comment" in widths:
+        widths["comment"] = min(natural["comment"], widths["comment"] + width - total())
+    return widths
 
 
 @app.command(rich_help_panel="Read what it stored", env=SQL)
@@ -151,18 +196,32 @@ def inbox(
         sys.stdout.write(run_sql(settings, query, fmt="JSONEachRow").decode())
         return
     _, rows = _rows(settings, query)
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("time", "trace", "label", "comment", "user", "session", "project/model"):
-        table.add_column(name, overflow="fold" if name == "trace" else "ellipsis")
-    for r in rows:
-        ts, trace_id, lbl, comment, user_id, session_id, proj, mdl = r[:8]
-        style = _LABEL_STYLE.get(lbl, "")
-        table.add_row(
-            str(ts)[:19], trace_id, f"[{style}]{lbl}[/{style}]" if style else lbl,
-            _short(comment, 48), user_id, session_id, f"{proj}/{mdl}" if mdl else proj,
-        )  # fmt: skip
+    cells = [
+        {"time": when(ts), "trace": trace_id, "label": lbl,
+         "comment": ("" if comment is None else str(comment)).replace("\n", " "),
+         "user": user_id, "session": session_id,
+         "project/model": f"{proj}/{mdl}" if mdl else proj}
+        for ts, trace_id, lbl, comment, user_id, session_id, proj, mdl in (r[:8] for r in rows)
+    ]  # fmt: skip
+    natural = {name: max([len(name), *(len(c[name]) for c in cells)]) for name, _ in _INBOX}
+    widths = fit_columns(natural, out.width)
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, _GAP, 0, 0))
+    for name, _ in _INBOX:
+        if name in widths:
+            table.add_column(name, width=widths[name], no_wrap=True, overflow="ellipsis")
+    for c in cells:
+        style = _LABEL_STYLE.get(c["label"], "")
+        shown = {name: escape(_short(c[name], widths[name])) for name in widths}
+        if style:
+            shown["label"] = f"[{style}]{shown['label']}[/{style}]"
+        table.add_row(*shown.values())
     out.print(table)
-    err.print(f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}", style="dim")
+    hidden = [name for name, _ in _INBOX if name not in widths]
+    note = f"; {', '.join(hidden)} left out to fit {out.width} columns (--json has all)"
+    err.print(
+        f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}{note if hidden else ''}",
+        style="dim", markup=False,
+    )  # fmt: skip
 
 
 @app.command(
@@ -176,7 +235,11 @@ def rates(
         str | None, typer.Option(help="Per capability instead of per model.")
     ] = None,
     window: Annotated[
-        int | None, typer.Option(help="Window size in seconds (default: the base window).")
+        int | None,
+        typer.Option(
+            help="Window size in seconds: the base window (the default) or a sliding one "
+            "(THUMBLINE_RATE_WINDOW_SECONDS, THUMBLINE_RATE_SLIDING_SECONDS)."
+        ),
     ] = None,
     since: Annotated[
         str, typer.Option(help="Windows that started this long ago or later, e.g. 30m, 24h")
@@ -189,6 +252,15 @@ def rates(
     from thumbline.sqlclient import run_sql
 
     settings = cli_settings()
+    kept = (settings.rate_window_seconds, *settings.sliding_windows)
+    if window is not None and window not in kept:
+        fail(
+            f"the rates keep no {window} s windows: --window takes "
+            f"{settings.rate_window_seconds} (the base window, THUMBLINE_RATE_WINDOW_SECONDS) or "
+            f"{', '.join(map(str, settings.sliding_windows)) or 'no'} (sliding, "
+            "THUMBLINE_RATE_SLIDING_SECONDS)",
+            2,
+        )
     try:
         query = rates_sql(
             settings.clickhouse_database, window_seconds=window or settings.rate_window_seconds,
@@ -202,7 +274,7 @@ def rates(
         return
     _, rows = _rows(settings, query)
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("UTC", "project", "env", "model" if capability is None else "capability",
+    for name in ("window start", "project", "env", "model" if capability is None else "capability",
                  "n", "bad", "rate", "cmt", "impl", "score"):  # fmt: skip
         if name in ("n", "bad", "rate", "cmt", "impl", "score"):
             table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
@@ -212,7 +284,7 @@ def rates(
         start, proj, env, mdl, cap, total, _, bad, _, implicit, comments, rate, score = r
         shown = f"[red]{rate:.0%}[/red]" if rate > 0.2 else f"{rate:.0%}"
         table.add_row(
-            str(start)[5:16], proj, env, mdl if cap == "*" else cap, str(total), str(bad), shown,
+            when(start), proj, env, mdl if cap == "*" else cap, str(total), str(bad), shown,
             str(comments), str(implicit), "" if score is None else f"{score:.2f}",
         )  # fmt: skip
     out.print(table)
@@ -252,14 +324,17 @@ def alerts(
             f"{k}={v}" for k, v in (("project", proj), ("env", env), ("model", mdl),
                                     ("capability", cap)) if v and v != "*"
         )  # fmt: skip
+        # Lines that fit the width; the command on a line of its own that is never broken
+        # (soft_wrap: longer than the width, it runs past it and still copies whole).
+        out.print(f"[{colour}]{st:<8}[/{colour}] {when(at)}  {escape(rule)}", markup=True)
+        out.print(f"  {dims}", markup=False, soft_wrap=True)  # names: never cut
         out.print(
-            f"[{colour}]{st:<8}[/{colour}] {str(at)[:19]}  {rule}  {dims}  bad {rate:.0%} "
-            f"({bad}/{total}) vs {base:.0%} baseline, since {str(onset)[:19]}",
-            markup=True, soft_wrap=True,
-        )  # fmt: skip
+            f"  bad {rate:.0%} ({bad}/{total}) vs {base:.0%} baseline, since {when(onset)}",
+            markup=False,
+        )
         for comment in comments[:2]:
-            out.print(f"           “{_short(comment, 100)}”", markup=False)
-        out.print(f"           {command}", style="dim", markup=False)
+            out.print(f"  “{_short(comment, out.width - 4)}”", markup=False)
+        out.print(f"  {command}", style="dim", markup=False, soft_wrap=True)
     err.print(f"{len(rows)} alert{'s' if len(rows) != 1 else ''}", style="dim")
 
 
@@ -271,8 +346,15 @@ def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -
     settings = cli_settings()
     db = settings.clickhouse_database
     names, spans = _rows(settings, trace_spans_sql(db, trace_id))
+    _, rows = _rows(settings, inbox_sql(db, InboxFilter(trace_id=trace_id, limit=1000)))
+    if not spans and not rows:
+        fail(
+            f"nothing is stored for trace {escape(trace_id)}: no spans, no feedback. Trace ids "
+            "are exact: `thumbline inbox` lists recent ones (feedback waiting for its trace is "
+            "written after THUMBLINE_JOIN_GRACE_SECONDS)"
+        )
     if not spans:
-        err.print(f"no spans stored for trace {trace_id}", style="yellow")
+        err.print(f"no spans stored for trace {trace_id}", style="yellow", markup=False)
     else:
         table = Table(
             *names[:3], "model", "latency_ms", "cost_usd", "status",
@@ -285,7 +367,6 @@ def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -
             table.add_row(s[0] or "(trace)", s[1] or "", s[2] or "", s[5] or "",
                           _cell(s[11]), _cell(s[13]), s[14])  # fmt: skip
         out.print(table)
-    _, rows = _rows(settings, inbox_sql(db, InboxFilter(trace_id=trace_id, limit=1000)))
     feedback = Table(
         "time", "label", "kind", "name", "score", "comment", "user", "status",
         box=None, header_style="bold", title="feedback", title_justify="left",
@@ -293,7 +374,7 @@ def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -
     for r in rows:
         style = _LABEL_STYLE.get(r[2], "")
         feedback.add_row(
-            str(r[0])[:19], f"[{style}]{r[2]}[/{style}]" if style else r[2], r[10], r[11],
+            when(r[0]), f"[{style}]{r[2]}[/{style}]" if style else r[2], r[10], r[11],
             _cell(r[12]), _short(r[3], 60), r[4], r[13],
         )  # fmt: skip
     out.print(feedback)
