@@ -100,7 +100,8 @@ def test_alerts_keep_each_suggested_command_whole_on_a_line_of_its_own(env):
 def test_every_time_the_read_commands_print_is_iso_8601_with_its_zone(env):
     first = "SELECT ts FROM thumbline.feedback LIMIT 1"
     for args in (("inbox",), ("rates", "--since", "1h"), ("alerts",), ("keys", "list"),
-                 ("trace", TRACES[0]), ("sql", first)):  # fmt: skip
+                 ("trace", TRACES[0]), ("sql", first), ("inbox", "--json"),
+                 ("rates", "--json"), ("alerts", "--json")):  # fmt: skip
         if args == ("keys", "list"):
             run_ok(env, "keys", "create", "--scope", "read", "--project", "shop")
         printed = run_ok(env, *args, columns=200)

@@ -94,6 +94,20 @@ def _rows(settings: Settings, query: str) -> tuple[list[str], list[list[Any]]]:
     return [c["name"] for c in result["meta"]], result["data"]
 
 
+def _json_lines(settings: Settings, query: str) -> None:
+    """The rows as one JSON object a line, times in ISO 8601 with Z (to the millisecond)."""
+    from thumbline.sqlclient import run_sql
+
+    result = orjson.loads(run_sql(settings, query, fmt="JSON"))
+    times = [c["name"] for c in result["meta"] if "DateTime" in c["type"]]
+    for row in result["data"]:
+        for name in times:
+            if row[name]:
+                moment = datetime.fromisoformat(row[name]).replace(tzinfo=UTC)
+                row[name] = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        sys.stdout.write(orjson.dumps(row).decode() + "\n")
+
+
 def _short(text: Any, width: int) -> str:
     text = "" if text is None else str(text).replace("\n", " ")
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
@@ -177,7 +191,6 @@ def inbox(
 ) -> None:
     """The feedback inbox: newest first, with the filters of the hosted products."""
     from thumbline.queries import InboxFilter, inbox_sql, parse_since
-    from thumbline.sqlclient import run_sql
 
     settings = cli_settings()
     try:
@@ -193,7 +206,7 @@ def inbox(
     except ValueError as exc:
         fail(str(exc), 2)
     if as_json:
-        sys.stdout.write(run_sql(settings, query, fmt="JSONEachRow").decode())
+        _json_lines(settings, query)
         return
     _, rows = _rows(settings, query)
     cells = [
@@ -249,7 +262,6 @@ def rates(
 ) -> None:
     """Feedback rates per window, newest first (bad rate in red over 20%)."""
     from thumbline.queries import parse_since, rates_sql
-    from thumbline.sqlclient import run_sql
 
     settings = cli_settings()
     kept = (settings.rate_window_seconds, *settings.sliding_windows)
@@ -270,7 +282,7 @@ def rates(
     except ValueError as exc:
         fail(str(exc), 2)
     if as_json:
-        sys.stdout.write(run_sql(settings, query, fmt="JSONEachRow").decode())
+        _json_lines(settings, query)
         return
     _, rows = _rows(settings, query)
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -302,7 +314,6 @@ def alerts(
 ) -> None:
     """Spike alerts, newest first, with the inbox command that shows each window."""
     from thumbline.queries import alerts_sql, parse_since
-    from thumbline.sqlclient import run_sql
 
     if state not in (None, "firing", "resolved"):
         fail(f"--state takes firing or resolved, not {state!r}", 2)
@@ -314,7 +325,7 @@ def alerts(
     except ValueError as exc:
         fail(str(exc), 2)
     if as_json:
-        sys.stdout.write(run_sql(settings, query, fmt="JSONEachRow").decode())
+        _json_lines(settings, query)
         return
     _, rows = _rows(settings, query)
     for r in rows:
