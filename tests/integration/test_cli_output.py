@@ -136,3 +136,13 @@ def test_sql_errors_quote_the_users_sql_not_what_the_cli_wrapped_it_in(env):
         assert result.returncode == 1
         for added in ("FORMAT", "formatQuery", "EXPLAIN AST"):
             assert added not in result.stderr, result.stderr
+
+
+def test_rates_and_trace_keep_times_whole_and_rows_on_one_line_at_80_columns(env):
+    rates = run_ok(env, "rates", "--since", "1h").splitlines()
+    assert len(rates) == 2 and all(len(line) <= 80 for line in rates), "\n".join(rates)
+    assert ISO.search(rates[1]), rates
+    trace = run_ok(env, "trace", TRACES[0]).splitlines()
+    assert all(len(line) <= 80 for line in trace), "\n".join(trace)
+    row = next(line for line in trace if TRACES[0] not in line and "bad" in line)
+    assert ISO.search(row), trace

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from thumbline.cli.common import SQL, app, cli_settings, err, fail, out
+from thumbline.cli.layout import Column, fitted
 from thumbline.errors import SqlRefused, StoreError
 from thumbline.settings import Settings
 
@@ -123,37 +124,20 @@ def when(value: Any) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-#: The inbox's columns: (header, kind). Ids are never cut: a column of ids that does not
-#: fit is left out whole. Free text is cut, the comment first. Optional columns go in
-#: this order when the width is short.
-_INBOX = (("time", "fixed"), ("trace", "fixed"), ("label", "fixed"), ("comment", "text"),
-          ("user", "id"), ("session", "id"), ("project/model", "text"))  # fmt: skip
-_DROP_FIRST = ("session", "project/model", "user")
-_MIN_TEXT = 10
-_GAP = 2
-
-
-def fit_columns(natural: dict[str, int], width: int) -> dict[str, int]:
-    """Widths of the inbox columns that fit ``width``: comment cut first (to 10), then
-    project/model (to 10), then whole id columns left out (session, project/model, user);
-    the comment takes what is left, up to its natural width."""
-    widths = dict(natural)
-
-    def total() -> int:
-        return sum(widths.values()) + _GAP * (len(widths) - 1)
-
-    for name in ("comment", "project/model"):
-        if total() > width and name in widths:
-            widths[name] = max(min(natural[name], _MIN_TEXT), widths[name] - (total() - width))
-    for name in _DROP_FIRST:
-        if total() <= width:
-            break
-        widths.pop(name, None)
-    if total() > width:  # narrower than the ids: the comment gives what it has left
-        widths["comment"] = max(1, widths["comment"] - (total() - width))
-    elif "comment" in widths:
-        widths["comment"] = min(natural["comment"], widths["comment"] + width - total())
-    return widths
+#: The inbox's columns. The comment is cut first, then project/model; an id (trace, user,
+#: session) is never cut: user and session are left out whole when the width is short.
+INBOX = (
+    Column("time"), Column("trace"), Column("label"), Column("comment", cut_to=10),
+    Column("user", drop=3), Column("session", drop=1), Column("project/model", cut_to=10, drop=2),
+)  # fmt: skip
+#: A trace's feedback: the comment and the name give way, then the user.
+_FEEDBACK = (
+    Column("time"), Column("label"), Column("kind"), Column("name", cut_to=8), Column("score"),
+    Column("comment", cut_to=10), Column("user", drop=1), Column("status"),
+)  # fmt: skip
+_RATE_NUMBERS = ("n", "bad", "rate", "cmt", "impl", "score")
+#: A feedback row's label in colour.
+_LABEL = {"label": lambda text: _LABEL_STYLE.get(text, "")}
 
 
 @app.command(rich_help_panel="Read what it stored", env=SQL)
@@ -216,24 +200,12 @@ def inbox(
          "project/model": f"{proj}/{mdl}" if mdl else proj}
         for ts, trace_id, lbl, comment, user_id, session_id, proj, mdl in (r[:8] for r in rows)
     ]  # fmt: skip
-    natural = {name: max([len(name), *(len(c[name]) for c in cells)]) for name, _ in _INBOX}
-    widths = fit_columns(natural, out.width)
-    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, _GAP, 0, 0))
-    for name, _ in _INBOX:
-        if name in widths:
-            table.add_column(name, width=widths[name], no_wrap=True, overflow="ellipsis")
-    for c in cells:
-        style = _LABEL_STYLE.get(c["label"], "")
-        shown = {name: escape(_short(c[name], widths[name])) for name in widths}
-        if style:
-            shown["label"] = f"[{style}]{shown['label']}[/{style}]"
-        table.add_row(*shown.values())
+    table, hidden = fitted(INBOX, cells, out.width, styles=_LABEL)
     out.print(table)
-    hidden = [name for name, _ in _INBOX if name not in widths]
     note = f"; {', '.join(hidden)} left out to fit {out.width} columns (--json has all)"
     err.print(
         f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}{note if hidden else ''}",
-        style="dim", markup=False,
+        style="dim", markup=False, soft_wrap=True,
     )  # fmt: skip
 
 
@@ -285,21 +257,20 @@ def rates(
         _json_lines(settings, query)
         return
     _, rows = _rows(settings, query)
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("window start", "project", "env", "model" if capability is None else "capability",
-                 "n", "bad", "rate", "cmt", "impl", "score"):  # fmt: skip
-        if name in ("n", "bad", "rate", "cmt", "impl", "score"):
-            table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
-        else:
-            table.add_column(name, overflow="fold", min_width=5)
+    dimension = "model" if capability is None else "capability"
+    columns = (
+        Column("window start"), Column("project", cut_to=5), Column("env", cut_to=5),
+        Column(dimension, cut_to=5), *(Column(n, right=True) for n in _RATE_NUMBERS),
+    )  # fmt: skip
+    cells = []
     for r in rows:
         start, proj, env, mdl, cap, total, _, bad, _, implicit, comments, rate, score = r
-        shown = f"[red]{rate:.0%}[/red]" if rate > 0.2 else f"{rate:.0%}"
-        table.add_row(
-            when(start), proj, env, mdl if cap == "*" else cap, str(total), str(bad), shown,
-            str(comments), str(implicit), "" if score is None else f"{score:.2f}",
-        )  # fmt: skip
-    out.print(table)
+        cells.append(dict(zip((c.name for c in columns), (
+            when(start), proj, env, mdl if cap == "*" else cap, str(total), str(bad),
+            f"{rate:.0%}", str(comments), str(implicit), "" if score is None else f"{score:.2f}",
+        ), strict=True)))  # fmt: skip
+    red = {"rate": lambda text: "red" if int(text.rstrip("%")) > 20 else ""}
+    out.print(fitted(columns, cells, out.width, styles=red)[0])
     err.print(f"{len(rows)} window{'s' if len(rows) != 1 else ''}", style="dim")
 
 
@@ -361,8 +332,7 @@ def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -
     if not spans and not rows:
         fail(
             f"nothing is stored for trace {escape(trace_id)}: no spans, no feedback. Trace ids "
-            "are exact: `thumbline inbox` lists recent ones (feedback waiting for its trace is "
-            "written after THUMBLINE_JOIN_GRACE_SECONDS)"
+            "are exact: `thumbline inbox` lists recent ones"
         )
     if not spans:
         err.print(f"no spans stored for trace {trace_id}", style="yellow", markup=False)
@@ -378,14 +348,12 @@ def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -
             table.add_row(s[0] or "(trace)", s[1] or "", s[2] or "", s[5] or "",
                           _cell(s[11]), _cell(s[13]), s[14])  # fmt: skip
         out.print(table)
-    feedback = Table(
-        "time", "label", "kind", "name", "score", "comment", "user", "status",
-        box=None, header_style="bold", title="feedback", title_justify="left",
-    )  # fmt: skip
-    for r in rows:
-        style = _LABEL_STYLE.get(r[2], "")
-        feedback.add_row(
-            when(r[0]), f"[{style}]{r[2]}[/{style}]" if style else r[2], r[10], r[11],
-            _cell(r[12]), _short(r[3], 60), r[4], r[13],
-        )  # fmt: skip
+    cells = [
+        dict(zip((c.name for c in _FEEDBACK), (
+            when(r[0]), r[2], r[10], r[11], _cell(r[12]), "" if r[3] is None else str(r[3]),
+            r[4], r[13],
+        ), strict=True))
+        for r in rows
+    ]  # fmt: skip
+    feedback, _ = fitted(_FEEDBACK, cells, out.width, styles=_LABEL, title="feedback")
     out.print(feedback)
