@@ -135,6 +135,12 @@ _FEEDBACK = (
     Column("time"), Column("label"), Column("kind"), Column("name", cut_to=8), Column("score"),
     Column("comment", cut_to=10), Column("user", drop=1), Column("status"),
 )  # fmt: skip
+#: A trace's spans: ids whole; the name and the model give way.
+_SPANS = (
+    Column("span_id"), Column("parent_span_id"), Column("name", cut_to=8),
+    Column("model", cut_to=8), Column("latency_ms", right=True), Column("cost_usd", right=True),
+    Column("status"),
+)  # fmt: skip
 _RATE_NUMBERS = ("n", "bad", "rate", "cmt", "impl", "score")
 #: A feedback row's label in colour.
 _LABEL = {"label": lambda text: _LABEL_STYLE.get(text, "")}
@@ -337,17 +343,19 @@ def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -
     if not spans:
         err.print(f"no spans stored for trace {trace_id}", style="yellow", markup=False)
     else:
-        table = Table(
-            *names[:3], "model", "latency_ms", "cost_usd", "status",
-            box=None, header_style="bold", title=f"trace {trace_id}", title_justify="left",
-        )  # fmt: skip
         first = spans[0]
-        out.print(f"project {first[3]}  environment {first[4]}  capability {first[6] or '-'}  "
-                  f"user {first[8] or '-'}  session {first[9] or '-'}")  # fmt: skip
-        for s in spans:
-            table.add_row(s[0] or "(trace)", s[1] or "", s[2] or "", s[5] or "",
-                          _cell(s[11]), _cell(s[13]), s[14])  # fmt: skip
-        out.print(table)
+        out.print(
+            f"project {first[3]}  environment {first[4]}  capability {first[6] or '-'}  "
+            f"user {first[8] or '-'}  session {first[9] or '-'}", markup=False, soft_wrap=True,
+        )  # fmt: skip
+        span_cells = [
+            dict(zip((c.name for c in _SPANS), (
+                s[0] or "(trace)", s[1] or "", s[2] or "", s[5] or "", _cell(s[11]),
+                _cell(s[13]), s[14],
+            ), strict=True))
+            for s in spans
+        ]  # fmt: skip
+        out.print(fitted(_SPANS, span_cells, out.width, title=f"trace {escape(trace_id)}")[0])
     cells = [
         dict(zip((c.name for c in _FEEDBACK), (
             when(r[0]), r[2], r[10], r[11], _cell(r[12]), "" if r[3] is None else str(r[3]),
