@@ -474,14 +474,21 @@ def build_app(
         400: {"model": SqlError, "description": "the SQL sandbox or ClickHouse refused the SQL, "
               "or it ran over a limit (THUMBLINE_SQL_MAX_*)"},
         401: {"model": SqlError, "description": "no key, or an unknown or revoked key"},
-        403: {"model": SqlError, "description": "the key's scope is not admin"},
+        403: {"model": SqlError, "description": "the key's scope is not admin, or it is an "
+              "admin key bound to a project (older versions made them)"},
         **responses({503: "The store did not answer: try again later."}),
     })  # fmt: skip
     async def post_sql(request: Request) -> Response:
         """SQL in the sandbox (admin keys): the body is one SELECT, EXPLAIN or DESCRIBE over
         thumbline's database (no table functions, files or settings); rows come back as a
         JSON array."""
-        await authenticate(request, "admin")
+        key = await authenticate(request, "admin")
+        if key is not None and key.project:  # made before admin keys took no project
+            raise HTTPException(
+                403, f"this admin key is bound to project {key.project!r} and SQL reads every "
+                "project: use an admin key without a project (thumbline keys create --scope "
+                "admin), and revoke this one",
+            )  # fmt: skip
         body = await read_raw(request)
         return await select(body.decode("utf-8", errors="replace"), sql)
 

@@ -10,7 +10,10 @@ Scopes:
 - ``ingest``: write feedback and traces, read nothing. Safe to ship in a
   browser bundle.
 - ``read``: the read endpoints (for dashboards and the CLI), write nothing.
-- ``admin``: everything, every project.
+- ``admin``: everything, every project; it takes no project. Admin keys
+  bound to a project, which older versions created, keep that binding
+  where a request names its project (they write and read only that one)
+  and are refused by ``POST /v1/sql``, which reads every project.
 
 A key bound to a project writes only events of that project (the gateway
 stamps it on every event) and reads only its rows.
@@ -72,8 +75,15 @@ def create_key(settings: Settings, *, scope: Scope, project: str, name: str = ""
     """Store a new key and return it in full (the only time it is shown)."""
     if scope not in SCOPES:
         raise ConfigError(f"scope must be one of {', '.join(SCOPES)}")
+    if scope == "admin" and project:
+        raise ConfigError(
+            f"an admin key covers every project, so it takes no project: drop --project, or "
+            f"create a key for {project!r} alone (--scope read --project {project}, or "
+            f"--scope ingest --project {project})"
+        )
     if scope != "admin" and not project:
-        raise ConfigError(f"an {scope} key is bound to one project: give --project")
+        article = "an" if scope[0] in "aeiou" else "a"
+        raise ConfigError(f"{article} {scope} key is bound to one project: give --project")
     if project and not _PROJECT.match(project):
         raise ConfigError("project must be 1-128 printable characters without quotes")
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)

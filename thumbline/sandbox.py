@@ -25,6 +25,7 @@ what stops those there.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,6 +71,29 @@ DENIED_CATEGORIES = frozenset(
 )
 #: Engines whose tables the sandbox reads (views are judged through their definitions).
 READ_ENGINES = ("MergeTree", "Memory")
+
+
+#: What the sandbox wraps a user's SQL in on its way to ClickHouse, which quotes it back in
+#: errors: the output format clickhouse-connect appends, the checker's formatQuery('...')
+#: and EXPLAIN AST. The user gets their own SQL back.
+_APPENDED_FORMAT = re.compile(
+    r"\s+FORMAT\s+(?:JSONCompact|JSONEachRow|JSON|CSVWithNames|TabSeparatedWithNames|Pretty"
+    r"|Native|TabSeparated)\b"
+)
+_FORMAT_QUERY = re.compile(r"SELECT formatQuery\('((?:[^'\\]|\\.)*)'\)")
+_EXPLAIN = re.compile(r"\bEXPLAIN AST ")
+
+
+def unwrapped(message: str) -> str:
+    """``message`` with the sandbox's wrappers around the user's SQL taken out."""
+    message = _APPENDED_FORMAT.sub("", message)
+    message = _FORMAT_QUERY.sub(lambda m: re.sub(r"\\(.)", r"\1", m.group(1)), message)
+    return _EXPLAIN.sub("", message)
+
+
+def _unwrapped_error(exc: BaseException, settings: Settings) -> StoreError:
+    err = store_error(exc, settings)
+    return type(err)(unwrapped(str(err)), code=err.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +229,7 @@ class Sandbox:
 
     def error(self, exc: ClickHouseError) -> StoreError:
         """A driver error as a StoreError; a limit reached is a SqlRefused naming the setting."""
-        err = store_error(exc, self.settings)
+        err = _unwrapped_error(exc, self.settings)
         if err.code in LIMIT_CODES:
             s = self.settings
             return SqlRefused(
@@ -226,7 +250,7 @@ class Sandbox:
         try:
             rows = client.query("SELECT formatQuery({q:String})", parameters={"q": sql})
         except ClickHouseError as exc:
-            err = store_error(exc, self.settings)
+            err = _unwrapped_error(exc, self.settings)
             if err.retriable:  # the store did not answer: no verdict on the SQL
                 raise err from None
             raise self._refused(
@@ -249,7 +273,7 @@ class Sandbox:
         try:
             text = client.command(f"EXPLAIN AST {canonical}", parameters=parameters or None)
         except ClickHouseError as exc:
-            err = store_error(exc, self.settings)
+            err = _unwrapped_error(exc, self.settings)
             if err.retriable:  # the store did not answer: no verdict on the SQL
                 raise err from None
             if err.code == READONLY:  # EXPLAIN applies a SETTINGS clause, which readonly refuses
@@ -274,7 +298,7 @@ class Sandbox:
                 parameters={"db": self.database},
             ).result_rows
         except ClickHouseError as exc:
-            raise store_error(exc, self.settings) from None
+            raise _unwrapped_error(exc, self.settings) from None
         key = tuple(sorted(tuple(r) for r in rows))
         with self._lock:
             if self._catalog is not None and self._catalog[0] == key:

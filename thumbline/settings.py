@@ -44,7 +44,9 @@ class Settings(BaseSettings):
         None,
         description="chdb:///abs/path or http(s)://user:pass@host:8123; unset: chDB in data_dir.",
     )
-    clickhouse_database: str = Field("thumbline", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    clickhouse_database: str = Field(
+        "thumbline", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="The database of the tables."
+    )
     clickhouse_reader_url: SecretStr | None = Field(
         None,
         description="http(s)://reader:pass@host:8123: a read-only ClickHouse user for the SQL "
@@ -52,9 +54,14 @@ class Settings(BaseSettings):
         "the limits); unset on a server: the main user with readonly=1, and a warning.",
     )  # fmt: skip
 
-    topic_prefix: str = Field("thumbline.", pattern=r"^[A-Za-z0-9._\-]*$", max_length=200)
+    topic_prefix: str = Field(
+        "thumbline.", pattern=r"^[A-Za-z0-9._\-]*$", max_length=200,
+        description="Put before every topic name (thumbline.feedback...).",
+    )  # fmt: skip
     partitions: int = Field(8, ge=1, le=256, description="Partitions of the join's topics.")
-    replication_factor: int = Field(1, ge=1, le=16)
+    replication_factor: int = Field(
+        1, ge=1, le=16, description="Replicas of each topic thumbline creates."
+    )
 
     join_grace_seconds: float = Field(
         600.0, gt=0, description="Wall time feedback waits for its trace before it is an orphan."
@@ -146,7 +153,7 @@ class Settings(BaseSettings):
 
     metrics_host: str = Field("127.0.0.1", description="Where /metrics is served.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="0: any free port.")
-    metrics_enabled: bool = True
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
 
     gateway_enabled: bool = Field(True, description="thumbline up also runs the HTTP gateway.")
     gateway_host: str = Field(
@@ -213,8 +220,10 @@ class Settings(BaseSettings):
         description="How long a command waits for a thumbline up that is starting.",
     )  # fmt: skip
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
-    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="DEBUG, INFO, WARNING or ERROR."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="text or json (a line each).")
 
     fault_dir: Path | None = Field(
         None,

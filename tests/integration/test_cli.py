@@ -144,6 +144,41 @@ async def test_send_refuses_invalid_events_with_the_field_and_sends_nothing(thum
     assert messages == []
 
 
+async def test_send_feedback_takes_the_trace_id_from_json_and_offers_rating_score_thumb(
+    thumbline_bin, up
+):
+    def send(*args: str) -> dict:
+        sent = run(thumbline_bin, up.env, "send", "feedback", *args)
+        assert sent.returncode == 0, sent.stderr
+        return json.loads(sent.stdout)
+
+    assert send("--json", '{"trace_id": "t-json", "label": "good"}')["trace_id"] == "t-json"
+    send("--trace-id", "t-rating", "--rating", "4")
+    send("--trace-id", "t-score", "--score", "0.1")
+    send("--trace-id", "t-thumb", "--thumb", "down")
+    got = await consume(up.info.bootstrap, ["thumbline.feedback"], events=4)
+    events = {e["trace_id"]: e for _, _, batch in got for e in batch}
+    assert events["t-json"]["label"] == "good"
+    shorthand = {t: (events[t]["kind"], events[t]["value"], events[t]["label"])
+                 for t in ("t-rating", "t-score", "t-thumb")}  # fmt: skip
+    assert shorthand == {
+        "t-rating": ("rating", 4, "good"), "t-score": ("score", 0.1, "bad"),
+        "t-thumb": ("thumb", "down", "bad"),
+    }  # fmt: skip
+
+    neither = run(thumbline_bin, up.env, "send", "feedback", "--json", '{"label": "good"}')
+    assert neither.returncode == 2 and "Missing option" not in neither.stderr
+    assert "--trace-id" in neither.stderr and '"trace_id" in --json' in neither.stderr
+    too_high = run(thumbline_bin, up.env, "send", "feedback", "--trace-id", "t", "--rating", "9")
+    assert too_high.returncode == 2 and "outside the range [1, 5]" in too_high.stderr
+    both = run(thumbline_bin, up.env, "send", "feedback", "--trace-id", "t", "--rating", "4",
+               "--thumb", "up")  # fmt: skip
+    assert both.returncode == 2 and "one of --rating, --score, --thumb" in both.stderr
+    clash = run(thumbline_bin, up.env, "send", "feedback", "--trace-id", "t", "--rating", "4",
+                "--kind", "thumb")  # fmt: skip
+    assert clash.returncode == 2 and "--rating is a rating" in clash.stderr
+
+
 def test_sigterm_stops_everything(up):
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(30) == 0

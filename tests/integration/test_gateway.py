@@ -236,6 +236,39 @@ async def test_keys_ingest_only_their_project_and_a_revoked_key_stops_at_once(
         stop(up)
 
 
+async def test_admin_keys_take_no_project_and_an_old_one_with_a_project_keeps_to_it(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    env = await worker_env(broker, clean_env, tmp_path, "oldadmin")
+    up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp_path / "data")
+    try:
+        refused = run(thumbline_bin, env, "keys", "create", "--scope", "admin", "--project", "a")
+        assert refused.returncode == 2 and "admin key covers every project" in refused.stderr
+        assert "--scope read --project a" in refused.stderr
+        # an admin key bound to project a, as versions before this one created them
+        secret = "an-old-admin-key-secret-of-project-a"
+        made = run(thumbline_bin, env, "sql", "--write",
+            "INSERT INTO thumbline.api_keys (key_id, secret_sha256, scope, project, name, "
+            f"created_at, version) SELECT '00000000000000aa', lower(hex(SHA256('{secret}'))), "
+            "'admin', 'a', 'old', now64(3), 1")  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        old_admin = f"tl_00000000000000aa_{secret}"
+        listed = run(thumbline_bin, env, "keys", "list")
+        assert "00000000000000aa" in listed.stdout
+
+        status, body, _ = await post(f"{up.info.gateway_url}/v1/sql", "SELECT 1", old_admin)
+        assert status == 403 and "bound to project 'a'" in body["error"]
+        assert "keys create --scope admin" in body["error"]
+        feed = f"{up.info.gateway_url}/v1/feedback"
+        assert (await get(feed, old_admin, project="b"))[0] == 403
+        assert (await get(feed, old_admin))[0] == 200
+        event = {"trace_id": unique("k"), "label": "good", "project": "b"}
+        status, body, _ = await post(feed, event, old_admin)
+        assert status == 422 and "only to project 'a'" in body["results"][0]["error"]
+    finally:
+        await asyncio.to_thread(stop, up)
+
+
 async def test_a_202_means_kafka_has_it_and_a_503_is_safe_to_retry(
     thumbline_bin, clean_env, tmp_path
 ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,8 @@ import typer
 from rich.table import Table
 
 from thumbline.cli.common import (
+    KAFKA,
+    STORE,
     cli_settings,
     err,
     fail,
@@ -23,7 +26,7 @@ from thumbline.cli.common import (
 from thumbline.schemas.topics import Topics
 
 
-@topics_app.command("list")
+@topics_app.command("list", env=("topic_prefix", "partitions"))
 def topics_list() -> None:
     """The topics of this configuration, with partitions, keys and contracts."""
     settings = cli_settings()
@@ -39,7 +42,7 @@ def topics_list() -> None:
     out.print(table)
 
 
-@topics_app.command("create")
+@topics_app.command("create", env=(*KAFKA, "partitions", "replication_factor"))
 def topics_create() -> None:
     """Create the missing topics on THUMBLINE_KAFKA_BOOTSTRAP (or the running embedded broker)."""
     from thumbline.kafka import ensure_topics
@@ -60,7 +63,7 @@ def topics_create() -> None:
 # keys and schemas ---------------------------------------------------------------
 
 
-@keys_app.command("create")
+@keys_app.command("create", env=STORE)
 def keys_create(
     scope: Annotated[str, typer.Option(help="ingest (write-only), read or admin.")] = "ingest",
     project: Annotated[
@@ -76,19 +79,22 @@ def keys_create(
     err.print(f"{scope} key for {project or 'every project'}: store it now, it is not shown again")
 
 
-@keys_app.command("list")
+@keys_app.command("list", env=STORE)
 def keys_list() -> None:
     """The keys: id, scope, project, name, created, revoked (never the secret)."""
     from thumbline.keys import list_keys
 
-    table = Table("key id", "scope", "project", "name", "created", "revoked")
+    table = Table(
+        "key id", "scope", "project", "name", "created", "revoked", box=None,
+        header_style="bold", pad_edge=False,
+    )  # fmt: skip
     for k in list_keys(store_settings()):
-        created = k.created_at.strftime("%Y-%m-%d %H:%M")
+        created = k.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         table.add_row(k.key_id, k.scope, k.project or "*", k.name, created, "yes" * k.revoked)
     out.print(table)
 
 
-@keys_app.command("revoke")
+@keys_app.command("revoke", env=STORE)
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key id (or the full key).")],
 ) -> None:

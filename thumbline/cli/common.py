@@ -3,32 +3,154 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from thumbline import logs, runfile
-from thumbline.settings import Settings, load_settings
-
-app = typer.Typer(
-    help="Thumbline: end-user feedback on LLM answers, joined with its traces, in ClickHouse.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-send_app = typer.Typer(help="Publish one event to Kafka (validated first).", no_args_is_help=True)
-topics_app = typer.Typer(help="The Kafka topics thumbline uses.", no_args_is_help=True)
-schemas_app = typer.Typer(help="The event contracts.", no_args_is_help=True)
-app.add_typer(send_app, name="send", rich_help_panel="Send events")
-app.add_typer(topics_app, name="topics", rich_help_panel="Administer")
-keys_app = typer.Typer(help="API keys of the HTTP gateway.", no_args_is_help=True)
-app.add_typer(schemas_app, name="schemas", rich_help_panel="Administer")
-app.add_typer(keys_app, name="keys", rich_help_panel="Administer")
+from thumbline.settings import ENV_PREFIX, Settings, load_settings
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+
+# Help pages ---------------------------------------------------------------------
+#
+# typer renders each option's Python type next to it (<bool>, <str>); a flag takes
+# no value, so its tag only misleads. An empty metavar is typer's way to show none.
+
+
+def _untagged_flags(params: list[Any]) -> list[Any]:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untagged_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untagged_flags(super().get_params(ctx))
+
+
+def env_epilog(fields: Sequence[str]) -> str:
+    """The help page's section on the ``THUMBLINE_*`` variables a command reads.
+
+    ``fields`` are :class:`Settings` field names, or prefixes ending in ``*``
+    (``"kafka_*"``: every Kafka setting), or ``"*"`` for every setting, grouped
+    by their first word. Each name is checked against Settings here, so a help
+    page never names a variable that does not exist.
+
+    Raises:
+        ValueError: a name or prefix matches no setting.
+    """
+    known = Settings.model_fields
+    lines: list[str] = []
+
+    def group(prefix: str) -> None:
+        names = [n for n in known if n.startswith(prefix)]
+        if not names:
+            raise ValueError(f"no setting starts with {prefix!r}")
+        if len(names) == 1:
+            one(names[0])
+            return
+        rest = ", ".join(n.removeprefix(prefix).upper() for n in names)
+        lines.append(f"  {ENV_PREFIX}{prefix.upper()}*  {rest}")
+
+    def one(name: str) -> None:
+        if name not in known:
+            raise ValueError(f"{name!r} is not a setting")
+        info = known[name]
+        about = (info.description or "").split(". ")[0].rstrip(".")
+        default = info.get_default(call_default_factory=True)
+        shown = "" if default in (None, "") else f" (default {default})"
+        lines.append(f"  {ENV_PREFIX}{name.upper()}  {about}{shown}".rstrip())
+
+    for field in fields:
+        if field == "*":
+            groups: dict[str, list[str]] = {}
+            for name in known:
+                groups.setdefault(name.split("_")[0], []).append(name)
+            for first, names in groups.items():
+                group(f"{first}_") if len(names) > 1 else one(names[0])
+        elif field.endswith("*"):
+            group(field[:-1])
+        else:
+            one(field)
+    return escape("Environment (settings are read from these variables):\n" + "\n".join(lines))
+
+
+#: The settings groups most commands read.
+STORE = ("data_dir", "clickhouse_*", "log_*")
+SQL = (*STORE, "sql_max_*")
+KAFKA = ("data_dir", "kafka_*", "topic_prefix", "log_*")
+
+
+class App(typer.Typer):
+    """A typer app whose help pages tag no flag with a type, and whose commands name the
+    ``THUMBLINE_*`` variables they read (``env=``: see :func:`env_epilog`)."""
+
+    def __init__(self, *, help: str) -> None:  # noqa: A002 (typer's name)
+        super().__init__(
+            help=help, cls=_Group, no_args_is_help=True, add_completion=False,
+            pretty_exceptions_enable=False,
+        )  # fmt: skip
+
+    def command(  # type: ignore[override]
+        self, name: str | None = None, *, env: Sequence[str] = (), **kwargs: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        epilog = env_epilog(env) if env else None
+        return super().command(name, cls=_Command, epilog=epilog, **kwargs)
+
+
+def package_version() -> str:
+    try:
+        return version("thumbline")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+app = App(
+    help="Thumbline: end-user feedback on LLM answers, joined with its traces, in ClickHouse."
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"thumbline {package_version()}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print thumbline's version and exit.", is_eager=True,
+            callback=_print_version,
+        ),
+    ] = False,
+) -> None:  # fmt: skip
+    """Thumbline: end-user feedback on LLM answers, joined with its traces, in ClickHouse."""
+
+
+send_app = App(help="Publish one event to Kafka (validated first).")
+topics_app = App(help="The Kafka topics thumbline uses.")
+schemas_app = App(help="The event contracts.")
+keys_app = App(help="API keys of the HTTP gateway.")
+app.add_typer(send_app, name="send", rich_help_panel="Send events")
+app.add_typer(topics_app, name="topics", rich_help_panel="Administer")
+app.add_typer(schemas_app, name="schemas", rich_help_panel="Administer")
+app.add_typer(keys_app, name="keys", rich_help_panel="Administer")
 
 
 def cli_settings(**overrides: Any) -> Settings:

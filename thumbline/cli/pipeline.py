@@ -9,11 +9,11 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from thumbline.cli.common import app, cli_settings, err, fail, find_bootstrap, out
+from thumbline.cli.common import KAFKA, STORE, app, cli_settings, err, fail, find_bootstrap, out
 from thumbline.settings import Settings
 
 
-@app.command(rich_help_panel="Run the pipeline")
+@app.command(rich_help_panel="Run the pipeline", env=("*",))
 def up(
     demo: Annotated[
         bool,
@@ -190,7 +190,7 @@ def _print_started(settings: Settings, started: Any) -> None:
     out.print("\n".join(lines), markup=True, soft_wrap=True)
 
 
-@app.command(rich_help_panel="Run the pipeline")
+@app.command(rich_help_panel="Run the pipeline", env=STORE)
 def migrate() -> None:
     """Apply the ClickHouse migrations (`thumbline up` does this too)."""
     from thumbline.store import apply_migrations, open_client
@@ -206,7 +206,9 @@ def migrate() -> None:
         out.print(f"{m.version:04d}_{m.name}: {state}")
 
 
-@app.command(rich_help_panel="Run the pipeline")
+@app.command(
+    rich_help_panel="Run the pipeline", env=(*STORE, *KAFKA[1:3], "gateway_*", "sql_max_*")
+)
 def gateway() -> None:
     """Run the HTTP gateway alone, against the configured broker and store."""
     from prometheus_client import CollectorRegistry
@@ -271,15 +273,17 @@ def _parse_spike(text: str | None, *, option: str = "--spike", base: Any = None)
     return Spike(**fields)
 
 
-@app.command(rich_help_panel="Run the pipeline")
+@app.command(rich_help_panel="Run the pipeline", env=KAFKA)
 def loadgen(
     rate: Annotated[float, typer.Option(help="Feedback events per second.")] = 100.0,
     duration: Annotated[float | None, typer.Option(help="Seconds; 0 runs until Ctrl-C.")] = 10.0,
     count: Annotated[int | None, typer.Option(help="Stop after this many feedback events.")] = None,
-    projects: Annotated[int, typer.Option()] = 3,
-    models: Annotated[int, typer.Option()] = 4,
-    capabilities: Annotated[int, typer.Option()] = 3,
-    users: Annotated[int, typer.Option()] = 1000,
+    projects: Annotated[int, typer.Option(help="How many projects the events spread over.")] = 3,
+    models: Annotated[int, typer.Option(help="How many models the traces spread over.")] = 4,
+    capabilities: Annotated[
+        int, typer.Option(help="How many capabilities the traces spread over.")
+    ] = 3,
+    users: Annotated[int, typer.Option(help="How many distinct users give feedback.")] = 1000,
     bad: Annotated[float, typer.Option(help="Share of bad feedback.")] = 0.1,
     early: Annotated[float, typer.Option(help="Share of feedback sent before its trace.")] = 0.1,
     orphans: Annotated[
@@ -289,7 +293,9 @@ def loadgen(
         str | None,
         typer.Option(help="e.g. start=30,end=90,bad=0.6,project=project-0,model=model-1"),
     ] = None,
-    seed: Annotated[int, typer.Option()] = 1,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the random choices: the same seed, the same events.")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Publish realistic traces and feedback, and report exactly what was sent."""

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from thumbline.cli.common import app, err, fail, out, store_settings
+from thumbline.cli.common import SQL, app, err, fail, out, store_settings
+from thumbline.cli.layout import Column, fitted
 from thumbline.errors import SqlRefused, StoreError
 from thumbline.settings import Settings
 
@@ -19,7 +21,7 @@ _FORMATS = {"table": "JSONCompact", "json": "JSONEachRow", "csv": "CSVWithNames"
 _READONLY = 164  # ClickHouse: "Cannot execute query in readonly mode"
 
 
-@app.command(rich_help_panel="Read what it stored")
+@app.command(rich_help_panel="Read what it stored", env=SQL)
 def sql(
     query: Annotated[str, typer.Argument(help="The SQL to run, e.g. SELECT count() FROM ...")],
     fmt: Annotated[
@@ -60,8 +62,9 @@ def sql(
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in result.get("meta", []):
         table.add_column(column["name"], justify="right" if _numeric(column["type"]) else "left")
+    times = [i for i, c in enumerate(result.get("meta", [])) if "DateTime" in c["type"]]
     for row in result.get("data", []):
-        table.add_row(*(_cell(v) for v in row))
+        table.add_row(*(when(v) if i in times else _cell(v) for i, v in enumerate(row)))
     out.print(table)
     rows = result.get("rows", 0)
     err.print(f"{rows} row{'s' if rows != 1 else ''}", style="dim")
@@ -92,12 +95,58 @@ def _rows(settings: Settings, query: str) -> tuple[list[str], list[list[Any]]]:
     return [c["name"] for c in result["meta"]], result["data"]
 
 
+def _json_lines(settings: Settings, query: str) -> None:
+    """The rows as one JSON object a line, times in ISO 8601 with Z (to the millisecond)."""
+    from thumbline.sqlclient import run_sql
+
+    result = orjson.loads(run_sql(settings, query, fmt="JSON"))
+    times = [c["name"] for c in result["meta"] if "DateTime" in c["type"]]
+    for row in result["data"]:
+        for name in times:
+            if row[name]:
+                moment = datetime.fromisoformat(row[name]).replace(tzinfo=UTC)
+                row[name] = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        sys.stdout.write(orjson.dumps(row).decode() + "\n")
+
+
 def _short(text: Any, width: int) -> str:
     text = "" if text is None else str(text).replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
-@app.command(rich_help_panel="Read what it stored")
+def when(value: Any) -> str:
+    """A time from the store (UTC, ClickHouse's text) as ISO 8601 with its zone, to the second."""
+    if value is None or value == "":
+        return "-"
+    moment = datetime.fromisoformat(str(value))
+    if moment.tzinfo is None:  # thumbline's columns are DateTime64(3, 'UTC')
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+#: The inbox's columns. The comment is cut first, then project/model; an id (trace, user,
+#: session) is never cut: user and session are left out whole when the width is short.
+INBOX = (
+    Column("time"), Column("trace"), Column("label"), Column("comment", cut_to=10),
+    Column("user", drop=3), Column("session", drop=1), Column("project/model", cut_to=10, drop=2),
+)  # fmt: skip
+#: A trace's feedback: the comment and the name give way, then the user.
+_FEEDBACK = (
+    Column("time"), Column("label"), Column("kind"), Column("name", cut_to=8), Column("score"),
+    Column("comment", cut_to=10), Column("user", drop=1), Column("status"),
+)  # fmt: skip
+#: A trace's spans: ids whole; the name and the model give way.
+_SPANS = (
+    Column("span_id"), Column("parent_span_id"), Column("name", cut_to=8),
+    Column("model", cut_to=8), Column("latency_ms", right=True), Column("cost_usd", right=True),
+    Column("status"),
+)  # fmt: skip
+_RATE_NUMBERS = ("n", "bad", "rate", "cmt", "impl", "score")
+#: A feedback row's label in colour.
+_LABEL = {"label": lambda text: _LABEL_STYLE.get(text, "")}
+
+
+@app.command(rich_help_panel="Read what it stored", env=SQL)
 def inbox(
     label: Annotated[
         list[str] | None, typer.Option(help="bad, good, edit or any custom label; repeatable")
@@ -105,33 +154,41 @@ def inbox(
     kind: Annotated[
         list[str] | None, typer.Option(help="thumb, rating, correction...; repeatable")
     ] = None,
-    project: Annotated[str | None, typer.Option()] = None,
-    environment: Annotated[str | None, typer.Option()] = None,
-    model: Annotated[str | None, typer.Option()] = None,
-    capability: Annotated[str | None, typer.Option()] = None,
-    user: Annotated[str | None, typer.Option(help="One user's feedback history.")] = None,
-    session: Annotated[str | None, typer.Option()] = None,
+    project: Annotated[str | None, typer.Option(help="Only this project's feedback.")] = None,
+    environment: Annotated[
+        str | None, typer.Option(help="Only this environment (prod, staging...).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Only answers of this model.")] = None,
+    capability: Annotated[
+        str | None, typer.Option(help="Only this capability (what the app was doing).")
+    ] = None,
+    user_id: Annotated[str | None, typer.Option(help="One user's feedback history.")] = None,
+    session_id: Annotated[str | None, typer.Option(help="One session's feedback.")] = None,
+    old_user: Annotated[str | None, typer.Option("--user", hidden=True)] = None,
+    old_session: Annotated[str | None, typer.Option("--session", hidden=True)] = None,
     has_comment: Annotated[
         bool, typer.Option("--has-comment", help="Only with a comment.")
     ] = False,
-    since: Annotated[str | None, typer.Option(help="e.g. 30m, 24h, 7d")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Feedback of this long ago or later, e.g. 30m, 24h, 7d")
+    ] = None,
     start: Annotated[
         datetime | None, typer.Option("--from", help="ISO time, UTC if no zone")
     ] = None,
     end: Annotated[datetime | None, typer.Option("--to", help="ISO time, UTC if no zone")] = None,
-    limit: Annotated[int, typer.Option()] = 50,
+    limit: Annotated[int, typer.Option(help="Show at most this many, newest first.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """The feedback inbox: newest first, with the filters of the hosted products."""
     from thumbline.queries import InboxFilter, inbox_sql, parse_since
-    from thumbline.sqlclient import run_sql
 
     settings = store_settings()
     try:
         filters = InboxFilter(
             labels=tuple(label or ()), kinds=tuple(kind or ()), project=project,
-            environment=environment, model=model, capability=capability, user_id=user,
-            session_id=session, has_comment=has_comment,
+            environment=environment, model=model, capability=capability,
+            user_id=user_id or old_user, session_id=session_id or old_session,
+            has_comment=has_comment,
             since=parse_since(since) if since else None,
             start=start, end=end, limit=limit,  # no zone: UTC
         )  # fmt: skip
@@ -139,42 +196,61 @@ def inbox(
     except ValueError as exc:
         fail(str(exc), 2)
     if as_json:
-        sys.stdout.write(run_sql(settings, query, fmt="JSONEachRow").decode())
+        _json_lines(settings, query)
         return
     _, rows = _rows(settings, query)
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("time", "trace", "label", "comment", "user", "session", "project/model"):
-        table.add_column(name, overflow="fold" if name == "trace" else "ellipsis")
-    for r in rows:
-        ts, trace_id, lbl, comment, user_id, session_id, proj, mdl = r[:8]
-        style = _LABEL_STYLE.get(lbl, "")
-        table.add_row(
-            str(ts)[:19], trace_id, f"[{style}]{lbl}[/{style}]" if style else lbl,
-            _short(comment, 48), user_id, session_id, f"{proj}/{mdl}" if mdl else proj,
-        )  # fmt: skip
+    cells = [
+        {"time": when(ts), "trace": trace_id, "label": lbl,
+         "comment": ("" if comment is None else str(comment)).replace("\n", " "),
+         "user": user_id, "session": session_id,
+         "project/model": f"{proj}/{mdl}" if mdl else proj}
+        for ts, trace_id, lbl, comment, user_id, session_id, proj, mdl in (r[:8] for r in rows)
+    ]  # fmt: skip
+    table, hidden = fitted(INBOX, cells, out.width, styles=_LABEL)
     out.print(table)
-    err.print(f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}", style="dim")
+    note = f"; {', '.join(hidden)} left out to fit {out.width} columns (--json has all)"
+    err.print(
+        f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}{note if hidden else ''}",
+        style="dim", markup=False, soft_wrap=True,
+    )  # fmt: skip
 
 
-@app.command(rich_help_panel="Read what it stored")
+@app.command(
+    rich_help_panel="Read what it stored",
+    env=(*SQL, "rate_window_seconds", "rate_sliding_seconds"),
+)
 def rates(
-    project: Annotated[str | None, typer.Option()] = None,
-    model: Annotated[str | None, typer.Option()] = None,
+    project: Annotated[str | None, typer.Option(help="Only this project's windows.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model's windows.")] = None,
     capability: Annotated[
         str | None, typer.Option(help="Per capability instead of per model.")
     ] = None,
     window: Annotated[
-        int | None, typer.Option(help="Window size in seconds (default: the base window).")
+        int | None,
+        typer.Option(
+            help="Window size in seconds: the base window (the default) or a sliding one "
+            "(THUMBLINE_RATE_WINDOW_SECONDS, THUMBLINE_RATE_SLIDING_SECONDS)."
+        ),
     ] = None,
-    since: Annotated[str, typer.Option(help="e.g. 30m, 24h")] = "1h",
-    limit: Annotated[int, typer.Option()] = 50,
+    since: Annotated[
+        str, typer.Option(help="Windows that started this long ago or later, e.g. 30m, 24h")
+    ] = "1h",
+    limit: Annotated[int, typer.Option(help="Show at most this many windows.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Feedback rates per window, newest first (bad rate in red over 20%)."""
     from thumbline.queries import parse_since, rates_sql
-    from thumbline.sqlclient import run_sql
 
     settings = store_settings()
+    kept = (settings.rate_window_seconds, *settings.sliding_windows)
+    if window is not None and window not in kept:
+        fail(
+            f"the rates keep no {window} s windows: --window takes "
+            f"{settings.rate_window_seconds} (the base window, THUMBLINE_RATE_WINDOW_SECONDS) or "
+            f"{', '.join(map(str, settings.sliding_windows)) or 'no'} (sliding, "
+            "THUMBLINE_RATE_SLIDING_SECONDS)",
+            2,
+        )
     try:
         query = rates_sql(
             settings.clickhouse_database, window_seconds=window or settings.rate_window_seconds,
@@ -184,37 +260,37 @@ def rates(
     except ValueError as exc:
         fail(str(exc), 2)
     if as_json:
-        sys.stdout.write(run_sql(settings, query, fmt="JSONEachRow").decode())
+        _json_lines(settings, query)
         return
     _, rows = _rows(settings, query)
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("UTC", "project", "env", "model" if capability is None else "capability",
-                 "n", "bad", "rate", "cmt", "impl", "score"):  # fmt: skip
-        if name in ("n", "bad", "rate", "cmt", "impl", "score"):
-            table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
-        else:
-            table.add_column(name, overflow="fold", min_width=5)
+    dimension = "model" if capability is None else "capability"
+    columns = (
+        Column("window start"), Column("project", cut_to=5), Column("env", cut_to=5),
+        Column(dimension, cut_to=5), *(Column(n, right=True) for n in _RATE_NUMBERS),
+    )  # fmt: skip
+    cells = []
     for r in rows:
         start, proj, env, mdl, cap, total, _, bad, _, implicit, comments, rate, score = r
-        shown = f"[red]{rate:.0%}[/red]" if rate > 0.2 else f"{rate:.0%}"
-        table.add_row(
-            str(start)[5:16], proj, env, mdl if cap == "*" else cap, str(total), str(bad), shown,
-            str(comments), str(implicit), "" if score is None else f"{score:.2f}",
-        )  # fmt: skip
-    out.print(table)
+        cells.append(dict(zip((c.name for c in columns), (
+            when(start), proj, env, mdl if cap == "*" else cap, str(total), str(bad),
+            f"{rate:.0%}", str(comments), str(implicit), "" if score is None else f"{score:.2f}",
+        ), strict=True)))  # fmt: skip
+    red = {"rate": lambda text: "red" if int(text.rstrip("%")) > 20 else ""}
+    out.print(fitted(columns, cells, out.width, styles=red)[0])
     err.print(f"{len(rows)} window{'s' if len(rows) != 1 else ''}", style="dim")
 
 
-@app.command(rich_help_panel="Read what it stored")
+@app.command(rich_help_panel="Read what it stored", env=SQL)
 def alerts(
     state: Annotated[str | None, typer.Option(help="firing or resolved (default: both)")] = None,
-    since: Annotated[str, typer.Option(help="e.g. 24h, 7d")] = "7d",
-    limit: Annotated[int, typer.Option()] = 50,
+    since: Annotated[
+        str, typer.Option(help="Alerts of this long ago or later, e.g. 24h, 7d")
+    ] = "7d",
+    limit: Annotated[int, typer.Option(help="Show at most this many alerts.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Spike alerts, newest first, with the inbox command that shows each window."""
     from thumbline.queries import alerts_sql, parse_since
-    from thumbline.sqlclient import run_sql
 
     if state not in (None, "firing", "resolved"):
         fail(f"--state takes firing or resolved, not {state!r}", 2)
@@ -226,7 +302,7 @@ def alerts(
     except ValueError as exc:
         fail(str(exc), 2)
     if as_json:
-        sys.stdout.write(run_sql(settings, query, fmt="JSONEachRow").decode())
+        _json_lines(settings, query)
         return
     _, rows = _rows(settings, query)
     for r in rows:
@@ -236,18 +312,21 @@ def alerts(
             f"{k}={v}" for k, v in (("project", proj), ("env", env), ("model", mdl),
                                     ("capability", cap)) if v and v != "*"
         )  # fmt: skip
+        # Lines that fit the width; the command on a line of its own that is never broken
+        # (soft_wrap: longer than the width, it runs past it and still copies whole).
+        out.print(f"[{colour}]{st:<8}[/{colour}] {when(at)}  {escape(rule)}", markup=True)
+        out.print(f"  {dims}", markup=False, soft_wrap=True)  # names: never cut
         out.print(
-            f"[{colour}]{st:<8}[/{colour}] {str(at)[:19]}  {rule}  {dims}  bad {rate:.0%} "
-            f"({bad}/{total}) vs {base:.0%} baseline, since {str(onset)[:19]}",
-            markup=True, soft_wrap=True,
-        )  # fmt: skip
+            f"  bad {rate:.0%} ({bad}/{total}) vs {base:.0%} baseline, since {when(onset)}",
+            markup=False,
+        )
         for comment in comments[:2]:
-            out.print(f"           “{_short(comment, 100)}”", markup=False)
-        out.print(f"           {command}", style="dim", markup=False)
+            out.print(f"  “{_short(comment, out.width - 4)}”", markup=False)
+        out.print(f"  {command}", style="dim", markup=False, soft_wrap=True)
     err.print(f"{len(rows)} alert{'s' if len(rows) != 1 else ''}", style="dim")
 
 
-@app.command(rich_help_panel="Read what it stored")
+@app.command(rich_help_panel="Read what it stored", env=SQL)
 def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -> None:
     """A trace: its spans, then all of its feedback."""
     from thumbline.queries import InboxFilter, inbox_sql, trace_spans_sql
@@ -255,29 +334,34 @@ def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -
     settings = store_settings()
     db = settings.clickhouse_database
     names, spans = _rows(settings, trace_spans_sql(db, trace_id))
-    if not spans:
-        err.print(f"no spans stored for trace {trace_id}", style="yellow")
-    else:
-        table = Table(
-            *names[:3], "model", "latency_ms", "cost_usd", "status",
-            box=None, header_style="bold", title=f"trace {trace_id}", title_justify="left",
-        )  # fmt: skip
-        first = spans[0]
-        out.print(f"project {first[3]}  environment {first[4]}  capability {first[6] or '-'}  "
-                  f"user {first[8] or '-'}  session {first[9] or '-'}")  # fmt: skip
-        for s in spans:
-            table.add_row(s[0] or "(trace)", s[1] or "", s[2] or "", s[5] or "",
-                          _cell(s[11]), _cell(s[13]), s[14])  # fmt: skip
-        out.print(table)
     _, rows = _rows(settings, inbox_sql(db, InboxFilter(trace_id=trace_id, limit=1000)))
-    feedback = Table(
-        "time", "label", "kind", "name", "score", "comment", "user", "status",
-        box=None, header_style="bold", title="feedback", title_justify="left",
-    )  # fmt: skip
-    for r in rows:
-        style = _LABEL_STYLE.get(r[2], "")
-        feedback.add_row(
-            str(r[0])[:19], f"[{style}]{r[2]}[/{style}]" if style else r[2], r[10], r[11],
-            _cell(r[12]), _short(r[3], 60), r[4], r[13],
+    if not spans and not rows:
+        fail(
+            f"nothing is stored for trace {escape(trace_id)}: no spans, no feedback. Trace ids "
+            "are exact: `thumbline inbox` lists recent ones"
+        )
+    if not spans:
+        err.print(f"no spans stored for trace {trace_id}", style="yellow", markup=False)
+    else:
+        first = spans[0]
+        out.print(
+            f"project {first[3]}  environment {first[4]}  capability {first[6] or '-'}  "
+            f"user {first[8] or '-'}  session {first[9] or '-'}", markup=False, soft_wrap=True,
         )  # fmt: skip
+        span_cells = [
+            dict(zip((c.name for c in _SPANS), (
+                s[0] or "(trace)", s[1] or "", s[2] or "", s[5] or "", _cell(s[11]),
+                _cell(s[13]), s[14],
+            ), strict=True))
+            for s in spans
+        ]  # fmt: skip
+        out.print(fitted(_SPANS, span_cells, out.width, title=f"trace {escape(trace_id)}")[0])
+    cells = [
+        dict(zip((c.name for c in _FEEDBACK), (
+            when(r[0]), r[2], r[10], r[11], _cell(r[12]), "" if r[3] is None else str(r[3]),
+            r[4], r[13],
+        ), strict=True))
+        for r in rows
+    ]  # fmt: skip
+    feedback, _ = fitted(_FEEDBACK, cells, out.width, styles=_LABEL, title="feedback")
     out.print(feedback)

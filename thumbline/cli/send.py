@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from thumbline.cli.common import cli_settings, fail, find_bootstrap, out, send_app
+from thumbline.cli.common import KAFKA, cli_settings, fail, find_bootstrap, out, send_app
 from thumbline.schemas import FeedbackEvent, TraceEvent
 from thumbline.settings import Settings
 
@@ -70,9 +70,12 @@ def _send(settings: Settings, event: FeedbackEvent | TraceEvent) -> None:
     )
 
 
-@send_app.command("feedback")
+@send_app.command("feedback", env=KAFKA)
 def send_feedback(
-    trace_id: Annotated[str, typer.Option(help="The trace the feedback is about.")],
+    trace_id: Annotated[
+        str | None,
+        typer.Option(help='The trace the feedback is about (or "trace_id" in --json).'),
+    ] = None,
     label: Annotated[str | None, typer.Option(help="good, bad, neutral or custom (edit)")] = None,
     kind: Annotated[
         str | None,
@@ -81,20 +84,37 @@ def send_feedback(
     value: Annotated[
         str | None, typer.Option(help="The value, as JSON where it is not a string: 4, true, up")
     ] = None,
-    comment: Annotated[str | None, typer.Option()] = None,
-    correction: Annotated[str | None, typer.Option()] = None,
-    category: Annotated[str | None, typer.Option()] = None,
+    rating: Annotated[
+        float | None, typer.Option(help="Stars, 1 to 5: the same as --kind rating --value N.")
+    ] = None,
+    score: Annotated[
+        float | None, typer.Option(help="A score, 0 to 1: the same as --kind score --value X.")
+    ] = None,
+    thumb: Annotated[
+        str | None, typer.Option(help="up or down: the same as --kind thumb --value up|down.")
+    ] = None,
+    comment: Annotated[
+        str | None, typer.Option(help="What the user wrote about the answer.")
+    ] = None,
+    correction: Annotated[
+        str | None, typer.Option(help="The answer the user says was right (kind correction).")
+    ] = None,
+    category: Annotated[
+        str | None, typer.Option(help="A category the user chose (kind category).")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="response-quality, star-rating...")] = None,
-    span_id: Annotated[str | None, typer.Option()] = None,
+    span_id: Annotated[
+        str | None, typer.Option(help="The span the feedback is about (absent: the whole trace).")
+    ] = None,
     project: Annotated[
         str | None, typer.Option(help="The trace's project (absent: default); it joins only there.")
     ] = None,
-    user_id: Annotated[str | None, typer.Option()] = None,
-    session_id: Annotated[str | None, typer.Option()] = None,
+    user_id: Annotated[str | None, typer.Option(help="Who gave the feedback.")] = None,
+    session_id: Annotated[str | None, typer.Option(help="The user's session.")] = None,
     event_id: Annotated[
         str | None, typer.Option(help="Idempotency key; generated if absent.")
     ] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="A tag on the event; repeatable.")] = None,
     metadata: Annotated[str | None, typer.Option(help="A JSON object, or @file.json")] = None,
     json_event: Annotated[
         str | None,
@@ -109,6 +129,13 @@ def send_feedback(
             parsed_value = json.loads(value)
         except json.JSONDecodeError:
             parsed_value = value
+    shorthand = _shorthand(rating=rating, score=score, thumb=thumb)
+    if shorthand is not None:
+        if kind not in (None, shorthand[0]) or value is not None:
+            fail(f"--{shorthand[0]} is a {shorthand[0]} with its value: drop --kind and --value", 2)
+        kind, parsed_value = shorthand
+    if trace_id is None and "trace_id" not in _parse_json_option(json_event, "--json"):
+        fail('which trace is the feedback about? give --trace-id, or "trace_id" in --json', 2)
     event = _event(
         FeedbackEvent,
         json_event,
@@ -131,24 +158,43 @@ def send_feedback(
     _send(settings, event)
 
 
-@send_app.command("trace")
+def _shorthand(**given: Any) -> tuple[str, Any] | None:
+    """(kind, value) of the one of --rating, --score, --thumb given, if any."""
+    chosen = [(kind, value) for kind, value in given.items() if value is not None]
+    if len(chosen) > 1:
+        fail("give one of --rating, --score, --thumb (each sets the kind)", 2)
+    if not chosen:
+        return None
+    kind, value = chosen[0]
+    if isinstance(value, float) and value.is_integer() and kind == "rating":
+        value = int(value)
+    return kind, value
+
+
+@send_app.command("trace", env=KAFKA)
 def send_trace(
     trace_id: Annotated[str | None, typer.Option(help="Generated if absent.")] = None,
     span_id: Annotated[
         str | None, typer.Option(help="Absent: the event is the whole trace.")
     ] = None,
-    parent_span_id: Annotated[str | None, typer.Option()] = None,
-    name: Annotated[str | None, typer.Option()] = None,
-    project: Annotated[str | None, typer.Option()] = None,
-    environment: Annotated[str | None, typer.Option()] = None,
-    model: Annotated[str | None, typer.Option()] = None,
-    capability: Annotated[str | None, typer.Option()] = None,
-    step: Annotated[str | None, typer.Option()] = None,
-    user_id: Annotated[str | None, typer.Option()] = None,
-    session_id: Annotated[str | None, typer.Option()] = None,
-    latency_ms: Annotated[float | None, typer.Option()] = None,
+    parent_span_id: Annotated[
+        str | None, typer.Option(help="The span this one is part of.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="What the span did, e.g. llm.generate.")] = None,
+    project: Annotated[str | None, typer.Option(help="The project (absent: default).")] = None,
+    environment: Annotated[str | None, typer.Option(help="prod, staging...")] = None,
+    model: Annotated[str | None, typer.Option(help="The model that answered.")] = None,
+    capability: Annotated[
+        str | None, typer.Option(help="What the app was doing, e.g. refunds, search.")
+    ] = None,
+    step: Annotated[str | None, typer.Option(help="The step of a multi-step flow.")] = None,
+    user_id: Annotated[str | None, typer.Option(help="The user who asked.")] = None,
+    session_id: Annotated[str | None, typer.Option(help="The user's session.")] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="How long it took, in ms.")] = None,
     status: Annotated[str | None, typer.Option(help="ok, error or unset")] = None,
-    error_message: Annotated[str | None, typer.Option("--error")] = None,
+    error_message: Annotated[
+        str | None, typer.Option("--error", help="The error message, when status is error.")
+    ] = None,
     attributes: Annotated[str | None, typer.Option(help="A JSON object, or @file.json")] = None,
     json_event: Annotated[
         str | None,

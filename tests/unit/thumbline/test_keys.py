@@ -12,8 +12,10 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry
 
-from thumbline.keys import KeyRing
+from thumbline.errors import ConfigError
+from thumbline.keys import KeyRing, create_key
 from thumbline.metrics import Metrics
+from thumbline.settings import load_settings
 
 COLUMNS = ["key_id", "secret_sha256", "scope", "project", "name", "created_at", "revoked"]
 
@@ -193,3 +195,17 @@ def test_the_whole_table_is_read_again_only_when_it_changed():
     clock.now += 1
     assert ring.check(fresh) is not None
     assert len([q for q in store.queries if "cityHash64" not in q]) == 2
+
+
+def test_an_admin_key_bound_to_a_project_is_refused_before_anything_is_stored(tmp_path):
+    settings = load_settings(data_dir=tmp_path)
+    with pytest.raises(ConfigError, match="admin key covers every project") as refused:
+        create_key(settings, scope="admin", project="shop")
+    assert "--scope read --project shop" in str(refused.value)
+    assert not (tmp_path / "chdb").exists()
+
+
+@pytest.mark.parametrize(("scope", "article"), [("read", "a"), ("ingest", "an")])
+def test_a_key_without_its_project_is_refused_in_plain_english(tmp_path, scope, article):
+    with pytest.raises(ConfigError, match=f"^{article} {scope} key is bound to one project"):
+        create_key(load_settings(data_dir=tmp_path), scope=scope, project="")  # type: ignore[arg-type]

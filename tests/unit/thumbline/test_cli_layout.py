@@ -1,0 +1,52 @@
+"""Tables at a terminal's width, without a store: free text is cut first, ids never."""
+
+from __future__ import annotations
+
+from thumbline.cli.layout import GAP, fit, fitted
+from thumbline.cli.read import INBOX
+
+NATURAL = {"time": 20, "trace": 32, "label": 7, "comment": 120, "user": 25,
+           "session": 20, "project/model": 40}  # fmt: skip
+
+
+def used(widths: dict[str, int]) -> int:
+    return sum(widths.values()) + GAP * (len(widths) - 1)
+
+
+def test_a_wide_terminal_shows_every_column_whole():
+    assert fit(INBOX, NATURAL, 400) == NATURAL
+
+
+def test_the_comment_is_cut_first_and_id_columns_are_whole_or_left_out():
+    at_120 = fit(INBOX, NATURAL, 120)
+    assert used(at_120) <= 120
+    assert {k: at_120[k] for k in ("time", "trace", "label")} == {
+        "time": 20, "trace": 32, "label": 7}  # fmt: skip
+    for name in ("user", "session"):
+        assert at_120.get(name, NATURAL[name]) == NATURAL[name]
+    assert "session" not in at_120  # the first to go
+    at_80 = fit(INBOX, NATURAL, 80)
+    assert set(at_80) == {"time", "trace", "label", "comment"} and used(at_80) == 80
+
+
+def test_room_left_after_a_column_goes_returns_to_the_free_text_comment_first():
+    # cut to 10 and 10, still 136 columns; session left out: 114; 11 go back to the comment
+    widths = fit(INBOX, {**NATURAL, "comment": 30}, 125)
+    assert "session" not in widths
+    assert (widths["comment"], widths["project/model"], used(widths)) == (21, 10, 125)
+
+
+def test_cut_text_ends_in_an_ellipsis_and_the_ids_are_printed_whole():
+    import io
+
+    from rich.console import Console
+
+    rows = [{"time": "2026-11-25T10:00:00Z", "trace": "t" * 32, "label": "bad",
+             "comment": "c" * 200, "user": "u" * 25, "session": "s" * 20,
+             "project/model": "p" * 40}]  # fmt: skip
+    table, hidden = fitted(INBOX, rows, 80)
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(table)
+    lines = console.export_text().splitlines()
+    assert len(lines) == 2 and "t" * 32 in lines[1] and lines[1].rstrip().endswith("…")
+    assert hidden == ["user", "session", "project/model"]
