@@ -133,6 +133,14 @@ def inbox_sql(database: str, filters: InboxFilter, now: datetime | None = None) 
     )
 
 
+def trace_stored_sql(database: str, project: str, trace_id: str) -> str:
+    """How many spans of the trace are stored (read on the sort key's prefix)."""
+    return (
+        f"SELECT count() AS n FROM {database}.traces "
+        f"WHERE project = {literal(project)} AND trace_id = {literal(trace_id)}"
+    )
+
+
 def trace_spans_sql(database: str, trace_id: str) -> str:
     return (
         "SELECT span_id, parent_span_id, name, project, environment, model, capability, step, "

@@ -16,14 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from tests.conftest import unique
-from tests.integration.conftest import rate_mismatches
+from tests.integration.conftest import (
+    gone,
+    rate_mismatches,
+    run,
+    sql_rows,
+    start_up,
+    stop,
+    worker_env,
+)  # fmt: skip
 from thumbline.kafka import ensure_topics
 from thumbline.producers import FeedbackProducer
 from thumbline.queries import InboxFilter, inbox_sql
@@ -264,3 +275,91 @@ async def test_feedback_whose_trace_never_comes_is_pending_then_an_orphan_after_
         lambda _: (found := rates_of(query, db, project))[0] > 0 and found[1] == [],
         "the orphan is counted in its window",
     )  # fmt: skip
+
+
+# As a user sees it: `thumbline up`, `send`, `inbox`, and a kill -9 -------------------
+
+
+def inbox_rows(thumbline_bin: str, env: dict[str, str], *args: str) -> list[dict]:
+    result = run(thumbline_bin, env, "inbox", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return [orjson.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+async def until_cli(read: Callable[[], object], what: str, timeout: float = 30.0) -> object:
+    deadline = time.monotonic() + timeout
+    while not (got := await asyncio.to_thread(read)):
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        await asyncio.sleep(0.3)
+    return got
+
+
+async def test_send_says_no_trace_is_stored_yet_and_the_inbox_marks_the_feedback_waiting(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    env = await worker_env(
+        broker, clean_env, tmp_path, "pendingcli",
+        THUMBLINE_JOIN_GRACE_SECONDS="600", THUMBLINE_JOIN_PENDING_ROW_SECONDS="0.5",
+    )  # fmt: skip
+    up = start_up(thumbline_bin, env, tmp_path / "data")
+    try:
+        sent = run(thumbline_bin, env, "send", "feedback", "--trace-id", "t-123",
+                   "--label", "bad", "--comment", "wrong refund amount")  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        event_id = orjson.loads(sent.stdout)["event_id"]
+        assert (
+            "note: no trace t-123 is stored yet: the feedback waits up to 10 min for it, see "
+            "`thumbline inbox --status pending`"
+        ) in " ".join(sent.stderr.split())
+
+        def shown() -> list[dict]:
+            return [r for r in inbox_rows(thumbline_bin, env) if r["event_id"] == event_id]
+
+        [row] = await until_cli(shown, "the inbox shows the feedback", timeout=15)
+        assert (row["join_status"], row["trace_id"], row["comment"]) == (
+            "pending", "t-123", "wrong refund amount",
+        )  # fmt: skip
+        assert [r["event_id"] for r in inbox_rows(thumbline_bin, env, "--status", "pending")] == [
+            event_id
+        ]
+        assert inbox_rows(thumbline_bin, env, "--status", "joined") == []
+        table = run(thumbline_bin, {**env, "COLUMNS": "200"}, "inbox")
+        line = next(ln for ln in table.stdout.splitlines() if "t-123" in ln)
+        assert "waiting for trace" in line and "1 waiting for its trace" in table.stderr
+        wrong = run(thumbline_bin, env, "inbox", "--status", "waiting")
+        assert wrong.returncode == 2 and "--status takes joined, orphan, corrected or pending" in (
+            " ".join(wrong.stderr.split())
+        )
+
+        # kill -9 while it waits: after the restart it still shows once, then joins its trace
+        os.kill(up.proc.pid, signal.SIGKILL)
+        assert gone(up.proc.pid, within=30)
+        stop(up)
+        up = start_up(thumbline_bin, env, tmp_path / "data")
+        assert [r["join_status"] for r in shown()] == ["pending"]
+        trace = run(thumbline_bin, env, "send", "trace", "--trace-id", "t-123", "--model", "m1")
+        assert trace.returncode == 0, trace.stderr
+
+        def joined() -> list[dict]:
+            return [r for r in shown() if r["join_status"] == "joined" and r["model"] == "m1"]
+
+        await until_cli(joined, "the feedback joins its trace after the restart", timeout=60)
+        count = sql_rows(thumbline_bin, env, "SELECT count() AS n FROM thumbline.feedback FINAL "
+                         f"WHERE event_id = '{event_id}'")  # fmt: skip
+        assert [int(r["n"]) for r in count] == [1]
+
+        again = run(thumbline_bin, env, "send", "feedback", "--trace-id", "t-123",
+                    "--label", "good")  # fmt: skip
+        assert again.returncode == 0 and "note" not in again.stderr, again.stderr
+    finally:
+        stop(up)
+
+
+async def test_send_without_a_running_thumbline_sends_and_leaves_no_note(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    env = await worker_env(broker, clean_env, tmp_path, "nonote")  # a broker, no thumbline up
+    sent = run(thumbline_bin, env, "send", "feedback", "--trace-id", "t-9", "--label", "bad")
+    assert sent.returncode == 0, sent.stderr
+    assert orjson.loads(sent.stdout)["trace_id"] == "t-9" and "note" not in sent.stderr
+    assert not (tmp_path / "data" / "chdb").exists()  # the store was not opened for a note

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from thumbline.cli.common import app, cli_settings, err, fail, out
 from thumbline.errors import SqlRefused, StoreError
@@ -111,6 +112,13 @@ def inbox(
     capability: Annotated[str | None, typer.Option()] = None,
     user: Annotated[str | None, typer.Option(help="One user's feedback history.")] = None,
     session: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            help="pending (waiting for its trace), joined, orphan (no trace came) or "
+            "corrected (a trace came late); default: all"
+        ),
+    ] = None,
     has_comment: Annotated[
         bool, typer.Option("--has-comment", help="Only with a comment.")
     ] = False,
@@ -122,7 +130,12 @@ def inbox(
     limit: Annotated[int, typer.Option()] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """The feedback inbox: newest first, with the filters of the hosted products."""
+    """The feedback inbox: newest first, with the filters of the hosted products.
+
+    Feedback still waiting for its trace shows too, marked "waiting for trace"
+    (after THUMBLINE_JOIN_PENDING_ROW_SECONDS, until its trace comes or
+    THUMBLINE_JOIN_GRACE_SECONDS end).
+    """
     from thumbline.queries import InboxFilter, inbox_sql, parse_since
     from thumbline.sqlclient import run_sql
 
@@ -131,7 +144,7 @@ def inbox(
         filters = InboxFilter(
             labels=tuple(label or ()), kinds=tuple(kind or ()), project=project,
             environment=environment, model=model, capability=capability, user_id=user,
-            session_id=session, has_comment=has_comment,
+            session_id=session, status=status, has_comment=has_comment,
             since=parse_since(since) if since else None,
             start=start, end=end, limit=limit,  # no zone: UTC
         )  # fmt: skip
@@ -145,15 +158,21 @@ def inbox(
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in ("time", "trace", "label", "comment", "user", "session", "project/model"):
         table.add_column(name, overflow="fold" if name == "trace" else "ellipsis")
+    waiting = 0
     for r in rows:
         ts, trace_id, lbl, comment, user_id, session_id, proj, mdl = r[:8]
         style = _LABEL_STYLE.get(lbl, "")
+        where = Text(f"{proj}/{mdl}" if mdl else proj)
+        if r[13] == "pending":  # join_status: no trace yet, so no model either
+            waiting += 1
+            where.append(" waiting for trace", style="yellow")
         table.add_row(
             str(ts)[:19], trace_id, f"[{style}]{lbl}[/{style}]" if style else lbl,
-            _short(comment, 48), user_id, session_id, f"{proj}/{mdl}" if mdl else proj,
+            _short(comment, 48), user_id, session_id, where,
         )  # fmt: skip
     out.print(table)
-    err.print(f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}", style="dim")
+    note = f" ({waiting} waiting for {'its' if waiting == 1 else 'their'} trace)" if waiting else ""
+    err.print(f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}{note}", style="dim")
 
 
 @app.command(rich_help_panel="Read what it stored")
