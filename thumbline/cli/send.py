@@ -90,7 +90,8 @@ def _note_if_trace_unknown(settings: Settings, event: FeedbackEvent) -> None:
 
     The join may not have stored a trace sent a moment ago, so it looks once
     more a second later before it says so. No answer (no running thumbline
-    serves the store, or the store is slow) gives no note.
+    serves the store, or the store is slow) gives no note. It takes at most
+    ``2 * LOOKUP_SECONDS + 1`` seconds, and only that long for an unknown trace.
     """
     from thumbline.sqlclient import trace_stored
 
@@ -168,9 +169,9 @@ def send_feedback(
         metadata=_parse_json_option(metadata, "--metadata") or None,
     )
     _send(settings, event)
-    assert isinstance(event, FeedbackEvent)  # noqa: S101 (parsed as one)
     try:
-        _note_if_trace_unknown(settings, event)
+        if isinstance(event, FeedbackEvent):  # always: parsed as one
+            _note_if_trace_unknown(settings, event)
     except Exception:  # noqa: BLE001 (a note: the event is sent, whatever the lookup does)
         logger.debug("no note about the trace", exc_info=True)
 
