@@ -25,13 +25,15 @@ def note_first_message() -> None:
 
 
 def join_counts(client: Any, db: str, table: str = "feedback") -> dict[str, int]:
-    """Rows of ``table`` after FINAL, and how many are orphans, joined, corrected."""
-    rows, orphans, corrected = client.query(
-        "SELECT count(), countIf(join_status = 'orphan'), countIf(join_status = 'corrected') "
-        f"FROM {db}.{table} FINAL"
+    """Rows of ``table`` after FINAL, and how many are orphans, joined, corrected, and still
+    pending (waiting for their trace: not an outcome yet)."""
+    rows, orphans, corrected, pending = client.query(
+        "SELECT count(), countIf(join_status = 'orphan'), countIf(join_status = 'corrected'), "
+        f"countIf(join_status = 'pending') FROM {db}.{table} FINAL"
     ).result_rows[0]
-    return {"rows": int(rows), "orphans": int(orphans), "joined": int(rows) - int(orphans),
-            "corrected": int(corrected)}  # fmt: skip
+    return {"rows": int(rows), "orphans": int(orphans),
+            "joined": int(rows) - int(orphans) - int(pending), "corrected": int(corrected),
+            "pending": int(pending)}  # fmt: skip
 
 
 async def wait_rows(
@@ -52,7 +54,7 @@ async def wait_rows(
         have = await asyncio.to_thread(_count, client, f"{db}.{table}")
         if have >= n:
             counts = await asyncio.to_thread(join_counts, client, db, table)
-            if counts["rows"] >= n and counts["orphans"] == orphans:
+            if counts["rows"] >= n and counts["orphans"] == orphans and not counts["pending"]:
                 break
         await asyncio.sleep(0.1)
     else:
@@ -62,7 +64,7 @@ async def wait_rows(
     begun = FIRST_MESSAGE[0] or time.time()
     last_insert = last.replace(tzinfo=UTC).timestamp()
     seconds = max(last_insert - begun, 1e-3) if counts["rows"] else total
-    complete = counts["rows"] == n and counts["orphans"] == orphans
+    complete = counts["rows"] == n and counts["orphans"] == orphans and not counts["pending"]
     return {**counts, "complete": complete, "total_seconds": total, "seconds": seconds,
             "last_insert": last_insert}  # fmt: skip
 

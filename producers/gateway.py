@@ -423,6 +423,13 @@ def build_app(
         user_id: str | None = None,
         session_id: str | None = None,
         trace_id: str | None = None,
+        status: Annotated[
+            str | None,
+            Query(
+                description="pending (waiting for its trace), joined, orphan or "
+                "corrected; absent: all"
+            ),
+        ] = None,
         has_comment: bool = False,
         since: Annotated[str | None, Query(description="e.g. 30m, 24h, 7d")] = None,
         start: Annotated[datetime | None, Query(alias="from")] = None,
@@ -435,13 +442,14 @@ def build_app(
             filters = InboxFilter(
                 labels=tuple(label), kinds=tuple(kind), project=own_project(key, project),
                 environment=environment, model=model, capability=capability, user_id=user_id,
-                session_id=session_id, trace_id=trace_id, has_comment=has_comment,
-                since=parse_since(since) if since else None,
+                session_id=session_id, trace_id=trace_id, status=status,
+                has_comment=has_comment, since=parse_since(since) if since else None,
                 start=start, end=end, limit=limit,
             )  # fmt: skip
+            query = inbox_sql(database, filters)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        return await select(inbox_sql(database, filters))
+        return await select(query)
 
     @app.get("/v1/traces/{trace_id}", responses=responses({**read_errors, 404: "No span and no "
              "feedback of this trace (in the key's project)."}))  # fmt: skip

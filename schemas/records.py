@@ -33,6 +33,9 @@ class JoinStatus(StrEnum):
     JOINED = "joined"  # the trace was known when the feedback was emitted
     ORPHAN = "orphan"  # no trace within the grace period: feedback fields only
     CORRECTED = "corrected"  # an orphan whose trace turned up later
+    #: still waiting for its trace: stored in the ``feedback`` table only (never on
+    #: ``feedback.enriched``), replaced there by the joined or orphan row
+    PENDING = "pending"
 
 
 class EnrichedFeedback(Contract):

@@ -237,7 +237,7 @@ class StreamApp:
         state = JoinState(
             grace_seconds=s.join_grace_seconds, retention_seconds=s.join_retention_seconds,
             max_pending=s.join_max_pending, max_traces=s.join_max_traces,
-            max_orphans=s.join_max_orphans,
+            max_orphans=s.join_max_orphans, pending_row_seconds=s.join_pending_row_seconds,
         )  # fmt: skip
         return JoinTracesJob(
             topics=self.topics,

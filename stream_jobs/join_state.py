@@ -7,11 +7,19 @@ ClickHouse. Every output row carries a version that orders the states of one
 ``event_id``, so the store keeps the latest whatever order the rows land in:
 
     version = received_at in microseconds * 4 + rank
-    rank: orphan 1 < joined 2 < corrected 3
+    rank: pending 0 < orphan 1 < joined 2 < corrected 3
 
 A re-delivered event has the same ``received_at`` and so the same version (it
 collapses into its row); a re-sent event (a user changing their mind) has a
 later ``received_at`` and replaces it.
+
+Feedback that has waited ``pending_row_seconds`` (2 s) for its trace is also
+stored at once as a *pending* row (:meth:`JoinState.announce`), so a person sees
+it, marked as waiting, instead of nothing for the whole grace. Its rank is the
+lowest: the joined or orphan row of the same copy replaces it. A pending row
+never hides a final one: none is made for a retraction, nor for a copy of an
+event whose orphan row the state knows (a changed mind about an orphan keeps
+showing the orphan until the new copy's outcome).
 
 The grace period for a trace to arrive is measured in wall time from when the
 feedback reached the join, not in event time: trace exporters lag in wall time,
@@ -60,7 +68,7 @@ def key_of(event: FeedbackEvent | TraceEvent) -> Key:
     return (event.project or DEFAULT_PROJECT, event.trace_id)
 
 
-RANK = {JoinStatus.ORPHAN: 1, JoinStatus.JOINED: 2, JoinStatus.CORRECTED: 3}
+RANK = {JoinStatus.PENDING: 0, JoinStatus.ORPHAN: 1, JoinStatus.JOINED: 2, JoinStatus.CORRECTED: 3}
 
 
 #: Attributes with few distinct values (a model, not a user): one string object each.
@@ -250,6 +258,8 @@ class JoinState:
         max_pending: most feedback events held waiting for their traces.
         max_traces: most traces held.
         max_orphans: most traces with correctable orphans held.
+        pending_row_seconds: how long feedback waits before :meth:`announce`
+            returns a pending row for it (wall time; 0: at the next call).
         clock: wall time in seconds (injectable for tests).
     """
 
@@ -261,6 +271,7 @@ class JoinState:
         max_pending: int = 1_000_000,
         max_traces: int = 5_000_000,
         max_orphans: int = 1_000_000,
+        pending_row_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.grace = grace_seconds
@@ -268,6 +279,7 @@ class JoinState:
         self.max_pending = max_pending
         self.max_traces = max_traces
         self.max_orphans = max_orphans
+        self.pending_row_seconds = pending_row_seconds
         self.clock = clock
         self.traces: dict[Key, TraceAttributes] = {}
         self.pending: dict[Key, dict[str, Pending]] = {}  # key -> event_id -> entry
@@ -280,6 +292,9 @@ class JoinState:
         # (deadline, key) in the order feedback was held: deadlines only grow,
         # so expiry looks at the front instead of every held trace on each tick.
         self._deadlines: deque[tuple[float, Key]] = deque()
+        # (when due, key, event_id, entry) of held feedback, in the order it was held:
+        # announce() looks at the front only, as expire() does.
+        self._unannounced: deque[tuple[float, Key, str, Pending]] = deque()
         self._next_sweep = 0.0  # retention sweeps (a scan of the state) at most every minute
 
     def add_traces(self, events: Iterable[TraceEvent]) -> list[EnrichedFeedback]:
@@ -343,8 +358,11 @@ class JoinState:
                     self._released.append(previous.ref)
                 else:
                     self.pending_count += 1
-                waiting[event.event_id] = Pending(event, now + self.grace, ref)
+                entry = waiting[event.event_id] = Pending(event, now + self.grace, ref)
                 self._deadlines.append((now + self.grace, key))
+                self._unannounced.append(
+                    (now + self.pending_row_seconds, key, event.event_id, entry)
+                )  # fmt: skip
             else:
                 self._released.append(ref)  # an older copy of what is already held
         if self.pending_count > self.max_pending:
@@ -375,6 +393,29 @@ class JoinState:
         if not waiting:
             self.pending.pop(key, None)
         self._trim(self.orphans, self.max_orphans, "orphans")
+        return out
+
+    def announce(self) -> list[EnrichedFeedback]:
+        """Pending rows for the feedback that has waited ``pending_row_seconds`` since the
+        copy held now arrived; one per held copy, at most once.
+
+        A pending row carries the feedback's own fields (as an orphan does) and the
+        lowest version of its copy, so the joined or orphan row replaces it. None is
+        made where it would hide a final row of the event: for a retraction (the store
+        drops a retracted row's event at once), and for an event whose orphan row this
+        state knows (an earlier copy; the new copy replaces it when it is emitted).
+        """
+        now = self.clock()
+        out: list[EnrichedFeedback] = []
+        queue = self._unannounced
+        while queue and queue[0][0] <= now:
+            _, key, event_id, entry = queue.popleft()
+            if self.pending.get(key, {}).get(event_id) is not entry:
+                continue  # emitted, superseded by a later copy, or moved to another worker
+            event = entry.event
+            if event.retracted or event_id in self.orphans.get(key, ()):
+                continue
+            out.append(enrich(event, None, JoinStatus.PENDING))
         return out
 
     def add_orphans(self, events: Iterable[FeedbackEvent]) -> None:

@@ -22,6 +22,12 @@ acknowledged by Kafka for a forward) and so is every message before it on its
 partition. Feedback still waiting for its trace keeps
 its message unacknowledged, so a crash replays it; the tables' version keys make
 every replay collapse into the rows already there.
+
+Feedback that has waited a moment (``pending_row_seconds``) is also written to
+the ``feedback`` table as a *pending* row, for people to see; it is not
+published (the rates count outcomes only) and acknowledges nothing. Its version
+is the lowest of its copy, so its joined or orphan row replaces it, and a
+replay writes it again only under that row.
 """
 
 from __future__ import annotations
@@ -168,9 +174,14 @@ class JoinTracesJob:
                 await self._flush()
 
     async def tick(self) -> None:
-        """Called periodically: orphans whose grace ended, flushes by age, metrics."""
+        """Called periodically: pending rows, orphans whose grace ended, flushes by age,
+        metrics."""
         self.sync_metrics()
         async with self._lock:
+            waiting = self.state.announce()
+            if waiting:  # to the store only: not an outcome, and no input waits for it
+                self.sink.add_records("feedback", [feedback_record(r) for r in waiting])
+                self.counts["pending_rows"] += len(waiting)
             if self.rebalancing:
                 pass  # no orphans for partitions that may be moving (see revoke)
             elif self.state.pending:

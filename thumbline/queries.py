@@ -19,6 +19,9 @@ INBOX_COLUMNS = (
 )  # fmt: skip
 
 
+#: What ``--status`` takes: the join's outcomes, and feedback still waiting for its trace.
+JOIN_STATUSES = ("joined", "orphan", "corrected", "pending")
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -81,6 +84,7 @@ class InboxFilter:
     user_id: str | None = None
     session_id: str | None = None
     trace_id: str | None = None
+    status: str | None = None  # one of JOIN_STATUSES; None: all, pending ones included
     has_comment: bool = False
     since: timedelta | None = None
     start: datetime | None = None
@@ -95,6 +99,8 @@ class InboxFilter:
             value = getattr(self, column)
             if value:
                 clauses.append(f"{column} = {literal(value)}")
+        if self.status:
+            clauses.append(f"join_status = {literal(self.status)}")
         if self.labels:
             clauses.append(f"label IN ({', '.join(literal(v) for v in self.labels)})")
         if self.kinds:
@@ -113,12 +119,25 @@ class InboxFilter:
 
 
 def inbox_sql(database: str, filters: InboxFilter, now: datetime | None = None) -> str:
-    """Newest feedback first, with the inbox's columns."""
+    """Newest feedback first, with the inbox's columns; feedback still waiting for its
+    trace included (``join_status`` pending) unless ``filters.status`` says otherwise."""
     if not 1 <= filters.limit <= 10_000:
         raise ValueError("--limit must be between 1 and 10000")
+    if filters.status is not None and filters.status not in JOIN_STATUSES:
+        raise ValueError(
+            f"--status takes joined, orphan, corrected or pending, not {filters.status!r}"
+        )
     return (
         f"SELECT {', '.join(INBOX_COLUMNS)} FROM {database}.feedback FINAL "
         f"WHERE {filters.where(now)} ORDER BY ts DESC, event_id LIMIT {filters.limit}"
+    )
+
+
+def trace_stored_sql(database: str, project: str, trace_id: str) -> str:
+    """How many spans of the trace are stored (read on the sort key's prefix)."""
+    return (
+        f"SELECT count() AS n FROM {database}.traces "
+        f"WHERE project = {literal(project)} AND trace_id = {literal(trace_id)}"
     )
 
 

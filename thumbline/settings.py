@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     join_grace_seconds: float = Field(
         600.0, gt=0, description="Wall time feedback waits for its trace before it is an orphan."
     )
+    join_pending_row_seconds: float = Field(
+        2.0, ge=0, le=3600,
+        description="Feedback that waits longer than this for its trace is stored at once with "
+        "join_status pending (the inbox shows it, marked), until it is joined or an orphan.",
+    )  # fmt: skip
     join_retention_seconds: float = Field(
         7 * 86400.0, gt=0, description="How long the join holds a trace's attributes in memory."
     )

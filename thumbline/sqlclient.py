@@ -10,6 +10,7 @@ join helper's way to the owner's ``POST /query`` and ``POST /insert``.
 from __future__ import annotations
 
 import http.client
+import logging
 import threading
 import urllib.error
 import urllib.parse
@@ -32,8 +33,11 @@ from thumbline.errors import (
     StoreStarting,
     StoreUnavailable,
 )
+from thumbline.queries import trace_stored_sql
 from thumbline.sandbox import Sandbox, open_insert_client, open_sandbox_client
 from thumbline.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 #: The largest body of one insert request to the owner (its limit is far above).
 INSERT_REQUEST_BYTES = 64 * 1024 * 1024
@@ -45,15 +49,16 @@ FORMATS = frozenset(
 
 
 def run_sql(
-    settings: Settings, sql: str, *, fmt: str = "JSONCompact", write: bool = False
-) -> bytes:
+    settings: Settings, sql: str, *, fmt: str = "JSONCompact", write: bool = False,
+    open_path: bool = True,
+) -> bytes:  # fmt: skip
     """Run ``sql`` in the SQL sandbox wherever the store is; ClickHouse's output in ``fmt``.
 
     Read mode runs one SELECT, EXPLAIN or DESCRIBE over thumbline's database;
     ``write`` also runs ``INSERT INTO <db>.<table> [(columns)] SELECT ...`` into
     a thumbline table, nothing else. A ClickHouse server is queried directly. A
     chDB path is queried through its owner when ``thumbline up`` runs, and
-    opened directly when nobody owns it.
+    opened directly when nobody owns it, unless ``open_path`` is false.
 
     Raises:
         SqlRefused: the sandbox refused the SQL (the message says why and what it runs).
@@ -61,6 +66,7 @@ def run_sql(
         StoreLocked: the path is held by a process that serves no SQL.
         StoreStarting: ``thumbline up`` is starting on the path (it serves SQL soon).
         StoreMissing: the chDB path holds no store (none is created).
+        StoreUnavailable: ``open_path`` is false and no running thumbline serves the path.
     """
     if fmt not in FORMATS:
         raise StoreError(f"format must be one of {sorted(FORMATS)}")
@@ -68,6 +74,10 @@ def run_sql(
         info = runfile.read(settings.run_file)
         if info is not None and info.sql_url:
             return _query_owner(info, sql, fmt, write)
+        if not open_path:
+            raise StoreUnavailable(
+                f"no running thumbline up serves the store in {settings.data_dir}"
+            )
         _check_unowned(settings)
     try:
         client = open_sandbox_client(settings)
@@ -105,6 +115,36 @@ def _check_unowned(settings: Settings) -> None:
         f"no thumbline store in {settings.data_dir.resolve()}: start `thumbline up` there, "
         "or set THUMBLINE_DATA_DIR to the data dir of the one you started"
     )
+
+
+def trace_stored(settings: Settings, project: str, trace_id: str, *, timeout: float) -> bool | None:
+    """Whether the store holds any span of ``trace_id`` in ``project``; never raises.
+
+    None when it cannot say within ``timeout`` seconds: the query failed or was
+    slow, or the store is a chDB path that no running ``thumbline up`` serves
+    (it is not opened for this: that would take the path's lock, and no join
+    writes to it then anyway).
+    """
+    sql = trace_stored_sql(settings.clickhouse_database, project, trace_id)
+    answer: list[bytes] = []
+
+    def ask() -> None:
+        try:
+            answer.append(run_sql(settings, sql, fmt="JSONCompact", open_path=False))
+        except Exception:  # noqa: BLE001 (no answer is an answer here: the caller goes on)
+            logger.debug("could not look trace %s up", trace_id, exc_info=True)
+
+    # A thread the process does not wait for at exit: a store that hangs costs the
+    # caller ``timeout`` and no more.
+    asker = threading.Thread(target=ask, name="trace-lookup", daemon=True)
+    asker.start()
+    asker.join(timeout)
+    if not answer:
+        return None
+    try:
+        return int(orjson.loads(answer[0])["data"][0][0]) > 0
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+        return None
 
 
 def _query_owner(info: runfile.RunInfo, sql: str, fmt: str, write: bool) -> bytes:

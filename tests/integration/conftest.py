@@ -286,7 +286,8 @@ def rate_windows(
     thumbline_bin: str, env: dict[str, str], *, window: int, before: int
 ) -> tuple[dict, dict]:
     """Counts per (project, window start) of windows starting before ``before``: as the
-    rates wrote them to ``feedback_rates``, and as the ``feedback`` table says they are."""
+    rates wrote them to ``feedback_rates``, and as the ``feedback`` table says they are
+    (its outcomes: feedback still waiting for its trace is not counted yet)."""
     rates = sql_rows(thumbline_bin, env,  # rows by (environment, capability), summed
         "SELECT project, toUnixTimestamp(window_start) AS s, sum(good) AS good, "
         "sum(bad) AS bad, sum(neutral) AS neutral, sum(implicit) AS implicit "
@@ -300,7 +301,7 @@ def rate_windows(
         "countIf(source != 'implicit' AND label = 'bad') AS bad, "
         "countIf(source != 'implicit' AND label NOT IN ('good', 'bad')) AS neutral, "
         "countIf(source = 'implicit') AS implicit FROM thumbline.feedback FINAL "
-        f"WHERE s < {before} AND retracted = 0 GROUP BY project, s "
+        f"WHERE s < {before} AND retracted = 0 AND join_status != 'pending' GROUP BY project, s "
         "ORDER BY project, s")  # fmt: skip
     by_window = lambda rows: {(r.pop("project"), r.pop("s")): r for r in rows}  # noqa: E731
     return by_window(rates), by_window(table)
@@ -310,14 +311,16 @@ def rate_mismatches(
     run_query: Callable[[str], list[tuple]], db: str, *, window: int, where: str
 ) -> tuple[int, list[str]]:
     """Every written rate window (base and sliding, per model and per capability) against the
-    ``feedback`` table's rows it covers, and every base window the table has against a row.
+    ``feedback`` table's rows it covers (outcomes only: pending rows are not counted yet),
+    and every base window the table has against a row.
 
     ``run_query`` runs SQL on the store; ``where`` selects the test's rows in both tables (by
     project). Returns how many rate rows were checked, and what differs.
     """
     table = run_query(
         "SELECT toUnixTimestamp64Milli(ts) / 1000, project, environment, model, capability, "
-        f"label, source FROM {db}.feedback FINAL WHERE {where} AND retracted = 0"
+        f"label, source FROM {db}.feedback FINAL WHERE {where} AND retracted = 0 "
+        "AND join_status != 'pending'"
     )
     written = run_query(
         "SELECT window_seconds, toUnixTimestamp(window_start), project, environment, model, "

@@ -160,6 +160,9 @@ async def test_the_inbox_and_a_trace_read_back_over_http(gateway, thumbline_bin)
     assert status == 200 and len(trace["feedback"]) == 2 and trace["spans"][0]["model"] == "m3"
     assert (await get(f"{base}/v1/traces/{unique('none')}"))[0] == 404
     assert (await get(f"{base}/v1/feedback", since="7 parsecs"))[0] == 422
+    assert (await get(f"{base}/v1/feedback", trace_id=t, status="joined"))[1][0]["model"] == "m3"
+    assert await get(f"{base}/v1/feedback", trace_id=t, status="pending") == (200, [])
+    assert (await get(f"{base}/v1/feedback", status="waiting"))[0] == 422
     sql = f"SELECT toUInt8(count()) AS n FROM thumbline.feedback FINAL WHERE trace_id = '{t}'"
     assert (await post(f"{base}/v1/sql", sql))[:2] == (200, [{"n": 2}])
     status, refused = (await post(f"{base}/v1/sql", "DROP TABLE thumbline.feedback"))[:2]

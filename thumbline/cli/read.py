@@ -166,6 +166,13 @@ def inbox(
     session_id: Annotated[str | None, typer.Option(help="One session's feedback.")] = None,
     old_user: Annotated[str | None, typer.Option("--user", hidden=True)] = None,
     old_session: Annotated[str | None, typer.Option("--session", hidden=True)] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            help="pending (waiting for its trace), joined, orphan (no trace came) or "
+            "corrected (a trace came late); default: all"
+        ),
+    ] = None,
     has_comment: Annotated[
         bool, typer.Option("--has-comment", help="Only with a comment.")
     ] = False,
@@ -179,7 +186,12 @@ def inbox(
     limit: Annotated[int, typer.Option(help="Show at most this many, newest first.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """The feedback inbox: newest first, with the filters of the hosted products."""
+    """The feedback inbox: newest first, with the filters of the hosted products.
+
+    Feedback still waiting for its trace shows too, marked "waiting for trace"
+    (after THUMBLINE_JOIN_PENDING_ROW_SECONDS, until its trace comes or
+    THUMBLINE_JOIN_GRACE_SECONDS end).
+    """
     from thumbline.queries import InboxFilter, inbox_sql, parse_since
 
     settings = store_settings()
@@ -188,7 +200,7 @@ def inbox(
             labels=tuple(label or ()), kinds=tuple(kind or ()), project=project,
             environment=environment, model=model, capability=capability,
             user_id=user_id or old_user, session_id=session_id or old_session,
-            has_comment=has_comment,
+            status=status, has_comment=has_comment,
             since=parse_since(since) if since else None,
             start=start, end=end, limit=limit,  # no zone: UTC
         )  # fmt: skip
@@ -203,16 +215,20 @@ def inbox(
         {"time": when(ts), "trace": trace_id, "label": lbl,
          "comment": ("" if comment is None else str(comment)).replace("\n", " "),
          "user": user_id, "session": session_id,
-         "project/model": f"{proj}/{mdl}" if mdl else proj}
-        for ts, trace_id, lbl, comment, user_id, session_id, proj, mdl in (r[:8] for r in rows)
+         "project/model": (f"{proj}/{mdl}" if mdl else proj)
+         + (" (waiting for trace)" if status_ == "pending" else "")}
+        for ts, trace_id, lbl, comment, user_id, session_id, proj, mdl, status_
+        in ((*r[:8], r[13]) for r in rows)
     ]  # fmt: skip
+    waiting = sum(1 for r in rows if r[13] == "pending")  # no trace yet, so no model either
     table, hidden = fitted(INBOX, cells, out.width, styles=_LABEL)
     out.print(table)
-    note = f"; {', '.join(hidden)} left out to fit {out.width} columns (--json has all)"
-    err.print(
-        f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}{note if hidden else ''}",
-        style="dim", markup=False, soft_wrap=True,
-    )  # fmt: skip
+    notes = [f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}"]
+    if waiting:
+        notes.append(f"{waiting} waiting for {'its' if waiting == 1 else 'their'} trace")
+    if hidden:
+        notes.append(f"{', '.join(hidden)} left out to fit {out.width} columns (--json has all)")
+    err.print("; ".join(notes), style="dim", markup=False, soft_wrap=True)
 
 
 @app.command(

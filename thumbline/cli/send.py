@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
 
-from thumbline.cli.common import KAFKA, cli_settings, fail, find_bootstrap, out, send_app
+from thumbline.cli.common import KAFKA, cli_settings, err, fail, find_bootstrap, out, send_app
 from thumbline.schemas import FeedbackEvent, TraceEvent
 from thumbline.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: The longest ``send feedback`` waits for the store to say whether the trace is known.
+LOOKUP_SECONDS = 2.0
 
 
 def _parse_json_option(text: str | None, what: str) -> dict[str, Any]:
@@ -70,6 +77,39 @@ def _send(settings: Settings, event: FeedbackEvent | TraceEvent) -> None:
     )
 
 
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def _note_if_trace_unknown(settings: Settings, event: FeedbackEvent) -> None:
+    """A note on stderr when no span of the feedback's trace is stored yet.
+
+    The join may not have stored a trace sent a moment ago, so it looks once
+    more a second later before it says so. No answer (no running thumbline
+    serves the store, or the store is slow) gives no note. It takes at most
+    ``2 * LOOKUP_SECONDS + 1`` seconds, and only that long for an unknown trace.
+    """
+    from thumbline.sqlclient import trace_stored
+
+    for attempt in range(2):
+        if attempt:
+            time.sleep(1.0)
+        known = trace_stored(settings, event.project, event.trace_id, timeout=LOOKUP_SECONDS)
+        if known is not False:
+            return
+    where = "" if event.project == "default" else f" in project {event.project}"
+    err.print(
+        f"note: no trace {event.trace_id} is stored yet{where}: the feedback waits up to "
+        f"{_duration(settings.join_grace_seconds)} for it, see "
+        "`thumbline inbox --status pending`",
+        style="yellow", markup=False, soft_wrap=True,
+    )  # fmt: skip
+
+
 @send_app.command("feedback", env=KAFKA)
 def send_feedback(
     trace_id: Annotated[
@@ -121,7 +161,7 @@ def send_feedback(
         typer.Option("--json", help="The whole event as JSON (or @file.json); flags override."),
     ] = None,
 ) -> None:
-    """Send one feedback event about a trace."""
+    """Send one feedback event about a trace; a note on stderr if the trace is not stored yet."""
     settings = cli_settings()
     parsed_value: Any = value
     if value is not None:
@@ -156,6 +196,11 @@ def send_feedback(
         metadata=_parse_json_option(metadata, "--metadata") or None,
     )
     _send(settings, event)
+    try:
+        if isinstance(event, FeedbackEvent):  # always: parsed as one
+            _note_if_trace_unknown(settings, event)
+    except Exception:  # noqa: BLE001 (a note: the event is sent, whatever the lookup does)
+        logger.debug("no note about the trace", exc_info=True)
 
 
 def _shorthand(**given: Any) -> tuple[str, Any] | None:

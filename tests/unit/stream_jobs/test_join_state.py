@@ -344,3 +344,85 @@ def test_traces_and_orphans_past_their_bounds_are_forgotten_oldest_first(clock):
     clock.advance(2)
     assert len(state.expire()) == 2
     assert set(state.orphans) == {("shop", "o2")} and state.bound_hits["orphans"] == 1
+
+
+# Pending rows: feedback that waits is stored, marked, before its outcome --------------
+
+
+def test_feedback_waiting_longer_than_the_delay_is_stored_once_as_pending(state, clock):
+    state.add_feedback([feedback(comment="typo in the trace id?")])
+    clock.advance(1.9)
+    assert state.announce() == []  # most feedback waits only briefly: no row for it
+    clock.advance(0.1)
+    [row] = state.announce()
+    assert (row.join_status, row.event_id, row.project, row.model, row.comment) == (
+        "pending", "e1", "shop", "", "typo in the trace id?",
+    )  # fmt: skip
+    clock.advance(10)
+    assert state.announce() == []  # once
+    assert state.stats()["pending"] == 1  # still waiting: the row is a note, not an outcome
+
+
+def test_feedback_joined_within_the_delay_gets_no_pending_row(state, clock):
+    state.add_feedback([feedback()])
+    clock.advance(1)
+    [joined] = state.add_traces([trace()])
+    clock.advance(5)
+    assert joined.join_status == "joined" and state.announce() == []
+
+
+def test_a_pending_row_ranks_below_every_final_row_of_the_same_event():
+    event = feedback()
+    assert version_of(event, JoinStatus.PENDING) < version_of(event, JoinStatus.ORPHAN)
+    assert version_of(event, JoinStatus.PENDING) > version_of(feedback(received=-1),
+                                                              JoinStatus.CORRECTED)  # fmt: skip
+
+
+def test_a_pending_row_is_replaced_by_the_joined_or_orphan_row_that_follows(state, clock):
+    state.add_feedback([feedback("a", event_id="ea"), feedback("b", event_id="eb")])
+    clock.advance(2)
+    pending = {row.event_id: row for row in state.announce()}
+    [joined] = state.add_traces([trace("a")])
+    clock.advance(600)
+    [orphan] = state.expire()
+    assert (joined.join_status, orphan.join_status) == ("joined", "orphan")
+    assert joined.version > pending["ea"].version and orphan.version > pending["eb"].version
+
+
+def test_no_pending_row_hides_a_final_one_retractions_and_resent_orphans(state, clock):
+    state.add_feedback([feedback("gone", event_id="orphaned", received=0)])
+    clock.advance(601)
+    state.announce()
+    [orphan] = state.expire()
+    # the user changes their mind: the new copy waits, the stored orphan stays what shows
+    state.add_feedback([feedback("gone", event_id="orphaned", received=601, label="good")])
+    state.add_feedback([feedback("t2", event_id="retract", received=601, retracted=True)])
+    clock.advance(5)
+    assert orphan.join_status == "orphan" and state.announce() == []
+    assert state.stats()["pending"] == 2
+
+
+def test_a_resent_held_event_is_announced_as_its_latest_copy(state, clock):
+    state.add_feedback([feedback(received=0, label="bad")])
+    clock.advance(1)
+    state.add_feedback([feedback(received=1, label="good")])
+    clock.advance(1)
+    assert state.announce() == []  # the copy held now has waited 1 s
+    clock.advance(1)
+    [row] = state.announce()
+    assert row.label == "good" and row.version == version_of(
+        feedback(received=1), JoinStatus.PENDING
+    )
+
+
+def test_with_no_delay_every_waiting_event_is_announced_at_the_next_call(clock):
+    state = JoinState(grace_seconds=600, pending_row_seconds=0, clock=clock)
+    state.add_feedback([feedback("t1", event_id="a"), feedback("t2", event_id="b")])
+    assert sorted(row.event_id for row in state.announce()) == ["a", "b"]
+
+
+def test_feedback_of_a_partition_that_moved_away_is_not_announced(state, clock):
+    state.add_feedback([feedback(trace_id="moved")])
+    state.forget(lambda trace_id: trace_id == "moved")
+    clock.advance(5)
+    assert state.announce() == []
