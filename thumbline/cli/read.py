@@ -227,8 +227,9 @@ def inbox(
     if waiting:
         notes.append(f"{waiting} waiting for {'its' if waiting == 1 else 'their'} trace")
     if hidden:
-        notes.append(f"{', '.join(hidden)} left out to fit {out.width} columns (--json has all)")
-    err.print("; ".join(notes), style="dim", markup=False, soft_wrap=True)
+        notes.append(f"{', '.join(hidden)} left out (--json has all)")
+    # the note wraps at the width like the rows: it holds no id to keep whole
+    err.print("; ".join(notes), style="dim", markup=False, width=out.width)
 
 
 @app.command(
