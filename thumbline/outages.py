@@ -55,6 +55,13 @@ PERMANENT_CODES = frozenset({
     115, 117, 130, 164, 184, 215, 352, 386, 456, 457, 497, 516,
 })  # fmt: skip
 
+#: ClickHouse's codes for a server that cannot serve a statement now, whatever it is.
+#: For SQL that people send (the sandbox) only these, and no answer at all, are worth
+#: sending again: any other code is the statement's own fault (:func:`outage`).
+OUTAGE_CODES = frozenset({
+    3, 32, 202, 203, 209, 210, 236, 242, 252, 319, 394, 425, 999, 1000,
+})  # fmt: skip
+
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -83,6 +90,16 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, DatabaseError):
         return getattr(exc, "code", None) not in PERMANENT_CODES
     return isinstance(exc, OSError | TimeoutError)
+
+
+def outage(exc: BaseException, code: int | None) -> bool:
+    """Whether a statement people sent failed because the store could not serve it
+    (it did not answer, or said so with one of :data:`OUTAGE_CODES`), not because of
+    the statement. :func:`transient` errs the other way, for the stream's own SQL:
+    there an unknown code is waited out rather than dropping what the stream holds."""
+    if isinstance(exc, OperationalError | OSError | TimeoutError):
+        return True
+    return code in OUTAGE_CODES
 
 
 class WaitAborted(ThumblineError):

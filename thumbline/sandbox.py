@@ -36,7 +36,8 @@ from clickhouse_connect.driver.binding import bind_query
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from thumbline.errors import SqlRefused, StoreError
+from thumbline.errors import SqlRefused, StoreError, StoreUnavailable
+from thumbline.outages import outage
 from thumbline.settings import Settings
 from thumbline.sqltext import controls_outside_strings, output_clause
 from thumbline.sqltree import (
@@ -92,8 +93,13 @@ def unwrapped(message: str) -> str:
 
 
 def _unwrapped_error(exc: BaseException, settings: Settings) -> StoreError:
+    """The store's error for SQL people sent: retriable only when the store could not
+    serve it (:func:`thumbline.outages.outage`), in the user's words."""
     err = store_error(exc, settings)
-    return type(err)(unwrapped(str(err)), code=err.code)
+    kind = type(err)
+    if kind is StoreUnavailable and not outage(exc, err.code):
+        kind = StoreError  # the statement's own fault: 400, not 503
+    return kind(unwrapped(str(err)), code=err.code)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,8 @@ from tests.integration.conftest import Up, run, start_up, stop, worker_env
 from thumbline.producers.loadgen import DEMO_MODELS, DEMO_SPIKE
 from thumbline.stream_jobs.spike_alerts import DEFAULT_RULES
 
+pytestmark = pytest.mark.slow  # `up --demo` until its alert fires and resolves: a minute
+
 SPEED = 30
 
 
@@ -82,9 +84,12 @@ def test_the_demo_spikes_one_model_and_its_alert_fires_then_resolves(thumbline_b
 
     listed = run(thumbline_bin, demo.env, "alerts")
     assert listed.returncode == 0, listed.stderr
-    line = next(ln for ln in listed.stdout.splitlines() if "bad-rate-spike" in ln)
-    assert line.startswith("resolved") and f"model={model}" in line and "project=shop" in line
-    words = " ".join(listed.stdout.split())  # the command wraps at 80 columns
+    lines = listed.stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if "bad-rate-spike" in ln)
+    dimensions = lines[at + 1]  # the alert's line, then its dimensions on a line of their own
+    assert lines[at].startswith("resolved")
+    assert f"model={model}" in dimensions and "project=shop" in dimensions
+    words = " ".join(listed.stdout.split())
     assert (
         f"thumbline inbox --label bad --project shop --environment production --model {model}"
         in words

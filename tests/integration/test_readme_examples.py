@@ -21,6 +21,8 @@ import pytest
 from tests.integration.conftest import run, sql_rows
 from tests.integration.readme import Running, marked_blocks, thumbline_up
 
+pytestmark = pytest.mark.slow  # `thumbline up` and the README examples as pasted: a minute
+
 MARK = "tested: tests/integration/test_readme_examples.py"
 PYTHON = marked_blocks(MARK, "python")
 

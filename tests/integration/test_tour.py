@@ -33,6 +33,8 @@ from tests.integration.readme import (
 )
 from thumbline.producers.loadgen import DEMO_MODELS
 
+pytestmark = pytest.mark.slow  # the whole tour against `thumbline up --demo`: about two minutes
+
 TOUR = [cmd for _, block in marked_blocks("tour: tests/integration/test_tour.py", "bash")
         for cmd in commands(block)]  # fmt: skip
 README_TRACE = "lg-1795476412-33"

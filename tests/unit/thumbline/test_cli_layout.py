@@ -50,3 +50,17 @@ def test_cut_text_ends_in_an_ellipsis_and_the_ids_are_printed_whole():
     lines = console.export_text().splitlines()
     assert len(lines) == 2 and "t" * 32 in lines[1] and lines[1].rstrip().endswith("…")
     assert hidden == ["user", "session", "project/model"]
+
+
+def test_a_comment_that_looks_like_markup_is_printed_as_written():
+    import io
+
+    from rich.console import Console
+
+    sneaky = "[/] closes nothing, [red]is not red[/red], [link=http://x]no link[/link]"
+    rows = [{"time": "2026-11-25T10:00:00Z", "trace": "t1", "label": "bad", "comment": sneaky,
+             "user": "u", "session": "s", "project/model": "p/m"}]  # fmt: skip
+    table, _ = fitted(INBOX, rows, 400)
+    console = Console(width=400, record=True, file=io.StringIO())
+    console.print(table)  # a MarkupError here would end `thumbline inbox` for everyone
+    assert sneaky in console.export_text()
