@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -93,6 +94,20 @@ def _rows(settings: Settings, query: str) -> tuple[list[str], list[list[Any]]]:
 
     result = orjson.loads(run_sql(settings, query, fmt="JSONCompact"))
     return [c["name"] for c in result["meta"]], result["data"]
+
+
+def _listing(settings: Settings, build: Callable[[], str], as_json: bool) -> list[list[Any]] | None:
+    """The rows of the query ``build`` makes from a command's filters (a filter it
+    refuses ends the command, exit 2); with ``as_json`` they are printed as JSON lines
+    here and None is returned."""
+    try:
+        query = build()
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if as_json:
+        _json_lines(settings, query)
+        return None
+    return _rows(settings, query)[1]
 
 
 def _json_lines(settings: Settings, query: str) -> None:
@@ -195,22 +210,16 @@ def inbox(
     from thumbline.queries import InboxFilter, inbox_sql, parse_since
 
     settings = store_settings()
-    try:
-        filters = InboxFilter(
-            labels=tuple(label or ()), kinds=tuple(kind or ()), project=project,
-            environment=environment, model=model, capability=capability,
-            user_id=user_id or old_user, session_id=session_id or old_session,
-            status=status, has_comment=has_comment,
-            since=parse_since(since) if since else None,
-            start=start, end=end, limit=limit,  # no zone: UTC
-        )  # fmt: skip
-        query = inbox_sql(settings.clickhouse_database, filters)
-    except ValueError as exc:
-        fail(str(exc), 2)
-    if as_json:
-        _json_lines(settings, query)
+    rows = _listing(settings, lambda: inbox_sql(settings.clickhouse_database, InboxFilter(
+        labels=tuple(label or ()), kinds=tuple(kind or ()), project=project,
+        environment=environment, model=model, capability=capability,
+        user_id=user_id or old_user, session_id=session_id or old_session,
+        status=status, has_comment=has_comment,
+        since=parse_since(since) if since else None,
+        start=start, end=end, limit=limit,  # no zone: UTC
+    )), as_json)  # fmt: skip
+    if rows is None:
         return
-    _, rows = _rows(settings, query)
     cells = [
         {"time": when(ts), "trace": trace_id, "label": lbl,
          "comment": ("" if comment is None else str(comment)).replace("\n", " "),
@@ -268,18 +277,13 @@ def rates(
             "THUMBLINE_RATE_SLIDING_SECONDS)",
             2,
         )
-    try:
-        query = rates_sql(
-            settings.clickhouse_database, window_seconds=window or settings.rate_window_seconds,
-            project=project, model=model, capability=capability, since=parse_since(since),
-            limit=limit,
-        )  # fmt: skip
-    except ValueError as exc:
-        fail(str(exc), 2)
-    if as_json:
-        _json_lines(settings, query)
+    rows = _listing(settings, lambda: rates_sql(
+        settings.clickhouse_database, window_seconds=window or settings.rate_window_seconds,
+        project=project, model=model, capability=capability, since=parse_since(since),
+        limit=limit,
+    ), as_json)  # fmt: skip
+    if rows is None:
         return
-    _, rows = _rows(settings, query)
     dimension = "model" if capability is None else "capability"
     columns = (
         Column("window start"), Column("project", cut_to=5), Column("env", cut_to=5),
@@ -312,16 +316,11 @@ def alerts(
     if state not in (None, "firing", "resolved"):
         fail(f"--state takes firing or resolved, not {state!r}", 2)
     settings = store_settings()
-    try:
-        query = alerts_sql(
-            settings.clickhouse_database, state=state, since=parse_since(since), limit=limit
-        )
-    except ValueError as exc:
-        fail(str(exc), 2)
-    if as_json:
-        _json_lines(settings, query)
+    rows = _listing(settings, lambda: alerts_sql(
+        settings.clickhouse_database, state=state, since=parse_since(since), limit=limit
+    ), as_json)  # fmt: skip
+    if rows is None:
         return
-    _, rows = _rows(settings, query)
     for r in rows:
         at, _, rule, st, proj, env, mdl, cap, rate, base, bad, total, onset, command, comments = r
         colour = "red" if st == "firing" else "green"
