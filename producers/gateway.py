@@ -63,6 +63,7 @@ from thumbline.producers.gateway_core import (
 )
 from thumbline.producers.gateway_errors import INGEST, responses
 from thumbline.producers.gateway_openapi import openapi_of
+from thumbline.producers.gateway_otlp import add_otlp_routes
 from thumbline.producers.gateway_reads import SqlError, add_read_routes
 from thumbline.producers.kafka import FeedbackProducer
 from thumbline.schemas import FeedbackEvent, InvalidEvent, TimeBounds, TraceEvent
@@ -103,6 +104,8 @@ def build_app(
     ack_timeout: float = 10.0,
     time_bounds: TimeBounds = TimeBounds(),  # noqa: B008 (frozen)
     problems: Callable[[], list[str]] = list,
+    otlp_project: str | None = None,
+    capture_content: bool = True,
 ) -> FastAPI:
     """The gateway's ASGI app (``producer`` and the pools started by the caller).
 
@@ -111,7 +114,9 @@ def build_app(
     ``ack_timeout`` bounds the whole wait for Kafka's acknowledgement of a
     request's events: past it the answer is 503, never a late 202.
     ``time_bounds``: how far an event's time may lie from the server's clock
-    (422 naming the field beyond). ``problems`` says what the rest of the
+    (422 naming the field beyond). ``otlp_project``: the project of OTLP spans sent
+    without a project-bound key (None: their ``service.name``); ``capture_content``
+    False drops the question and the answer. ``problems`` says what the rest of the
     process waits for (Kafka, the store): ``/readyz`` is not ready meanwhile.
     """
     app = FastAPI(
@@ -260,6 +265,7 @@ def build_app(
         """One TraceEvent (a trace or a span), or an array of up to 1,000."""
         return await ingest(request, "traces", trace_prepare)
 
+    add_otlp_routes(app, core, project=otlp_project, capture_content=capture_content)
     add_read_routes(app, core, reads=reads, sql=sql, database=database)
 
     @app.get("/healthz")

@@ -50,6 +50,13 @@ def openapi_of(app: FastAPI) -> dict[str, Any]:
     if b"HTTPValidationError" not in orjson.dumps(paths):  # every 422 is ours: {"error"}
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
+    paths["/otlp/v1/traces"]["post"]["requestBody"] = {
+        "required": True,
+        "content": {
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"type": "object"}},
+        },
+    }
     paths["/v1/sql"]["post"]["requestBody"] = {
         "required": True, "content": {"text/plain": {"schema": {"type": "string"}}},
     }  # fmt: skip

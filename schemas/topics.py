@@ -156,3 +156,12 @@ class Topics:
             self.alerts,
             self.dlq,
         )
+
+
+def otlp_topic(name: str, partitions: int) -> Topic:
+    """The OpenTelemetry Collector's Kafka exporter topic (``THUMBLINE_OTLP_TOPIC``): its
+    messages are OTLP requests, not thumbline's JSON; key_by_trace reads them."""
+    return Topic(
+        name, partitions, None, TraceEvent,
+        "OTLP ExportTraceServiceRequest messages from the OpenTelemetry Collector.",
+    )  # fmt: skip

@@ -63,6 +63,7 @@ from thumbline.stream_jobs.join_traces import JoinTracesJob
 from thumbline.stream_jobs.key_by_trace import KeyByTrace
 from thumbline.stream_jobs.lookups import load_orphans, lookup_traces
 from thumbline.stream_jobs.rates_job import RatesJob
+from thumbline.stream_jobs.read_otlp import ReadOtlp
 from thumbline.stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
 from thumbline.stream_jobs.spike_alerts import SpikeDetector, load_rules
 from thumbline.stream_jobs.webhooks import WebhookNotifier
@@ -214,6 +215,9 @@ class StreamApp:
             topics=self.topics, bootstrap=self.bootstrap, group=f"{group}-key_by_trace",
             producer=self._producer, waits=self.waits, kafka_kwargs=s.kafka_kwargs(),
             metrics=self.metrics, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            otlp=ReadOtlp(
+                s.otlp_topic, s.otlp_encoding, s.otlp_project, s.time_bounds,
+            ) if s.otlp_topic else None,
         )  # fmt: skip
         await self.router.start(take_over_from=group)
 

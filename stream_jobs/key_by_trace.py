@@ -1,6 +1,7 @@
 """key_by_trace: every input event re-keyed by its trace id, hundreds to a message, for the join.
 
     feedback, traces ──► key_by_trace (plain aiokafka) ──► keyed ──► join_traces (Faust)
+    otlp_spans ───────┘  (the OpenTelemetry Collector's, read by stream_jobs/read_otlp.py)
 
 Producers in any language send one JSON object per Kafka message and hash keys
 their own way (librdkafka: CRC32), so most events arrive on a partition other
@@ -57,6 +58,7 @@ from thumbline.metrics import Metrics, gained
 from thumbline.outages import KAFKA, Waits, transient
 from thumbline.schemas import DeadLetter, Topics, WireError, decode_message, partition_for
 from thumbline.schemas.wire import MAX_BATCH_EVENTS
+from thumbline.stream_jobs.read_otlp import ReadOtlp
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +138,11 @@ def _keyed(
 
 
 def route(
-    topics: Topics, records: Iterable[Any], *, counts: dict[str, int] | None = None
-) -> dict[int, list[bytes]]:
-    """The keyed messages for a batch of input records, by partition of ``keyed``."""
+    topics: Topics, records: Iterable[Any], *, counts: dict[str, int] | None = None,
+    otlp: ReadOtlp | None = None,
+) -> dict[int, list[bytes]]:  # fmt: skip
+    """The keyed messages for a batch of input records, by partition of ``keyed``
+    (``otlp``: how to read the OpenTelemetry topic, when it is an input)."""
     counts = counts if counts is not None else defaultdict(int)
     partitions = topics.keyed.partitions
     outs: dict[int, _Out] = defaultdict(_Out)
@@ -147,6 +151,10 @@ def route(
         kind = "feedback" if record.topic == feedback_topic else "traces"
         key = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else None
         source = [record.partition, record.offset, record.timestamp, key]
+        if otlp is not None and record.topic == otlp.topic:
+            routed = _route_otlp(otlp, record, source, outs, partitions, counts)
+            counts[f"out:{topics.keyed.name}"] += routed
+            continue
         raw = record.value
         try:
             items = decode_message(raw)
@@ -173,6 +181,22 @@ def route(
         for index, (target, item) in enumerate(zip(targets, items, strict=True)):
             outs[target].add(kind, source, [orjson.dumps(item)], index)
     return {p: out.messages() for p, out in outs.items()}
+
+
+def _route_otlp(
+    otlp: ReadOtlp, record: Any, source: list[Any], outs: dict[int, _Out], partitions: int,
+    counts: dict[str, int],
+) -> int:  # fmt: skip
+    """An OTLP message: each event to its trace's partition, checked and stamped already.
+    Returns how many events it routed."""
+    events, dead = otlp.events(record)
+    for letter in dead:
+        outs[record.partition % partitions].add_dead(letter.to_json())
+    counts["dead"] += len(dead)
+    for index, (kind, trace_id, raw) in enumerate(events):
+        outs[partition_for(trace_id, partitions)].add(kind, source, [raw], index)
+    counts[f"in:{otlp.topic}"] += len(events) + len(dead)
+    return len(events)
 
 
 def _target(item: Any, partition: int, partitions: int) -> int:
@@ -207,8 +231,10 @@ class KeyByTrace:
         max_records: int | None = None,
         fetch_max_wait_ms: int = 100,
         consumer: Any = None,
+        otlp: ReadOtlp | None = None,
     ) -> None:
         self.topics = topics
+        self.otlp = otlp
         self.producer = producer
         self.waits = waits
         self.metrics = metrics
@@ -243,6 +269,13 @@ class KeyByTrace:
         ``take_over_from`` (the join's group, which read the input before this stage
         existed), else from the earliest."""
         await self.consumer.start()
+        if self.otlp is not None:  # the Collector's topic: however many partitions it has
+            await self.consumer.topics()  # its metadata
+            found = self.consumer.partitions_for_topic(self.otlp.topic) or set()
+            self.inputs += [TopicPartition(self.otlp.topic, p) for p in sorted(found)]
+            if not found:
+                logger.warning("the OpenTelemetry topic %s does not exist: its spans are not "
+                               "read (thumbline up creates it)", self.otlp.topic)  # fmt: skip
         self.consumer.assign(self.inputs)
         if take_over_from is not None:
             await self._take_over(take_over_from)
@@ -305,7 +338,7 @@ class KeyByTrace:
             self.first_input_at = time.time()
             logger.info("key_by_trace: first input", extra={"at": self.first_input_at})
         records = [r for rs in fetched.values() for r in rs]
-        by_partition = route(self.topics, records, counts=self.counts)
+        by_partition = route(self.topics, records, counts=self.counts, otlp=self.otlp)
         # a keyed message is as old as its input (a record without a time: sent now)
         oldest = min(r.timestamp for r in records)
         oldest = oldest if oldest > 0 else None

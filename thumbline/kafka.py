@@ -33,8 +33,10 @@ async def ensure_topics(
     *,
     replication_factor: int = 1,
     kafka_kwargs: dict[str, Any] | None = None,
+    check_partitions: bool = True,
 ) -> list[str]:
-    """Create the topics that are missing; check the partitions of those that exist.
+    """Create the topics that are missing; check the partitions of those that exist
+    (not with ``check_partitions=False``: a topic another product writes).
 
     Returns:
         The names of the topics created by this call.
@@ -57,7 +59,7 @@ async def ensure_topics(
             except TopicAlreadyExistsError:  # another process won the race
                 pass
         present = [t for t in topics if t.name in existing]
-        if present:
+        if present and check_partitions:
             await _check_partitions(admin, present)
         if created:
             logger.info("created topics %s", ", ".join(created))

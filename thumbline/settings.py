@@ -119,6 +119,23 @@ class Settings(BaseSettings):
         description="Run key_by_trace in a helper process of its own (a second core for "
         "producers that send one event per message) instead of inside thumbline up.",
     )
+    otlp_topic: str = Field(
+        "otlp_spans",
+        max_length=249,
+        description="The topic the OpenTelemetry Collector's Kafka exporter writes spans to "
+        "(its default); key_by_trace reads it beside thumbline's own input (not read while "
+        "key_by_trace is off). Empty: not read.",
+    )
+    otlp_encoding: Literal["otlp_proto", "otlp_json"] = Field(
+        "otlp_proto", description="The Kafka exporter's encoding of otlp_topic."
+    )
+    otlp_project: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="The project of OpenTelemetry spans read from Kafka or sent to the gateway "
+        "without a project-bound key. Absent: each span's service.name.",
+    )
     sink_max_rows: int = Field(50_000, ge=1, le=1_000_000, description="Rows per insert, at most.")
     sink_max_seconds: float = Field(0.5, gt=0, le=60, description="Longest a row waits to insert.")
 
@@ -311,6 +328,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"stream_workers: {self.stream_workers} workers for {self.partitions} partitions "
                 "would leave some idle; use at most THUMBLINE_PARTITIONS"
+            )
+        if self.otlp_topic and not self.key_by_trace and "otlp_topic" in self.model_fields_set:
+            raise ValueError(
+                "otlp_topic: OpenTelemetry spans on Kafka are read by key_by_trace, which is off; "
+                "set THUMBLINE_KEY_BY_TRACE=true or THUMBLINE_OTLP_TOPIC= (empty)"
             )
         if self.key_by_trace_process and not self.key_by_trace:
             raise ValueError(

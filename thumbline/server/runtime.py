@@ -42,7 +42,7 @@ from thumbline.files import make_private, private_umask
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics, MetricsServer
 from thumbline.outages import Waits
-from thumbline.schemas.topics import Topics
+from thumbline.schemas.topics import Topics, otlp_topic
 from thumbline.seaweed import SeaweedS3
 from thumbline.server.gateway import GatewayProcess
 from thumbline.server.workers import JoinHelpers
@@ -187,6 +187,12 @@ class Runtime:
                 replication_factor=s.replication_factor,
                 kafka_kwargs=s.kafka_kwargs(),
             )
+            if s.otlp_topic and s.key_by_trace:  # the Collector's: created if missing, as it is
+                created += await ensure_topics(
+                    bootstrap, (otlp_topic(s.otlp_topic, s.partitions),),
+                    replication_factor=s.replication_factor, kafka_kwargs=s.kafka_kwargs(),
+                    check_partitions=False,
+                )  # fmt: skip
             self._client = await asyncio.to_thread(_open_store, s)
             applied = await asyncio.to_thread(apply_migrations, self._client, s.clickhouse_database)
             from thumbline.stream_jobs.app import StreamApp  # faust is heavy: imported when it runs

@@ -1,0 +1,209 @@
+"""OpenTelemetry traces in: an OTLP ``ExportTraceServiceRequest`` as TraceEvents and FeedbackEvents.
+
+What the Collector's Kafka exporter writes (``otlp_proto``, ``otlp_json``) and
+what an SDK posts over OTLP/HTTP (``application/x-protobuf``, ``application/json``)
+is one request of many spans of many traces. :func:`decode_request` reads it,
+:func:`events_from_request` maps each span (the table is in
+:mod:`thumbline.schemas.otlp_mapping` and the README):
+
+- every span becomes a :class:`TraceEvent` (the join merges a trace's spans);
+- a ``gen_ai.evaluation.result`` span event becomes a FeedbackEvent from an
+  evaluator, about the span it sits on;
+- ``user_feedback``-style attributes on a span or a span event become end-user
+  feedback, as the ``attributes`` shape reads them.
+
+A span or event that does not map (bad ids, a field over its bound) is
+rejected alone, with the reason; the rest of the request is kept. Only the
+protobuf and JSON decoding need ``opentelemetry-proto`` (a server dependency):
+this module is not imported by the SDK.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from thumbline.schemas.errors import InvalidEvent, WireError
+from thumbline.schemas.feedback import FeedbackEvent
+from thumbline.schemas.otlp_mapping import SpanView, feedback_of, trace_of
+from thumbline.schemas.trace import TraceEvent
+
+Encoding = Literal["otlp_proto", "otlp_json"]
+ENCODINGS: tuple[Encoding, ...] = ("otlp_proto", "otlp_json")
+#: Spans in one request or Kafka message, at most.
+MAX_SPANS = 10_000
+#: Span events (of all spans) looked at in one request, at most.
+MAX_SPAN_EVENTS = 50_000
+
+__all__ = [
+    "ENCODINGS",
+    "MAX_SPANS",
+    "Encoding",
+    "ExportTraceServiceResponse",
+    "Mapped",
+    "Rejected",
+    "decode_request",
+    "events_from_request",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A span, or an event of a span, that did not map: what it was and why."""
+
+    where: str  # "span 5b8aa5a2... of trace 5b8e..." or "event 2 of span ..."
+    reason: str
+    fields: dict[str, Any]  # what it mapped to (for a dead letter)
+
+
+@dataclass(slots=True)
+class Mapped:
+    """What one request became."""
+
+    traces: list[TraceEvent] = field(default_factory=list)
+    feedback: list[FeedbackEvent] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    spans: int = 0
+    rejected_spans: int = 0
+
+    @property
+    def events(self) -> list[TraceEvent | FeedbackEvent]:
+        return [*self.traces, *self.feedback]
+
+
+def decode_request(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest:
+    """One ``ExportTraceServiceRequest`` from its bytes.
+
+    JSON follows OTLP/JSON: lowerCamelCase names (the proto names are read too),
+    ids as hex (base64 too), 64-bit integers as strings or numbers, enums as numbers
+    or names.
+
+    Raises:
+        WireError: ``bad_otlp`` (not a request in this encoding, with the parser's
+            words) or ``too_many_spans``.
+    """
+    request = ExportTraceServiceRequest()
+    if encoding == "otlp_json":
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise WireError("bad_otlp", f"not OTLP/JSON: not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise WireError("bad_otlp", "not OTLP/JSON: expected an object with resourceSpans")
+        try:
+            _ids_to_base64(data)
+            json_format.ParseDict(data, request, ignore_unknown_fields=True)
+        except (json_format.ParseError, TypeError, AttributeError, RecursionError) as exc:
+            raise WireError("bad_otlp", f"not OTLP/JSON: {exc}") from None
+    else:
+        try:
+            request.ParseFromString(body)
+        except (DecodeError, RecursionError) as exc:
+            hint = " (it looks like JSON: send it as otlp_json)" if body[:1] == b"{" else ""
+            raise WireError("bad_otlp", f"not OTLP protobuf: {exc}{hint}") from None
+    spans = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+    if spans > MAX_SPANS:
+        raise WireError("too_many_spans", f"{spans} spans in one request; at most {MAX_SPANS}")
+    return request
+
+
+_ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+def _ids_to_base64(data: dict[str, Any]) -> None:
+    """OTLP/JSON writes ids in hex where protobuf's JSON mapping expects base64."""
+    for resource in _list(data, "resourceSpans", "resource_spans"):
+        for scope in _list(resource, "scopeSpans", "scope_spans"):
+            for span in _list(scope, "spans"):
+                _hex_fields(span)
+                for link in _list(span, "links"):
+                    _hex_fields(link)
+
+
+def _list(data: Any, *names: str) -> list[Any]:
+    if not isinstance(data, dict):
+        return []
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, list):
+            return value
+    return []
+
+
+def _hex_fields(item: Any) -> None:
+    if not isinstance(item, dict):
+        return
+    for name in _ID_FIELDS:
+        value = item.get(name)
+        if isinstance(value, str) and len(value) in (16, 32):
+            try:
+                item[name] = base64.b64encode(bytes.fromhex(value)).decode()
+            except ValueError:
+                pass  # not hex: base64 already, as protobuf's JSON mapping writes it
+
+
+def events_from_request(
+    request: ExportTraceServiceRequest,
+    *,
+    project: str | None = None,
+    received_at: datetime | None = None,
+    capture_content: bool = True,
+) -> Mapped:
+    """Each span as a TraceEvent, and the feedback its events and attributes carry.
+
+    ``project``: every span's project (an API key's, or a configured one); None:
+    the resource's ``service.name``. ``received_at``: stamped on every event.
+    ``capture_content``: False leaves the question and the answer out.
+    """
+    out = Mapped()
+    looked_at = 0
+    for view in _spans(request, project):
+        out.spans += 1
+        fields = trace_of(view, capture_content=capture_content)
+        if received_at is not None:
+            fields["received_at"] = received_at
+        bad = False
+        try:
+            out.traces.append(TraceEvent.parse(fields))
+        except InvalidEvent as exc:
+            out.rejected.append(Rejected(view.where, exc.reason, fields))
+            bad = True
+        looked_at += len(view.span.events)
+        if looked_at > MAX_SPAN_EVENTS:
+            raise WireError("too_many_spans", f"over {MAX_SPAN_EVENTS} span events in one request")
+        try:
+            items = feedback_of(view)
+        except InvalidEvent as exc:
+            out.rejected.append(Rejected(view.where, exc.reason, {}))
+            items = []
+            bad = True
+        for where, item in items:
+            if received_at is not None:
+                item["received_at"] = received_at
+            try:
+                out.feedback.append(FeedbackEvent.parse(item))
+            except InvalidEvent as exc:
+                out.rejected.append(Rejected(where, exc.reason, item))
+                bad = True
+        out.rejected_spans += bad
+    return out
+
+
+def _spans(request: ExportTraceServiceRequest, project: str | None) -> Iterator[SpanView]:
+    for resource_spans in request.resource_spans:
+        resource = {kv.key: kv.value for kv in resource_spans.resource.attributes}
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope.name
+            for span in scope_spans.spans:
+                yield SpanView(span, resource, scope, project)

@@ -1,0 +1,87 @@
+"""read_otlp: the OpenTelemetry Collector's Kafka messages as thumbline events, for key_by_trace.
+
+    Collector (kafka exporter) ──► otlp_spans ──► key_by_trace ──► keyed ──► join_traces
+
+The Collector's Kafka exporter writes one ``ExportTraceServiceRequest`` per
+message (``otlp_proto`` or ``otlp_json``), many spans of many traces, keyed as
+the exporter is configured. :mod:`thumbline.stream_jobs.key_by_trace` reads
+that topic beside thumbline's own input and routes each span's TraceEvent (and
+the feedback its events carry) to its trace's partition of ``keyed``, as it
+routes the events of a batched message: no second hop through ``traces``.
+
+Every event is stamped with the message's Kafka timestamp (``received_at``: the
+same on every replay) and checked here, bounds and times included, so the join
+never refuses one; what does not map becomes a dead letter naming this
+message, and the rest of the message is kept (``raw``: the span's fields as
+JSON; a whole protobuf message that does not decode: ``base64:`` and its bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from thumbline.schemas import DeadLetter, InvalidEvent, TimeBounds, WireError
+from thumbline.schemas.otlp import Encoding, decode_request, events_from_request
+
+#: An OTLP message larger than this is a dead letter (the Collector's default limit is 1 MB).
+MAX_OTLP_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOtlp:
+    """How to read ``topic``: its ``encoding``, the ``project`` of its spans (None: each
+    span's ``service.name``), the time bounds, and whether content is kept."""
+
+    topic: str
+    encoding: Encoding = "otlp_proto"
+    project: str | None = None
+    time_bounds: TimeBounds = TimeBounds()  # noqa: RUF009 (frozen)
+    capture_content: bool = True
+
+    def events(self, record: Any) -> tuple[list[tuple[str, str, bytes]], list[DeadLetter]]:
+        """(kind, trace id, event JSON) of each event in the message, and its dead letters."""
+        raw: bytes = record.value or b""
+        received = datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp > 0 \
+            else datetime.now(UTC)  # fmt: skip
+        try:
+            if len(raw) > MAX_OTLP_MESSAGE_BYTES:
+                raise WireError(
+                    "oversize", f"the message is {len(raw)} bytes; at most {MAX_OTLP_MESSAGE_BYTES}"
+                )
+            mapped = events_from_request(
+                decode_request(raw, self.encoding), project=self.project, received_at=received,
+                capture_content=self.capture_content,
+            )  # fmt: skip
+        except WireError as exc:
+            if self.encoding == "otlp_proto":  # binary: kept whole, as base64 text
+                raw = b"base64:" + base64.b64encode(raw[:750_000])
+            return [], [self._dead(record, -1, exc.reason, exc.detail, raw)]
+        dead = [
+            self._dead(record, -1, "invalid_event", f"{r.where}: {r.reason}",
+                       orjson.dumps(r.fields, default=str))
+            for r in mapped.rejected
+        ]  # fmt: skip
+        out: list[tuple[str, str, bytes]] = []
+        for event in mapped.events:
+            try:
+                self.time_bounds.check(event, received)
+            except InvalidEvent as exc:
+                dead.append(self._dead(record, -1, "ts_out_of_range", exc.reason, event.to_json()))
+                continue
+            kind = "traces" if event.__class__.__name__ == "TraceEvent" else "feedback"
+            out.append((kind, event.trace_id, event.to_json()))
+        return out, dead
+
+    @staticmethod
+    def _dead(record: Any, index: int, reason: str, error: str, raw: bytes) -> DeadLetter:
+        key = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else None
+        return DeadLetter.model_construct(
+            schema_version=1, topic=record.topic, partition=record.partition,
+            offset=record.offset, batch_index=index, reason=reason, error=error[:10_000],
+            key=key, at=datetime.now(UTC), raw=raw[:1_000_000].decode("utf-8", "replace"),
+        )  # fmt: skip
