@@ -272,6 +272,8 @@ async def worker_env(
         "THUMBLINE_PARTITIONS": "4",
         "THUMBLINE_JOIN_GRACE_SECONDS": GRACE,
         "THUMBLINE_SINK_MAX_SECONDS": "0.2",
+        # its own: every `thumbline up` of the session would read the default otlp_spans
+        "THUMBLINE_OTLP_TOPIC": f"{prefix}otlp_spans",
         **extra,
     }
 

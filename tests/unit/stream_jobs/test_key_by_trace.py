@@ -332,3 +332,40 @@ def test_a_keyed_message_is_counted_once_when_its_last_event_sends_it_down_the_c
     assert counts[f"in:{TOPICS.feedback.name}"] == 1
     assert counts[f"in:{TOPICS.traces.name}"] == 1
     assert [d.reason for d in batch.dead] == ["ts_out_of_range"]
+
+
+def test_the_collectors_otlp_messages_reach_each_traces_partition_and_a_bad_one_is_a_dead_letter():
+    from tests.otel import otlp_proto, provider, traced_chat
+    from thumbline.stream_jobs.read_otlp import ReadOtlp
+
+    tracer_provider, exporter = provider()
+    ids = [traced_chat(tracer_provider, user=f"u{i}")[0] for i in range(5)]
+    spans = exporter.get_finished_spans()
+    otlp = ReadOtlp("otlp_spans", capture_content=False)
+    records = [
+        record("otlp_spans", 0, 0, otlp_proto(spans[:4]), b"any key"),
+        record("otlp_spans", 0, 1, b"\xff not otlp"),
+        record("otlp_spans", 1, 0, otlp_proto(spans[4:])),
+    ]
+    counts: dict[str, int] = defaultdict(int)
+    batch = Batch()
+    decoder = DecodeInput(TOPICS, TimeBounds(), defaultdict(int))
+    for partition, values in route(TOPICS, records, counts=counts, otlp=otlp).items():
+        for offset, value in enumerate(values):
+            body = orjson.loads(value)
+            assert {t["trace_id"] for t in body["traces"]} <= {
+                t for t in ids if partition_for(t, 8) == partition
+            }
+            decoder.decode(SimpleNamespace(topic=TOPICS.keyed.name, partition=partition,
+                                           offset=offset, value=value, key=None,
+                                           timestamp=time.time()), None, batch)  # fmt: skip
+    assert sorted({t.trace_id for t in batch.traces}) == sorted(ids)
+    assert len(batch.traces) == 10 and counts[f"out:{TOPICS.keyed.name}"] == 10
+    # stamped with the Kafka message's time: the same received_at on every replay
+    first = next(t for t in batch.traces if t.trace_id == ids[0])
+    assert first.received_at == datetime.fromtimestamp((NOW_MS - 1000) / 1000, UTC)
+    (letter,) = batch.dead
+    assert (letter.topic, letter.partition, letter.offset, letter.reason) == (
+        "otlp_spans", 0, 1, "bad_otlp",
+    )  # fmt: skip
+    assert letter.raw.startswith("base64:")

@@ -146,3 +146,16 @@ def test_bad_sandbox_settings_fail_naming_the_variable(monkeypatch, env, words):
         monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
         load_settings()
+
+
+def test_an_otlp_topic_asked_for_needs_key_by_trace_which_reads_it(monkeypatch):
+    monkeypatch.setenv("THUMBLINE_KEY_BY_TRACE", "false")
+    assert load_settings().otlp_topic == "otlp_spans"  # the default: simply not read
+    monkeypatch.setenv("THUMBLINE_OTLP_TOPIC", "spans")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "THUMBLINE_OTLP_TOPIC" in str(info.value) and "THUMBLINE_KEY_BY_TRACE=true" in str(
+        info.value
+    )
+    monkeypatch.setenv("THUMBLINE_OTLP_TOPIC", "")
+    assert load_settings().otlp_topic == ""
