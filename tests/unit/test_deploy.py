@@ -91,3 +91,18 @@ def test_promtool_accepts_the_rules_and_the_config(tmp_path):
         [PROMTOOL, "check", "config", str(local)], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_collector_writes_where_thumbline_reads_in_the_encoding_it_expects():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    collector = yaml.safe_load((DEPLOY / "otel-collector" / "config.yaml").read_text())
+    settings = load_settings()
+    kafka = collector["exporters"]["kafka"]
+    assert kafka["traces"]["topic"] == settings.otlp_topic
+    assert kafka["traces"]["encoding"] == settings.otlp_encoding
+    # the broker address thumbline itself uses inside the compose network
+    thumbline_env = compose["services"]["thumbline"]["environment"]
+    assert kafka["brokers"] == [thumbline_env["THUMBLINE_KAFKA_BOOTSTRAP"]]
+    assert "kafka" in collector["service"]["pipelines"]["traces"]["exporters"]
+    mounted = compose["services"]["otel-collector"]["volumes"][0].split(":")[0]
+    assert (ROOT / mounted).resolve() == (DEPLOY / "otel-collector" / "config.yaml").resolve()
