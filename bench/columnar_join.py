@@ -40,14 +40,16 @@ from thumbline.stream_jobs.join_state import DEFAULT_PROJECT, TraceAttributes
 #: A feedback event's own fields, after validation and derivation (a pending row's tuple).
 FB = (
     "event_id", "trace_id", "span_id", "name", "kind", "value", "score", "label", "comment",
-    "correction", "category", "tags", "source", "user_id", "session_id", "conversation_id",
-    "project", "environment", "capability", "step", "metadata", "ts", "received_at", "retracted",
+    "correction", "category", "tags", "source", "annotator", "user_id", "session_id",
+    "conversation_id", "project", "environment", "capability", "step", "metadata", "ts",
+    "received_at", "retracted",
 )  # fmt: skip
 #: The output row (EnrichedFeedback without schema_version), in the ``feedback`` table's order.
 OUT = (
     "event_id", "trace_id", "span_id", "name", "kind", "value", "score", "label", "comment",
-    "correction", "category", "tags", "source", "user_id", "session_id", "conversation_id",
-    "project", "environment", "model", "capability", "step", "trace_name", "trace_status",
+    "correction", "category", "tags", "source", "annotator", "user_id", "session_id",
+    "conversation_id", "project", "environment", "model", "capability", "step", "trace_name",
+    "trace_status",
     "latency_ms", "total_tokens", "cost_usd", "metadata", "ts", "received_at", "join_status",
     "retracted", "version",
 )  # fmt: skip
@@ -63,6 +65,8 @@ _TR_FIELDS = frozenset(TraceEvent.model_fields)
 _RANK = {"orphan": 1, "joined": 2, "corrected": 3}
 _STATUSES = frozenset({"unset", "ok", "error"})
 _SOURCES = frozenset({"explicit", "implicit"})
+_ANNOTATORS = frozenset({"end_user", "reviewer", "evaluator", "code"})
+_ENUMS = ("kind", "source", "annotator")  # the models' enums, stored as their text
 
 
 def _id(s: Any) -> bool:  # Id: 1..256 characters, no whitespace
@@ -199,6 +203,9 @@ class ColumnarJoin:
         for i, v in enumerate(g["source"]):
             if v is not None and v not in _SOURCES:
                 b(i)
+        for i, v in enumerate(g["annotator"]):
+            if v is not None and v not in _ANNOTATORS:
+                b(i)
         for i, v in enumerate(g["retracted"]):
             if v is not None and type(v) is not bool:
                 b(i)
@@ -258,6 +265,7 @@ class ColumnarJoin:
             "name": name, "kind": kind, "value": value, "score": score, "label": label,
             "comment": comment, "correction": correction, "category": category,
             "tags": [tuple(t) if t else () for t in g["tags"]], "source": source,
+            "annotator": [a if a is not None else "end_user" for a in g["annotator"]],
             "user_id": g["user_id"], "session_id": g["session_id"],
             "conversation_id": g["conversation_id"], "project": project,
             "environment": g["environment"], "capability": g["capability"], "step": g["step"],
@@ -320,7 +328,7 @@ class ColumnarJoin:
             row = event.__dict__
             for f in FB:
                 v = row[f]
-                out[f].append(str(v) if f in ("kind", "source") and v is not None else v)
+                out[f].append(str(v) if f in _ENUMS and v is not None else v)
         return out
 
     def _careful(
@@ -564,8 +572,8 @@ class ColumnarJoin:
         if not n:
             return
         for f in ("event_id", "trace_id", "span_id", "name", "kind", "value", "score", "label",
-                  "comment", "correction", "category", "tags", "source", "project", "metadata",
-                  "ts", "received_at", "retracted"):  # fmt: skip
+                  "comment", "correction", "category", "tags", "source", "annotator", "project",
+                  "metadata", "ts", "received_at", "retracted"):  # fmt: skip
             out[f].extend(fb[f])
         if status == "orphan":
             out["user_id"].extend([v or None for v in fb["user_id"]])

@@ -47,6 +47,7 @@ from thumbline.schemas._base import (
     check_nested,
 )
 from thumbline.schemas.feedback import (
+    Annotator,
     FeedbackEvent,
     FeedbackKind,
     Source,
@@ -114,6 +115,7 @@ class _FeedbackWire(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     category: _Name | None = None
     tags: Annotated[tuple[_Tag, ...], msgspec.Meta(max_length=MAX_TAGS)] = ()
     source: Source | None = None
+    annotator: Annotator = Annotator.END_USER
     retracted: bool = False
     user_id: _Id | None = None
     session_id: _Id | None = None

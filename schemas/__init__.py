@@ -4,7 +4,7 @@ the wire format and the ClickHouse migrations. Imports nothing else from the pro
 
 from thumbline.schemas._base import TimeBounds
 from thumbline.schemas.errors import InvalidEvent, ThumblineError, WireError
-from thumbline.schemas.feedback import FeedbackEvent, FeedbackKind, Label, Source
+from thumbline.schemas.feedback import Annotator, FeedbackEvent, FeedbackKind, Label, Source
 from thumbline.schemas.records import (
     Alert,
     AlertState,
@@ -20,6 +20,7 @@ from thumbline.schemas.wire import decode_message, encode_batch, encode_event
 __all__ = [
     "Alert",
     "AlertState",
+    "Annotator",
     "DeadLetter",
     "EnrichedFeedback",
     "FeedbackEvent",

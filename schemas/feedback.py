@@ -122,8 +122,18 @@ class Source(StrEnum):
     IMPLICIT = "implicit"
 
 
+class Annotator(StrEnum):
+    """Who gave the feedback. Rates and alerts count ``end_user`` feedback only."""
+
+    END_USER = "end_user"  # the person who got the answer
+    REVIEWER = "reviewer"  # a person reviewing answers (annotation queue, QA)
+    EVALUATOR = "evaluator"  # an LLM judge or another model
+    CODE = "code"  # a deterministic check (a test, a regex, a validator)
+
+
 class FeedbackEvent(Contract):
-    """One piece of end-user feedback about the answer a trace produced."""
+    """One piece of feedback about the answer a trace produced: an end user's, unless
+    ``annotator`` says a reviewer, an evaluator or code gave it."""
 
     schema_version: Literal[1] = Field(1, description="Contract version.")
 
@@ -162,6 +172,12 @@ class FeedbackEvent(Contract):
         (), max_length=MAX_TAGS
     )
     source: Source | None = Field(None, description="explicit or implicit; derived from the kind.")
+    annotator: Annotator = Field(
+        Annotator.END_USER,
+        description="Who gave it: end_user (default), reviewer, evaluator (an LLM judge) or code. "
+        "Only end_user feedback counts in rates and alerts. The HTTP gateway always sets "
+        "end_user.",
+    )
     retracted: StrictBool = Field(
         False, description="true withdraws the feedback with this event_id (a JSON boolean)."
     )

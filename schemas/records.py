@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from thumbline.schemas._base import Contract
-from thumbline.schemas.feedback import FeedbackEvent, FeedbackKind, Id, Name, Source
+from thumbline.schemas.feedback import Annotator, FeedbackEvent, FeedbackKind, Id, Name, Source
 from thumbline.schemas.trace import TraceEvent, TraceStatus
 
 
@@ -59,6 +59,7 @@ class EnrichedFeedback(Contract):
     category: str | None = None
     tags: tuple[str, ...] = ()
     source: Source
+    annotator: Annotator = Annotator.END_USER
     user_id: str | None = None
     session_id: str | None = None
     conversation_id: str | None = None

@@ -215,6 +215,7 @@ def enrich(
             category=event.category,
             tags=event.tags,
             source=event.source or Source.EXPLICIT,  # always set by validation
+            annotator=event.annotator,
             user_id=pick(event.user_id, t.user_id if t else "") or None,
             session_id=pick(event.session_id, t.session_id if t else "") or None,
             conversation_id=pick(event.conversation_id, t.conversation_id if t else "") or None,

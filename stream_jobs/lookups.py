@@ -27,8 +27,9 @@ _TRACE_FIELDS = (
 
 _FEEDBACK_FIELDS = (
     "event_id", "trace_id", "span_id", "name", "kind", "value", "score", "label", "comment",
-    "correction", "category", "tags", "source", "user_id", "session_id", "conversation_id",
-    "project", "environment", "capability", "step", "metadata", "ts", "received_at", "retracted",
+    "correction", "category", "tags", "source", "annotator", "user_id", "session_id",
+    "conversation_id", "project", "environment", "capability", "step", "metadata", "ts",
+    "received_at", "retracted",
 )  # fmt: skip
 
 

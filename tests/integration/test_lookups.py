@@ -78,6 +78,7 @@ def test_orphans_come_back_as_feedback_a_late_trace_corrects(store, store_settin
                     "project": "shop",
                     "kind": "thumb",
                     "value": "down",
+                    "annotator": "evaluator",
                     "received_at": received,
                 }
             ),  # fmt: skip
@@ -95,6 +96,7 @@ def test_orphans_come_back_as_feedback_a_late_trace_corrects(store, store_settin
     assert (row.event_id, row.join_status, row.project) == (f"{tid}-e", "corrected", "shop")
     assert (row.label, row.score, row.comment, row.metadata) == ("bad", 0.25, "meh", {"a": 1})
     assert (thumb.event_id, thumb.join_status, thumb.value) == (f"{tid}-t", "corrected", "down")
+    assert (row.annotator, thumb.annotator) == ("end_user", "evaluator")  # who gave it is kept
 
 
 def test_a_trace_is_found_only_in_its_own_project(store, store_settings):

@@ -170,16 +170,21 @@ class TestAnalyticsViews:
         user = unique("user")
         columns = [
             "event_id", "trace_id", "label", "kind", "name", "score", "comment", "user_id",
-            "capability", "model", "source", "ts", "received_at", "version", "retracted",
+            "capability", "model", "source", "annotator", "ts", "received_at", "version",
+            "retracted",
         ]  # fmt: skip
         rows = [
             [unique("e"), "t1", "bad", "thumb", "q", 0.0, "wrong", user, "cap-v", "m-v",
-             "explicit", now, now, 1, 0]
+             "explicit", "end_user", now, now, 1, 0]
             for _ in range(3)
         ] + [[unique("e"), "t1", "good", "thumb", "q", 1.0, "", user, "cap-v", "m-v",
-              "explicit", now, now, 1, 0],
+              "explicit", "end_user", now, now, 1, 0],
              [unique("e"), "t1", "neutral", "signal", "copied", None, "", user, "cap-v", "m-v",
-              "implicit", now, now, 1, 0]]  # fmt: skip
+              "implicit", "end_user", now, now, 1, 0]]  # fmt: skip
+        # an LLM judge's and a check's verdicts on the same user's trace: the user said none
+        rows += [[unique("e"), "t1", "bad", "thumb", "judge", 0.0, "unsupported claim", user,
+                  "cap-v", "m-v", "explicit", who, now, now, 1, 0]
+                 for who in ("evaluator", "evaluator", "code")]  # fmt: skip
         store.insert(f"{db}.feedback", rows, column_names=columns)
         q = lambda sql: store.query(sql.replace("{db}", db)).result_rows  # noqa: E731
         assert q(f"SELECT bad, traces FROM {{db}}.users_repeated_bad WHERE user_id = '{user}'") == [
@@ -188,9 +193,10 @@ class TestAnalyticsViews:
         assert q("SELECT up, down FROM {db}.thumbs_by_capability WHERE capability = 'cap-v'") == [
             (1, 3)
         ]
-        assert q("SELECT raters, mean_score FROM {db}.scores_by_trace WHERE trace_id = 't1'") == [
-            (4, 0.25)
-        ]
+        assert q(
+            "SELECT raters, mean_score FROM {db}.scores_by_trace "
+            "WHERE trace_id = 't1' AND name = 'q'"
+        ) == [(4, 0.25)]
         assert q("SELECT feedback, bad FROM {db}.bad_rate_by_model_hourly WHERE model = 'm-v'") == [
             (4, 3)
         ]
@@ -199,6 +205,29 @@ class TestAnalyticsViews:
         ) == [("copied", 1)]
         review = q("SELECT user_id FROM {db}.weekly_quality_review")
         assert (user,) in review and len(review) <= 20
+
+
+class TestAnnotatorMigration:
+    """0009: who gave the feedback; rows stored before it came from end users."""
+
+    def test_old_rows_are_end_user_and_the_latest_view_shows_the_column(self, store):
+        db = unique("before_annotator")
+        try:
+            migrate_to(store, db, 7)
+            now = datetime.now(UTC)
+            insert_feedback(store, db, [["e-old", "t", "bad", now, now, 1, 0]])
+            apply_migrations(store, db)
+            store.insert(
+                f"{db}.feedback", [["e-judge", "t", "bad", "evaluator", now, now, 1, 0]],
+                column_names=["event_id", "trace_id", "label", "annotator", "ts",
+                              "received_at", "version", "retracted"],
+            )  # fmt: skip
+            rows = store.query(
+                f"SELECT event_id, annotator FROM {db}.feedback_latest ORDER BY event_id"
+            ).result_rows
+            assert rows == [("e-judge", "evaluator"), ("e-old", "end_user")]
+        finally:
+            store.command(f"DROP DATABASE IF EXISTS {db}")
 
 
 class TestIdempotentKeys:

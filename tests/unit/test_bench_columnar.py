@@ -46,6 +46,7 @@ def test_prototype_rows_and_dead_letters_equal_the_join() -> None:
     _edit(records, "feedback", 9, {"colour": "blue"})
     _edit(records, "traces", 4, {"latency_ms": -1.0})
     _edit(records, "feedback", 21, {"ts": "2026-13-01T10:00:00Z"})  # the right shape, no date
+    _edit(records, "feedback", 25, {"annotator": "robot"})
     # valid, but for the models to judge: each must give the model's row
     _edit(records, "feedback", 11, {"kind": "text", "value": "nice", "label": ..., "score": ...})
     _edit(records, "feedback", 13, {"kind": "stars", "value": 4, "label": ..., "score": ...})
@@ -53,6 +54,7 @@ def test_prototype_rows_and_dead_letters_equal_the_join() -> None:
     _edit(records, "feedback", 15, {"received_at": ...})
     _edit(records, "feedback", 17, {"kind": "thumb", "value": 1, "label": ..., "score": ...})
     _edit(records, "feedback", 19, {"kind": "rating", "value": 2, "label": ..., "score": ...})
+    _edit(records, "feedback", 23, {"annotator": "evaluator"})
     _edit(records, "traces", 6, {"model": "  model-9  ", "latency_ms": ...})
     records[20].value = b"{not json"  # key_by_trace's own dead letter
     batches = keyed_batches(records, 150, topics)
@@ -61,9 +63,10 @@ def test_prototype_rows_and_dead_letters_equal_the_join() -> None:
     proto = run_prototype(batches, topics)
 
     same_rows(current, proto)  # raises on any difference, dead letters included
+    assert sum(r.annotator == "evaluator" for r in current["rows"]) == 1
     assert sorted(d.reason if hasattr(d, "reason") else d["reason"] for d in current["dead"]) == [
         "bad_json",
-        *["invalid_event"] * 5,
+        *["invalid_event"] * 6,
         "ts_out_of_range",
     ]
-    assert proto["join"].counts["careful"] == 9  # the others took the columnar path
+    assert proto["join"].counts["careful"] == 10  # the others took the columnar path

@@ -10,7 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from thumbline.schemas import FeedbackEvent, FeedbackKind, InvalidEvent, Label, Source, TimeBounds
+from thumbline.schemas import (
+    Annotator,
+    FeedbackEvent,
+    FeedbackKind,
+    InvalidEvent,
+    Label,
+    Source,
+    TimeBounds,
+)
 from thumbline.schemas.feedback import BAD_AT_MOST, GOOD_AT_LEAST, ISSUE_CATEGORIES
 
 
@@ -138,6 +146,24 @@ class TestDefaults:
     def test_wire_json_round_trips(self):
         e = parse(kind="rating", value=4, tags=["thumbs-up"], metadata={"a": {"b": [1, 2]}})
         assert FeedbackEvent.parse(__import__("orjson").loads(e.to_json())) == e
+
+
+class TestAnnotator:
+    """Who gave the feedback: an end user unless the event says otherwise."""
+
+    def test_feedback_without_an_annotator_comes_from_an_end_user(self):
+        assert parse(kind="thumb", value="down").annotator is Annotator.END_USER
+
+    @pytest.mark.parametrize("who", ["end_user", "reviewer", "evaluator", "code"])
+    def test_each_annotator_is_kept_and_travels_on_the_wire(self, who):
+        e = parse(kind="score", value=0.2, annotator=who)
+        assert e.annotator == Annotator(who)
+        assert __import__("orjson").loads(e.to_json())["annotator"] == who
+
+    def test_an_unknown_annotator_is_refused_naming_the_field(self):
+        with pytest.raises(InvalidEvent) as info:
+            parse(kind="thumb", value="up", annotator="robot")
+        assert problem_fields(info.value) == ["annotator"]
 
 
 class TestErrorsNameTheField:

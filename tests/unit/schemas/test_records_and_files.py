@@ -36,6 +36,14 @@ def test_input_topic_schemas_accept_one_event_or_a_batch():
     assert schema["oneOf"][1]["maxItems"] == 1000
 
 
+def test_the_schemas_say_who_gave_the_feedback_and_default_to_an_end_user():
+    feedback = json.loads((JSON_DIR / "feedback.schema.json").read_text())
+    enriched = json.loads((JSON_DIR / "enriched.schema.json").read_text())
+    for schema, fields in ((feedback, feedback["$defs"]["FeedbackEvent"]), (enriched, enriched)):
+        assert fields["properties"]["annotator"]["default"] == "end_user"
+        assert schema["$defs"]["Annotator"]["enum"] == ["end_user", "reviewer", "evaluator", "code"]
+
+
 def test_enriched_feedback_needs_a_join_status_and_version():
     with pytest.raises(InvalidEvent) as info:
         EnrichedFeedback.parse(

@@ -53,6 +53,17 @@ def state(clock) -> JoinState:
     return JoinState(grace_seconds=600, retention_seconds=3600, clock=clock)
 
 
+def test_who_gave_the_feedback_is_kept_on_joined_and_orphan_rows(state, clock):
+    state.add_traces([trace()])
+    [joined] = state.add_feedback([feedback(annotator="evaluator")])
+    [user] = state.add_feedback([feedback(event_id="e2")])
+    assert (joined.annotator, user.annotator) == ("evaluator", "end_user")
+    assert state.add_feedback([feedback("t-none", "e3", annotator="code")]) == []
+    clock.advance(601)
+    [orphan] = state.expire()
+    assert (orphan.join_status, orphan.annotator) == ("orphan", "code")
+
+
 def test_feedback_after_its_trace_is_emitted_at_once_with_the_trace_attributes(state):
     assert state.add_traces([trace(capability="support", user_id="u1", latency_ms=820)]) == []
     [row] = state.add_feedback([feedback(comment="wrong")])
