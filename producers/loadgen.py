@@ -64,6 +64,9 @@ class LoadSpec:
     correction_share: float = 0.0  # feedback that corrects the answer (label edit)
     early_share: float = 0.1  # feedback sent before its trace
     orphan_share: float = 0.0  # feedback whose trace is never sent
+    #: traces an LLM judge also rates (annotator evaluator, half of them bad whatever the
+    #: spike): stored and shown beside the user's feedback, never counted in rates
+    evaluator_share: float = 0.0
     trace_delay: float = 1.0  # how much later an early feedback's trace follows, in seconds
     spike: Spike | None = None
     seed: int = 1
@@ -119,6 +122,7 @@ class LoadReport:
     labels: Counter[str] = field(default_factory=Counter)
     spike_bad: int = 0
     spike_total: int = 0
+    evaluations: int = 0  # the judge's verdicts, beside the feedback counted above
     seconds: float = 0.0
     started_at: str = ""
     spike_from: str | None = None
@@ -145,6 +149,9 @@ class LoadGenerator:
         self.models = list(spec.model_names) or _names("model", spec.models)
         self.capabilities = list(spec.capability_names) or _names("capability", spec.capabilities)
         self.n = 0
+        # the judge draws from its own generator: the users' feedback is the same with or
+        # without it
+        self.judge_rng = random.Random(f"{spec.seed}-judge")  # noqa: S311
 
     def pair(self, offset: float) -> tuple[TraceEvent, FeedbackEvent, bool]:
         """One trace and its feedback; True when inside the spike."""
@@ -195,6 +202,18 @@ class LoadGenerator:
         })  # fmt: skip
         return trace, feedback, in_spike
 
+    def verdict(self, trace: TraceEvent) -> FeedbackEvent | None:
+        """An LLM judge's verdict on ``trace`` (for ``evaluator_share`` of them), or None."""
+        rng, share = self.judge_rng, self.spec.evaluator_share
+        if not share or rng.random() >= share:
+            return None
+        bad = rng.random() < 0.5
+        return FeedbackEvent.model_validate({
+            "trace_id": trace.trace_id, "event_id": f"{trace.trace_id}-judge",
+            "project": trace.project, "kind": "score", "value": 0.1 if bad else 0.9,
+            "name": "llm-judge", "annotator": "evaluator", "received_at": trace.received_at,
+        })  # fmt: skip
+
 
 async def run_load(
     producer: FeedbackProducer,
@@ -239,6 +258,10 @@ async def run_load(
             else:
                 batch.append(trace)
             batch.append(feedback)
+            judged = gen.verdict(trace)
+            if judged is not None:
+                batch.append(judged)
+                report.evaluations += 1
             report.feedback += 1
             report.labels[feedback.label or ""] += 1
             if in_spike:

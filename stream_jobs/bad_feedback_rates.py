@@ -49,6 +49,11 @@ Classes: a row is ``implicit`` when its source is (copied, regenerated...),
 else ``good`` or ``bad`` by label, else ``neutral`` (neutral, edit and custom
 labels). ``total`` counts explicit feedback only, and ``bad_rate`` is
 ``bad / total``: implicit signals do not dilute it.
+
+End users only: a row whose ``annotator`` is not ``end_user`` (a reviewer, an
+LLM judge, code) counts in no class, like a retracted one: it is stored and
+shown, but a judge that finds everything bad raises no alert. A row without an
+annotator (written before it existed) is an end user's.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from typing import Any
 from thumbline.schemas import RateWindow
 
 ALL = "*"
+END_USER = "end_user"  # the only annotator the rates count (issue 16 makes it configurable)
 Dims = tuple[str, str, str, str]  # project, environment, model, capability; "*" is all
 MAX_SAMPLES = 5
 
@@ -126,7 +132,7 @@ def contribution(row: dict[str, Any], window: float) -> tuple[EventKey, Contribu
     )
     counts = Counts()
     sample = None
-    if not row.get("retracted"):
+    if not row.get("retracted") and row.get("annotator", END_USER) == END_USER:
         label = row.get("label")
         comment = row.get("comment") or ""
         if row.get("source") == "implicit":

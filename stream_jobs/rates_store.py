@@ -5,8 +5,10 @@ identity (``FINAL``), retractions removed, every correction in. So a window
 read back from it is exact, whatever was late, replayed or moved; the counts
 here follow :func:`thumbline.stream_jobs.bad_feedback_rates.contribution` to the letter.
 
-Both reads leave out *pending* rows (feedback the join still holds, stored so
-people can see it): the rates count the joined and orphan rows of
+Both count end-user feedback only, as ``contribution`` does (the recompute
+filters on ``annotator``; the restart reads it and ``contribution`` decides).
+Both leave out *pending* rows (feedback the join still holds, stored so people
+can see it): the rates count the joined and orphan rows of
 ``feedback.enriched``, and the join publishes a pending event's outcome later,
 as a late row if its window has completed by then.
 """
@@ -48,7 +50,7 @@ FROM (
     FROM {db}.feedback FINAL
     WHERE ts >= fromUnixTimestamp64Milli({since:Int64})
       AND ts < fromUnixTimestamp64Milli({until:Int64}) AND retracted = 0
-      AND join_status != 'pending'
+      AND annotator = 'end_user' AND join_status != 'pending'
 )
 GROUP BY GROUPING SETS ((start, project, environment, model),
                         (start, project, environment, capability))
@@ -116,8 +118,8 @@ def restore_rates(rates: RateState, client: StoreClient, database: str, *, now: 
         last = max(last, float(start))
     replay_from = last + window
     result = client.query(
-        "SELECT event_id, trace_id, version, ts, label, source, comment, score, retracted, "  # noqa: S608
-        "project, environment, model, capability "
+        "SELECT event_id, trace_id, version, ts, label, source, annotator, comment, score, "  # noqa: S608
+        "retracted, project, environment, model, capability "
         f"FROM {database}.feedback FINAL "
         "WHERE ts >= fromUnixTimestamp64Milli({replay_from:Int64}) AND join_status != 'pending'",
         parameters={"replay_from": int(replay_from * 1000)},

@@ -30,6 +30,7 @@ from thumbline.settings import load_settings
 from thumbline.stream_jobs.app import StreamApp
 from thumbline.stream_jobs.bad_feedback_rates import ALL, RateState
 from thumbline.stream_jobs.rates_job import restore_rates
+from thumbline.stream_jobs.rates_store import read_windows
 from thumbline.stream_jobs.sink import ClickHouseSink
 
 WINDOW = 2
@@ -98,7 +99,7 @@ async def test_a_spike_on_one_project_fires_once_for_it_and_resolves(
 ):
     spec = LoadSpec(
         rate=150, duration=26, projects=3, environments=1, models=1, capabilities=1,
-        bad_share=0.05, early_share=0.0, seed=21, run_id=unique("spike"),
+        bad_share=0.05, early_share=0.0, evaluator_share=0.2, seed=21, run_id=unique("spike"),
         spike=Spike(start=12, end=18, bad_share=0.7, project="project-0"),
     )  # fmt: skip
     began = time.time()
@@ -185,7 +186,8 @@ RUN: dict = {}  # the spike test's run, which the next test checks
 
 
 async def test_window_rows_match_the_feedback_table(stream, query):
-    """Every closed 2 s window of the spike run equals the deduplicated feedback it covers.
+    """Every closed 2 s window of the spike run equals the deduplicated end-user feedback it
+    covers (the run's LLM-judge rows are in the table, not in the windows).
 
     The session store holds other modules' rows too: the rates are summed per
     project over this module's dimension sets and compared in the run's time span.
@@ -208,9 +210,15 @@ async def test_window_rows_match_the_feedback_table(stream, query):
         "countIf(source != 'implicit' AND label NOT IN ('good', 'bad')), "
         "countIf(source = 'implicit') FROM {db}.feedback FINAL "
         f"WHERE startsWith(trace_id, 'lg-{RUN['run_id']}-') AND s {span} AND retracted = 0 "
-        "GROUP BY project, s ORDER BY 1, 2"
+        "AND annotator = 'end_user' GROUP BY project, s ORDER BY 1, 2"
     )
     assert len(table) > 20 and rates == table
+    # the LLM judge's verdicts (a fifth of the run, half of them bad) are stored, not counted
+    judged = query(
+        "SELECT countIf(label = 'bad'), count() FROM {db}.feedback FINAL "
+        f"WHERE startsWith(trace_id, 'lg-{RUN['run_id']}-') AND annotator = 'evaluator'"
+    )
+    assert judged[0][0] > 100 and judged[0][1] > 500
 
 
 async def test_a_restart_rebuilds_windows_from_stored_rows_and_recounts_the_missing(
@@ -235,7 +243,7 @@ async def test_a_restart_rebuilds_windows_from_stored_rows_and_recounts_the_miss
         "countIf(source != 'implicit' AND label = 'bad'), countIf(source != 'implicit') "
         "FROM {db}.feedback FINAL "
         f"WHERE startsWith(trace_id, 'lg-{RUN['run_id']}-') AND s BETWEEN {since} AND {horizon} "
-        "AND retracted = 0 GROUP BY project, s ORDER BY 1, 2"
+        "AND retracted = 0 AND annotator = 'end_user' GROUP BY project, s ORDER BY 1, 2"
     )
     assert len(table) > 20
     for project, start, bad, total in table:
@@ -291,12 +299,16 @@ def raw_feedback():
 
 
 def enriched_row(at: float, project: str, n: int) -> dict:
+    """Every fourth row an LLM judge's bad verdict (on model m1, or on a model only it rated):
+    stored, never counted."""
     stamp = datetime.fromtimestamp(at, UTC).isoformat()
+    judged = n % 4 == 3
     return {
         "event_id": f"{project}-{n}", "trace_id": f"{project}-t{n}", "version": 1, "ts": stamp,
-        "received_at": stamp, "label": "bad" if n % 3 == 0 else "good", "source": "explicit",
-        "project": project, "environment": "prod", "model": "m1", "capability": "support",
-        "comment": "", "retracted": 0,
+        "received_at": stamp, "label": "bad" if judged or n % 3 == 0 else "good",
+        "source": "explicit", "annotator": "evaluator" if judged else "end_user",
+        "project": project, "environment": "prod", "model": "m-judged" if n % 8 == 7 else "m1",
+        "capability": "support", "comment": "", "retracted": 0,
     }  # fmt: skip
 
 
@@ -336,11 +348,26 @@ async def test_a_worker_down_for_minutes_still_gets_exact_windows(store, store_s
 
     assert after.late == 0
     rates = store.query(
-        f"SELECT toUnixTimestamp(window_start), total FROM {db}.feedback_rates FINAL "
-        f"WHERE window_seconds = 60 AND capability = '*' AND project = '{project}' ORDER BY 1"
+        f"SELECT toUnixTimestamp(window_start), sum(total), sum(bad) FROM {db}.feedback_rates "
+        f"FINAL WHERE window_seconds = 60 AND capability = '*' AND project = '{project}' "
+        "GROUP BY 1 ORDER BY 1"
     ).result_rows
     table = store.query(
-        "SELECT toUnixTimestamp(toStartOfInterval(ts, INTERVAL 60 SECOND)), count() "
+        "SELECT toUnixTimestamp(toStartOfInterval(ts, INTERVAL 60 SECOND)), "
+        "countIf(annotator = 'end_user'), countIf(annotator = 'end_user' AND label = 'bad') "
         f"FROM {db}.feedback FINAL WHERE project = '{project}' GROUP BY 1 ORDER BY 1"
     ).result_rows
     assert len(table) == 20 and rates == table
+    judged = f"SELECT count() FROM {db}.feedback FINAL WHERE project = '{project}' AND annotator"
+    assert store.query(f"{judged} = 'evaluator'").result_rows == [(50,)]  # stored as they came
+
+    # the recompute from the table (late rows, reconciliation) agrees with the stream's counts
+    starts = sorted(s for s in after.windows if s >= t0)
+    found = read_windows(after, store, db, starts)
+
+    def counted(counts: dict) -> dict:
+        return {d: c for d, c in counts.items() if d[0] == project and not c.empty()}
+
+    assert {s: counted(found[s]) for s in starts} == {
+        s: counted(after.windows[s].counts) for s in starts
+    }

@@ -62,6 +62,23 @@ def test_a_spike_raises_the_bad_share_only_on_its_dimensions_and_window():
     assert sum(outside) / len(outside) < 0.1
 
 
+def test_a_judge_rates_its_share_of_traces_and_leaves_the_users_feedback_as_it_was():
+    plain = LoadGenerator(LoadSpec(seed=4, run_id="r"))
+    spec = LoadSpec(seed=4, run_id="r", evaluator_share=0.2)
+    judged = LoadGenerator(spec)
+    users, verdicts = [], []
+    for _ in range(4000):
+        trace, fb, _ = judged.pair(0)
+        users.append(fb.model_dump(exclude={"received_at", "ts"}))
+        verdicts.append(judged.verdict(trace))
+    assert users == [plain.pair(0)[1].model_dump(exclude={"received_at", "ts"}) for _ in users]
+    given = [v for v in verdicts if v is not None]
+    assert 0.17 < len(given) / len(verdicts) < 0.23
+    assert {(v.annotator, v.name) for v in given} == {("evaluator", "llm-judge")}
+    assert 0.4 < sum(v.label == "bad" for v in given) / len(given) < 0.6
+    assert LoadGenerator(LoadSpec(seed=4)).verdict(trace) is None  # no share: no judge
+
+
 def test_an_inbox_time_without_a_zone_is_utc_whoever_asks():
     naive = InboxFilter(start=datetime(2026, 11, 24, 10, 0), end=datetime(2026, 11, 24, 11, 0))  # noqa: DTZ001 (naive on purpose)
     utc = InboxFilter(start=datetime(2026, 11, 24, 10, 0, tzinfo=UTC),

@@ -118,6 +118,23 @@ class TestWindows:
         )
         assert base_rows(rates.advance(T0 + 90, {}))[(60, "m1", ALL)].total == 0
 
+    def test_only_end_user_feedback_counts_and_a_judges_bad_verdict_is_no_sample(self, rates):
+        rates.apply([
+            row(T0 + 1, "good", score=1.0),
+            *[row(T0 + 2, "bad", score=0.0, comment="unsupported", annotator=who)
+              for who in ("evaluator", "reviewer", "code")],
+            row(T0 + 3, "neutral", source="implicit", annotator="code"),
+        ])  # fmt: skip
+        assert rates.samples(BY_MODEL, T0, T0 + 60) == []
+        m = base_rows(rates.advance(T0 + 90, {}))[(60, "m1", ALL)]
+        assert (m.good, m.bad, m.total, m.implicit, m.with_comment, m.score_count) == (
+            1, 0, 1, 0, 0, 1,
+        )  # fmt: skip
+
+    def test_a_row_without_an_annotator_is_an_end_users(self, rates):
+        rates.apply([row(T0 + 1, "bad"), row(T0 + 2, "bad", annotator="end_user")])
+        assert base_rows(rates.advance(T0 + 90, {}))[(60, "m1", ALL)].bad == 2
+
     def test_a_corrected_orphan_moves_to_its_trace_dimensions(self, rates):
         rates.apply([row(T0 + 1, event_id="a", model="")])
         rates.apply([row(T0 + 1, event_id="a", version=2)])
@@ -304,6 +321,19 @@ class TestDetector:
         alerts = self.run(rates, clock, detector, [3] * 10 + [30] * 20 + [3] * 4)
         assert [a.state for a in alerts] == ["firing", "resolved"]
         assert alerts[1].window_start.timestamp() >= T0 + 30 * 60  # after the spike, not in it
+
+    def test_a_judge_that_finds_everything_bad_fires_nothing(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
+        detector = SpikeDetector((self.RULE,))
+        alerts = []
+        for i in range(14):
+            start = T0 + i * 60
+            if i >= 10:  # an LLM judge's verdicts on the same traces: all bad
+                rates.apply([row(start + 1 + j * 0.01, "bad", annotator="evaluator")
+                             for j in range(60)])  # fmt: skip
+            minute(rates, clock, start, 3, 60)  # what the users say stays at 5% bad
+            alerts.extend(detector.evaluate(rates, start + 60, clock.now))
+        assert alerts == []
 
     def test_low_volume_noise_never_fires(self, clock):
         rates = RateState(window=60, sliding=(), lateness=0, history=3600, clock=clock)
