@@ -207,7 +207,7 @@ def build_app(
     def stamp(item: Any, key: ApiKey | None, now: datetime, what: str) -> dict[str, Any]:
         if not isinstance(item, dict):
             raise InvalidEvent(what, [("(item)", item, "must be a JSON object")])
-        fields = {k: v for k, v in item.items() if k not in ("received_at", "source")}
+        fields = {k: v for k, v in item.items() if k not in ("received_at", "source", "annotator")}
         if key is not None and key.project:
             sent = fields.get("project")
             if sent is not None and sent != key.project:

@@ -60,6 +60,7 @@ def add_read_routes(
         request: Request,
         label: Annotated[list[str], Query(description="bad, good, edit or a custom label")] = [],  # noqa: B006
         kind: Annotated[list[str], Query(description="thumb, rating, correction...")] = [],  # noqa: B006
+        annotator: Annotated[list[str], Query(description="end_user, evaluator, code...")] = [],  # noqa: B006
         project: str | None = None,
         environment: str | None = None,
         model: str | None = None,
@@ -85,6 +86,7 @@ def add_read_routes(
         try:
             filters = InboxFilter(
                 labels=tuple(label), kinds=tuple(kind), project=own_project(key, project),
+                annotators=tuple(annotator),
                 environment=environment, model=model, capability=capability, user_id=user_id,
                 session_id=session_id, trace_id=trace_id, status=status,
                 has_comment=has_comment, since=parse_since(since) if since else None,

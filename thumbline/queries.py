@@ -10,17 +10,22 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from thumbline.schemas import Annotator
+
 _SINCE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 INBOX_COLUMNS = (
     "ts", "trace_id", "label", "comment", "user_id", "session_id", "project", "model",
-    "environment", "capability", "kind", "name", "score", "join_status", "event_id",
+    "environment", "capability", "kind", "name", "score", "join_status", "event_id", "annotator",
 )  # fmt: skip
 
 
 #: What ``--status`` takes: the join's outcomes, and feedback still waiting for its trace.
 JOIN_STATUSES = ("joined", "orphan", "corrected", "pending")
+
+#: What ``--annotator`` takes: who gave the feedback.
+ANNOTATORS = tuple(a.value for a in Annotator)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -77,6 +82,7 @@ class InboxFilter:
 
     labels: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
+    annotators: tuple[str, ...] = ()  # of ANNOTATORS; empty: all
     project: str | None = None
     environment: str | None = None
     model: str | None = None
@@ -105,6 +111,8 @@ class InboxFilter:
             clauses.append(f"label IN ({', '.join(literal(v) for v in self.labels)})")
         if self.kinds:
             clauses.append(f"kind IN ({', '.join(literal(v) for v in self.kinds)})")
+        if self.annotators:
+            clauses.append(f"annotator IN ({', '.join(literal(v) for v in self.annotators)})")
         if self.has_comment:
             clauses.append("comment != ''")
         if self.since is not None:
@@ -126,6 +134,11 @@ def inbox_sql(database: str, filters: InboxFilter, now: datetime | None = None) 
     if filters.status is not None and filters.status not in JOIN_STATUSES:
         raise ValueError(
             f"--status takes joined, orphan, corrected or pending, not {filters.status!r}"
+        )
+    unknown = [a for a in filters.annotators if a not in ANNOTATORS]
+    if unknown:
+        raise ValueError(
+            f"--annotator takes end_user, reviewer, evaluator or code, not {unknown[0]!r}"
         )
     return (
         f"SELECT {', '.join(INBOX_COLUMNS)} FROM {database}.feedback FINAL "

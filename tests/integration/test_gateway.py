@@ -28,7 +28,7 @@ from tests.integration.conftest import (
 )  # fmt: skip
 from thumbline.broker import EmbeddedBroker, free_port
 from thumbline.kafka import ensure_topics
-from thumbline.producers import DeliveryFailed, GatewayProducer, InvalidEvent
+from thumbline.producers import DeliveryFailed, FeedbackProducer, GatewayProducer, InvalidEvent
 from thumbline.schemas import Topics
 
 
@@ -79,7 +79,8 @@ async def test_a_batch_gets_a_result_per_item_and_a_retry_makes_no_second_row(
          "project": "shop"},
         {"event_id": f"{run_id}-2", "trace_id": f"{run_id}-t", "lable": "good"},
         {"event_id": f"{run_id}-3", "trace_id": f"{run_id}-t", "kind": "signal", "name": "copied",
-         "source": "explicit", "received_at": "2020-01-01T00:00:00Z", "project": "shop"},
+         "source": "explicit", "received_at": "2020-01-01T00:00:00Z", "project": "shop",
+         "annotator": "evaluator"},
     ]  # fmt: skip
     status, body, _ = await post(f"{base}/v1/feedback", batch)
     assert status == 207 and (body["accepted"], body["rejected"]) == (2, 1)
@@ -89,14 +90,15 @@ async def test_a_batch_gets_a_result_per_item_and_a_retry_makes_no_second_row(
     assert again == 202
 
     query = (
-        "SELECT event_id, label, source, project, model, user_id, join_status, "
+        "SELECT event_id, label, source, annotator, project, model, user_id, join_status, "
         "toYear(received_at) AS year FROM thumbline.feedback FINAL "
         f"WHERE trace_id = '{run_id}-t' ORDER BY event_id"
     )
     rows = await rows_for(thumbline_bin, gateway.env, query, 2)
-    assert [(r["event_id"], r["label"], r["source"]) for r in rows] == [
-        (f"{run_id}-1", "bad", "explicit"),
-        (f"{run_id}-3", "neutral", "implicit"),  # the server derives source: implicit
+    assert [(r["event_id"], r["label"], r["source"], r["annotator"]) for r in rows] == [
+        (f"{run_id}-1", "bad", "explicit", "end_user"),
+        # the server derives source (implicit), and over HTTP feedback is an end user's
+        (f"{run_id}-3", "neutral", "implicit", "end_user"),
     ]
     assert all(r["year"] >= 2026 for r in rows)  # the server stamps received_at
     assert {(r["project"], r["model"], r["user_id"], r["join_status"]) for r in rows} == {
@@ -152,19 +154,30 @@ async def test_the_inbox_and_a_trace_read_back_over_http(gateway, thumbline_bin)
     query = f"SELECT event_id FROM thumbline.feedback FINAL WHERE trace_id = '{t}'"
     assert len(await rows_for(thumbline_bin, gateway.env, query, 2)) == 2
 
-    status, rows = await get(f"{base}/v1/feedback", trace_id=t, label="bad", has_comment="true")
+    async with FeedbackProducer(bootstrap_servers=gateway.env["THUMBLINE_KAFKA_BOOTSTRAP"],
+                                topic_prefix=gateway.env["THUMBLINE_TOPIC_PREFIX"],
+                                project="shop") as kafka:  # fmt: skip
+        # an LLM judge's verdict, from a producer trusted with the broker
+        await kafka.feedback(t, label="bad", comment="unsupported", annotator="evaluator")
+    assert len(await rows_for(thumbline_bin, gateway.env, query, 3)) == 3
+
+    status, rows = await get(f"{base}/v1/feedback", trace_id=t, label="bad", has_comment="true",
+                             annotator="end_user")  # fmt: skip
     assert status == 200 and [(r["label"], r["comment"], r["model"]) for r in rows] == [
         ("bad", "wrong", "m3")
     ]
+    status, rows = await get(f"{base}/v1/feedback", trace_id=t, annotator="evaluator")
+    assert [(r["comment"], r["annotator"]) for r in rows] == [("unsupported", "evaluator")]
+    assert (await get(f"{base}/v1/feedback", annotator="judge"))[0] == 422
     status, trace = await get(f"{base}/v1/traces/{t}")
-    assert status == 200 and len(trace["feedback"]) == 2 and trace["spans"][0]["model"] == "m3"
+    assert status == 200 and len(trace["feedback"]) == 3 and trace["spans"][0]["model"] == "m3"
     assert (await get(f"{base}/v1/traces/{unique('none')}"))[0] == 404
     assert (await get(f"{base}/v1/feedback", since="7 parsecs"))[0] == 422
     assert (await get(f"{base}/v1/feedback", trace_id=t, status="joined"))[1][0]["model"] == "m3"
     assert await get(f"{base}/v1/feedback", trace_id=t, status="pending") == (200, [])
     assert (await get(f"{base}/v1/feedback", status="waiting"))[0] == 422
     sql = f"SELECT toUInt8(count()) AS n FROM thumbline.feedback FINAL WHERE trace_id = '{t}'"
-    assert (await post(f"{base}/v1/sql", sql))[:2] == (200, [{"n": 2}])
+    assert (await post(f"{base}/v1/sql", sql))[:2] == (200, [{"n": 3}])
     status, refused = (await post(f"{base}/v1/sql", "DROP TABLE thumbline.feedback"))[:2]
     assert status == 400 and refused["reason"] == "statement"
     assert "Drop statements are not allowed" in refused["error"]

@@ -32,6 +32,18 @@ def test_every_filter_becomes_a_condition():
     assert sql.endswith("ORDER BY ts DESC, event_id LIMIT 20") and "FROM db.feedback FINAL" in sql
 
 
+def test_the_inbox_shows_who_gave_the_feedback_and_filters_on_it():
+    sql = inbox_sql("db", InboxFilter(annotators=("evaluator", "reviewer")))
+    assert "annotator IN ('evaluator', 'reviewer')" in sql
+    assert sql.startswith("SELECT ") and "annotator" in sql.split(" FROM ")[0]
+    assert "annotator" not in inbox_sql("db", InboxFilter()).split(" WHERE ")[1]  # all by default
+
+
+def test_an_unknown_annotator_is_refused_with_those_that_exist():
+    with pytest.raises(ValueError, match="--annotator takes end_user, reviewer, evaluator or code"):
+        inbox_sql("db", InboxFilter(annotators=("judge",)))
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("24h", 86400), ("7d", 604800)])
 def test_since_accepts_minutes_hours_days(text, seconds):
     assert parse_since(text).total_seconds() == seconds

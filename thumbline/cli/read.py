@@ -169,6 +169,10 @@ def inbox(
     kind: Annotated[
         list[str] | None, typer.Option(help="thumb, rating, correction...; repeatable")
     ] = None,
+    annotator: Annotated[
+        list[str] | None,
+        typer.Option(help="Who gave it: end_user, reviewer, evaluator or code; repeatable"),
+    ] = None,
     project: Annotated[str | None, typer.Option(help="Only this project's feedback.")] = None,
     environment: Annotated[
         str | None, typer.Option(help="Only this environment (prod, staging...).")
@@ -211,7 +215,8 @@ def inbox(
 
     settings = store_settings()
     rows = _listing(settings, lambda: inbox_sql(settings.clickhouse_database, InboxFilter(
-        labels=tuple(label or ()), kinds=tuple(kind or ()), project=project,
+        labels=tuple(label or ()), kinds=tuple(kind or ()), annotators=tuple(annotator or ()),
+        project=project,
         environment=environment, model=model, capability=capability,
         user_id=user_id or old_user, session_id=session_id or old_session,
         status=status, has_comment=has_comment,
