@@ -25,6 +25,12 @@ MAX_METADATA_BYTES = 16_384
 MAX_ATTRIBUTES_BYTES = 32_768
 MAX_OBJECT_DEPTH = 5
 MAX_ARRAY_DEPTH = 2
+#: A trace's ``input`` and ``output`` (the question and the answer), in characters
+#: (Unicode code points). Longer text is not refused: it is cut to this length,
+#: marker included (see :func:`truncate_content`).
+MAX_CONTENT_CHARS = 16_000
+#: How a cut text ends; ``length`` is the length of the text as sent.
+CONTENT_MARKER = "… [truncated by thumbline: {length:,} characters]"
 
 
 class Contract(BaseModel):
@@ -144,6 +150,21 @@ def _span(seconds: float) -> str:
     unit, size = next(((u, n) for u, n in units if seconds >= n), ("s", 1))
     value = seconds / size
     return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
+
+
+def truncate_content(text: str, limit: int = MAX_CONTENT_CHARS) -> str:
+    """``text``, or, when longer than ``limit`` characters, its start and the marker.
+
+    The result is at most ``limit`` characters, the marker included, so a cut
+    text is kept as it is when validated again (the stream validates events
+    that the gateway or a forward validated already). Characters are code
+    points: a cut never splits one (it may split a cluster such as an emoji
+    with a skin tone).
+    """
+    if len(text) <= limit:
+        return text
+    marker = CONTENT_MARKER.format(length=len(text))
+    return text[: max(limit - len(marker), 0)] + marker
 
 
 def require_aware(value: datetime | None, field: str) -> datetime | None:

@@ -16,9 +16,11 @@ from pydantic import Field, StrictFloat, StrictInt, model_validator
 from thumbline.schemas._base import (
     MAX_ATTRIBUTES_BYTES,
     MAX_COMMENT_LEN,
+    MAX_CONTENT_CHARS,
     Contract,
     check_nested,
     settle_times,
+    truncate_content,
 )
 from thumbline.schemas.feedback import Id, Name
 
@@ -67,6 +69,16 @@ class TraceEvent(Contract):
         description=f"Free-form JSON: at most 5 levels of objects, 2 of arrays, "
         f"{MAX_ATTRIBUTES_BYTES} bytes.",
     )
+    input: str | None = Field(
+        None,
+        description=f"The question: the prompt, or the user's last message. Longer than "
+        f"{MAX_CONTENT_CHARS:,} characters: cut to that length, ending with "
+        "'… [truncated by thumbline: N characters]' (N: the length sent).",
+    )
+    output: str | None = Field(
+        None,
+        description=f"The answer. Longer than {MAX_CONTENT_CHARS:,} characters: cut as input is.",
+    )
     received_at: datetime | None = Field(None, description="Stamped by the ingest point.")
 
     @model_validator(mode="after")
@@ -84,7 +96,7 @@ class TraceEvent(Contract):
 
 
 def derive_trace(event: Mapping[str, Any]) -> dict[str, Any]:
-    """Check the times' order and derive latency, total tokens and status.
+    """Check the times' order, derive latency, total tokens and status, bound the content.
 
     ``event``: the fields of a TraceEvent with its times settled (also what the
     msgspec prototype, bench/fast_prototype.py, builds one from). Returns the fields to update.
@@ -104,4 +116,8 @@ def derive_trace(event: Mapping[str, Any]) -> dict[str, Any]:
         out["total_tokens"] = (tokens_in or 0) + (tokens_out or 0)
     if event["error"] and event["status"] is TraceStatus.UNSET:
         out["status"] = TraceStatus.ERROR
+    for name in ("input", "output"):  # a long answer is normal: cut, not refused
+        text = event.get(name)
+        if text is not None and len(text) > MAX_CONTENT_CHARS:
+            out[name] = truncate_content(text)
     return out

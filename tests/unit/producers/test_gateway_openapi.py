@@ -68,3 +68,10 @@ def test_every_route_documents_the_errors_it_answers(spec, method, path):
 def test_readiness_documents_its_503_and_the_sql_route_is_still_there(spec):
     assert schemas_of(spec, spec["paths"]["/readyz"]["get"]["responses"]["503"]) == {"Error"}
     assert "post" in spec["paths"]["/v1/sql"]
+
+
+def test_the_trace_body_documents_the_question_the_answer_and_their_limit(spec):
+    fields = spec["components"]["schemas"]["TraceEvent"]["properties"]
+    assert "16,000 characters" in fields["input"]["description"]
+    assert "truncated by thumbline" in fields["input"]["description"]
+    assert "16,000 characters" in fields["output"]["description"]
