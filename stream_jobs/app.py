@@ -247,7 +247,11 @@ class StreamApp:
             topics=self.topics,
             state=state,
             sink=ClickHouseSink(
-                sink_client, db, max_rows=s.sink_max_rows, max_age=s.sink_max_seconds
+                sink_client,
+                db,
+                max_rows=s.sink_max_rows,
+                max_age=s.sink_max_seconds,
+                capture_content=s.capture_content,
             ),
             lookup=lambda ids: lookup(lookup_client, db, ids, now=state.clock()),
             orphans=lambda: orphans(

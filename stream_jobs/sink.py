@@ -114,13 +114,16 @@ def feedback_record(row: EnrichedFeedback) -> dict[str, Any]:
     return row.__dict__
 
 
-def trace_record(trace: TraceEvent) -> dict[str, Any]:
+def trace_record(trace: TraceEvent, *, capture_content: bool = True) -> dict[str, Any]:
     """One ``traces`` row: the validated event plus its ``version`` (received_at in us).
 
     The stream stamps received_at on every event; a trace without any time gets
-    version 0, so any stamped copy of it replaces this one.
+    version 0, so any stamped copy of it replaces this one. Without
+    ``capture_content`` the row's input and output are empty, whoever sent them.
     """
     fields = dict(trace.__dict__)
+    if not capture_content:
+        fields["input"] = fields["output"] = None
     if trace.received_at is None:
         fields["received_at"] = trace.end_time or trace.start_time or _EPOCH
         fields["version"] = 0
@@ -161,6 +164,9 @@ class ClickHouseSink:
         database: where the tables live.
         max_rows: rows buffered before :meth:`due` says flush.
         max_age: seconds the oldest buffered row may wait before :meth:`due` says flush.
+        capture_content: False: trace rows are stored without their input and output
+            (``THUMBLINE_CAPTURE_CONTENT``; the stream is the point every producer
+            passes, raw Kafka clients included).
     """
 
     def __init__(
@@ -171,8 +177,10 @@ class ClickHouseSink:
         max_rows: int = 50_000,
         max_age: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        capture_content: bool = True,
     ) -> None:
         self._client = client
+        self.capture_content = capture_content
         self._database = database
         self.max_rows = max_rows
         self.max_age = max_age
@@ -186,7 +194,8 @@ class ClickHouseSink:
         self.add_records("feedback", [feedback_record(r) for r in rows])
 
     def add_traces(self, rows: Iterable[TraceEvent]) -> None:
-        self.add_records("traces", [trace_record(t) for t in rows])
+        capture = self.capture_content
+        self.add_records("traces", [trace_record(t, capture_content=capture) for t in rows])
 
     def add_dead_letters(self, rows: Iterable[DeadLetter]) -> None:
         self.add_json("dead_letters", [dead_letter_json(d) for d in rows])

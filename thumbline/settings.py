@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         3600.0, ge=0, le=7 * 86400,
         description="Events whose time is further than this ahead of their reception are refused.",
     )  # fmt: skip
+    capture_content: bool = Field(
+        True,
+        description="Store each trace's input and output (the question and the answer, at most "
+        "16,000 characters each). false: the stream stores them empty, whoever sent them, and "
+        "the gateway drops them before they reach Kafka.",
+    )
     join_max_pending: int = Field(
         1_000_000, ge=1, le=100_000_000,
         description="Most feedback events held waiting for their traces; past it the longest "

@@ -99,6 +99,25 @@ def sort_key(store, db, table):
     ).result_rows
 
 
+class TestTraceContentMigration:
+    """0008: the traces table gets the question and the answer; older rows read as empty."""
+
+    def test_an_older_store_gains_input_and_output_and_keeps_its_rows(self, store):
+        db = unique("content")
+        try:
+            migrate_to(store, db, 7)
+            now = datetime.now(UTC)
+            columns = ["trace_id", "span_id", "project", "received_at", "version"]
+            store.insert(f"{db}.traces", [["t-old", "", "shop", now, 1]], column_names=columns)
+            apply_migrations(store, db)
+            rows = store.query(f"SELECT trace_id, input, output FROM {db}.traces FINAL")
+            assert rows.result_rows == [("t-old", "", "")]
+            latest = store.query(f"SELECT input, output FROM {db}.traces_latest").result_rows
+            assert latest == [("", "")]  # the view of every column follows
+        finally:
+            store.command(f"DROP DATABASE IF EXISTS {db}")
+
+
 class TestProjectIdentityMigration:
     """0005: an old store's feedback and traces move to keys that hold the project."""
 

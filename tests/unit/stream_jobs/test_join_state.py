@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -437,3 +438,17 @@ def test_feedback_of_a_partition_that_moved_away_is_not_announced(state, clock):
     state.forget(lambda trace_id: trace_id == "moved")
     clock.advance(5)
     assert state.announce() == []
+
+
+def test_the_join_holds_no_question_and_no_answer_in_memory(clock):
+    """A million traces in memory: only the store's rows carry their content."""
+    state = JoinState(grace_seconds=10, clock=clock)
+    event = trace(input="Capital of France?", output="Lyon. " * 2_000)
+    answer = event.output
+    before = sys.getrefcount(answer)
+    state.add_traces([event])
+    [joined] = state.add_feedback([feedback()])
+    assert joined.join_status is JoinStatus.JOINED and joined.model == "m1"
+    del event  # the state kept nothing of it: its answer is referenced only here now
+    assert sys.getrefcount(answer) == before - 1
+    assert "input" not in TraceAttributes.__slots__ and "output" not in TraceAttributes.__slots__

@@ -78,3 +78,38 @@ def test_rows_added_as_arrays_and_one_by_one_are_counted_and_written_together():
     assert sink.pending == 9  # kept, counts included
     assert sink.flush() == 9
     assert client.inserted == [("db.traces", 9)]
+
+
+class Recorder:
+    def __init__(self):
+        self.rows: dict[str, list[dict]] = {}
+
+    def raw_insert(self, table, *, insert_block, settings, fmt):
+        self.rows.setdefault(table, []).extend(rows_of(insert_block))
+
+    def close(self):
+        pass
+
+
+def answered(trace_id: str) -> TraceEvent:
+    return TraceEvent.parse({"trace_id": trace_id, "input": "Capital of France?", "output": "Lyon"})
+
+
+def test_trace_rows_carry_the_question_and_the_answer():
+    client = Recorder()
+    sink = ClickHouseSink(client, "db")
+    sink.add_traces([answered("t1")])
+    sink.flush()
+    [row] = client.rows["db.traces"]
+    assert (row["input"], row["output"]) == ("Capital of France?", "Lyon")
+
+
+def test_with_capture_off_trace_rows_carry_no_question_and_no_answer():
+    client = Recorder()
+    sink = ClickHouseSink(client, "db", capture_content=False)
+    event = answered("t1")
+    sink.add_traces([event])
+    sink.flush()
+    [row] = client.rows["db.traces"]
+    assert row["trace_id"] == "t1" and row["input"] is None and row["output"] is None
+    assert event.input == "Capital of France?"  # the event itself is left as it was

@@ -159,3 +159,12 @@ def test_an_otlp_topic_asked_for_needs_key_by_trace_which_reads_it(monkeypatch):
     )
     monkeypatch.setenv("THUMBLINE_OTLP_TOPIC", "")
     assert load_settings().otlp_topic == ""
+
+
+def test_the_question_and_the_answer_are_captured_unless_turned_off(monkeypatch):
+    assert load_settings().capture_content is True
+    monkeypatch.setenv("THUMBLINE_CAPTURE_CONTENT", "false")
+    assert load_settings().capture_content is False
+    monkeypatch.setenv("THUMBLINE_CAPTURE_CONTENT", "sometimes")
+    with pytest.raises(ConfigError, match="THUMBLINE_CAPTURE_CONTENT"):
+        load_settings()
