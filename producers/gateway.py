@@ -237,6 +237,8 @@ def build_app(
     ) -> list[FeedbackEvent | TraceEvent]:
         event = TraceEvent.parse(stamp(item, key, now, "TraceEvent"))
         core.time_bounds.check(event, now)
+        if not capture_content:  # THUMBLINE_CAPTURE_CONTENT=false: not even in Kafka
+            event = event.model_copy(update={"input": None, "output": None})
         return [event]
 
     ingest_errors = responses(INGEST, per_item=IngestResult)

@@ -107,8 +107,8 @@ def add_read_routes(
         spans = await select(
             "SELECT span_id, parent_span_id, name, project, environment, model, capability, "  # noqa: S608
             "step, user_id, session_id, start_time, end_time, latency_ms, total_tokens, cost_usd, "
-            f"status, error FROM {database}.traces FINAL WHERE trace_id = {literal(trace_id)}"
-            f"{scope} ORDER BY start_time, span_id"
+            f"status, error, input, output FROM {database}.traces FINAL "
+            f"WHERE trace_id = {literal(trace_id)}{scope} ORDER BY start_time, span_id"
         )
         feedback = await get_feedback_rows(trace_id, project)
         if spans.body == b"[]" and feedback == b"[]":

@@ -127,8 +127,15 @@ class InboxFilter:
 
 
 def inbox_sql(database: str, filters: InboxFilter, now: datetime | None = None) -> str:
-    """Newest feedback first, with the inbox's columns; feedback still waiting for its
-    trace included (``join_status`` pending) unless ``filters.status`` says otherwise."""
+    """Newest feedback first, with the inbox's columns and its trace's ``input`` and
+    ``output``; feedback still waiting for its trace included (``join_status``
+    pending) unless ``filters.status`` says otherwise.
+
+    The question and the answer are the root span's (``parent_span_id`` empty)
+    when it has them, else the earliest span's question and the latest span's
+    answer; empty when the trace has none (or is not stored). They are looked
+    up only for the traces of the page (on the ``traces`` sort key).
+    """
     if not 1 <= filters.limit <= 10_000:
         raise ValueError("--limit must be between 1 and 10000")
     if filters.status is not None and filters.status not in JOIN_STATUSES:
@@ -140,10 +147,28 @@ def inbox_sql(database: str, filters: InboxFilter, now: datetime | None = None) 
         raise ValueError(
             f"--annotator takes end_user, reviewer, evaluator or code, not {unknown[0]!r}"
         )
+    order = f"ORDER BY ts DESC, event_id LIMIT {filters.limit}"
     return (
-        f"SELECT {', '.join(INBOX_COLUMNS)} FROM {database}.feedback FINAL "
-        f"WHERE {filters.where(now)} ORDER BY ts DESC, event_id LIMIT {filters.limit}"
+        f"WITH page AS (SELECT {', '.join(INBOX_COLUMNS)} FROM {database}.feedback FINAL "
+        f"WHERE {filters.where(now)} {order}) "
+        f"SELECT {', '.join(INBOX_COLUMNS)}, content.trace_input AS input, "
+        "content.trace_output AS output FROM page LEFT JOIN ("
+        f"SELECT project, trace_id, {_TRACE_CONTENT} FROM {database}.traces FINAL "
+        "WHERE (project, trace_id) IN (SELECT project, trace_id FROM page) "
+        f"GROUP BY project, trace_id) AS content USING (project, trace_id) {order}"
     )
+
+
+#: A trace's question and answer from its spans (the root's, else the earliest question
+#: and the latest answer), one row per (project, trace_id).
+_TRACE_CONTENT = (
+    "anyIf(input, parent_span_id = '' AND input != '') AS root_input, "
+    "anyIf(output, parent_span_id = '' AND output != '') AS root_output, "
+    "if(root_input != '', root_input, "
+    "argMinIf(input, (ifNull(start_time, received_at), span_id), input != '')) AS trace_input, "
+    "if(root_output != '', root_output, "
+    "argMaxIf(output, (ifNull(start_time, received_at), span_id), output != '')) AS trace_output"
+)
 
 
 def trace_stored_sql(database: str, project: str, trace_id: str) -> str:
@@ -157,7 +182,8 @@ def trace_stored_sql(database: str, project: str, trace_id: str) -> str:
 def trace_spans_sql(database: str, trace_id: str) -> str:
     return (
         "SELECT span_id, parent_span_id, name, project, environment, model, capability, step, "
-        "user_id, session_id, start_time, latency_ms, total_tokens, cost_usd, status, error "
+        "user_id, session_id, start_time, latency_ms, total_tokens, cost_usd, status, error, "
+        "input, output "
         f"FROM {database}.traces FINAL WHERE trace_id = {literal(trace_id)} "
         "ORDER BY start_time, span_id"
     )

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.integration.conftest import run
@@ -146,3 +147,44 @@ def test_rates_and_trace_keep_times_whole_and_rows_on_one_line_at_80_columns(env
     assert all(len(line) <= 80 for line in trace), "\n".join(trace)
     row = next(line for line in trace if TRACES[0] not in line and "bad" in line)
     assert ISO.search(row), trace
+
+
+QUESTION = "Can I get a refund for an order I placed 40 days ago?"
+ANSWER = ("Yes: " + "refunds are accepted within 60 days of delivery, in full, " * 8).strip()
+
+
+def store_answered_trace(env: dict[str, str], trace_id: str) -> None:
+    """A root span with the question and the answer, and a child span with a question."""
+    run_ok(env, "sql", "--write",
+        "INSERT INTO thumbline.traces (trace_id, span_id, parent_span_id, name, project, "
+        "input, output, start_time, received_at, version) "
+        f"SELECT '{trace_id}', 'root', '', 'chat', 'checkout-service', '{QUESTION}', "
+        f"'{ANSWER}', now64(3), now64(3), 1 UNION ALL "
+        f"SELECT '{trace_id}', 'retrieve', 'root', 'search', 'checkout-service', 'refund policy', "
+        "'', now64(3), now64(3), 1")  # fmt: skip
+
+
+def test_trace_shows_the_question_and_the_answer_shortened_and_full_prints_them_whole(env):
+    trace_id = TRACES[1]
+    store_answered_trace(env, trace_id)
+    result = run(BIN, {**env, "COLUMNS": "80"}, "trace", trace_id)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), result.stdout
+    flat = " ".join(result.stdout.split())
+    assert f"input {QUESTION}" in flat and "input refund policy" in flat
+    assert "output Yes: refunds are accepted" in flat and ANSWER not in flat
+    assert "…" in flat and "--full prints them whole" in result.stderr
+    whole = " ".join(run_ok(env, "trace", trace_id, "--full").split())
+    assert ANSWER in whole
+
+
+def test_the_inbox_table_stays_narrow_and_its_json_has_each_traces_question_and_answer(env):
+    store_answered_trace(env, TRACES[1])
+    printed = run_ok(env, "inbox", columns=80).splitlines()
+    assert all(len(line) <= 80 for line in printed) and len(printed) == 1 + len(TRACES)
+    assert QUESTION[:20] not in "\n".join(printed)  # the table has no room: --json has them
+    rows = [orjson.loads(line) for line in run_ok(env, "inbox", "--json").splitlines()]
+    content = {row["trace_id"]: (row["input"], row["output"]) for row in rows}
+    assert content[TRACES[1]] == (QUESTION, ANSWER)  # the root span's
+    assert content[TRACES[0]] == ("", "")  # a trace not stored has none

@@ -11,7 +11,9 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from thumbline.cli.common import SQL, app, err, fail, out, store_settings
 from thumbline.cli.layout import Column, fitted
@@ -85,6 +87,31 @@ def _cell(value: Any) -> str:
 
 
 # inbox and trace ----------------------------------------------------------------
+
+#: Lines of the terminal a question or an answer may take in ``thumbline trace``.
+CONTENT_LINES = 3
+
+
+def _content(spans: list[list[Any]], full: bool) -> int:
+    """Print each span's question and answer (columns 16 and 17 of trace_spans_sql),
+    shortened to a few lines of the terminal unless ``full``; return how many were."""
+    shortened = 0
+    room = CONTENT_LINES * max(out.width - 10, 20)
+    for s in spans:
+        if not (s[16] or s[17]):
+            continue
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")
+        for label, text in (("input", s[16]), ("output", s[17])):
+            if text:
+                shown = text if full else _short(text, room)
+                shortened += shown != text
+                grid.add_row(label, Text(shown))
+        out.print(Text(f"{s[0] or '(trace)'}{'  ' + s[2] if s[2] else ''}", style="bold"))
+        out.print(Padding(grid, (0, 0, 0, 2)))
+    return shortened
+
 
 _LABEL_STYLE = {"good": "green", "bad": "red"}
 
@@ -348,8 +375,13 @@ def alerts(
 
 
 @app.command(rich_help_panel="Read what it stored", env=SQL)
-def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -> None:
-    """A trace: its spans, then all of its feedback."""
+def trace(
+    trace_id: Annotated[str, typer.Argument(help="The trace to show.")],
+    full: Annotated[
+        bool, typer.Option("--full", help="Print the question and the answer whole.")
+    ] = False,
+) -> None:
+    """A trace: its spans, the question and the answer, then all of its feedback."""
     from thumbline.queries import InboxFilter, inbox_sql, trace_spans_sql
 
     settings = store_settings()
@@ -361,6 +393,7 @@ def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -
             f"nothing is stored for trace {escape(trace_id)}: no spans, no feedback. Trace ids "
             "are exact: `thumbline inbox` lists recent ones"
         )
+    shortened = 0
     if not spans:
         err.print(f"no spans stored for trace {trace_id}", style="yellow", markup=False)
     else:
@@ -377,6 +410,7 @@ def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -
             for s in spans
         ]  # fmt: skip
         out.print(fitted(_SPANS, span_cells, out.width, title=f"trace {escape(trace_id)}")[0])
+        shortened = _content(spans, full)
     cells = [
         dict(zip((c.name for c in _FEEDBACK), (
             when(r[0]), r[2], r[10], r[11], _cell(r[12]), "" if r[3] is None else str(r[3]),
@@ -386,3 +420,8 @@ def trace(trace_id: Annotated[str, typer.Argument(help="The trace to show.")]) -
     ]  # fmt: skip
     feedback, _ = fitted(_FEEDBACK, cells, out.width, styles=_LABEL, title="feedback")
     out.print(feedback)
+    if shortened:
+        err.print(
+            f"{shortened} text{'s' if shortened != 1 else ''} shortened for the terminal: "
+            "--full prints them whole", style="dim", markup=False, width=out.width,
+        )  # fmt: skip

@@ -71,6 +71,7 @@ class GatewayProcess:
                 rate_limit=s.gateway_rate_limit, cors_origins=s.cors_origins,
                 ack_timeout=s.gateway_ack_timeout_seconds, time_bounds=s.time_bounds,
                 problems=self.waits.problems, otlp_project=s.otlp_project,
+                capture_content=s.capture_content,
             )  # fmt: skip
             self._gateway = await Gateway(app, host=s.gateway_host, port=s.gateway_port).start()
             self.url = self._gateway.url
