@@ -37,7 +37,7 @@ from tests.integration.conftest import (
 )  # fmt: skip
 from thumbline.kafka import ensure_topics
 from thumbline.producers import FeedbackProducer
-from thumbline.queries import InboxFilter, inbox_sql
+from thumbline.queries import INBOX_COLUMNS, InboxFilter, inbox_sql
 from thumbline.schemas import EnrichedFeedback, FeedbackEvent, Topics, TraceEvent
 from thumbline.settings import load_settings
 from thumbline.stream_jobs.app import StreamApp
@@ -108,7 +108,8 @@ def test_the_inbox_shows_pending_rows_and_filters_by_status(store, store_setting
 
     def inbox(**filters) -> list[tuple[str, str]]:
         sql = inbox_sql(db, InboxFilter(project=project, **filters))
-        return sorted((r[-1], r[-2]) for r in query(sql))  # (event_id, join_status)
+        at = INBOX_COLUMNS.index("event_id"), INBOX_COLUMNS.index("join_status")
+        return sorted((r[at[0]], r[at[1]]) for r in query(sql))  # (event_id, join_status)
 
     everything = inbox()
     assert [status for _, status in everything].count("pending") == 4 and len(everything) == 6
