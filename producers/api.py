@@ -113,18 +113,29 @@ class EventHelpers:
 
     # Trace helpers ---------------------------------------------------------
 
-    async def trace(self, *, trace_id: str | None = None, **fields: Any) -> str:
+    async def trace(
+        self, *, trace_id: str | None = None, input: str | None = None,
+        output: str | None = None, **fields: Any,
+    ) -> str:  # fmt: skip
         """Send a whole-trace event and return its ``trace_id`` (generated if absent).
 
         Hand the id to the client UI so feedback can refer to the answer.
-        Fields are those of :class:`schemas.TraceEvent` (project, model, ...).
+        ``input`` and ``output``: the question (the prompt or the user's last
+        message) and the answer, each cut at 16,000 characters with a marker.
+        Other fields are those of :class:`schemas.TraceEvent` (project, model, ...).
         """
+        fields.update(input=input, output=output)
         event = TraceEvent.parse({"trace_id": trace_id or new_trace_id(), **self._fields(fields)})
         await self.send(event)
         return event.trace_id
 
-    async def span(self, trace_id: str, *, span_id: str | None = None, **fields: Any) -> str:
-        """Send one span of a trace and return its ``span_id`` (generated if absent)."""
+    async def span(
+        self, trace_id: str, *, span_id: str | None = None, input: str | None = None,
+        output: str | None = None, **fields: Any,
+    ) -> str:  # fmt: skip
+        """Send one span of a trace and return its ``span_id`` (generated if absent);
+        ``input`` and ``output`` as for :meth:`trace`."""
+        fields.update(input=input, output=output)
         event = TraceEvent.parse(
             {"trace_id": trace_id, "span_id": span_id or new_span_id(), **self._fields(fields)}
         )

@@ -243,3 +243,14 @@ async def test_a_caller_that_stops_waiting_does_not_cancel_the_batch_it_shares()
     deliveries = await patient  # the batch still lands, for the caller who waited
     assert [(d.event_id, d.offset) for d in deliveries] == [("e2", 7)]
     await p.stop()
+
+
+async def test_trace_and_span_send_the_question_and_the_answer_cut_at_the_limit():
+    fake = FakeKafka(TOPICS)
+    p = await producer(fake)
+    trace_id = await p.trace(input="Capital of France?", output="Paris.")
+    await p.span(trace_id, input="q" * 20_000, output="a")
+    sent = [e for _, _, batch in fake.sent for e in batch]
+    assert (sent[0]["input"], sent[0]["output"]) == ("Capital of France?", "Paris.")
+    assert len(sent[1]["input"]) == 16_000
+    assert sent[1]["input"].endswith("… [truncated by thumbline: 20,000 characters]")
