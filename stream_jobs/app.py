@@ -217,6 +217,7 @@ class StreamApp:
             metrics=self.metrics, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             otlp=ReadOtlp(
                 s.otlp_topic, s.otlp_encoding, s.otlp_project, s.time_bounds,
+                capture_content=s.capture_content,
             ) if s.otlp_topic else None,
         )  # fmt: skip
         await self.router.start(take_over_from=group)
