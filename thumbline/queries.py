@@ -147,14 +147,14 @@ def inbox_sql(database: str, filters: InboxFilter, now: datetime | None = None) 
         raise ValueError(
             f"--annotator takes end_user, reviewer, evaluator or code, not {unknown[0]!r}"
         )
-    order = f"ORDER BY ts DESC, event_id LIMIT {filters.limit}"
+    columns, order = ", ".join(INBOX_COLUMNS), f"ORDER BY ts DESC, event_id LIMIT {filters.limit}"
+    page = f"FROM {database}.feedback FINAL WHERE {filters.where(now)} {order}"
     return (
-        f"WITH page AS (SELECT {', '.join(INBOX_COLUMNS)} FROM {database}.feedback FINAL "
-        f"WHERE {filters.where(now)} {order}) "
-        f"SELECT {', '.join(INBOX_COLUMNS)}, content.trace_input AS input, "
-        "content.trace_output AS output FROM page LEFT JOIN ("
+        f"SELECT {columns}, content.trace_input AS input, content.trace_output AS output "
+        f"FROM (SELECT {columns} {page}) AS page LEFT JOIN ("
         f"SELECT project, trace_id, {_TRACE_CONTENT} FROM {database}.traces FINAL "
-        "WHERE (project, trace_id) IN (SELECT project, trace_id FROM page) "
+        # the page's traces only: its keys read again, two columns of the same rows
+        f"WHERE (project, trace_id) IN (SELECT project, trace_id {page}) "
         f"GROUP BY project, trace_id) AS content USING (project, trace_id) {order}"
     )
 
