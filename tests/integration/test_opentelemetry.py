@@ -86,7 +86,10 @@ async def feedback_for(up: Up, trace_id: str, keys: dict | None = None) -> dict:
             return None
         async with (
             aiohttp.ClientSession(headers=reader) as http,
-            http.get(f"{base}/v1/feedback", params={"trace_id": trace_id, "label": "bad"}) as r,
+            http.get(
+                f"{base}/v1/feedback",
+                params={"trace_id": trace_id, "label": "bad", "annotator": "end_user"},
+            ) as r,
         ):
             body = await r.json()
         return body[0] if body else None
@@ -147,7 +150,8 @@ async def test_the_sdk_exporter_configured_by_environment_variables_just_works(o
     assert evaluator["model"] == "gpt-4o-mini-2024-07-18"
 
     # and `thumbline inbox` shows the user's feedback with the question and the answer
-    shown = run(_bin(up), up.env, "inbox", "--json", "--label", "bad", "--user-id", "u-sdk")
+    shown = run(_bin(up), up.env, "inbox", "--json", "--label", "bad", "--user-id", "u-sdk",
+                "--annotator", "end_user")  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     (listed,) = [orjson.loads(line) for line in shown.stdout.splitlines() if line.strip()]
     assert (listed["input"], listed["output"]) == (QUESTION, ANSWER)
