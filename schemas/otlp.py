@@ -20,14 +20,12 @@ this module is not imported by the SDK.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -36,7 +34,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from thumbline.schemas.errors import InvalidEvent, WireError
 from thumbline.schemas.feedback import FeedbackEvent
-from thumbline.schemas.otlp_mapping import SpanView, feedback_of, trace_of
+from thumbline.schemas.otlp_json import NotOtlpJson, request_from_json
+from thumbline.schemas.otlp_mapping import SpanView, feedback_of, trace_of, value_of
 from thumbline.schemas.trace import TraceEvent
 
 Encoding = Literal["otlp_proto", "otlp_json"]
@@ -93,20 +92,17 @@ def decode_request(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest
         WireError: ``bad_otlp`` (not a request in this encoding, with the parser's
             words) or ``too_many_spans``.
     """
-    request = ExportTraceServiceRequest()
     if encoding == "otlp_json":
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise WireError("bad_otlp", f"not OTLP/JSON: not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise WireError("bad_otlp", "not OTLP/JSON: expected an object with resourceSpans")
         try:
-            _ids_to_base64(data)
-            json_format.ParseDict(data, request, ignore_unknown_fields=True)
-        except (json_format.ParseError, TypeError, AttributeError, RecursionError) as exc:
+            request = request_from_json(data)
+        except NotOtlpJson as exc:
             raise WireError("bad_otlp", f"not OTLP/JSON: {exc}") from None
     else:
+        request = ExportTraceServiceRequest()
         try:
             request.ParseFromString(body)
         except (DecodeError, RecursionError) as exc:
@@ -116,41 +112,6 @@ def decode_request(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest
     if spans > MAX_SPANS:
         raise WireError("too_many_spans", f"{spans} spans in one request; at most {MAX_SPANS}")
     return request
-
-
-_ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
-
-
-def _ids_to_base64(data: dict[str, Any]) -> None:
-    """OTLP/JSON writes ids in hex where protobuf's JSON mapping expects base64."""
-    for resource in _list(data, "resourceSpans", "resource_spans"):
-        for scope in _list(resource, "scopeSpans", "scope_spans"):
-            for span in _list(scope, "spans"):
-                _hex_fields(span)
-                for link in _list(span, "links"):
-                    _hex_fields(link)
-
-
-def _list(data: Any, *names: str) -> list[Any]:
-    if not isinstance(data, dict):
-        return []
-    for name in names:
-        value = data.get(name)
-        if isinstance(value, list):
-            return value
-    return []
-
-
-def _hex_fields(item: Any) -> None:
-    if not isinstance(item, dict):
-        return
-    for name in _ID_FIELDS:
-        value = item.get(name)
-        if isinstance(value, str) and len(value) in (16, 32):
-            try:
-                item[name] = base64.b64encode(bytes.fromhex(value)).decode()
-            except ValueError:
-                pass  # not hex: base64 already, as protobuf's JSON mapping writes it
 
 
 def events_from_request(
@@ -202,7 +163,7 @@ def events_from_request(
 
 def _spans(request: ExportTraceServiceRequest, project: str | None) -> Iterator[SpanView]:
     for resource_spans in request.resource_spans:
-        resource = {kv.key: kv.value for kv in resource_spans.resource.attributes}
+        resource = {kv.key: value_of(kv.value) for kv in resource_spans.resource.attributes}
         for scope_spans in resource_spans.scope_spans:
             scope = scope_spans.scope.name
             for span in scope_spans.spans:

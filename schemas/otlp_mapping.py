@@ -89,13 +89,14 @@ def value_of(any_value: Any) -> Any:
 
 
 class SpanView:
-    """One span with its resource's attributes, read on demand (most are never looked at)."""
+    """One span with its attributes and its resource's, as plain values (``resource``:
+    converted once per resource, shared by its spans)."""
 
     __slots__ = ("attrs", "project", "resource", "scope", "span", "span_id", "trace_id")
 
     def __init__(self, span: Any, resource: dict[str, Any], scope: str, project: str | None):
         self.span, self.resource, self.scope, self.project = span, resource, scope, project
-        self.attrs = {kv.key: kv.value for kv in span.attributes}
+        self.attrs = {kv.key: value_of(kv.value) for kv in span.attributes}
         self.trace_id = span.trace_id.hex()
         self.span_id = span.span_id.hex()
 
@@ -104,17 +105,17 @@ class SpanView:
         return f"span {self.span_id or '(none)'} of trace {self.trace_id or '(none)'}"
 
     def get(self, *names: str, resource: bool = True) -> Any:
+        attrs = self.attrs
         for name in names:
-            if name in self.attrs:
-                got = value_of(self.attrs[name])
-                if got not in (None, ""):
-                    return got
+            got = attrs.get(name)
+            if got is not None and got != "":
+                return got
         if resource:
+            attrs = self.resource
             for name in names:
-                if name in self.resource:
-                    got = value_of(self.resource[name])
-                    if got not in (None, ""):
-                        return got
+                got = attrs.get(name)
+                if got is not None and got != "":
+                    return got
         return None
 
 
@@ -253,9 +254,9 @@ def _indexed(view: SpanView, patterns: tuple[tuple[str, str, str], ...]) -> list
                 continue
             suffix = "." + rest
             if suffix == role:
-                found.setdefault(int(head), {})["role"] = value_of(view.attrs[key])
+                found.setdefault(int(head), {})["role"] = view.attrs[key]
             elif suffix == content:
-                found.setdefault(int(head), {})["content"] = value_of(view.attrs[key])
+                found.setdefault(int(head), {})["content"] = view.attrs[key]
         if found:
             return [found[i] for i in sorted(found)]
     return []
@@ -299,7 +300,7 @@ def feedback_of(view: SpanView) -> list[tuple[str, dict[str, Any]]]:
             out.extend((where, f) for f in _attribute_feedback(view, attrs, when, common))
     if any(name in view.attrs for name in FEEDBACK_ATTRIBUTES):
         prefixes = ("user_feedback", "feedback_", "annotation_")
-        attrs = {k: value_of(v) for k, v in view.attrs.items() if k.startswith(prefixes)}
+        attrs = {k: v for k, v in view.attrs.items() if k.startswith(prefixes)}
         when = _time(span.end_time_unix_nano) or _time(span.start_time_unix_nano)
         out.extend((view.where, f) for f in _attribute_feedback(view, attrs, when, common))
     return out

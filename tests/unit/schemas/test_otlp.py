@@ -202,3 +202,21 @@ def test_the_readme_mapping_table_names_every_attribute_the_code_reads():
         if f"`{name}`" not in rows["`attributes`"]
     ]
     assert missing == []
+
+
+def test_in_otlp_json_a_span_with_an_id_that_does_not_decode_is_refused_alone():
+    def span(trace_id: str, span_id: str) -> dict:
+        return {"traceId": trace_id, "spanId": span_id, "name": "s", "kind": "SPAN_KIND_SERVER",
+                "startTimeUnixNano": str(1_700_000_000 * 10**9),
+                "attributes": [{"key": "n", "value": {"intValue": "7"}},
+                               {"key": "l", "value": {"arrayValue": {"values": [
+                                   {"stringValue": "a"}, {"doubleValue": "NaN"}]}}}]}  # fmt: skip
+
+    body = orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
+        span("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"),
+        span("not hex, not base64", "eee19b7ec3c1b175"),
+    ]}]}]})  # fmt: skip
+    mapped = events_from_request(decode_request(body, "otlp_json"))
+    assert [t.span_id for t in mapped.traces] == ["eee19b7ec3c1b174"]
+    assert mapped.traces[0].attributes["otel.span.kind"] == "server"
+    assert mapped.rejected_spans == 1 and "trace_id" in mapped.rejected[0].reason
