@@ -10,7 +10,8 @@ into requests of ``--spans-per-request`` spans (the BatchSpanProcessor's 512).
   as TraceEvents; the baseline) against the Collector's ``otlp_proto`` and
   ``otlp_json`` messages. Best of three.
 - **end to end**: a stream app in a process of its own per input, on topics
-  filled beforehand, until every span is a row of ``traces FINAL``.
+  filled beforehand, until every span is a row of ``traces FINAL``: from the
+  start of the app, and steady (from the first rows stored to the last).
 - **gateway**: ``thumbline gateway`` as its own process with an ingest key,
   ``--clients`` concurrent clients: spans Kafka acknowledged per second through
   ``POST /v1/traces`` (arrays of the same TraceEvents; the baseline) and
@@ -63,8 +64,6 @@ def make_spans(traces: int, per_request: int) -> dict[str, list[bytes]]:
     for i in range(traces):
         traced_chat(tracer_provider, user=f"user-{i % 500}", session=f"session-{i % 2000}",
                     model=f"model-{i % 5}")  # fmt: skip
-        if len(exporter.get_finished_spans()) >= 50_000:
-            break
     spans = exporter.get_finished_spans()
     groups = [spans[i : i + per_request] for i in range(0, len(spans), per_request)]
     proto = [otlp_proto(g) for g in groups]
@@ -120,15 +119,19 @@ def child(spec: dict) -> None:
         app = StreamApp(settings, spec["bootstrap"], app_id=f"{spec['prefix']}group")
         start = time.perf_counter()
         await app.start()
-        rows, deadline = 0, start + spec["budget"]
+        rows, first, deadline = 0, None, start + spec["budget"]
         while time.perf_counter() < deadline:
             rows = client.query(f"SELECT count() FROM {db}.traces FINAL").result_rows[0][0]
+            if rows and first is None:
+                first = (time.perf_counter(), rows)
             if rows >= spec["spans"]:
                 break
             await asyncio.sleep(0.25)
         seconds = time.perf_counter() - start
         await app.stop()
-        return {"rows": rows, "seconds": seconds}
+        # the steady rate: from the first rows stored to the last (start-up left out)
+        steady = (rows - first[1]) / max(start + seconds - first[0], 1e-3) if first else 0.0
+        return {"rows": rows, "seconds": seconds, "steady": steady}
 
     result = asyncio.run(run())
     result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
