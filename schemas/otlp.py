@@ -54,6 +54,7 @@ __all__ = [
     "Rejected",
     "decode_request",
     "events_from_request",
+    "fields_from_request",
 ]
 
 
@@ -114,6 +115,53 @@ def decode_request(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest
     return request
 
 
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One event a span maps to, not validated yet (``problem``: it could not be mapped)."""
+
+    span: int  # the span's position in the request
+    where: str
+    kind: Literal["traces", "feedback"]
+    fields: dict[str, Any]
+    problem: str | None = None
+
+
+def fields_from_request(
+    request: ExportTraceServiceRequest,
+    *,
+    project: str | None = None,
+    received_at: datetime | None = None,
+    capture_content: bool = True,
+) -> Iterator[Item]:
+    """The fields of each span's TraceEvent and of the feedback it carries, unvalidated.
+
+    ``project``: every span's project (an API key's, or a configured one); None:
+    the resource's ``service.name``. ``received_at``: stamped on every event.
+    ``capture_content``: False leaves the question and the answer out.
+
+    Raises:
+        WireError: ``too_many_spans`` when the spans carry over MAX_SPAN_EVENTS events.
+    """
+    looked_at = 0
+    for n, view in enumerate(_spans(request, project)):
+        fields = trace_of(view, capture_content=capture_content)
+        if received_at is not None:
+            fields["received_at"] = received_at
+        yield Item(n, view.where, "traces", fields)
+        looked_at += len(view.span.events)
+        if looked_at > MAX_SPAN_EVENTS:
+            raise WireError("too_many_spans", f"over {MAX_SPAN_EVENTS} span events in one request")
+        try:
+            items = feedback_of(view)
+        except InvalidEvent as exc:
+            yield Item(n, view.where, "feedback", {}, exc.reason)
+            continue
+        for where, item in items:
+            if received_at is not None:
+                item["received_at"] = received_at
+            yield Item(n, where, "feedback", item)
+
+
 def events_from_request(
     request: ExportTraceServiceRequest,
     *,
@@ -121,43 +169,27 @@ def events_from_request(
     received_at: datetime | None = None,
     capture_content: bool = True,
 ) -> Mapped:
-    """Each span as a TraceEvent, and the feedback its events and attributes carry.
-
-    ``project``: every span's project (an API key's, or a configured one); None:
-    the resource's ``service.name``. ``received_at``: stamped on every event.
-    ``capture_content``: False leaves the question and the answer out.
-    """
+    """Each span as a validated TraceEvent, and the feedback its events and attributes
+    carry; what does not validate is rejected alone (see :func:`fields_from_request`)."""
     out = Mapped()
-    looked_at = 0
-    for view in _spans(request, project):
-        out.spans += 1
-        fields = trace_of(view, capture_content=capture_content)
-        if received_at is not None:
-            fields["received_at"] = received_at
-        bad = False
+    bad: set[int] = set()
+    for item in fields_from_request(
+        request, project=project, received_at=received_at, capture_content=capture_content
+    ):
+        out.spans = max(out.spans, item.span + 1)
+        if item.problem is not None:
+            out.rejected.append(Rejected(item.where, item.problem, item.fields))
+            bad.add(item.span)
+            continue
         try:
-            out.traces.append(TraceEvent.parse(fields))
+            if item.kind == "traces":
+                out.traces.append(TraceEvent.parse(item.fields))
+            else:
+                out.feedback.append(FeedbackEvent.parse(item.fields))
         except InvalidEvent as exc:
-            out.rejected.append(Rejected(view.where, exc.reason, fields))
-            bad = True
-        looked_at += len(view.span.events)
-        if looked_at > MAX_SPAN_EVENTS:
-            raise WireError("too_many_spans", f"over {MAX_SPAN_EVENTS} span events in one request")
-        try:
-            items = feedback_of(view)
-        except InvalidEvent as exc:
-            out.rejected.append(Rejected(view.where, exc.reason, {}))
-            items = []
-            bad = True
-        for where, item in items:
-            if received_at is not None:
-                item["received_at"] = received_at
-            try:
-                out.feedback.append(FeedbackEvent.parse(item))
-            except InvalidEvent as exc:
-                out.rejected.append(Rejected(where, exc.reason, item))
-                bad = True
-        out.rejected_spans += bad
+            out.rejected.append(Rejected(item.where, exc.reason, item.fields))
+            bad.add(item.span)
+    out.rejected_spans = len(bad)
     return out
 
 

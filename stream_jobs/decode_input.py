@@ -48,16 +48,21 @@ _TRACE_LIST = TypeAdapter(list[TraceEvent])
 KINDS = ("feedback", "traces")
 
 
+#: A run of events of one input message: partition, offset, ms, key, index, count and,
+#: when it is not the kind's own input topic (the OpenTelemetry topic), its topic.
+_Run = tuple[int, int, int, str | None, int, int] | tuple[int, int, int, str | None, int, int, str]
+
+
 class _Routed(TypedDict):
     feedback: list[FeedbackEvent]
     traces: list[TraceEvent]
-    feedback_from: list[tuple[int, int, int, str | None, int, int]]
-    traces_from: list[tuple[int, int, int, str | None, int, int]]
+    feedback_from: list[_Run]
+    traces_from: list[_Run]
     dead: list[DeadLetter]
 
 
 _ROUTED = TypeAdapter(_Routed)
-_RUNS = TypeAdapter(list[tuple[int, int, int, str | None, int, int]])
+_RUNS = TypeAdapter(list[_Run])
 
 
 @dataclass(slots=True)
@@ -176,8 +181,9 @@ class DecodeInput:
             if sum(run[5] for run in runs) != len(events):
                 return False
             stamped, at = [], 0
-            for partition, offset, ms, _key, _index, count in runs:
-                origin = Origin(self._topic[kind], partition, offset, ms / 1000, None)
+            for partition, offset, ms, _key, _index, count, *topic in runs:
+                origin = Origin(topic[0] if topic else self._topic[kind], partition, offset,
+                                ms / 1000, None)  # fmt: skip
                 for event in events[at : at + count]:
                     event = stamp(event, origin.timestamp)
                     try:
@@ -209,9 +215,10 @@ class DecodeInput:
                 self._dead(batch, dead_letter(message, -1, "bad_keyed", str(exc), raw))
         for kind in KINDS:
             items, runs, at = body.get(kind, []), body.get(f"{kind}_from", []), 0
-            for partition, offset, ms, key, index, count in runs:
+            for partition, offset, ms, key, index, count, *topic in runs:
                 key = key.encode() if isinstance(key, str) else None
-                origin = Origin(self._topic[kind], partition, offset, ms / 1000, key)
+                name = topic[0] if topic else self._topic[kind]
+                origin = Origin(name, partition, offset, ms / 1000, key)
                 chunk = items[at : at + count]
                 self._careful(origin, message.partition, held, batch, kind, chunk, index)
                 at += count

@@ -11,10 +11,11 @@ the input topics with ``getmany`` and, per batch, parses each message once,
 finds each event's ``trace_id`` and publishes one message per partition of
 ``keyed`` (thumbline's murmur2 partitioner) with every event bound there
 (``*_from``: runs of events that follow each other in one input message,
-``index`` the first one's position in it):
+``index`` the first one's position in it, and the message's topic when it is
+not the kind's own, the OpenTelemetry topic):
 
     {"feedback": [event, ...], "traces": [event, ...],
-     "feedback_from": [[partition, offset, timestamp_ms, key, index, count], ...],
+     "feedback_from": [[partition, offset, timestamp_ms, key, index, count(, topic)], ...],
      "traces_from": [...], "dead": [dead letter, ...]}
 
 It validates nothing: the join does, once. ``*_from`` say which input message
@@ -86,14 +87,21 @@ class _Out:
         self.runs: dict[str, list[list[Any]]] = {"feedback": [], "traces": []}
         self.size = self.count = 0
 
-    def add(self, kind: str, source: list[Any], items: list[bytes], index: int = 0) -> None:
+    def add(
+        self, kind: str, source: list[Any], items: list[bytes], index: int = 0,
+        topic: str | None = None,
+    ) -> None:  # fmt: skip
         """``items`` of one input message (``source``: partition, offset, ms, key), the
-        first of them at ``index`` in it, the others following it there."""
+        first of them at ``index`` in it, the others following it there (``topic``: the
+        message's, when it is not the kind's own input topic)."""
         for item in items:
-            self.add_run(kind, source, item, index, 1)
+            self.add_run(kind, source, item, index, 1, topic)
             index += 1
 
-    def add_run(self, kind: str, source: list[Any], chunk: bytes, index: int, n: int) -> None:
+    def add_run(
+        self, kind: str, source: list[Any], chunk: bytes, index: int, n: int,
+        topic: str | None = None,
+    ) -> None:  # fmt: skip
         """``n`` events of one input message as one comma-separated ``chunk`` of JSON, the
         first at ``index`` in it. A chunk is never split: an input message's array fits."""
         if self.count and (
@@ -102,10 +110,12 @@ class _Out:
             self.close()
         runs = self.runs[kind]
         last = runs[-1] if runs else None
-        if last is not None and last[:4] == source and last[4] + last[5] == index:
+        named = [topic] if topic else []
+        if (last is not None and last[:4] == source and last[4] + last[5] == index
+                and last[6:] == named):  # fmt: skip
             last[5] += n
         else:
-            runs.append([*source, index, n])
+            runs.append([*source, index, n, *named])
         self.events[kind].append(chunk)
         self.size += len(chunk)
         self.count += n
@@ -194,7 +204,9 @@ def _route_otlp(
         outs[record.partition % partitions].add_dead(letter.to_json())
     counts["dead"] += len(dead)
     for index, (kind, trace_id, raw) in enumerate(events):
-        outs[partition_for(trace_id, partitions)].add(kind, source, [raw], index)
+        target = partition_for(trace_id, partitions) if isinstance(trace_id, str) and trace_id \
+            else record.partition % partitions  # fmt: skip
+        outs[target].add(kind, source, [raw], index, topic=otlp.topic)
     counts[f"in:{otlp.topic}"] += len(events) + len(dead)
     return len(events)
 

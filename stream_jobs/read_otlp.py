@@ -10,10 +10,11 @@ the feedback its events carry) to its trace's partition of ``keyed``, as it
 routes the events of a batched message: no second hop through ``traces``.
 
 Every event is stamped with the message's Kafka timestamp (``received_at``: the
-same on every replay) and checked here, bounds and times included, so the join
-never refuses one; what does not map becomes a dead letter naming this
-message, and the rest of the message is kept (``raw``: the span's fields as
-JSON; a whole protobuf message that does not decode: ``base64:`` and its bytes).
+same on every replay) and validated once, by the join, as the events of a
+batched message are: a bad one becomes a dead letter naming this message and
+its position among the message's events, and the rest of the message is kept.
+A message that does not decode is a dead letter here (``raw``: for protobuf,
+``base64:`` and its bytes).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 
 import orjson
 
-from thumbline.schemas import DeadLetter, InvalidEvent, TimeBounds, WireError
-from thumbline.schemas.otlp import Encoding, decode_request, events_from_request
+from thumbline.schemas import DeadLetter, TimeBounds, WireError
+from thumbline.schemas.otlp import Encoding, decode_request, fields_from_request
 
 #: An OTLP message larger than this is a dead letter (the Collector's default limit is 1 MB).
 MAX_OTLP_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -43,38 +44,36 @@ class ReadOtlp:
     time_bounds: TimeBounds = TimeBounds()  # noqa: RUF009 (frozen)
     capture_content: bool = True
 
-    def events(self, record: Any) -> tuple[list[tuple[str, str, bytes]], list[DeadLetter]]:
-        """(kind, trace id, event JSON) of each event in the message, and its dead letters."""
+    def events(self, record: Any) -> tuple[list[tuple[str, str | None, bytes]], list[DeadLetter]]:
+        """(kind, trace id, event JSON) of each event in the message, and its dead letters.
+
+        The events are not validated here: the join validates every event once, and
+        dead-letters a bad one naming this message and its position in it."""
         raw: bytes = record.value or b""
         received = datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp > 0 \
             else datetime.now(UTC)  # fmt: skip
+        out: list[tuple[str, str | None, bytes]] = []
+        dead: list[DeadLetter] = []
         try:
             if len(raw) > MAX_OTLP_MESSAGE_BYTES:
                 raise WireError(
                     "oversize", f"the message is {len(raw)} bytes; at most {MAX_OTLP_MESSAGE_BYTES}"
                 )
-            mapped = events_from_request(
+            items = fields_from_request(
                 decode_request(raw, self.encoding), project=self.project, received_at=received,
                 capture_content=self.capture_content,
             )  # fmt: skip
+            for item in items:
+                if item.problem is not None:
+                    dead.append(self._dead(record, len(out), "invalid_event",
+                                           f"{item.where}: {item.problem}", b""))  # fmt: skip
+                    continue
+                trace_id = item.fields.get("trace_id")
+                out.append((item.kind, trace_id, orjson.dumps(item.fields)))
         except WireError as exc:
             if self.encoding == "otlp_proto":  # binary: kept whole, as base64 text
                 raw = b"base64:" + base64.b64encode(raw[:750_000])
             return [], [self._dead(record, -1, exc.reason, exc.detail, raw)]
-        dead = [
-            self._dead(record, -1, "invalid_event", f"{r.where}: {r.reason}",
-                       orjson.dumps(r.fields, default=str))
-            for r in mapped.rejected
-        ]  # fmt: skip
-        out: list[tuple[str, str, bytes]] = []
-        for event in mapped.events:
-            try:
-                self.time_bounds.check(event, received)
-            except InvalidEvent as exc:
-                dead.append(self._dead(record, -1, "ts_out_of_range", exc.reason, event.to_json()))
-                continue
-            kind = "traces" if event.__class__.__name__ == "TraceEvent" else "feedback"
-            out.append((kind, event.trace_id, event.to_json()))
         return out, dead
 
     @staticmethod

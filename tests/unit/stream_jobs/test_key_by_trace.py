@@ -340,6 +340,7 @@ def test_the_collectors_otlp_messages_reach_each_traces_partition_and_a_bad_one_
 
     tracer_provider, exporter = provider()
     ids = [traced_chat(tracer_provider, user=f"u{i}")[0] for i in range(5)]
+    bad, _ = traced_chat(tracer_provider, user="u" * 300)  # its root span's user is too long
     spans = exporter.get_finished_spans()
     otlp = ReadOtlp("otlp_spans", capture_content=False)
     records = [
@@ -354,18 +355,23 @@ def test_the_collectors_otlp_messages_reach_each_traces_partition_and_a_bad_one_
         for offset, value in enumerate(values):
             body = orjson.loads(value)
             assert {t["trace_id"] for t in body["traces"]} <= {
-                t for t in ids if partition_for(t, 8) == partition
+                t for t in [*ids, bad] if partition_for(t, 8) == partition
             }
             decoder.decode(SimpleNamespace(topic=TOPICS.keyed.name, partition=partition,
                                            offset=offset, value=value, key=None,
                                            timestamp=time.time()), None, batch)  # fmt: skip
-    assert sorted({t.trace_id for t in batch.traces}) == sorted(ids)
-    assert len(batch.traces) == 10 and counts[f"out:{TOPICS.keyed.name}"] == 10
+    assert sorted({t.trace_id for t in batch.traces}) == sorted([*ids, bad])
+    assert len(batch.traces) == 11 and counts[f"out:{TOPICS.keyed.name}"] == 12
     # stamped with the Kafka message's time: the same received_at on every replay
     first = next(t for t in batch.traces if t.trace_id == ids[0])
     assert first.received_at == datetime.fromtimestamp((NOW_MS - 1000) / 1000, UTC)
-    (letter,) = batch.dead
+    letter, invalid = sorted(batch.dead, key=lambda d: d.partition)
     assert (letter.topic, letter.partition, letter.offset, letter.reason) == (
         "otlp_spans", 0, 1, "bad_otlp",
     )  # fmt: skip
     assert letter.raw.startswith("base64:")
+    # the join validates the span once and names the Collector's message, not `traces`
+    assert (invalid.topic, invalid.partition, invalid.offset, invalid.reason) == (
+        "otlp_spans", 1, 0, "invalid_event",
+    )  # fmt: skip
+    assert "user_id" in invalid.error and bad in invalid.raw
