@@ -28,6 +28,7 @@ from thumbline.schemas.otlp import (
     ExportTraceServiceResponse,
     decode_request,
     events_from_request,
+    span_count,
 )
 
 PATH = "/otlp/v1/traces"
@@ -105,7 +106,7 @@ def add_otlp_routes(
             otlp = decode_request(body, encoding)
         except WireError as exc:
             return answer(413 if exc.reason == "too_many_spans" else 400, exc.detail, encoding)
-        spans = sum(len(s.spans) for r in otlp.resource_spans for s in r.scope_spans)
+        spans = span_count(otlp)
         refused = core.charge(key, max(1, spans))
         if refused is not None:
             retry = int(refused.headers["Retry-After"])

@@ -34,8 +34,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from thumbline.schemas.errors import InvalidEvent, WireError
 from thumbline.schemas.feedback import FeedbackEvent
-from thumbline.schemas.otlp_json import NotOtlpJson, request_from_json
-from thumbline.schemas.otlp_mapping import SpanView, feedback_of, trace_of, value_of
+from thumbline.schemas.otlp_json import NotOtlpJson, resources_from_json
+from thumbline.schemas.otlp_mapping import (
+    PlainEvent,
+    PlainResource,
+    PlainSpan,
+    SpanView,
+    feedback_of,
+    trace_of,
+    value_of,
+)
 from thumbline.schemas.trace import TraceEvent
 
 Encoding = Literal["otlp_proto", "otlp_json"]
@@ -55,6 +63,7 @@ __all__ = [
     "decode_request",
     "events_from_request",
     "fields_from_request",
+    "span_count",
 ]
 
 
@@ -82,8 +91,8 @@ class Mapped:
         return [*self.traces, *self.feedback]
 
 
-def decode_request(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest:
-    """One ``ExportTraceServiceRequest`` from its bytes.
+def decode_request(body: bytes, encoding: Encoding) -> list[PlainResource]:
+    """One ``ExportTraceServiceRequest`` from its bytes, as plain spans per resource.
 
     JSON follows OTLP/JSON: lowerCamelCase names (the proto names are read too),
     ids as hex (base64 too), 64-bit integers as strings or numbers, enums as numbers
@@ -99,7 +108,7 @@ def decode_request(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest
         except orjson.JSONDecodeError as exc:
             raise WireError("bad_otlp", f"not OTLP/JSON: not JSON: {exc}") from None
         try:
-            request = request_from_json(data)
+            resources = resources_from_json(data)
         except NotOtlpJson as exc:
             raise WireError("bad_otlp", f"not OTLP/JSON: {exc}") from None
     else:
@@ -109,10 +118,38 @@ def decode_request(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest
         except (DecodeError, RecursionError) as exc:
             hint = " (it looks like JSON: send it as otlp_json)" if body[:1] == b"{" else ""
             raise WireError("bad_otlp", f"not OTLP protobuf: {exc}{hint}") from None
-    spans = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+        spans = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+        if spans > MAX_SPANS:  # counted before anything is converted
+            raise WireError("too_many_spans", f"{spans} spans in one request; at most {MAX_SPANS}")
+        resources = [_plain_resource(r) for r in request.resource_spans]
+    spans = span_count(resources)
     if spans > MAX_SPANS:
         raise WireError("too_many_spans", f"{spans} spans in one request; at most {MAX_SPANS}")
-    return request
+    return resources
+
+
+def span_count(resources: list[PlainResource]) -> int:
+    return sum(len(r.spans) for r in resources)
+
+
+def _attrs(items: Any) -> dict[str, Any]:
+    return {kv.key: value_of(kv.value) for kv in items}
+
+
+def _plain_resource(resource_spans: Any) -> PlainResource:
+    spans = [
+        (scope_spans.scope.name, PlainSpan(
+            span.trace_id.hex() if len(span.trace_id) == 16 else "",
+            span.span_id.hex() if len(span.span_id) == 8 else "",
+            span.parent_span_id.hex() if len(span.parent_span_id) == 8 else "",
+            span.name, span.kind, span.start_time_unix_nano, span.end_time_unix_nano,
+            span.status.code, span.status.message, _attrs(span.attributes),
+            [PlainEvent(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in span.events],
+        ))
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    ]  # fmt: skip
+    return PlainResource(_attrs(resource_spans.resource.attributes), spans)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +164,7 @@ class Item:
 
 
 def fields_from_request(
-    request: ExportTraceServiceRequest,
+    request: list[PlainResource],
     *,
     project: str | None = None,
     received_at: datetime | None = None,
@@ -163,7 +200,7 @@ def fields_from_request(
 
 
 def events_from_request(
-    request: ExportTraceServiceRequest,
+    request: list[PlainResource],
     *,
     project: str | None = None,
     received_at: datetime | None = None,
@@ -193,10 +230,7 @@ def events_from_request(
     return out
 
 
-def _spans(request: ExportTraceServiceRequest, project: str | None) -> Iterator[SpanView]:
-    for resource_spans in request.resource_spans:
-        resource = {kv.key: value_of(kv.value) for kv in resource_spans.resource.attributes}
-        for scope_spans in resource_spans.scope_spans:
-            scope = scope_spans.scope.name
-            for span in scope_spans.spans:
-                yield SpanView(span, resource, scope, project)
+def _spans(request: list[PlainResource], project: str | None) -> Iterator[SpanView]:
+    for resource in request:
+        for scope, span in resource.spans:
+            yield SpanView(span, resource.attributes, scope, project)

@@ -1,4 +1,4 @@
-"""OTLP/JSON to protobuf messages, directly: the fields thumbline reads, built with constructors.
+"""OTLP/JSON to plain spans, directly: the fields thumbline reads, no protobuf in between.
 
 protobuf's ``json_format.ParseDict`` walks every field in Python and spent four
 times as long as the whole mapping of a span (bench/otlp.py). This reads the
@@ -16,16 +16,7 @@ import binascii
 import math
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import (
-    AnyValue,
-    ArrayValue,
-    InstrumentationScope,
-    KeyValue,
-    KeyValueList,
-)
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from thumbline.schemas.otlp_mapping import PlainEvent, PlainResource, PlainSpan
 
 #: Nesting of attribute values (arrays and key-value lists), at most.
 MAX_VALUE_DEPTH = 16
@@ -39,8 +30,8 @@ class NotOtlpJson(ValueError):
     """The document is not an OTLP/JSON ExportTraceServiceRequest (says where)."""
 
 
-def request_from_json(data: Any) -> ExportTraceServiceRequest:
-    """An ``ExportTraceServiceRequest`` from a parsed OTLP/JSON document.
+def resources_from_json(data: Any) -> list[PlainResource]:
+    """The resources of a parsed OTLP/JSON ``ExportTraceServiceRequest``, with their spans.
 
     Raises:
         NotOtlpJson: a field of the wrong type, naming it.
@@ -51,77 +42,61 @@ def request_from_json(data: Any) -> ExportTraceServiceRequest:
     for i, resource in enumerate(_list(data, "resourceSpans", "resource_spans", where="")):
         where = f"resourceSpans[{i}]"
         res = _dict(resource, where)
-        scopes = []
+        spans: list[tuple[str, PlainSpan]] = []
         for j, scope in enumerate(_list(res, "scopeSpans", "scope_spans", where=where)):
             at = f"{where}.scopeSpans[{j}]"
             sc = _dict(scope, at)
-            meta = _dict(sc.get("scope") or {}, f"{at}.scope")
-            spans = [
-                _span(s, f"{at}.spans[{k}]") for k, s in enumerate(_list(sc, "spans", where=at))
-            ]
-            scopes.append(ScopeSpans(
-                scope=InstrumentationScope(name=_str(meta.get("name")),
-                                           version=_str(meta.get("version"))),
-                spans=spans,
-            ))  # fmt: skip
+            name = _str(_dict(sc.get("scope") or {}, f"{at}.scope").get("name"))
+            listed = _list(sc, "spans", where=at)
+            spans.extend((name, _span(s, f"{at}.spans[{k}]")) for k, s in enumerate(listed))
         attrs = _dict(res.get("resource") or {}, f"{where}.resource").get("attributes")
-        out.append(ResourceSpans(
-            resource=Resource(attributes=_attributes(attrs, f"{where}.resource")),
-            scope_spans=scopes,
-        ))  # fmt: skip
-    return ExportTraceServiceRequest(resource_spans=out)
+        out.append(PlainResource(_attributes(attrs, f"{where}.resource"), spans))
+    return out
 
 
-def _span(data: Any, where: str) -> Span:
+def _span(data: Any, where: str) -> PlainSpan:
     span = _dict(data, where)
     status = _dict(span.get("status") or {}, f"{where}.status")
-    events = [
-        Span.Event(
-            time_unix_nano=_uint(e.get("timeUnixNano", e.get("time_unix_nano")),
-                                 f"{where}.events[{n}].timeUnixNano"),
-            name=_str(e.get("name")),
-            attributes=_attributes(e.get("attributes"), f"{where}.events[{n}]"),
-        )
-        for n, e in enumerate(_dict(x, f"{where}.events") for x in _list(span, "events",
-                                                                          where=where))
-    ]  # fmt: skip
-    return Span(
-        trace_id=_id(span.get("traceId", span.get("trace_id")), 16),
-        span_id=_id(span.get("spanId", span.get("span_id")), 8),
-        parent_span_id=_id(span.get("parentSpanId", span.get("parent_span_id")), 8),
-        name=_str(span.get("name")),
-        kind=_enum(span.get("kind"), _KINDS, f"{where}.kind"),
-        start_time_unix_nano=_uint(span.get("startTimeUnixNano",
-                                            span.get("start_time_unix_nano")), where),
-        end_time_unix_nano=_uint(span.get("endTimeUnixNano", span.get("end_time_unix_nano")),
-                                 where),
-        attributes=_attributes(span.get("attributes"), where),
-        events=events,
-        status=Status(code=_enum(status.get("code"), _CODES, f"{where}.status.code"),
-                      message=_str(status.get("message"))),
-    )  # fmt: skip
+    events = []
+    for n, item in enumerate(_list(span, "events", where=where)):
+        event = _dict(item, f"{where}.events[{n}]")
+        events.append(PlainEvent(
+            _str(event.get("name")),
+            _uint(event.get("timeUnixNano", event.get("time_unix_nano")),
+                  f"{where}.events[{n}].timeUnixNano"),
+            _attributes(event.get("attributes"), f"{where}.events[{n}]"),
+        ))  # fmt: skip
+    return PlainSpan(
+        _id(span.get("traceId", span.get("trace_id")), 16),
+        _id(span.get("spanId", span.get("span_id")), 8),
+        _id(span.get("parentSpanId", span.get("parent_span_id")), 8),
+        _str(span.get("name")),
+        _enum(span.get("kind"), _KINDS, f"{where}.kind"),
+        _uint(span.get("startTimeUnixNano", span.get("start_time_unix_nano")), where),
+        _uint(span.get("endTimeUnixNano", span.get("end_time_unix_nano")), where),
+        _enum(status.get("code"), _CODES, f"{where}.status.code"),
+        _str(status.get("message")),
+        _attributes(span.get("attributes"), where),
+        events,
+    )
 
 
-def _attributes(items: Any, where: str) -> list[KeyValue]:
+def _attributes(items: Any, where: str) -> dict[str, Any]:
     if items is None:
-        return []
+        return {}
     if not isinstance(items, list):
         raise NotOtlpJson(f"{where}.attributes: expected a list")
-    out = []
+    out = {}
     for n, item in enumerate(items):
         kv = _dict(item, f"{where}.attributes[{n}]")
-        out.append(
-            KeyValue(
-                key=_str(kv.get("key")),
-                value=_value(kv.get("value"), f"{where}.attributes[{n}]", 0),
-            )
-        )
-    return out  # fmt: skip
+        out[_str(kv.get("key"))] = _value(kv.get("value"), f"{where}.attributes[{n}]", 0)
+    return out
 
 
-def _value(data: Any, where: str, depth: int) -> AnyValue:
+def _value(data: Any, where: str, depth: int) -> Any:
+    """An AnyValue as plain Python, as the protobuf path's ``value_of`` gives it."""
     if data is None:
-        return AnyValue()
+        return None
     if depth > MAX_VALUE_DEPTH:
         raise NotOtlpJson(f"{where}: values nest deeper than {MAX_VALUE_DEPTH} levels")
     value = _dict(data, where)
@@ -129,56 +104,51 @@ def _value(data: Any, where: str, depth: int) -> AnyValue:
         got = value.get(name)
         if got is not None:
             return build(got, where, depth)
-    return AnyValue()
+    return None
 
 
-def _string(v: Any, where: str, depth: int) -> AnyValue:
-    return AnyValue(string_value=_str(v))
+def _string(v: Any, where: str, depth: int) -> Any:
+    return _str(v)
 
 
-def _bool(v: Any, where: str, depth: int) -> AnyValue:
+def _bool(v: Any, where: str, depth: int) -> Any:
     if not isinstance(v, bool):
         raise NotOtlpJson(f"{where}.boolValue: expected true or false")
-    return AnyValue(bool_value=v)
+    return v
 
 
-def _int(v: Any, where: str, depth: int) -> AnyValue:
+def _int(v: Any, where: str, depth: int) -> Any:
     try:
         number = int(v)
     except (TypeError, ValueError):
         raise NotOtlpJson(f"{where}.intValue: expected an integer") from None
     if not -(2**63) <= number < 2**63:
         raise NotOtlpJson(f"{where}.intValue: out of the 64-bit range")
-    return AnyValue(int_value=number)
+    return number
 
 
-def _double(v: Any, where: str, depth: int) -> AnyValue:
+def _double(v: Any, where: str, depth: int) -> Any:
     try:
         number = float(v)  # "NaN", "Infinity" as protobuf's JSON writes them
     except (TypeError, ValueError):
         raise NotOtlpJson(f"{where}.doubleValue: expected a number") from None
-    return AnyValue(double_value=number if math.isfinite(number) else 0.0)
+    return number if math.isfinite(number) else None
 
 
-def _array(v: Any, where: str, depth: int) -> AnyValue:
+def _array(v: Any, where: str, depth: int) -> Any:
     items = _list(_dict(v, f"{where}.arrayValue"), "values", where=f"{where}.arrayValue")
-    return AnyValue(array_value=ArrayValue(
-        values=[_value(x, f"{where}.arrayValue", depth + 1) for x in items]
-    ))  # fmt: skip
+    return [_value(x, f"{where}.arrayValue", depth + 1) for x in items]
 
 
-def _kvlist(v: Any, where: str, depth: int) -> AnyValue:
+def _kvlist(v: Any, where: str, depth: int) -> Any:
     items = _list(_dict(v, f"{where}.kvlistValue"), "values", where=f"{where}.kvlistValue")
     pairs = [_dict(x, f"{where}.kvlistValue") for x in items]
-    return AnyValue(kvlist_value=KeyValueList(values=[
-        KeyValue(key=_str(p.get("key")), value=_value(p.get("value"), where, depth + 1))
-        for p in pairs
-    ]))  # fmt: skip
+    return {_str(p.get("key")): _value(p.get("value"), where, depth + 1) for p in pairs}
 
 
-def _bytes(v: Any, where: str, depth: int) -> AnyValue:
+def _bytes(v: Any, where: str, depth: int) -> Any:
     try:
-        return AnyValue(bytes_value=base64.b64decode(_str(v), validate=True))
+        return base64.b64encode(base64.b64decode(_str(v), validate=True)).decode()
     except (binascii.Error, ValueError):
         raise NotOtlpJson(f"{where}.bytesValue: not base64") from None
 
@@ -213,18 +183,18 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else "" if value is None else str(value)
 
 
-def _id(value: Any, size: int) -> bytes:
-    """Hex as OTLP/JSON writes ids; base64 as protobuf's JSON mapping does; else empty."""
+def _id(value: Any, size: int) -> str:
+    """Lower-case hex of an id in hex (OTLP/JSON) or base64 (protobuf's JSON mapping); else ""."""
     if not isinstance(value, str) or not value:
-        return b""
+        return ""
     try:
         raw = bytes.fromhex(value)
     except ValueError:
         try:
             raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            return b""
-    return raw if len(raw) == size else b""
+            return ""
+    return raw.hex() if len(raw) == size else ""
 
 
 def _uint(value: Any, where: str) -> int:
@@ -239,7 +209,7 @@ def _uint(value: Any, where: str) -> int:
     return number
 
 
-def _enum(value: Any, names: dict[str, int], where: str) -> Any:  # an enum ValueType
+def _enum(value: Any, names: dict[str, int], where: str) -> int:
     if value is None:
         return 0
     if isinstance(value, str):

@@ -9,6 +9,8 @@ in step. The first name found wins: span attributes before resource attributes.
 from __future__ import annotations
 
 import base64
+import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,7 +77,7 @@ KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer
 
 
 def value_of(any_value: Any) -> Any:
-    """An OTLP AnyValue as plain Python (bytes as base64 text)."""
+    """An OTLP AnyValue as plain Python (bytes as base64 text, NaN and infinities as None)."""
     kind = any_value.WhichOneof("value")
     if kind is None:
         return None
@@ -85,7 +87,45 @@ def value_of(any_value: Any) -> Any:
         return {kv.key: value_of(kv.value) for kv in any_value.kvlist_value.values}
     if kind == "bytes_value":
         return base64.b64encode(any_value.bytes_value).decode()
+    if kind == "double_value":
+        number = any_value.double_value
+        return number if math.isfinite(number) else None  # JSON has no NaN
     return getattr(any_value, kind)
+
+
+@dataclass(slots=True)
+class PlainEvent:
+    """A span event: its name, time and attributes as plain values."""
+
+    name: str
+    time_unix_nano: int
+    attributes: dict[str, Any]
+
+
+@dataclass(slots=True)
+class PlainSpan:
+    """A span as the mapping reads it, from protobuf or straight from OTLP/JSON: ids in
+    lower-case hex ("" when absent or not decodable), attributes as plain values."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: int
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    status_code: int
+    status_message: str
+    attributes: dict[str, Any]
+    events: list[PlainEvent]
+
+
+@dataclass(slots=True)
+class PlainResource:
+    """A resource's attributes and its spans, each with its scope's name."""
+
+    attributes: dict[str, Any]
+    spans: list[tuple[str, PlainSpan]]
 
 
 class SpanView:
@@ -94,11 +134,13 @@ class SpanView:
 
     __slots__ = ("attrs", "project", "resource", "scope", "span", "span_id", "trace_id")
 
-    def __init__(self, span: Any, resource: dict[str, Any], scope: str, project: str | None):
+    def __init__(
+        self, span: PlainSpan, resource: dict[str, Any], scope: str, project: str | None
+    ) -> None:
         self.span, self.resource, self.scope, self.project = span, resource, scope, project
-        self.attrs = {kv.key: value_of(kv.value) for kv in span.attributes}
-        self.trace_id = span.trace_id.hex()
-        self.span_id = span.span_id.hex()
+        self.attrs = span.attributes
+        self.trace_id = span.trace_id
+        self.span_id = span.span_id
 
     @property
     def where(self) -> str:
@@ -139,11 +181,11 @@ def trace_of(view: SpanView, *, capture_content: bool = True) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "trace_id": view.trace_id or None,
         "span_id": view.span_id or None,
-        "parent_span_id": span.parent_span_id.hex() or None,
+        "parent_span_id": span.parent_span_id or None,
         "name": span.name[:MAX_NAME_LEN] or None,
         "start_time": _time(span.start_time_unix_nano),
         "end_time": _time(span.end_time_unix_nano),
-        "status": STATUS.get(span.status.code, "unset"),
+        "status": STATUS.get(span.status_code, "unset"),
     }
     for name, sources in TRACE_FIELDS.items():
         got = view.get(*sources)
@@ -153,9 +195,9 @@ def trace_of(view: SpanView, *, capture_content: bool = True) -> dict[str, Any]:
         fields["project"] = view.project
     if "capability" not in fields and not span.parent_span_id:
         fields["capability"] = span.name[:MAX_NAME_LEN] or None  # the root span names it
-    if span.status.code == 2 and span.status.message:
-        fields["error"] = span.status.message[:MAX_COMMENT_LEN]
-    elif fields.get("error") and span.status.code != 2:
+    if span.status_code == 2 and span.status_message:
+        fields["error"] = span.status_message[:MAX_COMMENT_LEN]
+    elif fields.get("error") and span.status_code != 2:
         fields.pop("error")  # error.type on a span that did not fail: not an error
     kept: dict[str, Any] = {"otel.span.kind": KINDS.get(span.kind, "unspecified")}
     if view.scope:
@@ -263,7 +305,7 @@ def _indexed(view: SpanView, patterns: tuple[tuple[str, str, str], ...]) -> list
 
 
 def _event_text(event: Any) -> str | None:
-    attrs = {kv.key: value_of(kv.value) for kv in event.attributes}
+    attrs = event.attributes
     for name in ("content", "gen_ai.prompt", "gen_ai.completion", "message",
                  "gen_ai.event.content"):  # fmt: skip
         value = attrs.get(name)
@@ -292,7 +334,7 @@ def feedback_of(view: SpanView) -> list[tuple[str, dict[str, Any]]]:
     common = _common(view)
     for index, event in enumerate(span.events):
         where = f"event {index} ({event.name}) of {view.where}"
-        attrs = {kv.key: value_of(kv.value) for kv in event.attributes}
+        attrs = event.attributes
         when = _time(event.time_unix_nano) or _time(span.end_time_unix_nano)
         if event.name == EVALUATION_EVENT:
             out.append((where, _evaluation(view, attrs, when, common, index)))
@@ -371,4 +413,7 @@ def _attribute_feedback(
     return out
 
 
-__all__ = ["TRACE_FIELDS", "InvalidEvent", "SpanView", "feedback_of", "trace_of", "value_of"]
+__all__ = [
+    "TRACE_FIELDS", "InvalidEvent", "PlainEvent", "PlainResource", "PlainSpan", "SpanView",
+    "feedback_of", "trace_of", "value_of",
+]  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -220,3 +222,12 @@ def test_in_otlp_json_a_span_with_an_id_that_does_not_decode_is_refused_alone():
     assert [t.span_id for t in mapped.traces] == ["eee19b7ec3c1b174"]
     assert mapped.traces[0].attributes["otel.span.kind"] == "server"
     assert mapped.rejected_spans == 1 and "trace_id" in mapped.rejected[0].reason
+
+
+def test_protobuf_and_json_of_the_same_spans_map_to_the_same_events(chat):
+    _, _, spans = chat
+    now = datetime.now(UTC)
+    proto = events_from_request(decode_request(otlp_proto(spans), "otlp_proto"), received_at=now)
+    json = events_from_request(decode_request(otlp_json(spans), "otlp_json"), received_at=now)
+    assert [e.to_json() for e in json.events] == [e.to_json() for e in proto.events]
+    assert len(proto.traces) == 2 and len(proto.feedback) == 1
