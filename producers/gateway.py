@@ -6,8 +6,9 @@ configured broker and store.
 
 - ``POST /v1/feedback`` (one event or an array of up to 1,000),
   ``POST /v1/feedback/{shape}`` (a hosted product's payload: trulayer,
-  braintrust, honeyhive, axiom, attributes; see :mod:`thumbline.schemas.shapes`) and
-  ``POST /v1/traces``.
+  braintrust, honeyhive, axiom, attributes; see :mod:`thumbline.schemas.shapes`),
+  ``POST /v1/traces`` and ``POST /otlp/v1/traces`` (OTLP/HTTP from an OpenTelemetry
+  SDK or Collector: :mod:`thumbline.producers.gateway_otlp`).
 - **A 202 means durable**: the answer comes after Kafka acknowledged the
   write (``acks=all``), within ``ack_timeout`` of the request. If the broker
   does not acknowledge by then, the answer is 503 with ``Retry-After``, never a
@@ -17,8 +18,9 @@ configured broker and store.
   when some were, 422 when none was.
 - **Idempotent by event_id**: the store keeps one row per ``event_id``, so a
   client's retry never makes a second row.
-- The server stamps ``received_at``, the key's project and the feedback's
-  ``source`` (derived from its kind): a client cannot forge them.
+- The server stamps ``received_at``, the key's project, the feedback's
+  ``source`` (derived from its kind) and ``annotator`` (end_user): a client
+  cannot forge them.
 - Auth: API keys (:mod:`thumbline.keys`) as ``Authorization: Bearer tl_...``
   or ``X-API-Key``. Until a key exists, a gateway bound to loopback accepts
   requests without one (and says so at start); bound elsewhere it refuses to
