@@ -4,7 +4,8 @@ What the Collector's Kafka exporter writes (``otlp_proto``, ``otlp_json``) and
 what an SDK posts over OTLP/HTTP (``application/x-protobuf``, ``application/json``)
 is one request of many spans of many traces. :func:`decode_request` reads it,
 :func:`events_from_request` maps each span (the table is in
-:mod:`thumbline.schemas.otlp_mapping` and the README):
+:mod:`thumbline.schemas.otlp_mapping` and the README; the feedback in
+:mod:`thumbline.schemas.otlp_feedback`):
 
 - every span becomes a :class:`TraceEvent` (the join merges a trace's spans);
 - a ``gen_ai.evaluation.result`` span event becomes a FeedbackEvent from an
@@ -34,13 +35,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from thumbline.schemas.errors import InvalidEvent, WireError
 from thumbline.schemas.feedback import FeedbackEvent
+from thumbline.schemas.otlp_feedback import feedback_of
 from thumbline.schemas.otlp_json import NotOtlpJson, resources_from_json
 from thumbline.schemas.otlp_mapping import (
     PlainEvent,
     PlainResource,
     PlainSpan,
     SpanView,
-    feedback_of,
     trace_of,
     value_of,
 )

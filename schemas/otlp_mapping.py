@@ -17,9 +17,6 @@ from typing import Any
 import orjson
 
 from thumbline.schemas._base import MAX_COMMENT_LEN, MAX_NAME_LEN
-from thumbline.schemas.errors import InvalidEvent
-from thumbline.schemas.shapes import attributes as attribute_feedback
-from thumbline.schemas.shapes import derived_id
 
 #: TraceEvent field: the attributes that give it, in order (span, then resource).
 TRACE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -67,10 +64,6 @@ OUTPUT_INDEXED = (("llm.output_messages.", ".message.role", ".message.content"),
 INPUT_EVENTS = ("gen_ai.user.message", "gen_ai.content.prompt")
 OUTPUT_EVENTS = ("gen_ai.choice", "gen_ai.content.completion")
 
-EVALUATION_EVENT = "gen_ai.evaluation.result"
-#: Attribute names of end-user feedback on a span (the ``attributes`` shape's).
-FEEDBACK_ATTRIBUTES = ("user_feedback", "user_feedback_rating", "user_feedback_comment",
-                       "user_feedback_category")  # fmt: skip
 
 STATUS = {0: "unset", 1: "ok", 2: "error"}
 KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
@@ -161,11 +154,11 @@ class SpanView:
         return None
 
 
-def _time(nanos: int) -> datetime | None:
+def time_of(nanos: int) -> datetime | None:
     return datetime.fromtimestamp(nanos / 1e9, UTC) if nanos else None
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
@@ -183,14 +176,14 @@ def trace_of(view: SpanView, *, capture_content: bool = True) -> dict[str, Any]:
         "span_id": view.span_id or None,
         "parent_span_id": span.parent_span_id or None,
         "name": span.name[:MAX_NAME_LEN] or None,
-        "start_time": _time(span.start_time_unix_nano),
-        "end_time": _time(span.end_time_unix_nano),
+        "start_time": time_of(span.start_time_unix_nano),
+        "end_time": time_of(span.end_time_unix_nano),
         "status": STATUS.get(span.status_code, "unset"),
     }
     for name, sources in TRACE_FIELDS.items():
         got = view.get(*sources)
         if got is not None:
-            fields[name] = _int(got) if name.endswith("_tokens") else _text(got)
+            fields[name] = _int(got) if name.endswith("_tokens") else text_of(got)
     if view.project is not None:
         fields["project"] = view.project
     if "capability" not in fields and not span.parent_span_id:
@@ -223,34 +216,34 @@ def _question(view: SpanView) -> str | None:
     messages = _messages(view.get(*INPUT_MESSAGES, resource=False))
     if messages:
         users = [m for m in messages if m.get("role") == "user"] or messages
-        return _message_text(users[-1])
+        return _messagetext_of(users[-1])
     indexed = _indexed(view, INPUT_INDEXED)
     if indexed:
         users = [m for m in indexed if m.get("role") == "user"] or indexed
-        return _message_text(users[-1])
+        return _messagetext_of(users[-1])
     for event in view.span.events:
         if event.name in INPUT_EVENTS:
-            got = _event_text(event)
+            got = _eventtext_of(event)
             if got is not None:
                 return got
     got = view.get(*INPUT_TEXT, resource=False)
-    return _text(got) if got is not None else None
+    return text_of(got) if got is not None else None
 
 
 def _answer(view: SpanView) -> str | None:
     messages = _messages(view.get(*OUTPUT_MESSAGES, resource=False))
     if messages:
-        return "\n".join(t for m in messages if (t := _message_text(m))) or None
+        return "\n".join(t for m in messages if (t := _messagetext_of(m))) or None
     indexed = _indexed(view, OUTPUT_INDEXED)
     if indexed:
-        return _message_text(indexed[0])
+        return _messagetext_of(indexed[0])
     for event in view.span.events:
         if event.name in OUTPUT_EVENTS:
-            got = _event_text(event)
+            got = _eventtext_of(event)
             if got is not None:
                 return got
     got = view.get(*OUTPUT_TEXT, resource=False)
-    return _text(got) if got is not None else None
+    return text_of(got) if got is not None else None
 
 
 def _messages(value: Any) -> list[dict[str, Any]]:
@@ -265,7 +258,7 @@ def _messages(value: Any) -> list[dict[str, Any]]:
     return [m for m in value if isinstance(m, dict)] if isinstance(value, list) else []
 
 
-def _message_text(message: dict[str, Any]) -> str | None:
+def _messagetext_of(message: dict[str, Any]) -> str | None:
     """The text of a message: its text parts (``parts``), or its ``content``."""
     parts = message.get("parts")
     if isinstance(parts, list):
@@ -281,8 +274,8 @@ def _message_text(message: dict[str, Any]) -> str | None:
         texts = [str(p.get("text")) for p in content if isinstance(p, dict) and p.get("text")]
         return "\n".join(texts) or None
     if content is None and isinstance(message.get("message"), dict):
-        return _message_text(message["message"])
-    return _text(content) if content not in (None, "") else None
+        return _messagetext_of(message["message"])
+    return text_of(content) if content not in (None, "") else None
 
 
 def _indexed(view: SpanView, patterns: tuple[tuple[str, str, str], ...]) -> list[dict[str, Any]]:
@@ -304,116 +297,23 @@ def _indexed(view: SpanView, patterns: tuple[tuple[str, str, str], ...]) -> list
     return []
 
 
-def _event_text(event: Any) -> str | None:
+def _eventtext_of(event: Any) -> str | None:
     attrs = event.attributes
     for name in ("content", "gen_ai.prompt", "gen_ai.completion", "message",
                  "gen_ai.event.content"):  # fmt: skip
         value = attrs.get(name)
         if isinstance(value, dict):
-            return _message_text(value)
+            return _messagetext_of(value)
         if isinstance(value, str) and value:
             if value.startswith(("{", "[")):
                 messages = _messages(value)
                 if messages:
-                    return _message_text(messages[-1])
+                    return _messagetext_of(messages[-1])
             return value
     return None
 
 
-# Feedback ----------------------------------------------------------------------------
-
-
-def feedback_of(view: SpanView) -> list[tuple[str, dict[str, Any]]]:
-    """FeedbackEvent fields the span carries, each with where it came from.
-
-    Raises:
-        InvalidEvent: the span's own feedback attributes do not make feedback.
-    """
-    out: list[tuple[str, dict[str, Any]]] = []
-    span = view.span
-    common = _common(view)
-    for index, event in enumerate(span.events):
-        where = f"event {index} ({event.name}) of {view.where}"
-        attrs = event.attributes
-        when = _time(event.time_unix_nano) or _time(span.end_time_unix_nano)
-        if event.name == EVALUATION_EVENT:
-            out.append((where, _evaluation(view, attrs, when, common, index)))
-        elif any(name in attrs for name in FEEDBACK_ATTRIBUTES):
-            out.extend((where, f) for f in _attribute_feedback(view, attrs, when, common))
-    if any(name in view.attrs for name in FEEDBACK_ATTRIBUTES):
-        prefixes = ("user_feedback", "feedback_", "annotation_")
-        attrs = {k: v for k, v in view.attrs.items() if k.startswith(prefixes)}
-        when = _time(span.end_time_unix_nano) or _time(span.start_time_unix_nano)
-        out.extend((view.where, f) for f in _attribute_feedback(view, attrs, when, common))
-    return out
-
-
-def _common(view: SpanView) -> dict[str, Any]:
-    common: dict[str, Any] = {"trace_id": view.trace_id, "span_id": view.span_id or None}
-    project = view.project if view.project is not None else view.get("service.name")
-    if project is not None:
-        common["project"] = _text(project)
-    for name in ("user_id", "session_id", "conversation_id"):
-        got = view.get(*TRACE_FIELDS[name])
-        if got is not None:
-            common[name] = _text(got)
-    return {k: v for k, v in common.items() if v is not None}
-
-
-def _evaluation(
-    view: SpanView, attrs: dict[str, Any], when: datetime | None, common: dict[str, Any],
-    index: int,
-) -> dict[str, Any]:  # fmt: skip
-    """A ``gen_ai.evaluation.result`` event: feedback from an evaluator about this span."""
-    name = attrs.get("gen_ai.evaluation.name")
-    name = _text(name)[:MAX_NAME_LEN] if name not in (None, "") else "evaluation"
-    value = attrs.get("gen_ai.evaluation.score.value")
-    label = attrs.get("gen_ai.evaluation.score.label")
-    explanation = attrs.get("gen_ai.evaluation.explanation")
-    stamp = view.span.events[index].time_unix_nano
-    fields: dict[str, Any] = {
-        **common,
-        "event_id": derived_id("otel", view.trace_id, view.span_id, name, str(stamp or index)),
-        "name": name,
-        "annotator": "evaluator",
-        "metadata": {"otel.event": EVALUATION_EVENT},
-    }
-    if when is not None:
-        fields["ts"] = when
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if 0.0 <= value <= 1.0:
-            fields.update(kind="score", value=float(value))
-        else:  # a scale we do not know: kept, not normalised
-            fields["metadata"]["score_value"] = value
-            fields["kind"] = "label"
-            if label in (None, ""):
-                label = f"{value:g}"
-    if label not in (None, ""):
-        fields["label"] = _text(label)
-        fields.setdefault("kind", "label")
-    if explanation not in (None, ""):
-        fields["comment"] = _text(explanation)[:MAX_COMMENT_LEN]
-    if "kind" not in fields:
-        fields.update(kind="text", value=fields.get("comment") or name)
-    if attrs.get("gen_ai.response.id"):
-        fields["metadata"]["gen_ai.response.id"] = _text(attrs["gen_ai.response.id"])
-    return fields
-
-
-def _attribute_feedback(
-    view: SpanView, attrs: dict[str, Any], when: datetime | None, common: dict[str, Any]
-) -> list[dict[str, Any]]:
-    payload = {"trace_id": view.trace_id, "span_id": view.span_id, "attributes": attrs}
-    out = []
-    for fields in attribute_feedback(payload):
-        fields = {**common, **fields}
-        if "ts" not in fields and when is not None:
-            fields["ts"] = when  # the same on every replay, unlike the time of reading
-        out.append(fields)
-    return out
-
-
 __all__ = [
-    "TRACE_FIELDS", "InvalidEvent", "PlainEvent", "PlainResource", "PlainSpan", "SpanView",
-    "feedback_of", "trace_of", "value_of",
+    "TRACE_FIELDS", "PlainEvent", "PlainResource", "PlainSpan", "SpanView", "time_of",
+    "text_of", "trace_of", "value_of",
 ]  # fmt: skip
