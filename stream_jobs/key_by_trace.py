@@ -162,7 +162,7 @@ def route(
         key = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else None
         source = [record.partition, record.offset, record.timestamp, key]
         if otlp is not None and record.topic == otlp.topic:
-            routed = _route_otlp(otlp, record, source, outs, partitions, counts)
+            routed = otlp.route(record, source, outs, partitions, counts)
             counts[f"out:{topics.keyed.name}"] += routed
             continue
         raw = record.value
@@ -191,24 +191,6 @@ def route(
         for index, (target, item) in enumerate(zip(targets, items, strict=True)):
             outs[target].add(kind, source, [orjson.dumps(item)], index)
     return {p: out.messages() for p, out in outs.items()}
-
-
-def _route_otlp(
-    otlp: ReadOtlp, record: Any, source: list[Any], outs: dict[int, _Out], partitions: int,
-    counts: dict[str, int],
-) -> int:  # fmt: skip
-    """An OTLP message: each event to its trace's partition, checked and stamped already.
-    Returns how many events it routed."""
-    events, dead = otlp.events(record)
-    for letter in dead:
-        outs[record.partition % partitions].add_dead(letter.to_json())
-    counts["dead"] += len(dead)
-    for index, (kind, trace_id, raw) in enumerate(events):
-        target = partition_for(trace_id, partitions) if isinstance(trace_id, str) and trace_id \
-            else record.partition % partitions  # fmt: skip
-        outs[target].add(kind, source, [raw], index, topic=otlp.topic)
-    counts[f"in:{otlp.topic}"] += len(events) + len(dead)
-    return len(events)
 
 
 def _target(item: Any, partition: int, partitions: int) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from thumbline.schemas import DeadLetter, TimeBounds, WireError
+from thumbline.schemas import DeadLetter, TimeBounds, WireError, partition_for
 from thumbline.schemas.otlp import Encoding, decode_request, fields_from_request
 
 #: An OTLP message larger than this is a dead letter (the Collector's default limit is 1 MB).
@@ -75,6 +75,23 @@ class ReadOtlp:
                 raw = b"base64:" + base64.b64encode(raw[:750_000])
             return [], [self._dead(record, -1, exc.reason, exc.detail, raw)]
         return out, dead
+
+    def route(
+        self, record: Any, source: list[Any], outs: Any, partitions: int, counts: dict[str, int]
+    ) -> int:
+        """Add the message's events to key_by_trace's messages (``outs``, by partition of
+        ``keyed``), each on its trace's partition and its run naming this topic, and its
+        dead letters on the message's. Returns how many events it routed."""
+        events, dead = self.events(record)
+        for letter in dead:
+            outs[record.partition % partitions].add_dead(letter.to_json())
+        counts["dead"] += len(dead)
+        for index, (kind, trace_id, raw) in enumerate(events):
+            target = partition_for(trace_id, partitions) if isinstance(trace_id, str) and trace_id \
+                else record.partition % partitions  # fmt: skip
+            outs[target].add(kind, source, [raw], index, topic=self.topic)
+        counts[f"in:{self.topic}"] += len(events) + len(dead)
+        return len(events)
 
     @staticmethod
     def _dead(record: Any, index: int, reason: str, error: str, raw: bytes) -> DeadLetter:
