@@ -92,6 +92,7 @@ async def test_a_worker_stopped_mid_stream_loses_nothing_and_counts_nothing_twic
             stop(second)
 
 
+@pytest.mark.slow  # over half a minute: .ci/run runs it after the default run
 async def test_a_worker_killed_mid_spike_fires_once_and_its_windows_match_the_feedback(
     broker, thumbline_bin, clean_env, tmp_path
 ):

@@ -385,6 +385,7 @@ def assert_exact(observed: Observed) -> None:
     assert checked >= 20 and problems == [], problems[:5]  # every window written is exact
 
 
+@pytest.mark.slow  # over half a minute: .ci/run runs it after the default run
 async def test_a_broker_stall_under_gateway_load_is_waited_out(scenarios, request):
     observed = await scenarios[request.node.name]
     assert observed.alive_during and observed.alive_after, "thumbline up exited"

@@ -261,6 +261,7 @@ async def test_feedback_for_an_unknown_trace_is_pending_within_seconds_then_join
     assert watch.looks > 10
 
 
+@pytest.mark.slow  # over half a minute: .ci/run runs it after the default run
 async def test_feedback_whose_trace_never_comes_is_pending_then_an_orphan_after_the_grace(
     stream, sdk, query, store_settings
 ):

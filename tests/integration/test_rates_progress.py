@@ -91,7 +91,9 @@ async def until(check: Callable[[], Any], timeout: float) -> Any:
     return check()
 
 
-@pytest.mark.parametrize("slow", ["join", "key_by_trace"])
+@pytest.mark.parametrize(
+    "slow", [pytest.param("join", marks=pytest.mark.slow), "key_by_trace"]
+)  # the join's case takes most of a minute: .ci/run runs it after the default run
 async def test_a_stream_far_behind_its_input_delays_windows_and_drops_nothing(
     slow, start_app, broker, store, store_settings, monkeypatch
 ):
