@@ -124,8 +124,10 @@ async def test_a_spike_on_one_project_fires_once_for_it_and_resolves(
     # detected within two windows of the onset (window ends are on 2 s boundaries)
     assert firing.window_start.timestamp() <= math.ceil(onset / WINDOW) * WINDOW + 2 * WINDOW
     # the firing window may straddle the onset, so only part of it is spike (70% bad) and
-    # the rest the steady 5%: it is 4x the steady share, not necessarily the spike's
-    assert firing.bad_rate > 0.2 and firing.baseline_rate < 0.1 and firing.sample_trace_ids
+    # the rest the steady 5%: it is 4x the steady share, not necessarily the spike's. The
+    # baseline may hold a window that straddles the onset too. (Judges' verdicts left out of
+    # the windows: test_window_rows_match_the_feedback_table.)
+    assert firing.bad_rate > 0.2 and firing.baseline_rate < 0.2 and firing.sample_trace_ids
     assert "--project project-0" in firing.inbox_command
 
     # the same two in the alerts table and topic, and delivered to the webhook despite failures
