@@ -183,7 +183,14 @@ class StreamApp:
         # their new holder. The rates need no help: a partition's watermark comes from
         # whoever holds it, and rows the replay brings late are recomputed.
         if job is not None:
-            job.marks.highwater = lambda topic, p: app.consumer.highwater(TP(topic, p))
+
+            def highwater(topic: str, partition: int) -> int | None:
+                try:
+                    return app.consumer.highwater(TP(topic, partition))
+                except AssertionError:  # revoked by a rebalance in flight: not known here
+                    return None
+
+            job.marks.highwater = highwater
 
             @app.on_partitions_revoked.connect  # type: ignore[arg-type]
             async def revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
@@ -322,9 +329,10 @@ class StreamApp:
             try:  # a partition can move away meanwhile; the broker can stall
                 async with asyncio.timeout(LAG_SECONDS / 2):
                     position = await app.consumer.position(tp)
-            except (TimeoutError, KafkaError):
+                # revoked while we waited: aiokafka asserts the partition is still assigned
+                highwater = app.consumer.highwater(tp)
+            except (TimeoutError, KafkaError, AssertionError):
                 continue
-            highwater = app.consumer.highwater(tp)
             if position is not None and highwater is not None:  # None: just assigned
                 behind = max(0, highwater - position)
                 lag[tp.topic] = lag.get(tp.topic, 0) + behind

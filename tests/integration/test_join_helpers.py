@@ -62,19 +62,19 @@ async def windows_settled(thumbline_bin, env, before: int, timeout: float = 40.0
         await asyncio.sleep(1.0)
 
 
-async def helpers_env(broker, clean_env, tmp_path, name, lateness="3"):
+async def helpers_env(broker, clean_env, tmp_path, name, lateness="3", **extra):
     return await worker_env(
         broker, clean_env, tmp_path, name, THUMBLINE_STREAM_WORKERS="2",
         THUMBLINE_RATE_WINDOW_SECONDS="2", THUMBLINE_RATE_SLIDING_SECONDS="",
-        THUMBLINE_RATE_LATENESS_SECONDS=lateness,
+        THUMBLINE_RATE_LATENESS_SECONDS=lateness, **extra,
     )  # fmt: skip
 
 
 async def test_two_join_processes_share_the_work_and_every_row_lands_once(
     broker, thumbline_bin, clean_env, tmp_path
 ):
-    env = await helpers_env(broker, clean_env, tmp_path, "helpers")
-    up = start_up(thumbline_bin, env, tmp_path / "data")
+    env = await helpers_env(broker, clean_env, tmp_path, "helpers", THUMBLINE_LOG_LEVEL="INFO")
+    up = start_up(thumbline_bin, env, tmp_path / "data", log=tmp_path / "up.log")
     try:
         helpers = helper_pids(up.proc.pid)
         assert len(helpers) == 1
