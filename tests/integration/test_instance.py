@@ -94,10 +94,22 @@ def user_records(env: dict[str, str]) -> list[Path]:
     return sorted(folder.glob("*.json")) if folder.exists() else []
 
 
+def recorded(folder: Path, pid: int, within: float = 10.0) -> list[str]:
+    """The records in ``folder`` once ``pid``'s is among them: `thumbline up` writes it just
+    after its run.json, which is all `start_up` waits for."""
+    deadline = time.monotonic() + within
+    while True:
+        names = sorted(p.name for p in folder.glob("*.json")) if folder.exists() else []
+        if f"{pid}.json" in names or time.monotonic() > deadline:
+            return names
+        time.sleep(0.05)
+
+
 @pytest.fixture
 async def up(thumbline_bin, broker, user_env, tmp_path) -> Iterator[Up]:
     env = await up_env(broker, user_env, tmp_path, "one")
     running = start_up(thumbline_bin, env, tmp_path / "one" / "data")
+    recorded(Path(env["XDG_RUNTIME_DIR"]) / "thumbline", running.proc.pid)
     yield running
     stop(running)
 
@@ -146,7 +158,7 @@ async def test_without_xdg_runtime_dir_the_run_file_is_under_the_home_state(
     running = start_up(thumbline_bin, env, tmp_path / "state" / "data")
     try:
         folder = home / ".local" / "state" / "thumbline"
-        assert [p.name for p in folder.glob("*.json")] == [f"{running.proc.pid}.json"]
+        assert recorded(folder, running.proc.pid) == [f"{running.proc.pid}.json"]
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         result = cli(thumbline_bin, reader_env(env), elsewhere, "sql", READS[0][1])
         assert result.returncode == 0, result.stderr
@@ -209,6 +221,8 @@ async def test_with_two_running_ups_a_read_names_both_and_how_to_choose(
         second = start_up(thumbline_bin, await up_env(broker, user_env, tmp_path, "b"),
                           tmp_path / "b" / "data")  # fmt: skip
         try:
+            for running in (first, second):
+                recorded(Path(running.env["XDG_RUNTIME_DIR"]) / "thumbline", running.proc.pid)
             env = reader_env(first.env)
             result = cli(thumbline_bin, env, elsewhere, "sql", READS[0][1])
             assert result.returncode == 2
