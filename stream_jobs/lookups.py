@@ -29,7 +29,7 @@ _FEEDBACK_FIELDS = (
     "event_id", "trace_id", "span_id", "name", "kind", "value", "score", "label", "comment",
     "correction", "category", "tags", "source", "annotator", "user_id", "session_id",
     "conversation_id", "project", "environment", "capability", "step", "metadata", "ts",
-    "received_at", "retracted",
+    "received_at", "retracted", "score_config_version",
 )  # fmt: skip
 
 
