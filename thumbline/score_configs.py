@@ -78,10 +78,8 @@ def latest_sql(database: str, *, history: bool = False) -> str:
             "ORDER BY project, name, version"
         )
     return (
-        "SELECT project, name, max(version) AS version, argMax(definition, version) AS "  # noqa: S608
-        "definition, argMax(deleted, version) AS deleted, "
-        "toString(argMax(created_at, version)) AS created_at "
-        f"FROM {database}.score_configs FINAL GROUP BY project, name ORDER BY project, name"
+        f"SELECT {columns} FROM {database}.score_configs FINAL "  # noqa: S608
+        "ORDER BY project, name, version DESC LIMIT 1 BY project, name"
     )
 
 
