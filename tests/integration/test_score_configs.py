@@ -8,7 +8,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -210,3 +212,66 @@ async def test_up_applies_score_configs_on_every_path_and_a_new_version_to_new_r
         assert (int(totals["good"]), int(totals["bad"])) == (2, 1)  # type: ignore[index]
     finally:
         stop(up)
+
+
+async def call(method: str, url: str, key: str | None = None, body: Any = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    data = None if body is None else body if isinstance(body, bytes) else orjson.dumps(body)
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, url, data=data, headers=headers) as answer:
+            return answer.status, await answer.json()
+
+
+async def test_the_http_routes_let_admin_keys_change_configs_and_read_keys_see_their_project(
+    broker, clean_env, thumbline_bin, tmp_path
+):
+    env = await worker_env(broker, clean_env, tmp_path, "scorehttp")
+    up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp_path / "data")
+    try:
+
+        def create(scope: str, project: str) -> str:
+            result = run(thumbline_bin, env, "keys", "create", "--scope", scope,
+                         *(["--project", project] if project else []))  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            return result.stdout.strip()
+
+        admin, read_a, read_b, ingest_a = (
+            create("admin", ""), create("read", "a"), create("read", "b"), create("ingest", "a")
+        )  # fmt: skip
+        url = f"{up.info.gateway_url}/v1/score-configs"
+        stars = {"kind": "rating", "range": [1, 5], "bad_at_most": 2}
+
+        status, body = await call("PUT", f"{url}/stars?project=a", admin, stars)
+        assert (status, body["config"]["version"], body["changed"]) == (200, 1, True)
+        status, body = await call("PUT", f"{url}/stars?project=a", admin, stars)
+        assert (status, body["config"]["version"], body["changed"]) == (200, 1, False)
+
+        status, listed = await call("GET", url, read_a)
+        assert status == 200
+        assert [(c["project"], c["name"], c["version"]) for c in listed] == [("a", "stars", 1)]
+        assert await call("GET", url, read_b) == (200, [])
+        status, body = await call("GET", f"{url}?project=a", read_b)
+        assert status == 403 and "only project 'b'" in body["error"]
+
+        for key in (read_a, ingest_a):
+            status, body = await call("PUT", f"{url}/stars?project=a", key, stars)
+            assert status == 403 and "cannot admin" in body["error"]
+        status, body = await call("PUT", f"{url}/stars", None, stars)
+        assert status == 401
+
+        status, body = await call(
+            "PUT", f"{url}/stars?project=a", admin, {**stars, "range": [5, 1]}
+        )
+        assert status == 422 and "low < high" in body["error"]
+        too_big = {**stars, "description": "x" * 70_000}
+        status, body = await call("PUT", f"{url}/stars?project=a", admin, too_big)
+        assert status == 413 and "at most" in body["error"]
+
+        status, body = await call("DELETE", f"{url}/stars?project=a", admin)
+        assert (status, body["version"]) == (200, 2)
+        status, body = await call("DELETE", f"{url}/stars?project=a", admin)
+        assert status == 404 and "no score config 'stars' in project 'a'" in body["error"]
+        status, history = await call("GET", f"{url}?history=true", read_a)
+        assert [(c["version"], c["deleted"]) for c in history] == [(1, False), (2, True)]
+    finally:
+        await asyncio.to_thread(stop, up)
