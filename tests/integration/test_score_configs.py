@@ -275,3 +275,57 @@ async def test_the_http_routes_let_admin_keys_change_configs_and_read_keys_see_t
         assert [(c["version"], c["deleted"]) for c in history] == [(1, False), (2, True)]
     finally:
         await asyncio.to_thread(stop, up)
+
+
+def test_the_cli_applies_a_file_lists_and_deletes_configs_on_a_store_nobody_runs(
+    thumbline_bin, clean_env, tmp_path
+):
+    env = {**clean_env, "THUMBLINE_DATA_DIR": str(tmp_path / "data")}
+    assert run(thumbline_bin, env, "migrate").returncode == 0
+    scores = tmp_path / "scores.toml"
+    scores.write_text(
+        '[[score]]\nname = "stars"\nkind = "rating"\n\n'
+        '[[score]]\nname = "issue"\nkind = "category"\nproject = "shop"\n'
+        'categories = { hallucination = "bad", helpful = "good" }\n'
+    )
+    applied = run(thumbline_bin, env, "scores", "apply", str(scores))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.splitlines() == ["stars (default): new version 1",
+                                           "issue (shop): new version 1"]  # fmt: skip
+    again = run(thumbline_bin, env, "scores", "apply", str(scores))
+    assert "stars (default): unchanged, version 1" in again.stdout
+
+    listed = run(thumbline_bin, {**env, "COLUMNS": "200"}, "scores", "list")
+    assert "a rating 1..5 (bad at most 2, good at least 4)" in listed.stdout
+    assert "a category of hallucination=bad, helpful=good" in listed.stdout
+
+    deleted = run(thumbline_bin, env, "scores", "delete", "issue", "--project", "shop")
+    assert (deleted.returncode, deleted.stdout.strip()) == (0, "deleted issue (shop) as version 2")
+    gone_again = run(thumbline_bin, env, "scores", "delete", "issue", "--project", "shop")
+    assert gone_again.returncode == 1
+    assert "no score config 'issue' in project 'shop'" in gone_again.stderr
+    history = orjson.loads(run(thumbline_bin, env, "scores", "list", "--history", "--json").stdout)
+    assert [(c["name"], c["version"], c["deleted"]) for c in history] == [
+        ("stars", 1, False), ("issue", 1, False), ("issue", 2, True),
+    ]  # fmt: skip
+
+    bad = run(thumbline_bin, env, "scores", "set", "issue", "--kind", "category",
+              "--category", "hallucination")  # fmt: skip
+    assert bad.returncode == 2 and "--category takes CATEGORY=LABEL" in bad.stderr
+    bad = run(thumbline_bin, env, "scores", "set", "stars", "--kind", "rating",
+              "--range", "1", "5", "--bad-at-most", "4", "--good-at-least", "3")  # fmt: skip
+    assert bad.returncode == 2 and "must be below good_at_least" in bad.stderr
+    assert "nothing was stored" in bad.stderr
+
+
+def test_up_refuses_a_bad_score_config_file_before_it_starts_anything(
+    thumbline_bin, clean_env, tmp_path
+):
+    scores = tmp_path / "scores.toml"
+    scores.write_text('[[score]]\nname = "stars"\nkind = "rating"\nrange = [5, 1]\n')
+    env = {**clean_env, "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
+           "THUMBLINE_SCORE_CONFIGS": str(scores)}  # fmt: skip
+    result = run(thumbline_bin, env, "up")
+    assert result.returncode == 2
+    assert f"{scores}: score #1 (stars): " in result.stderr.replace("\n", "")
+    assert not (tmp_path / "data" / "broker.log").exists()
