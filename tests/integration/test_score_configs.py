@@ -21,6 +21,7 @@ from thumbline.errors import ConfigError
 from thumbline.producers import FeedbackProducer
 from thumbline.schemas import FeedbackEvent
 from thumbline.schemas.score_configs import ScoreConfig
+from thumbline.sqlserver import OwnerClient, SqlServer
 from thumbline.stream_jobs.lookups import load_score_configs
 
 
@@ -82,6 +83,20 @@ def test_the_join_reads_the_latest_version_of_each_config_in_force(store, store_
     store_configs.delete_config(sql, db, project, "issue")
     mine = [c for c in load_score_configs(store, db) if c.project == project]
     assert [(c.name, c.version, c.bad_at_most) for c in mine] == [("stars", 2, 1.5)]
+
+
+def test_a_join_helper_reads_the_configs_through_the_stores_owner(store, store_settings, project):
+    """A join helper process cannot open the owner's chDB path: it asks the owner."""
+    db = store_settings.clickhouse_database
+    store_configs.put_config(store_configs.client_sql(store), db, stars(project))
+    server = SqlServer(store_settings, writer=store).start()
+    try:
+        helper = OwnerClient(server.url, server.token)
+        mine = [c for c in load_score_configs(helper, db) if c.project == project]
+        helper.close()
+    finally:
+        server.stop()
+    assert [(c.name, c.version) for c in mine] == [("stars", 1)]
 
 
 def test_a_file_is_read_as_toml_or_json_and_a_bad_one_says_which_config(tmp_path: Path):
