@@ -264,14 +264,12 @@ class ScoreConfigIndex:
         ``score_config_version`` 0 whatever the client sent.
         """
         config = self.get(event.project, event.name)
-        if config is None:
-            if event.score_config_version:
-                return event.model_copy(update={"score_config_version": 0})
-            return event
-        updates = apply_config(config, event)
-        if not updates:
-            updates = {"score_config_version": 0}
-        return event.model_copy(update=updates)
+        updates = apply_config(config, event) if config is not None else {}
+        if updates:
+            return event.model_copy(update=updates)
+        if event.score_config_version:
+            return event.model_copy(update={"score_config_version": 0})
+        return event
 
     def configs(self) -> Mapping[tuple[str, str], ScoreConfig]:
         return dict(self._by_key)
