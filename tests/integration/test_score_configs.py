@@ -154,6 +154,7 @@ async def test_up_applies_score_configs_on_every_path_and_a_new_version_to_new_r
         broker, clean_env, tmp_path, "scores",
         THUMBLINE_SCORE_CONFIGS=str(scores), THUMBLINE_SCORE_CONFIGS_SECONDS="0.5",
         THUMBLINE_RATE_WINDOW_SECONDS="2", THUMBLINE_RATE_SLIDING_SECONDS="",
+        THUMBLINE_RATE_LATENESS_SECONDS="1",
     )  # fmt: skip
     up = start_up(thumbline_bin, env, tmp_path / "data", log=tmp_path / "up.log")
     try:
