@@ -13,7 +13,8 @@ Sources (each payload below is copied from them):
   ``InsertProjectLogsEvent``); the multi-rater child span is seed 003
   (braintrust.dev/docs/instrument/user-feedback.md, "Collect multiple scores").
 - HoneyHive: seed 002 (docs.honeyhive.ai, "User Feedback": ``"rating": true //
-  boolean: thumbs up/down``, ``"score": 4 // number: star rating``).
+  boolean: thumbs up/down``, ``"score": 4 // number: star rating``) and
+  ``honeyhiveai/python-sdk`` at b7568a42149d5497f9062b836a0056089958a2ad.
 - The attributes product: seed 001 ("update the trace with a PATCH request").
 """
 
@@ -62,6 +63,12 @@ class TestHoneyHiveDefaults:
     ):
         [e] = events("honeyhive", {"session_id": "s", "feedback": {"score": score}})
         assert (e.kind, e.label, e.score) == (kind, label, normalised)
+
+    def test_the_sdk_docstring_example_is_five_stars_and_keeps_the_rest(self):
+        # honeyhiveai/python-sdk src/honeyhive/tracer/core/context.py (enrich_session) at
+        # b7568a42149d5497f9062b836a0056089958a2ad: feedback={"rating": 5, "helpful": True}
+        [e] = events("honeyhive", {"session_id": "s", "feedback": {"rating": 5, "helpful": True}})
+        assert (e.kind, e.label, e.score, e.metadata) == ("rating", "good", 1.0, {"helpful": True})
 
     def test_a_score_beyond_both_keeps_no_normalised_score_for_a_score_config(self):
         [e] = events("honeyhive", {"session_id": "s", "feedback": {"score": 7}})
