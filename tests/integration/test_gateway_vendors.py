@@ -69,7 +69,8 @@ def alice_changed_her_mind(rows: list[dict]) -> bool:
 async def shop(broker, thumbline_bin, clean_env, tmp_path_factory) -> AsyncIterator[tuple[Up, str]]:
     """One `thumbline up` and an ingest key of project shop."""
     tmp = tmp_path_factory.mktemp("vendors")
-    env = await worker_env(broker, clean_env, tmp, "vendors")
+    env = await worker_env(broker, clean_env, tmp, "vendors",
+                           THUMBLINE_GATEWAY_CORS_ORIGINS="https://app.example")  # fmt: skip
     up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp / "data")
     try:
         made = run(thumbline_bin, env, "keys", "create", "--scope", "ingest", "--project", "shop")
@@ -247,3 +248,20 @@ async def test_a_patch_of_a_trace_with_seed_001_attributes_is_feedback_on_it(sho
     assert {(r["annotator"], r["project"], r["model"]) for r in rows} == {
         ("end_user", "shop", "gpt-4o")
     }
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/v1/datasets/ai-feedback/ingest"),  # the Axiom SDK runs in the browser
+    ("PATCH", "/v1/traces/t-1"),
+])  # fmt: skip
+async def test_a_browser_may_send_the_products_requests_with_its_bearer_header(shop, method, path):
+    up, _ = shop
+    headers = {"Origin": "https://app.example", "Access-Control-Request-Method": method,
+               "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
+    async with (
+        aiohttp.ClientSession() as http,
+        http.options(f"{up.info.gateway_url}{path}", headers=headers) as r,
+    ):
+        assert r.status == 200
+        assert method in r.headers["Access-Control-Allow-Methods"]
+        assert "authorization" in r.headers["Access-Control-Allow-Headers"].lower()
