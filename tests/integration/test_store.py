@@ -47,6 +47,8 @@ class TestMigrations:
             "api_keys": "ReplacingMergeTree",
             "bad_rate_by_model_hourly": "View",
             "dead_letters": "ReplacingMergeTree",
+            "evaluator_agreement": "View",
+            "evaluator_agreement_pairs": "View",
             "feedback": "ReplacingMergeTree",
             "feedback_latest": "View",
             "feedback_rates": "ReplacingMergeTree",
