@@ -251,6 +251,25 @@ class TestAnnotatorMigration:
             store.command(f"DROP DATABASE IF EXISTS {db}")
 
 
+class TestKeyAnnotatorMigration:
+    """0011: keys made before it are end users' keys."""
+
+    def test_an_old_key_writes_end_users_feedback(self, store):
+        db = unique("before_key_annotator")
+        try:
+            migrate_to(store, db, 10)
+            store.command(
+                f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, name, "
+                "created_at, version) VALUES ('00000000000000aa', 'x', 'ingest', 'p', 'old', "
+                "now64(3), 1)"
+            )
+            apply_migrations(store, db)
+            rows = store.query(f"SELECT key_id, annotator FROM {db}.api_keys FINAL").result_rows
+            assert rows == [("00000000000000aa", "")]
+        finally:
+            store.command(f"DROP DATABASE IF EXISTS {db}")
+
+
 class TestIdempotentKeys:
     def test_a_redelivered_event_is_one_row_even_on_another_day(self, store, store_settings):
         db = store_settings.clickhouse_database
