@@ -100,10 +100,8 @@ def create_key(
         raise ConfigError(f"--annotator takes {', '.join(KEY_ANNOTATORS)}, not {annotator!r}")
     annotator = "" if annotator == "end_user" else annotator
     if annotator and scope != "ingest":
-        why = (
-            "an admin key may say annotator in each event"
-            if scope == "admin"
-            else ("a read key writes nothing")
+        why = {"admin": "an admin key may say annotator in each event"}.get(
+            scope, "a read key writes nothing"
         )
         raise ConfigError(
             f"--annotator is for ingest keys ({why}): use --scope ingest --annotator {annotator}"
