@@ -9,8 +9,8 @@ ALTER TABLE {db}.api_keys ADD COLUMN IF NOT EXISTS annotator LowCardinality(Stri
 -- newest row (by ts, then event_id). The judge's verdict is its label when
 -- that is good or bad, else its score (at least 0.5: good); a row with
 -- neither is left out. The user's label is the newest explicit good or bad
--- of any end user on the trace. Retracted rows and feedback still waiting for
--- its trace are left out.
+-- of any end user on the trace. Retracted rows, feedback still waiting for
+-- its trace and feedback about no trace (a whole conversation) are left out.
 CREATE OR REPLACE VIEW {db}.evaluator_agreement_pairs AS
 SELECT project, trace_id, judge.name AS evaluator, judge.j_model AS model,
        judge.j_capability AS capability, judge.verdict AS judge_label,
@@ -27,13 +27,14 @@ FROM (
            max(ts) AS j_ts
     FROM {db}.feedback FINAL
     WHERE annotator = 'evaluator' AND retracted = 0 AND join_status != 'pending'
+      AND trace_id != ''
     GROUP BY project, trace_id, name
 ) AS judge
 INNER JOIN (
     SELECT project, trace_id, argMax(label, (ts, event_id)) AS u_label, max(ts) AS u_ts
     FROM {db}.feedback FINAL
     WHERE annotator = 'end_user' AND retracted = 0 AND join_status != 'pending'
-      AND source = 'explicit' AND label IN ('good', 'bad')
+      AND source = 'explicit' AND label IN ('good', 'bad') AND trace_id != ''
     GROUP BY project, trace_id
 ) AS user USING (project, trace_id)
 WHERE judge.verdict != '';

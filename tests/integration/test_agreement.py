@@ -2,9 +2,10 @@
 
 The feedback is the load generator's mix (``LoadSpec.evaluator_share``: a judge
 rates a share of the traces, half of them bad whatever the user said), with a
-few changes of mind, a second judge, a retraction and a judge's score between
-the thresholds; the rows carry their trace's model and capability, as the join
-writes them. The view's numbers must equal a count done here in Python.
+few changes of mind, a second judge, retractions, a judge's score between the
+thresholds and feedback about a whole conversation (no trace); the rows carry
+their trace's model and capability, as the join writes them. The view's numbers
+must equal a count done here in Python.
 """
 
 from __future__ import annotations
@@ -72,11 +73,16 @@ def mix(n: int = 600) -> list[dict[str, Any]]:
             add(middle, trace, at)
         if rng.random() < 0.03:  # a retracted user row counts nowhere
             rows[-1 if rows[-1]["annotator"] == "end_user" else 0]["retracted"] = 1
+    # feedback about a whole conversation (no trace): a user's and a judge's, never a pair
+    for n, (who, label) in enumerate((("end_user", "bad"), ("evaluator", "good"))):
+        rows.append({**rows[0], "event_id": f"conversation-{n}", "trace_id": "",
+                     "annotator": who, "label": label, "name": "llm-judge", "source": "explicit",
+                     "retracted": 0})  # fmt: skip
     return rows
 
 
 def counted_in_python(rows: list[dict[str, Any]], since: datetime | None = None) -> dict:
-    live = [r for r in rows if not r["retracted"]]
+    live = [r for r in rows if not r["retracted"] and r["trace_id"]]
     newest = lambda rs: max(rs, key=lambda r: (r["ts"], r["event_id"]))  # noqa: E731
     users: dict[tuple, list] = defaultdict(list)
     judges: dict[tuple, list] = defaultdict(list)
