@@ -19,9 +19,10 @@ configured broker and store.
   when some were, 422 when none was.
 - **Idempotent by event_id**: the store keeps one row per ``event_id``, so a
   client's retry never makes a second row.
-- The server stamps ``received_at``, the key's project, the feedback's
-  ``source`` (derived from its kind) and ``annotator`` (end_user): a client
-  cannot forge them.
+- The server stamps ``received_at``, the key's project and the feedback's
+  ``source`` (derived from its kind): a client cannot forge them. ``annotator``
+  (who gave it) comes from the key: an end users' key writes ``end_user`` only
+  and refuses feedback that says otherwise; see :func:`stamp_annotator`.
 - Auth: API keys (:mod:`thumbline.keys`) as ``Authorization: Bearer tl_...``
   or ``X-API-Key``. Until a key exists, a gateway bound to loopback accepts
   requests without one (and says so at start); bound elsewhere it refuses to
@@ -64,6 +65,7 @@ from thumbline.producers.gateway_core import (
     Unacknowledged,
     error,
     is_loopback,
+    stamp_annotator,
 )
 from thumbline.producers.gateway_errors import INGEST, responses
 from thumbline.producers.gateway_openapi import openapi_of
@@ -222,7 +224,11 @@ def build_app(
     def stamp(item: Any, key: ApiKey | None, now: datetime, what: str) -> dict[str, Any]:
         if not isinstance(item, dict):
             raise InvalidEvent(what, [("(item)", item, "must be a JSON object")])
-        fields = {k: v for k, v in item.items() if k not in ("received_at", "source", "annotator")}
+        fields = {k: v for k, v in item.items() if k not in ("received_at", "source")}
+        if what == "FeedbackEvent":
+            stamp_annotator(fields, key, what)  # who gave it: the key says
+        else:
+            fields.pop("annotator", None)
         if key is not None and key.project:
             sent = fields.get("project")
             if sent is not None and sent != key.project:

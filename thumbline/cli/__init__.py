@@ -1,7 +1,7 @@
 """The ``thumbline`` command line: the one place that builds settings and prints.
 
 One module per command group: :mod:`.pipeline` (up, gateway, migrate, loadgen),
-:mod:`.read` (sql, inbox, rates, alerts, trace), :mod:`.send` (send feedback,
+:mod:`.read` (sql, inbox, rates, alerts, trace), :mod:`.agreement`, :mod:`.send` (send feedback,
 send trace), :mod:`.admin` (topics, keys, schemas); :mod:`.common` holds the app,
 its consoles and settings, :mod:`.commands` puts them together.
 
