@@ -303,6 +303,7 @@ class StreamApp:
                 reconcile=s.rate_reconcile_seconds,
                 max_cells=s.rate_max_cells,
                 max_events=s.rate_max_events,
+                annotators=s.counted_annotators,
             ),
             detector=SpikeDetector(rules, max_tracks=s.alert_max_tracks),
             sink=ClickHouseSink(await asyncio.to_thread(open_client, s), db),
