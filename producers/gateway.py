@@ -71,6 +71,7 @@ from thumbline.producers.gateway_errors import INGEST, responses
 from thumbline.producers.gateway_openapi import openapi_of
 from thumbline.producers.gateway_otlp import add_otlp_routes
 from thumbline.producers.gateway_reads import SqlError, add_read_routes
+from thumbline.producers.gateway_scores import add_score_routes
 from thumbline.producers.gateway_vendors import add_vendor_routes
 from thumbline.producers.kafka import FeedbackProducer
 from thumbline.schemas import FeedbackEvent, InvalidEvent, TimeBounds, TraceEvent
@@ -113,6 +114,7 @@ def build_app(
     problems: Callable[[], list[str]] = list,
     otlp_project: str | None = None,
     capture_content: bool = True,
+    score_sql: Callable[[str, bool], bytes] | None = None,
 ) -> FastAPI:
     """The gateway's ASGI app (``producer`` and the pools started by the caller).
 
@@ -123,8 +125,10 @@ def build_app(
     ``time_bounds``: how far an event's time may lie from the server's clock
     (422 naming the field beyond). ``otlp_project``: the project of OTLP spans sent
     without a project-bound key (None: their ``service.name``); ``capture_content``
-    False drops the question and the answer. ``problems`` says what the rest of the
-    process waits for (Kafka, the store): ``/readyz`` is not ready meanwhile.
+    False drops the question and the answer. ``score_sql`` reaches the score configs
+    (:mod:`thumbline.producers.gateway_scores`; None: no such routes). ``problems`` says
+    what the rest of the process waits for (Kafka, the store): ``/readyz`` is not ready
+    meanwhile.
     """
     app = FastAPI(
         title="thumbline gateway",
@@ -298,6 +302,8 @@ def build_app(
     add_otlp_routes(app, core, project=otlp_project, capture_content=capture_content)
     add_vendor_routes(app, ingest=ingest, feedback=feedback_from, result=IngestResult)
     add_read_routes(app, core, reads=reads, sql=sql, database=database)
+    if score_sql is not None:
+        add_score_routes(app, core, sql=score_sql, database=database)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

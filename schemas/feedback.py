@@ -182,6 +182,12 @@ class FeedbackEvent(Contract):
     retracted: StrictBool = Field(
         False, description="true withdraws the feedback with this event_id (a JSON boolean)."
     )
+    score_config_version: int = Field(
+        0,
+        ge=0,
+        description="The version of the score config that decided label and score; 0: none. "
+        "Set by the stream (thumbline.schemas.score_configs): a value sent is replaced.",
+    )
     user_id: Id | None = None
     session_id: Id | None = None
     conversation_id: Id | None = None

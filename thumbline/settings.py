@@ -180,6 +180,14 @@ class Settings(BaseSettings):
         "tracked.",
     )  # fmt: skip
     alert_rules: Path | None = Field(None, description="A TOML file of spike rules.")
+    score_configs: Path | None = Field(
+        None,
+        description="A TOML ([[score]] tables) or JSON file of score configs, stored by "
+        "thumbline up at start as new versions where they changed.",
+    )
+    score_configs_seconds: float = Field(
+        5.0, gt=0, le=3600, description="How often the join reads the score configs again."
+    )
     alert_webhook_urls: SecretStr | None = Field(
         None, description="Comma-separated URLs that get each alert (Slack-compatible JSON)."
     )

@@ -54,6 +54,7 @@ class TestMigrations:
             "feedback_rates": "ReplacingMergeTree",
             "implicit_signals_by_model": "View",
             "schema_migrations": "ReplacingMergeTree",
+            "score_configs": "ReplacingMergeTree",
             "scores_by_trace": "View",
             "thumbs_by_capability": "View",
             "traces": "ReplacingMergeTree",
