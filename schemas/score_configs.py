@@ -56,9 +56,7 @@ class ScoreKind(StrEnum):
 DEFAULT_RANGES = {ScoreKind.RATING: (1.0, 5.0), ScoreKind.SCORE: (0.0, 1.0)}
 
 #: Kinds whose events carry nothing a config judges: they pass unchanged.
-UNJUDGED = frozenset(
-    {FeedbackKind.LABEL, FeedbackKind.TEXT, FeedbackKind.SIGNAL, FeedbackKind.CORRECTION}
-)
+UNJUDGED = frozenset({FeedbackKind.TEXT, FeedbackKind.SIGNAL, FeedbackKind.CORRECTION})
 
 
 class ScoreConfig(Contract):
@@ -180,8 +178,10 @@ def apply_config(config: ScoreConfig, event: FeedbackEvent) -> dict[str, Any]:
 
     Returns ``kind``, ``score``, ``label`` and ``score_config_version`` (and
     ``value`` or ``category`` where the config's kind normalises them); an empty
-    dict for events the config does not judge (kinds label, text, signal,
-    correction, and retractions).
+    dict for events the config does not judge (kinds text, signal and
+    correction, and retractions). A bare label for a configured name is
+    refused: the value decides the label, so a client cannot call a one-star
+    rating good by sending ``label: good`` alone.
 
     Raises:
         ValueError: the value is not one the config admits; the message names
@@ -192,6 +192,8 @@ def apply_config(config: ScoreConfig, event: FeedbackEvent) -> dict[str, Any]:
     value = event.value
     kind = config.kind
     what = f"{config.name} is configured as {config.describe()}"
+    if event.kind is FeedbackKind.LABEL:
+        raise ValueError(f"{what}; send its value, not a label (got label {event.label!r})")
     out: dict[str, Any] = {"kind": FeedbackKind(kind.value), "score_config_version": config.version}
     if kind in DEFAULT_RANGES:
         if isinstance(value, bool) or not isinstance(value, int | float):

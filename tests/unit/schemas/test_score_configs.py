@@ -82,10 +82,9 @@ def test_a_category_takes_its_configured_label_and_an_unknown_one_is_refused(cat
         apply_config(config, event(name="issue", kind="category", value=unknown))
 
 
-@given(st.sampled_from(["label", "text", "signal", "correction"]))
+@given(st.sampled_from(["text", "signal", "correction"]))
 def test_events_without_a_value_to_judge_pass_unchanged(kind):
     fields = {
-        "label": {"label": "good"},
         "text": {"value": "nice"},
         "signal": {},
         "correction": {"correction": "the right answer"},
@@ -100,6 +99,12 @@ def test_the_readme_example_a_one_star_score_is_bad_whatever_label_was_sent():
     assert (out["label"], out["score"], out["kind"]) == ("bad", 0.0, "rating")
     out = apply_config(STARS, event(name="stars", value=5.0, label="bad", score=0.0))
     assert (out["label"], out["score"]) == ("good", 1.0)
+
+
+def test_a_bare_label_for_a_configured_name_is_refused_but_its_retraction_passes():
+    with pytest.raises(ValueError, match="send its value, not a label"):
+        apply_config(STARS, event(name="stars", label="good"))
+    assert apply_config(STARS, event(name="stars", retracted=True)) == {}
 
 
 def test_a_seven_on_a_one_to_five_rating_says_what_the_config_is():
