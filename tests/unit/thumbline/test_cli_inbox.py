@@ -1,22 +1,25 @@
-"""``thumbline inbox``'s filters reach the query (the store is replaced by a recorder)."""
+"""``thumbline inbox``'s options reach the query (the store is replaced by a recorder)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import orjson
 import pytest
 from typer.testing import CliRunner
 
 from thumbline.cli.commands import app
+from thumbline.cli.inbox import cells, said
 
 ENV = {"THUMBLINE_CLICKHOUSE_URL": "http://127.0.0.1:1", "COLUMNS": "200", "NO_COLOR": "1"}
 
 
 @pytest.fixture
-def queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    sent: list[str] = []
+def queries(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    sent: list[tuple[str, dict[str, Any]]] = []
 
-    def run_sql(settings: object, query: str, fmt: str = "JSON") -> bytes:
-        sent.append(query)
+    def run_sql(settings: object, query: str, fmt: str = "JSON", **kw: Any) -> bytes:
+        sent.append((query, kw.get("parameters") or {}))
         return orjson.dumps({"meta": [], "data": []})
 
     monkeypatch.setattr("thumbline.sqlclient.run_sql", run_sql)
@@ -27,13 +30,53 @@ def test_the_inbox_filters_on_who_gave_the_feedback(queries):
     args = ["inbox", "--json", "--annotator", "evaluator", "--annotator", "code"]
     result = CliRunner().invoke(app, args, env=ENV)
     assert result.exit_code == 0, result.output
-    [query] = queries
-    assert "annotator IN ('evaluator', 'code')" in query
+    [(query, parameters)] = queries
+    assert "has({annotators:Array(String)}, annotator)" in query
+    assert parameters["annotators"] == ["evaluator", "code"]
 
 
-def test_an_unknown_annotator_ends_the_command_saying_what_it_takes(queries):
-    result = CliRunner().invoke(app, ["inbox", "--annotator", "judge"], env=ENV)
+def test_the_inbox_options_and_the_api_parameters_bind_the_same_filters(queries):
+    args = ["inbox", "--json", "--name", "helpful", "--tag", "beta", "--tag", "vip",
+            "--category", "tone", "--conversation-id", "c-1", "--status", "orphan",
+            "--trace-id", "t-1"]  # fmt: skip
+    result = CliRunner().invoke(app, args, env=ENV)
+    assert result.exit_code == 0, result.output
+    [(_, parameters)] = queries
+    assert parameters == {
+        "names": ["helpful"], "tags": ["beta", "vip"], "categories": ["tone"],
+        "conversation_id": "c-1", "status": "orphan", "trace_id": "t-1",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--annotator", "judge"], "--annotator takes end_user, reviewer, evaluator or code"),
+    (["--status", "waiting"], "--status takes joined, orphan, corrected or pending"),
+    (["--name", "n" * 600], "--name takes at most 512 characters"),
+    (["--tz", "Mars/Olympus"], "--tz takes UTC, local or a zone name"),
+])  # fmt: skip
+def test_a_filter_the_inbox_cannot_take_ends_the_command_saying_what_it_takes(
+    queries, args, message
+):
+    result = CliRunner().invoke(app, ["inbox", *args], env=ENV)
     assert result.exit_code == 2 and queries == []
-    assert "--annotator takes end_user, reviewer, evaluator or code" in " ".join(
-        result.output.split()
-    )
+    assert message in " ".join(result.output.split())
+
+
+ROW = {
+    "ts": "2026-11-25 10:00:00.000", "trace_id": "", "label": "bad", "comment": "wrong city",
+    "correction": "Paris", "kind": "rating", "name": "stars", "value": "1", "score": 0.0,
+    "annotator": "reviewer", "user_id": "u", "session_id": "s", "project": "shop", "model": "",
+    "join_status": "orphan",
+}  # fmt: skip
+
+
+def test_a_table_row_shows_what_was_said_who_said_it_and_its_time_with_a_zone():
+    from zoneinfo import ZoneInfo
+
+    row = cells(ROW, None)
+    assert row["time"] == "2026-11-25T10:00:00Z"
+    assert row["feedback"] == "rating:stars=1 0.00" and row["by"] == "reviewer"
+    assert row["comment"] == "wrong city → Paris"
+    assert row["trace"] == "-"  # feedback on a conversation has no trace
+    assert cells(ROW, ZoneInfo("Asia/Kolkata"))["time"] == "2026-11-25T15:30:00+05:30"
+    assert said("thumb", "thumb", "up", None) == "thumb=up"
