@@ -103,10 +103,10 @@ def _content(spans: list[list[Any]], full: bool) -> int:
     return shortened
 
 
-#: A trace's feedback: the comment and the name give way, then the user.
+#: A trace's feedback: the comment and the name give way, then the user, then who gave it.
 _FEEDBACK = (
     Column("time"), Column("label"), Column("kind"), Column("name", cut_to=8), Column("score"),
-    Column("comment", cut_to=10), Column("user", drop=1), Column("status"),
+    Column("comment", cut_to=10), Column("by", drop=2), Column("user", drop=1), Column("status"),
 )  # fmt: skip
 #: A trace's spans: ids whole; the name and the model give way.
 _SPANS = (
@@ -230,8 +230,12 @@ def trace(
 
     settings = store_settings()
     db = settings.clickhouse_database
+    try:
+        own = inbox_sql(db, InboxFilter(trace_id=trace_id, limit=1000))
+    except ValueError as exc:  # an id longer than any stored
+        fail(str(exc), 2)
     names, spans = rows_of(settings, trace_spans_sql(db, trace_id))
-    _, rows = rows_of(settings, inbox_sql(db, InboxFilter(trace_id=trace_id, limit=1000)))
+    _, rows = rows_of(settings, own)
     if not spans and not rows:
         fail(
             f"nothing is stored for trace {escape(trace_id)}: no spans, no feedback. Trace ids "
@@ -258,7 +262,7 @@ def trace(
     cells = [
         dict(zip((c.name for c in _FEEDBACK), (
             when(r[0]), r[2], r[10], r[11], cell(r[12]), "" if r[3] is None else str(r[3]),
-            r[4], r[13],
+            r[15], r[4], r[13],
         ), strict=True))
         for r in rows
     ]  # fmt: skip

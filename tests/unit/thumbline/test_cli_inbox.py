@@ -80,3 +80,8 @@ def test_a_table_row_shows_what_was_said_who_said_it_and_its_time_with_a_zone():
     assert row["trace"] == "-"  # feedback on a conversation has no trace
     assert cells(ROW, ZoneInfo("Asia/Kolkata"))["time"] == "2026-11-25T15:30:00+05:30"
     assert said("thumb", "thumb", "up", None) == "thumb=up"
+
+
+def test_a_trace_id_longer_than_any_the_inbox_takes_ends_trace_with_a_message(queries):
+    result = CliRunner().invoke(app, ["trace", "t" * 600], env=ENV)
+    assert result.exit_code == 2 and "at most 512 characters" in " ".join(result.output.split())
