@@ -46,6 +46,21 @@ SPAN_TIMES = ("start_time", "end_time")
 #: The header that carries the cursor of the next page of ``GET /v1/feedback``.
 NEXT_CURSOR = "X-Next-Cursor"
 
+#: The inbox's page: a JSON array of rows, and where the next page is when there is one.
+PAGE: dict[str, Any] = {
+    "description": "The rows, newest first, times in ISO 8601 with Z.",
+    "headers": {
+        NEXT_CURSOR: {
+            "description": "The next page's cursor (pass it as cursor); absent on the last page.",
+            "required": False, "schema": {"type": "string"},
+        },
+        "Link": {
+            "description": 'The next page\'s URL, rel="next"; absent on the last page.',
+            "required": False, "schema": {"type": "string"},
+        },
+    },
+}  # fmt: skip
+
 #: A filter's value: bounded, like the inbox's (thumbline.inbox).
 Bounded = Annotated[str | None, Query(max_length=MAX_FILTER_CHARS)]
 
@@ -94,9 +109,9 @@ def add_read_routes(
         lines = await reads.run(query.text, fmt="JSONEachRow", parameters=query.parameters)
         return [orjson.loads(line) for line in lines.splitlines() if line.strip()]
 
-    @app.get("/v1/feedback", responses=responses({**READ_ERRORS, 422: "A filter or the cursor "
-             "is invalid (e.g. since=7 parsecs, limit=0, annotator=judge, a cursor this API did "
-             "not give): the error names it."}))  # fmt: skip
+    @app.get("/v1/feedback", responses={200: PAGE, **responses({**READ_ERRORS, 422: "A filter "
+             "or the cursor is invalid (e.g. since=7 parsecs, limit=0, annotator=judge, a cursor "
+             "this API did not give): the error names it."})})  # fmt: skip
     async def get_feedback(
         request: Request,
         label: Annotated[list[str], _many("bad, good, edit or a custom label")] = [],  # noqa: B006

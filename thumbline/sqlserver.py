@@ -8,6 +8,9 @@ on 127.0.0.1 with a bearer token from the run file (mode 0600):
   over thumbline's database. ``write=1`` also takes ``INSERT INTO
   <db>.<table> [(columns)] SELECT ...`` into a thumbline table (what ``thumbline
   keys`` and ``thumbline sql --write`` send), and nothing else: no DDL.
+  ``bound=1``: the body is ``{"sql": ..., "parameters": {...}}`` and ClickHouse
+  binds the parameters to the SQL's ``{name:Type}`` placeholders (the inbox's
+  filters travel so, never as SQL text).
   :func:`thumbline.sqlclient.run_sql` is the client side.
 - ``POST /query`` and ``POST /insert``: what a join helper process needs
   (:class:`thumbline.sqlclient.OwnerClient`): a parameterised query in the same

@@ -136,6 +136,20 @@ async def test_every_row_says_what_was_said_and_every_time_carries_its_zone(up, 
     local = run(thumbline_bin, {**up.env, "COLUMNS": "200"}, "inbox", "--project", project,
                 "--tz", "Asia/Kolkata")  # fmt: skip
     assert re.search(r"\d\d:\d\d\+05:30 ", local.stdout), local.stdout
+    # a trace over HTTP: its spans' times and its feedback's
+    trace_id = f"{project}-1-001-t"  # the trace of the second of the rows written next
+    wrote = run(thumbline_bin, up.env, "sql", "--write",
+        "INSERT INTO thumbline.traces (trace_id, span_id, project, start_time, end_time, "
+        f"received_at, version) SELECT '{trace_id}', 's1', '{project}', now64(3), now64(3), "
+        "now64(3), 1")  # fmt: skip
+    assert wrote.returncode == 0, wrote.stderr
+    write_rows(thumbline_bin, up, project, 2, newer=1)
+    status, trace, _ = await get(f"{up.info.gateway_url}/v1/traces/{trace_id}")
+    assert status == 200 and trace["spans"] and trace["feedback"], trace
+    for span in trace["spans"]:
+        assert ZONED.match(span["start_time"]) and ZONED.match(span["end_time"]), span
+    for feedback in trace["feedback"]:
+        assert ZONED.match(feedback["ts"]) and ZONED.match(feedback["received_at"]), feedback
 
 
 async def test_paging_with_a_cursor_lists_every_row_once_while_newer_rows_arrive(up, thumbline_bin):

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from thumbline.cli.commands import app
 from thumbline.cli.inbox import cells, said
+from thumbline.inbox import InboxFilter
 
 ENV = {"THUMBLINE_CLICKHOUSE_URL": "http://127.0.0.1:1", "COLUMNS": "200", "NO_COLOR": "1"}
 
@@ -85,3 +86,44 @@ def test_a_table_row_shows_what_was_said_who_said_it_and_its_time_with_a_zone():
 def test_a_trace_id_longer_than_any_the_inbox_takes_ends_trace_with_a_message(queries):
     result = CliRunner().invoke(app, ["trace", "t" * 600], env=ENV)
     assert result.exit_code == 2 and "at most 512 characters" in " ".join(result.output.split())
+
+
+def stored(event_id: str, at: str) -> dict[str, Any]:
+    """A row as --follow reads it: the inbox's columns and when the store took it."""
+    return {**ROW, "event_id": event_id, "ts": f"2026-11-25T{at}Z",
+            "received_at": f"2026-11-25T{at}Z", "inserted_at": f"2026-11-25T{at}Z"}  # fmt: skip
+
+
+def test_follow_prints_each_new_row_once_and_a_row_whose_insert_ended_late_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from thumbline.cli import inbox as module
+
+    polls = [
+        [stored("before", "10:00:00.000")],  # stored before it started: not printed
+        [stored("before", "10:00:00.000"), stored("a", "10:00:01.000")],
+        [stored("before", "10:00:00.000"), stored("a", "10:00:01.000"),
+         stored("b", "10:00:02.000")],
+        # c was stamped before b but its insert ended after the last poll; a comes again,
+        # its trace joined (a newer version): neither b nor a is printed twice
+        [stored("a", "10:00:03.000"), stored("c", "10:00:01.500"), stored("b", "10:00:02.000")],
+    ]  # fmt: skip
+    floors: list[str] = []
+
+    def json_rows(settings: object, query: Any) -> list[dict[str, Any]]:
+        floors.append(query.parameters["floor"])
+        return [dict(row) for row in polls.pop(0)]
+
+    def sleep(seconds: float) -> None:
+        if not polls:
+            raise KeyboardInterrupt  # Ctrl-C
+
+    monkeypatch.setattr(module, "json_rows", json_rows)
+    monkeypatch.setattr(module, "rows_of", lambda s, q: (["now"], [["2026-11-25 10:00:00.500"]]))
+    monkeypatch.setattr(module.time, "sleep", sleep)
+    settings = type("Settings", (), {"clickhouse_database": "thumbline"})()
+    module._follow(settings, InboxFilter(), True, None)
+    printed = [orjson.loads(line)["event_id"] for line in capsys.readouterr().out.splitlines()]
+    assert printed == ["a", "b", "c"]
+    assert floors[0] == "2026-11-25 09:59:30.500000"  # 30 s back from the store's clock
+    assert max(floors) < "2026-11-25 10:00:01.500"  # each poll looks back far enough for c
