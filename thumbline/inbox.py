@@ -228,7 +228,7 @@ class InboxFilter:
             values = getattr(self, field_name)
             if values:
                 bound = f"{{{field_name}:Array(String)}}"
-                test = f"hasAny(tags, {bound})" if column == "tags" else f"has({bound}, {column})"
+                test = f"hasAny(tags, {bound})" if column == "tags" else f"{column} IN {bound}"
                 clauses.append(test)
                 parameters[field_name] = list(values)
         if self.has_comment:
@@ -249,8 +249,9 @@ class InboxFilter:
             clauses.append(f"ts {test} toDateTime64({{{bound}:String}}, 6, 'UTC')")
             parameters[bound] = store_time(value)
         if self.after is not None:
-            clauses.append(
-                "(ts, project, event_id) < (toDateTime64({after_ts:String}, 3, 'UTC'), "
+            after = "toDateTime64({after_ts:String}, 3, 'UTC')"
+            clauses.append(  # the first: the time's index skips the newer parts
+                f"ts <= {after} AND (ts, project, event_id) < ({after}, "
                 "{after_project:String}, {after_event_id:String})"
             )
             parameters.update(

@@ -32,7 +32,7 @@ def test_the_inbox_filters_on_who_gave_the_feedback(queries):
     result = CliRunner().invoke(app, args, env=ENV)
     assert result.exit_code == 0, result.output
     [(query, parameters)] = queries
-    assert "has({annotators:Array(String)}, annotator)" in query
+    assert "annotator IN {annotators:Array(String)}" in query
     assert parameters["annotators"] == ["evaluator", "code"]
 
 
