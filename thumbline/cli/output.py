@@ -58,9 +58,11 @@ def json_rows(settings: Settings, query: str | BoundQuery) -> list[dict[str, Any
     """The rows as objects, times in ISO 8601 with Z (to the millisecond)."""
     from thumbline.sqlclient import run_sql
 
-    text, parameters = (query.text, query.parameters) if isinstance(query, BoundQuery) else (
-        query, None)  # fmt: skip
-    result = orjson.loads(run_sql(settings, text, fmt="JSON", parameters=parameters))
+    if isinstance(query, BoundQuery):
+        body = run_sql(settings, query.text, fmt="JSON", parameters=query.parameters)
+    else:
+        body = run_sql(settings, query, fmt="JSON")
+    result = orjson.loads(body)
     times = [c["name"] for c in result["meta"] if "DateTime" in c["type"]]
     for row in result["data"]:
         for name in times:
