@@ -43,6 +43,8 @@ class SqlError(BaseModel):
 
 #: A span's times, in ``GET /v1/traces/{trace_id}``.
 SPAN_TIMES = ("start_time", "end_time")
+#: The times of ``GET /v1/agreement``'s rows (a summary's, a disagreement's).
+AGREEMENT_TIMES = ("last_at", "ts")
 #: The header that carries the cursor of the next page of ``GET /v1/feedback``.
 NEXT_CURSOR = "X-Next-Cursor"
 
@@ -232,7 +234,9 @@ def add_read_routes(
             query = (disagreements_sql if disagreements else agreement_sql)(database, filters)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        return await select(query)
+        rows = orjson.loads((await select(query)).body)
+        body = orjson.dumps(with_zones(rows, AGREEMENT_TIMES))
+        return Response(body, media_type="application/json")
 
     @app.post("/v1/sql", responses={
         400: {"model": SqlError, "description": "the SQL sandbox or ClickHouse refused the SQL, "

@@ -268,3 +268,20 @@ async def test_follow_prints_each_row_sent_after_it_started_once_until_ctrl_c(up
     assert not {i for i in ids if "-sent-" not in i}, "rows stored before it started printed"
     assert all(ZONED.match(r["ts"]) for r in printed)
     assert follower.returncode == 0 and errors == ""  # quiet in JSON mode
+
+
+async def test_the_agreement_api_gives_its_times_with_their_zone(up, thumbline_bin):
+    project, trace_id = unique("agree"), unique("agree-t")
+    wrote = run(thumbline_bin, up.env, "sql", "--write",
+        "INSERT INTO thumbline.feedback (event_id, trace_id, label, kind, name, source, "
+        "annotator, project, join_status, ts, received_at) "
+        f"SELECT '{trace_id}-judge', '{trace_id}', 'good', 'score', 'faithful', 'explicit', "
+        f"'evaluator', '{project}', 'joined', now64(3), now64(3) UNION ALL "
+        f"SELECT '{trace_id}-user', '{trace_id}', 'bad', 'thumb', 'thumb', 'explicit', "
+        f"'end_user', '{project}', 'joined', now64(3), now64(3)")  # fmt: skip
+    assert wrote.returncode == 0, wrote.stderr
+    url = f"{up.info.gateway_url}/v1/agreement"
+    status, [summary], _ = await get(url, project=project)
+    assert status == 200 and ZONED.match(summary["last_at"]), summary
+    status, [disagreement], _ = await get(url, project=project, disagreements="true")
+    assert status == 200 and ZONED.match(disagreement["ts"]), disagreement
