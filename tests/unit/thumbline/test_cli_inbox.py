@@ -127,3 +127,30 @@ def test_follow_prints_each_new_row_once_and_a_row_whose_insert_ended_late_too(
     assert printed == ["a", "b", "c"]
     assert floors[0] == "2026-11-25 09:59:30.500000"  # 30 s back from the store's clock
     assert max(floors) < "2026-11-25 10:00:01.500"  # each poll looks back far enough for c
+
+
+def test_follow_at_a_terminal_prints_a_line_a_row_within_the_width_and_a_count_at_ctrl_c(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from thumbline.cli import inbox as module
+
+    long = {**stored("a", "10:00:01.000"), "comment": "far too long " * 20}
+    polls = [[], [long, stored("b", "10:00:02.000")]]
+
+    def sleep(seconds: float) -> None:
+        if not polls:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "json_rows", lambda s, q: polls.pop(0))
+    monkeypatch.setattr(module, "rows_of", lambda s, q: (["now"], [["2026-11-25 10:00:00.500"]]))
+    monkeypatch.setattr(module.time, "sleep", sleep)
+    monkeypatch.setattr(module.out, "_width", 100)
+    settings = type("Settings", (), {"clickhouse_database": "thumbline"})()
+    module._follow(settings, InboxFilter(), False, None)
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert len(lines) == 2 and all(len(line) <= 100 for line in lines), lines
+    assert lines[0].startswith("2026-11-25T10:00:01Z  bad ") and lines[0].endswith("…")
+    assert "rating:stars=1 0.00" in lines[1] and "reviewer" in lines[1]
+    assert "following new feedback (Ctrl-C stops)" in printed.err
+    assert "2 new feedback events" in printed.err
