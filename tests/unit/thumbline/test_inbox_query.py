@@ -55,7 +55,8 @@ def test_every_filter_becomes_a_condition_on_a_bound_parameter():
 def test_the_inbox_has_every_column_of_what_was_said():
     columns = inbox_sql("db", InboxFilter()).text.split(" FROM ")[0]
     for name in ("kind", "name", "value", "score", "correction", "annotator", "label",
-                 "comment", "category", "tags", "conversation_id", "received_at"):  # fmt: skip
+                 "comment", "category", "tags", "conversation_id", "received_at",
+                 "score_config_version"):  # fmt: skip
         assert f" {name}," in columns or f" {name} " in columns, name
 
 
