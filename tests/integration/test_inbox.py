@@ -285,3 +285,27 @@ async def test_the_agreement_api_gives_its_times_with_their_zone(up, thumbline_b
     assert status == 200 and ZONED.match(summary["last_at"]), summary
     status, [disagreement], _ = await get(url, project=project, disagreements="true")
     assert status == 200 and ZONED.match(disagreement["ts"]), disagreement
+
+
+@pytest.mark.parametrize(
+    "body", [b"SELECT 1", b'{"sql": "SELECT 1"}', b'{"sql": 1, "parameters": {}}']
+)
+async def test_the_owners_sql_endpoint_refuses_a_bound_query_it_cannot_read(up, body):
+    headers = {"Authorization": f"Bearer {up.info.sql_token}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{up.info.sql_url}/sql?bound=1", data=body, headers=headers) as r,
+    ):
+        assert r.status == 400 and "bound=1 takes" in (await r.json())["error"]
+
+
+async def test_the_owners_sql_endpoint_binds_parameters_of_a_bound_query(up):
+    headers = {"Authorization": f"Bearer {up.info.sql_token}"}
+    body = orjson.dumps({"sql": "SELECT {x:String} AS x", "parameters": {"x": "it's"}})
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{up.info.sql_url}/sql?bound=1&format=JSONEachRow", data=body, headers=headers
+        ) as r,
+    ):
+        assert r.status == 200 and orjson.loads(await r.read()) == {"x": "it's"}
