@@ -9,17 +9,27 @@ a slow admin query never delays a read. A key bound to a project reads only it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
 from thumbline.agreement import AgreementFilter, agreement_sql, disagreements_sql
+from thumbline.inbox import (
+    MAX_FILTER_CHARS,
+    MAX_FILTER_VALUES,
+    TIME_COLUMNS,
+    BoundQuery,
+    InboxFilter,
+    Position,
+    inbox_sql,
+    iso_time,
+)
 from thumbline.keys import ApiKey
 from thumbline.producers.gateway_core import GatewayCore
 from thumbline.producers.gateway_errors import NO_KEY, responses
-from thumbline.queries import InboxFilter, inbox_sql, literal, parse_since
+from thumbline.queries import literal, parse_since
 from thumbline.sqlpool import SqlPool
 
 
@@ -29,6 +39,46 @@ class SqlError(BaseModel):
     error: str
     reason: str | None = None  # the sandbox's rule (table_function, table, settings...)
     code: int | None = None  # ClickHouse's error code, when it answered
+
+
+#: A span's times, in ``GET /v1/traces/{trace_id}``.
+SPAN_TIMES = ("start_time", "end_time")
+#: The times of ``GET /v1/agreement``'s rows (a summary's, a disagreement's).
+AGREEMENT_TIMES = ("last_at", "ts")
+#: The header that carries the cursor of the next page of ``GET /v1/feedback``.
+NEXT_CURSOR = "X-Next-Cursor"
+
+#: The inbox's page: a JSON array of rows, and where the next page is when there is one.
+PAGE: dict[str, Any] = {
+    "description": "The rows, newest first, times in ISO 8601 with Z.",
+    "headers": {
+        NEXT_CURSOR: {
+            "description": "The next page's cursor (pass it as cursor); absent on the last page.",
+            "required": False, "schema": {"type": "string"},
+        },
+        "Link": {
+            "description": 'The next page\'s URL, rel="next"; absent on the last page.',
+            "required": False, "schema": {"type": "string"},
+        },
+    },
+}  # fmt: skip
+
+#: A filter's value: bounded, like the inbox's (thumbline.inbox).
+Bounded = Annotated[str | None, Query(max_length=MAX_FILTER_CHARS)]
+
+
+def _many(description: str) -> Any:
+    return Query(description=f"{description}; repeatable (any of them)",
+                 max_length=MAX_FILTER_VALUES)  # fmt: skip
+
+
+def with_zones(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``rows`` with their times (UTC in the store) as ISO 8601 with ``Z``."""
+    for row in rows:
+        for column in columns:
+            if column in row:
+                row[column] = iso_time(row[column])
+    return rows
 
 
 READ_ERRORS = {
@@ -56,20 +106,30 @@ def add_read_routes(
         body = b"[" + b",".join(line for line in lines.splitlines() if line.strip()) + b"]"
         return Response(body, media_type="application/json")
 
-    @app.get("/v1/feedback", responses=responses({**READ_ERRORS, 422: "A filter is invalid "
-             "(e.g. since=7 parsecs, limit=0): the error names it."}))  # fmt: skip
+    async def rows_of(query: BoundQuery) -> list[dict[str, Any]]:
+        """The rows of a query with bound parameters (raises StoreError: a 400 above)."""
+        lines = await reads.run(query.text, fmt="JSONEachRow", parameters=query.parameters)
+        return [orjson.loads(line) for line in lines.splitlines() if line.strip()]
+
+    @app.get("/v1/feedback", responses={200: PAGE, **responses({**READ_ERRORS, 422: "A filter "
+             "or the cursor is invalid (e.g. since=7 parsecs, limit=0, annotator=judge, a cursor "
+             "this API did not give): the error names it."})})  # fmt: skip
     async def get_feedback(
         request: Request,
-        label: Annotated[list[str], Query(description="bad, good, edit or a custom label")] = [],  # noqa: B006
-        kind: Annotated[list[str], Query(description="thumb, rating, correction...")] = [],  # noqa: B006
-        annotator: Annotated[list[str], Query(description="end_user, evaluator, code...")] = [],  # noqa: B006
-        project: str | None = None,
-        environment: str | None = None,
-        model: str | None = None,
-        capability: str | None = None,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        trace_id: str | None = None,
+        label: Annotated[list[str], _many("bad, good, edit or a custom label")] = [],  # noqa: B006
+        kind: Annotated[list[str], _many("thumb, rating, correction...")] = [],  # noqa: B006
+        name: Annotated[list[str], _many("the feedback's name: helpful, correctness...")] = [],  # noqa: B006
+        category: Annotated[list[str], _many("the feedback's category")] = [],  # noqa: B006
+        tag: Annotated[list[str], _many("a tag the feedback carries")] = [],  # noqa: B006
+        annotator: Annotated[list[str], _many("end_user, reviewer, evaluator or code")] = [],  # noqa: B006
+        project: Bounded = None,
+        environment: Bounded = None,
+        model: Bounded = None,
+        capability: Bounded = None,
+        user_id: Bounded = None,
+        session_id: Bounded = None,
+        trace_id: Bounded = None,
+        conversation_id: Bounded = None,
         status: Annotated[
             str | None,
             Query(
@@ -82,22 +142,43 @@ def add_read_routes(
         start: Annotated[datetime | None, Query(alias="from")] = None,
         end: Annotated[datetime | None, Query(alias="to")] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+        cursor: Annotated[
+            str | None,
+            Query(description="The next page: the X-Next-Cursor header of the previous one."),
+        ] = None,
     ) -> Response:
-        """The feedback inbox, newest first, with the filters of ``thumbline inbox``."""
+        """The feedback inbox, newest first, with the filters of ``thumbline inbox``.
+
+        The body is a JSON array of rows, times in ISO 8601 with ``Z``. When more
+        rows match, the ``X-Next-Cursor`` header holds the cursor of the next page
+        (and ``Link`` its URL, ``rel="next"``): pass it as ``cursor`` with the same
+        filters. Pages are keyset pages: rows stored meanwhile never repeat a row
+        or skip one of the older pages.
+        """
         key = await core.authenticate(request, "read")
         try:
             filters = InboxFilter(
-                labels=tuple(label), kinds=tuple(kind), project=own_project(key, project),
-                annotators=tuple(annotator),
-                environment=environment, model=model, capability=capability, user_id=user_id,
-                session_id=session_id, trace_id=trace_id, status=status,
+                labels=tuple(label), kinds=tuple(kind), names=tuple(name),
+                categories=tuple(category), tags=tuple(tag), annotators=tuple(annotator),
+                project=own_project(key, project), environment=environment, model=model,
+                capability=capability, user_id=user_id, session_id=session_id,
+                trace_id=trace_id, conversation_id=conversation_id, status=status,
                 has_comment=has_comment, since=parse_since(since) if since else None,
                 start=start, end=end, limit=limit,
+                after=Position.from_cursor(cursor) if cursor is not None else None,
             )  # fmt: skip
-            query = inbox_sql(database, filters)
+            query = inbox_sql(database, filters, extra=1)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        return await select(query)
+        rows = await rows_of(query)
+        headers = {}
+        if len(rows) > limit:  # one more than asked: there is a next page
+            rows = rows[:limit]
+            after = Position.of(rows[-1]).cursor()
+            headers[NEXT_CURSOR] = after
+            headers["Link"] = f'<{request.url.include_query_params(cursor=after)}>; rel="next"'
+        body = orjson.dumps(with_zones(rows, TIME_COLUMNS))
+        return Response(body, media_type="application/json", headers=headers)
 
     @app.get("/v1/traces/{trace_id}", responses=responses({**READ_ERRORS, 404: "No span and no "
              "feedback of this trace (in the key's project)."}))  # fmt: skip
@@ -112,14 +193,19 @@ def add_read_routes(
             f"status, error, input, output FROM {database}.traces FINAL "
             f"WHERE trace_id = {literal(trace_id)}{scope} ORDER BY start_time, span_id"
         )
-        feedback = await get_feedback_rows(trace_id, project)
-        if spans.body == b"[]" and feedback == b"[]":
+        try:
+            own = inbox_sql(database, InboxFilter(trace_id=trace_id, project=project, limit=10_000))
+        except ValueError as exc:  # an id longer than any the inbox takes
+            raise HTTPException(404, f"no trace {trace_id[:64]!r}...: {exc}") from None
+        feedback = await rows_of(own)
+        if spans.body == b"[]" and not feedback:
             raise HTTPException(
                 404, f"no trace {trace_id!r}" + (f" in project {project!r}" if project else "")
             )
-        body = b'{"trace_id":%s,"spans":%s,"feedback":%s}' % (
-            orjson.dumps(trace_id), spans.body, feedback,
-        )  # fmt: skip
+        body = orjson.dumps({
+            "trace_id": trace_id, "spans": with_zones(orjson.loads(spans.body), SPAN_TIMES),
+            "feedback": with_zones(feedback, TIME_COLUMNS),
+        })  # fmt: skip
         return Response(body, media_type="application/json")
 
     @app.get("/v1/agreement", responses=responses({**READ_ERRORS, 422: "A filter is invalid "
@@ -148,11 +234,9 @@ def add_read_routes(
             query = (disagreements_sql if disagreements else agreement_sql)(database, filters)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        return await select(query)
-
-    async def get_feedback_rows(trace_id: str, project: str | None) -> bytes:
-        filters = InboxFilter(trace_id=trace_id, project=project, limit=10_000)
-        return bytes((await select(inbox_sql(database, filters))).body)
+        rows = orjson.loads((await select(query)).body)
+        body = orjson.dumps(with_zones(rows, AGREEMENT_TIMES))
+        return Response(body, media_type="application/json")
 
     @app.post("/v1/sql", responses={
         400: {"model": SqlError, "description": "the SQL sandbox or ClickHouse refused the SQL, "

@@ -1,4 +1,6 @@
-"""The SQL behind ``thumbline inbox`` and ``thumbline trace`` (and, later, the read API).
+"""The SQL behind ``thumbline trace``, ``rates`` and ``alerts``.
+
+The inbox's SQL is in :mod:`thumbline.inbox` (its names are re-exported here).
 
 Values are written into the SQL as escaped literals because the store's SQL
 endpoint takes plain text; every value passes through :func:`literal`.
@@ -7,25 +9,25 @@ endpoint takes plain text; every value passes through :func:`literal`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from thumbline.schemas import Annotator
+from thumbline.inbox import (  # the inbox's SQL has a module of its own
+    ANNOTATORS,
+    INBOX_COLUMNS,
+    JOIN_STATUSES,
+    BoundQuery,
+    InboxFilter,
+    inbox_sql,
+    store_time,
+)
+
+__all__ = [
+    "ANNOTATORS", "INBOX_COLUMNS", "JOIN_STATUSES", "BoundQuery", "InboxFilter", "alerts_sql",
+    "inbox_sql", "literal", "parse_since", "rates_sql", "trace_spans_sql", "trace_stored_sql",
+]  # fmt: skip
 
 _SINCE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-INBOX_COLUMNS = (
-    "ts", "trace_id", "label", "comment", "user_id", "session_id", "project", "model",
-    "environment", "capability", "kind", "name", "score", "join_status", "event_id", "annotator",
-)  # fmt: skip
-
-
-#: What ``--status`` takes: the join's outcomes, and feedback still waiting for its trace.
-JOIN_STATUSES = ("joined", "orphan", "corrected", "pending")
-
-#: What ``--annotator`` takes: who gave the feedback.
-ANNOTATORS = tuple(a.value for a in Annotator)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -51,124 +53,10 @@ def parse_since(text: str) -> timedelta:
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
-#: What ClickHouse's DateTime64 holds.
-_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-_LATEST = datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
-
-
-def _as_utc(value: datetime) -> datetime:
-    """A time without a zone is taken as UTC; one with a zone is converted."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _within_store(value: datetime) -> int:
-    """-1 before the earliest time the store holds, 1 after its latest, else 0."""
-    try:
-        utc = _as_utc(value)
-    except OverflowError:  # year 1 or 9999 with an offset
-        return -1 if value.year < 1900 else 1
-    return -1 if utc < _EARLIEST else 1 if utc > _LATEST else 0
-
-
 def _time(value: datetime) -> str:
     """A DateTime64 literal; a time without a zone is taken as UTC."""
-    stamp = _as_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
+    stamp = store_time(value)
     return f"toDateTime64({literal(stamp)}, 6, 'UTC')"
-
-
-@dataclass(frozen=True, slots=True)
-class InboxFilter:
-    """The filters of the feedback inbox; empty fields do not filter."""
-
-    labels: tuple[str, ...] = ()
-    kinds: tuple[str, ...] = ()
-    annotators: tuple[str, ...] = ()  # of ANNOTATORS; empty: all
-    project: str | None = None
-    environment: str | None = None
-    model: str | None = None
-    capability: str | None = None
-    user_id: str | None = None
-    session_id: str | None = None
-    trace_id: str | None = None
-    status: str | None = None  # one of JOIN_STATUSES; None: all, pending ones included
-    has_comment: bool = False
-    since: timedelta | None = None
-    start: datetime | None = None
-    end: datetime | None = None
-    limit: int = 50
-    extra: tuple[str, ...] = field(default=())
-
-    def where(self, now: datetime | None = None) -> str:
-        clauses = ["retracted = 0"]
-        for column in ("project", "environment", "model", "capability", "user_id", "session_id",
-                       "trace_id"):  # fmt: skip
-            value = getattr(self, column)
-            if value:
-                clauses.append(f"{column} = {literal(value)}")
-        if self.status:
-            clauses.append(f"join_status = {literal(self.status)}")
-        if self.labels:
-            clauses.append(f"label IN ({', '.join(literal(v) for v in self.labels)})")
-        if self.kinds:
-            clauses.append(f"kind IN ({', '.join(literal(v) for v in self.kinds)})")
-        if self.annotators:
-            clauses.append(f"annotator IN ({', '.join(literal(v) for v in self.annotators)})")
-        if self.has_comment:
-            clauses.append("comment != ''")
-        if self.since is not None:
-            clauses.append(f"ts >= {_time((now or datetime.now(UTC)) - self.since)}")
-        # Any time is accepted; beyond what the store holds (1900-2299) a bound is
-        # either always true (dropped) or never (an empty answer).
-        if self.start is not None and (side := _within_store(self.start)) >= 0:
-            clauses.append("0" if side > 0 else f"ts >= {_time(self.start)}")
-        if self.end is not None and (side := _within_store(self.end)) <= 0:
-            clauses.append("0" if side < 0 else f"ts < {_time(self.end)}")
-        return " AND ".join(clauses)
-
-
-def inbox_sql(database: str, filters: InboxFilter, now: datetime | None = None) -> str:
-    """Newest feedback first, with the inbox's columns and its trace's ``input`` and
-    ``output``; feedback still waiting for its trace included (``join_status``
-    pending) unless ``filters.status`` says otherwise.
-
-    The question and the answer are the root span's (``parent_span_id`` empty)
-    when it has them, else the earliest span's question and the latest span's
-    answer; empty when the trace has none (or is not stored). They are looked
-    up only for the traces of the page (on the ``traces`` sort key).
-    """
-    if not 1 <= filters.limit <= 10_000:
-        raise ValueError("--limit must be between 1 and 10000")
-    if filters.status is not None and filters.status not in JOIN_STATUSES:
-        raise ValueError(
-            f"--status takes joined, orphan, corrected or pending, not {filters.status!r}"
-        )
-    unknown = [a for a in filters.annotators if a not in ANNOTATORS]
-    if unknown:
-        raise ValueError(
-            f"--annotator takes end_user, reviewer, evaluator or code, not {unknown[0]!r}"
-        )
-    columns, order = ", ".join(INBOX_COLUMNS), f"ORDER BY ts DESC, event_id LIMIT {filters.limit}"
-    page = f"FROM {database}.feedback FINAL WHERE {filters.where(now)} {order}"
-    return (
-        f"SELECT {columns}, content.trace_input AS input, content.trace_output AS output "
-        f"FROM (SELECT {columns} {page}) AS page LEFT JOIN ("
-        f"SELECT project, trace_id, {_TRACE_CONTENT} FROM {database}.traces FINAL "
-        # the page's traces only: its keys read again, two columns of the same rows
-        f"WHERE (project, trace_id) IN (SELECT project, trace_id {page}) "
-        f"GROUP BY project, trace_id) AS content USING (project, trace_id) {order}"
-    )
-
-
-#: A trace's question and answer from its spans (the root's, else the earliest question
-#: and the latest answer), one row per (project, trace_id).
-_TRACE_CONTENT = (
-    "anyIf(input, parent_span_id = '' AND input != '') AS root_input, "
-    "anyIf(output, parent_span_id = '' AND output != '') AS root_output, "
-    "if(root_input != '', root_input, "
-    "argMinIf(input, (ifNull(start_time, received_at), span_id), input != '')) AS trace_input, "
-    "if(root_output != '', root_output, "
-    "argMaxIf(output, (ifNull(start_time, received_at), span_id), output != '')) AS trace_output"
-)
 
 
 def trace_stored_sql(database: str, project: str, trace_id: str) -> str:

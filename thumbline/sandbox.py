@@ -221,9 +221,12 @@ class Sandbox:
                         write=write)  # fmt: skip
         return Checked(canonical, verdict.kind, parameters or None)
 
-    def run(self, client: Client, sql: str, *, fmt: str) -> bytes:
-        """Check ``sql`` and run it on ``client`` (a sandbox client); ClickHouse's output."""
-        checked = self.check(client, sql)
+    def run(
+        self, client: Client, sql: str, *, fmt: str, parameters: dict[str, Any] | None = None
+    ) -> bytes:
+        """Check ``sql`` and run it on ``client`` (a sandbox client); ClickHouse's output.
+        ``parameters`` are bound by ClickHouse to its ``{name:Type}`` placeholders."""
+        checked = self.check(client, sql, parameters=parameters)
         return self.execute(client, checked, fmt=fmt)
 
     def execute(self, client: Client, checked: Checked, *, fmt: str) -> bytes:

@@ -50,7 +50,7 @@ FORMATS = frozenset(
 
 def run_sql(
     settings: Settings, sql: str, *, fmt: str = "JSONCompact", write: bool = False,
-    open_path: bool = True,
+    open_path: bool = True, parameters: dict[str, Any] | None = None,
 ) -> bytes:  # fmt: skip
     """Run ``sql`` in the SQL sandbox wherever the store is; ClickHouse's output in ``fmt``.
 
@@ -59,6 +59,8 @@ def run_sql(
     a thumbline table, nothing else. A ClickHouse server is queried directly. A
     chDB path is queried through its owner when ``thumbline up`` runs, and
     opened directly when nobody owns it, unless ``open_path`` is false.
+    ``parameters`` are bound by ClickHouse to the ``{name:Type}`` placeholders
+    of ``sql``: values never written into the SQL text.
 
     Raises:
         SqlRefused: the sandbox refused the SQL (the message says why and what it runs).
@@ -73,7 +75,7 @@ def run_sql(
     if settings.store_is_chdb:
         info = runfile.read(settings.run_file)
         if info is not None and info.sql_url:
-            return _query_owner(info, sql, fmt, write)
+            return _query_owner(info, sql, fmt, write, parameters)
         if not open_path:
             raise StoreUnavailable(
                 f"no running thumbline up serves the store in {settings.data_dir}"
@@ -84,11 +86,11 @@ def run_sql(
     except StoreLocked:
         info = runfile.read(settings.run_file)  # the owner may have just started
         if info is not None and info.sql_url:
-            return _query_owner(info, sql, fmt, write)
+            return _query_owner(info, sql, fmt, write, parameters)
         raise
     sandbox = Sandbox(settings)
     try:
-        checked = sandbox.check(client, sql, write=write)
+        checked = sandbox.check(client, sql, write=write, parameters=parameters)
         if checked.kind != "insert":
             return sandbox.execute(client, checked, fmt=fmt)
         writer = open_insert_client(settings)
@@ -147,11 +149,17 @@ def trace_stored(settings: Settings, project: str, trace_id: str, *, timeout: fl
         return None
 
 
-def _query_owner(info: runfile.RunInfo, sql: str, fmt: str, write: bool) -> bytes:
-    params = urllib.parse.urlencode({"format": fmt, "write": "1" if write else "0"})
+def _query_owner(
+    info: runfile.RunInfo, sql: str, fmt: str, write: bool, parameters: dict[str, Any] | None
+) -> bytes:
+    query = {"format": fmt, "write": "1" if write else "0"}
+    body = sql.encode()
+    if parameters:  # the body is then {"sql": ..., "parameters": {...}}
+        query["bound"] = "1"
+        body = orjson.dumps({"sql": sql, "parameters": parameters})
     request = urllib.request.Request(  # noqa: S310 (a loopback http URL we wrote ourselves)
-        f"{info.sql_url}/sql?{params}",
-        data=sql.encode(),
+        f"{info.sql_url}/sql?{urllib.parse.urlencode(query)}",
+        data=body,
         headers={"Authorization": f"Bearer {info.sql_token}"},
         method="POST",
     )

@@ -21,6 +21,7 @@ import queue
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
@@ -92,16 +93,19 @@ class SqlPool:
             max_workers=size, thread_name_prefix=name
         )
 
-    async def run(self, sql: str, *, fmt: str = "JSONEachRow") -> bytes:
-        """ClickHouse's output of ``sql`` in ``fmt``, once the sandbox accepted it."""
+    async def run(
+        self, sql: str, *, fmt: str = "JSONEachRow", parameters: dict[str, Any] | None = None
+    ) -> bytes:
+        """ClickHouse's output of ``sql`` in ``fmt``, once the sandbox accepted it;
+        ``parameters`` are bound by ClickHouse to its ``{name:Type}`` placeholders."""
         if self._executor is None:
             raise RuntimeError("the SQL pool is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, sql, fmt)
+        return await loop.run_in_executor(self._executor, self._run, sql, fmt, parameters)
 
-    def _run(self, sql: str, fmt: str) -> bytes:
+    def _run(self, sql: str, fmt: str, parameters: dict[str, Any] | None) -> bytes:
         with self._clients.client() as client:  # never waits: as many clients as threads
-            return self.sandbox.run(client, sql, fmt=fmt)
+            return self.sandbox.run(client, sql, fmt=fmt, parameters=parameters)
 
     def close(self) -> None:
         """Wait for running queries (each ends within the time limit), then close the clients."""

@@ -8,6 +8,9 @@ on 127.0.0.1 with a bearer token from the run file (mode 0600):
   over thumbline's database. ``write=1`` also takes ``INSERT INTO
   <db>.<table> [(columns)] SELECT ...`` into a thumbline table (what ``thumbline
   keys`` and ``thumbline sql --write`` send), and nothing else: no DDL.
+  ``bound=1``: the body is ``{"sql": ..., "parameters": {...}}`` and ClickHouse
+  binds the parameters to the SQL's ``{name:Type}`` placeholders (the inbox's
+  filters travel so, never as SQL text).
   :func:`thumbline.sqlclient.run_sql` is the client side.
 - ``POST /query`` and ``POST /insert``: what a join helper process needs
   (:class:`thumbline.sqlclient.OwnerClient`): a parameterised query in the same
@@ -122,15 +125,18 @@ class SqlServer:
             self._readers.close()
             self._inserter.close()
 
-    def execute(self, sql: str, fmt: str, write: bool) -> bytes:
+    def execute(
+        self, sql: str, fmt: str, write: bool, parameters: dict[str, Any] | None = None
+    ) -> bytes:
         """Run ``sql`` in the sandbox; ``write`` also takes INSERT ... SELECT into a table.
+        ``parameters`` are bound by ClickHouse to the ``{name:Type}`` placeholders.
 
         Raises:
             SqlRefused: the sandbox refused it.
             StoreError: ClickHouse refused it.
         """
         with self._readers.client() as client:
-            checked = self.sandbox.check(client, sql, write=write)
+            checked = self.sandbox.check(client, sql, write=write, parameters=parameters)
             if checked.kind != "insert":
                 return self.sandbox.execute(client, checked, fmt=fmt)
         with self._inserter.client() as inserter:
@@ -210,11 +216,22 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_SQL_BYTES:
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "SQL longer than 1 MB")
         sql = self.rfile.read(length).decode("utf-8", "replace")
+        parameters = None
+        if query.get("bound", ["0"])[0] == "1":  # {"sql": ..., "parameters": {...}}
+            try:
+                request = orjson.loads(sql)
+                sql, parameters = request["sql"], request["parameters"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                request = None
+            if request is None or not isinstance(sql, str) or not isinstance(parameters, dict):
+                return self._error(
+                    HTTPStatus.BAD_REQUEST, 'bound=1 takes {"sql": ..., "parameters": {...}}'
+                )
         if not sql.strip():
             return self._error(HTTPStatus.BAD_REQUEST, "empty SQL")
         write = query.get("write", ["0"])[0] == "1"
         try:
-            body = self.server_ref.execute(sql, fmt, write)
+            body = self.server_ref.execute(sql, fmt, write, parameters)
         except StoreError as exc:
             return self._refused(exc)
         self._send(HTTPStatus.OK, body, "application/octet-stream")

@@ -109,7 +109,8 @@ def test_the_inbox_shows_pending_rows_and_filters_by_status(store, store_setting
     def inbox(**filters) -> list[tuple[str, str]]:
         sql = inbox_sql(db, InboxFilter(project=project, **filters))
         at = INBOX_COLUMNS.index("event_id"), INBOX_COLUMNS.index("join_status")
-        return sorted((r[at[0]], r[at[1]]) for r in query(sql))  # (event_id, join_status)
+        rows = store.query(sql.text, parameters=sql.parameters).result_rows
+        return sorted((r[at[0]], r[at[1]]) for r in rows)  # (event_id, join_status)
 
     everything = inbox()
     assert [status for _, status in everything].count("pending") == 4 and len(everything) == 6

@@ -1,47 +1,20 @@
-"""Inbox SQL and the load generator, without a broker or a store."""
+"""Literals, --since and the load generator, without a broker or a store (the inbox:
+tests/unit/thumbline/test_inbox_query.py)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from thumbline.producers.loadgen import LoadGenerator, LoadSpec, Spike
-from thumbline.queries import InboxFilter, inbox_sql, literal, parse_since
+from thumbline.queries import literal, parse_since
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def test_values_are_escaped_as_literals():
+def test_values_in_the_rates_and_trace_sql_are_escaped_as_literals():
     assert literal("o'brien\\") == "'o\\'brien\\\\'"
-    sql = inbox_sql("thumbline", InboxFilter(user_id="x' OR 1=1 --"))
-    assert "user_id = 'x\\' OR 1=1 --'" in sql
-
-
-def test_every_filter_becomes_a_condition():
-    sql = inbox_sql("db", InboxFilter(
-        labels=("bad", "edit"), project="shop", environment="prod", model="m1", capability="c",
-        user_id="u", session_id="s", has_comment=True, since=timedelta(days=7), limit=20,
-    ), now=NOW)  # fmt: skip
-    for clause in (
-        "label IN ('bad', 'edit')", "project = 'shop'", "environment = 'prod'", "model = 'm1'",
-        "capability = 'c'", "user_id = 'u'", "session_id = 's'", "comment != ''",
-        "ts >= toDateTime64('2026-11-16 12:00:00.000000', 6, 'UTC')", "retracted = 0",
-    ):  # fmt: skip
-        assert clause in sql
-    assert sql.endswith("ORDER BY ts DESC, event_id LIMIT 20") and "FROM db.feedback FINAL" in sql
-
-
-def test_the_inbox_shows_who_gave_the_feedback_and_filters_on_it():
-    sql = inbox_sql("db", InboxFilter(annotators=("evaluator", "reviewer")))
-    assert "annotator IN ('evaluator', 'reviewer')" in sql
-    assert sql.startswith("SELECT ") and "annotator" in sql.split(" FROM ")[0]
-    assert "annotator" not in inbox_sql("db", InboxFilter()).split(" WHERE ")[1]  # all by default
-
-
-def test_an_unknown_annotator_is_refused_with_those_that_exist():
-    with pytest.raises(ValueError, match="--annotator takes end_user, reviewer, evaluator or code"):
-        inbox_sql("db", InboxFilter(annotators=("judge",)))
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("24h", 86400), ("7d", 604800)])
@@ -89,22 +62,3 @@ def test_a_judge_rates_its_share_of_traces_and_leaves_the_users_feedback_as_it_w
     assert {(v.annotator, v.name) for v in given} == {("evaluator", "llm-judge")}
     assert 0.4 < sum(v.label == "bad" for v in given) / len(given) < 0.6
     assert LoadGenerator(LoadSpec(seed=4)).verdict(trace) is None  # no share: no judge
-
-
-def test_an_inbox_time_without_a_zone_is_utc_whoever_asks():
-    naive = InboxFilter(start=datetime(2026, 11, 24, 10, 0), end=datetime(2026, 11, 24, 11, 0))  # noqa: DTZ001 (naive on purpose)
-    utc = InboxFilter(start=datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
-                      end=datetime(2026, 11, 24, 11, 0, tzinfo=UTC))  # fmt: skip
-    assert naive.where() == utc.where() and "2026-11-24 10:00:00" in naive.where()
-
-
-@pytest.mark.parametrize("when", [
-    datetime(1, 1, 1, 1, 42, tzinfo=timezone(timedelta(hours=3))),  # found by schemathesis
-    datetime(1425, 1, 12, tzinfo=UTC),
-    datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-3))),
-])  # fmt: skip
-def test_any_time_filters_and_those_beyond_the_store_are_clamped(when):
-    late = when.year > 2299
-    since, until = InboxFilter(start=when).where(), InboxFilter(end=when).where()
-    assert since == ("retracted = 0 AND 0" if late else "retracted = 0")  # from: none, or all
-    assert until == ("retracted = 0" if late else "retracted = 0 AND 0")  # to: all, or none

@@ -8,7 +8,7 @@ import typer
 
 from thumbline.cli.common import SQL, app, err, out, store_settings
 from thumbline.cli.layout import Column, fitted
-from thumbline.cli.read import _listing, when
+from thumbline.cli.output import listing, when
 
 _SUMMARY = (
     Column("project", cut_to=6), Column("model", cut_to=6), Column("capability", cut_to=6),
@@ -65,7 +65,7 @@ def agreement(
         )  # fmt: skip
         return (disagreements_sql if disagreements else agreement_sql)(db, filters)
 
-    rows = _listing(settings, build, as_json)
+    rows = listing(settings, build, as_json)
     if rows is None:
         return
     if disagreements:

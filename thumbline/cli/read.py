@@ -1,11 +1,8 @@
-"""Reading the store: ``sql``, ``inbox``, ``rates``, ``alerts`` and ``trace``."""
+"""Reading the store: ``sql``, ``rates``, ``alerts`` and ``trace`` (``inbox``: its own module)."""
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -17,8 +14,9 @@ from rich.text import Text
 
 from thumbline.cli.common import SQL, app, err, fail, out, store_settings
 from thumbline.cli.layout import Column, fitted
+from thumbline.cli.output import LABEL, cell, listing, short, when
+from thumbline.cli.output import rows as rows_of
 from thumbline.errors import SqlRefused, StoreError
-from thumbline.settings import Settings
 
 _FORMATS = {"table": "JSONCompact", "json": "JSONEachRow", "csv": "CSVWithNames"}
 _READONLY = 164  # ClickHouse: "Cannot execute query in readonly mode"
@@ -67,7 +65,7 @@ def sql(
         table.add_column(column["name"], justify="right" if _numeric(column["type"]) else "left")
     times = [i for i, c in enumerate(result.get("meta", [])) if "DateTime" in c["type"]]
     for row in result.get("data", []):
-        table.add_row(*(when(v) if i in times else _cell(v) for i, v in enumerate(row)))
+        table.add_row(*(when(v) if i in times else cell(v) for i, v in enumerate(row)))
     out.print(table)
     rows = result.get("rows", 0)
     err.print(f"{rows} row{'s' if rows != 1 else ''}", style="dim")
@@ -78,15 +76,7 @@ def _numeric(ch_type: str) -> bool:
     return bare.startswith(("UInt", "Int", "Float", "Decimal"))
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, list | dict):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
-# inbox and trace ----------------------------------------------------------------
+# trace ----------------------------------------------------------------
 
 #: Lines of the terminal a question or an answer may take in ``thumbline trace``.
 CONTENT_LINES = 3
@@ -105,7 +95,7 @@ def _content(spans: list[list[Any]], full: bool) -> int:
         grid.add_column(overflow="fold")
         for label, text in (("input", s[16]), ("output", s[17])):
             if text:
-                shown = text if full else _short(text, room)
+                shown = text if full else short(text, room)
                 shortened += shown != text
                 grid.add_row(label, Text(shown))
         out.print(Text(f"{s[0] or '(trace)'}{'  ' + s[2] if s[2] else ''}", style="bold"))
@@ -113,69 +103,10 @@ def _content(spans: list[list[Any]], full: bool) -> int:
     return shortened
 
 
-_LABEL_STYLE = {"good": "green", "bad": "red"}
-
-
-def _rows(settings: Settings, query: str) -> tuple[list[str], list[list[Any]]]:
-    from thumbline.sqlclient import run_sql
-
-    result = orjson.loads(run_sql(settings, query, fmt="JSONCompact"))
-    return [c["name"] for c in result["meta"]], result["data"]
-
-
-def _listing(settings: Settings, build: Callable[[], str], as_json: bool) -> list[list[Any]] | None:
-    """The rows of the query ``build`` makes from a command's filters (a filter it
-    refuses ends the command, exit 2); with ``as_json`` they are printed as JSON lines
-    here and None is returned."""
-    try:
-        query = build()
-    except ValueError as exc:
-        fail(str(exc), 2)
-    if as_json:
-        _json_lines(settings, query)
-        return None
-    return _rows(settings, query)[1]
-
-
-def _json_lines(settings: Settings, query: str) -> None:
-    """The rows as one JSON object a line, times in ISO 8601 with Z (to the millisecond)."""
-    from thumbline.sqlclient import run_sql
-
-    result = orjson.loads(run_sql(settings, query, fmt="JSON"))
-    times = [c["name"] for c in result["meta"] if "DateTime" in c["type"]]
-    for row in result["data"]:
-        for name in times:
-            if row[name]:
-                moment = datetime.fromisoformat(row[name]).replace(tzinfo=UTC)
-                row[name] = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        sys.stdout.write(orjson.dumps(row).decode() + "\n")
-
-
-def _short(text: Any, width: int) -> str:
-    text = "" if text is None else str(text).replace("\n", " ")
-    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
-
-
-def when(value: Any) -> str:
-    """A time from the store (UTC, ClickHouse's text) as ISO 8601 with its zone, to the second."""
-    if value is None or value == "":
-        return "-"
-    moment = datetime.fromisoformat(str(value))
-    if moment.tzinfo is None:  # thumbline's columns are DateTime64(3, 'UTC')
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-#: The inbox's columns. The comment is cut first, then project/model; an id (trace, user,
-#: session) is never cut: user and session are left out whole when the width is short.
-INBOX = (
-    Column("time"), Column("trace"), Column("label"), Column("comment", cut_to=10),
-    Column("user", drop=3), Column("session", drop=1), Column("project/model", cut_to=10, drop=2),
-)  # fmt: skip
-#: A trace's feedback: the comment and the name give way, then the user.
+#: A trace's feedback: the comment and the name give way, then the user, then who gave it.
 _FEEDBACK = (
     Column("time"), Column("label"), Column("kind"), Column("name", cut_to=8), Column("score"),
-    Column("comment", cut_to=10), Column("user", drop=1), Column("status"),
+    Column("comment", cut_to=10), Column("by", drop=2), Column("user", drop=1), Column("status"),
 )  # fmt: skip
 #: A trace's spans: ids whole; the name and the model give way.
 _SPANS = (
@@ -184,93 +115,6 @@ _SPANS = (
     Column("status"),
 )  # fmt: skip
 _RATE_NUMBERS = ("n", "bad", "rate", "cmt", "impl", "score")
-#: A feedback row's label in colour.
-_LABEL = {"label": lambda text: _LABEL_STYLE.get(text, "")}
-
-
-@app.command(rich_help_panel="Read what it stored", env=SQL)
-def inbox(
-    label: Annotated[
-        list[str] | None, typer.Option(help="bad, good, edit or any custom label; repeatable")
-    ] = None,
-    kind: Annotated[
-        list[str] | None, typer.Option(help="thumb, rating, correction...; repeatable")
-    ] = None,
-    annotator: Annotated[
-        list[str] | None,
-        typer.Option(help="Who gave it: end_user, reviewer, evaluator or code; repeatable"),
-    ] = None,
-    project: Annotated[str | None, typer.Option(help="Only this project's feedback.")] = None,
-    environment: Annotated[
-        str | None, typer.Option(help="Only this environment (prod, staging...).")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Only answers of this model.")] = None,
-    capability: Annotated[
-        str | None, typer.Option(help="Only this capability (what the app was doing).")
-    ] = None,
-    user_id: Annotated[str | None, typer.Option(help="One user's feedback history.")] = None,
-    session_id: Annotated[str | None, typer.Option(help="One session's feedback.")] = None,
-    old_user: Annotated[str | None, typer.Option("--user", hidden=True)] = None,
-    old_session: Annotated[str | None, typer.Option("--session", hidden=True)] = None,
-    status: Annotated[
-        str | None,
-        typer.Option(
-            help="pending (waiting for its trace), joined, orphan (no trace came) or "
-            "corrected (a trace came late); default: all"
-        ),
-    ] = None,
-    has_comment: Annotated[
-        bool, typer.Option("--has-comment", help="Only with a comment.")
-    ] = False,
-    since: Annotated[
-        str | None, typer.Option(help="Feedback of this long ago or later, e.g. 30m, 24h, 7d")
-    ] = None,
-    start: Annotated[
-        datetime | None, typer.Option("--from", help="ISO time, UTC if no zone")
-    ] = None,
-    end: Annotated[datetime | None, typer.Option("--to", help="ISO time, UTC if no zone")] = None,
-    limit: Annotated[int, typer.Option(help="Show at most this many, newest first.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-) -> None:
-    """The feedback inbox: newest first, with the filters of the hosted products.
-
-    Feedback still waiting for its trace shows too, marked "waiting for trace"
-    (after THUMBLINE_JOIN_PENDING_ROW_SECONDS, until its trace comes or
-    THUMBLINE_JOIN_GRACE_SECONDS end).
-    """
-    from thumbline.queries import InboxFilter, inbox_sql, parse_since
-
-    settings = store_settings()
-    rows = _listing(settings, lambda: inbox_sql(settings.clickhouse_database, InboxFilter(
-        labels=tuple(label or ()), kinds=tuple(kind or ()), annotators=tuple(annotator or ()),
-        project=project,
-        environment=environment, model=model, capability=capability,
-        user_id=user_id or old_user, session_id=session_id or old_session,
-        status=status, has_comment=has_comment,
-        since=parse_since(since) if since else None,
-        start=start, end=end, limit=limit,  # no zone: UTC
-    )), as_json)  # fmt: skip
-    if rows is None:
-        return
-    cells = [
-        {"time": when(ts), "trace": trace_id, "label": lbl,
-         "comment": ("" if comment is None else str(comment)).replace("\n", " "),
-         "user": user_id, "session": session_id,
-         "project/model": (f"{proj}/{mdl}" if mdl else proj)
-         + (" (waiting for trace)" if status_ == "pending" else "")}
-        for ts, trace_id, lbl, comment, user_id, session_id, proj, mdl, status_
-        in ((*r[:8], r[13]) for r in rows)
-    ]  # fmt: skip
-    waiting = sum(1 for r in rows if r[13] == "pending")  # no trace yet, so no model either
-    table, hidden = fitted(INBOX, cells, out.width, styles=_LABEL)
-    out.print(table)
-    notes = [f"{len(rows)} feedback event{'s' if len(rows) != 1 else ''}"]
-    if waiting:
-        notes.append(f"{waiting} waiting for {'its' if waiting == 1 else 'their'} trace")
-    if hidden:
-        notes.append(f"{', '.join(hidden)} left out (--json has all)")
-    # the note wraps at the width like the rows: it holds no id to keep whole
-    err.print("; ".join(notes), style="dim", markup=False, width=out.width)
 
 
 @app.command(
@@ -309,7 +153,7 @@ def rates(
             "THUMBLINE_RATE_SLIDING_SECONDS)",
             2,
         )
-    rows = _listing(settings, lambda: rates_sql(
+    rows = listing(settings, lambda: rates_sql(
         settings.clickhouse_database, window_seconds=window or settings.rate_window_seconds,
         project=project, model=model, capability=capability, since=parse_since(since),
         limit=limit,
@@ -348,7 +192,7 @@ def alerts(
     if state not in (None, "firing", "resolved"):
         fail(f"--state takes firing or resolved, not {state!r}", 2)
     settings = store_settings()
-    rows = _listing(settings, lambda: alerts_sql(
+    rows = listing(settings, lambda: alerts_sql(
         settings.clickhouse_database, state=state, since=parse_since(since), limit=limit
     ), as_json)  # fmt: skip
     if rows is None:
@@ -369,7 +213,7 @@ def alerts(
             markup=False,
         )
         for comment in comments[:2]:
-            out.print(f"  “{_short(comment, out.width - 4)}”", markup=False)
+            out.print(f"  “{short(comment, out.width - 4)}”", markup=False)
         out.print(f"  {command}", style="dim", markup=False, soft_wrap=True)
     err.print(f"{len(rows)} alert{'s' if len(rows) != 1 else ''}", style="dim")
 
@@ -386,8 +230,12 @@ def trace(
 
     settings = store_settings()
     db = settings.clickhouse_database
-    names, spans = _rows(settings, trace_spans_sql(db, trace_id))
-    _, rows = _rows(settings, inbox_sql(db, InboxFilter(trace_id=trace_id, limit=1000)))
+    try:
+        own = inbox_sql(db, InboxFilter(trace_id=trace_id, limit=1000))
+    except ValueError as exc:  # an id longer than any stored
+        fail(str(exc), 2)
+    names, spans = rows_of(settings, trace_spans_sql(db, trace_id))
+    _, rows = rows_of(settings, own)
     if not spans and not rows:
         fail(
             f"nothing is stored for trace {escape(trace_id)}: no spans, no feedback. Trace ids "
@@ -404,8 +252,8 @@ def trace(
         )  # fmt: skip
         span_cells = [
             dict(zip((c.name for c in _SPANS), (
-                s[0] or "(trace)", s[1] or "", s[2] or "", s[5] or "", _cell(s[11]),
-                _cell(s[13]), s[14],
+                s[0] or "(trace)", s[1] or "", s[2] or "", s[5] or "", cell(s[11]),
+                cell(s[13]), s[14],
             ), strict=True))
             for s in spans
         ]  # fmt: skip
@@ -413,12 +261,12 @@ def trace(
         shortened = _content(spans, full)
     cells = [
         dict(zip((c.name for c in _FEEDBACK), (
-            when(r[0]), r[2], r[10], r[11], _cell(r[12]), "" if r[3] is None else str(r[3]),
-            r[4], r[13],
+            when(r[0]), r[2], r[10], r[11], cell(r[12]), "" if r[3] is None else str(r[3]),
+            r[15], r[4], r[13],
         ), strict=True))
         for r in rows
     ]  # fmt: skip
-    feedback, _ = fitted(_FEEDBACK, cells, out.width, styles=_LABEL, title="feedback")
+    feedback, _ = fitted(_FEEDBACK, cells, out.width, styles=LABEL, title="feedback")
     out.print(feedback)
     if shortened:
         err.print(
