@@ -16,7 +16,8 @@ from clickhouse_connect.driver.client import Client
 from thumbline.keys import KeyRing
 from thumbline.metrics import Metrics
 from thumbline.outages import Waits
-from thumbline.producers.gateway import Gateway, build_app, check_exposure
+from thumbline.producers.gateway import build_app
+from thumbline.producers.gateway_server import Gateway, check_exposure
 from thumbline.producers.kafka import FeedbackProducer
 from thumbline.sandbox import Sandbox, warn_if_unwalled
 from thumbline.score_configs import sandbox_sql
