@@ -67,10 +67,13 @@ def alice_changed_her_mind(rows: list[dict]) -> bool:
 
 @pytest.fixture(scope="module")
 async def shop(broker, thumbline_bin, clean_env, tmp_path_factory) -> AsyncIterator[tuple[Up, str]]:
-    """One `thumbline up` and an ingest key of project shop."""
+    """One `thumbline up` (2-second rate windows) and an ingest key of project shop."""
     tmp = tmp_path_factory.mktemp("vendors")
-    env = await worker_env(broker, clean_env, tmp, "vendors",
-                           THUMBLINE_GATEWAY_CORS_ORIGINS="https://app.example")  # fmt: skip
+    env = await worker_env(
+        broker, clean_env, tmp, "vendors", THUMBLINE_GATEWAY_CORS_ORIGINS="https://app.example",
+        THUMBLINE_RATE_WINDOW_SECONDS="2", THUMBLINE_RATE_SLIDING_SECONDS="",
+        THUMBLINE_RATE_LATENESS_SECONDS="1",
+    )  # fmt: skip
     up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp / "data")
     try:
         made = run(thumbline_bin, env, "keys", "create", "--scope", "ingest", "--project", "shop")
@@ -80,8 +83,10 @@ async def shop(broker, thumbline_bin, clean_env, tmp_path_factory) -> AsyncItera
         stop(up)
 
 
-async def a_trace(up: Up, key: str, trace_id: str, span_id: str | None = None) -> None:
-    trace = {"trace_id": trace_id, "model": "gpt-4o", "capability": "support-agent"}
+async def a_trace(
+    up: Up, key: str, trace_id: str, span_id: str | None = None, model: str = "gpt-4o"
+) -> None:
+    trace = {"trace_id": trace_id, "model": model, "capability": "support-agent"}
     if span_id is not None:
         trace["span_id"] = span_id
     status, body = await send("POST", f"{up.info.gateway_url}/v1/traces", trace, key)
@@ -248,6 +253,58 @@ async def test_a_patch_of_a_trace_with_seed_001_attributes_is_feedback_on_it(sho
     assert {(r["annotator"], r["project"], r["model"]) for r in rows} == {
         ("end_user", "shop", "gpt-4o")
     }
+
+
+def axiom_number(t: str, value: int) -> dict[str, Any]:
+    """``Feedback.number({name: 'star-rating', value})`` as the Axiom SDK sends it."""
+    return {
+        "schemaUrl": "https://axiom.co/ai/schemas/0.0.2", "id": f"{t}-stars",
+        "name": "star-rating", "value": value, "kind": "number",
+        "links": {"trace_id": t, "capability": "support-agent"}, "event": "feedback",
+    }  # fmt: skip
+
+
+#: Each product's worst and best verdict: (method, path of trace t, body for t).
+VERDICTS: dict[str, tuple[str, Callable[[str], str], Callable[[str, bool], Any]]] = {
+    "trulayer": ("POST", lambda t: "/v1/feedback/trulayer",
+                 lambda t, good: {"trace_id": t, "label": "good" if good else "bad"}),
+    "braintrust": ("POST", lambda t: "/v1/project_logs/proj-1/feedback",
+                   lambda t, good: {"feedback": [{"id": t, "scores": {"correctness": int(good)}}]}),
+    "honeyhive": ("POST", lambda t: "/v1/feedback/honeyhive",
+                  lambda t, good: {"session_id": t, "feedback": {"rating": 5 if good else 1}}),
+    "axiom": ("POST", lambda t: "/v1/datasets/ai-feedback/ingest",
+              lambda t, good: axiom_number(t, 5 if good else 1)),
+    "attributes": ("PATCH", lambda t: f"/v1/traces/{t}",
+                   lambda t, good: {"attributes": {"user_feedback_rating": 5 if good else 1}}),
+}  # fmt: skip
+
+
+async def test_each_products_best_and_worst_count_as_good_and_bad_in_its_models_window(
+    shop, thumbline_bin
+):
+    """The bad rate the alerts judge sees what each sender meant: a product's worst verdict
+    (one star, a score of 0, label bad) counts bad, its best good, in the window of the
+    model its trace names."""
+    up, key = shop
+    models = {product: unique(f"m-{product}") for product in VERDICTS}
+    for product, (method, path, body) in VERDICTS.items():
+        for good in (False, True):
+            t = unique(f"{product}-{good}")
+            await a_trace(up, key, t, model=models[product])
+            status, answer = await send(method, up.info.gateway_url + path(t), body(t, good), key)
+            assert 200 <= status < 300, (product, answer)
+
+    wanted = ", ".join(f"'{m}'" for m in models.values())
+    query = (
+        "SELECT model, sum(good) AS good, sum(bad) AS bad, sum(total) AS total "
+        f"FROM thumbline.feedback_rates FINAL WHERE model IN ({wanted}) GROUP BY model"
+    )
+    every_one = 2 * len(models)
+    rows = await rows_when(
+        up, thumbline_bin, query, lambda rows: sum(r["total"] for r in rows) >= every_one
+    )
+    counted = {r["model"]: (r["good"], r["bad"], r["total"]) for r in rows}
+    assert counted == {models[p]: (1, 1, 2) for p in VERDICTS}
 
 
 @pytest.mark.parametrize(("method", "path"), [
