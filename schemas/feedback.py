@@ -142,6 +142,11 @@ class FeedbackEvent(Contract):
         description="The client's idempotency key: the same id sent again replaces the earlier "
         "value. Generated when absent.",
     )
+    client_event_id: Id | None = Field(
+        None,
+        description="Set by the join when one vote per person applies: the event_id the client "
+        "sent, while event_id becomes the vote's (project, target, name, user_id).",
+    )
     trace_id: Id = Field(description="The trace that produced the answer.")
     span_id: Id | None = Field(None, description="A span of the trace; absent: the whole trace.")
     name: Name | None = Field(

@@ -47,6 +47,7 @@ class EnrichedFeedback(Contract):
 
     schema_version: Literal[1] = 1
     event_id: Id
+    client_event_id: str | None = None
     trace_id: Id
     span_id: Id | None = None
     name: Name

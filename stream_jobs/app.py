@@ -270,6 +270,9 @@ class StreamApp:
             time_bounds=s.time_bounds,
             waits=self.waits,
             routed=s.key_by_trace,
+            # The setting for every name: the lead wires score configs'
+            # one_vote_per_user flag here (a (project, name) -> bool callable).
+            one_vote=(lambda project, name: True) if s.one_vote_per_user else None,
         )
 
     async def _start_rates(self, rules: Any) -> RatesJob:

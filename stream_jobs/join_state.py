@@ -186,8 +186,16 @@ class Pending:
 
 
 def version_of(event: FeedbackEvent, status: JoinStatus) -> int:
-    received = event.received_at or event.ts
-    return int(received.timestamp() * 1_000_000) * 4 + RANK[status]
+    """The row's version: when it was received, or for a person's vote when it was given.
+
+    A vote (one vote per person: ``client_event_id`` is set, see
+    :mod:`thumbline.stream_jobs.votes`) shares its event id with the person's other votes
+    on the target, and the later click must win even when both arrive in one message
+    (same ``received_at``) or the earlier one arrives last (a retry): its event time
+    ``ts`` orders them. A copy of the same click has the same ``ts`` and collapses.
+    """
+    when = event.ts if event.client_event_id else (event.received_at or event.ts)
+    return int(when.timestamp() * 1_000_000) * 4 + RANK[status]
 
 
 def enrich(
@@ -203,6 +211,7 @@ def enrich(
         dict(
             schema_version=1,
             event_id=event.event_id,
+            client_event_id=event.client_event_id,
             trace_id=event.trace_id,
             span_id=event.span_id,
             name=event.name or "",

@@ -63,6 +63,7 @@ from thumbline.stream_jobs.sink import (
     feedback_record,
     json_arrays,
 )
+from thumbline.stream_jobs.votes import OneVote, one_vote
 from thumbline.stream_jobs.watermarks import Watermarks
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ class JoinTracesJob:
         waits: where sends and inserts that wait out an outage report (readiness).
         routed: the input comes through :mod:`thumbline.stream_jobs.key_by_trace` (``keyed``
             alone); its markers then bound the watermark.
+        one_vote: whether one vote per person applies to feedback of a (project, name)
+            (:mod:`thumbline.stream_jobs.votes`); None: never. Applied to every validated
+            event before it is joined, so every input path gets the same rows.
     """
 
     def __init__(
@@ -110,8 +114,10 @@ class JoinTracesJob:
         time_bounds: TimeBounds = TimeBounds(),  # noqa: B008 (frozen)
         waits: Waits | None = None,
         routed: bool = False,
+        one_vote: OneVote | None = None,
     ) -> None:
         self.topics = topics
+        self.one_vote = one_vote
         self.counts: dict[str, int] = defaultdict(int)
         self.waits = waits or Waits(metrics)
         self.time_bounds = time_bounds
@@ -159,6 +165,11 @@ class JoinTracesJob:
                 self.marks.handled(event.message)
             for held in batch.held:
                 self.decoder.decode(held.event.message, held, batch)
+            if self.one_vote is not None:
+                applies = self.one_vote
+                batch.feedback = [
+                    ([one_vote(e, applies) for e in items], held) for items, held in batch.feedback
+                ]  # fmt: skip
             rows = self.state.add_traces(batch.traces)
             await self._lookup_unknown(batch)
             for items, held in batch.feedback:

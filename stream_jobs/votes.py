@@ -1,0 +1,61 @@
+"""One vote per person: a person's feedback of one name on one target is one row.
+
+With one vote per person on (``THUMBLINE_ONE_VOTE_PER_USER``, or a score
+config's ``one_vote_per_user`` flag for that feedback name), the join gives a
+feedback event that carries a ``user_id`` the id of its *vote*:
+
+    event_id = uuid5(project, target, target id, span_id, name, user_id)
+
+so a person who changes a thumb replaces their earlier vote, in the ``feedback``
+table (ReplacingMergeTree by ``event_id``) and in the rate windows (keyed by
+``(project, event_id)``), whatever path the event came by (SDK, gateway, raw
+Kafka, OpenTelemetry, a vendor's shape). The client's own ``event_id`` is kept in
+``client_event_id``. A retraction by the same person of the same target and name
+(it must carry the name) retracts the vote. An event without a ``user_id`` stays
+its own row: nobody can tell two anonymous clicks apart from two people.
+
+Which vote is the latest is decided by the event time ``ts`` (the person's click),
+not by when it was received (see :func:`thumbline.stream_jobs.join_state.version_of`):
+two votes in one batch, or a retry of the earlier one after the later, still
+leave the later click.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from thumbline.schemas import FeedbackEvent
+
+#: Whether one vote per person applies to feedback of this (project, name).
+OneVote = Callable[[str, str], bool]
+
+_NAMESPACE = uuid.UUID("7d6c3f4e-1a0b-5c1e-9e55-0e7a1b5d9c21")
+_SEP = "\x1f"  # unit separator: in no id (ids hold no whitespace, names are text)
+
+
+def vote_id(
+    project: str, target: str, target_id: str, span_id: str | None, name: str, user_id: str
+) -> str:
+    """The event id of a person's vote of ``name`` on a target (hex, like generated ids)."""
+    parts = (project, target, target_id, span_id or "", name, user_id)
+    return uuid.uuid5(_NAMESPACE, _SEP.join(parts)).hex
+
+
+def one_vote(event: FeedbackEvent, applies: OneVote) -> FeedbackEvent:
+    """``event`` as a vote when one vote per person ``applies`` to it; else ``event`` itself.
+
+    Idempotent: a vote given again (a replay, a forward) is returned unchanged.
+    """
+    user = event.user_id
+    if not user:
+        return event
+    project, name = event.project or "default", event.name or ""
+    if not applies(project, name):
+        return event
+    derived = vote_id(project, "trace", event.trace_id, event.span_id, name, user)
+    if derived == event.event_id:
+        return event
+    return event.model_copy(
+        update={"event_id": derived, "client_event_id": event.client_event_id or event.event_id}
+    )

@@ -1,0 +1,123 @@
+"""One vote per person through `thumbline up` (THUMBLINE_ONE_VOTE_PER_USER=true).
+
+A person's feedback of one name on one trace is one row, the latest click; two
+people are two rows; events without a user id stay one row each. The rate
+windows count what the rows say: one bad for a person who went from up to down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.conftest import unique
+from tests.integration.conftest import sql_rows, start_up, stop, worker_env
+from tests.integration.test_gateway import post
+from thumbline.producers import FeedbackProducer
+
+WINDOW = 2
+
+
+@pytest.fixture(scope="module")
+async def up(broker, thumbline_bin, clean_env, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("votes")
+    env = await worker_env(
+        broker, clean_env, tmp, "votes",
+        THUMBLINE_ONE_VOTE_PER_USER="true", THUMBLINE_RATE_WINDOW_SECONDS=str(WINDOW),
+        THUMBLINE_RATE_SLIDING_SECONDS=str(3 * WINDOW), THUMBLINE_RATE_LATENESS_SECONDS="1",
+    )  # fmt: skip
+    running = await asyncio.to_thread(start_up, thumbline_bin, env, tmp / "data")
+    yield running
+    stop(running)
+
+
+async def until_rows(thumbline_bin, env, sql: str, want) -> list[dict]:
+    """Poll ``sql`` until ``want(rows)`` holds (the stream is asynchronous); the last rows."""
+    rows: list[dict] = []
+    for _ in range(90):
+        rows = await asyncio.to_thread(sql_rows, thumbline_bin, env, sql)
+        if want(rows):
+            return rows
+        await asyncio.sleep(0.5)
+    return rows
+
+
+def window_start(now: float) -> float:
+    """A moment early in the next rate window, so a test's clicks share one window."""
+    return (now // WINDOW + 1) * WINDOW + 0.2
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat()
+
+
+async def test_a_persons_up_then_down_is_one_bad_row_and_one_bad_in_the_rate_window(
+    up, broker, thumbline_bin
+):
+    env, prefix = up.env, up.env["THUMBLINE_TOPIC_PREFIX"]
+    project, trace_id = unique("votes"), unique("vt")
+    at = window_start(time.time())
+    async with FeedbackProducer(bootstrap_servers=broker.bootstrap, topic_prefix=prefix) as fb:
+        await fb.trace(trace_id=trace_id, project=project, model="m-votes")
+    # Raw Kafka, one message: the later click (down) first, the earlier (up) after it,
+    # so neither arrival order nor received_at can make the up win.
+    clicks = [
+        {"trace_id": trace_id, "project": project, "user_id": "ann", "kind": "thumb",
+         "value": value, "ts": iso(when), "event_id": unique(f"ann-{value}")}
+        for value, when in (("down", at + 0.5), ("up", at))
+    ]  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(f"{prefix}feedback", orjson.dumps(clicks))
+    finally:
+        await producer.stop()
+
+    sql = (
+        "SELECT label, user_id, client_event_id, join_status FROM thumbline.feedback FINAL "
+        f"WHERE project = '{project}' AND join_status != 'pending'"
+    )
+    rows = await until_rows(thumbline_bin, env, sql, lambda r: len(r) >= 1)
+    await asyncio.sleep(1)  # a second row, were there one, would be written by now
+    rows = await asyncio.to_thread(sql_rows, thumbline_bin, env, sql)
+    assert [(r["label"], r["user_id"], r["join_status"]) for r in rows] == [
+        ("bad", "ann", "joined")
+    ]
+    assert rows[0]["client_event_id"] == clicks[0]["event_id"]
+
+    rates = (
+        "SELECT sum(good) AS good, sum(bad) AS bad FROM thumbline.feedback_rates FINAL "
+        f"WHERE project = '{project}' AND window_seconds = {WINDOW} AND model = '*'"
+    )
+    counted = await until_rows(thumbline_bin, env, rates, lambda r: r and r[0]["bad"])
+    assert (counted[0]["good"], counted[0]["bad"]) == (0, 1)
+
+
+async def test_two_people_are_two_rows_and_events_without_a_user_are_one_row_each(
+    up, thumbline_bin
+):
+    env, project, trace_id = up.env, unique("votes2"), unique("vt2")
+    base = up.info.gateway_url
+    events = [
+        {"trace_id": trace_id, "project": project, "user_id": "ann", "kind": "thumb",
+         "value": "up"},
+        {"trace_id": trace_id, "project": project, "user_id": "bob", "kind": "thumb",
+         "value": "down"},
+        {"trace_id": trace_id, "project": project, "kind": "thumb", "value": "up"},
+        {"trace_id": trace_id, "project": project, "kind": "thumb", "value": "up"},
+    ]  # fmt: skip
+    for event in events:
+        assert (await post(f"{base}/v1/feedback", event))[0] == 202
+    sql = (
+        "SELECT user_id, label FROM thumbline.feedback FINAL "
+        f"WHERE trace_id = '{trace_id}' ORDER BY user_id, label"
+    )
+    rows = await until_rows(thumbline_bin, env, sql, lambda r: len(r) >= 4)
+    assert [(r["user_id"], r["label"]) for r in rows] == [
+        ("", "good"), ("", "good"), ("ann", "good"), ("bob", "bad"),
+    ]  # fmt: skip
