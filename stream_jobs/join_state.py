@@ -46,6 +46,7 @@ from thumbline.schemas import (
     FeedbackKind,
     JoinStatus,
     Source,
+    Target,
     TraceEvent,
     TraceStatus,
 )
@@ -65,7 +66,7 @@ Key = tuple[str, str]
 
 def key_of(event: FeedbackEvent | TraceEvent) -> Key:
     """The trace an event belongs to: its project and trace id."""
-    return (event.project or DEFAULT_PROJECT, event.trace_id)
+    return (event.project or DEFAULT_PROJECT, event.join_key)
 
 
 RANK = {JoinStatus.PENDING: 0, JoinStatus.ORPHAN: 1, JoinStatus.JOINED: 2, JoinStatus.CORRECTED: 3}
@@ -212,7 +213,8 @@ def enrich(
             schema_version=1,
             event_id=event.event_id,
             client_event_id=event.client_event_id,
-            trace_id=event.trace_id,
+            trace_id=event.trace_id or "",
+            target=event.target or Target.TRACE,
             span_id=event.span_id,
             name=event.name or "",
             kind=event.kind or FeedbackKind.LABEL,  # always set by validation

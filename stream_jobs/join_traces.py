@@ -244,7 +244,7 @@ class JoinTracesJob:
             if gained:
                 found = await asyncio.to_thread(self.load_orphans)
                 self.state.add_orphans(
-                    o for o in found if partition_for(o.trace_id, self.partitions) in gained
+                    o for o in found if partition_for(o.join_key, self.partitions) in gained
                 )
             if lost or gained:
                 logger.info(
@@ -323,7 +323,7 @@ class JoinTracesJob:
         out: list[Outgoing] = []
         by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            by_partition[partition_for(row.trace_id, self.partitions)].append(feedback_record(row))
+            by_partition[partition_for(row.join_key, self.partitions)].append(feedback_record(row))
         for partition, records in by_partition.items():
             # the same bytes to Kafka and ClickHouse, encoded once per array
             for array, count in json_arrays(records):

@@ -53,7 +53,11 @@ def one_vote(event: FeedbackEvent, applies: OneVote) -> FeedbackEvent:
     project, name = event.project or "default", event.name or ""
     if not applies(project, name):
         return event
-    derived = vote_id(project, "trace", event.trace_id, event.span_id, name, user)
+    target = event.target or "trace"
+    target_id = {"conversation": event.conversation_id, "session": event.session_id}.get(
+        target, event.trace_id
+    )
+    derived = vote_id(project, target, target_id or "", event.span_id, name, user)
     if derived == event.event_id:
         return event
     return event.model_copy(

@@ -19,6 +19,7 @@ from tests.conftest import unique
 from tests.integration.conftest import sql_rows, start_up, stop, worker_env
 from tests.integration.test_gateway import post
 from thumbline.producers import FeedbackProducer
+from thumbline.schemas import FeedbackEvent
 
 WINDOW = 2
 
@@ -121,3 +122,45 @@ async def test_two_people_are_two_rows_and_events_without_a_user_are_one_row_eac
     assert [(r["user_id"], r["label"]) for r in rows] == [
         ("", "good"), ("", "good"), ("ann", "good"), ("bob", "bad"),
     ]  # fmt: skip
+
+
+async def test_feedback_on_a_session_takes_its_latest_traces_dimensions_before_or_after_them(
+    up, broker, thumbline_bin
+):
+    env, prefix = up.env, up.env["THUMBLINE_TOPIC_PREFIX"]
+    project, session = unique("sess"), unique("s")
+    at = window_start(time.time())
+    early = {"project": project, "session_id": session, "event_id": unique("early"),
+             "kind": "thumb", "value": "down", "ts": iso(at)}  # fmt: skip
+    late = {**early, "event_id": unique("late"), "ts": iso(at + 0.3)}
+    async with FeedbackProducer(bootstrap_servers=broker.bootstrap, topic_prefix=prefix) as fb:
+        await fb.send(FeedbackEvent.parse(early))  # before any trace of the session
+        await fb.trace(trace_id=unique("old"), project=project, session_id=session,
+                       model="m-old", capability="c-old", start_time=iso(at - 60))  # fmt: skip
+        await fb.trace(trace_id=unique("new"), project=project, session_id=session,
+                       model="m-new", capability="c-new", environment="prod",
+                       user_id="u-sess", start_time=iso(at - 1))  # fmt: skip
+        await asyncio.sleep(1)  # the traces stored: the late feedback finds them there
+        await fb.send(FeedbackEvent.parse(late))
+    sql = (
+        "SELECT event_id, trace_id, target, session_id, model, capability, environment, "
+        f"user_id, join_status FROM thumbline.feedback FINAL WHERE project = '{project}' "
+        "ORDER BY event_id"
+    )
+    rows = await until_rows(
+        thumbline_bin, env, sql,
+        lambda r: len(r) == 2 and all(x["join_status"] == "joined" for x in r),
+    )  # fmt: skip
+    assert {r["event_id"] for r in rows} == {early["event_id"], late["event_id"]}
+    for row in rows:
+        assert (row["trace_id"], row["target"], row["session_id"]) == ("", "session", session)
+        assert (row["model"], row["capability"], row["environment"], row["user_id"]) == (
+            "m-new", "c-new", "prod", "u-sess",
+        )  # fmt: skip
+    rates = (
+        "SELECT model, sum(bad) AS bad FROM thumbline.feedback_rates FINAL "
+        f"WHERE project = '{project}' AND window_seconds = {WINDOW} AND capability = '*' "
+        "GROUP BY model"
+    )
+    counted = await until_rows(thumbline_bin, env, rates, lambda r: r and r[0]["bad"] == 2)
+    assert [(r["model"], r["bad"]) for r in counted] == [("m-new", 2)]

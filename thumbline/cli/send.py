@@ -95,6 +95,8 @@ def _note_if_trace_unknown(settings: Settings, event: FeedbackEvent) -> None:
     """
     from thumbline.sqlclient import trace_stored
 
+    if event.trace_id is None:
+        return  # feedback on a conversation or session: no trace to look for
     for attempt in range(2):
         if attempt:
             time.sleep(1.0)
