@@ -120,6 +120,31 @@ def add_read_routes(
         )  # fmt: skip
         return Response(body, media_type="application/json")
 
+    @app.get("/v1/conversations/{conversation_id}", responses=responses({**READ_ERRORS, 404: "No "
+             "trace and no feedback of this conversation (in the key's project)."}))  # fmt: skip
+    async def get_conversation(conversation_id: str, request: Request) -> Response:
+        """A conversation's traces (their spans, oldest first) and all feedback on them and on
+        the conversation itself (feedback on the whole conversation has an empty trace_id)."""
+        key = await core.authenticate(request, "read")
+        project = own_project(key, None)
+        scope = f" AND project = {literal(project)}" if project else ""
+        spans = await select(
+            "SELECT trace_id, span_id, parent_span_id, name, project, environment, model, "  # noqa: S608
+            "capability, step, user_id, session_id, start_time, end_time, latency_ms, "
+            f"total_tokens, cost_usd, status, error, input, output FROM {database}.traces FINAL "
+            f"WHERE conversation_id = {literal(conversation_id)}{scope} "
+            "ORDER BY start_time, trace_id, span_id"
+        )
+        filters = InboxFilter(project=project, conversation_id=conversation_id, limit=10_000)
+        feedback = bytes((await select(inbox_sql(database, filters))).body)
+        if spans.body == b"[]" and feedback == b"[]":
+            raise HTTPException(404, f"no conversation {conversation_id!r}"
+                                + (f" in project {project!r}" if project else ""))  # fmt: skip
+        body = b'{"conversation_id":%s,"spans":%s,"feedback":%s}' % (
+            orjson.dumps(conversation_id), spans.body, feedback,
+        )  # fmt: skip
+        return Response(body, media_type="application/json")
+
     async def get_feedback_rows(trace_id: str, project: str | None) -> bytes:
         filters = InboxFilter(trace_id=trace_id, project=project, limit=10_000)
         return bytes((await select(inbox_sql(database, filters))).body)

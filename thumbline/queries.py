@@ -89,6 +89,7 @@ class InboxFilter:
     capability: str | None = None
     user_id: str | None = None
     session_id: str | None = None
+    conversation_id: str | None = None
     trace_id: str | None = None
     status: str | None = None  # one of JOIN_STATUSES; None: all, pending ones included
     has_comment: bool = False
@@ -101,7 +102,7 @@ class InboxFilter:
     def where(self, now: datetime | None = None) -> str:
         clauses = ["retracted = 0"]
         for column in ("project", "environment", "model", "capability", "user_id", "session_id",
-                       "trace_id"):  # fmt: skip
+                       "conversation_id", "trace_id"):  # fmt: skip
             value = getattr(self, column)
             if value:
                 clauses.append(f"{column} = {literal(value)}")

@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaProducer
 
 from tests.conftest import unique
 from tests.integration.conftest import sql_rows, start_up, stop, worker_env
-from tests.integration.test_gateway import post
+from tests.integration.test_gateway import get, post
+from tests.integration.test_tenants import until
 from thumbline.producers import FeedbackProducer
 from thumbline.schemas import FeedbackEvent
 
@@ -164,3 +165,31 @@ async def test_feedback_on_a_session_takes_its_latest_traces_dimensions_before_o
     )
     counted = await until_rows(thumbline_bin, env, rates, lambda r: r and r[0]["bad"] == 2)
     assert [(r["model"], r["bad"]) for r in counted] == [("m-new", 2)]
+
+
+async def test_the_conversation_view_lists_its_traces_and_feedback_on_them_and_on_it(
+    up, thumbline_bin
+):
+    base, conversation = up.info.gateway_url, unique("conv")
+    first, second = unique("ct1"), unique("ct2")
+    for trace_id in (first, second):
+        trace = {"trace_id": trace_id, "conversation_id": conversation, "model": "m-conv"}
+        assert (await post(f"{base}/v1/traces", trace))[0] == 202
+    on_trace = {"trace_id": first, "label": "bad", "event_id": unique("on-trace")}
+    on_whole = {"conversation_id": conversation, "label": "good", "event_id": unique("on-conv")}
+    for body in (on_trace, on_whole):
+        assert (await post(f"{base}/v1/feedback", body))[0] == 202
+
+    async def view():
+        status, body = await get(f"{base}/v1/conversations/{conversation}")
+        joined = status == 200 and [f for f in body["feedback"] if f["join_status"] == "joined"]
+        return joined and len(joined) == 2 and body
+
+    body = await until(view)
+    assert {s["trace_id"] for s in body["spans"]} == {first, second}
+    by_id = {f["event_id"]: f for f in body["feedback"]}
+    assert by_id[on_trace["event_id"]]["trace_id"] == first
+    assert by_id[on_whole["event_id"]]["trace_id"] == ""
+    assert by_id[on_whole["event_id"]]["model"] == "m-conv"  # its latest trace's
+    status, _ = await get(f"{base}/v1/conversations/{unique('none')}")
+    assert status == 404

@@ -91,3 +91,12 @@ def test_the_join_keeps_the_later_vote_of_one_batch_when_the_trace_is_pending():
     assert state.add_feedback([later, earlier]) == []
     [joined] = state.add_traces([TraceEvent.parse({"trace_id": "t1", "model": "m"})])
     assert (joined.label, joined.client_event_id) == ("bad", later.client_event_id)
+
+
+def test_a_vote_on_a_conversation_is_keyed_by_the_conversation_not_a_trace():
+    on_conversation = FeedbackEvent.parse(
+        {"conversation_id": "c1", "user_id": "ann", "kind": "thumb", "value": "up"}
+    )
+    voted = one_vote(on_conversation, always)
+    assert voted.event_id == vote_id("default", "conversation", "c1", None, "thumb", "ann")
+    assert voted.event_id != one_vote(thumb("up", conversation_id="c1"), always).event_id
