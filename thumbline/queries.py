@@ -18,6 +18,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 INBOX_COLUMNS = (
     "ts", "trace_id", "label", "comment", "user_id", "session_id", "project", "model",
     "environment", "capability", "kind", "name", "score", "join_status", "event_id", "annotator",
+    "target", "conversation_id",
 )  # fmt: skip
 
 
@@ -187,6 +188,18 @@ def trace_spans_sql(database: str, trace_id: str) -> str:
         "input, output "
         f"FROM {database}.traces FINAL WHERE trace_id = {literal(trace_id)} "
         "ORDER BY start_time, span_id"
+    )
+
+
+def conversation_spans_sql(database: str, conversation_id: str) -> str:
+    """The spans of a conversation's traces by start time (so a trace first appears with
+    its earliest span): the columns of :func:`trace_spans_sql`, then ``trace_id``."""
+    return (
+        "SELECT span_id, parent_span_id, name, project, environment, model, capability, step, "
+        "user_id, session_id, start_time, latency_ms, total_tokens, cost_usd, status, error, "
+        "input, output, trace_id "
+        f"FROM {database}.traces FINAL WHERE conversation_id = {literal(conversation_id)} "
+        "ORDER BY start_time, trace_id, span_id"
     )
 
 

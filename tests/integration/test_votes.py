@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.conftest import unique
-from tests.integration.conftest import sql_rows, start_up, stop, worker_env
+from tests.integration.conftest import run, sql_rows, start_up, stop, worker_env
 from tests.integration.test_gateway import get, post
 from tests.integration.test_tenants import until
 from thumbline.producers import FeedbackProducer
@@ -193,3 +193,13 @@ async def test_the_conversation_view_lists_its_traces_and_feedback_on_them_and_o
     assert by_id[on_whole["event_id"]]["model"] == "m-conv"  # its latest trace's
     status, _ = await get(f"{base}/v1/conversations/{unique('none')}")
     assert status == 404
+
+    shown = await asyncio.to_thread(
+        run, thumbline_bin, {**up.env, "COLUMNS": "200"}, "trace", "--conversation", conversation
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"trace {first}" in shown.stdout and f"trace {second}" in shown.stdout
+    feedback = shown.stdout[shown.stdout.index("feedback") :]
+    assert first in feedback and "(conversation)" in feedback
+    unknown = await asyncio.to_thread(run, thumbline_bin, up.env, "trace", "--conversation", "x")
+    assert unknown.returncode == 1 and "nothing is stored for conversation x" in unknown.stderr
