@@ -308,6 +308,8 @@ class JoinState:
         # announce() looks at the front only, as expire() does.
         self._unannounced: deque[tuple[float, Key, str, Pending]] = deque()
         self._next_sweep = 0.0  # retention sweeps (a scan of the state) at most every minute
+        # keys of conversations and sessions that feedback waited for (some no longer)
+        self._targets: set[Key] = set()
 
     def add_traces(self, events: Iterable[TraceEvent]) -> list[EnrichedFeedback]:
         """Merge trace events; emit waiting feedback (joined) and orphans (corrected)."""
@@ -362,6 +364,8 @@ class JoinState:
                 out.append(enrich(event, attrs, JoinStatus.JOINED))
                 continue
             waiting = self.pending.setdefault(key, {})
+            if " " in key[1]:  # a conversation or session: its traces are on other partitions
+                self._targets.add(key)
             previous = waiting.get(event.event_id)
             if previous is None or version_of(event, JoinStatus.JOINED) >= version_of(
                 previous.event, JoinStatus.JOINED
@@ -445,6 +449,30 @@ class JoinState:
                 self.traces[key] = attrs
         self._trim(self.traces, self.max_traces, "traces")
 
+    def waiting_targets(self) -> list[Key]:
+        """The conversations and sessions that feedback is waiting for.
+
+        Their traces are routed by their own trace ids, to any partition, so no trace
+        event here ever completes them: the caller looks them up in the store from time
+        to time and hands what it finds to :meth:`resolve`.
+        """
+        self._targets &= self.pending.keys()
+        return list(self._targets)
+
+    def resolve(self, found: dict[Key, TraceAttributes]) -> list[EnrichedFeedback]:
+        """Join the feedback waiting for the traces (or conversations) looked up in ``found``."""
+        now = self.clock()
+        out: list[EnrichedFeedback] = []
+        for key, attrs in found.items():
+            attrs.seen_at = now
+            self.traces[key] = attrs
+            waiting = self.pending.pop(key, {})
+            self.pending_count -= len(waiting)
+            for entry in waiting.values():
+                out.append(enrich(entry.event, attrs, JoinStatus.JOINED))
+                self._released.append(entry.ref)
+        return out
+
     def forget(self, moved: Callable[[str], bool]) -> None:
         """Drop the traces, waiting feedback and orphans of trace ids for which ``moved`` is true.
 
@@ -480,14 +508,7 @@ class JoinState:
                 due[key] = None
         out: list[EnrichedFeedback] = []
         if due and found is not None:
-            for key, attrs in found(list(due)).items():
-                attrs.seen_at = now
-                self.traces[key] = attrs
-                waiting = self.pending.pop(key, {})
-                self.pending_count -= len(waiting)
-                for entry in waiting.values():
-                    out.append(enrich(entry.event, attrs, JoinStatus.JOINED))
-                    self._released.append(entry.ref)
+            out.extend(self.resolve(found(list(due))))
         for key in due:
             waiting = self.pending.get(key)
             if waiting:

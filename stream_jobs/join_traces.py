@@ -68,6 +68,10 @@ from thumbline.stream_jobs.watermarks import Watermarks
 
 logger = logging.getLogger(__name__)
 
+#: Seconds between two looks in the store for the conversations and sessions that
+#: feedback waits for (each one query for all of them).
+TARGET_LOOKUP_SECONDS = 2.0
+
 
 @dataclass(slots=True, eq=False)
 class _Held:
@@ -144,6 +148,7 @@ class JoinTracesJob:
         # messages are acknowledged strictly in order: a held one holds back the rest.
         self._order: dict[Any, deque[_Held]] = defaultdict(deque)
         self.first_input_at: float | None = None  # wall time of the first micro-batch
+        self._next_target_lookup = 0.0  # monotonic time of the next look for targets
 
     # The agent's entry point ---------------------------------------------------
 
@@ -196,7 +201,8 @@ class JoinTracesJob:
             if self.rebalancing:
                 pass  # no orphans for partitions that may be moving (see revoke)
             elif self.state.pending:
-                rows = await asyncio.to_thread(self.state.expire, self.lookup)
+                rows = await self._look_for_targets()
+                rows += await asyncio.to_thread(self.state.expire, self.lookup)
                 self._release()
                 if rows:
                     await self._emit(rows, [], [], {})
@@ -296,6 +302,20 @@ class JoinTracesJob:
         if unknown:
             found = await asyncio.to_thread(self.lookup, list(unknown))
             self.state.add_known_traces(found)
+
+    async def _look_for_targets(self) -> list[EnrichedFeedback]:
+        """Feedback on a conversation or session that waits for its first stored trace:
+        looked up again every ``TARGET_LOOKUP_SECONDS`` rather than only when its grace
+        ends (its traces reach the store through other partitions, unseen here)."""
+        now = time.monotonic()
+        if now < self._next_target_lookup:
+            return []
+        self._next_target_lookup = now + TARGET_LOOKUP_SECONDS
+        keys = self.state.waiting_targets()
+        if not keys:
+            return []
+        found = await asyncio.to_thread(self.lookup, keys)
+        return self.state.resolve(found)
 
     def _release(self) -> None:
         for held in self.state.take_released():

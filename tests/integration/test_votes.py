@@ -32,16 +32,18 @@ async def up(broker, thumbline_bin, clean_env, tmp_path_factory):
         broker, clean_env, tmp, "votes",
         THUMBLINE_ONE_VOTE_PER_USER="true", THUMBLINE_RATE_WINDOW_SECONDS=str(WINDOW),
         THUMBLINE_RATE_SLIDING_SECONDS=str(3 * WINDOW), THUMBLINE_RATE_LATENESS_SECONDS="1",
+        # longer than any wait here: what joins did not wait for the grace to end
+        THUMBLINE_JOIN_GRACE_SECONDS="120", THUMBLINE_JOIN_PENDING_ROW_SECONDS="0",
     )  # fmt: skip
     running = await asyncio.to_thread(start_up, thumbline_bin, env, tmp / "data")
     yield running
     stop(running)
 
 
-async def until_rows(thumbline_bin, env, sql: str, want) -> list[dict]:
+async def until_rows(thumbline_bin, env, sql: str, want, tries: int = 90) -> list[dict]:
     """Poll ``sql`` until ``want(rows)`` holds (the stream is asynchronous); the last rows."""
     rows: list[dict] = []
-    for _ in range(90):
+    for _ in range(tries):
         rows = await asyncio.to_thread(sql_rows, thumbline_bin, env, sql)
         if want(rows):
             return rows
@@ -105,6 +107,7 @@ async def test_two_people_are_two_rows_and_events_without_a_user_are_one_row_eac
 ):
     env, project, trace_id = up.env, unique("votes2"), unique("vt2")
     base = up.info.gateway_url
+    assert (await post(f"{base}/v1/traces", {"trace_id": trace_id}))[0] == 202
     events = [
         {"trace_id": trace_id, "project": project, "user_id": "ann", "kind": "thumb",
          "value": "up"},
@@ -134,8 +137,11 @@ async def test_feedback_on_a_session_takes_its_latest_traces_dimensions_before_o
     early = {"project": project, "session_id": session, "event_id": unique("early"),
              "kind": "thumb", "value": "down", "ts": iso(at)}  # fmt: skip
     late = {**early, "event_id": unique("late"), "ts": iso(at + 0.3)}
+    pending = f"SELECT join_status FROM thumbline.feedback FINAL WHERE project = '{project}'"
     async with FeedbackProducer(bootstrap_servers=broker.bootstrap, topic_prefix=prefix) as fb:
         await fb.send(FeedbackEvent.parse(early))  # before any trace of the session
+        waiting = await until_rows(thumbline_bin, env, pending, lambda r: len(r) == 1)
+        assert [r["join_status"] for r in waiting] == ["pending"]
         await fb.trace(trace_id=unique("old"), project=project, session_id=session,
                        model="m-old", capability="c-old", start_time=iso(at - 60))  # fmt: skip
         await fb.trace(trace_id=unique("new"), project=project, session_id=session,
@@ -151,6 +157,7 @@ async def test_feedback_on_a_session_takes_its_latest_traces_dimensions_before_o
     rows = await until_rows(
         thumbline_bin, env, sql,
         lambda r: len(r) == 2 and all(x["join_status"] == "joined" for x in r),
+        tries=20,  # well within the grace: joined by a look in the store, not by the grace
     )  # fmt: skip
     assert {r["event_id"] for r in rows} == {early["event_id"], late["event_id"]}
     for row in rows:

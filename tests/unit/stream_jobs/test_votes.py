@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from thumbline.schemas import FeedbackEvent, JoinStatus, TraceEvent
-from thumbline.stream_jobs.join_state import JoinState, version_of
+from thumbline.stream_jobs.join_state import JoinState, TraceAttributes, version_of
 from thumbline.stream_jobs.votes import one_vote, vote_id
 
 T0 = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
@@ -100,3 +100,19 @@ def test_a_vote_on_a_conversation_is_keyed_by_the_conversation_not_a_trace():
     voted = one_vote(on_conversation, always)
     assert voted.event_id == vote_id("default", "conversation", "c1", None, "thumb", "ann")
     assert voted.event_id != one_vote(thumb("up", conversation_id="c1"), always).event_id
+
+
+def test_feedback_on_a_conversation_waits_until_a_look_in_the_store_finds_its_trace():
+    state = JoinState(pending_row_seconds=0)
+    on_conversation = FeedbackEvent.parse(
+        {"conversation_id": "c1", "project": "p", "label": "bad", "received_at": T0}
+    )
+    on_trace = thumb("up", trace_id="t-unknown", project="p")
+    assert state.add_feedback([on_conversation, on_trace]) == []
+    assert state.waiting_targets() == [("p", "conversation c1")]  # not the trace's key
+    latest = TraceAttributes("t-latest", project="p", model="m-new", capability="support")
+    [joined] = state.resolve({("p", "conversation c1"): latest})
+    assert (joined.trace_id, joined.target, joined.model, joined.join_status) == (
+        "", "conversation", "m-new", "joined",
+    )  # fmt: skip
+    assert state.waiting_targets() == [] and state.pending_count == 1
