@@ -197,6 +197,8 @@ async def test_the_conversation_view_lists_its_traces_and_feedback_on_them_and_o
     by_id = {f["event_id"]: f for f in body["feedback"]}
     assert by_id[on_trace["event_id"]]["trace_id"] == first
     assert by_id[on_whole["event_id"]]["trace_id"] == ""
+    assert by_id[on_whole["event_id"]]["conversation_id"] == conversation
+    assert by_id[on_whole["event_id"]]["target"] == "conversation"
     assert by_id[on_whole["event_id"]]["model"] == "m-conv"  # its latest trace's
     status, _ = await get(f"{base}/v1/conversations/{unique('none')}")
     assert status == 404
@@ -210,3 +212,38 @@ async def test_the_conversation_view_lists_its_traces_and_feedback_on_them_and_o
     assert first in feedback and "(conversation)" in feedback
     unknown = await asyncio.to_thread(run, thumbline_bin, up.env, "trace", "--conversation", "x")
     assert unknown.returncode == 1 and "nothing is stored for conversation x" in unknown.stderr
+
+
+async def test_a_retraction_by_the_same_person_of_the_same_name_withdraws_the_vote(
+    up, thumbline_bin
+):
+    env, base, trace_id = up.env, up.info.gateway_url, unique("vr")
+    assert (await post(f"{base}/v1/traces", {"trace_id": trace_id}))[0] == 202
+    vote = {"trace_id": trace_id, "user_id": "ann", "kind": "thumb", "value": "down"}
+    kept = {"trace_id": trace_id, "user_id": "bob", "kind": "thumb", "value": "down"}
+    for body in (vote, kept):
+        assert (await post(f"{base}/v1/feedback", body))[0] == 202
+    sql = f"SELECT user_id FROM thumbline.feedback FINAL WHERE trace_id = '{trace_id}'"
+    await until_rows(thumbline_bin, env, sql, lambda r: len(r) == 2)
+    retraction = {"trace_id": trace_id, "user_id": "ann", "name": "thumb", "retracted": True}
+    assert (await post(f"{base}/v1/feedback", retraction))[0] == 202
+    rows = await until_rows(thumbline_bin, env, sql, lambda r: len(r) == 1)
+    assert [r["user_id"] for r in rows] == ["bob"]
+
+
+async def test_send_feedback_from_the_command_line_rates_a_whole_conversation(up, thumbline_bin):
+    conversation = unique("cli-conv")
+    missing = await asyncio.to_thread(run, thumbline_bin, up.env, "send", "feedback", "--thumb",
+                                      "down")  # fmt: skip
+    assert missing.returncode == 2 and "--conversation-id" in missing.stderr
+    sent = await asyncio.to_thread(
+        run, thumbline_bin, up.env, "send", "feedback", "--conversation-id", conversation,
+        "--thumb", "down",
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    sql = (
+        "SELECT trace_id, target, label FROM thumbline.feedback FINAL "
+        f"WHERE conversation_id = '{conversation}'"
+    )
+    rows = await until_rows(thumbline_bin, up.env, sql, lambda r: len(r) == 1)
+    assert [(r["trace_id"], r["target"], r["label"]) for r in rows] == [("", "conversation", "bad")]
