@@ -116,10 +116,3 @@ def test_feedback_on_a_conversation_waits_until_a_look_in_the_store_finds_its_tr
         "", "conversation", "m-new", "joined",
     )  # fmt: skip
     assert state.waiting_targets() == [] and state.pending_count == 1
-
-
-def test_the_sdk_helpers_rate_a_whole_conversation_without_a_trace_id():
-    from thumbline.producers.api import EventHelpers
-
-    event = EventHelpers()._feedback(None, conversation_id="c1", kind="thumb", value="down")
-    assert (event.trace_id, event.target, event.label) == (None, "conversation", "bad")
