@@ -242,6 +242,9 @@ class FeedbackEvent(Contract):
     @property
     def join_key(self) -> str:
         """The key the join holds and routes this feedback by (:func:`target_key`)."""
+        trace_id = self.trace_id
+        if trace_id and self.target is Target.TRACE:  # nearly every event: no call
+            return trace_id
         return target_key(self.target, self.trace_id, self.conversation_id, self.session_id)
 
     @field_validator("kind", mode="before")

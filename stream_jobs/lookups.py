@@ -26,11 +26,10 @@ _TRACE_FIELDS = (
 )  # fmt: skip
 
 _FEEDBACK_FIELDS = (
-    "event_id", "client_event_id", "trace_id", "span_id", "name", "kind", "value", "score",
-    "label", "comment",
-    "correction", "category", "tags", "source", "annotator", "user_id", "session_id",
-    "conversation_id", "project", "environment", "capability", "step", "metadata", "ts",
-    "received_at", "retracted",
+    "event_id", "client_event_id", "trace_id", "target", "span_id", "name", "kind", "value",
+    "score", "label", "comment", "correction", "category", "tags", "source", "annotator",
+    "user_id", "session_id", "conversation_id", "project", "environment", "capability", "step",
+    "metadata", "ts", "received_at", "retracted",
 )  # fmt: skip
 
 
@@ -177,9 +176,9 @@ def load_orphans(client: StoreClient, database: str, since: datetime) -> list[Fe
         data["tags"] = tuple(data["tags"])
         data["retracted"] = bool(data["retracted"])
         data["project"] = data["project"] or "default"
-        for key in ("client_event_id", "span_id", "comment", "correction", "category", "user_id",
-                    "session_id",
-                    "conversation_id", "environment", "capability", "step"):  # fmt: skip
+        for key in ("client_event_id", "trace_id", "target", "span_id", "comment", "correction",
+                    "category", "user_id", "session_id", "conversation_id", "environment",
+                    "capability", "step"):  # fmt: skip
             data[key] = data[key] or None
         orphans.append(FeedbackEvent.model_construct(**data))
     return orphans
