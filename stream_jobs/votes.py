@@ -22,6 +22,7 @@ leave the later click.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 
@@ -31,15 +32,21 @@ from thumbline.schemas import FeedbackEvent
 OneVote = Callable[[str, str], bool]
 
 _NAMESPACE = uuid.UUID("7d6c3f4e-1a0b-5c1e-9e55-0e7a1b5d9c21")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
 _SEP = "\x1f"  # unit separator: in no id (ids hold no whitespace, names are text)
 
 
 def vote_id(
     project: str, target: str, target_id: str, span_id: str | None, name: str, user_id: str
 ) -> str:
-    """The event id of a person's vote of ``name`` on a target (hex, like generated ids)."""
-    parts = (project, target, target_id, span_id or "", name, user_id)
-    return uuid.uuid5(_NAMESPACE, _SEP.join(parts)).hex
+    """The event id of a person's vote of ``name`` on a target: ``uuid5`` in the vote
+    namespace, as hex like the ids the SDK generates."""
+    name_bytes = _SEP.join((project, target, target_id, span_id or "", name, user_id)).encode()
+    # uuid.uuid5() by hand: the same bytes at half the cost (no UUID object) on the hot path
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name_bytes, usedforsecurity=False).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return digest[:16].hex()
 
 
 def one_vote(event: FeedbackEvent, applies: OneVote) -> FeedbackEvent:
@@ -60,6 +67,9 @@ def one_vote(event: FeedbackEvent, applies: OneVote) -> FeedbackEvent:
     derived = vote_id(project, target, target_id or "", event.span_id, name, user)
     if derived == event.event_id:
         return event
-    return event.model_copy(
-        update={"event_id": derived, "client_event_id": event.client_event_id or event.event_id}
-    )
+    # A copy of a validated event with two ids changed: trusted() costs a tenth of
+    # model_copy(), which was as dear as validating the event.
+    fields = dict(event.__dict__)
+    fields["client_event_id"] = event.client_event_id or event.event_id
+    fields["event_id"] = derived
+    return FeedbackEvent.trusted(fields)

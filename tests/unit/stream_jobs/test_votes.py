@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from thumbline.schemas import FeedbackEvent, JoinStatus, TraceEvent
@@ -29,6 +30,15 @@ def never(project: str, name: str) -> bool:
 def test_a_persons_votes_on_one_trace_and_name_share_one_derived_id():
     up, down = one_vote(thumb("up"), always), one_vote(thumb("down"), always)
     assert up.event_id == down.event_id == vote_id("default", "trace", "t1", None, "thumb", "ann")
+
+
+def test_the_vote_id_is_the_uuid5_of_its_parts_in_the_vote_namespace():
+    from thumbline.stream_jobs.votes import _NAMESPACE
+
+    examples = [("p", "trace", "t1", None, "thumb", "ann"), ("é", "session", "s", "sp", "n", "u")]
+    for parts in examples:
+        name = "\x1f".join(p or "" for p in parts)
+        assert vote_id(*parts) == uuid.uuid5(_NAMESPACE, name).hex
 
 
 def test_the_clients_own_event_id_is_kept_beside_the_derived_one():
