@@ -71,6 +71,8 @@ logger = logging.getLogger(__name__)
 #: Seconds between two looks in the store for the conversations and sessions that
 #: feedback waits for (each one query for all of them).
 TARGET_LOOKUP_SECONDS = 2.0
+#: Most conversations and sessions looked up in one round (one lookup query).
+TARGET_LOOKUP_KEYS = 5_000
 
 
 @dataclass(slots=True, eq=False)
@@ -306,12 +308,15 @@ class JoinTracesJob:
     async def _look_for_targets(self) -> list[EnrichedFeedback]:
         """Feedback on a conversation or session that waits for its first stored trace:
         looked up again every ``TARGET_LOOKUP_SECONDS`` rather than only when its grace
-        ends (its traces reach the store through other partitions, unseen here)."""
+        ends (its traces reach the store through other partitions, unseen here). At most
+        ``TARGET_LOOKUP_KEYS`` a round, so that feedback on conversations nobody traces
+        costs one bounded query every round; the others are looked up when their grace
+        ends, as every waiting feedback is."""
         now = time.monotonic()
         if now < self._next_target_lookup:
             return []
         self._next_target_lookup = now + TARGET_LOOKUP_SECONDS
-        keys = self.state.waiting_targets()
+        keys = self.state.waiting_targets()[:TARGET_LOOKUP_KEYS]
         if not keys:
             return []
         found = await asyncio.to_thread(self.lookup, keys)
