@@ -28,7 +28,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,10 +38,9 @@ import aiohttp
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import STORAGES, embedded_broker, git_commit  # noqa: E402
+from common import STORAGES, embedded_broker, git_commit, running_gateway  # noqa: E402
 from producer_throughput import count_events, make_events  # noqa: E402
 
-from thumbline.broker import free_port  # noqa: E402
 from thumbline.kafka import ensure_topics  # noqa: E402
 from thumbline.producers import FeedbackProducer  # noqa: E402
 from thumbline.schemas import Topics  # noqa: E402
@@ -120,35 +118,11 @@ async def measure(
         assert found == len(events), (found, len(events))
         rows.append(("kafka_sdk", len(events), seconds))
 
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("THUMBLINE_")},
-            "THUMBLINE_DATA_DIR": str(Path(tmp) / "data"),
-            "THUMBLINE_KAFKA_BOOTSTRAP": broker.bootstrap,
-            "THUMBLINE_GATEWAY_PORT": str(free_port()),
-            "THUMBLINE_GATEWAY_KEY_CACHE_SECONDS": "1",
-        }
         await ensure_topics(broker.bootstrap, Topics.build("thumbline.", 8).all())
-        thumbline = str(Path(sys.executable).parent / "thumbline")
-        # a benchmark's setup: blocking the loop here measures nothing
-        subprocess.run([thumbline, "migrate"], env=env, check=True, capture_output=True)  # noqa: ASYNC221
-        key = subprocess.run(  # noqa: ASYNC221
-            [thumbline, "keys", "create", "--scope", "ingest", "--project", "default"],
-            env=env, check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
-        gateway = subprocess.Popen(  # noqa: ASYNC220
-            [thumbline, "gateway"], env=env, stdout=subprocess.DEVNULL
-        )
-        try:
-            base = f"http://127.0.0.1:{env['THUMBLINE_GATEWAY_PORT']}"
-            async with aiohttp.ClientSession() as http:
-                for _ in range(200):
-                    try:
-                        async with http.get(f"{base}/readyz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
+        async with running_gateway(
+            broker.bootstrap, Path(tmp) / "data", project="default",
+            env={"THUMBLINE_GATEWAY_KEY_CACHE_SECONDS": "1"},
+        ) as (base, key):  # fmt: skip
             url = f"{base}/v1/feedback"
             items = encoded(events)
             batches = [
@@ -166,9 +140,6 @@ async def measure(
 
             n = int(args.rate * args.latency_seconds)
             times = sorted(await latency(url, key, items[:n], args.rate))
-        finally:
-            gateway.terminate()
-            gateway.wait(30)  # noqa: ASYNC221
 
     return rows, times
 

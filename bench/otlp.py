@@ -42,10 +42,9 @@ from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import embedded_broker, git_commit  # noqa: E402
+from common import embedded_broker, git_commit, running_gateway  # noqa: E402
 
 from tests.otel import otlp_json, otlp_proto, provider, traced_chat  # noqa: E402
-from thumbline.broker import free_port  # noqa: E402
 from thumbline.kafka import ensure_topics  # noqa: E402
 from thumbline.schemas import Topics, TraceEvent  # noqa: E402
 from thumbline.schemas.otlp import decode_request, events_from_request  # noqa: E402
@@ -194,31 +193,10 @@ async def post_all(url: str, headers: dict, bodies: list[bytes], clients: int,
 
 async def gateway(bootstrap: str, folder: Path, messages: dict[str, list[bytes]], spans: int,
                   clients: int) -> dict[str, float]:  # fmt: skip
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("THUMBLINE_")},
-        "THUMBLINE_DATA_DIR": str(folder / "data"), "THUMBLINE_KAFKA_BOOTSTRAP": bootstrap,
-        "THUMBLINE_GATEWAY_PORT": str(free_port()), "THUMBLINE_TOPIC_PREFIX": "gw.",
-    }  # fmt: skip
     await ensure_topics(bootstrap, Topics.build("gw.", PARTITIONS).all())
-    thumbline = str(Path(sys.executable).parent / "thumbline")
-    subprocess.run([thumbline, "migrate"], env=env, check=True, capture_output=True)  # noqa: ASYNC221, S603
-    key = subprocess.run(  # noqa: ASYNC221, S603
-        [thumbline, "keys", "create", "--scope", "ingest", "--project", "support-bot"],
-        env=env, check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    proc = subprocess.Popen([thumbline, "gateway"], env=env, stdout=subprocess.DEVNULL)  # noqa: ASYNC220, S603
     out = {}
-    try:
-        base = f"http://127.0.0.1:{env['THUMBLINE_GATEWAY_PORT']}"
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                try:
-                    async with http.get(f"{base}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+    async with running_gateway(bootstrap, folder / "data", project="support-bot",
+                               env={"THUMBLINE_TOPIC_PREFIX": "gw."}) as (base, key):  # fmt: skip
         auth = {"X-API-Key": key}
         batched = list(messages["batched"])
         runs = [
@@ -232,9 +210,6 @@ async def gateway(bootstrap: str, folder: Path, messages: dict[str, list[bytes]]
             seconds = await post_all(f"{base}{path}", {**auth, "Content-Type": media}, bodies,
                                      clients, otlp)  # fmt: skip
             out[label] = spans / seconds
-    finally:
-        proc.terminate()
-        proc.wait(30)  # noqa: ASYNC221
     return out
 
 

@@ -8,7 +8,8 @@ configured broker and store.
   ``POST /v1/feedback/{shape}`` (a hosted product's payload: trulayer,
   braintrust, honeyhive, axiom, attributes; see :mod:`thumbline.schemas.shapes`),
   ``POST /v1/traces`` and ``POST /otlp/v1/traces`` (OTLP/HTTP from an OpenTelemetry
-  SDK or Collector: :mod:`thumbline.producers.gateway_otlp`).
+  SDK or Collector: :mod:`thumbline.producers.gateway_otlp`); hosted products' own
+  paths (Axiom, Braintrust, a trace's PATCH: :mod:`thumbline.producers.gateway_vendors`).
 - **A 202 means durable**: the answer comes after Kafka acknowledged the
   write (``acks=all``), within ``ack_timeout`` of the request. If the broker
   does not acknowledge by then, the answer is 503 with ``Retry-After``, never a
@@ -18,9 +19,10 @@ configured broker and store.
   when some were, 422 when none was.
 - **Idempotent by event_id**: the store keeps one row per ``event_id``, so a
   client's retry never makes a second row.
-- The server stamps ``received_at``, the key's project, the feedback's
-  ``source`` (derived from its kind) and ``annotator`` (end_user): a client
-  cannot forge them.
+- The server stamps ``received_at``, the key's project and the feedback's
+  ``source`` (derived from its kind): a client cannot forge them. ``annotator``
+  (who gave it) comes from the key: an end users' key writes ``end_user`` only
+  and refuses feedback that says otherwise; see :func:`stamp_annotator`.
 - Auth: API keys (:mod:`thumbline.keys`) as ``Authorization: Bearer tl_...``
   or ``X-API-Key``. Until a key exists, a gateway bound to loopback accepts
   requests without one (and says so at start); bound elsewhere it refuses to
@@ -43,6 +45,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -62,11 +65,14 @@ from thumbline.producers.gateway_core import (
     Unacknowledged,
     error,
     is_loopback,
+    stamp_annotator,
 )
 from thumbline.producers.gateway_errors import INGEST, responses
 from thumbline.producers.gateway_openapi import openapi_of
 from thumbline.producers.gateway_otlp import add_otlp_routes
 from thumbline.producers.gateway_reads import SqlError, add_read_routes
+from thumbline.producers.gateway_scores import add_score_routes
+from thumbline.producers.gateway_vendors import add_vendor_routes
 from thumbline.producers.kafka import FeedbackProducer
 from thumbline.schemas import FeedbackEvent, InvalidEvent, TimeBounds, TraceEvent
 from thumbline.schemas.shapes import SHAPES, to_events
@@ -108,6 +114,7 @@ def build_app(
     problems: Callable[[], list[str]] = list,
     otlp_project: str | None = None,
     capture_content: bool = True,
+    score_sql: Callable[[str, bool], bytes] | None = None,
 ) -> FastAPI:
     """The gateway's ASGI app (``producer`` and the pools started by the caller).
 
@@ -118,8 +125,10 @@ def build_app(
     ``time_bounds``: how far an event's time may lie from the server's clock
     (422 naming the field beyond). ``otlp_project``: the project of OTLP spans sent
     without a project-bound key (None: their ``service.name``); ``capture_content``
-    False drops the question and the answer. ``problems`` says what the rest of the
-    process waits for (Kafka, the store): ``/readyz`` is not ready meanwhile.
+    False drops the question and the answer. ``score_sql`` reaches the score configs
+    (:mod:`thumbline.producers.gateway_scores`; None: no such routes). ``problems`` says
+    what the rest of the process waits for (Kafka, the store): ``/readyz`` is not ready
+    meanwhile.
     """
     app = FastAPI(
         title="thumbline gateway",
@@ -130,7 +139,7 @@ def build_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PATCH"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key"],
             max_age=600,
         )
@@ -176,10 +185,17 @@ def build_app(
         request: Request,
         kind: Literal["feedback", "traces"],
         prepare: Callable[[Any, ApiKey | None, datetime], list[FeedbackEvent | TraceEvent]],
+        items_of: Callable[[Any], list[Any]] | None = None,
+        answer: Callable[[list[Any], IngestResult], dict[str, Any]] | None = None,
     ) -> Response:
+        """``items_of``: the items of a product's envelope (InvalidEvent: 422);
+        ``answer``: fields a product's SDK reads, added to the result."""
         key = await core.authenticate(request, "ingest")
         body = await core.read_json(request)
-        items = body if isinstance(body, list) else [body]
+        try:
+            items = items_of(body) if items_of else body if isinstance(body, list) else [body]
+        except InvalidEvent as exc:
+            raise HTTPException(422, exc.reason) from None
         if not items:
             raise HTTPException(422, "the batch is empty")
         if len(items) > MAX_BATCH_EVENTS:
@@ -204,12 +220,19 @@ def build_app(
         metrics.gateway_events.labels(kind, "rejected").inc(rejected)
         status = 422 if rejected == len(items) else 207 if rejected else 202
         result = IngestResult(accepted=len(items) - rejected, rejected=rejected, results=results)
+        if answer is not None:
+            extra = orjson.dumps({**result.model_dump(mode="json"), **answer(items, result)})
+            return Response(extra, status_code=status, media_type="application/json")
         return Response(result.model_dump_json(), status_code=status, media_type="application/json")
 
     def stamp(item: Any, key: ApiKey | None, now: datetime, what: str) -> dict[str, Any]:
         if not isinstance(item, dict):
             raise InvalidEvent(what, [("(item)", item, "must be a JSON object")])
-        fields = {k: v for k, v in item.items() if k not in ("received_at", "source", "annotator")}
+        fields = {k: v for k, v in item.items() if k not in ("received_at", "source")}
+        if what == "FeedbackEvent":
+            stamp_annotator(fields, key, what)  # who gave it: the key says
+        else:
+            fields.pop("annotator", None)
         if key is not None and key.project:
             sent = fields.get("project")
             if sent is not None and sent != key.project:
@@ -220,11 +243,18 @@ def build_app(
         fields["received_at"] = now
         return fields
 
-    def feedback_from(shape: str | None) -> Callable[[Any, ApiKey | None, datetime], list[Any]]:
+    def feedback_from(
+        shape: str | Callable[[Any], list[dict[str, Any]]] | None,
+    ) -> Callable[[Any, ApiKey | None, datetime], list[Any]]:
+        """``shape``: a name of :data:`SHAPES`, a function mapping one item, or None."""
+
         def prepare(
             item: Any, key: ApiKey | None, now: datetime
         ) -> list[FeedbackEvent | TraceEvent]:
-            payloads = to_events(shape, item) if shape else [item]
+            if shape is None:
+                payloads = [item]
+            else:
+                payloads = to_events(shape, item) if isinstance(shape, str) else shape(item)
             events: list[FeedbackEvent | TraceEvent] = [
                 FeedbackEvent.parse(stamp(fields, key, now, "FeedbackEvent")) for fields in payloads
             ]
@@ -270,7 +300,10 @@ def build_app(
         return await ingest(request, "traces", trace_prepare)
 
     add_otlp_routes(app, core, project=otlp_project, capture_content=capture_content)
+    add_vendor_routes(app, ingest=ingest, feedback=feedback_from, result=IngestResult)
     add_read_routes(app, core, reads=reads, sql=sql, database=database)
+    if score_sql is not None:
+        add_score_routes(app, core, sql=score_sql, database=database)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -28,7 +28,7 @@ from thumbline.metrics import Metrics
 from thumbline.outages import transient
 from thumbline.producers.errors import DeliveryFailed, ProducerClosed
 from thumbline.producers.kafka import FeedbackProducer
-from thumbline.schemas import FeedbackEvent, TimeBounds, TraceEvent
+from thumbline.schemas import FeedbackEvent, InvalidEvent, TimeBounds, TraceEvent
 
 logger = logging.getLogger("thumbline.producers.gateway")
 
@@ -48,6 +48,36 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
     """The gateway's error body, ``{"error": ...}`` (and ``retriable`` where it applies)."""
     headers = extra.pop("headers", None)
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def stamp_annotator(fields: dict[str, Any], key: ApiKey | None, what: str) -> None:
+    """Set who gave a feedback event (``fields["annotator"]``) from the key that sent it.
+
+    - an ingest key with an annotator (``keys create --annotator evaluator``): that one,
+      whatever the body or the shape says;
+    - an ingest key without one (an end users' key, the one a browser holds): ``end_user``;
+      feedback that says it is someone else's (a body's ``annotator``, an OTLP evaluation
+      result, a shape that is a judge's) is refused, so it never counts as a user's;
+    - an admin key, or no key (a loopback gateway before any key exists): what the body
+      or the shape says, ``end_user`` by default.
+
+    Raises:
+        InvalidEvent: naming ``annotator`` and the key to create.
+    """
+    said = fields.get("annotator")
+    if key is None or key.scope == "admin":
+        fields["annotator"] = said if said is not None else "end_user"
+        return
+    own = key.writes_as
+    if own != "end_user" or said in (None, own):
+        fields["annotator"] = own
+        return
+    who = said if said in ("reviewer", "evaluator", "code") else "evaluator"
+    raise InvalidEvent(what, [("annotator", said, (
+        "this key writes end users' feedback only; send the feedback of a reviewer, an "
+        "evaluator or code with a key of its own: thumbline keys create --scope ingest "
+        f"--project {key.project} --annotator {who}"
+    ))])  # fmt: skip
 
 
 class RateLimiter:

@@ -11,6 +11,12 @@ request's encoding, with ``partial_success`` counting the spans refused (and
 why) while the rest are kept; errors are a ``google.rpc.Status`` in the same
 encoding, and 429 and 503 carry ``Retry-After`` (exporters retry them). As on
 every ingest route, 200 means Kafka acknowledged the events.
+
+Who gave the feedback comes from the key
+(:func:`~thumbline.producers.gateway_core.stamp_annotator`): a
+``gen_ai.evaluation.result`` is an evaluator's, so an end users' key has it
+refused (counted in ``partial_success``, the span itself kept); a key made
+with ``--annotator evaluator`` sends it.
 """
 
 from __future__ import annotations
@@ -21,8 +27,14 @@ import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
 from google.protobuf import json_format
 
-from thumbline.producers.gateway_core import RETRY_AFTER_SECONDS, GatewayCore, Unacknowledged
-from thumbline.schemas import InvalidEvent, WireError
+from thumbline.keys import ApiKey
+from thumbline.producers.gateway_core import (
+    RETRY_AFTER_SECONDS,
+    GatewayCore,
+    Unacknowledged,
+    stamp_annotator,
+)
+from thumbline.schemas import Annotator, FeedbackEvent, InvalidEvent, WireError
 from thumbline.schemas.otlp import (
     Encoding,
     ExportTraceServiceResponse,
@@ -122,13 +134,15 @@ def add_otlp_routes(
             return answer(413, exc.detail, encoding)
         reasons = [f"{r.where}: {r.reason}" for r in mapped.rejected]
         events = []
-        late = set()
+        dropped = set()  # spans an event of which was refused here
         for event in mapped.events:
             try:
                 core.time_bounds.check(event, now)
+                if isinstance(event, FeedbackEvent):
+                    event = _from_the_key(event, key)
             except InvalidEvent as exc:
                 reasons.append(f"{event.trace_id}/{event.span_id}: {exc.reason}")
-                late.add(event.span_id)
+                dropped.add(event.span_id)
                 continue
             events.append(event)
         try:
@@ -137,7 +151,7 @@ def add_otlp_routes(
             return answer(503, str(exc), encoding, RETRY_AFTER_SECONDS)
         core.metrics.gateway_events.labels("traces", "rejected").inc(len(reasons))
         result = ExportTraceServiceResponse()
-        rejected = mapped.rejected_spans + len(late)
+        rejected = mapped.rejected_spans + len(dropped)
         if reasons:
             result.partial_success.rejected_spans = rejected
             more = f" (and {len(reasons) - MAX_REASONS} more)" if len(reasons) > MAX_REASONS else ""
@@ -147,6 +161,16 @@ def add_otlp_routes(
         else:
             content = result.SerializeToString()
         return Response(content, media_type=_media(encoding))
+
+
+def _from_the_key(event: FeedbackEvent, key: ApiKey | None) -> FeedbackEvent:
+    """``event`` with the annotator its key gives it (raises InvalidEvent: an end users'
+    key sent an evaluation result, which is a judge's)."""
+    fields: dict[str, object] = {"annotator": event.annotator.value}
+    stamp_annotator(fields, key, "FeedbackEvent")
+    if fields["annotator"] == event.annotator:
+        return event
+    return event.model_copy(update={"annotator": Annotator(str(fields["annotator"]))})
 
 
 def _media(encoding: Encoding) -> str:

@@ -1,4 +1,5 @@
-"""The gateway's read routes: the feedback inbox, one trace, and SQL for admin keys.
+"""The gateway's read routes: the feedback inbox, one trace, the judge's agreement with the
+users, and SQL for admin keys.
 
 Reads go through :class:`thumbline.sqlpool.SqlPool`: ``reads`` serves the inbox
 and traces, ``sql`` serves ``POST /v1/sql``, on separate threads and clients, so
@@ -14,6 +15,7 @@ import orjson
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
+from thumbline.agreement import AgreementFilter, agreement_sql, disagreements_sql
 from thumbline.keys import ApiKey
 from thumbline.producers.gateway_core import GatewayCore
 from thumbline.producers.gateway_errors import NO_KEY, responses
@@ -144,6 +146,34 @@ def add_read_routes(
             orjson.dumps(conversation_id), spans.body, feedback,
         )  # fmt: skip
         return Response(body, media_type="application/json")
+
+    @app.get("/v1/agreement", responses=responses({**READ_ERRORS, 422: "A filter is invalid "
+             "(e.g. since=7 parsecs, limit=0): the error names it."}))  # fmt: skip
+    async def get_agreement(
+        request: Request,
+        project: str | None = None,
+        model: str | None = None,
+        capability: str | None = None,
+        evaluator: Annotated[str | None, Query(description="the judge's feedback name")] = None,
+        since: Annotated[str | None, Query(description="e.g. 24h, 7d")] = None,
+        disagreements: Annotated[
+            bool, Query(description="the traces where they disagree, newest first")
+        ] = False,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+    ) -> Response:
+        """An LLM judge against the end users, as ``thumbline agreement``: per project, model,
+        capability and judge, the traces both rated and how many agree (or, with
+        ``disagreements``, the traces where they do not)."""
+        key = await core.authenticate(request, "read")
+        try:
+            filters = AgreementFilter(
+                project=own_project(key, project), model=model, capability=capability,
+                evaluator=evaluator, since=parse_since(since) if since else None, limit=limit,
+            )  # fmt: skip
+            query = (disagreements_sql if disagreements else agreement_sql)(database, filters)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return await select(query)
 
     async def get_feedback_rows(trace_id: str, project: str | None) -> bytes:
         filters = InboxFilter(trace_id=trace_id, project=project, limit=10_000)

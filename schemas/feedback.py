@@ -123,7 +123,8 @@ class Source(StrEnum):
 
 
 class Annotator(StrEnum):
-    """Who gave the feedback. Rates and alerts count ``end_user`` feedback only."""
+    """Who gave the feedback. Rates and alerts count ``end_user`` feedback unless
+    ``THUMBLINE_RATES_ANNOTATORS`` says otherwise."""
 
     END_USER = "end_user"  # the person who got the answer
     REVIEWER = "reviewer"  # a person reviewing answers (annotation queue, QA)
@@ -213,11 +214,17 @@ class FeedbackEvent(Contract):
     annotator: Annotator = Field(
         Annotator.END_USER,
         description="Who gave it: end_user (default), reviewer, evaluator (an LLM judge) or code. "
-        "Only end_user feedback counts in rates and alerts. The HTTP gateway always sets "
-        "end_user.",
+        "Rates and alerts count end_user feedback by default. The HTTP gateway sets it from the "
+        "API key: a key without an annotator writes end_user only.",
     )
     retracted: StrictBool = Field(
         False, description="true withdraws the feedback with this event_id (a JSON boolean)."
+    )
+    score_config_version: int = Field(
+        0,
+        ge=0,
+        description="The version of the score config that decided label and score; 0: none. "
+        "Set by the stream (thumbline.schemas.score_configs): a value sent is replaced.",
     )
     user_id: Id | None = None
     session_id: Id | None = None

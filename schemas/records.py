@@ -89,6 +89,9 @@ class EnrichedFeedback(Contract):
     received_at: datetime | None = None
     join_status: JoinStatus
     retracted: bool = False
+    score_config_version: int = Field(
+        0, ge=0, description="The score config version that decided label and score; 0: none."
+    )
     version: int = Field(ge=0, description="Higher replaces lower for the same event_id.")
 
     @property

@@ -61,7 +61,7 @@ from thumbline.stream_jobs.faust_app import FETCH_MAX_WAIT_MS, build_faust_app, 
 from thumbline.stream_jobs.join_state import JoinState
 from thumbline.stream_jobs.join_traces import JoinTracesJob
 from thumbline.stream_jobs.key_by_trace import KeyByTrace
-from thumbline.stream_jobs.lookups import load_orphans, lookup_traces
+from thumbline.stream_jobs.lookups import load_orphans, load_score_configs, lookup_traces
 from thumbline.stream_jobs.rates_job import RatesJob
 from thumbline.stream_jobs.read_otlp import ReadOtlp
 from thumbline.stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
@@ -120,6 +120,7 @@ class StreamApp:
         self._watching: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None  # what an agent raised
         self._abandoned = False
+        self._configs_client: StoreClient | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -243,15 +244,23 @@ class StreamApp:
         assert self._producer is not None  # noqa: S101 (started first)
         sink_client = await asyncio.to_thread(self.store, False)
         lookup_client = await asyncio.to_thread(self.store, True)
+        # Its own client: the configs are read again while a lookup may run (one query
+        # at a time per client).
+        self._configs_client = configs_client = await asyncio.to_thread(self.store, True)
         # Retried inside the call: the join's expiry changes its state around a lookup.
         lookup = self.waits.blocking(STORE, "join_lookup", lookup_traces)
         orphans = self.waits.blocking(STORE, "join_load_orphans", load_orphans)
+        # The first read waits out an outage: the join must not decide labels without them.
+        configs = await asyncio.to_thread(
+            self.waits.blocking(STORE, "join_score_configs", load_score_configs),
+            configs_client, db,
+        )  # fmt: skip
         state = JoinState(
             grace_seconds=s.join_grace_seconds, retention_seconds=s.join_retention_seconds,
             max_pending=s.join_max_pending, max_traces=s.join_max_traces,
             max_orphans=s.join_max_orphans, pending_row_seconds=s.join_pending_row_seconds,
         )  # fmt: skip
-        return JoinTracesJob(
+        job = JoinTracesJob(
             topics=self.topics,
             state=state,
             sink=ClickHouseSink(
@@ -270,10 +279,12 @@ class StreamApp:
             time_bounds=s.time_bounds,
             waits=self.waits,
             routed=s.key_by_trace,
-            # The setting for every name: the lead wires score configs'
-            # one_vote_per_user flag here (a (project, name) -> bool callable).
-            one_vote=(lambda project, name: True) if s.one_vote_per_user else None,
+            score_configs=lambda: load_score_configs(configs_client, db),
+            score_configs_seconds=s.score_configs_seconds,
+            one_vote_per_user=s.one_vote_per_user,
         )
+        job.set_score_configs(configs)
+        return job
 
     async def _start_rates(self, rules: Any) -> RatesJob:
         s, db = self.settings, self.settings.clickhouse_database
@@ -293,6 +304,7 @@ class StreamApp:
                 reconcile=s.rate_reconcile_seconds,
                 max_cells=s.rate_max_cells,
                 max_events=s.rate_max_events,
+                annotators=s.counted_annotators,
             ),
             detector=SpikeDetector(rules, max_tracks=s.alert_max_tracks),
             sink=ClickHouseSink(await asyncio.to_thread(open_client, s), db),
@@ -408,6 +420,9 @@ class StreamApp:
         if job is not None:
             with _unless_waiting("the join's last rows"):
                 job.sink.close()
+        configs_client, self._configs_client = self._configs_client, None
+        if configs_client is not None:
+            configs_client.close()
         rates, self.rates = self.rates, None
         if rates is not None:
             with _unless_waiting("the last rate windows"):

@@ -50,10 +50,11 @@ else ``good`` or ``bad`` by label, else ``neutral`` (neutral, edit and custom
 labels). ``total`` counts explicit feedback only, and ``bad_rate`` is
 ``bad / total``: implicit signals do not dilute it.
 
-End users only: a row whose ``annotator`` is not ``end_user`` (a reviewer, an
-LLM judge, code) counts in no class, like a retracted one: it is stored and
-shown, but a judge that finds everything bad raises no alert. A row without an
-annotator (written before it existed) is an end user's.
+End users only, by default: a row whose ``annotator`` is not one of
+``annotators`` (``THUMBLINE_RATES_ANNOTATORS``, default ``end_user``: not a
+reviewer, an LLM judge or code) counts in no class, like a retracted one: it is
+stored and shown, but a judge that finds everything bad raises no alert. A row
+without an annotator (written before it existed) is an end user's.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ from typing import Any
 from thumbline.schemas import RateWindow
 
 ALL = "*"
-END_USER = "end_user"  # the only annotator the rates count (issue 16 makes it configurable)
+END_USER = "end_user"
+#: Whose feedback the rates count unless told otherwise (THUMBLINE_RATES_ANNOTATORS).
+DEFAULT_ANNOTATORS: tuple[str, ...] = (END_USER,)
 Dims = tuple[str, str, str, str]  # project, environment, model, capability; "*" is all
 MAX_SAMPLES = 5
 
@@ -120,8 +123,11 @@ class Contribution:
 EventKey = tuple[str, str]
 
 
-def contribution(row: dict[str, Any], window: float) -> tuple[EventKey, Contribution]:
-    """The identity of an enriched row and what it contributes."""
+def contribution(
+    row: dict[str, Any], window: float, annotators: tuple[str, ...] = DEFAULT_ANNOTATORS
+) -> tuple[EventKey, Contribution]:
+    """The identity of an enriched row and what it contributes (nothing unless its
+    annotator is one of ``annotators``)."""
     ts = row["ts"]
     when = ts.timestamp() if isinstance(ts, datetime) else datetime.fromisoformat(ts).timestamp()
     start = math.floor(when / window) * window
@@ -132,7 +138,7 @@ def contribution(row: dict[str, Any], window: float) -> tuple[EventKey, Contribu
     )
     counts = Counts()
     sample = None
-    if not row.get("retracted") and row.get("annotator", END_USER) == END_USER:
+    if not row.get("retracted") and (row.get("annotator") or END_USER) in annotators:
         label = row.get("label")
         comment = row.get("comment") or ""
         if row.get("source") == "implicit":
@@ -188,6 +194,7 @@ class RateState:
             is compared once with the ``feedback`` table.
         max_cells: most (window, dimensions) counters held.
         max_events: most events counted in open windows.
+        annotators: whose feedback counts (the ``annotator`` values).
         clock: wall time in seconds (for versions; injectable for tests).
     """
 
@@ -201,8 +208,10 @@ class RateState:
         reconcile: float = 300.0,
         max_cells: int = 500_000,
         max_events: int = 5_000_000,
+        annotators: Iterable[str] = DEFAULT_ANNOTATORS,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.annotators = tuple(annotators)
         self.window = window
         self.sliding = tuple(sorted(s for s in sliding if s > window))
         for size in self.sliding:
@@ -238,7 +247,7 @@ class RateState:
         """
         dirtied: set[float] = set()
         for row in rows:
-            event_id, new = contribution(row, self.window)
+            event_id, new = contribution(row, self.window, self.annotators)
             old = self.seen.get(event_id)
             if old is not None and old.version >= new.version:
                 continue

@@ -14,6 +14,9 @@ Three forms reach the join (:mod:`thumbline.stream_jobs.join_traces`):
 Every event is stamped and bounded as of the input message it came from (same
 ``received_at`` on every replay), and a bad one becomes a dead letter naming that
 message, so the route an event took changes nothing of what the join stores.
+Each feedback event then gets the score config of its name applied
+(:mod:`thumbline.schemas.score_configs`): a value the config refuses is a dead
+letter ``score_config``.
 A message valid as a whole is validated in one call from its bytes; anything
 wrong sends it down the careful path, which finds the bad events one by one.
 """
@@ -40,6 +43,7 @@ from thumbline.schemas import (
     decode_message,
     partition_for,
 )
+from thumbline.schemas.score_configs import ScoreConfigIndex
 from thumbline.schemas.wire import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES
 
 MAX_RAW_BYTES = 1_000_000
@@ -115,6 +119,9 @@ class DecodeInput:
         time_bounds: how far event times may lie from their reception.
         counts: the join's counters (``in:<topic>``, ``dead_<reason>``).
         routed: called with (partition, seconds) for each ``routed`` marker.
+
+    ``configs`` holds the score configs in force; the join replaces it when it
+    reads them again.
     """
 
     def __init__(
@@ -130,6 +137,7 @@ class DecodeInput:
         self.routed = routed or (lambda partition, seconds: None)
         self.partitions = topics.feedback.partitions
         self._topic = {"feedback": topics.feedback.name, "traces": topics.traces.name}
+        self.configs = ScoreConfigIndex()
 
     def decode(self, message: Any, held: Any, batch: Batch) -> None:
         raw = message.value
@@ -188,7 +196,9 @@ class DecodeInput:
                     event = stamp(event, origin.timestamp)
                     try:
                         self.check_times(event, origin)
-                    except InvalidEvent:
+                        if kind == "feedback":
+                            event = self.configs.configure(event)
+                    except ValueError:  # InvalidEvent, or refused by its score config
                         return False
                     stamped.append(event)
                 at += count
@@ -242,9 +252,16 @@ class DecodeInput:
                 event = stamp(model.parse(item), origin.timestamp)
                 reason = "ts_out_of_range"
                 self.check_times(event, origin)
+                if isinstance(event, FeedbackEvent):
+                    reason = "score_config"
+                    event = self.configs.configure(event)
             except InvalidEvent as exc:
                 raw = orjson.dumps(item)
                 self._dead(batch, dead_letter(origin, index, reason, exc.reason, raw))
+                continue
+            except ValueError as exc:  # the score config refused the value
+                raw = orjson.dumps(item)
+                self._dead(batch, dead_letter(origin, index, reason, str(exc), raw))
                 continue
             target = partition_for(event.join_key, self.partitions)
             if target != here:
@@ -274,7 +291,7 @@ class DecodeInput:
             return None
         body = raw if first == b"[" else b"[" + raw + b"]"
         try:
-            events = adapter.validate_json(body)
+            events: list[Any] = adapter.validate_json(body)
         except ValidationError:
             return None
         if not 0 < len(events) <= MAX_BATCH_EVENTS:
@@ -283,7 +300,9 @@ class DecodeInput:
         try:
             for event in events:
                 self.check_times(event, message)
-        except InvalidEvent:
+            if kind == "feedback":
+                events = [self.configs.configure(e) for e in events]
+        except ValueError:  # InvalidEvent, or refused by its score config
             return None  # the careful path dead-letters it, and only it
         self.counts[f"in:{message.topic}"] += len(events)
         return [(kind, events)]

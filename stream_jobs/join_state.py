@@ -245,6 +245,7 @@ def enrich(
             received_at=event.received_at,
             join_status=status,
             retracted=event.retracted,
+            score_config_version=event.score_config_version,
             version=version_of(event, status),
         )
     )

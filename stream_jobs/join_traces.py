@@ -5,10 +5,11 @@ by :mod:`thumbline.stream_jobs.key_by_trace` (the default), or else ``feedback``
 ``traces`` as producers wrote them; and, either way, events this job forwarded
 to the partition of their ``trace_id``. Per micro-batch it:
 
-1. decodes and validates every event (:mod:`thumbline.stream_jobs.decode_input`); bad
-   input becomes a dead letter (the ``dlq`` topic and the ``dead_letters``
-   table) with its reason and the topic, partition and offset it was sent to,
-   and nothing else is lost;
+1. decodes and validates every event (:mod:`thumbline.stream_jobs.decode_input`) and
+   applies the score config of each feedback name (read from the store at start
+   and again every ``score_configs_seconds``); bad input becomes a dead letter
+   (the ``dlq`` topic and the ``dead_letters`` table) with its reason and the
+   topic, partition and offset it was sent to, and nothing else is lost;
 2. forwards events that sit on the wrong partition to ``keyed`` (producers in
    other languages hash differently), so each trace's events meet in one place;
 3. merges traces into the state, asks ClickHouse once for the traces it does
@@ -54,6 +55,7 @@ from thumbline.schemas import (
     TraceEvent,
     partition_for,
 )
+from thumbline.schemas.score_configs import ScoreConfig, ScoreConfigIndex
 from thumbline.stream_jobs.decode_input import Batch, DecodeInput
 from thumbline.stream_jobs.join_state import JoinState, Key, TraceAttributes, key_of
 from thumbline.stream_jobs.sink import (
@@ -63,7 +65,7 @@ from thumbline.stream_jobs.sink import (
     feedback_record,
     json_arrays,
 )
-from thumbline.stream_jobs.votes import OneVote, one_vote
+from thumbline.stream_jobs.votes import OneVote, one_vote, votes_rule
 from thumbline.stream_jobs.watermarks import Watermarks
 
 logger = logging.getLogger(__name__)
@@ -102,9 +104,15 @@ class JoinTracesJob:
         waits: where sends and inserts that wait out an outage report (readiness).
         routed: the input comes through :mod:`thumbline.stream_jobs.key_by_trace` (``keyed``
             alone); its markers then bound the watermark.
-        one_vote: whether one vote per person applies to feedback of a (project, name)
-            (:mod:`thumbline.stream_jobs.votes`); None: never. Applied to every validated
-            event before it is joined, so every input path gets the same rows.
+        score_configs: reads the score configs in force from the store (blocking; run
+            in a thread); None: no configs.
+        score_configs_seconds: how often they are read again. A read that fails keeps
+            the configs last read and is tried again at the next turn: the stream
+            never stops for it.
+        one_vote_per_user: one vote per person for every feedback name (the setting);
+            else for the names whose score config says so (:mod:`thumbline.stream_jobs.votes`).
+            Applied to every validated event before it is joined, so every input path gets
+            the same rows.
     """
 
     def __init__(
@@ -120,10 +128,13 @@ class JoinTracesJob:
         time_bounds: TimeBounds = TimeBounds(),  # noqa: B008 (frozen)
         waits: Waits | None = None,
         routed: bool = False,
-        one_vote: OneVote | None = None,
+        score_configs: Callable[[], list[ScoreConfig]] | None = None,
+        score_configs_seconds: float = 5.0,
+        one_vote_per_user: bool = False,
     ) -> None:
         self.topics = topics
-        self.one_vote = one_vote
+        self.one_vote_per_user = one_vote_per_user
+        self.one_vote: OneVote | None = votes_rule((), one_vote_per_user)
         self.counts: dict[str, int] = defaultdict(int)
         self.waits = waits or Waits(metrics)
         self.time_bounds = time_bounds
@@ -150,6 +161,10 @@ class JoinTracesJob:
         # messages are acknowledged strictly in order: a held one holds back the rest.
         self._order: dict[Any, deque[_Held]] = defaultdict(deque)
         self.first_input_at: float | None = None  # wall time of the first micro-batch
+        self.read_score_configs = score_configs
+        self.score_configs_seconds = score_configs_seconds
+        self._configs_read_at = time.monotonic()
+        self._reading_configs: asyncio.Task[None] | None = None
         self._next_target_lookup = 0.0  # monotonic time of the next look for targets
 
     # The agent's entry point ---------------------------------------------------
@@ -191,10 +206,41 @@ class JoinTracesJob:
             if self.sink.due():
                 await self._flush()
 
+    def set_score_configs(self, configs: list[ScoreConfig]) -> None:
+        """Apply ``configs`` to every feedback event decoded from now on (their labels,
+        and which names count one vote per person)."""
+        self.decoder.configs = ScoreConfigIndex(configs)
+        self.one_vote = votes_rule(configs, self.one_vote_per_user)
+
+    def _refresh_score_configs(self) -> None:
+        """Read the score configs again when due, in a task of their own (never waited on)."""
+        if self.read_score_configs is None:
+            return
+        now = time.monotonic()
+        busy = self._reading_configs is not None and not self._reading_configs.done()
+        if busy or now - self._configs_read_at < self.score_configs_seconds:
+            return
+        self._configs_read_at = now
+        self._reading_configs = asyncio.create_task(self._read_score_configs())
+
+    async def _read_score_configs(self) -> None:
+        assert self.read_score_configs is not None  # noqa: S101 (checked by the caller)
+        try:
+            configs = await asyncio.to_thread(self.read_score_configs)
+        except Exception as exc:  # noqa: BLE001 (any failure: keep the last, read again later)
+            self.counts["score_configs_unread"] += 1
+            logger.warning(
+                "could not read the score configs (the last ones read stay in force; "
+                "read again in %g s): %s", self.score_configs_seconds, exc,
+            )  # fmt: skip
+            return
+        self.set_score_configs(configs)
+
     async def tick(self) -> None:
         """Called periodically: pending rows, orphans whose grace ended, flushes by age,
-        metrics."""
+        score configs, metrics."""
         self.sync_metrics()
+        self._refresh_score_configs()
         async with self._lock:
             waiting = self.state.announce()
             if waiting:  # to the store only: not an outcome, and no input waits for it
@@ -262,6 +308,9 @@ class JoinTracesJob:
 
     async def close(self) -> None:
         """Flush what is complete; held feedback stays unacknowledged for the next start."""
+        reading, self._reading_configs = self._reading_configs, None
+        if reading is not None:
+            reading.cancel()
         await self.flush()
 
     def sync_metrics(self) -> None:

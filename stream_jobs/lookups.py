@@ -1,4 +1,5 @@
-"""What the join asks ClickHouse: traces it no longer holds, and orphans it may still correct.
+"""What the join asks ClickHouse: traces it no longer holds, orphans it may still correct,
+and the score configs in force.
 
 Both are batched: one query per micro-batch of trace ids (in chunks of at most
 :data:`LOOKUP_CHUNK_KEYS` ids and :data:`LOOKUP_CHUNK_BYTES` of them, so that no
@@ -16,6 +17,8 @@ from typing import Any
 import orjson
 
 from thumbline.schemas import FeedbackEvent, TraceEvent
+from thumbline.schemas.score_configs import ScoreConfig
+from thumbline.score_configs import latest_sql, stored
 from thumbline.stream_jobs.join_state import Key, TraceAttributes
 from thumbline.stream_jobs.sink import StoreClient
 
@@ -29,7 +32,7 @@ _FEEDBACK_FIELDS = (
     "event_id", "client_event_id", "trace_id", "target", "span_id", "name", "kind", "value",
     "score", "label", "comment", "correction", "category", "tags", "source", "annotator",
     "user_id", "session_id", "conversation_id", "project", "environment", "capability", "step",
-    "metadata", "ts", "received_at", "retracted",
+    "metadata", "ts", "received_at", "retracted", "score_config_version",
 )  # fmt: skip
 
 
@@ -182,3 +185,10 @@ def load_orphans(client: StoreClient, database: str, since: datetime) -> list[Fe
             data[key] = data[key] or None
         orphans.append(FeedbackEvent.model_construct(**data))
     return orphans
+
+
+def load_score_configs(client: StoreClient, database: str) -> list[ScoreConfig]:
+    """The newest version of every score config that is not deleted (one small query)."""
+    result = client.query(latest_sql(database))
+    rows = (dict(zip(result.column_names, row, strict=True)) for row in result.result_rows)
+    return [c.config for c in map(stored, rows) if c.config is not None]

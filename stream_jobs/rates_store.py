@@ -5,8 +5,9 @@ identity (``FINAL``), retractions removed, every correction in. So a window
 read back from it is exact, whatever was late, replayed or moved; the counts
 here follow :func:`thumbline.stream_jobs.bad_feedback_rates.contribution` to the letter.
 
-Both count end-user feedback only, as ``contribution`` does (the recompute
-filters on ``annotator``; the restart reads it and ``contribution`` decides).
+Both count the feedback of ``RateState.annotators`` only (end users by
+default), as ``contribution`` does (the recompute filters on ``annotator``;
+the restart reads it and ``contribution`` decides).
 Both leave out *pending* rows (feedback the join still holds, stored so people
 can see it): the rates count the joined and orphan rows of
 ``feedback.enriched``, and the join publishes a pending event's outcome later,
@@ -50,7 +51,7 @@ FROM (
     FROM {db}.feedback FINAL
     WHERE ts >= fromUnixTimestamp64Milli({since:Int64})
       AND ts < fromUnixTimestamp64Milli({until:Int64}) AND retracted = 0
-      AND annotator = 'end_user' AND join_status != 'pending'
+      AND has({annotators:Array(String)}, annotator) AND join_status != 'pending'
 )
 GROUP BY GROUPING SETS ((start, project, environment, model),
                         (start, project, environment, capability))
@@ -78,6 +79,7 @@ def read_windows(
             "window": int(rates.window),
             "since": int(since * 1000),
             "until": int(until * 1000),
+            "annotators": list(rates.annotators),
         },
     ).result_rows
     found: dict[float, dict[Dims, Counts]] = defaultdict(dict)

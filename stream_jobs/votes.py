@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from thumbline.schemas import FeedbackEvent
+from thumbline.schemas.score_configs import ScoreConfig
 
 #: Whether one vote per person applies to feedback of this (project, name).
 OneVote = Callable[[str, str], bool]
@@ -34,6 +35,18 @@ OneVote = Callable[[str, str], bool]
 _NAMESPACE = uuid.UUID("7d6c3f4e-1a0b-5c1e-9e55-0e7a1b5d9c21")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
 _SEP = "\x1f"  # unit separator: in no id (ids hold no whitespace, names are text)
+
+
+def votes_rule(configs: Iterable[ScoreConfig], setting: bool) -> OneVote | None:
+    """When one vote per person applies: to every name with the setting
+    (``THUMBLINE_ONE_VOTE_PER_USER``), else to the names whose score config says
+    ``one_vote_per_user``; None when to none (the join then skips the rule)."""
+    if setting:
+        return lambda project, name: True
+    voted = {(c.project, c.name) for c in configs if c.one_vote_per_user}
+    if not voted:
+        return None
+    return lambda project, name: (project, name) in voted
 
 
 def vote_id(

@@ -17,6 +17,13 @@ Scopes:
 
 A key bound to a project writes only events of that project (the gateway
 stamps it on every event) and reads only its rows.
+
+Who gave the feedback comes from the key too: an ingest key has an
+``annotator`` (``--annotator reviewer``, ``evaluator`` or ``code``), and the
+gateway stamps it on every feedback event the key sends. A key without one is
+an end users' key (the one a browser holds): it writes ``end_user`` feedback
+only, and feedback that says it is someone else's is refused. Admin keys (and a
+loopback gateway before any key exists) may say ``annotator`` in the body.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ from thumbline.sqlclient import run_sql
 
 Scope = Literal["ingest", "read", "admin"]
 SCOPES: tuple[Scope, ...] = ("ingest", "read", "admin")
+#: What ``--annotator`` takes for a key (empty, or end_user: an end users' key).
+KEY_ANNOTATORS = ("end_user", "reviewer", "evaluator", "code")
 _TOKEN = re.compile(r"^tl_([0-9a-f]{16})_([A-Za-z0-9_\-]{20,100})$")
 _PROJECT = re.compile(r"^[^\x00-\x1f']{1,128}$")
 #: What a secret is compared with when its key id is unknown: the same work as a wrong secret.
@@ -61,6 +70,12 @@ class ApiKey:
     name: str
     created_at: datetime
     revoked: bool = False
+    annotator: str = ""  # who its feedback comes from; empty: end users
+
+    @property
+    def writes_as(self) -> str:
+        """The annotator of the feedback this key sends: ``end_user`` unless it has one."""
+        return self.annotator or "end_user"
 
     def may(self, scope: Scope) -> bool:
         """Whether this key's scope covers ``scope`` (admin covers all)."""
@@ -71,10 +86,26 @@ def _sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(settings: Settings, *, scope: Scope, project: str, name: str = "") -> str:
-    """Store a new key and return it in full (the only time it is shown)."""
+def create_key(
+    settings: Settings, *, scope: Scope, project: str, name: str = "", annotator: str = ""
+) -> str:
+    """Store a new key and return it in full (the only time it is shown).
+
+    ``annotator``: who the feedback of an ingest key comes from (reviewer,
+    evaluator, code); empty or end_user: end users.
+    """
     if scope not in SCOPES:
         raise ConfigError(f"scope must be one of {', '.join(SCOPES)}")
+    if annotator not in ("", *KEY_ANNOTATORS):
+        raise ConfigError(f"--annotator takes {', '.join(KEY_ANNOTATORS)}, not {annotator!r}")
+    annotator = "" if annotator == "end_user" else annotator
+    if annotator and scope != "ingest":
+        why = {"admin": "an admin key may say annotator in each event"}.get(
+            scope, "a read key writes nothing"
+        )
+        raise ConfigError(
+            f"--annotator is for ingest keys ({why}): use --scope ingest --annotator {annotator}"
+        )
     if scope == "admin" and project:
         raise ConfigError(
             f"an admin key covers every project, so it takes no project: drop --project, or "
@@ -92,9 +123,9 @@ def create_key(settings: Settings, *, scope: Scope, project: str, name: str = ""
     run_sql(
         settings,
         # INSERT ... SELECT: the SQL endpoint appends a FORMAT clause, which VALUES cannot take
-        f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, name, "  # noqa: S608
-        f"created_at, version) SELECT {literal(key_id)}, {literal(_sha256(secret))}, "
-        f"{literal(scope)}, {literal(project)}, {literal(name[:200])}, "
+        f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, annotator, "  # noqa: S608
+        f"name, created_at, version) SELECT {literal(key_id)}, {literal(_sha256(secret))}, "
+        f"{literal(scope)}, {literal(project)}, {literal(annotator)}, {literal(name[:200])}, "
         f"fromUnixTimestamp64Milli({int(now.timestamp() * 1000)}), "
         f"{int(now.timestamp() * 1000)}",
         write=True,
@@ -106,7 +137,8 @@ def list_keys(settings: Settings) -> list[ApiKey]:
     db = settings.clickhouse_database
     out = run_sql(
         settings,
-        "SELECT key_id, scope, project, name, toString(created_at) AS created_at, revoked "  # noqa: S608
+        "SELECT key_id, scope, project, annotator, name, toString(created_at) AS created_at, "  # noqa: S608
+        "revoked "
         f"FROM {db}.api_keys FINAL ORDER BY created_at",
         fmt="JSONEachRow",
     )
@@ -130,8 +162,9 @@ def revoke_key(settings: Settings, key_id: str) -> bool:
     now = datetime.now(UTC)
     run_sql(
         settings,
-        f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, name, created_at, "  # noqa: S608
-        "revoked, revoked_at, version) SELECT key_id, secret_sha256, scope, project, name, "
+        f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, annotator, name, "  # noqa: S608
+        "created_at, revoked, revoked_at, version) SELECT key_id, secret_sha256, scope, project, "
+        "annotator, name, "
         f"created_at, 1, now64(3), {int(now.timestamp() * 1000)} FROM {db}.api_keys FINAL "
         f"WHERE key_id = {literal(key_id)}",
         write=True,
@@ -148,6 +181,7 @@ def _key(row: dict[str, object]) -> ApiKey:
         name=str(row["name"]),
         created_at=datetime.fromisoformat(created).replace(tzinfo=UTC),
         revoked=bool(row["revoked"]),
+        annotator=str(row.get("annotator") or ""),
     )
 
 
@@ -234,7 +268,7 @@ class KeyRing:
             fingerprint = tuple(
                 self._client.query(
                     "SELECT count(), sum(cityHash64(key_id, secret_sha256, scope, project, "  # noqa: S608
-                    f"revoked, version)) FROM {db}.api_keys"
+                    f"annotator, revoked, version)) FROM {db}.api_keys"
                 ).result_rows[0]
             )
             if fingerprint != self._fingerprint:
@@ -247,8 +281,8 @@ class KeyRing:
     def _read_all(self) -> dict[str, tuple[bytes, ApiKey]]:
         result = self._client.query(
             # FINAL in the subquery: the newest row of each key, before the filter
-            "SELECT key_id, secret_sha256, scope, project, name, created_at, revoked FROM "  # noqa: S608
-            "(SELECT key_id, secret_sha256, scope, project, name, revoked, "
+            "SELECT key_id, secret_sha256, scope, project, annotator, name, created_at, revoked "  # noqa: S608
+            "FROM (SELECT key_id, secret_sha256, scope, project, annotator, name, revoked, "
             f"toString(created_at) AS created_at FROM {self._database}.api_keys FINAL) "
             f"WHERE revoked = 0 ORDER BY created_at DESC LIMIT {self._max_keys + 1}"
         )

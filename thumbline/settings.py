@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from thumbline.errors import ConfigError
-from thumbline.schemas import TimeBounds
+from thumbline.schemas import Annotator, TimeBounds
 
 ENV_PREFIX = "THUMBLINE_"
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
@@ -175,12 +175,25 @@ class Settings(BaseSettings):
         5_000_000, ge=100, le=1_000_000_000,
         description="Most events counted in open rate windows; rows past it are left out.",
     )  # fmt: skip
+    rates_annotators: str = Field(
+        "end_user",
+        description="Whose feedback the rates and alerts count, comma-separated: end_user, "
+        "reviewer, evaluator (an LLM judge), code.",
+    )
     alert_max_tracks: int = Field(
         10_000, ge=10, le=10_000_000,
         description="Most alerts firing or cooling down at once; new spikes past it are not "
         "tracked.",
     )  # fmt: skip
     alert_rules: Path | None = Field(None, description="A TOML file of spike rules.")
+    score_configs: Path | None = Field(
+        None,
+        description="A TOML ([[score]] tables) or JSON file of score configs, stored by "
+        "thumbline up at start as new versions where they changed.",
+    )
+    score_configs_seconds: float = Field(
+        5.0, gt=0, le=3600, description="How often the join reads the score configs again."
+    )
     alert_webhook_urls: SecretStr | None = Field(
         None, description="Comma-separated URLs that get each alert (Slack-compatible JSON)."
     )
@@ -334,6 +347,19 @@ class Settings(BaseSettings):
                 raise ValueError("alert_webhook_urls: each URL needs http:// or https://")
         return self
 
+    @field_validator("rates_annotators")
+    @classmethod
+    def _annotators(cls, value: str) -> str:
+        names = [x.strip() for x in value.split(",") if x.strip()]
+        known = [a.value for a in Annotator]
+        unknown = [x for x in names if x not in known]
+        if unknown or not names:
+            raise ValueError(
+                f"takes one or more of {', '.join(known)}, comma-separated (e.g. "
+                f"end_user,reviewer); {unknown[0] + ' is not one' if unknown else 'it is empty'}"
+            )
+        return ",".join(dict.fromkeys(names))
+
     @model_validator(mode="after")
     def _workers(self) -> Settings:
         if self.stream_workers > self.partitions:
@@ -428,6 +454,11 @@ class Settings(BaseSettings):
     @property
     def sliding_windows(self) -> tuple[int, ...]:
         return tuple(int(x) for x in self.rate_sliding_seconds.split(",") if x.strip())
+
+    @property
+    def counted_annotators(self) -> tuple[str, ...]:
+        """Whose feedback the rates count (THUMBLINE_RATES_ANNOTATORS)."""
+        return tuple(self.rates_annotators.split(","))
 
     @property
     def webhook_urls(self) -> tuple[str, ...]:

@@ -97,8 +97,9 @@ async def test_a_batch_gets_a_result_per_item_and_a_retry_makes_no_second_row(
     rows = await rows_for(thumbline_bin, gateway.env, query, 2)
     assert [(r["event_id"], r["label"], r["source"], r["annotator"]) for r in rows] == [
         (f"{run_id}-1", "bad", "explicit", "end_user"),
-        # the server derives source (implicit), and over HTTP feedback is an end user's
-        (f"{run_id}-3", "neutral", "implicit", "end_user"),
+        # the server derives source (implicit); with no key yet (loopback only), the body
+        # says who gave it (an end users' key could not: tests/integration/test_annotators.py)
+        (f"{run_id}-3", "neutral", "implicit", "evaluator"),
     ]
     assert all(r["year"] >= 2026 for r in rows)  # the server stamps received_at
     assert {(r["project"], r["model"], r["user_id"], r["join_status"]) for r in rows} == {

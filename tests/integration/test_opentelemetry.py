@@ -40,7 +40,8 @@ async def until(check, timeout: float = 60.0) -> Any:
 @pytest.fixture(scope="module")
 async def otel(broker, thumbline_bin, clean_env, tmp_path_factory) -> AsyncIterator[dict]:
     """Two `thumbline up`: one reads the Collector's topic as otlp_proto, the other as
-    otlp_json; the first has an ingest key for project support-bot."""
+    otlp_json; the first has an ingest key for project support-bot (and a read key, and an
+    ingest key for an evaluator's feedback)."""
     ups: list[Up] = []
     out: dict[str, Any] = {}
     try:
@@ -52,11 +53,11 @@ async def otel(broker, thumbline_bin, clean_env, tmp_path_factory) -> AsyncItera
             up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp / "data")
             ups.append(up)
             out[encoding] = {"up": up, "topic": topic, "env": env}
-        for scope in ("ingest", "read"):
+        for scope, *more in (("ingest",), ("read",), ("ingest", "--annotator", "evaluator")):
             made = run(thumbline_bin, ups[0].env, "keys", "create", "--scope", scope,
-                       "--project", PROJECT)  # fmt: skip
+                       "--project", PROJECT, *more)  # fmt: skip
             assert made.returncode == 0, made.stderr
-            out[f"{scope}_key"] = made.stdout.strip()
+            out["judge_key" if more else f"{scope}_key"] = made.stdout.strip()
         out["key"] = out["ingest_key"]
         yield out
     finally:
@@ -115,7 +116,9 @@ async def test_the_sdk_exporter_configured_by_environment_variables_just_works(o
     up = otel["otlp_proto"]["up"]
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                        f"{up.info.gateway_url}/otlp/v1/traces")  # fmt: skip
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"x-api-key={otel['key']}")
+    # spans that carry a judge's evaluations come with a key made for evaluator feedback (an
+    # end users' key has them refused: tests/integration/test_annotators.py)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"x-api-key={otel['judge_key']}")
     exporter = OTLPSpanExporter()  # reads the variables, as in any instrumented app
     results: list[SpanExportResult] = []
 

@@ -47,11 +47,14 @@ class TestMigrations:
             "api_keys": "ReplacingMergeTree",
             "bad_rate_by_model_hourly": "View",
             "dead_letters": "ReplacingMergeTree",
+            "evaluator_agreement": "View",
+            "evaluator_agreement_pairs": "View",
             "feedback": "ReplacingMergeTree",
             "feedback_latest": "View",
             "feedback_rates": "ReplacingMergeTree",
             "implicit_signals_by_model": "View",
             "schema_migrations": "ReplacingMergeTree",
+            "score_configs": "ReplacingMergeTree",
             "scores_by_trace": "View",
             "thumbs_by_capability": "View",
             "traces": "ReplacingMergeTree",
@@ -245,6 +248,25 @@ class TestAnnotatorMigration:
                 f"SELECT event_id, annotator FROM {db}.feedback_latest ORDER BY event_id"
             ).result_rows
             assert rows == [("e-judge", "evaluator"), ("e-old", "end_user")]
+        finally:
+            store.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+class TestKeyAnnotatorMigration:
+    """0011: keys made before it are end users' keys."""
+
+    def test_an_old_key_writes_end_users_feedback(self, store):
+        db = unique("before_key_annotator")
+        try:
+            migrate_to(store, db, 10)
+            store.command(
+                f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, name, "
+                "created_at, version) VALUES ('00000000000000aa', 'x', 'ingest', 'p', 'old', "
+                "now64(3), 1)"
+            )
+            apply_migrations(store, db)
+            rows = store.query(f"SELECT key_id, annotator FROM {db}.api_keys FINAL").result_rows
+            assert rows == [("00000000000000aa", "")]
         finally:
             store.command(f"DROP DATABASE IF EXISTS {db}")
 

@@ -1,8 +1,9 @@
 """The ``thumbline`` command line: the one place that builds settings and prints.
 
 One module per command group: :mod:`.pipeline` (up, gateway, migrate, loadgen),
-:mod:`.read` (sql, inbox, rates, alerts, trace), :mod:`.send` (send feedback,
-send trace), :mod:`.admin` (topics, keys, schemas); :mod:`.common` holds the app,
+:mod:`.read` (sql, inbox, rates, alerts, trace), :mod:`.agreement`, :mod:`.send` (send feedback,
+send trace), :mod:`.admin` (topics, keys, schemas), :mod:`.scores` (score configs);
+:mod:`.common` holds the app,
 its consoles and settings, :mod:`.commands` puts them together.
 
 ``pip install thumbline`` is the SDK alone; the command needs the server's

@@ -70,27 +70,40 @@ def keys_create(
         str, typer.Option(help="The one project the key may use (not for admin keys).")
     ] = "",
     name: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    annotator: Annotated[
+        str,
+        typer.Option(
+            help="Who the feedback of this ingest key comes from: reviewer, evaluator (an LLM "
+            "judge) or code. Default: end users (what a browser key sends)."
+        ),
+    ] = "",
 ) -> None:
     """Create an API key; the full key is shown this once."""
     from thumbline.keys import create_key
 
-    key = create_key(store_settings(), scope=scope, project=project, name=name)  # type: ignore[arg-type]
+    key = create_key(
+        store_settings(), scope=scope, project=project, name=name, annotator=annotator,  # type: ignore[arg-type]
+    )  # fmt: skip
     out.print(key, markup=False)
-    err.print(f"{scope} key for {project or 'every project'}: store it now, it is not shown again")
+    who = f" ({annotator} feedback)" if annotator and annotator != "end_user" else ""
+    err.print(
+        f"{scope} key for {project or 'every project'}{who}: store it now, it is not shown again"
+    )
 
 
 @keys_app.command("list", env=STORE)
 def keys_list() -> None:
-    """The keys: id, scope, project, name, created, revoked (never the secret)."""
+    """The keys: id, scope, project, annotator, name, created, revoked (never the secret)."""
     from thumbline.keys import list_keys
 
     table = Table(
-        "key id", "scope", "project", "name", "created", "revoked", box=None,
+        "key id", "scope", "project", "annotator", "name", "created", "revoked", box=None,
         header_style="bold", pad_edge=False,
     )  # fmt: skip
     for k in list_keys(store_settings()):
         created = k.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        table.add_row(k.key_id, k.scope, k.project or "*", k.name, created, "yes" * k.revoked)
+        who = k.writes_as if k.scope == "ingest" else "-"
+        table.add_row(k.key_id, k.scope, k.project or "*", who, k.name, created, "yes" * k.revoked)
     out.print(table)
 
 

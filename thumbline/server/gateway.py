@@ -19,6 +19,7 @@ from thumbline.outages import Waits
 from thumbline.producers.gateway import Gateway, build_app, check_exposure
 from thumbline.producers.kafka import FeedbackProducer
 from thumbline.sandbox import Sandbox, warn_if_unwalled
+from thumbline.score_configs import sandbox_sql
 from thumbline.settings import Settings
 from thumbline.sqlpool import SqlPool
 from thumbline.store import open_client
@@ -72,6 +73,7 @@ class GatewayProcess:
                 ack_timeout=s.gateway_ack_timeout_seconds, time_bounds=s.time_bounds,
                 problems=self.waits.problems, otlp_project=s.otlp_project,
                 capture_content=s.capture_content,
+                score_sql=sandbox_sql(s, open_path=False),
             )  # fmt: skip
             self._gateway = await Gateway(app, host=s.gateway_host, port=s.gateway_port).start()
             self.url = self._gateway.url

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
 
-from thumbline import runfile
+from thumbline import runfile, score_configs
 from thumbline.broker import EmbeddedBroker
 from thumbline.children import LOOPBACK, port_free
 from thumbline.errors import BrokerFailed, ConfigError, StoreLocked, StreamFailed
@@ -42,6 +42,7 @@ from thumbline.files import make_private, private_umask
 from thumbline.kafka import ensure_topics
 from thumbline.metrics import Metrics, MetricsServer
 from thumbline.outages import Waits
+from thumbline.schemas.score_configs import ScoreConfig
 from thumbline.schemas.topics import Topics, otlp_topic
 from thumbline.seaweed import SeaweedS3
 from thumbline.server.gateway import GatewayProcess
@@ -164,6 +165,8 @@ class Runtime:
         _make_private(s)
         _own_temp_dir(s.data_dir / "tmp")
         try:
+            # a bad file fails before anything starts
+            configs = score_configs.load_file(s.score_configs) if s.score_configs else []
             if s.kafka_bootstrap is None:
                 # Started on this (the main) thread on purpose: PR_SET_PDEATHSIG fires when
                 # the thread that spawned the broker exits, and a pool thread may exit early.
@@ -195,6 +198,8 @@ class Runtime:
                 )  # fmt: skip
             self._client = await asyncio.to_thread(_open_store, s)
             applied = await asyncio.to_thread(apply_migrations, self._client, s.clickhouse_database)
+            if configs:  # before the join starts: it reads them at start
+                await asyncio.to_thread(self._store_score_configs, configs)
             from thumbline.stream_jobs.app import StreamApp  # faust is heavy: imported when it runs
 
             if s.metrics_enabled:
@@ -249,6 +254,17 @@ class Runtime:
             broker_storage=self._broker_storage,
             broker_dir=s.broker_dir.resolve() if self._broker and self._broker.durable else None,
         )
+
+    def _store_score_configs(self, configs: list[ScoreConfig]) -> None:
+        assert self._client is not None  # noqa: S101 (opened first)
+        sql = score_configs.client_sql(self._client)
+        for config, changed in score_configs.apply_configs(
+            sql, self.settings.clickhouse_database, configs
+        ):
+            logger.info(
+                "score config %s of %s: version %d%s", config.name, config.project,
+                config.version, " (new)" if changed else "",
+            )  # fmt: skip
 
     def _write_run_file(self) -> None:
         """Write the run file with the broker's current pids (they change when it is restarted)."""

@@ -19,6 +19,13 @@ ROUTES = {  # (method, path): the error statuses the route answers
     ("get", "/v1/feedback"): {"401", "403", "422", "503"},  # 503: the store did not answer
     ("get", "/v1/traces/{trace_id}"): {"401", "403", "404", "503"},
     ("get", "/v1/conversations/{conversation_id}"): {"401", "403", "404", "503"},
+    # hosted products' own paths (gateway_vendors)
+    ("post", "/v1/datasets/{dataset}/ingest"): INGEST,
+    ("post", "/v1/ingest/{dataset}"): INGEST,
+    ("post", "/v1/project_logs/{project_id}/feedback"): INGEST,
+    ("post", "/v1/project_logs/{project_id}/insert"): INGEST,
+    ("patch", "/v1/traces/{trace_id}"): INGEST,
+    ("patch", "/v1/traces/{trace_id}/spans/{span_id}"): INGEST,
 }
 
 
@@ -58,7 +65,7 @@ def test_every_route_documents_the_errors_it_answers(spec, method, path):
         if code in ("429", "503"):
             assert body == {"RetryLater"}
             assert "Retry-After" in responses[code]["headers"]
-        elif code == "422" and method == "post":
+        elif code == "422" and method in ("post", "patch"):
             assert body == {"IngestResult", "Error"}  # per item results, or an empty batch
         else:
             assert body == {"Error"}

@@ -131,6 +131,15 @@ class TestWindows:
             1, 0, 1, 0, 0, 1,
         )  # fmt: skip
 
+    def test_the_annotators_counted_are_configurable(self, clock):
+        rates = RateState(window=60, sliding=(), lateness=30, annotators=("end_user", "reviewer"),
+                          clock=clock)  # fmt: skip
+        rates.apply([row(T0 + 1, "good"), row(T0 + 2, "bad", comment="wrong", annotator="reviewer"),
+                     row(T0 + 3, "bad", annotator="evaluator")])  # fmt: skip
+        assert [s[1] for s in rates.samples(BY_MODEL, T0, T0 + 60)] == ["wrong"]
+        m = base_rows(rates.advance(T0 + 90, {}))[(60, "m1", ALL)]
+        assert (m.good, m.bad, m.total) == (1, 1, 2)
+
     def test_a_row_without_an_annotator_is_an_end_users(self, rates):
         rates.apply([row(T0 + 1, "bad"), row(T0 + 2, "bad", annotator="end_user")])
         assert base_rows(rates.advance(T0 + 90, {}))[(60, "m1", ALL)].bad == 2

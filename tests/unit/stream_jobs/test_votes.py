@@ -126,3 +126,20 @@ def test_feedback_on_a_conversation_waits_until_a_look_in_the_store_finds_its_tr
         "", "conversation", "m-new", "joined",
     )  # fmt: skip
     assert state.waiting_targets() == [] and state.pending_count == 1
+
+
+def test_a_score_config_turns_one_vote_per_person_on_for_its_name_and_project_only():
+    from thumbline.schemas.score_configs import ScoreConfig
+    from thumbline.stream_jobs.votes import votes_rule
+
+    configs = [
+        ScoreConfig.parse({"project": "p", "name": "helpful", "kind": "thumb",
+                           "one_vote_per_user": True}),
+        ScoreConfig.parse({"project": "p", "name": "stars", "kind": "rating"}),
+    ]  # fmt: skip
+    rule = votes_rule(configs, setting=False)
+    assert rule is not None
+    assert [rule("p", "helpful"), rule("p", "stars"), rule("q", "helpful")] == [True, False, False]
+    assert votes_rule(configs[1:], setting=False) is None  # the join skips the rule
+    everywhere = votes_rule(configs[1:], setting=True)
+    assert everywhere is not None and everywhere("q", "anything")

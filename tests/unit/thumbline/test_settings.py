@@ -168,3 +168,16 @@ def test_the_question_and_the_answer_are_captured_unless_turned_off(monkeypatch)
     monkeypatch.setenv("THUMBLINE_CAPTURE_CONTENT", "sometimes")
     with pytest.raises(ConfigError, match="THUMBLINE_CAPTURE_CONTENT"):
         load_settings()
+
+
+def test_the_rates_count_end_users_unless_told_which_annotators_to_count(monkeypatch):
+    assert load_settings().counted_annotators == ("end_user",)
+    monkeypatch.setenv("THUMBLINE_RATES_ANNOTATORS", " end_user, reviewer,reviewer ")
+    assert load_settings().counted_annotators == ("end_user", "reviewer")
+    monkeypatch.setenv("THUMBLINE_RATES_ANNOTATORS", "end_user,judge")
+    with pytest.raises(ConfigError, match="THUMBLINE_RATES_ANNOTATORS: takes one or more of "
+                       "end_user, reviewer, evaluator, code.*judge is not one"):  # fmt: skip
+        load_settings()
+    monkeypatch.setenv("THUMBLINE_RATES_ANNOTATORS", " , ")
+    with pytest.raises(ConfigError, match="it is empty"):
+        load_settings()
