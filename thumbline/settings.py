@@ -73,9 +73,10 @@ class Settings(BaseSettings):
     )  # fmt: skip
     one_vote_per_user: bool = Field(
         False,
-        description="One vote per person: feedback with a user_id replaces that person's earlier "
-        "feedback of the same name on the same target (trace, conversation or session), on "
-        "every input path. Off: every event with its own event_id is its own row.",
+        description="One vote per person for every feedback name: feedback with a user_id "
+        "replaces that person's earlier feedback of the same name on the same target (trace, "
+        "conversation or session), on every input path. Off: only for the names whose score "
+        "config says one_vote_per_user.",
     )
     join_retention_seconds: float = Field(
         7 * 86400.0, gt=0, description="How long the join holds a trace's attributes in memory."

@@ -247,3 +247,36 @@ async def test_send_feedback_from_the_command_line_rates_a_whole_conversation(up
     )
     rows = await until_rows(thumbline_bin, up.env, sql, lambda r: len(r) == 1)
     assert [(r["trace_id"], r["target"], r["label"]) for r in rows] == [("", "conversation", "bad")]
+
+
+async def test_a_score_configs_flag_makes_one_vote_per_person_for_its_name_only(
+    broker, clean_env, thumbline_bin, tmp_path
+):
+    project, trace_id = unique("cfg"), unique("ct")
+    scores = tmp_path / "scores.toml"
+    scores.write_text(
+        f'[[score]]\nproject = "{project}"\nname = "helpful"\nkind = "thumb"\n'
+        "one_vote_per_user = true\n"
+    )
+    env = await worker_env(broker, clean_env, tmp_path, "votecfg",
+                           THUMBLINE_SCORE_CONFIGS=str(scores))  # fmt: skip
+    running = await asyncio.to_thread(start_up, thumbline_bin, env, tmp_path / "data")
+    try:
+        at = time.time()
+        prefix = env["THUMBLINE_TOPIC_PREFIX"]
+        async with FeedbackProducer(bootstrap_servers=broker.bootstrap, topic_prefix=prefix) as fb:
+            await fb.trace(trace_id=trace_id, project=project)
+            for name in ("helpful", "other"):
+                for value, when in (("up", at), ("down", at + 0.5)):
+                    await fb.feedback(trace_id, project=project, user_id="ann", name=name,
+                                      kind="thumb", value=value, ts=iso(when))  # fmt: skip
+        sql = (
+            "SELECT name, label FROM thumbline.feedback FINAL "
+            f"WHERE project = '{project}' AND join_status = 'joined' ORDER BY name, label"
+        )
+        rows = await until_rows(thumbline_bin, env, sql, lambda r: len(r) >= 3)
+        assert [(r["name"], r["label"]) for r in rows] == [
+            ("helpful", "bad"), ("other", "bad"), ("other", "good"),
+        ]  # fmt: skip
+    finally:
+        stop(running)
