@@ -52,25 +52,32 @@ class EventHelpers:
 
     # Feedback helpers ------------------------------------------------------
 
-    def _feedback(self, trace_id: str, **fields: Any) -> FeedbackEvent:
+    def _feedback(self, trace_id: str | None, **fields: Any) -> FeedbackEvent:
         return FeedbackEvent.parse({"trace_id": trace_id, **self._fields(fields)})
 
-    async def feedback(self, trace_id: str, **fields: Any) -> Delivery:
+    async def feedback(self, trace_id: str | None, **fields: Any) -> Delivery:
         """Send any feedback: ``label=``, ``kind=``, ``value=``, ``comment=``, ``user_id=``...
 
-        Fields are those of :class:`schemas.FeedbackEvent`. Raises InvalidEvent
-        (nothing sent) or DeliveryFailed.
+        Fields are those of :class:`schemas.FeedbackEvent`. ``trace_id`` None with
+        ``conversation_id=`` (or ``session_id=``): feedback on the whole conversation
+        (or session); so for every helper below. Raises InvalidEvent (nothing sent)
+        or DeliveryFailed.
         """
         return await self.send(self._feedback(trace_id, **fields))
 
-    async def thumb_up(self, trace_id: str, **fields: Any) -> Delivery:
+    async def thumb_up(self, trace_id: str | None, **fields: Any) -> Delivery:
         return await self.feedback(trace_id, kind=FeedbackKind.THUMB, value="up", **fields)
 
-    async def thumb_down(self, trace_id: str, **fields: Any) -> Delivery:
+    async def thumb_down(self, trace_id: str | None, **fields: Any) -> Delivery:
         return await self.feedback(trace_id, kind=FeedbackKind.THUMB, value="down", **fields)
 
     async def rating(
-        self, trace_id: str, value: float, *, range: tuple[float, float] = (1, 5), **fields: Any
+        self,
+        trace_id: str | None,
+        value: float,
+        *,
+        range: tuple[float, float] = (1, 5),
+        **fields: Any,
     ) -> Delivery:
         """A star rating; ``range`` is the scale (default 1-5 stars)."""
         return await self.feedback(
@@ -79,7 +86,7 @@ class EventHelpers:
 
     async def score(
         self,
-        trace_id: str,
+        trace_id: str | None,
         value: float,
         *,
         range: tuple[float, float] | None = None,
@@ -90,22 +97,22 @@ class EventHelpers:
             trace_id, kind=FeedbackKind.SCORE, value=value, range=range, **fields
         )
 
-    async def boolean(self, trace_id: str, value: bool, **fields: Any) -> Delivery:
+    async def boolean(self, trace_id: str | None, value: bool, **fields: Any) -> Delivery:
         """A yes/no answer ("was this helpful?")."""
         return await self.feedback(trace_id, kind=FeedbackKind.BOOL, value=value, **fields)
 
-    async def text(self, trace_id: str, comment: str, **fields: Any) -> Delivery:
+    async def text(self, trace_id: str | None, comment: str, **fields: Any) -> Delivery:
         return await self.feedback(trace_id, kind=FeedbackKind.TEXT, comment=comment, **fields)
 
-    async def category(self, trace_id: str, category: str, **fields: Any) -> Delivery:
+    async def category(self, trace_id: str | None, category: str, **fields: Any) -> Delivery:
         """A category of issue (incorrect, hallucination...) or of the user's own taxonomy."""
         return await self.feedback(trace_id, kind=FeedbackKind.CATEGORY, value=category, **fields)
 
-    async def signal(self, trace_id: str, name: str, **fields: Any) -> Delivery:
+    async def signal(self, trace_id: str | None, name: str, **fields: Any) -> Delivery:
         """An implicit signal with no value: ``copied``, ``regenerated``..."""
         return await self.feedback(trace_id, kind=FeedbackKind.SIGNAL, name=name, **fields)
 
-    async def correction(self, trace_id: str, correction: str, **fields: Any) -> Delivery:
+    async def correction(self, trace_id: str | None, correction: str, **fields: Any) -> Delivery:
         """The answer the user expected, or their edit of it (label ``edit``)."""
         return await self.feedback(
             trace_id, kind=FeedbackKind.CORRECTION, correction=correction, **fields

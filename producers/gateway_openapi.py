@@ -46,7 +46,8 @@ def openapi_of(app: FastAPI) -> dict[str, Any]:
     }
     shaped["parameters"][0]["schema"] = {"type": "string", "enum": sorted(SHAPES)}
     # FastAPI documents a 422 wherever a route has parameters; a str in the path cannot fail
-    paths["/v1/traces/{trace_id}"]["get"]["responses"].pop("422", None)
+    for path in ("/v1/traces/{trace_id}", "/v1/conversations/{conversation_id}"):
+        paths[path]["get"]["responses"].pop("422", None)
     if b"HTTPValidationError" not in orjson.dumps(paths):  # every 422 is ours: {"error"}
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)

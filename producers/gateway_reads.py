@@ -208,6 +208,38 @@ def add_read_routes(
         })  # fmt: skip
         return Response(body, media_type="application/json")
 
+    @app.get("/v1/conversations/{conversation_id}", responses=responses({**READ_ERRORS, 404: "No "
+             "trace and no feedback of this conversation (in the key's project)."}))  # fmt: skip
+    async def get_conversation(conversation_id: str, request: Request) -> Response:
+        """A conversation's traces (their spans, oldest first) and all feedback on them and on
+        the conversation itself (feedback on the whole conversation has an empty trace_id)."""
+        key = await core.authenticate(request, "read")
+        project = own_project(key, None)
+        scope = f" AND project = {literal(project)}" if project else ""
+        spans = await select(
+            "SELECT trace_id, span_id, parent_span_id, name, project, environment, model, "  # noqa: S608
+            "capability, step, user_id, session_id, start_time, end_time, latency_ms, "
+            f"total_tokens, cost_usd, status, error, input, output FROM {database}.traces FINAL "
+            f"WHERE conversation_id = {literal(conversation_id)}{scope} "
+            "ORDER BY start_time, trace_id, span_id"
+        )
+        try:
+            own = inbox_sql(database, InboxFilter(
+                project=project, conversation_id=conversation_id, limit=10_000))  # fmt: skip
+        except ValueError as exc:  # an id longer than any the inbox takes
+            no = f"no conversation {conversation_id[:64]!r}...: {exc}"
+            raise HTTPException(404, no) from None
+        feedback = await rows_of(own)
+        if spans.body == b"[]" and not feedback:
+            raise HTTPException(404, f"no conversation {conversation_id!r}"
+                                + (f" in project {project!r}" if project else ""))  # fmt: skip
+        body = orjson.dumps({
+            "conversation_id": conversation_id,
+            "spans": with_zones(orjson.loads(spans.body), SPAN_TIMES),
+            "feedback": with_zones(feedback, TIME_COLUMNS),
+        })  # fmt: skip
+        return Response(body, media_type="application/json")
+
     @app.get("/v1/agreement", responses=responses({**READ_ERRORS, 422: "A filter is invalid "
              "(e.g. since=7 parsecs, limit=0): the error names it."}))  # fmt: skip
     async def get_agreement(

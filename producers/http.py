@@ -163,7 +163,8 @@ class GatewayProducer(EventHelpers):
             result = results[index] if index < len(results) else {}
             if status in (202, 207) and result.get("status") == "accepted":
                 future.set_result(Delivery(
-                    event_id=getattr(event, "event_id", event.span_id), trace_id=event.trace_id,
+                    event_id=getattr(event, "event_id", event.span_id),
+                    trace_id=event.trace_id or "",
                     topic=batch.path, partition=-1, offset=-1, index=index,
                 ))  # fmt: skip
             else:

@@ -52,7 +52,7 @@ class _Batch:
         event = self.events[index]
         return Delivery(
             event_id=getattr(event, "event_id", event.span_id),
-            trace_id=event.trace_id,
+            trace_id=event.trace_id or "",
             topic=self.topic,
             partition=self.partition,
             offset=offset,
@@ -199,7 +199,7 @@ class FeedbackProducer(EventHelpers):
                 [("(event)", len(encoded), f"is larger than {self._max_bytes} bytes encoded")],
             )
         topic = self._topics.feedback if isinstance(event, FeedbackEvent) else self._topics.traces
-        key = (topic.name, partition_for(event.trace_id, self._partitions[topic.name]))
+        key = (topic.name, partition_for(event.join_key, self._partitions[topic.name]))
         batch = self._batches.get(key)
         if batch is not None and batch.size + len(encoded) + 1 > self._max_bytes:
             self._send_batch(key)

@@ -75,34 +75,34 @@ class SyncFeedbackProducer:
     def flush(self) -> None:
         self._call(lambda p: p.flush())
 
-    def feedback(self, trace_id: str, **fields: Any) -> Delivery:
+    def feedback(self, trace_id: str | None, **fields: Any) -> Delivery:
         return self._call(lambda p: p.feedback(trace_id, **fields))
 
-    def thumb_up(self, trace_id: str, **fields: Any) -> Delivery:
+    def thumb_up(self, trace_id: str | None, **fields: Any) -> Delivery:
         return self._call(lambda p: p.thumb_up(trace_id, **fields))
 
-    def thumb_down(self, trace_id: str, **fields: Any) -> Delivery:
+    def thumb_down(self, trace_id: str | None, **fields: Any) -> Delivery:
         return self._call(lambda p: p.thumb_down(trace_id, **fields))
 
-    def rating(self, trace_id: str, value: float, **fields: Any) -> Delivery:
+    def rating(self, trace_id: str | None, value: float, **fields: Any) -> Delivery:
         return self._call(lambda p: p.rating(trace_id, value, **fields))
 
-    def score(self, trace_id: str, value: float, **fields: Any) -> Delivery:
+    def score(self, trace_id: str | None, value: float, **fields: Any) -> Delivery:
         return self._call(lambda p: p.score(trace_id, value, **fields))
 
-    def boolean(self, trace_id: str, value: bool, **fields: Any) -> Delivery:
+    def boolean(self, trace_id: str | None, value: bool, **fields: Any) -> Delivery:
         return self._call(lambda p: p.boolean(trace_id, value, **fields))
 
-    def text(self, trace_id: str, comment: str, **fields: Any) -> Delivery:
+    def text(self, trace_id: str | None, comment: str, **fields: Any) -> Delivery:
         return self._call(lambda p: p.text(trace_id, comment, **fields))
 
-    def category(self, trace_id: str, category: str, **fields: Any) -> Delivery:
+    def category(self, trace_id: str | None, category: str, **fields: Any) -> Delivery:
         return self._call(lambda p: p.category(trace_id, category, **fields))
 
-    def signal(self, trace_id: str, name: str, **fields: Any) -> Delivery:
+    def signal(self, trace_id: str | None, name: str, **fields: Any) -> Delivery:
         return self._call(lambda p: p.signal(trace_id, name, **fields))
 
-    def correction(self, trace_id: str, correction: str, **fields: Any) -> Delivery:
+    def correction(self, trace_id: str | None, correction: str, **fields: Any) -> Delivery:
         return self._call(lambda p: p.correction(trace_id, correction, **fields))
 
     def trace(self, **fields: Any) -> str:

@@ -4,7 +4,15 @@ the wire format and the ClickHouse migrations. Imports nothing else from the pro
 
 from thumbline.schemas._base import TimeBounds
 from thumbline.schemas.errors import InvalidEvent, ThumblineError, WireError
-from thumbline.schemas.feedback import Annotator, FeedbackEvent, FeedbackKind, Label, Source
+from thumbline.schemas.feedback import (
+    Annotator,
+    FeedbackEvent,
+    FeedbackKind,
+    Label,
+    Source,
+    Target,
+    target_key,
+)
 from thumbline.schemas.records import (
     Alert,
     AlertState,
@@ -30,6 +38,7 @@ __all__ = [
     "Label",
     "RateWindow",
     "Source",
+    "Target",
     "ThumblineError",
     "TimeBounds",
     "Topic",
@@ -41,4 +50,5 @@ __all__ = [
     "encode_batch",
     "encode_event",
     "partition_for",
+    "target_key",
 ]

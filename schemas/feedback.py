@@ -132,6 +132,30 @@ class Annotator(StrEnum):
     CODE = "code"  # a deterministic check (a test, a regex, a validator)
 
 
+class Target(StrEnum):
+    """What feedback is about: the answer of a trace, or a whole conversation or session."""
+
+    TRACE = "trace"
+    CONVERSATION = "conversation"
+    SESSION = "session"
+
+
+def target_key(target: str | None, trace_id: str | None, conversation_id: str | None,
+               session_id: str | None) -> str:  # fmt: skip
+    """What the join keys and routes feedback by: the trace id, or for a conversation or
+    session ``"conversation <id>"``/``"session <id>"`` (a space: in no id, so no trace
+    id can be the same string)."""
+    if target == Target.CONVERSATION and conversation_id:
+        return f"conversation {conversation_id}"
+    if target == Target.SESSION and session_id:
+        return f"session {session_id}"
+    if trace_id:
+        return trace_id
+    if conversation_id:
+        return f"conversation {conversation_id}"
+    return f"session {session_id or ''}"
+
+
 class FeedbackEvent(Contract):
     """One piece of feedback about the answer a trace produced: an end user's, unless
     ``annotator`` says a reviewer, an evaluator or code gave it."""
@@ -143,7 +167,21 @@ class FeedbackEvent(Contract):
         description="The client's idempotency key: the same id sent again replaces the earlier "
         "value. Generated when absent.",
     )
-    trace_id: Id = Field(description="The trace that produced the answer.")
+    client_event_id: Id | None = Field(
+        None,
+        description="Set by the join when one vote per person applies: the event_id the client "
+        "sent, while event_id becomes the vote's (project, target, name, user_id).",
+    )
+    trace_id: Id | None = Field(
+        None,
+        description="The trace that produced the answer. Absent: the feedback is about a whole "
+        "conversation (conversation_id) or session (session_id).",
+    )
+    target: Target | None = Field(
+        None,
+        description="What the feedback is about: trace, conversation or session. Derived: trace "
+        "when trace_id is given, else conversation, else session.",
+    )
     span_id: Id | None = Field(None, description="A span of the trace; absent: the whole trace.")
     name: Name | None = Field(
         None, description="What is measured: response-quality, star-rating... Default: the kind."
@@ -208,6 +246,14 @@ class FeedbackEvent(Contract):
     ts: datetime = Field(default_factory=utc_now, description="Event time, with a timezone.")
     received_at: datetime | None = Field(None, description="Stamped by the ingest point.")
 
+    @property
+    def join_key(self) -> str:
+        """The key the join holds and routes this feedback by (:func:`target_key`)."""
+        trace_id = self.trace_id
+        if trace_id and self.target is Target.TRACE:  # nearly every event: no call
+            return trace_id
+        return target_key(self.target, self.trace_id, self.conversation_id, self.session_id)
+
     @field_validator("kind", mode="before")
     @classmethod
     def _aliases(cls, value: Any) -> Any:
@@ -244,6 +290,10 @@ class FeedbackEvent(Contract):
             except ValueError as exc:
                 raise ValueError(f"metadata: {exc}") from None
         updates = derive(event)
+        target = derive_target(event.target, event.trace_id, event.conversation_id,
+                               event.session_id)  # fmt: skip
+        if target is not event.target:
+            updates["target"] = target
         # The instance is not published yet: fill the derived fields in place
         # (model_copy costs more than the whole validation on the stream's hot path).
         for name, value in updates.items():
@@ -279,6 +329,35 @@ def check_value(value: Any) -> Any:
     if isinstance(value, str) and len(value) > MAX_CORRECTION_LEN:
         raise ValueError(f"is longer than {MAX_CORRECTION_LEN} characters")
     return value
+
+
+def derive_target(
+    target: Target | None, trace_id: str | None, conversation_id: str | None,
+    session_id: str | None,
+) -> Target:  # fmt: skip
+    """The target an event names, or the one its ids imply (ValueError when it has none)."""
+    if target is None:
+        if trace_id:
+            return Target.TRACE
+        if conversation_id:
+            return Target.CONVERSATION
+        if session_id:
+            return Target.SESSION
+        raise ValueError(
+            "trace_id: give the trace the feedback is about, or a conversation_id or "
+            "session_id for feedback on a whole conversation or session"
+        )
+    needs = {Target.TRACE: ("trace_id", trace_id),
+             Target.CONVERSATION: ("conversation_id", conversation_id),
+             Target.SESSION: ("session_id", session_id)}[target]  # fmt: skip
+    if not needs[1]:
+        raise ValueError(f"target: feedback on a {target} needs its {needs[0]}")
+    if target is not Target.TRACE and trace_id:
+        raise ValueError(
+            f"target: feedback on a whole {target} carries no trace_id; leave target out "
+            "for feedback on the trace"
+        )
+    return target
 
 
 class FeedbackFields(Protocol):

@@ -17,7 +17,16 @@ from typing import Any, Literal
 from pydantic import Field
 
 from thumbline.schemas._base import Contract
-from thumbline.schemas.feedback import Annotator, FeedbackEvent, FeedbackKind, Id, Name, Source
+from thumbline.schemas.feedback import (
+    Annotator,
+    FeedbackEvent,
+    FeedbackKind,
+    Id,
+    Name,
+    Source,
+    Target,
+    target_key,
+)
 from thumbline.schemas.trace import TraceEvent, TraceStatus
 
 
@@ -47,7 +56,9 @@ class EnrichedFeedback(Contract):
 
     schema_version: Literal[1] = 1
     event_id: Id
-    trace_id: Id
+    client_event_id: str | None = None
+    trace_id: str = Field("", description="Empty for feedback on a conversation or session.")
+    target: Target = Target.TRACE
     span_id: Id | None = None
     name: Name
     kind: FeedbackKind
@@ -82,6 +93,11 @@ class EnrichedFeedback(Contract):
         0, ge=0, description="The score config version that decided label and score; 0: none."
     )
     version: int = Field(ge=0, description="Higher replaces lower for the same event_id.")
+
+    @property
+    def join_key(self) -> str:
+        """The key the join held it by: its trace id, or its conversation's or session's."""
+        return target_key(self.target, self.trace_id, self.conversation_id, self.session_id)
 
 
 class _Window(Contract):

@@ -84,7 +84,8 @@ class ScoreConfig(Contract):
         default_factory=dict, description="category -> label, for a category kind."
     )
     description: str = Field("", max_length=MAX_DESCRIPTION_LEN)
-    #: Carried for the one-vote-per-person rule (applied elsewhere).
+    #: One vote per person for this name (stream_jobs/votes.py), also when
+    #: THUMBLINE_ONE_VOTE_PER_USER is off.
     one_vote_per_user: StrictBool = False
     version: int = Field(0, ge=0, description="Assigned when stored; 0: not stored yet.")
 

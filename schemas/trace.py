@@ -81,6 +81,11 @@ class TraceEvent(Contract):
     )
     received_at: datetime | None = Field(None, description="Stamped by the ingest point.")
 
+    @property
+    def join_key(self) -> str:
+        """The key the join holds and routes this trace by: its trace id."""
+        return self.trace_id
+
     @model_validator(mode="after")
     def _derive(self) -> TraceEvent:
         settle_times(self, ("start_time", "end_time", "received_at"))

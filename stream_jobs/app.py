@@ -281,6 +281,7 @@ class StreamApp:
             routed=s.key_by_trace,
             score_configs=lambda: load_score_configs(configs_client, db),
             score_configs_seconds=s.score_configs_seconds,
+            one_vote_per_user=s.one_vote_per_user,
         )
         job.set_score_configs(configs)
         return job

@@ -263,7 +263,7 @@ class DecodeInput:
                 raw = orjson.dumps(item)
                 self._dead(batch, dead_letter(origin, index, reason, str(exc), raw))
                 continue
-            target = partition_for(event.trace_id, self.partitions)
+            target = partition_for(event.join_key, self.partitions)
             if target != here:
                 batch.forward[target][kind].append(
                     type(event).__pydantic_serializer__.to_json(event, exclude_none=True)
@@ -327,7 +327,7 @@ class DecodeInput:
         feedback: list[FeedbackEvent] = []
         for kind, events in groups:
             for event in events:
-                target = partition_for(event.trace_id, self.partitions)
+                target = partition_for(event.join_key, self.partitions)
                 if target != here:
                     batch.forward[target][kind].append(
                         type(event).__pydantic_serializer__.to_json(event, exclude_none=True)

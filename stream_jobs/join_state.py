@@ -46,6 +46,7 @@ from thumbline.schemas import (
     FeedbackKind,
     JoinStatus,
     Source,
+    Target,
     TraceEvent,
     TraceStatus,
 )
@@ -65,7 +66,7 @@ Key = tuple[str, str]
 
 def key_of(event: FeedbackEvent | TraceEvent) -> Key:
     """The trace an event belongs to: its project and trace id."""
-    return (event.project or DEFAULT_PROJECT, event.trace_id)
+    return (event.project or DEFAULT_PROJECT, event.join_key)
 
 
 RANK = {JoinStatus.PENDING: 0, JoinStatus.ORPHAN: 1, JoinStatus.JOINED: 2, JoinStatus.CORRECTED: 3}
@@ -186,8 +187,16 @@ class Pending:
 
 
 def version_of(event: FeedbackEvent, status: JoinStatus) -> int:
-    received = event.received_at or event.ts
-    return int(received.timestamp() * 1_000_000) * 4 + RANK[status]
+    """The row's version: when it was received, or for a person's vote when it was given.
+
+    A vote (one vote per person: ``client_event_id`` is set, see
+    :mod:`thumbline.stream_jobs.votes`) shares its event id with the person's other votes
+    on the target, and the later click must win even when both arrive in one message
+    (same ``received_at``) or the earlier one arrives last (a retry): its event time
+    ``ts`` orders them. A copy of the same click has the same ``ts`` and collapses.
+    """
+    when = event.ts if event.client_event_id else (event.received_at or event.ts)
+    return int(when.timestamp() * 1_000_000) * 4 + RANK[status]
 
 
 def enrich(
@@ -203,7 +212,9 @@ def enrich(
         dict(
             schema_version=1,
             event_id=event.event_id,
-            trace_id=event.trace_id,
+            client_event_id=event.client_event_id,
+            trace_id=event.trace_id or "",
+            target=event.target or Target.TRACE,
             span_id=event.span_id,
             name=event.name or "",
             kind=event.kind or FeedbackKind.LABEL,  # always set by validation
@@ -298,6 +309,8 @@ class JoinState:
         # announce() looks at the front only, as expire() does.
         self._unannounced: deque[tuple[float, Key, str, Pending]] = deque()
         self._next_sweep = 0.0  # retention sweeps (a scan of the state) at most every minute
+        # keys of conversations and sessions that feedback waited for (some no longer)
+        self._targets: set[Key] = set()
 
     def add_traces(self, events: Iterable[TraceEvent]) -> list[EnrichedFeedback]:
         """Merge trace events; emit waiting feedback (joined) and orphans (corrected)."""
@@ -352,6 +365,8 @@ class JoinState:
                 out.append(enrich(event, attrs, JoinStatus.JOINED))
                 continue
             waiting = self.pending.setdefault(key, {})
+            if " " in key[1]:  # a conversation or session: its traces are on other partitions
+                self._targets.add(key)
             previous = waiting.get(event.event_id)
             if previous is None or version_of(event, JoinStatus.JOINED) >= version_of(
                 previous.event, JoinStatus.JOINED
@@ -435,6 +450,30 @@ class JoinState:
                 self.traces[key] = attrs
         self._trim(self.traces, self.max_traces, "traces")
 
+    def waiting_targets(self) -> list[Key]:
+        """The conversations and sessions that feedback is waiting for.
+
+        Their traces are routed by their own trace ids, to any partition, so no trace
+        event here ever completes them: the caller looks them up in the store from time
+        to time and hands what it finds to :meth:`resolve`.
+        """
+        self._targets &= self.pending.keys()
+        return list(self._targets)
+
+    def resolve(self, found: dict[Key, TraceAttributes]) -> list[EnrichedFeedback]:
+        """Join the feedback waiting for the traces (or conversations) looked up in ``found``."""
+        now = self.clock()
+        out: list[EnrichedFeedback] = []
+        for key, attrs in found.items():
+            attrs.seen_at = now
+            self.traces[key] = attrs
+            waiting = self.pending.pop(key, {})
+            self.pending_count -= len(waiting)
+            for entry in waiting.values():
+                out.append(enrich(entry.event, attrs, JoinStatus.JOINED))
+                self._released.append(entry.ref)
+        return out
+
     def forget(self, moved: Callable[[str], bool]) -> None:
         """Drop the traces, waiting feedback and orphans of trace ids for which ``moved`` is true.
 
@@ -470,14 +509,7 @@ class JoinState:
                 due[key] = None
         out: list[EnrichedFeedback] = []
         if due and found is not None:
-            for key, attrs in found(list(due)).items():
-                attrs.seen_at = now
-                self.traces[key] = attrs
-                waiting = self.pending.pop(key, {})
-                self.pending_count -= len(waiting)
-                for entry in waiting.values():
-                    out.append(enrich(entry.event, attrs, JoinStatus.JOINED))
-                    self._released.append(entry.ref)
+            out.extend(self.resolve(found(list(due))))
         for key in due:
             waiting = self.pending.get(key)
             if waiting:

@@ -65,9 +65,16 @@ from thumbline.stream_jobs.sink import (
     feedback_record,
     json_arrays,
 )
+from thumbline.stream_jobs.votes import OneVote, one_vote, votes_rule
 from thumbline.stream_jobs.watermarks import Watermarks
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between two looks in the store for the conversations and sessions that
+#: feedback waits for (each one query for all of them).
+TARGET_LOOKUP_SECONDS = 2.0
+#: Most conversations and sessions looked up in one round (one lookup query).
+TARGET_LOOKUP_KEYS = 5_000
 
 
 @dataclass(slots=True, eq=False)
@@ -102,6 +109,10 @@ class JoinTracesJob:
         score_configs_seconds: how often they are read again. A read that fails keeps
             the configs last read and is tried again at the next turn: the stream
             never stops for it.
+        one_vote_per_user: one vote per person for every feedback name (the setting);
+            else for the names whose score config says so (:mod:`thumbline.stream_jobs.votes`).
+            Applied to every validated event before it is joined, so every input path gets
+            the same rows.
     """
 
     def __init__(
@@ -119,8 +130,11 @@ class JoinTracesJob:
         routed: bool = False,
         score_configs: Callable[[], list[ScoreConfig]] | None = None,
         score_configs_seconds: float = 5.0,
+        one_vote_per_user: bool = False,
     ) -> None:
         self.topics = topics
+        self.one_vote_per_user = one_vote_per_user
+        self.one_vote: OneVote | None = votes_rule((), one_vote_per_user)
         self.counts: dict[str, int] = defaultdict(int)
         self.waits = waits or Waits(metrics)
         self.time_bounds = time_bounds
@@ -151,6 +165,7 @@ class JoinTracesJob:
         self.score_configs_seconds = score_configs_seconds
         self._configs_read_at = time.monotonic()
         self._reading_configs: asyncio.Task[None] | None = None
+        self._next_target_lookup = 0.0  # monotonic time of the next look for targets
 
     # The agent's entry point ---------------------------------------------------
 
@@ -172,6 +187,11 @@ class JoinTracesJob:
                 self.marks.handled(event.message)
             for held in batch.held:
                 self.decoder.decode(held.event.message, held, batch)
+            if self.one_vote is not None:
+                applies = self.one_vote
+                batch.feedback = [
+                    ([one_vote(e, applies) for e in items], held) for items, held in batch.feedback
+                ]  # fmt: skip
             rows = self.state.add_traces(batch.traces)
             await self._lookup_unknown(batch)
             for items, held in batch.feedback:
@@ -187,8 +207,10 @@ class JoinTracesJob:
                 await self._flush()
 
     def set_score_configs(self, configs: list[ScoreConfig]) -> None:
-        """Apply ``configs`` to every feedback event decoded from now on."""
+        """Apply ``configs`` to every feedback event decoded from now on (their labels,
+        and which names count one vote per person)."""
         self.decoder.configs = ScoreConfigIndex(configs)
+        self.one_vote = votes_rule(configs, self.one_vote_per_user)
 
     def _refresh_score_configs(self) -> None:
         """Read the score configs again when due, in a task of their own (never waited on)."""
@@ -227,7 +249,8 @@ class JoinTracesJob:
             if self.rebalancing:
                 pass  # no orphans for partitions that may be moving (see revoke)
             elif self.state.pending:
-                rows = await asyncio.to_thread(self.state.expire, self.lookup)
+                rows = await self._look_for_targets()
+                rows += await asyncio.to_thread(self.state.expire, self.lookup)
                 self._release()
                 if rows:
                     await self._emit(rows, [], [], {})
@@ -275,7 +298,7 @@ class JoinTracesJob:
             if gained:
                 found = await asyncio.to_thread(self.load_orphans)
                 self.state.add_orphans(
-                    o for o in found if partition_for(o.trace_id, self.partitions) in gained
+                    o for o in found if partition_for(o.join_key, self.partitions) in gained
                 )
             if lost or gained:
                 logger.info(
@@ -331,6 +354,23 @@ class JoinTracesJob:
             found = await asyncio.to_thread(self.lookup, list(unknown))
             self.state.add_known_traces(found)
 
+    async def _look_for_targets(self) -> list[EnrichedFeedback]:
+        """Feedback on a conversation or session that waits for its first stored trace:
+        looked up again every ``TARGET_LOOKUP_SECONDS`` rather than only when its grace
+        ends (its traces reach the store through other partitions, unseen here). At most
+        ``TARGET_LOOKUP_KEYS`` a round, so that feedback on conversations nobody traces
+        costs one bounded query every round; the others are looked up when their grace
+        ends, as every waiting feedback is."""
+        now = time.monotonic()
+        if now < self._next_target_lookup:
+            return []
+        self._next_target_lookup = now + TARGET_LOOKUP_SECONDS
+        keys = self.state.waiting_targets()[:TARGET_LOOKUP_KEYS]
+        if not keys:
+            return []
+        found = await asyncio.to_thread(self.lookup, keys)
+        return self.state.resolve(found)
+
     def _release(self) -> None:
         for held in self.state.take_released():
             held.outstanding -= 1
@@ -357,7 +397,7 @@ class JoinTracesJob:
         out: list[Outgoing] = []
         by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            by_partition[partition_for(row.trace_id, self.partitions)].append(feedback_record(row))
+            by_partition[partition_for(row.join_key, self.partitions)].append(feedback_record(row))
         for partition, records in by_partition.items():
             # the same bytes to Kafka and ClickHouse, encoded once per array
             for array, count in json_arrays(records):

@@ -57,7 +57,14 @@ from aiokafka.errors import KafkaError
 from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics, gained
 from thumbline.outages import KAFKA, Waits, transient
-from thumbline.schemas import DeadLetter, Topics, WireError, decode_message, partition_for
+from thumbline.schemas import (
+    DeadLetter,
+    Topics,
+    WireError,
+    decode_message,
+    partition_for,
+    target_key,
+)
 from thumbline.schemas.wire import MAX_BATCH_EVENTS
 from thumbline.stream_jobs.read_otlp import ReadOtlp
 
@@ -194,9 +201,12 @@ def route(
 
 
 def _target(item: Any, partition: int, partitions: int) -> int:
-    trace_id = item.get("trace_id") if isinstance(item, dict) else None
-    if isinstance(trace_id, str):
-        return partition_for(trace_id, partitions)
+    """The partition of an event's join key: its trace id, or for feedback on a whole
+    conversation or session (no trace id), that conversation's or session's key."""
+    if isinstance(item, dict):
+        ids = [item.get(k) for k in ("target", "trace_id", "conversation_id", "session_id")]
+        if all(v is None or isinstance(v, str) for v in ids) and any(ids[1:]):
+            return partition_for(target_key(*ids), partitions)
     return partition % partitions  # invalid: the join dead-letters it wherever it is
 
 

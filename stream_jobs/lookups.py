@@ -29,10 +29,10 @@ _TRACE_FIELDS = (
 )  # fmt: skip
 
 _FEEDBACK_FIELDS = (
-    "event_id", "trace_id", "span_id", "name", "kind", "value", "score", "label", "comment",
-    "correction", "category", "tags", "source", "annotator", "user_id", "session_id",
-    "conversation_id", "project", "environment", "capability", "step", "metadata", "ts",
-    "received_at", "retracted", "score_config_version",
+    "event_id", "client_event_id", "trace_id", "target", "span_id", "name", "kind", "value",
+    "score", "label", "comment", "correction", "category", "tags", "source", "annotator",
+    "user_id", "session_id", "conversation_id", "project", "environment", "capability", "step",
+    "metadata", "ts", "received_at", "retracted", "score_config_version",
 )  # fmt: skip
 
 
@@ -67,9 +67,58 @@ def lookup_traces(
     One query per chunk of keys (see :func:`chunks`), however many keys come.
     """
     found: dict[Key, TraceAttributes] = {}
-    for chunk in chunks(keys):
+    traces = [key for key in keys if " " not in key[1]]
+    for chunk in chunks(traces):
         _lookup_chunk(client, database, chunk, now, found)
+    for column in _TARGETS:
+        targets = [key for key in keys if key[1].startswith(f"{column} ")]
+        for chunk in chunks(targets):
+            _lookup_targets(client, database, column, chunk, now, found)
     return found
+
+
+#: Feedback on a whole conversation or session is keyed ``"<target> <id>"``
+#: (:func:`thumbline.schemas.target_key`), and found by the traces' column of that name.
+_TARGETS = {"conversation": "conversation_id", "session": "session_id"}
+
+
+def _lookup_targets(
+    client: StoreClient, database: str, target: str, keys: Sequence[Key], now: float,
+    found: dict[Key, TraceAttributes],
+) -> None:  # fmt: skip
+    """The attributes of the latest trace of each conversation (or session) of ``keys``:
+    the one that started last (else was received last). Its feedback inherits them."""
+    column, prefix = _TARGETS[target], f"{target} "
+    wanted = {(project, key.removeprefix(prefix)) for project, key in keys}
+    rows = client.query(
+        f"SELECT {', '.join(_TRACE_FIELDS)}, ifNull(start_time, received_at) AS at "  # noqa: S608
+        f"FROM {database}.traces FINAL WHERE project IN {{projects:Array(String)}} "
+        f"AND {column} IN (SELECT arrayJoin(splitByChar('\\n', {{ids:String}})))",
+        parameters={
+            "projects": sorted({project for project, _ in wanted}),
+            "ids": "\n".join(dict.fromkeys(target_id for _, target_id in wanted)),
+        },
+    ).result_rows
+    by_trace: dict[tuple[Key, str], tuple[Any, TraceAttributes]] = {}
+    for row in rows:
+        data = dict(zip(_TRACE_FIELDS, row[:-1], strict=True))
+        owner = (data["project"], data[column])
+        if owner not in wanted:
+            continue
+        for name in ("span_id", "parent_span_id"):
+            data[name] = data[name] or None
+        event = TraceEvent.model_construct(**{k: v for k, v in data.items() if v not in ("",)})
+        at, attrs = by_trace.get((owner, event.trace_id), (row[-1], None))
+        if attrs is None:
+            attrs = TraceAttributes(event.trace_id, project=owner[0])
+        attrs.merge(event, now)
+        by_trace[(owner, event.trace_id)] = (max(at, row[-1]), attrs)
+    latest: dict[Key, tuple[Any, TraceAttributes]] = {}
+    for (owner, _), (at, attrs) in by_trace.items():
+        if owner not in latest or at > latest[owner][0]:
+            latest[owner] = (at, attrs)
+    for (project, target_id), (_, attrs) in latest.items():
+        found[(project, prefix + target_id)] = attrs
 
 
 def _lookup_chunk(
@@ -130,8 +179,9 @@ def load_orphans(client: StoreClient, database: str, since: datetime) -> list[Fe
         data["tags"] = tuple(data["tags"])
         data["retracted"] = bool(data["retracted"])
         data["project"] = data["project"] or "default"
-        for key in ("span_id", "comment", "correction", "category", "user_id", "session_id",
-                    "conversation_id", "environment", "capability", "step"):  # fmt: skip
+        for key in ("client_event_id", "trace_id", "target", "span_id", "comment", "correction",
+                    "category", "user_id", "session_id", "conversation_id", "environment",
+                    "capability", "step"):  # fmt: skip
             data[key] = data[key] or None
         orphans.append(FeedbackEvent.model_construct(**data))
     return orphans

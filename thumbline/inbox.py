@@ -28,7 +28,7 @@ INBOX_COLUMNS = (
     "ts", "trace_id", "label", "comment", "user_id", "session_id", "project", "model",
     "environment", "capability", "kind", "name", "score", "join_status", "event_id", "annotator",
     "value", "correction", "category", "tags", "conversation_id", "span_id", "received_at",
-    "score_config_version",
+    "score_config_version", "target",
 )  # fmt: skip
 #: The columns that hold a time (UTC in the store).
 TIME_COLUMNS = ("ts", "received_at")

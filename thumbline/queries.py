@@ -23,7 +23,8 @@ from thumbline.inbox import (  # the inbox's SQL has a module of its own
 
 __all__ = [
     "ANNOTATORS", "INBOX_COLUMNS", "JOIN_STATUSES", "BoundQuery", "InboxFilter", "alerts_sql",
-    "inbox_sql", "literal", "parse_since", "rates_sql", "trace_spans_sql", "trace_stored_sql",
+    "conversation_spans_sql", "inbox_sql", "literal", "parse_since", "rates_sql", "trace_spans_sql",
+    "trace_stored_sql",
 ]  # fmt: skip
 
 _SINCE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -57,6 +58,18 @@ def _time(value: datetime) -> str:
     """A DateTime64 literal; a time without a zone is taken as UTC."""
     stamp = store_time(value)
     return f"toDateTime64({literal(stamp)}, 6, 'UTC')"
+
+
+def conversation_spans_sql(database: str, conversation_id: str) -> str:
+    """The spans of a conversation's traces by start time (so a trace first appears with
+    its earliest span): the columns of :func:`trace_spans_sql`, then ``trace_id``."""
+    return (
+        "SELECT span_id, parent_span_id, name, project, environment, model, capability, step, "
+        "user_id, session_id, start_time, latency_ms, total_tokens, cost_usd, status, error, "
+        "input, output, trace_id "
+        f"FROM {database}.traces FINAL WHERE conversation_id = {literal(conversation_id)} "
+        "ORDER BY start_time, trace_id, span_id"
+    )
 
 
 def trace_stored_sql(database: str, project: str, trace_id: str) -> str:

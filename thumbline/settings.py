@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         description="Feedback that waits longer than this for its trace is stored at once with "
         "join_status pending (the inbox shows it, marked), until it is joined or an orphan.",
     )  # fmt: skip
+    one_vote_per_user: bool = Field(
+        False,
+        description="One vote per person for every feedback name: feedback with a user_id "
+        "replaces that person's earlier feedback of the same name on the same target (trace, "
+        "conversation or session), on every input path. Off: only for the names whose score "
+        "config says one_vote_per_user.",
+    )
     join_retention_seconds: float = Field(
         7 * 86400.0, gt=0, description="How long the join holds a trace's attributes in memory."
     )

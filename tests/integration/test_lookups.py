@@ -107,3 +107,30 @@ def test_a_trace_is_found_only_in_its_own_project(store, store_settings):
     sink.flush()
     assert lookup_traces(store, db, [("a", tid)]) == {}
     assert lookup_traces(store, db, [("b", tid)])[("b", tid)].model == "b-model"
+
+
+def test_orphans_on_a_session_and_votes_come_back_with_their_target_and_clients_id(
+    store, store_settings
+):
+    db, session = store_settings.clickhouse_database, unique("session")
+    received = datetime.now(UTC)
+    clock = [received.timestamp()]
+    state = JoinState(grace_seconds=1, clock=lambda: clock[0])
+    sent = FeedbackEvent.parse(
+        {"target": "session", "session_id": session, "conversation_id": unique("c"),
+         "project": "shop", "label": "bad", "received_at": received, "user_id": "ann",
+         "event_id": unique("click")}
+    )  # fmt: skip
+    vote = sent.model_copy(update={"event_id": unique("vote"), "client_event_id": sent.event_id})
+    state.add_feedback([vote])
+    clock[0] += 2
+    sink = ClickHouseSink(store, db)
+    sink.add_feedback(state.expire())
+    sink.flush()
+
+    [back] = [
+        o for o in load_orphans(store, db, received - timedelta(minutes=1))
+        if o.event_id == vote.event_id
+    ]  # fmt: skip
+    assert (back.join_key, back.target, back.trace_id) == (f"session {session}", "session", None)
+    assert back.client_event_id == sent.event_id

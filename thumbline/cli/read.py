@@ -220,53 +220,81 @@ def alerts(
 
 @app.command(rich_help_panel="Read what it stored", env=SQL)
 def trace(
-    trace_id: Annotated[str, typer.Argument(help="The trace to show.")],
+    trace_id: Annotated[str | None, typer.Argument(help="The trace to show.")] = None,
+    conversation: Annotated[
+        str | None,
+        typer.Option(
+            "--conversation",
+            metavar="ID",
+            help="Show a conversation instead: its traces, then all feedback on them and on "
+            "the conversation itself.",
+        ),
+    ] = None,
     full: Annotated[
         bool, typer.Option("--full", help="Print the question and the answer whole.")
     ] = False,
 ) -> None:
     """A trace: its spans, the question and the answer, then all of its feedback."""
-    from thumbline.queries import InboxFilter, inbox_sql, trace_spans_sql
+    from thumbline.queries import InboxFilter, conversation_spans_sql, inbox_sql, trace_spans_sql
 
+    if (trace_id is None) == (conversation is None):
+        fail("give a trace id, or --conversation ID for a conversation (not both)", 2)
     settings = store_settings()
     db = settings.clickhouse_database
     try:
-        own = inbox_sql(db, InboxFilter(trace_id=trace_id, limit=1000))
+        if conversation is not None:
+            own = inbox_sql(db, InboxFilter(conversation_id=conversation, limit=1000))
+            what = f"conversation {escape(conversation)}"
+        else:
+            assert trace_id is not None  # noqa: S101 (checked above)
+            own = inbox_sql(db, InboxFilter(trace_id=trace_id, limit=1000))
+            what = f"trace {escape(trace_id)}"
     except ValueError as exc:  # an id longer than any stored
         fail(str(exc), 2)
-    names, spans = rows_of(settings, trace_spans_sql(db, trace_id))
+    spans_sql = (
+        conversation_spans_sql(db, conversation) if conversation is not None
+        else trace_spans_sql(db, trace_id or "")
+    )  # fmt: skip
+    _, spans = rows_of(settings, spans_sql)
     _, rows = rows_of(settings, own)
     if not spans and not rows:
         fail(
-            f"nothing is stored for trace {escape(trace_id)}: no spans, no feedback. Trace ids "
-            "are exact: `thumbline inbox` lists recent ones"
+            f"nothing is stored for {what}: no spans, no feedback. Ids are exact: "
+            "`thumbline inbox` lists recent ones"
         )
     shortened = 0
     if not spans:
-        err.print(f"no spans stored for trace {trace_id}", style="yellow", markup=False)
+        err.print(f"no spans stored for {what}", style="yellow", markup=False)
     else:
         first = spans[0]
         out.print(
             f"project {first[3]}  environment {first[4]}  capability {first[6] or '-'}  "
             f"user {first[8] or '-'}  session {first[9] or '-'}", markup=False, soft_wrap=True,
         )  # fmt: skip
-        span_cells = [
-            dict(zip((c.name for c in _SPANS), (
-                s[0] or "(trace)", s[1] or "", s[2] or "", s[5] or "", cell(s[11]),
-                cell(s[13]), s[14],
-            ), strict=True))
-            for s in spans
-        ]  # fmt: skip
-        out.print(fitted(_SPANS, span_cells, out.width, title=f"trace {escape(trace_id)}")[0])
-        shortened = _content(spans, full)
+        traces: dict[str, list[list[Any]]] = {}  # a conversation's spans come with their trace
+        for s in spans:
+            traces.setdefault(s[18] if conversation else trace_id or "", []).append(s)
+        for shown, its in traces.items():
+            span_cells = [
+                dict(zip((c.name for c in _SPANS), (
+                    s[0] or "(trace)", s[1] or "", s[2] or "", s[5] or "", cell(s[11]),
+                    cell(s[13]), s[14],
+                ), strict=True))
+                for s in its
+            ]  # fmt: skip
+            title = f"trace {escape(shown)}"
+            out.print(fitted(_SPANS, span_cells, out.width, title=title)[0])
+            shortened += _content(its, full)
+    columns = ((Column("trace"),) if conversation else ()) + _FEEDBACK
     cells = [
-        dict(zip((c.name for c in _FEEDBACK), (
+        dict(zip((c.name for c in columns), (
+            *((r[1] or "(conversation)",) if conversation else ()),
             when(r[0]), r[2], r[10], r[11], cell(r[12]), "" if r[3] is None else str(r[3]),
             r[15], r[4], r[13],
         ), strict=True))
         for r in rows
     ]  # fmt: skip
-    feedback, _ = fitted(_FEEDBACK, cells, out.width, styles=LABEL, title="feedback")
+    feedback, _ = fitted(columns, cells, out.width, styles=LABEL, title="feedback")
     out.print(feedback)
     if shortened:
         err.print(

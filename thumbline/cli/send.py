@@ -95,6 +95,8 @@ def _note_if_trace_unknown(settings: Settings, event: FeedbackEvent) -> None:
     """
     from thumbline.sqlclient import trace_stored
 
+    if event.trace_id is None:
+        return  # feedback on a conversation or session: no trace to look for
     for attempt in range(2):
         if attempt:
             time.sleep(1.0)
@@ -150,7 +152,14 @@ def send_feedback(
         str | None, typer.Option(help="The trace's project (absent: default); it joins only there.")
     ] = None,
     user_id: Annotated[str | None, typer.Option(help="Who gave the feedback.")] = None,
-    session_id: Annotated[str | None, typer.Option(help="The user's session.")] = None,
+    session_id: Annotated[
+        str | None,
+        typer.Option(help="The user's session; without --trace-id, the feedback is about it."),
+    ] = None,
+    conversation_id: Annotated[
+        str | None,
+        typer.Option(help="The conversation; without --trace-id, the feedback is about it."),
+    ] = None,
     event_id: Annotated[
         str | None, typer.Option(help="Idempotency key; generated if absent.")
     ] = None,
@@ -161,7 +170,8 @@ def send_feedback(
         typer.Option("--json", help="The whole event as JSON (or @file.json); flags override."),
     ] = None,
 ) -> None:
-    """Send one feedback event about a trace; a note on stderr if the trace is not stored yet."""
+    """Send one feedback event about a trace (or a whole conversation or session); a note on
+    stderr if the trace is not stored yet."""
     settings = cli_settings()
     parsed_value: Any = value
     if value is not None:
@@ -174,8 +184,14 @@ def send_feedback(
         if kind not in (None, shorthand[0]) or value is not None:
             fail(f"--{shorthand[0]} is a {shorthand[0]} with its value: drop --kind and --value", 2)
         kind, parsed_value = shorthand
-    if trace_id is None and "trace_id" not in _parse_json_option(json_event, "--json"):
-        fail('which trace is the feedback about? give --trace-id, or "trace_id" in --json', 2)
+    given = _parse_json_option(json_event, "--json")
+    targets = (trace_id, conversation_id, session_id)
+    if not any(targets) and not any(given.get(k) for k in ("trace_id", "conversation_id",
+                                                            "session_id")):  # fmt: skip
+        fail(
+            "which trace is the feedback about? give --trace-id (or --conversation-id, "
+            '--session-id for a whole conversation or session), or "trace_id" in --json', 2
+        )  # fmt: skip
     event = _event(
         FeedbackEvent,
         json_event,
@@ -191,6 +207,7 @@ def send_feedback(
         project=project,
         user_id=user_id,
         session_id=session_id,
+        conversation_id=conversation_id,
         event_id=event_id,
         tags=tag or None,
         metadata=_parse_json_option(metadata, "--metadata") or None,

@@ -192,7 +192,9 @@ class TestErrorsNameTheField:
     def test_missing_trace_id(self):
         with pytest.raises(InvalidEvent) as info:
             FeedbackEvent.parse({"label": "good"})
-        assert "trace_id: is required" in str(info.value)
+        assert "trace_id: give the trace the feedback is about, or a conversation_id" in str(
+            info.value
+        )
 
     def test_trace_id_with_whitespace(self):
         with pytest.raises(
