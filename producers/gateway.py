@@ -79,6 +79,10 @@ __all__ = ["RateLimiter", "SqlError", "build_app", "is_loopback"]
 
 logger = logging.getLogger(__name__)
 
+#: Fields only thumbline sets, dropped from a body: the gateway stamps ``received_at`` and
+#: derives ``source``; the join sets ``client_event_id`` (a vote) and ``score_config_version``.
+_SERVER_FIELDS = frozenset({"received_at", "source", "client_event_id", "score_config_version"})
+
 
 class ItemResult(BaseModel):
     index: int
@@ -224,7 +228,7 @@ def build_app(
     def stamp(item: Any, key: ApiKey | None, now: datetime, what: str) -> dict[str, Any]:
         if not isinstance(item, dict):
             raise InvalidEvent(what, [("(item)", item, "must be a JSON object")])
-        fields = {k: v for k, v in item.items() if k not in ("received_at", "source")}
+        fields = {k: v for k, v in item.items() if k not in _SERVER_FIELDS}
         if what == "FeedbackEvent":
             stamp_annotator(fields, key, what)  # who gave it: the key says
         else:

@@ -170,7 +170,8 @@ class FeedbackEvent(Contract):
     client_event_id: Id | None = Field(
         None,
         description="Set by the join when one vote per person applies: the event_id the client "
-        "sent, while event_id becomes the vote's (project, target, name, user_id).",
+        "sent, while event_id becomes the vote's (project, target, name, user_id). The "
+        "gateway drops a value sent to it.",
     )
     trace_id: Id | None = Field(
         None,

@@ -80,7 +80,7 @@ async def test_a_batch_gets_a_result_per_item_and_a_retry_makes_no_second_row(
         {"event_id": f"{run_id}-2", "trace_id": f"{run_id}-t", "lable": "good"},
         {"event_id": f"{run_id}-3", "trace_id": f"{run_id}-t", "kind": "signal", "name": "copied",
          "source": "explicit", "received_at": "2020-01-01T00:00:00Z", "project": "shop",
-         "annotator": "evaluator"},
+         "annotator": "evaluator", "client_event_id": "forged", "score_config_version": 99},
     ]  # fmt: skip
     status, body, _ = await post(f"{base}/v1/feedback", batch)
     assert status == 207 and (body["accepted"], body["rejected"]) == (2, 1)
@@ -91,6 +91,7 @@ async def test_a_batch_gets_a_result_per_item_and_a_retry_makes_no_second_row(
 
     query = (
         "SELECT event_id, label, source, annotator, project, model, user_id, join_status, "
+        "client_event_id, score_config_version, "
         "toYear(received_at) AS year FROM thumbline.feedback FINAL "
         f"WHERE trace_id = '{run_id}-t' ORDER BY event_id"
     )
@@ -102,6 +103,8 @@ async def test_a_batch_gets_a_result_per_item_and_a_retry_makes_no_second_row(
         (f"{run_id}-3", "neutral", "implicit", "evaluator"),
     ]
     assert all(r["year"] >= 2026 for r in rows)  # the server stamps received_at
+    # and the join alone says which vote and which score config a row is
+    assert {(r["client_event_id"], r["score_config_version"]) for r in rows} == {("", 0)}
     assert {(r["project"], r["model"], r["user_id"], r["join_status"]) for r in rows} == {
         ("shop", "m1", "u1", "joined")
     }
