@@ -81,6 +81,9 @@ logger = logging.getLogger(__name__)
 
 #: Fields only thumbline sets, dropped from a body: the gateway stamps ``received_at`` and
 #: derives ``source``; the join sets ``client_event_id`` (a vote) and ``score_config_version``.
+#: Most FeedbackEvents one hosted product's payload may stand for (Braintrust's scores,
+#: HoneyHive's actions: a measurement each).
+MAX_PAYLOAD_EVENTS = 100
 _SERVER_FIELDS = frozenset({"received_at", "source", "client_event_id", "score_config_version"})
 
 
@@ -216,6 +219,10 @@ def build_app(
                 ItemResult(index=index, status="accepted", event_ids=[_id(e) for e in built])
             )
         rejected = sum(r.status == "rejected" for r in results)
+        # a hosted product's payload is several events: the rate counts every one
+        beyond = len(events) - (len(items) - rejected)
+        if beyond > 0 and (refused := core.charge(key, beyond)) is not None:
+            return refused
         await core.publish(kind, events)
         metrics.gateway_events.labels(kind, "rejected").inc(rejected)
         status = 422 if rejected == len(items) else 207 if rejected else 202
@@ -255,6 +262,10 @@ def build_app(
                 payloads = [item]
             else:
                 payloads = to_events(shape, item) if isinstance(shape, str) else shape(item)
+                if len(payloads) > MAX_PAYLOAD_EVENTS:
+                    raise InvalidEvent("payload", [("(item)", None, (
+                        f"carries {len(payloads)} measurements; at most {MAX_PAYLOAD_EVENTS} in "
+                        "one payload: split it"))])  # fmt: skip
             events: list[FeedbackEvent | TraceEvent] = [
                 FeedbackEvent.parse(stamp(fields, key, now, "FeedbackEvent")) for fields in payloads
             ]

@@ -246,6 +246,17 @@ async def test_keys_ingest_only_their_project_and_a_revoked_key_stops_at_once(
         assert status == 429 and int(headers["Retry-After"]) >= 1 and "200" in body["error"]
         status, body, _ = await post(url, [{"trace_id": "t", "comment": "x" * 70_000}], ingest_a)
         assert status == 413 and "65536 bytes" in body["error"]
+        # A hosted product's payload is many events: each one counts, and one payload
+        # carries at most 100 (Braintrust's scores, HoneyHive's actions...)
+        shaped = f"{up.info.gateway_url}/v1/feedback/braintrust"
+
+        def scores(n: int) -> dict:
+            return {"id": unique("bt"), "scores": {f"s{i}": 0.5 for i in range(n)}}
+
+        status, body, _ = await post(shaped, [scores(101)], ingest_a)
+        assert status == 422 and "at most 100" in body["results"][0]["error"]
+        status, body, headers = await post(shaped, [scores(100) for _ in range(3)], ingest_a)
+        assert status == 429 and int(headers["Retry-After"]) >= 1  # 300 events, not 3
 
         key_id = ingest_a.split("_")[1]
         assert run(thumbline_bin, env, "keys", "revoke", key_id).returncode == 0
