@@ -57,13 +57,24 @@ def cells(row: dict[str, Any], zone: tzinfo | None) -> dict[str, str]:
         comment += f"{' ' if comment else ''}→ {row['correction']}"
     model, project = row["model"], row["project"]
     return {
-        "time": when(row["ts"], zone), "trace": row["trace_id"] or "-", "label": row["label"],
+        "time": when(row["ts"], zone), "trace": target_of(row), "label": row["label"],
         "comment": comment.replace("\n", " "),
         "feedback": said(row["kind"], row["name"], row["value"], row["score"]),
         "by": row["annotator"], "user": row["user_id"], "session": row["session_id"],
         "project/model": (f"{project}/{model}" if model else project)
         + (" (waiting for trace)" if row["join_status"] == "pending" else ""),
     }  # fmt: skip
+
+
+def target_of(row: dict[str, Any]) -> str:
+    """What the feedback is about: its trace id, else its conversation's or session's."""
+    if row["trace_id"]:
+        return str(row["trace_id"])
+    if row.get("conversation_id"):
+        return f"conversation {row['conversation_id']}"
+    if row.get("session_id"):
+        return f"session {row['session_id']}"
+    return "-"
 
 
 def zone_of(name: str | None) -> tzinfo | None:

@@ -78,7 +78,10 @@ def test_a_table_row_shows_what_was_said_who_said_it_and_its_time_with_a_zone():
     assert row["time"] == "2026-11-25T10:00:00Z"
     assert row["feedback"] == "rating:stars=1 0.00" and row["by"] == "reviewer"
     assert row["comment"] == "wrong city → Paris"
-    assert row["trace"] == "-"  # feedback on a conversation has no trace
+    assert row["trace"] == "session s"  # feedback on a whole session has no trace
+    assert cells({**ROW, "conversation_id": "c-7"}, None)["trace"] == "conversation c-7"
+    assert cells({**ROW, "trace_id": "t-1", "conversation_id": "c-7"}, None)["trace"] == "t-1"
+    assert cells({**ROW, "session_id": ""}, None)["trace"] == "-"
     assert cells(ROW, ZoneInfo("Asia/Kolkata"))["time"] == "2026-11-25T15:30:00+05:30"
     assert said("thumb", "thumb", "up", None) == "thumb=up"
 
