@@ -180,65 +180,51 @@ def add_read_routes(
         body = orjson.dumps(with_zones(rows, TIME_COLUMNS))
         return Response(body, media_type="application/json", headers=headers)
 
+    async def spans_and_feedback(request: Request, column: str, value: str) -> Response:
+        """The spans of a trace, or of a conversation's traces (oldest first, each with its
+        trace_id), and all feedback on them, in the key's project; 404 when none is stored."""
+        key = await core.authenticate(request, "read")
+        project = own_project(key, None)
+        scope = f" AND project = {literal(project)}" if project else ""
+        first = "trace_id, " if column == "conversation_id" else ""
+        spans = await select(
+            f"SELECT {first}span_id, parent_span_id, name, project, environment, model, "  # noqa: S608
+            "capability, step, user_id, session_id, start_time, end_time, latency_ms, "
+            f"total_tokens, cost_usd, status, error, input, output FROM {database}.traces FINAL "
+            f"WHERE {column} = {literal(value)}{scope} ORDER BY start_time, {first}span_id"
+        )
+        what = column.removesuffix("_id")
+        try:
+            filters = (
+                InboxFilter(project=project, limit=10_000, trace_id=value) if column == "trace_id"
+                else InboxFilter(project=project, limit=10_000, conversation_id=value)
+            )  # fmt: skip
+            own = inbox_sql(database, filters)
+        except ValueError as exc:  # an id longer than any the inbox takes
+            raise HTTPException(404, f"no {what} {value[:64]!r}...: {exc}") from None
+        feedback = await rows_of(own)
+        if spans.body == b"[]" and not feedback:
+            raise HTTPException(
+                404, f"no {what} {value!r}" + (f" in project {project!r}" if project else "")
+            )
+        body = orjson.dumps({
+            column: value, "spans": with_zones(orjson.loads(spans.body), SPAN_TIMES),
+            "feedback": with_zones(feedback, TIME_COLUMNS),
+        })  # fmt: skip
+        return Response(body, media_type="application/json")
+
     @app.get("/v1/traces/{trace_id}", responses=responses({**READ_ERRORS, 404: "No span and no "
              "feedback of this trace (in the key's project)."}))  # fmt: skip
     async def get_trace(trace_id: str, request: Request) -> Response:
         """A trace's spans and all its feedback."""
-        key = await core.authenticate(request, "read")
-        project = own_project(key, None)
-        scope = f" AND project = {literal(project)}" if project else ""
-        spans = await select(
-            "SELECT span_id, parent_span_id, name, project, environment, model, capability, "  # noqa: S608
-            "step, user_id, session_id, start_time, end_time, latency_ms, total_tokens, cost_usd, "
-            f"status, error, input, output FROM {database}.traces FINAL "
-            f"WHERE trace_id = {literal(trace_id)}{scope} ORDER BY start_time, span_id"
-        )
-        try:
-            own = inbox_sql(database, InboxFilter(trace_id=trace_id, project=project, limit=10_000))
-        except ValueError as exc:  # an id longer than any the inbox takes
-            raise HTTPException(404, f"no trace {trace_id[:64]!r}...: {exc}") from None
-        feedback = await rows_of(own)
-        if spans.body == b"[]" and not feedback:
-            raise HTTPException(
-                404, f"no trace {trace_id!r}" + (f" in project {project!r}" if project else "")
-            )
-        body = orjson.dumps({
-            "trace_id": trace_id, "spans": with_zones(orjson.loads(spans.body), SPAN_TIMES),
-            "feedback": with_zones(feedback, TIME_COLUMNS),
-        })  # fmt: skip
-        return Response(body, media_type="application/json")
+        return await spans_and_feedback(request, "trace_id", trace_id)
 
     @app.get("/v1/conversations/{conversation_id}", responses=responses({**READ_ERRORS, 404: "No "
              "trace and no feedback of this conversation (in the key's project)."}))  # fmt: skip
     async def get_conversation(conversation_id: str, request: Request) -> Response:
         """A conversation's traces (their spans, oldest first) and all feedback on them and on
         the conversation itself (feedback on the whole conversation has an empty trace_id)."""
-        key = await core.authenticate(request, "read")
-        project = own_project(key, None)
-        scope = f" AND project = {literal(project)}" if project else ""
-        spans = await select(
-            "SELECT trace_id, span_id, parent_span_id, name, project, environment, model, "  # noqa: S608
-            "capability, step, user_id, session_id, start_time, end_time, latency_ms, "
-            f"total_tokens, cost_usd, status, error, input, output FROM {database}.traces FINAL "
-            f"WHERE conversation_id = {literal(conversation_id)}{scope} "
-            "ORDER BY start_time, trace_id, span_id"
-        )
-        try:
-            own = inbox_sql(database, InboxFilter(
-                project=project, conversation_id=conversation_id, limit=10_000))  # fmt: skip
-        except ValueError as exc:  # an id longer than any the inbox takes
-            no = f"no conversation {conversation_id[:64]!r}...: {exc}"
-            raise HTTPException(404, no) from None
-        feedback = await rows_of(own)
-        if spans.body == b"[]" and not feedback:
-            raise HTTPException(404, f"no conversation {conversation_id!r}"
-                                + (f" in project {project!r}" if project else ""))  # fmt: skip
-        body = orjson.dumps({
-            "conversation_id": conversation_id,
-            "spans": with_zones(orjson.loads(spans.body), SPAN_TIMES),
-            "feedback": with_zones(feedback, TIME_COLUMNS),
-        })  # fmt: skip
-        return Response(body, media_type="application/json")
+        return await spans_and_feedback(request, "conversation_id", conversation_id)
 
     @app.get("/v1/agreement", responses=responses({**READ_ERRORS, 422: "A filter is invalid "
              "(e.g. since=7 parsecs, limit=0): the error names it."}))  # fmt: skip

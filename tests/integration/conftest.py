@@ -16,9 +16,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -214,6 +215,17 @@ def run(thumbline_bin: str, env: dict[str, str], *args: str) -> subprocess.Compl
     return subprocess.run(
         [thumbline_bin, *args], env=env, capture_output=True, text=True, timeout=120
     )
+
+
+async def until(check: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
+    """Await ``check()`` every half second until it gives something true, at most ``timeout``
+    seconds; its last answer (the stream is asynchronous: a test waits for its outcome)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = await check()
+        if got or asyncio.get_running_loop().time() > deadline:
+            return got
+        await asyncio.sleep(0.5)
 
 
 def gone(pid: int, within: float = 10.0) -> bool:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.conftest import unique
-from tests.integration.conftest import Up, run, sql_rows, start_up, stop, worker_env
+from tests.integration.conftest import Up, run, sql_rows, start_up, stop, until, worker_env
 from tests.otel import otlp_json, provider, traced_chat
 
 PROJECT = "support-bot"  # the service.name of tests/otel.py's spans, and the keys' project
@@ -38,15 +38,6 @@ async def get(url: str, key: str, **params: Any) -> tuple[int, Any]:
         http.get(url, params=params, headers={"X-API-Key": key}) as r,
     ):
         return r.status, await r.json()
-
-
-async def until(check: Any, timeout: float = 60.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        got = await check()
-        if got or asyncio.get_running_loop().time() > deadline:
-            return got
-        await asyncio.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

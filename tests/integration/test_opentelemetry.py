@@ -22,19 +22,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
 from tests.conftest import unique
-from tests.integration.conftest import Up, run, sql_rows, start_up, stop, worker_env
+from tests.integration.conftest import Up, run, sql_rows, start_up, stop, until, worker_env
 from tests.otel import ANSWER, QUESTION, otlp_json, otlp_proto, provider, traced_chat
 
 PROJECT = "support-bot"  # the service.name of tests/otel.py's spans, and the key's project
-
-
-async def until(check, timeout: float = 60.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        got = await check()
-        if got or asyncio.get_running_loop().time() > deadline:
-            return got
-        await asyncio.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
