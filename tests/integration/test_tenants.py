@@ -100,3 +100,41 @@ async def test_one_projects_ingest_key_cannot_touch_or_read_anothers_data(two_pr
     )  # fmt: skip
     assert (await get(f"{base}/v1/feedback", k["read_a"], project="b"))[0] == 403
     assert (await get(f"{base}/v1/feedback", k["read_b"], project="a"))[0] == 403
+
+
+async def test_feedback_on_another_projects_conversation_inherits_and_shows_nothing_of_it(
+    two_projects,
+):
+    """Project a's key rates a conversation id that project b uses: a's row takes none of
+    b's dimensions, and each project's read of the conversation shows only its own rows."""
+    up, k = two_projects
+    base = up.info.gateway_url
+    conversation = unique("shared-conv")
+    b_trace = {"trace_id": unique("b-conv-trace"), "conversation_id": conversation,
+               "model": "b-model", "capability": "b-cap", "user_id": "b-user"}  # fmt: skip
+    assert (await post(f"{base}/v1/traces", b_trace, k["ingest_b"]))[0] == 202
+    b_said = {"conversation_id": conversation, "label": "good", "comment": "b says"}
+    assert (await post(f"{base}/v1/feedback", b_said, k["ingest_b"]))[0] == 202
+    a_said = {"conversation_id": conversation, "label": "bad", "comment": "a says"}
+    assert (await post(f"{base}/v1/feedback", a_said, k["ingest_a"]))[0] == 202
+
+    async def joined_b():
+        status, view = await get(f"{base}/v1/conversations/{conversation}", k["read_b"])
+        return status == 200 and [f for f in view["feedback"] if f["model"]] and view
+
+    b_view = await until(joined_b)
+    assert {s["project"] for s in b_view["spans"]} == {"b"}
+    assert [(f["project"], f["model"], f["comment"]) for f in b_view["feedback"]] == [
+        ("b", "b-model", "b says")
+    ]
+
+    async def a_view():
+        status, view = await get(f"{base}/v1/conversations/{conversation}", k["read_a"])
+        return status == 200 and view["feedback"] and view
+
+    view = await until(a_view)
+    assert view["spans"] == []  # b's trace is not a's
+    assert [(f["project"], f["comment"]) for f in view["feedback"]] == [("a", "a says")]
+    assert not {"b-model", "b-cap", "b-user"} & {
+        view["feedback"][0][f] for f in ("model", "capability", "user_id")
+    }
