@@ -69,6 +69,7 @@ from thumbline.producers.gateway_otlp import add_otlp_routes
 from thumbline.producers.gateway_reads import SqlError, add_read_routes
 from thumbline.producers.gateway_scores import add_score_routes
 from thumbline.producers.gateway_vendors import add_vendor_routes
+from thumbline.producers.gateway_web import add_web_routes
 from thumbline.producers.kafka import FeedbackProducer
 from thumbline.schemas import FeedbackEvent, InvalidEvent, TimeBounds, TraceEvent
 from thumbline.schemas.shapes import SHAPES, to_events
@@ -313,6 +314,7 @@ def build_app(
     add_otlp_routes(app, core, project=otlp_project, capture_content=capture_content)
     add_vendor_routes(app, ingest=ingest, feedback=feedback_from, result=IngestResult)
     add_read_routes(app, core, reads=reads, sql=sql, database=database)
+    add_web_routes(app)
     if score_sql is not None:
         add_score_routes(app, core, sql=score_sql, database=database)
 

@@ -69,7 +69,7 @@ def up(
                 spec = demo_spec(spike=spike, speed=demo_speed)
                 _remember_demo_spike(settings, spike)
                 demo_task = asyncio.create_task(_demo(settings, started.bootstrap, spec, stop_demo))
-                out.print(_describe_demo(spec), soft_wrap=True)
+                out.print(_describe_demo(spec, started.gateway_url), soft_wrap=True)
             await runtime.serve_until_signalled()
             err.print("stopping...")
         finally:
@@ -122,8 +122,9 @@ def _remember_demo_spike(settings: Settings, spike: Any) -> None:
         (settings.data_dir / "demo.json").write_bytes(orjson.dumps({"spike_model": spike.model}))
 
 
-def _describe_demo(spec: Any) -> str:
-    line = f"demo        {spec.rate:g} feedback/s, a shop's assistant; see them: thumbline inbox"
+def _describe_demo(spec: Any, web: str | None = None) -> str:
+    where = f"{web}/ or thumbline inbox" if web else "thumbline inbox"
+    line = f"demo        {spec.rate:g} feedback/s, a shop's assistant; see them: {where}"
     spike = spec.spike
     if spike is None:
         return line
@@ -133,7 +134,7 @@ def _describe_demo(spec: Any) -> str:
     ) or "every model"  # fmt: skip
     return (
         f"{line}\n            spike {_clock(spike.start)}-{_clock(spike.end)} on {where} "
-        f"({spike.bad_share:.0%} bad): thumbline alerts"
+        f"({spike.bad_share:.0%} bad): thumbline alerts" + (f" or {web}/rates" if web else "")
     )
 
 
@@ -175,6 +176,7 @@ def _print_started(settings: Settings, started: Any) -> None:
             first, last = settings.metrics_port + 1, settings.metrics_port + helpers
             lines.append(f"              join helpers: the same on ports {first}-{last}")
     if started.gateway_url:
+        lines.append(f"  web         {started.gateway_url}/  (inbox, trace, rates, alerts)")
         lines.append(
             f"  gateway     {started.gateway_url}/v1/feedback  (HTTP ingest; docs at /docs)"
         )
@@ -229,6 +231,7 @@ def gateway() -> None:
         finally:
             client.close()
         process = await GatewayProcess(settings, bootstrap, Metrics(CollectorRegistry())).start()
+        out.print(f"web         {process.url}/  (inbox, trace, rates, alerts)")
         out.print(f"gateway     {process.url}/v1/feedback  (Kafka {bootstrap}); Ctrl-C stops.")
         try:
             await Runtime(settings).serve_until_signalled()

@@ -65,6 +65,12 @@ def test_the_demo_says_when_and_where_it_spikes():
     assert "spike" not in _describe_demo(demo_spec(spike=None))
 
 
+def test_the_demo_names_its_web_pages_when_the_gateway_runs():
+    said = _describe_demo(demo_spec(), "http://127.0.0.1:8788")
+    assert "see them: http://127.0.0.1:8788/ or thumbline inbox" in said
+    assert "thumbline alerts or http://127.0.0.1:8788/rates" in said
+
+
 def test_loadgen_reports_labels_as_words_not_a_python_dict():
     assert _counts(Counter(good=8000, bad=1200, neutral=80)) == "bad 1200, good 8000, neutral 80"
     assert _counts(Counter()) == "none"
