@@ -120,8 +120,7 @@ def add_chart_routes(
         """
         key = await core.authenticate(request, "read")
         try:
-            start, end = time_range(since=parse_since(since) if since else None, start=start,
-                                    end=end, default=_DAY)  # fmt: skip
+            start, end = time_range(since=_since(since), start=start, end=end, default=_DAY)
             filters = RatesFilter(
                 window_seconds=window if window is not None else windows[0], start=start,
                 end=end, by=by, project=own_project(key, project), environment=environment,
@@ -166,8 +165,7 @@ def add_chart_routes(
         their samples; times in ISO 8601 with ``Z``."""
         key = await core.authenticate(request, "read")
         try:
-            start, end = time_range(since=parse_since(since) if since else None, start=start,
-                                    end=end, default=_WEEK)  # fmt: skip
+            start, end = time_range(since=_since(since), start=start, end=end, default=_WEEK)
             query = alert_episodes_sql(database, AlertsFilter(
                 start=start, end=end, state=state, project=own_project(key, project),
                 environment=environment, model=model, capability=capability, limit=limit,
@@ -175,6 +173,16 @@ def add_chart_routes(
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         return _json(request, with_zones(await rows_of(query), ALERT_TIMES))
+
+
+def _since(text: str | None) -> timedelta | None:
+    """``since`` as a duration (ValueError: a 422 naming it)."""
+    if not text:
+        return None
+    try:
+        return parse_since(text)
+    except OverflowError:  # more days than a timedelta holds
+        raise ValueError(f"since {text!r} is longer ago than any time: use from and to") from None
 
 
 def _iso(moment: datetime) -> str:

@@ -38,27 +38,51 @@ ALERT_STATES = ("firing", "resolved")
 ALL = "*"
 
 
+#: What ClickHouse's DateTime64 holds: a time beyond is held to it (a range wholly beyond
+#: it is empty), never written as text the store cannot read.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+
+
 def _utc(value: datetime) -> datetime:
-    """A time without a zone is taken as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """A time without a zone is taken as UTC; one with a zone is converted."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset
+        return EARLIEST if value.year < EARLIEST.year else LATEST
+
+
+def _in_store(value: datetime) -> datetime:
+    return min(max(value, EARLIEST), LATEST)
 
 
 def time_range(
     *, since: timedelta | None, start: datetime | None, end: datetime | None,
     default: timedelta, now: datetime | None = None,
 ) -> tuple[datetime, datetime]:  # fmt: skip
-    """The ``[start, end)`` a read covers, in UTC: ``since`` ago until now, or ``from`` and
-    ``to`` (``to`` defaults to now, ``from`` to ``default`` before ``to``).
+    """The ``[start, end)`` a read covers, in UTC and within what the store holds:
+    ``since`` ago until now, or ``from`` and ``to`` (``to`` defaults to now, ``from`` to
+    ``default`` before ``to``).
 
     Raises:
-        ValueError: both ``since`` and ``from``/``to`` were given.
+        ValueError: both ``since`` and ``from``/``to`` were given, or ``from`` is not
+            before ``to``.
     """
     if since is not None and (start is not None or end is not None):
         raise ValueError("give since, or from and to, not both")
     until = _utc(end) if end is not None else _utc(now or datetime.now(UTC))
     if start is not None:
-        return _utc(start), until
-    return until - (since if since is not None else default), until
+        begin = _utc(start)
+        if begin >= until:
+            raise ValueError("from must be before to")
+    else:
+        try:
+            begin = until - (since if since is not None else default)
+        except OverflowError:  # before the year 1
+            begin = min(EARLIEST, until)
+    return _in_store(begin), _in_store(until)
 
 
 def _bounded(option: str, value: str | None) -> None:
@@ -126,7 +150,7 @@ class RatesFilter:
                 "model filters the rates per model: use by=model (the rates are kept per "
                 "model or per capability, not per both)"
             )
-        if _utc(self.start) >= _utc(self.end):
+        if _utc(self.start) > _utc(self.end):
             raise ValueError("from must be before to")
         span = (_utc(self.end) - _utc(self.start)).total_seconds()
         points = -int(-span // self.window_seconds)  # the windows that start in the range
@@ -244,7 +268,7 @@ class AlertsFilter:
             raise ValueError(f"state takes firing or resolved, not {self.state!r}")
         for option in ("project", "environment", "model", "capability"):
             _bounded(option, getattr(self, option))
-        if _utc(self.start) >= _utc(self.end):
+        if _utc(self.start) > _utc(self.end):
             raise ValueError("from must be before to")
 
 

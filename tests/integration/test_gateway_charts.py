@@ -241,6 +241,15 @@ async def test_rates_of_a_sliding_window_and_filters_narrow_the_series(gateway):
     assert (status, body["series"], body["alerts"]) == (200, [], [])
 
 
+async def test_a_range_beyond_what_the_store_holds_is_empty_not_an_error(gateway):
+    for path in ("/v1/rates", "/v1/alerts"):
+        status, body = await gateway.get(path, gateway.keys["read_a"], to="0456-08-22T08:53:11Z")
+        assert status == 200, body
+        assert body == [] if path == "/v1/alerts" else body["series"] == []
+    status, body = await gateway.get("/v1/alerts", gateway.keys["read_a"], since="99999999999d")
+    assert status == 422 and "since" in body["error"], body
+
+
 async def test_at_most_fifty_series_the_largest_first_and_the_rest_counted(gateway, store):
     rows = [rate_row("many", f"m{n:02d}", "*", NOW - 2 * MINUTE, n + 1, 0) for n in range(55)]
     store.insert(f"{gateway.database}.feedback_rates", rows, column_names=RATE_COLUMNS)

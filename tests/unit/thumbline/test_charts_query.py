@@ -114,3 +114,17 @@ def test_a_time_range_is_since_or_from_and_to_ending_now_by_default():
     )  # fmt: skip
     with pytest.raises(ValueError, match="give since, or from and to, not both"):
         time_range(since=week, start=start, end=None, default=DAY, now=NOW)
+
+
+def test_times_beyond_what_the_store_holds_are_held_to_it_and_never_overflow():
+    early = datetime(456, 8, 22, 8, 53, tzinfo=UTC)
+    start, end = time_range(since=None, start=None, end=early, default=DAY, now=NOW)
+    assert start == end == datetime(1900, 1, 1, tzinfo=UTC)  # an empty range, not an error
+    query = rates_series_sql("db", rates(start=start, end=end), KEPT)
+    assert query.parameters["start"] == "1900-01-01 00:00:00.000000"
+    year_one = datetime(1, 1, 1, tzinfo=UTC)
+    assert time_range(since=None, start=None, end=year_one, default=DAY, now=NOW)[0] == start
+    ages = timedelta(days=999_999_999)
+    assert time_range(since=ages, start=None, end=None, default=DAY, now=NOW) == (start, NOW)
+    late = datetime(9999, 12, 31, tzinfo=UTC)
+    assert time_range(since=None, start=NOW, end=late, default=DAY, now=NOW)[1].year == 2299
