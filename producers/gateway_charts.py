@@ -113,7 +113,8 @@ def add_chart_routes(
     ) -> Response:
         """Bad rate over time, as columns: per series the window starts (``t``, unix
         seconds, ascending) and ``total``, ``bad``, ``bad_rate`` at the same positions, for
-        the windows that counted feedback (gaps are windows without any). At most
+        the windows that counted feedback (gaps are windows without any). Windows are back
+        to back: a sliding size gives the windows that start on a multiple of it. At most
         50 series, the largest total first
         (``more_series``: how many more); ``alerts``: the alert episodes of the same rows
         that overlap the range. Default range: the last 24 h.

@@ -176,9 +176,12 @@ def rates_series_sql(database: str, filters: RatesFilter, windows: tuple[int, ..
     ``t`` (window starts in unix seconds, ascending), ``total``, ``bad``, ``bad_rate`` (4
     decimals) as parallel arrays, and ``series`` (how many series the range has in all).
 
-    Only windows that counted something (``total + implicit > 0``) are points. The points
-    are sorted in the array (a tuple sort), not left to the order rows reach
-    ``groupArray``, which parallel reading does not keep.
+    The windows are back to back: a sliding window (one ends with every base window) is
+    read where it starts on a multiple of its size, so a point is ``window_seconds`` of
+    feedback, none counted in two points, and a range has ``span / window_seconds``
+    points at most. Only windows that counted something (``total + implicit > 0``) are
+    points. The points are sorted in the array (a tuple sort), not left to the order rows
+    reach ``groupArray``, which parallel reading does not keep.
 
     Raises:
         ValueError: a filter a chart refuses (:meth:`RatesFilter.check`).
@@ -198,6 +201,7 @@ def rates_series_sql(database: str, filters: RatesFilter, windows: tuple[int, ..
         f"SELECT {dims}, toUnixTimestamp(window_start) AS w_t, total AS w_total, bad AS w_bad, "
         f"round(bad_rate, 4) AS w_rate FROM {database}.feedback_rates FINAL WHERE {where} "
         "AND window_seconds = {window_seconds:UInt32} "
+        "AND toUnixTimestamp(window_start) % {window_seconds:UInt32} = 0 "
         f"AND window_start >= {_time('start')} AND window_start < {_time('end')} "
         f"AND total + implicit > 0) GROUP BY {dims} "
         f"ORDER BY volume DESC, {dims} LIMIT {int(filters.max_series)}) "

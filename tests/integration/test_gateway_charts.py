@@ -119,7 +119,8 @@ def insert_rates(store, database: str) -> None:
     rows.append(rate_row("a", "m1", "*", NOW - MINUTE, 10, 9, version=0))  # replaced
     rows.append(rate_row("a", "m3", "*", NOW - 5 * MINUTE, 0, 0, implicit=2))
     rows.append(rate_row("a", "m4", "*", NOW - 5 * MINUTE, 0, 0))  # nothing: not a point
-    rows.append(rate_row("a", "m1", "*", NOW - 10 * MINUTE, 50, 5, window=300))
+    for i in range(5, 65):  # as the stream writes them: a 5-minute window ends every minute
+        rows.append(rate_row("a", "m1", "*", NOW - i * MINUTE, 50, 5, window=300))
     store.insert(f"{database}.feedback_rates", rows, column_names=RATE_COLUMNS)
 
 
@@ -232,11 +233,18 @@ async def test_rates_per_capability_and_a_firing_alert_has_no_end(gateway):
     ]
 
 
-async def test_rates_of_a_sliding_window_and_filters_narrow_the_series(gateway):
+async def test_a_sliding_window_charts_back_to_back_windows_and_filters_narrow_the_series(
+    gateway,
+):
+    """A 5-minute window ends with every minute: the chart takes those that start on a
+    multiple of 5 minutes, so a point is 5 minutes of feedback and no minute counts twice."""
     status, body = await gateway.get("/v1/rates", gateway.keys["read_a"], window=300,
                                      model="m1", environment="prod")  # fmt: skip
     assert status == 200, body
-    assert [(s["model"], s["total"]) for s in body["series"]] == [("m1", [50])]
+    [m1] = body["series"]
+    starts = sorted(int((NOW - i * MINUTE).timestamp()) for i in range(5, 65))
+    assert m1["t"] == [t for t in starts if t % 300 == 0] and len(m1["t"]) == 12
+    assert set(m1["total"]) == {50} and m1["model"] == "m1"
     status, body = await gateway.get("/v1/rates", gateway.keys["read_a"], environment="staging")
     assert (status, body["series"], body["alerts"]) == (200, [], [])
 

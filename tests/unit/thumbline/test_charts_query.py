@@ -46,6 +46,8 @@ def test_per_model_the_rates_read_the_rows_of_all_capabilities_and_per_capabilit
     assert "model = '*'" in per_capability.text and "capability = '*'" not in per_capability.text
     assert "FROM db.feedback_rates FINAL" in per_model.text
     assert per_model.parameters["window_seconds"] == 60
+    # back to back: a sliding window ends with every base window, a chart takes every n-th
+    assert "toUnixTimestamp(window_start) % {window_seconds:UInt32} = 0" in per_model.text
     assert per_model.parameters["start"] == "2026-11-25 12:00:00.000000"
 
 
