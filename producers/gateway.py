@@ -54,6 +54,7 @@ from thumbline.errors import SqlRefused, StoreError
 from thumbline.keys import ApiKey, KeyRing
 from thumbline.metrics import Metrics
 from thumbline.producers import gateway_errors
+from thumbline.producers.gateway_charts import add_chart_routes
 from thumbline.producers.gateway_core import (
     RETRY_AFTER_SECONDS,
     GatewayCore,
@@ -119,6 +120,7 @@ def build_app(
     otlp_project: str | None = None,
     capture_content: bool = True,
     score_sql: Callable[[str, bool], bytes] | None = None,
+    rate_windows: tuple[int, ...] = (60, 300, 3600),
 ) -> FastAPI:
     """The gateway's ASGI app (``producer`` and the pools started by the caller).
 
@@ -132,7 +134,7 @@ def build_app(
     False drops the question and the answer. ``score_sql`` reaches the score configs
     (:mod:`thumbline.producers.gateway_scores`; None: no such routes). ``problems`` says
     what the rest of the process waits for (Kafka, the store): ``/readyz`` is not ready
-    meanwhile.
+    meanwhile. ``rate_windows``: the rate window sizes the stream keeps, the base first.
     """
     app = FastAPI(
         title="thumbline gateway",
@@ -314,6 +316,7 @@ def build_app(
     add_otlp_routes(app, core, project=otlp_project, capture_content=capture_content)
     add_vendor_routes(app, ingest=ingest, feedback=feedback_from, result=IngestResult)
     add_read_routes(app, core, reads=reads, sql=sql, database=database)
+    add_chart_routes(app, core, reads=reads, database=database, windows=rate_windows)
     add_web_routes(app)
     if score_sql is not None:
         add_score_routes(app, core, sql=score_sql, database=database)

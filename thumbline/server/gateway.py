@@ -75,6 +75,7 @@ class GatewayProcess:
                 problems=self.waits.problems, otlp_project=s.otlp_project,
                 capture_content=s.capture_content,
                 score_sql=sandbox_sql(s, open_path=False),
+                rate_windows=(s.rate_window_seconds, *s.sliding_windows),
             )  # fmt: skip
             self._gateway = await Gateway(app, host=s.gateway_host, port=s.gateway_port).start()
             self.url = self._gateway.url

@@ -19,6 +19,10 @@ ROUTES = {  # (method, path): the error statuses the route answers
     ("get", "/v1/feedback"): {"401", "403", "422", "503"},  # 503: the store did not answer
     ("get", "/v1/traces/{trace_id}"): {"401", "403", "404", "503"},
     ("get", "/v1/conversations/{conversation_id}"): {"401", "403", "404", "503"},
+    # the web pages' reads (gateway_charts)
+    ("get", "/v1/whoami"): {"401", "403", "503"},
+    ("get", "/v1/rates"): {"401", "403", "422", "503"},
+    ("get", "/v1/alerts"): {"401", "403", "422", "503"},
     # hosted products' own paths (gateway_vendors)
     ("post", "/v1/datasets/{dataset}/ingest"): INGEST,
     ("post", "/v1/ingest/{dataset}"): INGEST,

@@ -1,0 +1,191 @@
+"""The gateway's reads for the web pages: who am I, bad rate over time, alert episodes.
+
+- ``GET /v1/whoami``: whether the gateway is open (loopback, no key yet), and the
+  key's project, scope and name; never the key.
+- ``GET /v1/rates``: per series (project, environment, model or capability) the
+  windows of one size as parallel arrays (``t``, ``total``, ``bad``, ``bad_rate``),
+  at most 50 series and 20,160 points each, with the alert episodes over the range.
+- ``GET /v1/alerts``: alert episodes, newest first, with their samples.
+
+Like the other reads (:mod:`thumbline.producers.gateway_reads`), they run in the
+``reads`` pool with bound parameters (:mod:`thumbline.charts`), and a key bound to a
+project reads only it.
+"""
+
+from __future__ import annotations
+
+import gzip
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+
+from thumbline.charts import (
+    ALERT_TIMES,
+    MAX_ALERTS,
+    MAX_POINTS,
+    AlertsFilter,
+    RatesFilter,
+    alert_episodes_sql,
+    rate_alerts_sql,
+    rates_series_sql,
+    time_range,
+)
+from thumbline.inbox import BoundQuery
+from thumbline.producers.gateway_core import GatewayCore
+from thumbline.producers.gateway_errors import responses
+from thumbline.producers.gateway_reads import READ_ERRORS, Bounded, own_project, with_zones
+from thumbline.queries import parse_since
+from thumbline.sqlpool import SqlPool
+
+#: Bodies smaller than this go out as they are: gzip would save less than it costs.
+GZIP_FROM_BYTES = 1400
+_DAY, _WEEK = timedelta(days=1), timedelta(days=7)
+
+Since = Annotated[str | None, Query(description="e.g. 30m, 24h, 7d; or from and to")]
+From = Annotated[datetime | None, Query(alias="from", description="ISO 8601; no zone: UTC")]
+To = Annotated[datetime | None, Query(alias="to", description="ISO 8601; absent: now")]
+Window = Annotated[
+    int | None,
+    Query(
+        description="Window seconds: the base window (default) or "
+        "a sliding one (THUMBLINE_RATE_WINDOW_SECONDS, THUMBLINE_RATE_SLIDING_SECONDS)"
+    ),
+]
+
+
+def _json(request: Request, value: Any) -> Response:
+    """``value`` as JSON, gzipped when the client takes it (every browser does): a week of
+    minute windows is mostly digits that repeat."""
+    body = orjson.dumps(value)
+    accepted = request.headers.get("accept-encoding", "")
+    if len(body) >= GZIP_FROM_BYTES and "gzip" in accepted.lower():
+        return Response(
+            gzip.compress(body, compresslevel=5), media_type="application/json",
+            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
+        )  # fmt: skip
+    return Response(body, media_type="application/json", headers={"Vary": "Accept-Encoding"})
+
+
+def add_chart_routes(
+    app: FastAPI, core: GatewayCore, *, reads: SqlPool, database: str,
+    windows: tuple[int, ...] = (60, 300, 3600),
+) -> None:  # fmt: skip
+    """Add ``/v1/whoami``, ``/v1/rates`` and ``/v1/alerts``; ``windows``: the rate window
+    sizes the stream keeps (the base window first, then the sliding ones)."""
+
+    async def rows_of(query: BoundQuery) -> list[dict[str, Any]]:
+        """The rows of a query with bound parameters (raises StoreError: a 400 above)."""
+        lines = await reads.run(query.text, fmt="JSONEachRow", parameters=query.parameters)
+        return [orjson.loads(line) for line in lines.splitlines() if line.strip()]
+
+    @app.get("/v1/whoami", responses=responses(READ_ERRORS))
+    async def get_whoami(request: Request) -> Response:
+        """Who the request's key is: ``open`` (no key needed: a loopback gateway before any
+        key exists), the key's ``project`` (null: every project), ``scope`` and ``name``.
+        Never the key or its hash."""
+        key = await core.authenticate(request, "read")
+        if key is None:
+            me: dict[str, Any] = {"open": True, "project": None, "scope": None, "name": None}
+        else:
+            me = {"open": False, "project": key.project or None, "scope": key.scope,
+                  "name": key.name or None}  # fmt: skip
+        return Response(orjson.dumps(me), media_type="application/json")
+
+    @app.get("/v1/rates", responses=responses({**READ_ERRORS, 422: "A filter is invalid (e.g. "
+             f"window=61, since=7 parsecs) or the range holds more than {MAX_POINTS:,} windows "
+             "of the size asked: the error names the fix."}))  # fmt: skip
+    async def get_rates(
+        request: Request,
+        window: Window = None,
+        by: Annotated[
+            Literal["model", "capability"],
+            Query(description="Series per model (all capabilities) or per capability (all models)"),
+        ] = "model",  # fmt: skip
+        since: Since = None,
+        start: From = None,
+        end: To = None,
+        project: Bounded = None,
+        environment: Bounded = None,
+        model: Bounded = None,
+        capability: Bounded = None,
+    ) -> Response:
+        """Bad rate over time, as columns: per series the window starts (``t``, unix
+        seconds, ascending) and ``total``, ``bad``, ``bad_rate`` at the same positions, for
+        the windows that counted feedback (gaps are windows without any). Windows are back
+        to back: a sliding size gives the windows that start on a multiple of it. At most
+        50 series, the largest total first
+        (``more_series``: how many more); ``alerts``: the alert episodes of the same rows
+        that overlap the range. Default range: the last 24 h.
+        """
+        key = await core.authenticate(request, "read")
+        try:
+            start, end = time_range(since=_since(since), start=start, end=end, default=_DAY)
+            filters = RatesFilter(
+                window_seconds=window if window is not None else windows[0], start=start,
+                end=end, by=by, project=own_project(key, project), environment=environment,
+                model=model, capability=capability,
+            )  # fmt: skip
+            series_sql = rates_series_sql(database, filters, windows)
+            alerts_sql = rate_alerts_sql(database, filters, windows)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        series = await rows_of(series_sql)
+        alerts = await rows_of(alerts_sql)
+        total = series[0]["series"] if series else 0
+        for one in series:
+            del one["series"]
+        return _json(request, {
+            "window_seconds": filters.window_seconds, "by": by, "from": _iso(start),
+            "to": _iso(end), "series": series,
+            "more_series": max(0, int(total) - len(series)),
+            "alerts": with_zones(alerts, ("onset", "until")),
+        })  # fmt: skip
+
+    @app.get("/v1/alerts", responses=responses({**READ_ERRORS, 422: "A filter is invalid "
+             "(e.g. limit=0, since=7 parsecs): the error names it."}))  # fmt: skip
+    async def get_alerts(
+        request: Request,
+        state: Annotated[
+            Literal["firing", "resolved"] | None,
+            Query(description="The episode's latest state; absent: both"),
+        ] = None,
+        since: Since = None,
+        start: From = None,
+        end: To = None,
+        project: Bounded = None,
+        environment: Bounded = None,
+        model: Bounded = None,
+        capability: Bounded = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_ALERTS)] = 100,
+    ) -> Response:
+        """Alert episodes that overlap the range (default: the last 7 days), newest first:
+        each with its latest ``state``, when it began (``onset``, its first window), fired
+        and resolved (``resolved_at`` null while firing), the rates that fired it and
+        their samples; times in ISO 8601 with ``Z``."""
+        key = await core.authenticate(request, "read")
+        try:
+            start, end = time_range(since=_since(since), start=start, end=end, default=_WEEK)
+            query = alert_episodes_sql(database, AlertsFilter(
+                start=start, end=end, state=state, project=own_project(key, project),
+                environment=environment, model=model, capability=capability, limit=limit,
+            ))  # fmt: skip
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return _json(request, with_zones(await rows_of(query), ALERT_TIMES))
+
+
+def _since(text: str | None) -> timedelta | None:
+    """``since`` as a duration (ValueError: a 422 naming it)."""
+    if not text:
+        return None
+    try:
+        return parse_since(text)
+    except OverflowError:  # more days than a timedelta holds
+        raise ValueError(f"since {text!r} is longer ago than any time: use from and to") from None
+
+
+def _iso(moment: datetime) -> str:
+    """A UTC time as ISO 8601 with ``Z``, to the millisecond (as the other reads give)."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
