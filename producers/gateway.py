@@ -121,6 +121,7 @@ def build_app(
     capture_content: bool = True,
     score_sql: Callable[[str, bool], bytes] | None = None,
     rate_windows: tuple[int, ...] = (60, 300, 3600),
+    rate_annotators: tuple[str, ...] = ("end_user",),
 ) -> FastAPI:
     """The gateway's ASGI app (``producer`` and the pools started by the caller).
 
@@ -134,7 +135,8 @@ def build_app(
     False drops the question and the answer. ``score_sql`` reaches the score configs
     (:mod:`thumbline.producers.gateway_scores`; None: no such routes). ``problems`` says
     what the rest of the process waits for (Kafka, the store): ``/readyz`` is not ready
-    meanwhile. ``rate_windows``: the rate window sizes the stream keeps, the base first.
+    meanwhile. ``rate_windows``: the rate window sizes the stream keeps, the base first;
+    ``rate_annotators``: whose feedback they count.
     """
     app = FastAPI(
         title="thumbline gateway",
@@ -316,7 +318,8 @@ def build_app(
     add_otlp_routes(app, core, project=otlp_project, capture_content=capture_content)
     add_vendor_routes(app, ingest=ingest, feedback=feedback_from, result=IngestResult)
     add_read_routes(app, core, reads=reads, sql=sql, database=database)
-    add_chart_routes(app, core, reads=reads, database=database, windows=rate_windows)
+    add_chart_routes(app, core, reads=reads, database=database, windows=rate_windows,
+                     annotators=rate_annotators)  # fmt: skip
     add_web_routes(app)
     if score_sql is not None:
         add_score_routes(app, core, sql=score_sql, database=database)

@@ -25,9 +25,11 @@ from thumbline.charts import (
     ALERT_TIMES,
     MAX_ALERTS,
     MAX_POINTS,
+    MAX_SERIES,
     AlertsFilter,
     RatesFilter,
     alert_episodes_sql,
+    open_windows_sql,
     rate_alerts_sql,
     rates_series_sql,
     time_range,
@@ -39,6 +41,9 @@ from thumbline.producers.gateway_reads import READ_ERRORS, Bounded, own_project,
 from thumbline.queries import parse_since
 from thumbline.sqlpool import SqlPool
 
+#: How far back a chart counts the windows the stream has not completed (a stream further
+#: behind shows a gap: its lag).
+OPEN_REACH = timedelta(hours=1)
 #: Bodies smaller than this go out as they are: gzip would save less than it costs.
 GZIP_FROM_BYTES = 1400
 _DAY, _WEEK = timedelta(days=1), timedelta(days=7)
@@ -68,12 +73,41 @@ def _json(request: Request, value: Any) -> Response:
     return Response(body, media_type="application/json", headers={"Vary": "Accept-Encoding"})
 
 
+def with_open_windows(series: list[dict[str, Any]], open_rows: list[dict[str, Any]]) -> int | None:
+    """Append the open windows (``open_rows``) to their series in ``series`` (a new series
+    for dimensions without complete windows), in place; the first open window's start
+    (unix seconds): where the chart's points are counts so far. None: no open window."""
+    dims = ("project", "environment", "model", "capability")
+    by_dims = {tuple(one[d] for d in dims): one for one in series}
+    first = None
+    for row in open_rows:
+        after = int(row["complete"] or 0)
+        if row["t"] < after:  # completed meanwhile
+            continue
+        first = row["t"] if first is None else min(first, row["t"])
+        one = by_dims.get(tuple(row[d] for d in dims))
+        if one is None:
+            if len(series) >= MAX_SERIES:
+                continue
+            one = {**{d: row[d] for d in dims}, "t": [], "total": [], "bad": [], "bad_rate": []}
+            by_dims[tuple(row[d] for d in dims)] = one
+            series.append(one)
+        if one["t"] and one["t"][-1] >= row["t"]:
+            continue  # the stream wrote it: its count is the complete one
+        one["t"].append(row["t"])
+        one["total"].append(row["total"])
+        one["bad"].append(row["bad"])
+        one["bad_rate"].append(round(row["bad"] / row["total"], 4))
+    return first
+
+
 def add_chart_routes(
     app: FastAPI, core: GatewayCore, *, reads: SqlPool, database: str,
-    windows: tuple[int, ...] = (60, 300, 3600),
+    windows: tuple[int, ...] = (60, 300, 3600), annotators: tuple[str, ...] = ("end_user",),
 ) -> None:  # fmt: skip
     """Add ``/v1/whoami``, ``/v1/rates`` and ``/v1/alerts``; ``windows``: the rate window
-    sizes the stream keeps (the base window first, then the sliding ones)."""
+    sizes the stream keeps (the base window first, then the sliding ones); ``annotators``:
+    whose feedback they count (the open windows are counted the same way)."""
 
     async def rows_of(query: BoundQuery) -> list[dict[str, Any]]:
         """The rows of a query with bound parameters (raises StoreError: a 400 above)."""
@@ -129,6 +163,8 @@ def add_chart_routes(
             )  # fmt: skip
             series_sql = rates_series_sql(database, filters, windows)
             alerts_sql = rate_alerts_sql(database, filters, windows)
+            base = filters.window_seconds == windows[0]
+            open_sql = open_windows_sql(database, filters, annotators, reach=OPEN_REACH)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         series = await rows_of(series_sql)
@@ -136,11 +172,14 @@ def add_chart_routes(
         total = series[0]["series"] if series else 0
         for one in series:
             del one["series"]
+        complete = None
+        if base:  # the minutes still open, counted so far: a chart from the first minute on
+            complete = with_open_windows(series, await rows_of(open_sql))
         return _json(request, {
             "window_seconds": filters.window_seconds, "by": by, "from": _iso(start),
             "to": _iso(end), "series": series,
             "more_series": max(0, int(total) - len(series)),
-            "alerts": with_zones(alerts, ("onset", "until")),
+            "open_from": complete, "alerts": with_zones(alerts, ("onset", "until")),
         })  # fmt: skip
 
     @app.get("/v1/alerts", responses=responses({**READ_ERRORS, 422: "A filter is invalid "

@@ -306,3 +306,48 @@ def alert_episodes_sql(database: str, filters: AlertsFilter) -> BoundQuery:
         f"WHERE {having} ORDER BY last_at DESC, alert_id LIMIT {int(filters.limit)}",
         parameters,
     )
+
+
+def open_windows_sql(
+    database: str, filters: RatesFilter, annotators: tuple[str, ...], *, reach: timedelta
+) -> BoundQuery:
+    """The base windows the stream has not completed yet, counted so far from ``feedback``:
+    one row per series and window (``t``, ``total``, ``bad``), after the last complete
+    window (``complete``: unix seconds, 0 when none is) and within ``reach`` of the range's
+    end, so a chart shows the minute that is still open, and a new store shows a chart
+    within its first minute.
+
+    Counted as the stream counts them (:mod:`thumbline.stream_jobs.rates_store`): stored
+    rows of ``annotators``, not retracted, not waiting for their trace; ``total`` is the
+    explicit feedback. The stream's own row replaces a point once its window completes.
+    """
+    clauses, parameters = _dimensions(filters)
+    where = " AND ".join(clauses) or "1"
+    by = filters.by
+    dims = f"project, environment, {by}"
+    series = (
+        "project, environment, model, '*' AS capability" if by == "model"
+        else "project, environment, '*' AS model, capability"
+    )  # fmt: skip
+    parameters.update(
+        window_seconds=filters.window_seconds, start=store_time(filters.start),
+        end=store_time(filters.end), annotators=list(annotators),
+        reach=int(reach.total_seconds()),
+    )  # fmt: skip
+    complete = (  # of this chart's rows only: a key sees nothing of another project
+        "(SELECT toUnixTimestamp(max(window_end)) FROM "  # noqa: S608
+        f"{database}.feedback_rates WHERE {where} AND window_seconds = {{window_seconds:UInt32}})"
+    )
+    return BoundQuery(
+        f"SELECT {series}, {complete} AS complete, "  # noqa: S608
+        "toUnixTimestamp(toStartOfInterval(ts, toIntervalSecond({window_seconds:UInt32}))) AS t, "
+        "countIf(source != 'implicit') AS total, "
+        "countIf(source != 'implicit' AND label = 'bad') AS bad "
+        f"FROM {database}.feedback FINAL WHERE {where} "
+        f"AND ts >= greatest({_time('start')}, toDateTime64({complete}, 3, 'UTC'), "
+        f"{_time('end')} - toIntervalSecond({{reach:UInt32}})) AND ts < {_time('end')} "
+        "AND retracted = 0 AND join_status != 'pending' "
+        "AND has({annotators:Array(String)}, annotator) "
+        f"GROUP BY {dims}, t HAVING total > 0 ORDER BY {dims}, t",
+        parameters,
+    )

@@ -371,3 +371,63 @@ async def test_rates_and_alerts_want_a_read_key_once_keys_exist(gateway):
     for path in ("/v1/rates", "/v1/alerts"):
         assert (await gateway.get(path))[0] == 401
         assert (await gateway.get(path, gateway.keys["ingest_a"]))[0] == 403
+
+
+FEEDBACK_COLUMNS = (
+    "project", "event_id", "trace_id", "environment", "model", "capability", "label", "source",
+    "annotator", "retracted", "join_status", "ts", "version",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+async def open_minutes(broker, store, store_settings) -> AsyncIterator[Gateway]:
+    """Project a's m1: windows written until two minutes ago, and stored feedback in the
+    last two minutes that no window holds yet (the stream completes a minute after it ends)."""
+    async for gw in serving(broker, store, store_settings, "charts_openwin",
+                            read_a=("read", "a")):  # fmt: skip
+        store.insert(f"{gw.database}.feedback_rates",
+                     [rate_row("a", "m1", "*", NOW - (3 - i) * MINUTE, 10, 1) for i in range(2)],
+                     column_names=RATE_COLUMNS)  # fmt: skip
+        last, this = NOW - MINUTE, NOW
+        rows = [
+            *[("a", f"e{i}", f"t{i}", "prod", "m1", "c1", "bad" if i < 3 else "good",
+               "explicit", "end_user", 0, "joined", last + timedelta(seconds=i), 1)
+              for i in range(5)],  # 3 bad of 5
+            ("a", "judge", "t0", "prod", "m1", "c1", "bad", "explicit", "evaluator", 0, "joined",
+             last, 1),  # a judge's: the rates do not count it
+            ("a", "copied", "t0", "prod", "m1", "c1", "", "implicit", "end_user", 0, "joined",
+             last, 1),  # implicit: not in total
+            ("a", "waits", "t9", "prod", "", "", "bad", "explicit", "end_user", 0, "pending",
+             last, 1),  # waiting for its trace: no dimensions yet
+            ("a", "now-1", "t5", "prod", "m1", "c1", "bad", "explicit", "end_user", 0, "joined",
+             this, 1),  # the minute that is open now: 1 bad of 1
+            ("b", "b-1", "tb", "prod", "m1", "c1", "bad", "explicit", "end_user", 0, "joined",
+             last, 1),  # another project's
+        ]  # fmt: skip
+        store.insert(f"{gw.database}.feedback", rows, column_names=FEEDBACK_COLUMNS)
+        yield gw
+
+
+async def test_the_minutes_the_stream_has_not_completed_are_charted_as_counted_so_far(
+    open_minutes,
+):
+    status, body = await open_minutes.get("/v1/rates", open_minutes.keys["read_a"], since="1h")
+    assert status == 200, body
+    [m1] = body["series"]
+    start = int((NOW - 3 * MINUTE).timestamp())
+    assert m1["t"] == [start, start + 60, start + 120, start + 180]
+    assert (m1["total"], m1["bad"], m1["bad_rate"]) == ([10, 10, 5, 1], [1, 1, 3, 1],
+                                                        [0.1, 0.1, 0.6, 1.0])  # fmt: skip
+    assert body["open_from"] == start + 120
+    status, body = await open_minutes.get("/v1/rates", open_minutes.keys["read_a"], since="1h",
+                                          by="capability")  # fmt: skip
+    assert [(s["model"], s["capability"], s["total"]) for s in body["series"]] == [
+        ("*", "c1", [5, 1])
+    ]
+
+
+async def test_a_sliding_window_chart_has_no_open_minutes(open_minutes):
+    status, body = await open_minutes.get("/v1/rates", open_minutes.keys["read_a"], since="1h",
+                                          window=300)  # fmt: skip
+    assert status == 200, body
+    assert body["open_from"] is None and body["series"] == []

@@ -76,6 +76,7 @@ class GatewayProcess:
                 capture_content=s.capture_content,
                 score_sql=sandbox_sql(s, open_path=False),
                 rate_windows=(s.rate_window_seconds, *s.sliding_windows),
+                rate_annotators=s.counted_annotators,
             )  # fmt: skip
             self._gateway = await Gateway(app, host=s.gateway_host, port=s.gateway_port).start()
             self.url = self._gateway.url

@@ -123,7 +123,7 @@ function about(row) {
 
 /** One feedback row of the table (also used by the trace page). */
 export function feedbackRow(row) {
-  const what = [row.name, row.kind].filter(Boolean);
+  const what = [row.name, row.kind !== row.name ? row.kind : ''].filter(Boolean);
   const tr = h('tr', { class: `row ${row.label === 'bad' ? 'is-bad' : ''}`,
     dataset: { event: row.event_id, trace: row.trace_id || '' }, tabindex: '-1' },
   h('td', { 'data-label': 'Time' }, when(row.ts)),

@@ -28,7 +28,9 @@ function query(params) {
   const out = [];
   const since = params.get('since') || (params.has('from') ? '' : '24h');
   if (since) out.push(['since', since]);
-  for (const name of ['from', 'to', 'by', 'project', 'environment', 'model', 'capability']) {
+  // the store keeps rates per model or per capability: filter on the one charted
+  const by = params.get('by') === 'capability' ? 'capability' : 'model';
+  for (const name of ['from', 'to', 'by', 'project', 'environment', by]) {
     if (params.get(name)) out.push([name, params.get(name)]);
   }
   out.push(['window', params.get('window') || defaultWindow(since)]);
@@ -51,7 +53,8 @@ function controls(ctx) {
     pick('window', 'Window', WINDOWS, p.get('window') || defaultWindow(since)),
     pick('by', 'Per', [['model', 'model'], ['capability', 'capability']],
       p.get('by') || 'model'),
-    text('project', 'Project'), text('environment', 'Environment'), text('model', 'Model'),
+    text('project', 'Project'), text('environment', 'Environment'),
+    p.get('by') === 'capability' ? text('capability', 'Capability') : text('model', 'Model'),
     h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Show')));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -99,12 +102,17 @@ export function align(series) {
   return [Array.from(xs), rates, totals];
 }
 
-function bands(alerts, seconds) {
+function bands(alerts, seconds, openFrom) {
   return {
     hooks: {
       drawClear: [(u) => {
         const { ctx } = u;
         ctx.save();
+        if (openFrom) { // windows still open: their counts so far
+          const x0 = u.valToPos(openFrom, 'x', true);
+          ctx.fillStyle = 'rgba(128, 128, 128, 0.12)';
+          ctx.fillRect(x0, u.bbox.top, u.bbox.left + u.bbox.width - x0, u.bbox.height);
+        }
         ctx.fillStyle = 'rgba(220, 38, 38, 0.13)';
         for (const alert of alerts) {
           const from = Date.parse(alert.onset) / 1000;
@@ -128,13 +136,15 @@ function chart(el, title, xs, columns, series, options) {
     cursor: { sync: { key: 'rates' }, focus: { prox: 24 }, drag: { x: false, y: false } },
     focus: { alpha: 0.35 },
     legend: { live: true },
-    scales: { x: { time: true }, ...(options.scales || {}) },
+    // to the range's end: a series that stopped shows its silence
+    scales: { x: { time: true, range: (u, min, max) => [min, Math.max(max, options.end)] },
+      ...(options.scales || {}) },
     axes: [{}, { label: options.axis, size: 60, values: options.values }],
     plugins: options.plugins || [],
     series: [{ label: 'time', value: (u, v) => (v == null ? '' : timeText(new Date(v * 1000))) },
       ...series.map((s, i) => ({
         label: s.label, stroke: color(i), width: 1.5, spanGaps: false,
-        value: options.value, points: { show: false },
+        value: options.value,
       }))],
   }, [xs, ...columns], el);
   el.uplot = u;
@@ -226,8 +236,10 @@ export function show(ctx) {
     const alerts = body.alerts || [];
     const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time';
     results.replaceChildren(
-      h('p', { class: 'hint' }, `Times in ${zone}. Shaded: alert episodes. Click a point `
+      h('p', { class: 'hint' }, `Times in ${zone}. Red: alert episodes. Click a point `
         + 'to see its bad feedback.',
+      body.open_from ? ` Grey, from ${timeText(new Date(body.open_from * 1000))}: windows still `
+        + 'open, their counts so far.' : '',
       body.more_series ? ` ${body.more_series} smaller series are not drawn: filter to see them.`
         : ''),
       rateEl, volumeEl,
@@ -244,10 +256,11 @@ export function show(ctx) {
     const end = Date.parse(body.to) / 1000;
     const rate = chart(rateEl, 'Bad rate (%)', xs, rates, series, {
       axis: 'bad %', value: (u, v) => (v == null ? '' : `${v.toFixed(1)}%`),
-      scales: { y: { range: [0, 100] } }, plugins: [bands(alerts, end)],
+      scales: { y: { range: [0, 100] } }, plugins: [bands(alerts, end, body.open_from)], end,
     });
     const volume = chart(volumeEl, 'Feedback per window', xs, totals, series, {
       axis: 'feedback', value: (u, v) => (v == null ? '' : String(v)),
+      plugins: [bands([], end, body.open_from)], end,
     });
     charts = [rate, volume];
     rate.over.addEventListener('click', () => {

@@ -21,7 +21,11 @@ function content(spans) {
 }
 
 function timeline(spans) {
-  const times = spans.map((s) => [Date.parse(s.start_time), Date.parse(s.end_time)]);
+  const times = spans.map((s) => {
+    const a = Date.parse(s.start_time);
+    const b = Date.parse(s.end_time);
+    return [a, Number.isFinite(b) || s.latency_ms == null ? b : a + s.latency_ms];
+  });
   const start = Math.min(...times.map(([a]) => a).filter(Number.isFinite));
   const end = Math.max(...times.map(([a, b]) => (Number.isFinite(b) ? b : a))
     .filter(Number.isFinite));
@@ -40,7 +44,7 @@ function timeline(spans) {
     const width = Number.isFinite(a) && Number.isFinite(b) ? Math.max(((b - a) / total) * 100, 0.5) : 0.5;
     bar.style.left = `${left}%`;
     bar.style.width = `${Math.min(width, 100 - left)}%`;
-    const name = h('span', { class: 'name' }, span.name || span.span_id || '(span)');
+    const name = h('span', { class: 'name' }, span.name || span.span_id || 'trace');
     name.style.paddingLeft = `${level(span) * 1}em`;
     return h('li', {},
       name,
