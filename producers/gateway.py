@@ -31,6 +31,8 @@ configured broker and store.
   ``gateway_rate_limit`` events per second gets 429 with ``Retry-After``.
 - Errors: ``{"error": ...}`` (:mod:`thumbline.producers.gateway_errors`), with
   ``"retriable": true`` on 429 and 503; the OpenAPI spec lists each route's.
+- Every answer carries a strict Content-Security-Policy and the other security
+  headers (:mod:`thumbline.producers.gateway_headers`).
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (Kafka and the key
   store reachable), ``GET /metrics`` (Prometheus).
 """
@@ -64,6 +66,7 @@ from thumbline.producers.gateway_core import (
     stamp_annotator,
 )
 from thumbline.producers.gateway_errors import INGEST, responses
+from thumbline.producers.gateway_headers import add_security_headers
 from thumbline.producers.gateway_openapi import openapi_of
 from thumbline.producers.gateway_otlp import add_otlp_routes
 from thumbline.producers.gateway_reads import SqlError, add_read_routes
@@ -356,6 +359,7 @@ def build_app(
         metrics.gateway_requests.labels(path, str(response.status_code)).inc()
         return response
 
+    add_security_headers(app)  # last: outside CORS and the counter, on every answer
     return app
 
 
