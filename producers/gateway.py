@@ -65,6 +65,7 @@ from thumbline.producers.gateway_core import (
     is_loopback,
     stamp_annotator,
 )
+from thumbline.producers.gateway_docs import add_docs_routes
 from thumbline.producers.gateway_errors import INGEST, responses
 from thumbline.producers.gateway_headers import add_security_headers
 from thumbline.producers.gateway_openapi import openapi_of
@@ -140,6 +141,8 @@ def build_app(
         title="thumbline gateway",
         version="1",
         description="Feedback and traces over HTTP; a 202 means Kafka has them.",
+        docs_url=None,  # gateway_docs serves /docs from the package, not from a CDN
+        redoc_url=None,
     )
     if cors_origins:
         app.add_middleware(
@@ -316,6 +319,7 @@ def build_app(
     add_otlp_routes(app, core, project=otlp_project, capture_content=capture_content)
     add_vendor_routes(app, ingest=ingest, feedback=feedback_from, result=IngestResult)
     add_read_routes(app, core, reads=reads, sql=sql, database=database)
+    add_docs_routes(app)
     if score_sql is not None:
         add_score_routes(app, core, sql=score_sql, database=database)
 

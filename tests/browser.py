@@ -135,7 +135,8 @@ async def _first_tab(
 class Page:
     """One Chromium tab over the DevTools protocol.
 
-    ``requests`` (every URL the page asked for, its own document included, in order) and
+    ``requests`` (every URL the page asked for, its own document included, in order;
+    ``data:`` URLs left out) and
     ``problems`` (console errors, uncaught exceptions, failed loads and
     Content-Security-Policy violations, as text) are collected from the start and never
     cleared: assert on them, or on a slice taken after a step.
@@ -182,7 +183,8 @@ class Page:
 
     def _event(self, method: str, params: dict[str, Any]) -> None:
         if method == "Network.requestWillBeSent":
-            self.requests.append(params["request"]["url"])
+            if not params["request"]["url"].startswith("data:"):  # inline, not a request
+                self.requests.append(params["request"]["url"])
         elif method == "Runtime.exceptionThrown":
             details = params["exceptionDetails"]
             thrown = details.get("exception", {}).get("description") or details.get("text")
@@ -257,14 +259,16 @@ class Page:
         return result["result"].get("value")
 
     async def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
-        """Evaluate ``expression`` every 0.1 s until it is truthy; its value.
+        """Evaluate ``expression`` every 0.1 s until it is truthy; its value (True for a DOM
+        node, so ``wait_for("document.querySelector('.row')")`` waits for an element).
 
         Raises:
             AssertionError: still falsy after ``timeout`` seconds (with the last value).
         """
         deadline = asyncio.get_running_loop().time() + timeout
+        node_as_true = f"(() => {{ const v = ({expression}); return v instanceof Node || v; }})()"
         while True:
-            value = await self.eval(expression)
+            value = await self.eval(node_as_true)
             if value:
                 return value
             if asyncio.get_running_loop().time() > deadline:

@@ -141,6 +141,7 @@ async def test_a_user_types_presses_keys_and_clicks_and_the_page_sees_real_event
     site.pages = {"/": (HTML, FORM), "/form.js": (JS, FORM_JS)}
     await browser.viewport(800, 600)
     await browser.goto(f"{site.url}/")
+    assert await browser.wait_for("document.querySelector('#q')") is True  # an element
     await browser.type("#q", "bad answers")
     await browser.press("Enter")
     await browser.press("Tab")
