@@ -363,7 +363,7 @@ def build_app(
         metrics.gateway_requests.labels(path, str(response.status_code)).inc()
         return response
 
-    add_security_headers(app)  # last: outside CORS and the counter, on every answer
+    add_security_headers(app)  # on every answer: outside CORS, the counter and a 500
     return app
 
 

@@ -62,10 +62,16 @@ class SecurityHeaders:
 
 
 def add_security_headers(app: FastAPI) -> None:
-    """Wrap ``app`` in :class:`SecurityHeaders`, outside every middleware added before
-    (call it last): CORS answers and the request counter's are covered too.
+    """Wrap ``app``'s whole middleware stack in :class:`SecurityHeaders`: outside CORS (its
+    preflight answers), the request counter, and Starlette's ServerErrorMiddleware (the 500
+    of an exception nothing handled), wherever in ``build_app`` this is called.
 
-    Not covered: a 500 from an exception nothing handled, which Starlette's outermost
-    ServerErrorMiddleware writes (plain text, no page).
+    ``app.add_middleware`` would put it inside ServerErrorMiddleware, which Starlette keeps
+    outermost; so the stack Starlette builds on the first request is wrapped instead.
     """
-    app.add_middleware(SecurityHeaders)
+    build = app.build_middleware_stack
+
+    def build_with_headers() -> ASGIApp:
+        return SecurityHeaders(build())
+
+    app.build_middleware_stack = build_with_headers  # type: ignore[method-assign]

@@ -1,9 +1,14 @@
-"""The security headers middleware on a bare ASGI app, broker-free."""
+"""The security headers middleware, on a bare ASGI app and on the whole gateway app, broker-free."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
+from thumbline.metrics import Metrics
+from thumbline.producers.gateway import build_app
 from thumbline.producers.gateway_headers import (
     CONTENT_SECURITY_POLICY,
     SECURITY_HEADERS,
@@ -63,3 +68,48 @@ async def test_other_connections_pass_through_untouched():
         (b"content-type", b"text/html"),
         (b"content-security-policy", b"default-src *; script-src 'unsafe-inline'"),
     ]
+
+
+def gateway() -> Any:
+    app = build_app(
+        producer=SimpleNamespace(), keys=SimpleNamespace(), reads=SimpleNamespace(),  # type: ignore[arg-type]
+        sql=SimpleNamespace(),  # type: ignore[arg-type]
+        database="db", host="127.0.0.1", metrics=Metrics(CollectorRegistry()),
+        cors_origins=("https://app.example",),
+    )  # fmt: skip
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug nothing handles")
+
+    return app
+
+
+async def asgi_get(app: Any, path: str) -> tuple[dict[str, Any], BaseException | None]:
+    """The response start of ``GET path`` through the whole app, and what it raised."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "headers": [(b"host", b"127.0.0.1")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8788)}  # fmt: skip
+    raised = None
+    try:
+        await app(scope, receive, send)
+    except RuntimeError as exc:  # the server logs it after the 500 is sent
+        raised = exc
+    return sent[0], raised
+
+
+async def test_even_the_500_of_a_bug_nothing_handled_carries_the_headers():
+    start, raised = await asgi_get(gateway(), "/boom")
+    assert start["status"] == 500 and raised is not None
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    for name, value in SECURITY_HEADERS:
+        assert headers[name] == value
