@@ -37,8 +37,6 @@ from typing import Any
 
 import aiohttp
 
-from thumbline.broker import free_port
-
 #: Keys ``Page.press`` knows: name -> (code, Windows virtual key code, text it types).
 KEYS: dict[str, tuple[str, int, str]] = {
     "Enter": ("Enter", 13, "\r"),
@@ -64,9 +62,10 @@ LOOPBACK_ONLY = [
 
 
 def chromium_command(
-    binary: str, profile: Path, port: int, *, loopback_only: bool = True
+    binary: str, profile: Path, port: int = 0, *, loopback_only: bool = True
 ) -> list[str]:
-    """The command line of a headless Chromium with its DevTools port on ``port``."""
+    """The command line of a headless Chromium with its DevTools port on ``port`` (0: any
+    free port, written to ``DevToolsActivePort`` in ``profile``)."""
     return [
         binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
@@ -93,14 +92,15 @@ async def open_page(
             breaks in the test as it would for a user offline.
         timeout: how long Chromium may take to open its DevTools port.
     """
-    port = free_port()
-    command = chromium_command(binary, profile, port, loopback_only=loopback_only)
+    # port 0: Chromium picks a free one and writes it to DevToolsActivePort in the profile,
+    # so browsers started at once by parallel test runs never race for a port
+    command = chromium_command(binary, profile, 0, loopback_only=loopback_only)
     proc = subprocess.Popen(  # noqa: ASYNC220 (starting it does not block)
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         async with aiohttp.ClientSession() as http:
-            target = await _first_tab(http, port, proc, timeout)
+            target = await _first_tab(http, profile, proc, timeout)
             async with http.ws_connect(target, max_msg_size=0) as ws:
                 page = Page(ws)
                 try:
@@ -112,22 +112,54 @@ async def open_page(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the browser and its helper processes
         proc.wait()
+        await _group_gone(proc.pid)
+
+
+async def _group_gone(group: int, within: float = 10.0) -> None:
+    """Wait until no live process of process group ``group`` is left: SIGKILL is delivered
+    at once, but a helper with much memory takes a moment to exit (zombies waiting for
+    their parent to reap them are dead and not counted). Linux; elsewhere it returns."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        if not _live_members(group):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"processes {_live_members(group)} of Chromium outlived SIGKILL")
+
+
+def _live_members(group: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # after the ")" closing the command name: state, ppid, pgrp, ...
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # exited while we looked
+        if int(pgrp) == group and state not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
 
 
 async def _first_tab(
-    http: aiohttp.ClientSession, port: int, proc: subprocess.Popen[bytes], timeout: float
+    http: aiohttp.ClientSession, profile: Path, proc: subprocess.Popen[bytes], timeout: float
 ) -> str:
+    """The DevTools WebSocket URL of the browser's first tab."""
     deadline = asyncio.get_running_loop().time() + timeout
+    active = profile / "DevToolsActivePort"
     while asyncio.get_running_loop().time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"Chromium exited {proc.returncode} at start: run it by hand")
+            raise AssertionError(
+                f"Chromium exited {proc.returncode} at start; to see why, run: "
+                + " ".join(str(arg) for arg in proc.args)  # type: ignore[union-attr]
+            )
         try:
+            port = int(active.read_text().split()[0])  # noqa: ASYNC240 (a few bytes)
             async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
                 tabs = [t for t in await r.json() if t["type"] == "page"]
             if tabs:
                 return str(tabs[0]["webSocketDebuggerUrl"])
-        except aiohttp.ClientError:
-            pass
+        except (OSError, ValueError, IndexError, aiohttp.ClientError):
+            pass  # not written yet, or not listening yet
         await asyncio.sleep(0.1)
     raise AssertionError(f"Chromium did not open its DevTools port in {timeout} s")
 
