@@ -31,6 +31,8 @@ configured broker and store.
   ``gateway_rate_limit`` events per second gets 429 with ``Retry-After``.
 - Errors: ``{"error": ...}`` (:mod:`thumbline.producers.gateway_errors`), with
   ``"retriable": true`` on 429 and 503; the OpenAPI spec lists each route's.
+- Every answer carries a strict Content-Security-Policy and the other security
+  headers (:mod:`thumbline.producers.gateway_headers`).
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (Kafka and the key
   store reachable), ``GET /metrics`` (Prometheus).
 """
@@ -64,7 +66,9 @@ from thumbline.producers.gateway_core import (
     is_loopback,
     stamp_annotator,
 )
+from thumbline.producers.gateway_docs import add_docs_routes
 from thumbline.producers.gateway_errors import INGEST, responses
+from thumbline.producers.gateway_headers import add_security_headers
 from thumbline.producers.gateway_openapi import openapi_of
 from thumbline.producers.gateway_otlp import add_otlp_routes
 from thumbline.producers.gateway_reads import SqlError, add_read_routes
@@ -142,6 +146,8 @@ def build_app(
         title="thumbline gateway",
         version="1",
         description="Feedback and traces over HTTP; a 202 means Kafka has them.",
+        docs_url=None,  # gateway_docs serves /docs from the package, not from a CDN
+        redoc_url=None,
     )
     if cors_origins:
         app.add_middleware(
@@ -320,6 +326,7 @@ def build_app(
     add_read_routes(app, core, reads=reads, sql=sql, database=database)
     add_chart_routes(app, core, reads=reads, database=database, windows=rate_windows,
                      annotators=rate_annotators)  # fmt: skip
+    add_docs_routes(app)
     add_web_routes(app)
     if score_sql is not None:
         add_score_routes(app, core, sql=score_sql, database=database)
@@ -364,6 +371,7 @@ def build_app(
         metrics.gateway_requests.labels(path, str(response.status_code)).inc()
         return response
 
+    add_security_headers(app)  # on every answer: outside CORS, the counter and a 500
     return app
 
 

@@ -19,16 +19,13 @@ row they show comes through the API's own key check and project scope.
 
 from __future__ import annotations
 
-from importlib.resources import files
-from pathlib import Path
-
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-#: Where the pages live in the package.
-STATIC = Path(str(files("thumbline.web") / "static"))
+from thumbline.web import STATIC
+
 #: The pages' paths (each serves the shell; the script draws the page).
 PAGES = ("/", "/inbox", "/rates", "/alerts")
 

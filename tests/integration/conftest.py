@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from clickhouse_connect.driver.client import Client
 
-from tests.conftest import unique
+from tests.browser import Page, open_page
+from tests.conftest import system_tool, unique
 from thumbline import runfile
 from thumbline.broker import EmbeddedBroker
 from thumbline.kafka import ensure_topics
@@ -51,6 +53,58 @@ def no_folders_left_in_the_working_directory() -> Iterator[None]:
     yield
     left = sorted(p.name for p in set(Path.cwd().glob("*-data")) - before)
     assert not left, f"tests left Faust folders in {Path.cwd()}: {', '.join(left)}"
+
+
+# A browser -----------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def chromium_bin() -> str:
+    """Debian's Chromium: a test that needs it fails in CI without it, and skips elsewhere."""
+    return system_tool("chromium", "chromium-browser", package="chromium")
+
+
+def artifacts_of(test: pytest.Item) -> Path:
+    """``build/test-artifacts/<test>/`` in the repository, or ``$THUMBLINE_TEST_ARTIFACTS/<test>/``
+    (.ci/run says where they are)."""
+    base = Path(os.environ.get("THUMBLINE_TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts")
+    return base / re.sub(r"[^A-Za-z0-9_.-]+", "_", test.name).strip("_")
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """This test's folder for screenshots (:func:`artifacts_of`), emptied first and kept after
+    the run."""
+    folder = artifacts_of(request.node)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator:
+    """Each phase's report on the test (``item.report_call``): the ``browser`` fixture reads
+    whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+async def browser(
+    chromium_bin: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Page]:
+    """A headless Chromium tab that reaches loopback only (tests.browser.open_page), stopped
+    with the test; if the test failed, its last view is in the test's artifacts as
+    ``failed.png``."""
+    async with open_page(chromium_bin, tmp_path / "chromium") as page:
+        yield page
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            with contextlib.suppress(AssertionError):  # the browser may be what failed
+                await page.screenshot(artifacts_of(request.node) / "failed.png", full_page=True)
 
 
 @pytest.fixture(scope="session")
