@@ -309,47 +309,55 @@ class Page:
                 )
             await asyncio.sleep(0.1)
 
-    async def click(self, selector: str) -> None:
+    async def click(self, selector: str, timeout: float = 5.0) -> None:
         """Click the first element matching ``selector`` as a user would: scroll it into view,
-        then move, press and release the left mouse button at its centre.
+        then move, press and release the left mouse button at its centre. Waits up to
+        ``timeout`` seconds for the element to be there, visible and uncovered (a list
+        still rendering, a dialog still closing).
 
         Raises:
-            AssertionError: no element matches, it has no size (hidden), or another element
-                covers its centre (the click would land there).
+            AssertionError: after ``timeout``, no element matches, it has no size (hidden),
+                or another element covers its centre (the click would land there).
         """
-        found = await self.eval(f"""(() => {{
-            const el = document.querySelector({json.dumps(selector)});
-            if (!el) return "missing";
-            el.scrollIntoView({{block: "center", inline: "center"}});
-            const r = el.getBoundingClientRect();
-            if (r.width === 0 || r.height === 0) return "hidden";
-            const x = r.x + r.width / 2, y = r.y + r.height / 2;
-            const top = document.elementFromPoint(x, y);
-            if (top && top !== el && !el.contains(top))
-                return "covered by " + top.outerHTML.slice(0, 80);
-            return [x, y];
-        }})()""")  # fmt: skip
-        if not isinstance(found, list):
-            raise AssertionError(f"cannot click {selector}: {found}")
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            found = await self.eval(f"""(() => {{
+                const el = document.querySelector({json.dumps(selector)});
+                if (!el) return "missing";
+                el.scrollIntoView({{block: "center", inline: "center"}});
+                const r = el.getBoundingClientRect();
+                if (r.width === 0 || r.height === 0) return "hidden";
+                const x = r.x + r.width / 2, y = r.y + r.height / 2;
+                const top = document.elementFromPoint(x, y);
+                if (top && top !== el && !el.contains(top))
+                    return "covered by " + top.outerHTML.slice(0, 80);
+                return [x, y];
+            }})()""")  # fmt: skip
+            if isinstance(found, list):
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"cannot click {selector} within {timeout} s: {found}")
+            await asyncio.sleep(0.1)
         x, y = found
         await self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
         for kind in ("mousePressed", "mouseReleased"):
             await self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
                             clickCount=1)  # fmt: skip
 
-    async def type(self, selector: str, text: str) -> None:
-        """Focus the first element matching ``selector`` and type ``text`` into it (one input
-        event, as an input method would; use :meth:`press` for keys with a meaning).
+    async def type(self, selector: str, text: str, timeout: float = 5.0) -> None:
+        """Focus the first element matching ``selector`` (waiting up to ``timeout`` seconds
+        for it) and type ``text`` into it: one input event, as an input method would; use
+        :meth:`press` for keys with a meaning.
 
         Raises:
-            AssertionError: no element matches.
+            AssertionError: no element matches after ``timeout``.
         """
-        found = await self.eval(
-            f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
-            " if (!el) return false; el.focus(); return true; })()"
-        )
-        if not found:
-            raise AssertionError(f"cannot type into {selector}: no such element")
+        focus = (f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
+                 " if (!el) return false; el.focus(); return true; })()")  # fmt: skip
+        try:
+            await self.wait_for(focus, timeout)
+        except AssertionError:
+            raise AssertionError(f"cannot type into {selector}: no such element") from None
         await self.call("Input.insertText", text=text)
 
     async def press(self, key: str) -> None:

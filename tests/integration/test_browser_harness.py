@@ -126,7 +126,9 @@ document.getElementById("f").addEventListener("submit", (e) => {
 });
 document.addEventListener("keydown", (e) => window.seen.push("key " + e.key));
 document.getElementById("far").addEventListener("click", (e) =>
-  window.seen.push("far " + e.isTrusted + " " + (window.scrollY > 0)));"""
+  window.seen.push("far " + e.isTrusted + " " + (window.scrollY > 0)));
+document.getElementById("hidden-under").addEventListener("click", () =>
+  window.seen.push("under"));"""
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -154,9 +156,12 @@ async def test_a_user_types_presses_keys_and_clicks_and_the_page_sees_real_event
         "far true true",
     ]  # fmt: skip
     with pytest.raises(AssertionError, match='covered by <div id="cover"'):
-        await browser.click("#hidden-under")
-    with pytest.raises(AssertionError, match="no-such: missing"):
-        await browser.click("#no-such")
+        await browser.click("#hidden-under", timeout=0.3)
+    with pytest.raises(AssertionError, match="no-such within 0.3 s: missing"):
+        await browser.click("#no-such", timeout=0.3)
+    await browser.eval("setTimeout(() => document.getElementById('cover').remove(), 300)")
+    await browser.click("#hidden-under")  # waits for the cover to go
+    assert (await browser.eval("window.seen"))[-1] == "under"
 
     assert png_size(await browser.screenshot(artifacts / "view.png")) == (800, 600)
     width, height = png_size(await browser.screenshot(artifacts / "page.png", full_page=True))
