@@ -53,4 +53,9 @@ def add_web_routes(app: FastAPI) -> None:
     for path in PAGES:
         app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/trace/{trace_id:path}", page, methods=["GET"], include_in_schema=False)
+
+    async def icon() -> FileResponse:  # what a browser asks for a page without an icon link
+        return FileResponse(STATIC / "icon.svg", media_type="image/svg+xml")
+
+    app.add_api_route("/favicon.ico", icon, methods=["GET"], include_in_schema=False)
     app.mount("/assets", Assets(directory=STATIC), name="assets")

@@ -242,7 +242,9 @@ def rate_alerts_sql(database: str, filters: RatesFilter, windows: tuple[int, ...
     parameters.update(start=store_time(filters.start), end=store_time(filters.end))
     return BoundQuery(
         "SELECT alert_id, latest_state AS state, project, environment, model, capability, "  # noqa: S608
-        "window_seconds, onset, resolved_at AS until, round(bad_rate, 4) AS bad_rate, "
+        # until: the end of the window that resolved it, in event time as the chart is
+        "window_seconds, onset, if(latest_state = 'resolved', window_end, NULL) AS until, "
+        "round(bad_rate, 4) AS bad_rate, "
         "round(baseline_rate, 4) AS baseline_rate "
         f"FROM ({_EPISODES.format(database=database, where=where)}) WHERE {_OVERLAP} "
         f"ORDER BY onset, alert_id LIMIT {MAX_ALERTS}",

@@ -147,7 +147,8 @@ def insert_alerts(store, database: str) -> None:
     rows = [
         alert_row("a-m2", "firing", "a", "m2", "*", two_hours, two_hours + 5 * MINUTE, 0.9,
                   ["t-spike-1", "t-spike-2"]),
-        alert_row("a-m2", "resolved", "a", "m2", "*", NOW - 65 * MINUTE, NOW - 60 * MINUTE, 0.1,
+        # resolved 2 minutes after its window ended (the stream completes a window late)
+        alert_row("a-m2", "resolved", "a", "m2", "*", NOW - 65 * MINUTE, NOW - 58 * MINUTE, 0.1,
                   ["t-calm"]),
         alert_row("a-c1", "firing", "a", "*", "c1", NOW - 20 * MINUTE, NOW - 15 * MINUTE, 0.4,
                   ["t-c1"]),
@@ -215,7 +216,7 @@ async def test_rates_per_model_come_as_columns_oldest_first_with_the_alerts_over
     assert m2_alert == {
         "alert_id": "a-m2", "state": "resolved", "project": "a", "environment": "prod",
         "model": "m2", "capability": "*", "window_seconds": 300,
-        "onset": iso(NOW - 120 * MINUTE), "until": iso(NOW - 60 * MINUTE),
+        "onset": iso(NOW - 120 * MINUTE), "until": iso(NOW - 60 * MINUTE),  # in event time
         "bad_rate": 0.9, "baseline_rate": 0.1,  # what fired it
     }  # fmt: skip
 
@@ -315,8 +316,8 @@ async def test_alerts_are_episodes_newest_first_with_their_latest_state_and_samp
         "alert_id": "a-m2", "rule": "bad-rate-spike", "state": "resolved", "project": "a",
         "environment": "prod", "model": "m2", "capability": "*", "window_seconds": 300,
         "onset": iso(NOW - 120 * MINUTE), "window_end": iso(NOW - 60 * MINUTE),
-        "fired_at": iso(NOW - 115 * MINUTE), "resolved_at": iso(NOW - 60 * MINUTE),
-        "last_at": iso(NOW - 60 * MINUTE), "bad_rate": 0.9, "baseline_rate": 0.1, "bad": 36,
+        "fired_at": iso(NOW - 115 * MINUTE), "resolved_at": iso(NOW - 58 * MINUTE),
+        "last_at": iso(NOW - 58 * MINUTE), "bad_rate": 0.9, "baseline_rate": 0.1, "bad": 36,
         "total": 40, "sample_trace_ids": ["t-spike-1", "t-spike-2"],
         "sample_comments": ["comment on t-spike-1", "comment on t-spike-2"],
     }  # fmt: skip

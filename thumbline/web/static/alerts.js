@@ -14,7 +14,8 @@ function dims(a) {
 }
 
 function episode(alert) {
-  const end = alert.resolved_at || new Date().toISOString();
+  // in event time: to the end of the window that resolved it, or now while it fires
+  const end = alert.state === 'resolved' ? alert.window_end : new Date().toISOString();
   const inbox = inboxUrl({ project: alert.project, environment: alert.environment,
     model: alert.model, capability: alert.capability, label: 'bad', from: alert.onset, to: end });
   const span = 6 * 3600 * 1000;
