@@ -135,3 +135,42 @@ def about(capability: str) -> frozenset[str]:
     by_label = (texts.get(capability, ()) for texts in ABOUT.values())
     corrections = (c for c, _ in CORRECTIONS.get(capability, ()))
     return frozenset((*(c for texts in by_label for c in texts), *corrections))
+
+
+#: capability -> (question, answer) of the demo's assistant: what its traces' content says
+EXCHANGES: dict[str, tuple[tuple[str, str], ...]] = {
+    "product-search": (
+        ("Do you have waterproof hiking boots under 120 euros?",
+         "Yes: the Trailmaster GTX (109 €) and the Alpine Lite (95 €) are waterproof and in "
+         "stock in sizes 38 to 46."),
+        ("Which laptop bag fits a 16-inch laptop?",
+         "The Metro Pro 16 and the Commuter XL both take laptops up to 16 inches."),
+        ("Is the blue kettle available in stores?",
+         "The Aurora kettle in blue is in stock online; stores get it next week."),
+    ),
+    "returns": (
+        ("How do I return a jacket I bought last week?",
+         "You have 30 days: print the label from your orders page, pack the jacket with its "
+         "tags and drop it at any parcel shop. The refund follows within 5 days."),
+        ("Can I return shoes I have worn outside?",
+         "Worn shoes can be returned only if they are faulty; otherwise they must be unworn."),
+        ("When will I get my refund?",
+         "Refunds reach your card within 5 working days after we receive the parcel."),
+    ),
+    "order-tracking": (
+        ("Where is my order 48213?",
+         "Order 48213 left our warehouse yesterday and arrives Thursday with DHL."),
+        ("Why is my parcel late?",
+         "Your parcel is held at the carrier's depot because of the weather; it should move "
+         "tomorrow."),
+        ("Can I change the delivery address of my order?",
+         "The order has shipped, so the address is the carrier's now: change it on the "
+         "tracking page."),
+    ),
+}  # fmt: skip
+_EXCHANGE = (("Can you help me?", "Of course: what are you looking for?"),)
+
+
+def exchange(rng: random.Random, capability: str) -> tuple[str, str]:
+    """A question a user asks about ``capability`` and the assistant's answer."""
+    return rng.choice(EXCHANGES.get(capability) or _EXCHANGE)

@@ -68,6 +68,8 @@ class LoadSpec:
     #: spike): stored and shown beside the user's feedback, never counted in rates
     evaluator_share: float = 0.0
     trace_delay: float = 1.0  # how much later an early feedback's trace follows, in seconds
+    #: traces carry a question and an answer (comments.exchange): what the trace page shows
+    content: bool = False
     spike: Spike | None = None
     seed: int = 1
     run_id: str = field(default_factory=lambda: f"{int(time.time())}")
@@ -107,7 +109,7 @@ def demo_spec(*, spike: Spike | None = DEMO_SPIKE, speed: float = 1.0) -> LoadSp
         rate=5.0 * speed, duration=None, project_names=("shop",), environments=1,
         model_names=DEMO_MODELS, capability_names=DEMO_CAPABILITIES, bad_share=0.06,
         comment_share=0.4, correction_share=0.03, early_share=0.1, orphan_share=0.02,
-        trace_delay=1.0 / speed, spike=spike,
+        trace_delay=1.0 / speed, spike=spike, content=True,
     )  # fmt: skip
 
 
@@ -152,6 +154,8 @@ class LoadGenerator:
         # the judge draws from its own generator: the users' feedback is the same with or
         # without it
         self.judge_rng = random.Random(f"{spec.seed}-judge")  # noqa: S311
+        # its own: the events of a run are the same with content as without
+        self.content_rng = random.Random(f"{spec.seed}-content")  # noqa: S311
 
     def pair(self, offset: float) -> tuple[TraceEvent, FeedbackEvent, bool]:
         """One trace and its feedback; True when inside the spike."""
@@ -171,6 +175,9 @@ class LoadGenerator:
             "cost_usd": round(rng.uniform(0.0001, 0.02), 6), "status": "ok",
             "start_time": now, "received_at": now,
         })  # fmt: skip
+        if spec.content:
+            question, answer = comments.exchange(self.content_rng, capability)
+            trace = trace.model_copy(update={"input": question, "output": answer})
         in_spike = bool(
             spec.spike
             and spec.spike.start <= offset < spec.spike.end

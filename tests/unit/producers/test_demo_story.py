@@ -32,6 +32,23 @@ def events() -> list:
     return [gen.pair(i / 5) for i in range(6000)]
 
 
+def test_every_demo_trace_carries_a_question_and_an_answer_about_its_capability(events):
+    for trace, _, _ in events:
+        assert (trace.input, trace.output) in comments.EXCHANGES[trace.capability]
+
+
+def test_the_question_and_answer_leave_the_rest_of_a_run_as_it_was():
+    spec = demo_spec()
+    with_content = [LoadGenerator(spec).pair(i / 5) for i in range(50)]
+    without = [LoadGenerator(replace(spec, content=False)).pair(i / 5) for i in range(50)]
+    for (t1, f1, s1), (t2, f2, s2) in zip(with_content, without, strict=True):
+        assert t2.input is None and t2.output is None
+        assert t1.model_copy(update={"input": None, "output": None}) == t2.model_copy(
+            update={"start_time": t1.start_time, "received_at": t1.received_at}
+        )
+        assert (f1.label, f1.comment, s1) == (f2.label, f2.comment, s2)
+
+
 def test_no_comment_belongs_to_two_labels():
     for a in LABELS:
         for b in LABELS:
