@@ -10,6 +10,7 @@ the pages it saw under build/test-artifacts/ (tests.browser).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -360,3 +361,26 @@ async def test_an_empty_inbox_says_how_to_send_feedback(site, page):
     await ready(page, "inbox")
     text = await page.eval("document.getElementById('view').innerText")
     assert "No feedback matches these filters" in text
+
+
+async def test_a_new_user_of_the_demo_sees_feedback_arrive_and_a_bad_rate_chart_within_a_minute(
+    broker, thumbline_bin, clean_env, tmp_path, page
+):
+    env = await worker_env(broker, clean_env, tmp_path, "webdemo")
+    up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp_path / "data", "--demo")
+    try:
+        # the chart waits for nothing the stream completes: its first minute is drawn as counted
+        await page.goto(f"{up.info.gateway_url}/rates?since=1h")
+        chart = "document.querySelector('#rate-chart') !== null"
+        await page.wait_for(f"document.documentElement.dataset.ready === 'rates' && {chart}",
+                            timeout=60)  # fmt: skip
+        assert await page.eval("document.querySelector('#rate-chart').uplot.series.length") > 1
+        await page.goto(f"{up.info.gateway_url}/")
+        await ready(page, "inbox")
+        await page.wait_for("document.querySelectorAll('tr.row').length > 0", timeout=10)
+        up.proc.send_signal(signal.SIGTERM)
+        said, _ = await asyncio.to_thread(up.proc.communicate, timeout=30)
+        assert f"web         {up.info.gateway_url}/  (inbox, trace, rates, alerts)" in said
+        assert f"see them: {up.info.gateway_url}/ or thumbline inbox" in said
+    finally:
+        stop(up)
