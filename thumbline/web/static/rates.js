@@ -4,7 +4,7 @@
 // dimensions; the worst windows are listed as links too (for the keyboard).
 
 import { get } from './api.js';
-import { empty, failure, h, percent, timeText } from './dom.js';
+import { empty, failure, h, localInput, percent, timeText } from './dom.js';
 import { inboxUrl } from './inbox.js';
 
 const RANGES = [['1h', 'last hour'], ['6h', 'last 6 hours'], ['24h', 'last 24 hours'],
@@ -47,9 +47,13 @@ function controls(ctx) {
   const text = (name, label) => h('label', {}, h('span', {}, label),
     h('input', { name, value: name === 'project' && locked ? locked : (p.get(name) || ''),
       readonly: name === 'project' && locked, spellcheck: 'false', autocomplete: 'off' }));
-  const ranges = p.has('from') ? [['', 'the chosen window'], ...RANGES] : RANGES;
+  const ranges = [...RANGES, ['', 'from … to …']];
+  const moment = (name, label) => h('label', {}, h('span', {}, label),
+    h('input', { name, type: 'datetime-local', step: '1',
+      value: p.get(name) ? localInput(p.get(name)) : '' }));
   const form = h('form', { class: 'filters', 'aria-label': 'Chart range and dimensions' },
     pick('since', 'Range', ranges, since),
+    moment('from', 'From'), moment('to', 'To'),
     pick('window', 'Window', WINDOWS, p.get('window') || defaultWindow(since)),
     pick('by', 'Per', [['model', 'model'], ['capability', 'capability']],
       p.get('by') || 'model'),
@@ -59,15 +63,16 @@ function controls(ctx) {
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     const params = new URLSearchParams();
-    for (const [name, value] of new FormData(form)) {
+    const data = new FormData(form);
+    const custom = data.get('from') !== '' && data.get('since') === '';
+    for (const [name, value] of data) {
       if (value === '' || (name === 'project' && locked)) continue;
       if (name === 'by' && value === 'model') continue;
-      params.set(name, value);
+      if (name === 'from' || name === 'to') {
+        if (custom) params.set(name, new Date(value).toISOString());
+      } else params.set(name, value);
     }
-    if (!params.get('since') && p.has('from')) {
-      params.set('from', p.get('from'));
-      if (p.get('to')) params.set('to', p.get('to'));
-    }
+    if (!params.get('since') && !custom) params.set('since', '24h');
     ctx.navigate(`/rates?${params}`);
   });
   return form;

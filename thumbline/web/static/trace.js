@@ -52,7 +52,8 @@ function timeline(spans) {
       h('span', { class: 'latency' }, duration(span.latency_ms ?? (b - a))),
       span.error ? h('span', { class: 'sub bad-text' }, span.error) : '',
       h('span', { class: 'sub' }, [span.model, span.step].filter(Boolean).join(' · '),
-        span.total_tokens ? ` · ${span.total_tokens} tokens` : ''));
+        span.total_tokens ? ` · ${span.total_tokens} tokens` : '',
+        span.span_id ? [' · span ', copyable(span.span_id, 'span id')] : ''));
   }));
 }
 
@@ -61,7 +62,8 @@ function facts(root, traceId) {
     ['Trace', copyable(traceId, 'trace id')],
     ['Project', root && root.project], ['Environment', root && root.environment],
     ['Model', root && root.model], ['Capability', root && root.capability],
-    ['User', root && root.user_id], ['Session', root && root.session_id],
+    ['User', root && root.user_id && copyable(root.user_id, 'user id')],
+    ['Session', root && root.session_id && copyable(root.session_id, 'session id')],
     ['Started', root && when(root.start_time)],
   ];
   return h('dl', { class: 'facts' }, rows.filter(([, v]) => v).map(([k, v]) =>
