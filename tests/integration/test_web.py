@@ -363,6 +363,7 @@ async def test_an_empty_inbox_says_how_to_send_feedback(site, page):
     assert "No feedback matches these filters" in text
 
 
+@pytest.mark.slow  # a `thumbline up --demo` of its own: most of a minute
 async def test_a_new_user_of_the_demo_sees_feedback_arrive_and_a_bad_rate_chart_within_a_minute(
     broker, thumbline_bin, clean_env, tmp_path, page
 ):
