@@ -2,7 +2,7 @@
 // the inbox window (the bad feedback of the episode) and to the chart.
 
 import { get } from './api.js';
-import { chip, empty, failure, h, percent, timeText, when } from './dom.js';
+import { empty, failure, h, percent, timeText, when } from './dom.js';
 import { inboxUrl } from './inbox.js';
 
 const RANGES = [['24h', 'last 24 hours'], ['7d', 'last 7 days'], ['30d', 'last 30 days']];
@@ -26,8 +26,8 @@ function episode(alert) {
     ...(alert.model !== '*' ? { model: alert.model } : { by: 'capability' }),
   }).filter(([, v]) => v))}`;
   return h('article', { class: `alert ${alert.state}`, dataset: { alert: alert.alert_id } },
-    h('header', {}, chip(alert.state === 'firing' ? 'bad' : 'good'),
-      h('strong', {}, alert.state === 'firing' ? ' firing ' : ' resolved '), dims(alert)),
+    h('header', {}, h('span', { class: `chip ${alert.state === 'firing' ? 'bad' : 'good'}` },
+      alert.state), ' ', h('strong', {}, dims(alert))),
     h('p', {}, `${percent(alert.bad_rate)} bad (${alert.bad} of ${alert.total}) against a `
       + `baseline of ${percent(alert.baseline_rate)}, rule ${alert.rule}, `
       + `${Math.round(alert.window_seconds / 60)}-minute windows.`),
