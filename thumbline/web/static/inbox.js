@@ -108,7 +108,8 @@ function valueText(row) {
 }
 
 function where(row) {
-  return [row.project, row.environment, row.model, row.capability].filter(Boolean).join(' · ');
+  return [[row.model, row.capability].filter(Boolean).join(' · '),
+    h('span', { class: 'sub' }, [row.project, row.environment].filter(Boolean).join(' · '))];
 }
 
 function about(row) {

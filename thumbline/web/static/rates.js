@@ -114,7 +114,7 @@ function bands(alerts, seconds, openFrom) {
         const { ctx } = u;
         ctx.save();
         if (openFrom) { // windows still open: their counts so far
-          const x0 = u.valToPos(openFrom, 'x', true);
+          const x0 = Math.max(u.valToPos(openFrom, 'x', true), u.bbox.left);
           ctx.fillStyle = 'rgba(128, 128, 128, 0.12)';
           ctx.fillRect(x0, u.bbox.top, u.bbox.left + u.bbox.width - x0, u.bbox.height);
         }
@@ -122,9 +122,11 @@ function bands(alerts, seconds, openFrom) {
         for (const alert of alerts) {
           const from = Date.parse(alert.onset) / 1000;
           const to = alert.until ? Date.parse(alert.until) / 1000 : seconds;
-          const x0 = u.valToPos(from, 'x', true);
-          const x1 = u.valToPos(Math.max(to, from + 60), 'x', true);
-          ctx.fillRect(x0, u.bbox.top, Math.max(x1 - x0, 2), u.bbox.height);
+          // within the plot: an episode may begin before the range drawn
+          const x0 = Math.max(u.valToPos(from, 'x', true), u.bbox.left);
+          const x1 = Math.min(u.valToPos(Math.max(to, from + 60), 'x', true),
+            u.bbox.left + u.bbox.width);
+          if (x1 > x0) ctx.fillRect(x0, u.bbox.top, Math.max(x1 - x0, 2), u.bbox.height);
         }
         ctx.restore();
       }],
