@@ -357,14 +357,16 @@ async def main() -> None:
     if args.keep is not None:
         args.keep = args.keep.resolve()
 
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         found, pages = await measure(args, Path(tmp))
     check(pages, args, found)
     today = f"{datetime.now(UTC):%Y-%m-%d}"
     print(f"\n{platform.machine()}, {os.cpu_count()} CPUs, {today}, commit {git_commit()}, "
           f"{chromium_version(args.chromium)}, {args.feedback:,} feedback over {args.days} days, "
-          f"{args.runs} warm runs")  # fmt: skip
+          f"{args.runs} warm runs; load average {load_before:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end (a shared machine: the neighbours' load is "
+          "in the figures)")  # fmt: skip
     table(pages)
     print(f"\nthe whole run took {time.perf_counter() - start:.0f} s")
 
