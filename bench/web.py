@@ -127,6 +127,19 @@ _TIMINGS = """(() => {
 })()"""
 
 
+# Every request of the page's last load, and its ready mark: (path, start, end) in ms.
+_WATERFALL = """(() => {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const out = [['(document) ' + new URL(nav.name).pathname, nav.requestStart, nav.responseEnd],
+               ['(DOMContentLoaded)', nav.domContentLoadedEventEnd, nav.domContentLoadedEventEnd]];
+  for (const r of performance.getEntriesByType('resource'))
+    out.push([new URL(r.name).pathname, r.startTime, r.responseEnd]);
+  for (const m of performance.getEntriesByType('mark'))
+    out.push([m.name, m.startTime, m.startTime]);
+  return out.sort((a, b) => a[1] - b[1]);
+})()"""
+
+
 async def load(page: Page, base: str, path: str, name: str, api: str) -> Load:
     """Open ``path`` and wait until the page ``name`` is drawn; its timings.
 
@@ -275,11 +288,18 @@ async def browse(args: argparse.Namespace, base: str, key: str, folder: Path) ->
             one.cold = await load(page, base, one.path, one.name, api_of[one.name])
             for _ in range(runs):
                 one.warm.append(await load(page, base, one.path, one.name, api_of[one.name]))
+            if one is pages[0]:
+                waterfall = await page.eval(_WATERFALL)
             print(f"  {one.path}: cold {one.cold.ready:.0f} ms, warm "
                   f"{statistics.median(w.ready for w in one.warm):.0f} ms, "
                   f"{one.cold.rows:,} rows")  # fmt: skip
         if page.problems:
             print(f"problems in the pages: {page.problems}")
+    print(f"\nWhere a warm load of {pages[0].path} spends its time (ms from navigation start):\n")
+    print("| request | start | end |")
+    print("|---|---|---|")
+    for name, begin, end in waterfall:
+        print(f"| `{name}` | {begin:.0f} | {end:.0f} |")
     async with aiohttp.ClientSession() as http:
         for one in pages:
             assert one.cold is not None  # noqa: S101
@@ -314,7 +334,8 @@ def table(pages: list[Measured]) -> None:
             for part in ("before", "api", "after")
         ).replace(" | ", f" ({statistics.median(w.whoami for w in one.warm):.0f}) | ", 1)
         print(
-            f"| {one.name} `{one.path}` | {med:.0f} | {worst:.0f} | {one.cold.ready:.0f} | "
+            f"| {one.name} `{one.path}` | {med:.0f} | {worst:.0f} | "
+            f"{one.cold.ready:.0f} (api {one.cold.api:.0f}) | "
             f"{parts} | {one.cold.rows:,} |"
         )
     print("\nThe API alone (aiohttp, same key and query, after the browser runs):\n")
