@@ -14,7 +14,6 @@ project reads only it.
 
 from __future__ import annotations
 
-import gzip
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -37,15 +36,19 @@ from thumbline.charts import (
 from thumbline.inbox import BoundQuery
 from thumbline.producers.gateway_core import GatewayCore
 from thumbline.producers.gateway_errors import responses
-from thumbline.producers.gateway_reads import READ_ERRORS, Bounded, own_project, with_zones
+from thumbline.producers.gateway_reads import (
+    READ_ERRORS,
+    Bounded,
+    json_body,
+    own_project,
+    with_zones,
+)
 from thumbline.queries import parse_since
 from thumbline.sqlpool import SqlPool
 
 #: How far back a chart counts the windows the stream has not completed (a stream further
 #: behind shows a gap: its lag).
 OPEN_REACH = timedelta(hours=1)
-#: Bodies smaller than this go out as they are: gzip would save less than it costs.
-GZIP_FROM_BYTES = 1400
 _DAY, _WEEK = timedelta(days=1), timedelta(days=7)
 
 Since = Annotated[str | None, Query(description="e.g. 30m, 24h, 7d; or from and to")]
@@ -58,19 +61,6 @@ Window = Annotated[
         "a sliding one (THUMBLINE_RATE_WINDOW_SECONDS, THUMBLINE_RATE_SLIDING_SECONDS)"
     ),
 ]
-
-
-def _json(request: Request, value: Any) -> Response:
-    """``value`` as JSON, gzipped when the client takes it (every browser does): a week of
-    minute windows is mostly digits that repeat."""
-    body = orjson.dumps(value)
-    accepted = request.headers.get("accept-encoding", "")
-    if len(body) >= GZIP_FROM_BYTES and "gzip" in accepted.lower():
-        return Response(
-            gzip.compress(body, compresslevel=5), media_type="application/json",
-            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
-        )  # fmt: skip
-    return Response(body, media_type="application/json", headers={"Vary": "Accept-Encoding"})
 
 
 def with_open_windows(series: list[dict[str, Any]], open_rows: list[dict[str, Any]]) -> int | None:
@@ -175,7 +165,7 @@ def add_chart_routes(
         complete = None
         if base:  # the minutes still open, counted so far: a chart from the first minute on
             complete = with_open_windows(series, await rows_of(open_sql))
-        return _json(request, {
+        return json_body(request, {
             "window_seconds": filters.window_seconds, "by": by, "from": _iso(start),
             "to": _iso(end), "series": series,
             "more_series": max(0, int(total) - len(series)),
@@ -212,7 +202,7 @@ def add_chart_routes(
             ))  # fmt: skip
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        return _json(request, with_zones(await rows_of(query), ALERT_TIMES))
+        return json_body(request, with_zones(await rows_of(query), ALERT_TIMES))
 
 
 def _since(text: str | None) -> timedelta | None:
