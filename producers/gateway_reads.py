@@ -201,6 +201,9 @@ def add_read_routes(
         """The spans of a trace, or of a conversation's traces (oldest first, each with its
         trace_id), and all feedback on them, in the key's project; 404 when none is stored."""
         key = await core.authenticate(request, "read")
+        what = column.removesuffix("_id")
+        if not value:  # "/v1/traces/" matches the path route: no id is no trace
+            raise HTTPException(404, f"no {what} id: put it after /{what}s/")
         project = own_project(key, None)
         scope = f" AND project = {literal(project)}" if project else ""
         first = "trace_id, " if column == "conversation_id" else ""
@@ -210,7 +213,6 @@ def add_read_routes(
             f"total_tokens, cost_usd, status, error, input, output FROM {database}.traces FINAL "
             f"WHERE {column} = {literal(value)}{scope} ORDER BY start_time, {first}span_id"
         )
-        what = column.removesuffix("_id")
         try:
             filters = (
                 InboxFilter(project=project, limit=10_000, trace_id=value) if column == "trace_id"
@@ -229,14 +231,17 @@ def add_read_routes(
             "feedback": with_zones(feedback, TIME_COLUMNS),
         })  # fmt: skip
 
-    @app.get("/v1/traces/{trace_id}", responses=responses({**READ_ERRORS, 404: "No span and no "
-             "feedback of this trace (in the key's project)."}))  # fmt: skip
+    # ``:path``: an id may hold "/" (ids are any text without whitespace); the server
+    # decodes %2F before routing, so a plain {trace_id} could never match such an id
+    @app.get("/v1/traces/{trace_id:path}", responses=responses({**READ_ERRORS, 404: "No span "
+             "and no feedback of this trace (in the key's project)."}))  # fmt: skip
     async def get_trace(trace_id: str, request: Request) -> Response:
-        """A trace's spans and all its feedback."""
+        """A trace's spans and all its feedback (an id with "/" sent as %2F or as is)."""
         return await spans_and_feedback(request, "trace_id", trace_id)
 
-    @app.get("/v1/conversations/{conversation_id}", responses=responses({**READ_ERRORS, 404: "No "
-             "trace and no feedback of this conversation (in the key's project)."}))  # fmt: skip
+    @app.get("/v1/conversations/{conversation_id:path}", responses=responses({
+        **READ_ERRORS, 404: "No trace and no feedback of this conversation (in the key's project).",
+    }))  # fmt: skip
     async def get_conversation(conversation_id: str, request: Request) -> Response:
         """A conversation's traces (their spans, oldest first) and all feedback on them and on
         the conversation itself (feedback on the whole conversation has an empty trace_id)."""

@@ -24,9 +24,38 @@ let current = null;
 function route(path) {
   for (const [pattern, name, module] of ROUTES) {
     const match = pattern.exec(path);
-    if (match) return { name, module, arg: match[1] ? decodeURIComponent(match[1]) : undefined };
+    if (match) return { name, module, arg: match[1] ? decoded(match[1]) : undefined };
   }
   return null;
+}
+
+/** A path segment decoded; as it is when it holds a '%' that escapes nothing (a typed URL). */
+function decoded(segment) {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
+/** The project a URL asks for when the key reads only another one (else null). */
+function elsewhere(params) {
+  const asked = params.get('project');
+  return whoami && whoami.project && asked && asked !== whoami.project ? asked : null;
+}
+
+/** A shared link of another project's view: say so, and offer the same view in the key's. */
+function otherProject(asked) {
+  const own = new URLSearchParams(window.location.search);
+  own.delete('project');
+  const query = own.toString();
+  const url = `${window.location.pathname}${query ? `?${query}` : ''}`;
+  view.replaceChildren(h('h1', {}, 'Another project'),
+    failure(`This link asks for project ${asked}; this key reads only project `
+      + `${whoami.project}`),
+    h('p', {}, h('a', { href: url, class: 'own-project' }, `The same view in project ${
+      whoami.project}`), ', or paste a key of that project after “Forget key”.'));
+  ready('elsewhere');
 }
 
 /** Open a page of this app (a path with its query) without reloading. */
@@ -58,6 +87,8 @@ function render() {
     ready('missing');
     return;
   }
+  const asked = elsewhere(new URLSearchParams(window.location.search));
+  if (asked) { otherProject(asked); return; }
   const controller = new AbortController();
   const ctx = {
     view,

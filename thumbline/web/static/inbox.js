@@ -26,13 +26,21 @@ const MORE = [
 ];
 const LIVE_SECONDS = 3;
 
+/** The page's rows: the URL's limit raised to one of LIMITS, at most the largest (a
+ * crafted link cannot make the page ask for 10,000 rows and draw them). */
+export function pageLimit(params) {
+  const asked = Number(params.get('limit') || DEFAULT_LIMIT);
+  if (!Number.isFinite(asked)) return DEFAULT_LIMIT;
+  return LIMITS.find((n) => Number(n) >= asked) || LIMITS[LIMITS.length - 1];
+}
+
 /** The query of GET /v1/feedback for this page's URL. */
 export function query(params) {
   const out = [];
   for (const [name, value] of params) {
-    if (FILTERS.includes(name) && value !== '') out.push([name, value]);
+    if (FILTERS.includes(name) && name !== 'limit' && value !== '') out.push([name, value]);
   }
-  if (!params.has('limit')) out.push(['limit', DEFAULT_LIMIT]);
+  out.push(['limit', pageLimit(params)]);
   return out;
 }
 
@@ -68,7 +76,7 @@ function filterForm(ctx) {
     select('since', 'Time', SINCE, p.get('since') || ''),
     h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'has_comment',
       value: 'true', checked: p.get('has_comment') === 'true' }), h('span', {}, 'has a comment')),
-    select('limit', 'Rows', LIMITS.map((n) => [n, n]), p.get('limit') || DEFAULT_LIMIT),
+    select('limit', 'Rows', LIMITS.map((n) => [n, n]), pageLimit(p)),
     h('details', { open: moreOpen },
       h('summary', {}, 'More filters'),
       h('div', { class: 'more' },
@@ -244,7 +252,7 @@ export function show(ctx) {
         const added = fresh.map(feedbackRow);
         for (const tr of added) tr.classList.add('new');
         tbody.prepend(...added);
-        const limit = Number(ctx.params.get('limit') || DEFAULT_LIMIT);
+        const limit = Number(pageLimit(ctx.params));
         while (tbody.rows.length > limit) tbody.lastElementChild.remove();
         status.textContent = `live: ${fresh.length} new`;
       } else status.textContent = 'live';
