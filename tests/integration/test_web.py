@@ -92,7 +92,8 @@ def _events(now: float) -> tuple[list[TraceEvent], list[FeedbackEvent]]:
                         ts=datetime.fromtimestamp(start + 5 + i * 5, UTC),
                     ))  # fmt: skip
     traces.append(TraceEvent(trace_id="web-a-markup", project="web-a", environment="prod",
-                             model="m-steady", capability="answer", name="answer"))  # fmt: skip
+                             model="m-steady", capability="answer", name="answer",
+                             start_time=datetime.fromtimestamp(minute0 - 95, UTC)))  # fmt: skip
     feedback.append(FeedbackEvent(
         event_id="fb-markup", trace_id="web-a-markup", project="web-a", kind="thumb",
         value="down", comment=MARKUP, ts=datetime.fromtimestamp(minute0 - 90, UTC),
@@ -114,7 +115,12 @@ async def site(broker, thumbline_bin, clean_env, tmp_path_factory) -> AsyncItera
         async with FeedbackProducer(
             bootstrap_servers=broker.bootstrap, topic_prefix=env["THUMBLINE_TOPIC_PREFIX"]
         ) as kafka:
-            await kafka.send_many([*traces, *feedback])
+            # in event time, each trace just before its feedback, as an application sends
+            # them: the stream's watermark then never passes a window before its rows
+            events = sorted([*traces, *feedback], key=lambda e: (
+                e.ts if isinstance(e, FeedbackEvent) else e.start_time,
+                isinstance(e, FeedbackEvent)))  # fmt: skip
+            await kafka.send_many(events)
             # a last event now moves the watermark past every window above
             last = FeedbackEvent(event_id="fb-now", trace_id="web-a-m-steady-2-1",
                                  project="web-a", kind="thumb", value="up")  # fmt: skip
