@@ -57,8 +57,15 @@ export function show(ctx) {
   ctx.view.replaceChildren(h('div', { class: 'heading' }, h('h1', {}, 'Alerts'), updated),
     form, results);
   let timer = null;
+  let drawn = false;
+  const charted = () => drawn;
 
   async function load() {
+    // a hidden tab asks the store nothing; it catches up when shown
+    if (document.hidden && charted()) {
+      timer = setTimeout(load, REFRESH_SECONDS * 1000);
+      return;
+    }
     let alerts;
     try {
       alerts = (await get('/v1/alerts', [['since', since], ['limit', '200']], ctx.signal)).body;
@@ -80,6 +87,7 @@ export function show(ctx) {
           : empty('No alert resolved in this range. Alerts fire when a window’s bad rate '
             + 'spikes above its baseline (rules: THUMBLINE_ALERT_RULES, docs/configuration.md).')));
     updated.textContent = `updated ${timeText(new Date())}`;
+    drawn = true;
     ctx.ready(alerts.length);
     timer = setTimeout(load, REFRESH_SECONDS * 1000);
   }

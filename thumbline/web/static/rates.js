@@ -201,6 +201,7 @@ export function show(ctx) {
     controls(ctx), results);
   let timer = null;
   let charts = [];
+  const charted = () => charts.length > 0;
   const resize = () => {
     for (const u of charts) {
       const width = Math.max(u.root.parentElement.clientWidth, 280);
@@ -210,6 +211,11 @@ export function show(ctx) {
   window.addEventListener('resize', resize);
 
   async function load() {
+    // a hidden tab asks the store nothing; it catches up when shown
+    if (document.hidden && charted()) {
+      timer = setTimeout(load, REFRESH_SECONDS * 1000);
+      return;
+    }
     let body;
     try {
       body = (await get('/v1/rates', query(ctx.params), ctx.signal)).body;
