@@ -37,6 +37,21 @@ def embedded_broker(storage: str, folder: Path) -> Iterator[EmbeddedBroker]:
         yield broker
 
 
+async def wait_ready(base: str, seconds: float) -> None:
+    """Until the gateway at ``base`` answers ``/readyz`` with 200; SystemExit after
+    ``seconds``."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(int(seconds * 10)):
+            try:
+                async with http.get(f"{base}/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"the gateway at {base} was not ready within {seconds:g} s: see its log")
+
+
 @contextlib.asynccontextmanager
 async def running_gateway(
     bootstrap: str, data_dir: Path, *, project: str, env: dict[str, str] | None = None
@@ -63,17 +78,7 @@ async def running_gateway(
     proc = subprocess.Popen([thumbline, "gateway"], env=full, stdout=subprocess.DEVNULL)  # noqa: ASYNC220, S603
     try:
         base = f"http://127.0.0.1:{full['THUMBLINE_GATEWAY_PORT']}"
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                try:
-                    async with http.get(f"{base}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise SystemExit(f"the gateway at {base} was not ready within 30 s")
+        await wait_ready(base, 30)
         yield base, key
     finally:
         proc.terminate()

@@ -50,7 +50,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import embedded_broker, git_commit  # noqa: E402
+from common import embedded_broker, git_commit, wait_ready  # noqa: E402
 from web_store import BIG_PROJECT, counts, fill  # noqa: E402
 
 from tests.browser import Page, open_page  # noqa: E402
@@ -219,19 +219,6 @@ def new_key(env: dict[str, str], *args: str) -> str:
     ).stdout.split()[0]
 
 
-async def wait_ready(base: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(600):
-            try:
-                async with http.get(f"{base}/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit(f"the gateway at {base} was not ready within 60 s: see its log")
-
-
 async def measure(args: argparse.Namespace, folder: Path) -> tuple[dict[str, int], list[Measured]]:
     data_dir = args.keep or folder / "data"
     with embedded_broker("memory", folder) as broker:
@@ -254,7 +241,7 @@ async def measure(args: argparse.Namespace, folder: Path) -> tuple[dict[str, int
         )  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}"
-            await wait_ready(base)
+            await wait_ready(base, 60)
             pages = await browse(args, base, key, folder)
         finally:
             proc.terminate()

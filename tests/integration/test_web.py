@@ -10,11 +10,13 @@ the pages it saw under build/test-artifacts/ (tests.browser).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -108,56 +110,77 @@ def _events(now: float) -> tuple[list[TraceEvent], list[FeedbackEvent]]:
     return traces, feedback
 
 
-@pytest.fixture(scope="module")
-async def site(broker, thumbline_bin, clean_env, tmp_path_factory) -> AsyncIterator[Site]:
-    tmp = tmp_path_factory.mktemp("web")
+@contextlib.asynccontextmanager
+async def running_site(
+    broker, thumbline_bin: str, clean_env: dict[str, str], tmp: Path, *,
+    events: Callable[[float], tuple[list[TraceEvent], list[FeedbackEvent]]],
+    last: FeedbackEvent, keys: dict[str, tuple[str, ...]],
+    stored: Callable[[Site, int], bool], in_time_order: bool = True,
+) -> AsyncIterator[Site]:  # fmt: skip
+    """`thumbline up` with :data:`RULES`, fed ``events(now)`` through Kafka and then ``last``
+    (an event now moves the watermark past every window above), with read keys made by
+    ``keys`` (name: `keys create` options); yielded once ``stored(site, feedback count)``,
+    stopped on the way out."""
     rules = tmp / "rules.toml"
     rules.write_text(RULES)
-    env = await worker_env(broker, clean_env, tmp, "web", THUMBLINE_ALERT_RULES=str(rules),
+    env = await worker_env(broker, clean_env, tmp, tmp.name, THUMBLINE_ALERT_RULES=str(rules),
                            THUMBLINE_RATE_LATENESS_SECONDS="1")  # fmt: skip
     up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp / "data", log=tmp / "up.log")
     try:
         now = time.time()
-        traces, feedback = _events(now)
+        traces, feedback = events(now)
+        sent: list[TraceEvent | FeedbackEvent] = [*traces, *feedback]
+        if in_time_order:  # each trace just before its feedback, as an application sends them
+            sent.sort(key=lambda e: (e.ts if isinstance(e, FeedbackEvent) else e.start_time,
+                                     isinstance(e, FeedbackEvent)))  # fmt: skip
         async with FeedbackProducer(
             bootstrap_servers=broker.bootstrap, topic_prefix=env["THUMBLINE_TOPIC_PREFIX"]
         ) as kafka:
-            # in event time, each trace just before its feedback, as an application sends
-            # them: the stream's watermark then never passes a window before its rows
-            events = sorted([*traces, *feedback], key=lambda e: (
-                e.ts if isinstance(e, FeedbackEvent) else e.start_time,
-                isinstance(e, FeedbackEvent)))  # fmt: skip
-            await kafka.send_many(events)
-            # a last event now moves the watermark past every window above
-            last = FeedbackEvent(event_id="fb-now", trace_id="web-a-m-steady-2-1",
-                                 project="web-a", kind="thumb", value="up")  # fmt: skip
+            await kafka.send_many(sent)
             await kafka.send(last)
-        keys = {}
-        for name, project in (("a", "web-a"), ("b", "web-b"), ("all", None)):
-            made = run(thumbline_bin, env, "keys", "create",  # read keys have a project
-                       *(("--scope", "read", "--project", project) if project
-                         else ("--scope", "admin")))  # fmt: skip
-            assert made.returncode == 0, made.stderr
-            keys[name] = made.stdout.strip()
+        made = {}
+        for name, options in keys.items():
+            key = run(thumbline_bin, env, "keys", "create", *options)
+            assert key.returncode == 0, key.stderr
+            made[name] = key.stdout.strip()
         spike_start = (int(now // 60) - SPIKE_MINUTES_AGO) * 60
-        site = Site(up.info.gateway_url, env, thumbline_bin, keys, spike_start)
+        site = Site(up.info.gateway_url, env, thumbline_bin, made, spike_start)
 
-        async def stored() -> bool:  # every row, and the half hour's windows among the rates
-            count = site.sql("SELECT count() AS n FROM thumbline.feedback FINAL "
-                             "WHERE join_status = 'joined'")  # fmt: skip
-            before = site.sql(  # the last window of the half hour: 1 bad of 6
-                "SELECT bad FROM thumbline.feedback_rates FINAL WHERE model = 'm-spike' AND "
-                f"window_seconds = 60 AND toUnixTimestamp(window_start) = {spike_start - 120}"
-            )
-            return count[0]["n"] >= len(feedback) and [r["bad"] for r in before] == [1]
+        async def ready() -> bool:
+            return stored(site, len(feedback))
 
-        if not await until(stored, timeout=120):
+        if not await until(ready, timeout=120):
             counts = site.sql("SELECT join_status, count() AS n FROM thumbline.feedback FINAL "
                               "GROUP BY join_status")  # fmt: skip
-            raise AssertionError(f"stored {counts} of {len(feedback)}, or no rate windows")
+            raise AssertionError(f"stored {counts} of {len(feedback)}, or not what it waits for")
         yield site
     finally:
         stop(up)
+
+
+def joined(site: Site) -> int:
+    return site.sql("SELECT count() AS n FROM thumbline.feedback FINAL "
+                    "WHERE join_status = 'joined'")[0]["n"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+async def site(broker, thumbline_bin, clean_env, tmp_path_factory) -> AsyncIterator[Site]:
+    def stored(site: Site, feedback: int) -> bool:  # every row, and the half hour's rates
+        before = site.sql(  # the last window of the half hour: 1 bad of 6
+            "SELECT bad FROM thumbline.feedback_rates FINAL WHERE model = 'm-spike' AND "
+            f"window_seconds = 60 AND toUnixTimestamp(window_start) = {site.spike_start - 120}"
+        )
+        return joined(site) >= feedback and [r["bad"] for r in before] == [1]
+
+    async with running_site(
+        broker, thumbline_bin, clean_env, tmp_path_factory.mktemp("web"), events=_events,
+        last=FeedbackEvent(event_id="fb-now", trace_id="web-a-m-steady-2-1", project="web-a",
+                           kind="thumb", value="up"),
+        keys={"a": ("--scope", "read", "--project", "web-a"),  # read keys have a project
+              "b": ("--scope", "read", "--project", "web-b"), "all": ("--scope", "admin")},
+        stored=stored,
+    ) as site:  # fmt: skip
+        yield site
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ where it fired showed the markup of its dimensions, samples and sample trace ids
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, quote, urlsplit
@@ -26,10 +25,8 @@ import aiohttp
 import pytest
 
 from tests.browser import Page
-from tests.integration.conftest import run, start_up, stop, until, worker_env
-from tests.integration.test_web import RULES, Site, open_as, ready
+from tests.integration.test_web import Site, joined, open_as, ready, running_site
 from thumbline.producers.gateway_headers import SECURITY_HEADERS
-from thumbline.producers.kafka import FeedbackProducer
 from thumbline.schemas import FeedbackEvent, TraceEvent
 
 pytestmark = pytest.mark.integration
@@ -91,41 +88,15 @@ def _events(now: float) -> tuple[list[TraceEvent], list[FeedbackEvent]]:
 
 @pytest.fixture(scope="module")
 async def site(broker, thumbline_bin, clean_env, tmp_path_factory) -> AsyncIterator[Site]:
-    tmp = tmp_path_factory.mktemp("webattack")
-    rules = tmp / "rules.toml"
-    rules.write_text(RULES)
-    env = await worker_env(broker, clean_env, tmp, "webattack", THUMBLINE_ALERT_RULES=str(rules),
-                           THUMBLINE_RATE_LATENESS_SECONDS="1")  # fmt: skip
-    up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp / "data", log=tmp / "up.log")
-    try:
-        now = time.time()
-        traces, feedback = _events(now)
-        async with FeedbackProducer(
-            bootstrap_servers=broker.bootstrap, topic_prefix=env["THUMBLINE_TOPIC_PREFIX"]
-        ) as kafka:
-            await kafka.send_many([*traces, *feedback])
-            await kafka.send(FeedbackEvent(event_id="fb-now", trace_id="wa-2-1", project="wa-a",
-                                           kind="thumb", value="up"))  # fmt: skip
-        keys = {}
-        for name, project in (("a", "wa-a"), ("b", "wa-b")):
-            made = run(thumbline_bin, env, "keys", "create", "--scope", "read",
-                       "--project", project)  # fmt: skip
-            assert made.returncode == 0, made.stderr
-            keys[name] = made.stdout.strip()
-        site = Site(up.info.gateway_url, env, thumbline_bin, keys, 0)
-
-        async def stored() -> bool:
-            count = site.sql("SELECT count() AS n FROM thumbline.feedback FINAL "
-                             "WHERE join_status = 'joined'")  # fmt: skip
-            return count[0]["n"] >= len(feedback)
-
-        if not await until(stored, timeout=120):
-            counts = site.sql("SELECT join_status, count() AS n FROM thumbline.feedback FINAL "
-                              "GROUP BY join_status")  # fmt: skip
-            raise AssertionError(f"stored {counts} of {len(feedback)}")
+    async with running_site(
+        broker, thumbline_bin, clean_env, tmp_path_factory.mktemp("webattack"), events=_events,
+        last=FeedbackEvent(event_id="fb-now", trace_id="wa-2-1", project="wa-a", kind="thumb",
+                           value="up"),
+        keys={"a": ("--scope", "read", "--project", "wa-a"),
+              "b": ("--scope", "read", "--project", "wa-b")},
+        stored=lambda site, feedback: joined(site) >= feedback, in_time_order=False,
+    ) as site:  # fmt: skip
         yield site
-    finally:
-        stop(up)
 
 
 @pytest.fixture
