@@ -62,9 +62,14 @@ class Pipeline:
             return r.status
 
     async def inbox_row(self, trace_id: str) -> dict[str, Any]:
-        """The trace's feedback row in ``GET /v1/feedback`` once it is joined."""
+        """The trace's feedback row in ``GET /v1/feedback`` once it is joined and the trace
+        is stored: the traces and the feedback reach the store through separate sinks, so a
+        joined row can be read before its trace's question and answer are."""
 
         async def joined() -> dict[str, Any] | None:
+            status, body = await self.get(f"/v1/traces/{trace_id}")
+            if status != 200 or not body["spans"]:
+                return None
             _, rows = await self.get("/v1/feedback", trace_id=trace_id)
             return next((r for r in rows if r["join_status"] == "joined"), None)
 
