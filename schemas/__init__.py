@@ -21,7 +21,7 @@ from thumbline.schemas.records import (
     JoinStatus,
     RateWindow,
 )
-from thumbline.schemas.topics import Topic, Topics, partition_for
+from thumbline.schemas.topics import Topic, Topics, partition_for, rates_partition
 from thumbline.schemas.trace import TraceEvent, TraceStatus
 from thumbline.schemas.wire import decode_message, encode_batch, encode_event
 
@@ -50,5 +50,6 @@ __all__ = [
     "encode_batch",
     "encode_event",
     "partition_for",
+    "rates_partition",
     "target_key",
 ]

@@ -68,6 +68,18 @@ def partition_for(trace_id: str, partitions: int) -> int:
     return hashed % partitions
 
 
+def rates_partition(project: str, partitions: int) -> int:
+    """The partition of ``feedback.enriched`` where a project's rates are counted.
+
+    Every rate window is cut by project first, and an event's project is part
+    of its identity (its versions never change it), while its environment,
+    model and capability may come later with its trace. So all rows of a rate
+    window, and every version of one event, meet on one partition, held by one
+    worker.
+    """
+    return partition_for(project, partitions)
+
+
 @dataclass(frozen=True, slots=True)
 class Topic:
     """One topic: its full name, partition count, key and the model of its values."""
@@ -119,9 +131,10 @@ class Topics:
             enriched=Topic(
                 f"{prefix}feedback.enriched",
                 partitions,
-                "trace_id",
+                "project",
                 EnrichedFeedback,
-                "Feedback joined with its trace; feeds the feedback table and the rates.",
+                "Feedback joined with its trace, on the partition of its project (the Kafka "
+                "key is the join partition it came from); feeds the rates.",
             ),
             rates=Topic(
                 f"{prefix}rates",

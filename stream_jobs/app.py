@@ -181,8 +181,20 @@ class StreamApp:
             app.timer(RATES_TICK_SECONDS, name="rates_tick")(rates.tick)
 
         # A rebalance: partitions that moved are replayed from their last commit by
-        # their new holder. The rates need no help: a partition's watermark comes from
-        # whoever holds it, and rows the replay brings late are recomputed.
+        # their new holder. The join's watermarks come from whoever holds a join
+        # partition; the rates of the projects of an enriched partition that moved are
+        # rebuilt by its new holder from the store (what the old one wrote before it).
+        enriched_name = self.topics.enriched.name
+        if rates is not None:
+
+            @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+            async def rates_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+                await rates.revoke()
+
+            @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+            async def rates_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
+                await rates.assign({tp.partition for tp in assigned if tp.topic == enriched_name})
+
         if job is not None:
 
             def highwater(topic: str, partition: int) -> int | None:

@@ -62,7 +62,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +74,9 @@ END_USER = "end_user"
 #: Whose feedback the rates count unless told otherwise (THUMBLINE_RATES_ANNOTATORS).
 DEFAULT_ANNOTATORS: tuple[str, ...] = (END_USER,)
 Dims = tuple[str, str, str, str]  # project, environment, model, capability; "*" is all
+#: Where an enriched row came from: (enriched partition, join partition), whose durable
+#: offset says when the row is stored; -1 for rows read back from the store.
+Source = Hashable
 MAX_SAMPLES = 5
 
 
@@ -166,8 +169,8 @@ class _Window:
     )
     complete: bool = False  # written and judged; its events are no longer held
     events: set[EventKey] = field(default_factory=set)  # counted here, while open
-    #: enriched partition -> highest offset of a row counted here (stored before completing)
-    offsets: dict[int, int] = field(default_factory=dict)
+    #: source -> highest offset of a row counted here (stored before completing)
+    offsets: dict[Source, int] = field(default_factory=dict)
     reconcile_at: float = math.inf  # the watermark at which it is compared with the store
 
 
@@ -227,17 +230,25 @@ class RateState:
         self.seen: dict[EventKey, Contribution] = {}
         #: window start -> enriched partition -> highest offset of a row that came
         #: after the window completed: recomputed from the store once those are stored
-        self.dirty: dict[float, dict[int, int]] = {}
+        self.dirty: dict[float, dict[Source, int]] = {}
         self.watermark = -math.inf
         self.cells = 0  # (window, dimensions) counters held
         self.late = 0
         self.applied = 0
         self.bound_hits = 0
 
+    def emptied(self) -> RateState:
+        """A state with the same settings and nothing in it (to restore another share into)."""
+        return RateState(
+            window=self.window, sliding=self.sliding, lateness=self.lateness,
+            history=self.history, reconcile=self.reconcile, max_cells=self.max_cells,
+            max_events=self.max_events, annotators=self.annotators, clock=self.clock,
+        )  # fmt: skip
+
     # Input ------------------------------------------------------------------
 
     def apply(
-        self, rows: Iterable[dict[str, Any]], *, partition: int = -1, offset: int = -1
+        self, rows: Iterable[dict[str, Any]], *, partition: Source = -1, offset: int = -1
     ) -> set[float]:
         """Count enriched rows (from ``partition`` at ``offset`` of ``feedback.enriched``;
         -1: already stored). A row seen before counts once, a newer version replaces it.
@@ -322,7 +333,7 @@ class RateState:
 
     # Progress ---------------------------------------------------------------
 
-    def advance(self, watermark: float, stored: Mapping[int, int]) -> list[Ended]:
+    def advance(self, watermark: float, stored: Mapping[Source, int]) -> list[Ended]:
         """Complete the windows the watermark has passed (by ``lateness``) whose rows are
         all stored (``stored``: enriched partition -> the join's durable offset), in order;
         the rows to write for each. Then forget what is older than the history."""
@@ -352,7 +363,7 @@ class RateState:
         """Complete, and nothing left to recompute: it may be forgotten past the history."""
         return w.complete and start not in self.dirty and w.reconcile_at == math.inf
 
-    def due(self, stored: Mapping[int, int]) -> list[float]:
+    def due(self, stored: Mapping[Source, int]) -> list[float]:
         """Complete windows to recompute from the store: dirty ones whose late rows are
         stored, and those whose reconciliation is due."""
         starts = {

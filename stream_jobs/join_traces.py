@@ -54,6 +54,7 @@ from thumbline.schemas import (
     Topics,
     TraceEvent,
     partition_for,
+    rates_partition,
 )
 from thumbline.schemas.score_configs import ScoreConfig, ScoreConfigIndex
 from thumbline.stream_jobs.decode_input import Batch, DecodeInput
@@ -260,7 +261,8 @@ class JoinTracesJob:
                 (self._unflushed or self._since_flush) and not self.sink.pending
             ):
                 await self._flush()
-            await self.marks.send(self.owned, self._order)
+            if not self.rebalancing:  # the partitions' next holders announce them
+                await self.marks.send(self.owned, self._order)
 
     async def flush(self) -> None:
         """Write and acknowledge what is complete."""
@@ -395,14 +397,21 @@ class JoinTracesJob:
         self.counts["enriched"] += len(rows)
         self.counts["dead"] += len(dead)
         out: list[Outgoing] = []
-        by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        # To the rates partition of the row's project (one worker counts a project's
+        # windows), keyed by the join partition it comes from (whose watermark covers it).
+        by_partition: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+        enriched = self.topics.enriched.partitions
         for row in rows:
-            by_partition[partition_for(row.join_key, self.partitions)].append(feedback_record(row))
-        for partition, records in by_partition.items():
+            source = partition_for(row.join_key, self.partitions)
+            by_partition[(source, rates_partition(row.project, enriched))].append(
+                feedback_record(row)
+            )
+        for (source, partition), records in by_partition.items():
             # the same bytes to Kafka and ClickHouse, encoded once per array
+            key = str(source).encode()
             for array, count in json_arrays(records):
                 self.sink.add_array("feedback", array, count)
-                out.append(Outgoing(self.topics.enriched.name, array, partition=partition))
+                out.append(Outgoing(self.topics.enriched.name, array, key, partition=partition))
         self.counts[f"out:{self.topics.enriched.name}"] += len(rows)
         self.counts[f"out:{self.topics.dlq.name}"] += len(dead)
         for letter in dead:

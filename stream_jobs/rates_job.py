@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaProducer
 from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics
 from thumbline.outages import STORE, Waits
-from thumbline.schemas import Alert, RateWindow, Topics
+from thumbline.schemas import Alert, RateWindow, Topics, rates_partition
 from thumbline.stream_jobs.bad_feedback_rates import ALL, Ended, RateState
 from thumbline.stream_jobs.rates_store import (
     alert_rows,
@@ -64,6 +64,10 @@ class _Held:
 
     event: Any
     dirty: set[float] = field(default_factory=set)
+    #: the rows it holds, where from and at which offset (None: a marker)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    source: tuple[int, int] | None = None
+    offset: int = -1
 
 
 class RatesJob:
@@ -100,8 +104,13 @@ class RatesJob:
         self.notifier = notifier
         self.metrics = metrics
         self.partitions = topics.enriched.partitions
-        #: enriched partition -> (watermark in seconds, durable offset), from the join's markers
-        self.marks: dict[int, tuple[float, int]] = {}
+        #: the join's partitions: each one's worker announces it on every enriched partition
+        self.sources = topics.keyed.partitions
+        #: (enriched partition, join partition) -> (watermark in seconds, durable offset)
+        self.marks: dict[tuple[int, int], tuple[float, int]] = {}
+        #: the enriched partitions (projects) this worker counts; None: all of them
+        self.owned: set[int] | None = None
+        self.rebalancing = False  # between revoke() and assign(): no window completes
         self._order: dict[Any, deque[_Held]] = defaultdict(deque)
         self._lock = asyncio.Lock()
         self._reported: dict[str, int] = {}
@@ -110,12 +119,23 @@ class RatesJob:
         self.recomputes = 0
         self.alerts: deque[Alert] = deque(maxlen=1000)  # the latest state changes it emitted
 
+    def holds(self, project: str) -> bool:
+        """Whether this worker counts ``project``'s windows."""
+        return self.owned is None or rates_partition(project, self.partitions) in self.owned
+
     @property
     def watermark(self) -> float | None:
-        """The lowest watermark over the partitions; None until each has reported."""
-        if len(self.marks) < self.partitions:
-            return None
-        return min(w for w, _ in self.marks.values())
+        """The lowest watermark of every join partition on every enriched partition held;
+        None until each has reported (or while nothing is held)."""
+        owned = range(self.partitions) if self.owned is None else sorted(self.owned)
+        lowest = None
+        for partition in owned:
+            for source in range(self.sources):
+                mark = self.marks.get((partition, source))
+                if mark is None:
+                    return None
+                lowest = mark[0] if lowest is None else min(lowest, mark[0])
+        return lowest
 
     async def handle(self, events: Sequence[Any]) -> None:
         """Count one micro-batch of enriched messages (row arrays and watermark markers)."""
@@ -131,36 +151,47 @@ class RatesJob:
                 except orjson.JSONDecodeError:
                     logger.warning("skipped an enriched message that is not JSON")
                     continue
-                if isinstance(value, dict) and "watermark" in value:
+                if isinstance(value, dict) and ("watermarks" in value or "watermark" in value):
                     self._mark(message.partition, value)
                     continue
                 rows = value if isinstance(value, list) else [value]
                 counted += len(rows)
-                held.dirty = self.rates.apply(
-                    rows, partition=message.partition, offset=message.offset
-                )
+                held.rows, held.offset = rows, message.offset
+                held.source = (message.partition, _source(message.key, message.partition))
+                held.dirty = self.rates.apply(rows, partition=held.source, offset=message.offset)
             self._release()
             if self.metrics is not None:
                 self.metrics.events_consumed.labels(self.topics.enriched.name).inc(counted)
 
     def _mark(self, partition: int, marker: dict[str, Any]) -> None:
-        watermark, durable = float(marker["watermark"]) / 1000, int(marker.get("durable", -1))
-        previous = self.marks.get(partition, (watermark, durable))
-        self.marks[partition] = (max(previous[0], watermark), max(previous[1], durable))
+        durable = int(marker.get("durable", -1))
+        # {"watermark": ms}: a join of an earlier version, on its own partition
+        found = marker.get("watermarks") or {str(partition): marker["watermark"]}
+        for source, ms in found.items():
+            key, watermark = (partition, int(source)), float(ms) / 1000
+            previous = self.marks.get(key, (watermark, durable))
+            self.marks[key] = (max(previous[0], watermark), max(previous[1], durable))
+
+    def _stored(self, held: _Held) -> bool:
+        if held.source is None:
+            return True
+        return held.offset <= self.marks.get(held.source, (0.0, -1))[1]
 
     def _release(self) -> None:
+        """Acknowledge, in order, what is stored and recomputed: a replay after a restart
+        or a rebalance brings back whatever the store did not have yet."""
         for queue in self._order.values():
-            while queue and not queue[0].dirty:
+            while queue and not queue[0].dirty and self._stored(queue[0]):
                 queue.popleft().event.ack()
 
     async def tick(self) -> None:
         """Complete the windows the watermark passed; recompute what is due; write, judge."""
         async with self._lock:
             watermark = self.watermark
-            if watermark is None:
+            if watermark is None or self.rebalancing:
                 self._report()
                 return
-            stored = {p: durable for p, (_, durable) in self.marks.items()}
+            stored: dict[Any, int] = {p: durable for p, (_, durable) in self.marks.items()}
             ended = self.rates.advance(watermark, stored)
             recomputed = await self._recompute(stored)
             if recomputed is not None:
@@ -192,7 +223,7 @@ class RatesJob:
             if recomputed is not None:
                 self._recomputed()
 
-    async def _recompute(self, stored: dict[int, int]) -> Ended | None:
+    async def _recompute(self, stored: dict[Any, int]) -> Ended | None:
         """Read the due windows from the store (at most every RECOMPUTE_EVERY seconds)."""
         if self.store is None or time.monotonic() - self._recomputed_at < RECOMPUTE_EVERY:
             return None
@@ -202,6 +233,11 @@ class RatesJob:
         self._recomputed_at = time.monotonic()
         read = self.waits.blocking(STORE, "rates_recompute", read_windows)
         found = await asyncio.to_thread(read, self.rates, self.store, self.database, span)
+        if self.owned is not None:  # the other projects' windows are another worker's
+            found = {
+                start: {d: c for d, c in counts.items() if self.holds(d[0])}
+                for start, counts in found.items()
+            }
         self.recomputes += len(span)
         return self.rates.replace(found, span)
 
@@ -284,12 +320,73 @@ class RatesJob:
     async def restore(self, client: StoreClient, database: str) -> None:
         """Rebuild windows and alert state from ClickHouse, and send the alert state changes
         a crash kept from being sent (call before consuming, with the producer started)."""
-        await asyncio.to_thread(restore_rates, self.rates, client, database, now=time.time())
-        found = await asyncio.to_thread(latest_alerts, client, database)
-        self.detector.restore(found)
-        unsent = await asyncio.to_thread(unpublished_alerts, client, database)
+        keep = None if self.owned is None else self.holds
+
+        def rebuilt() -> RateState:  # into an empty state each time: a retry adds nothing twice
+            state = self.rates.emptied()
+            restore_rates(state, client, database, now=time.time(), keep=keep)
+            return state
+
+        state = await asyncio.to_thread(self.waits.blocking(STORE, "rates_restore", rebuilt))
+        state.late, state.bound_hits = self.rates.late, self.rates.bound_hits
+        self.rates = state
+        found = await asyncio.to_thread(
+            self.waits.blocking(STORE, "rates_restore", latest_alerts), client, database
+        )  # fmt: skip
+        self.detector.tracks.clear()
+        self.detector.restore(a for a in found if self.holds(a["project"]))
+        unsent = await asyncio.to_thread(
+            self.waits.blocking(STORE, "rates_restore", unpublished_alerts), client, database
+        )  # fmt: skip
+        unsent = [a for a in unsent if self.holds(a.project)]
         if unsent:
             logger.warning("sending %d alert state changes stored before a crash", len(unsent))
             await self._publish([], unsent)
             self.sink.add_json("alerts", alert_rows(unsent, published=True))
             await self._write()
+
+    async def revoke(self) -> None:
+        """A rebalance begins: complete no window until :meth:`assign` (the next holder of
+        a partition restores what this worker wrote before it)."""
+        async with self._lock:
+            self.rebalancing = True
+
+    async def assign(self, partitions: set[int]) -> None:
+        """The enriched partitions this worker holds after a rebalance.
+
+        Markers and messages of partitions that left are dropped (unacknowledged:
+        their next holder replays them). When the share changed, the windows
+        and alert states are rebuilt from the store for the projects held now,
+        as at a start, and the rows of messages still held (not stored yet) are
+        counted again into them.
+        """
+        async with self._lock:
+            self.rebalancing = False
+            before = set(range(self.partitions)) if self.owned is None else self.owned
+            self.owned = set(partitions)
+            for key in [k for k in self.marks if k[0] not in partitions]:
+                del self.marks[key]
+            for tp in [tp for tp in self._order if tp.partition not in partitions]:
+                del self._order[tp]
+            if self.owned == before or self.store is None:
+                return
+            await self.restore(self.store, self.database)
+            for queue in self._order.values():
+                for held in queue:
+                    if held.source is not None:
+                        held.dirty = self.rates.apply(
+                            held.rows, partition=held.source, offset=held.offset
+                        )  # fmt: skip
+            logger.info(
+                "the rates count %d of %d partitions", len(self.owned), self.partitions,
+                extra={"partitions": sorted(self.owned)},
+            )  # fmt: skip
+
+
+def _source(key: bytes | None, partition: int) -> int:
+    """The join partition an enriched message comes from (its key); without one, an
+    earlier version's message, from the join partition of the same number."""
+    try:
+        return int(key) if key else partition
+    except ValueError:
+        return partition

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,7 +89,10 @@ def read_windows(
     return dict(found)
 
 
-def restore_rates(rates: RateState, client: StoreClient, database: str, *, now: float) -> None:
+def restore_rates(
+    rates: RateState, client: StoreClient, database: str, *, now: float,
+    keep: Callable[[str], bool] | None = None,
+) -> None:  # fmt: skip
     """Rebuild the windows of the last ``rates.history`` seconds at start.
 
     - the windows this job wrote to ``feedback_rates`` come back as counts
@@ -100,6 +103,8 @@ def restore_rates(rates: RateState, client: StoreClient, database: str, *, now: 
     - from the first window it did not write (windows complete in order), the
       rows of ``feedback`` come back event by event into open windows, so the
       join's replay of rows not stored yet counts once.
+
+    ``keep``: the projects whose windows this worker holds (default: all).
     """
     window = rates.window
     since = (now - rates.history) // window * window
@@ -114,6 +119,8 @@ def restore_rates(rates: RateState, client: StoreClient, database: str, *, now: 
     ).result_rows
     last = since - window
     for start, project, environment, model, capability, *c in stored:
+        if keep is not None and not keep(project):
+            continue
         counts = Counts(c[0], c[1], c[2], c[3], c[4], float(c[5]), c[6])
         dims = (project, environment, model, capability)
         rates.restore_counts(float(start), dims, counts, recent=float(start) >= recent)
@@ -130,6 +137,8 @@ def restore_rates(rates: RateState, client: StoreClient, database: str, *, now: 
     rows = []
     for values in result.result_rows:
         row = dict(zip(names, values, strict=True))
+        if keep is not None and not keep(row["project"]):
+            continue
         if row["ts"].tzinfo is None:
             row["ts"] = row["ts"].replace(tzinfo=UTC)
         rows.append(row)

@@ -1,21 +1,27 @@
 """Watermarks: how far a join worker's input is stored, told to the rates in markers.
 
-Each second, for each partition it holds, a join worker sends to
-``feedback.enriched`` (on that partition) ``{"watermark": ms, "durable":
-offset}``:
+Enriched rows go to the partition of ``feedback.enriched`` of their project
+(where the rates of that project are counted, by one worker), so every
+partition of the join feeds every partition of the rates. Each second a join
+worker sends to every partition of ``feedback.enriched`` one marker,
+``{"watermarks": {"<join partition>": ms, ...}, "durable": offset}``, for the
+join partitions it holds:
 
-- ``watermark``: every input message of the partition (``feedback``,
+- ``watermarks``: per join partition, every input message of it (``feedback``,
   ``traces``, ``keyed``; behind :mod:`thumbline.stream_jobs.key_by_trace`, ``keyed`` and
   its ``routed`` markers) older than this is flushed: its events are stored, or
-  waiting for their trace (those come later, as late rows). An input that has
-  caught up with its partition's end holds nothing back (the watermark is the
-  clock), so a quiet partition does not stall the rates.
-- ``durable``: every enriched row this worker published on the partition up
-  to this offset is in ClickHouse.
+  waiting for their trace (those come later, as late rows), and published
+  before this marker. An input that has caught up with its partition's end
+  holds nothing back (the watermark is the clock), so a quiet partition does
+  not stall the rates.
+- ``durable``: every enriched row this worker published on this enriched
+  partition up to this offset is in ClickHouse.
 
-The rates job (:mod:`thumbline.stream_jobs.rates_job`) completes a window when the lowest
-watermark over the partitions has passed it, and once the rows it counted are
-at or below their partitions' durable offsets.
+Enriched messages carry their join partition as their Kafka key. The rates job
+(:mod:`thumbline.stream_jobs.rates_job`) completes a window when the lowest
+watermark over every join partition, on every enriched partition it holds, has
+passed it, and once the rows it counted are at or below the durable offset
+their join partition's worker announced there.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ class Watermarks:
         self._last: dict[tuple[str, int], tuple[int, float]] = {}  # offset, timestamp handled
         self._published: dict[int, int] = {}  # enriched partition -> highest offset sent
         self._durable: dict[int, int] = {}  # enriched partition -> highest offset stored
-        self._marked_at: dict[int, float] = {}
+        self._marked_at = 0.0  # when the last markers were sent
 
     def handled(self, message: Any) -> None:
         """An input message reached the join."""
@@ -102,27 +108,30 @@ class Watermarks:
         for key in [k for k in self._last if k[1] in lost]:
             del self._last[key]
         for partition in lost:
-            self._marked_at.pop(partition, None)
             self._routed.pop(partition, None)
 
     async def send(
         self, owned: Iterable[int], order: Mapping[Any, deque[Any]], now: float | None = None
     ) -> None:
-        """Send the markers of the ``owned`` partitions that are due (one a second each)."""
+        """Send the watermarks of the ``owned`` partitions (once a second) to every partition
+        of ``feedback.enriched``: one marker per enriched partition, with this worker's
+        durable offset there."""
         now = time.time() if now is None else now
+        if now - self._marked_at < MARK_EVERY:
+            return
+        marks = {}
         for partition in sorted(owned):
-            if now - self._marked_at.get(partition, 0.0) < MARK_EVERY:
-                continue
             watermark = self.of(partition, order, now)
-            if watermark is None:
-                continue
-            self._marked_at[partition] = now
-            marker = orjson.dumps(
-                {"watermark": int(watermark * 1000), "durable": self._durable.get(partition, -1)}
-            )
+            if watermark is not None:
+                marks[str(partition)] = int(watermark * 1000)
+        if not marks:
+            return
+        self._marked_at = now
+        for enriched in range(self.topics.enriched.partitions):
+            marker = orjson.dumps({"watermarks": marks, "durable": self._durable.get(enriched, -1)})
             try:
                 sent = await self.producer.send(
-                    self.topics.enriched.name, marker, partition=partition
+                    self.topics.enriched.name, marker, partition=enriched
                 )  # fmt: skip
             except Exception as exc:  # noqa: BLE001 (a marker is sent again each second)
                 if not transient(exc):

@@ -22,7 +22,7 @@ from tests.integration.conftest import consume
 from thumbline.kafka import ensure_topics
 from thumbline.producers import FeedbackProducer
 from thumbline.producers.loadgen import LoadSpec, run_load
-from thumbline.schemas import Topics, partition_for
+from thumbline.schemas import Topics, partition_for, rates_partition
 from thumbline.settings import load_settings
 from thumbline.stream_jobs.app import StreamApp
 
@@ -274,12 +274,17 @@ async def test_enriched_feedback_is_published_for_the_rates(sdk, stream, query):
     published = await consume(
         stream.bootstrap, [stream.topics.enriched.name], events=1000, timeout=3
     )
-    mine = [e for _, _, batch in published for e in batch if e.get("event_id") == eid]
-    markers = [e for _, _, batch in published for e in batch if "watermark" in e]
-    assert markers and all(set(m) == {"watermark", "durable"} for m in markers)  # for the rates
-    assert [(e["project"], e["model"], e["join_status"]) for e in mine] == [
+    mine = [(p, e) for _, p, batch in published for e in batch if e.get("event_id") == eid]
+    markers = [(p, e) for _, p, batch in published for e in batch if "watermarks" in e]
+    # for the rates: every enriched partition hears from every join partition
+    assert all(set(m) == {"watermarks", "durable"} for _, m in markers)
+    heard = {(p, int(source)) for p, m in markers for source in m["watermarks"]}
+    everything = range(stream.topics.enriched.partitions)
+    assert heard == {(p, source) for p in everything for source in everything}
+    assert [(e["project"], e["model"], e["join_status"]) for _, e in mine] == [
         ("shop", "m9", "joined")
     ]
+    assert [p for p, _ in mine] == [rates_partition("shop", stream.topics.enriched.partitions)]
 
 
 async def test_a_clickhouse_outage_pauses_the_stream_and_loses_nothing(

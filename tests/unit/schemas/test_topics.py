@@ -7,7 +7,7 @@ from aiokafka.partitioner import murmur2 as kafkas_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thumbline.schemas import Topics, partition_for
+from thumbline.schemas import Topics, partition_for, rates_partition
 from thumbline.schemas.topics import murmur2
 
 
@@ -29,7 +29,14 @@ def test_the_join_topics_are_co_partitioned():
     assert {topics.feedback.partitions, topics.traces.partitions, topics.enriched.partitions} == {
         12
     }
-    assert topics.feedback.key == topics.traces.key == topics.enriched.key == "trace_id"
+    assert topics.feedback.key == topics.traces.key == topics.keyed.key == "trace_id"
+
+
+def test_enriched_feedback_is_on_the_partition_of_its_project_so_one_worker_counts_its_rates():
+    topics = Topics.build("x.", 12)
+    assert topics.enriched.key == "project"
+    assert rates_partition("shop", 12) == partition_for("shop", 12)
+    assert len({rates_partition(f"project-{n}", 12) for n in range(200)}) == 12
 
 
 def test_every_topic_declares_its_contract():

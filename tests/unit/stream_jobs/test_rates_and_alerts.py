@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from thumbline.schemas import Topics
+from thumbline.schemas import Topics, rates_partition
 from thumbline.stream_jobs.bad_feedback_rates import ALL, Counts, RateState
 from thumbline.stream_jobs.rates_job import RatesJob
 from thumbline.stream_jobs.spike_alerts import (
@@ -451,9 +451,12 @@ class AckingProducer:
 class Message:
     """A faust event of ``feedback.enriched``: rows, or the join's watermark marker."""
 
-    def __init__(self, value: object, partition: int = 0, offset: int = 0) -> None:
+    def __init__(
+        self, value: object, partition: int = 0, offset: int = 0, key: bytes | None = None
+    ) -> None:
         self.message = self
         self.value = orjson.dumps(value)
+        self.key = key  # the join partition it came from
         self.partition, self.offset = partition, offset
         self.tp = ("t.feedback.enriched", partition)
         self.refs = 1  # faust's own reference, dropped after the batch
@@ -469,8 +472,12 @@ class Message:
         return self.refs <= 1  # the job's reference dropped
 
 
-def marker(watermark: float, durable: int = -1, partition: int = 0) -> Message:
-    return Message({"watermark": int(watermark * 1000), "durable": durable}, partition, -1)
+def marker(
+    watermark: float, durable: int = -1, partition: int = 0, sources: tuple[int, ...] = (0,)
+) -> Message:
+    """A join worker's marker on enriched ``partition``, for the join partitions ``sources``."""
+    marks = {str(source): int(watermark * 1000) for source in sources}
+    return Message({"watermarks": marks, "durable": durable}, partition, -1)
 
 
 class Store:
@@ -500,16 +507,45 @@ class TestRatesJob:
                         detector=SpikeDetector((TestDetector.RULE,)), sink=RecordingSink(),
                         producer=AckingProducer(), store=Store())  # fmt: skip
 
-    async def test_nothing_completes_before_every_partition_has_a_watermark(self, clock):
+    async def test_nothing_completes_before_every_join_partition_has_a_watermark_on_every_partition(
+        self, clock
+    ):
         rates = RateState(window=60, sliding=(), lateness=0, clock=clock)
         job = RatesJob(topics=Topics.build("t.", 2), rates=rates, detector=SpikeDetector(()),
                        sink=RecordingSink(), producer=AckingProducer())  # fmt: skip
-        await job.handle([Message([row(T0 + 1)]), marker(T0 + 600, durable=0, partition=0)])
+        await job.handle([Message([row(T0 + 1)], key=b"1"),
+                          marker(T0 + 600, durable=0, partition=0, sources=(0, 1))])  # fmt: skip
         await job.tick()
-        assert job.sink.rows == {}  # partition 1 has not reported: it holds every window
-        await job.handle([marker(T0 + 61, partition=1)])
+        assert job.sink.rows == {}  # enriched partition 1 has not heard from the join
+        await job.handle([marker(T0 + 61, partition=1, sources=(0,))])
+        await job.tick()
+        assert job.sink.rows == {}  # nor from join partition 1 there
+        await job.handle([marker(T0 + 61, partition=1, sources=(1,))])
         await job.tick()
         assert [r["bad"] for r in job.sink.rows["feedback_rates"]] == [1, 1]
+
+    async def test_a_marker_of_an_earlier_join_covers_its_own_partition(self, job):
+        await job.handle(
+            [
+                Message([row(T0 + 1)], offset=5),
+                Message({"watermark": int((T0 + 95) * 1000), "durable": 5}, 0, -1),
+            ]
+        )
+        await job.tick()
+        assert len(job.sink.rows["feedback_rates"]) == 2
+
+    async def test_only_the_projects_of_the_partitions_held_are_counted_after_a_rebalance(
+        self, clock
+    ):
+        rates = RateState(window=60, sliding=(), lateness=0, clock=clock)
+        job = RatesJob(topics=Topics.build("t.", 4), rates=rates, detector=SpikeDetector(()),
+                       sink=RecordingSink(), producer=AckingProducer())  # fmt: skip
+        held = rates_partition("p", 4)
+        await job.assign({held})
+        assert job.holds("p") and not all(job.holds(f"q{n}") for n in range(20))
+        await job.handle([marker(T0 + 61, partition=held, sources=(0, 1, 2, 3))])
+        await job.tick()
+        assert job.watermark == T0 + 61  # the partitions of other workers hold nothing back
 
     async def test_a_window_completes_once_its_rows_are_stored_and_is_judged_once(self, job):
         await job.handle([Message([row(T0 + 1)], offset=5), marker(T0 + 95, durable=4)])
@@ -532,14 +568,16 @@ class TestRatesJob:
         job.store.windows[T0] = {BY_MODEL: Counts(bad=2)}
         await job.tick()  # its row is not stored yet: no recompute
         assert job.store.reads == 0
-        await job.handle([marker(T0 + 95, durable=2)])
+        await job.handle([marker(T0 + 95, durable=3)])
         await job.tick()
         rewritten = [r for r in job.sink.rows["feedback_rates"] if r["capability"] == ALL]
         assert rewritten[-1]["bad"] == 2 and late.acked and after.acked
 
-    async def test_rows_for_open_windows_are_acknowledged_at_once(self, job):
+    async def test_rows_are_acknowledged_once_the_join_says_they_are_stored(self, job):
         first = Message([row(T0 + 1)], offset=1)
         await job.handle([first])
+        assert not first.acked  # a replay after a rebalance must bring it back
+        await job.handle([marker(T0 + 2, durable=1)])
         assert first.acked
 
     async def test_a_spike_fires_and_resolves_in_order_when_windows_complete(self, job, clock):

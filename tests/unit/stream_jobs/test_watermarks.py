@@ -82,17 +82,21 @@ def test_an_unknown_position_gives_no_watermark(marks):
     assert marks.of(1, {}, NOW) is None  # partition 1: no high watermark fetched yet
 
 
-async def test_markers_go_to_the_partition_each_second_with_the_stored_offset(marks):
+async def test_markers_go_to_every_enriched_partition_each_second_with_the_offset_stored_there(
+    marks,
+):
     order: dict = {}
     for topic in (TOPICS.feedback, TOPICS.traces, TOPICS.keyed):
         handled(marks, order, topic.name, 9, NOW - 50).settled = True
-    marks.published([SimpleNamespace(partition=0, offset=17)])
+    marks.published([SimpleNamespace(partition=1, offset=17)])
     marks.stored(marks.published_so_far())
     await marks.send({0}, order, now=NOW)
     await marks.send({0}, order, now=NOW + 0.5)  # not due yet
-    [(topic, value, partition)] = marks.producer.sent
-    assert (topic, partition) == (TOPICS.enriched.name, 0)
-    assert orjson.loads(value) == {"watermark": int(NOW * 1000), "durable": 17}
+    sent = [(t, partition, orjson.loads(value)) for t, value, partition in marks.producer.sent]
+    assert sent == [
+        (TOPICS.enriched.name, 0, {"watermarks": {"0": int(NOW * 1000)}, "durable": -1}),
+        (TOPICS.enriched.name, 1, {"watermarks": {"0": int(NOW * 1000)}, "durable": 17}),
+    ]
 
 
 def test_behind_key_by_trace_the_watermark_waits_for_its_progress():
