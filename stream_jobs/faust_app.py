@@ -76,8 +76,10 @@ def short_fetch_waits() -> None:
 
 
 def join_group(settings: Settings, app_id: str | None = None) -> str:
-    """The join's consumer group (the Faust app's id): ``app_id``, else ``<prefix>join``."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", app_id or f"{settings.topic_prefix}join")
+    """The join's consumer group (the Faust app's id): ``app_id``, else
+    ``THUMBLINE_STREAM_GROUP``, else ``<prefix>join``."""
+    group = app_id or settings.stream_group or f"{settings.topic_prefix}join"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", group)
 
 
 def faust_dir(settings: Settings, app_id: str | None = None) -> Path:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from thumbline.errors import ConfigError
 
@@ -205,18 +206,55 @@ class Metrics:
 
 
 class MetricsServer:
-    """``/metrics`` over HTTP in a thread; ``stop()`` is safe to call twice."""
+    """``/metrics`` over HTTP in a thread; ``stop()`` is safe to call twice.
 
-    def __init__(self, metrics: Metrics, *, host: str, port: int) -> None:
-        self._server: Any
-        self._thread: threading.Thread
+    With ``ready`` (what keeps the process from being ready, None when nothing
+    does) it also answers ``/healthz`` (200 while the process serves) and
+    ``/readyz`` (200, or 503 with the reason): the probes of a worker.
+    """
+
+    def __init__(
+        self, metrics: Metrics, *, host: str, port: int,
+        ready: Callable[[], str | None] | None = None,
+    ) -> None:  # fmt: skip
+        from wsgiref.simple_server import make_server
+
+        from prometheus_client.exposition import (
+            ThreadingWSGIServer,
+            _get_best_family,
+            _SilentHandler,
+            make_wsgi_app,
+        )
+
+        class Server(ThreadingWSGIServer):
+            """IPv4 or IPv6, as the host asks (as prometheus_client's own server)."""
+
+        metrics_app = make_wsgi_app(metrics.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            path = environ.get("PATH_INFO", "")
+            if ready is None or path not in ("/healthz", "/readyz"):
+                return metrics_app(environ, start_response)
+            reason = ready() if path == "/readyz" else None
+            status = "200 OK" if reason is None else "503 Service Unavailable"
+            body = orjson.dumps({"status": "ok" if reason is None else "unavailable",
+                                 **({"reason": reason} if reason else {})})  # fmt: skip
+            start_response(status, [("Content-Type", "application/json"),
+                                    ("Content-Length", str(len(body)))])  # fmt: skip
+            return [body]
+
         try:
-            self._server, self._thread = start_http_server(port, host, registry=metrics.registry)
+            Server.address_family, addr = _get_best_family(host, port)
+            self._server: Any = make_server(addr, port, app, Server, handler_class=_SilentHandler)
         except OSError as exc:
             raise ConfigError(
                 f"/metrics cannot be served on {host}:{port}: {exc.strerror}; set "
                 "THUMBLINE_METRICS_PORT (0: any free port) or THUMBLINE_METRICS_ENABLED=false"
             ) from None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+        self._thread.start()
         self.url = f"http://{host}:{self._server.server_port}/metrics"
 
     def stop(self) -> None:

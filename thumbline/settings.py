@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         description="Put before every topic name (thumbline.feedback...).",
     )  # fmt: skip
     partitions: int = Field(8, ge=1, le=256, description="Partitions of the join's topics.")
+    stream_group: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._\-]+$", max_length=200,
+        description="The stream's consumer group (default <topic prefix>join): every worker "
+        "of one pipeline shares it; another group reads the same topics from the start.",
+    )  # fmt: skip
     replication_factor: int = Field(
         1, ge=1, le=16, description="Replicas of each topic thumbline creates."
     )
@@ -115,6 +120,11 @@ class Settings(BaseSettings):
         200, ge=1, le=100_000, description="Messages per micro-batch (of up to 1,000 events each)."
     )
     stream_batch_seconds: float = Field(0.05, gt=0, le=10, description="Longest wait for a batch.")
+    stream_enabled: bool = Field(
+        True,
+        description="thumbline up also runs the stream. false: it runs the broker, the store "
+        "and the gateway only, for `thumbline worker` processes to do the stream.",
+    )
     stream_workers: int = Field(
         1, ge=1, le=64,
         description="Processes that run the join. 1: thumbline up alone; more: helper processes "

@@ -51,8 +51,8 @@ logger = logging.getLogger(__name__)
 MAX_SQL_BYTES = 1_000_000
 #: Largest insert a helper may send in one request (the sink's batches are far smaller).
 MAX_INSERT_BYTES = 512 * 1024 * 1024
-#: Tables a helper may insert into (the join's output).
-INSERT_TABLES = frozenset({"feedback", "traces", "dead_letters"})
+#: Tables a helper or a worker may insert into (the join's and the rates' output).
+INSERT_TABLES = frozenset({"feedback", "traces", "dead_letters", "feedback_rates", "alerts"})
 #: Settings a helper's insert may carry: how ClickHouse reads the sink's JSON rows
 #: (thumbline.stream_jobs.sink.JSON_SETTINGS) and insert deduplication.
 INSERT_SETTINGS = frozenset({

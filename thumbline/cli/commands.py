@@ -11,7 +11,7 @@ from thumbline.schemas import InvalidEvent, ThumblineError
 
 # The groups register their commands; `thumbline --help` lists them in this order.
 # isort: off
-from thumbline.cli import pipeline, inbox, read, agreement, send, admin, scores  # noqa: E402, F401
+from thumbline.cli import pipeline, worker, inbox, read, agreement, send, admin, scores  # noqa: E402, F401
 # isort: on
 
 

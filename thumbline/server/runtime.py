@@ -206,8 +206,9 @@ class Runtime:
                 self._metrics_server = MetricsServer(
                     self.metrics, host=s.metrics_host, port=s.metrics_port
                 )
-            self._stream = StreamApp(s, bootstrap, metrics=self.metrics, waits=self.waits)
-            await self._stream.start()
+            if s.stream_enabled:
+                self._stream = StreamApp(s, bootstrap, metrics=self.metrics, waits=self.waits)
+                await self._stream.start()
             if s.gateway_enabled:
                 self._gateway = await GatewayProcess(
                     s, bootstrap, self.metrics, waits=self.waits
@@ -221,7 +222,7 @@ class Runtime:
                 self._sql.on_insert = lambda table: self.metrics.helper_inserts.labels(table).inc()
             owner = (self._sql.url, self._sql.token) if self._sql else None
             helpers = JoinHelpers(s, bootstrap, owner=owner, log_dir=s.data_dir)
-            if helpers.count:
+            if helpers.count and s.stream_enabled:
                 self.helpers = helpers.start()
             self._run_info = runfile.RunInfo(
                 pid=os.getpid(),
