@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,28 @@ def running(log: Path, timeout: float = 90.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"the worker did not start: {log.read_text(errors='replace')[-3000:]}")
+
+
+def metrics_url(log: Path) -> str:
+    """The worker's /metrics address, from the line it prints when it runs."""
+    line = next(x for x in log.read_text(errors="replace").splitlines() if "worker running" in x)
+    return line.split("metrics ", 1)[1].split(")", 1)[0]
+
+
+def consumed(url: str, topic: str) -> float:
+    """What the worker serving ``url`` read of ``topic`` (its events_consumed counter)."""
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (loopback)
+        text = response.read().decode()
+    wanted = f'thumbline_events_consumed_total{{topic="{topic}"}}'
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(wanted))
+
+
+def ready(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url.replace("/metrics", "/readyz"), timeout=10) as r:  # noqa: S310
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def halt(proc: subprocess.Popen[bytes]) -> None:
@@ -180,6 +203,12 @@ async def test_workers_share_the_stream_survive_kill_9_and_a_new_member_exactly(
         }  # fmt: skip
         got = await settle(lambda: final_counts(thumbline_bin, up.env), want, timeout=120)
         assert got == want
+
+        # the work was shared: every live worker joined and counted rates of its projects
+        urls = [metrics_url(tmp_path / f"worker-{n}.log") for n in (1, 2, 3)]
+        assert all(ready(url) == 200 for url in urls)
+        assert all(consumed(url, topics.keyed.name) > 0 for url in urls)
+        assert sum(consumed(url, topics.enriched.name) > 0 for url in urls) >= 2
 
         horizon = int(time.time()) - 2
         rates, table = await settle_windows(thumbline_bin, up.env, horizon)
