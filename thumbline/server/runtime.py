@@ -40,6 +40,7 @@ from thumbline.children import LOOPBACK, port_free
 from thumbline.errors import BrokerFailed, ConfigError, StoreLocked, StreamFailed
 from thumbline.files import make_private, private_umask
 from thumbline.kafka import ensure_topics
+from thumbline.keys import provision_bootstrap_key
 from thumbline.metrics import Metrics, MetricsServer
 from thumbline.outages import Waits
 from thumbline.schemas.score_configs import ScoreConfig
@@ -198,6 +199,7 @@ class Runtime:
                 )  # fmt: skip
             self._client = await asyncio.to_thread(_open_store, s)
             applied = await asyncio.to_thread(apply_migrations, self._client, s.clickhouse_database)
+            await asyncio.to_thread(provision_bootstrap_key, self._client, s)
             if configs:  # before the join starts: it reads them at start
                 await asyncio.to_thread(self._store_score_configs, configs)
             from thumbline.stream_jobs.app import StreamApp  # faust is heavy: imported when it runs

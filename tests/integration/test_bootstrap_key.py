@@ -1,0 +1,92 @@
+"""THUMBLINE_BOOTSTRAP_ADMIN_KEY: a deployment's first admin key comes from a secret.
+
+A gateway published beyond loopback refuses to start while no key exists, and
+``thumbline keys create`` needs the store first: a compose file or a Kubernetes
+manifest gives the gateway its first admin key from a secret instead. Only its
+SHA-256 is stored, it is never printed, and a revocation stands across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+
+import pytest
+
+from tests.conftest import unique
+from tests.integration.conftest import run
+from tests.integration.test_gateway import get, ready
+from thumbline.broker import free_port
+from thumbline.kafka import ensure_topics
+from thumbline.schemas import Topics
+
+KEY_ID = secrets.token_hex(8)
+KEY = f"tl_{KEY_ID}_{secrets.token_urlsafe(32)}"
+
+
+@pytest.fixture
+async def env(broker, clean_env, tmp_path) -> dict[str, str]:
+    prefix = f"{unique('bootstrap')}."
+    await ensure_topics(broker.bootstrap, Topics.build(prefix, 4).all())
+    return {
+        **clean_env, "THUMBLINE_DATA_DIR": str(tmp_path / "data"), "THUMBLINE_TOPIC_PREFIX": prefix,
+        "THUMBLINE_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "THUMBLINE_GATEWAY_HOST": "0.0.0.0",  # noqa: S104 (beyond loopback: keys required)
+        "THUMBLINE_GATEWAY_PORT": str(free_port()), "THUMBLINE_BOOTSTRAP_ADMIN_KEY": KEY,
+    }  # fmt: skip
+
+
+def start(thumbline_bin: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [thumbline_bin, "gateway"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def stop(gateway: subprocess.Popen[str]) -> str:
+    """Stop it and return everything it said."""
+    gateway.terminate()
+    out, err = gateway.communicate(timeout=60)
+    return out + err
+
+
+async def test_a_gateway_beyond_loopback_starts_with_the_bootstrap_key_as_its_admin_key(
+    thumbline_bin, env
+):
+    gateway = start(thumbline_bin, env)
+    said = ""
+    try:
+        base = f"http://127.0.0.1:{env['THUMBLINE_GATEWAY_PORT']}"
+        assert await ready(base, gateway), "the gateway did not start"
+        status, me = await get(f"{base}/v1/whoami", KEY)
+        assert status == 200 and me["scope"] == "admin" and me["project"] is None
+        assert (await get(f"{base}/v1/whoami"))[0] == 401  # auth is on for everyone else
+        wrong = f"tl_{KEY_ID}_{secrets.token_urlsafe(32)}"  # its id, another secret
+        assert (await get(f"{base}/v1/whoami", wrong))[0] == 401
+    finally:
+        said = await asyncio.to_thread(stop, gateway)
+    assert KEY.split("_", 2)[2] not in said
+    listed = await asyncio.to_thread(run, thumbline_bin, {**env, "COLUMNS": "300"}, "keys", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert KEY_ID in listed.stdout and "admin" in listed.stdout
+    assert KEY.split("_", 2)[2] not in listed.stdout
+
+
+async def test_a_revoked_bootstrap_key_stays_revoked_when_the_gateway_starts_again(
+    thumbline_bin, env
+):
+    first = start(thumbline_bin, env)
+    try:
+        base = f"http://127.0.0.1:{env['THUMBLINE_GATEWAY_PORT']}"
+        assert await ready(base, first), "the gateway did not start"
+    finally:
+        await asyncio.to_thread(stop, first)
+    revoked = await asyncio.to_thread(run, thumbline_bin, env, "keys", "revoke", KEY_ID)
+    assert revoked.returncode == 0, revoked.stderr
+    again = start(thumbline_bin, env)  # the same secret in its environment
+    try:
+        assert await ready(base, again), "the gateway did not start"
+        assert (await get(f"{base}/v1/whoami", KEY))[0] == 401
+    finally:
+        await asyncio.to_thread(stop, again)
