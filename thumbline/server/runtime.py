@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
 
-from thumbline import runfile, score_configs
+from thumbline import embedded, runfile, score_configs
 from thumbline.broker import EmbeddedBroker
 from thumbline.children import LOOPBACK, port_free
 from thumbline.errors import BrokerFailed, ConfigError, StoreLocked, StreamFailed
@@ -148,6 +148,7 @@ class Runtime:
 
     async def start(self) -> Started:
         s = self.settings
+        embedded.require(s)  # on a slim install: says so before anything is created
         private_umask()  # before anything is created: the store, logs, temp files
         live = runfile.read(s.run_file)
         if live is not None:
