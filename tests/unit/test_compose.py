@@ -235,3 +235,50 @@ def test_the_image_installs_the_slim_extra_as_a_numeric_non_root_user():
     )
     user = re.findall(r"^USER (\S+)$", dockerfile, re.M)
     assert user and user[-1].isdigit() and user[-1] != "0"
+
+
+def production_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split("\n### Running in production\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readmes_production_commands_name_what_exists():
+    section = production_section()
+    for path in set(re.findall(r"\b(deploy/[\w./-]+\w)", section)):
+        assert (ROOT / path).exists(), path
+    for service in re.findall(r"docker compose (?:exec|run --rm) (\S+)", section):
+        assert service in services(), service
+    for service in re.findall(r"--scale (\w+)=", section):
+        assert service in services(), service
+    for kind, name in re.findall(r"\b(deployment|job|svc)/([\w-]+)", section):
+        wanted = {"deployment": "Deployment", "job": "Job", "svc": "Service"}[kind]
+        found = {
+            yaml.safe_load(p.read_text())["metadata"]["name"]
+            for p in (ROOT / "deploy" / "kubernetes").glob("*.yaml")
+            if p.name != "kustomization.yaml" and yaml.safe_load(p.read_text())["kind"] == wanted
+        }
+        assert name in found, f"{kind}/{name}"
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
+    alerts = {r["alert"] for group in rules["groups"] for r in group["rules"]}
+    named = set(re.findall(r"`(Thumbline\w+)`", section))
+    assert named == alerts, named ^ alerts  # every alert explained, and no other
+
+
+def test_the_readmes_thumbline_commands_exist():
+    from typer.main import get_command
+
+    from thumbline.cli.commands import app
+
+    root = get_command(app)
+    section = production_section()
+    named = re.findall(r"`thumbline ([a-z]+(?: [a-z]+)?)", section)
+    named += re.findall(r"exec \w+ thumbline ([a-z]+(?: [a-z]+)?)", section)
+    assert {"migrate", "gateway", "topics create", "keys create"} <= set(named)
+    for words in named:
+        first, *rest = words.split()
+        if first == "worker" and "worker" not in root.commands:  # type: ignore[attr-defined]
+            continue  # the lead's command, from its own branch
+        assert first in root.commands, words  # type: ignore[attr-defined]
+        command = root.commands[first]  # type: ignore[attr-defined]
+        if rest and hasattr(command, "commands"):
+            assert rest[0] in command.commands, words

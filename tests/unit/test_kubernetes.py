@@ -233,3 +233,17 @@ def test_every_pod_runs_non_root_on_a_read_only_root_with_writable_data_and_tmp(
         resources = c["resources"]
         assert resources["requests"]["cpu"] and resources["requests"]["memory"]
         assert resources["limits"]["memory"]
+
+
+def test_the_readmes_first_apply_selects_the_config_and_the_migrate_job_only():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n### Running in production\n", 1)[1].split("\n## ", 1)[0]
+    selectors = set(re.findall(r"-l '([^']+)'", section))
+    assert selectors == {"app.kubernetes.io/component in (config,migrate)"}
+    wanted = {"config", "migrate"}
+    picked = {
+        (d["kind"], d["metadata"]["name"])
+        for d in manifests().values()
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") in wanted
+    }
+    assert picked == {("ConfigMap", "thumbline"), ("Job", "thumbline-migrate")}
