@@ -15,7 +15,8 @@ import subprocess
 import pytest
 
 from tests.conftest import unique
-from tests.integration.conftest import run
+from tests.integration.conftest import run, start_up, worker_env
+from tests.integration.conftest import stop as stop_up
 from tests.integration.test_gateway import get, ready
 from thumbline.broker import free_port
 from thumbline.kafka import ensure_topics
@@ -90,3 +91,18 @@ async def test_a_revoked_bootstrap_key_stays_revoked_when_the_gateway_starts_aga
         assert (await get(f"{base}/v1/whoami", KEY))[0] == 401
     finally:
         await asyncio.to_thread(stop, again)
+
+
+async def test_thumbline_up_takes_the_bootstrap_key_as_its_admin_key_too(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    key = f"tl_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
+    env = await worker_env(broker, clean_env, tmp_path, "bootup", THUMBLINE_BOOTSTRAP_ADMIN_KEY=key)
+    up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp_path / "data")
+    try:
+        assert up.info.gateway_url
+        status, me = await get(f"{up.info.gateway_url}/v1/whoami", key)
+        assert status == 200 and me["scope"] == "admin"
+        assert (await get(f"{up.info.gateway_url}/v1/whoami"))[0] == 401  # auth is on
+    finally:
+        await asyncio.to_thread(stop_up, up)
