@@ -9,10 +9,12 @@ SHA-256 is stored, it is never printed, and a revocation stands across restarts.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import subprocess
 
 import pytest
+from pydantic import SecretStr
 
 from tests.conftest import unique
 from tests.integration.conftest import run, start_up, worker_env
@@ -20,6 +22,7 @@ from tests.integration.conftest import stop as stop_up
 from tests.integration.test_gateway import get, ready
 from thumbline.broker import free_port
 from thumbline.kafka import ensure_topics
+from thumbline.keys import provision_bootstrap_key
 from thumbline.schemas import Topics
 
 KEY_ID = secrets.token_hex(8)
@@ -106,3 +109,39 @@ async def test_thumbline_up_takes_the_bootstrap_key_as_its_admin_key_too(
         assert (await get(f"{up.info.gateway_url}/v1/whoami"))[0] == 401  # auth is on
     finally:
         await asyncio.to_thread(stop_up, up)
+
+
+def key_rows(store, settings, key_id: str) -> list[tuple]:
+    db = settings.clickhouse_database
+    return store.query(
+        f"SELECT scope, secret_sha256, version FROM {db}.api_keys WHERE key_id = {{k:String}}",
+        parameters={"k": key_id},
+    ).result_rows
+
+
+def test_the_key_is_stored_once_as_a_hash_and_never_over_a_key_with_its_id(store, store_settings):
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    settings = store_settings.model_copy(
+        update={"bootstrap_admin_key": SecretStr(f"tl_{key_id}_{secret}")}
+    )
+    assert provision_bootstrap_key(store, settings) is True
+    assert provision_bootstrap_key(store, settings) is False  # every later start
+    [(scope, digest, version)] = key_rows(store, settings, key_id)
+    assert scope == "admin" and version == 1  # older than any revocation's row
+    assert digest == hashlib.sha256(secret.encode()).hexdigest() and secret not in digest
+
+    # A key id that already belongs to another key: nothing is written, the secret in
+    # the setting does not become that key's.
+    taken = secrets.token_hex(8)
+    db = store_settings.clickhouse_database
+    store.command(
+        f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, name, created_at, "
+        f"version) VALUES ('{taken}', 'x', 'ingest', 'shop', 'theirs', now64(3), 5)"
+    )
+    hijack = store_settings.model_copy(
+        update={"bootstrap_admin_key": SecretStr(f"tl_{taken}_{secrets.token_urlsafe(32)}")}
+    )
+    assert provision_bootstrap_key(store, hijack) is False
+    assert key_rows(store, hijack, taken) == [("ingest", "x", 5)]
+    unset = store_settings.model_copy(update={"bootstrap_admin_key": None})
+    assert provision_bootstrap_key(store, unset) is False
