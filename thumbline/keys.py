@@ -172,6 +172,40 @@ def revoke_key(settings: Settings, key_id: str) -> bool:
     return True
 
 
+def provision_bootstrap_key(client: Client, settings: Settings) -> bool:
+    """Store ``THUMBLINE_BOOTSTRAP_ADMIN_KEY`` as an admin key, unless its key id is in the table.
+
+    A deployment's first key, from a secret (the gateway refuses to listen beyond
+    loopback while no key exists). Once its key id is stored nothing is written
+    again, so a revocation stands however often the gateway restarts with the
+    same secret; the row's version is 1, older than any revocation's, so even
+    two gateways starting at once cannot undo one. Only the SHA-256 of the
+    secret is stored; the key itself is never logged.
+
+    Returns:
+        True when the key was stored now; False when none is set or it was there.
+    """
+    if settings.bootstrap_admin_key is None:
+        return False
+    match = _TOKEN.match(settings.bootstrap_admin_key.get_secret_value())
+    if match is None:  # the setting's validator checks the format
+        raise ConfigError("THUMBLINE_BOOTSTRAP_ADMIN_KEY is not a key: tl_<key_id>_<secret>")
+    key_id, secret = match.groups()
+    db = settings.clickhouse_database
+    found = client.query(
+        f"SELECT count() FROM {db}.api_keys WHERE key_id = {literal(key_id)}"  # noqa: S608
+    ).result_rows[0][0]
+    if found:
+        return False
+    client.command(
+        f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, annotator, name, "  # noqa: S608
+        f"created_at, version) SELECT {literal(key_id)}, {literal(_sha256(secret))}, 'admin', "
+        "'', '', 'bootstrap (THUMBLINE_BOOTSTRAP_ADMIN_KEY)', now64(3), 1"
+    )
+    logger.info("stored the bootstrap admin key %s (THUMBLINE_BOOTSTRAP_ADMIN_KEY)", key_id)
+    return True
+
+
 def _key(row: dict[str, object]) -> ApiKey:
     created = str(row["created_at"])
     return ApiKey(

@@ -19,6 +19,8 @@ from thumbline.errors import ConfigError
 from thumbline.schemas import Annotator, TimeBounds
 
 ENV_PREFIX = "THUMBLINE_"
+#: A key as ``thumbline keys create`` makes them (keys.py), with a secret of 32+ characters.
+_BOOTSTRAP_KEY = re.compile(r"^tl_[0-9a-f]{16}_[A-Za-z0-9_\-]{32,100}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
 
@@ -237,6 +239,12 @@ class Settings(BaseSettings):
         "most this long on a standalone gateway; at once in thumbline up).",
     )  # fmt: skip
 
+    bootstrap_admin_key: SecretStr | None = Field(
+        None,
+        description="An admin key (tl_<16 hex>_<32-100 characters>) that thumbline gateway and "
+        "thumbline up store at start unless its key id is already in the table (a revocation "
+        "stands): a deployment's first key, from a secret. Only its SHA-256 is stored.",
+    )
     gateway_max_keys: int = Field(
         100_000, ge=1, le=10_000_000,
         description="Active API keys the gateway holds in memory, the newest; older ones are "
@@ -325,6 +333,19 @@ class Settings(BaseSettings):
         if scheme == "chdb" and not url.startswith("chdb:///"):
             raise ValueError("a chDB URL needs an absolute path: chdb:///var/lib/thumbline")
         return SecretStr(url)
+
+    @field_validator("bootstrap_admin_key")
+    @classmethod
+    def _bootstrap_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not _BOOTSTRAP_KEY.match(value.get_secret_value().strip()):
+            raise ValueError(
+                "must read tl_<16 lower-case hex>_<32 to 100 of A-Z a-z 0-9 _ ->; make one with "
+                "python3 -c 'import secrets; "
+                'print(f"tl_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}")\''
+            )
+        return SecretStr(value.get_secret_value().strip())
 
     @field_validator("clickhouse_reader_url")
     @classmethod
@@ -514,6 +535,12 @@ class Settings(BaseSettings):
         return kwargs
 
 
+#: Settings whose value is never shown in an error.
+_SECRETS = frozenset(
+    name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)
+)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings from the environment, with ``overrides`` on top.
 
@@ -529,7 +556,8 @@ def load_settings(**overrides: Any) -> Settings:
             field = str(err["loc"][0]) if err["loc"] else ""
             if not field and ": " in message:
                 field, message = message.split(": ", 1)
-            shown = "" if "password" in field or "url" in field else f" (got {err['input']!r})"
+            secret = field in _SECRETS or "password" in field or "url" in field
+            shown = "" if secret else f" (got {err['input']!r})"
             if err["type"] == "model_type" or isinstance(err.get("input"), dict):
                 shown = ""
             lines.append(f"{ENV_PREFIX}{field.upper()}: {message}{shown}")

@@ -20,6 +20,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from thumbline.embedded import installed, store_missing
 from thumbline.errors import StoreError, StoreLocked, StoreUnavailable
 from thumbline.outages import transient
 from thumbline.schemas import migrations
@@ -51,6 +52,10 @@ def open_client(settings: Settings, *, readonly: bool = False) -> Client:
         return with_faults(clickhouse_connect.get_client(dsn=url, **kwargs), settings)
     except ClickHouseError as exc:
         raise store_error(exc, settings) from None
+    except ImportError:
+        if url.startswith("chdb://") and not installed("chdb"):
+            raise store_missing() from None
+        raise
 
 
 #: The fault switch of the store (in ``THUMBLINE_FAULT_DIR``, for tests of outages).

@@ -49,13 +49,18 @@ def test_the_reader_may_select_on_thumbline_only_readonly_within_the_limits():
     assert user.findtext("profile") == "thumbline_reader"
     profile = root.find("profiles/thumbline_reader")
     assert profile is not None
-    values = {child.tag: child.text for child in profile}
+    values = {child.tag: child.text for child in profile if child.tag != "constraints"}
     assert values.pop("readonly") == "1"
     assert values == limits(load_settings())  # the same limits as the embedded default
+    # Grafana may set max_execution_time, never above the limit, and nothing else.
+    changeable = profile.findall("constraints/*")
+    assert [c.tag for c in changeable] == ["max_execution_time"]
+    assert changeable[0].findtext("max") == values["max_execution_time"]
+    assert changeable[0].find("changeable_in_readonly") is not None
 
 
 def test_thumbline_in_compose_runs_outside_sql_as_the_reader():
-    env = compose()["thumbline"]["environment"]
+    env = compose()["gateway"]["environment"]
     reader = urlsplit(re.sub(r"\$\{[^}]+\}", "pw", env["THUMBLINE_CLICKHOUSE_READER_URL"]))
     main = urlsplit(re.sub(r"\$\{[^}]+\}", "pw", env["THUMBLINE_CLICKHOUSE_URL"]))
     assert reader.username == "thumbline_reader" and reader.hostname == main.hostname

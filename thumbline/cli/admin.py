@@ -42,21 +42,31 @@ def topics_list() -> None:
     out.print(table)
 
 
-@topics_app.command("create", env=(*KAFKA, "partitions", "replication_factor"))
+@topics_app.command("create", env=(*KAFKA, "partitions", "replication_factor", "otlp_topic"))
 def topics_create() -> None:
     """Create the missing topics on THUMBLINE_KAFKA_BOOTSTRAP (or the running embedded broker)."""
     from thumbline.kafka import ensure_topics
+    from thumbline.schemas.topics import otlp_topic
 
     settings = cli_settings()
     topics = Topics.build(settings.topic_prefix, settings.partitions)
+    bootstrap = find_bootstrap(settings)
     created = asyncio.run(
         ensure_topics(
-            find_bootstrap(settings),
+            bootstrap,
             topics.all(),
             replication_factor=settings.replication_factor,
             kafka_kwargs=settings.kafka_kwargs(),
         )
     )
+    if settings.otlp_topic and settings.key_by_trace:  # the Collector's, as thumbline up does
+        created += asyncio.run(
+            ensure_topics(
+                bootstrap, (otlp_topic(settings.otlp_topic, settings.partitions),),
+                replication_factor=settings.replication_factor,
+                kafka_kwargs=settings.kafka_kwargs(), check_partitions=False,
+            )
+        )  # fmt: skip
     out.print(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
 
 

@@ -209,12 +209,14 @@ def migrate() -> None:
 
 
 @app.command(
-    rich_help_panel="Run the pipeline", env=(*STORE, *KAFKA[1:3], "gateway_*", "sql_max_*")
+    rich_help_panel="Run the pipeline",
+    env=(*STORE, *KAFKA[1:3], "gateway_*", "bootstrap_admin_key", "sql_max_*"),
 )
 def gateway() -> None:
     """Run the HTTP gateway alone, against the configured broker and store."""
     from prometheus_client import CollectorRegistry
 
+    from thumbline.keys import provision_bootstrap_key
     from thumbline.metrics import Metrics
     from thumbline.server.gateway import GatewayProcess
     from thumbline.server.runtime import Runtime
@@ -228,6 +230,7 @@ def gateway() -> None:
         client = await asyncio.to_thread(open_client, settings)
         try:
             await asyncio.to_thread(apply_migrations, client, settings.clickhouse_database)
+            await asyncio.to_thread(provision_bootstrap_key, client, settings)
         finally:
             client.close()
         process = await GatewayProcess(settings, bootstrap, Metrics(CollectorRegistry())).start()

@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
 
-from thumbline import runfile, score_configs
+from thumbline import embedded, runfile, score_configs
 from thumbline.broker import EmbeddedBroker
 from thumbline.children import LOOPBACK, port_free
 from thumbline.errors import BrokerFailed, ConfigError, StoreLocked, StreamFailed
 from thumbline.files import make_private, private_umask
 from thumbline.kafka import ensure_topics
+from thumbline.keys import provision_bootstrap_key
 from thumbline.metrics import Metrics, MetricsServer
 from thumbline.outages import Waits
 from thumbline.schemas.score_configs import ScoreConfig
@@ -147,6 +148,7 @@ class Runtime:
 
     async def start(self) -> Started:
         s = self.settings
+        embedded.require(s)  # on a slim install: says so before anything is created
         private_umask()  # before anything is created: the store, logs, temp files
         live = runfile.read(s.run_file)
         if live is not None:
@@ -198,6 +200,7 @@ class Runtime:
                 )  # fmt: skip
             self._client = await asyncio.to_thread(_open_store, s)
             applied = await asyncio.to_thread(apply_migrations, self._client, s.clickhouse_database)
+            await asyncio.to_thread(provision_bootstrap_key, self._client, s)
             if configs:  # before the join starts: it reads them at start
                 await asyncio.to_thread(self._store_score_configs, configs)
             from thumbline.stream_jobs.app import StreamApp  # faust is heavy: imported when it runs

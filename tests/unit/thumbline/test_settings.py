@@ -181,3 +181,37 @@ def test_the_rates_count_end_users_unless_told_which_annotators_to_count(monkeyp
     monkeypatch.setenv("THUMBLINE_RATES_ANNOTATORS", " , ")
     with pytest.raises(ConfigError, match="it is empty"):
         load_settings()
+
+
+BOOTSTRAP_KEY = "tl_0123456789abcdef_" + "A" * 43
+
+
+def test_a_bootstrap_admin_key_is_a_secret_in_the_key_format(monkeypatch):
+    monkeypatch.setenv("THUMBLINE_BOOTSTRAP_ADMIN_KEY", BOOTSTRAP_KEY)
+    s = load_settings()
+    assert s.bootstrap_admin_key is not None
+    assert s.bootstrap_admin_key.get_secret_value() == BOOTSTRAP_KEY
+    assert BOOTSTRAP_KEY not in repr(s)
+    monkeypatch.setenv("THUMBLINE_BOOTSTRAP_ADMIN_KEY", "")
+    assert load_settings().bootstrap_admin_key is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "hunter2-not-a-key",  # not the format
+        "tl_0123456789abcdef_short",  # a secret too short to be a real key's
+        "tl_0123456789ABCDEF_" + "A" * 43,  # key ids are lower-case hex
+        "tl_0123456789abcdef_" + "A" * 43 + "'; DROP TABLE x --",
+        "tl_0123456789abcdef_" + "A" * 101,  # longer than any key
+    ],
+)
+def test_a_malformed_bootstrap_admin_key_fails_saying_how_to_make_one_and_not_echoing_it(
+    monkeypatch, value
+):
+    monkeypatch.setenv("THUMBLINE_BOOTSTRAP_ADMIN_KEY", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "THUMBLINE_BOOTSTRAP_ADMIN_KEY" in message and "secrets.token_urlsafe" in message
+    assert value not in message
