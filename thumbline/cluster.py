@@ -208,7 +208,23 @@ class ClusterDDL:
         db = re.escape(self.database)
         name = rf"({db}\.\w+)"
         if m := re.match(rf"CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?{name}\s*(?=\()", s, re.I):
-            return self._create_table(s, m)
+            columns_end = _close(s, m.end())
+            return self._create_table(
+                m.group(1) or "", self._table(m.group(2)), s[m.end() : columns_end + 1],
+                s[columns_end + 1 :],
+            )  # fmt: skip
+        if m := re.match(
+            rf"CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?{name}\s+AS\s+{name}\s+(?=ENGINE\b)",
+            s,
+            re.I,
+        ):
+            # the columns of another table's: on a cluster, of its local table
+            source = f"AS {self.local(self._table(m.group(3)))}"
+            return self._create_table(
+                m.group(1) or "", self._table(m.group(2)), source, s[m.end() :]
+            )
+        if m := re.match(r"RENAME\s+TABLE\s+(.+)$", s, re.I | re.S):
+            return self._rename(m.group(1))
         if m := re.match(
             rf"CREATE\s+(OR\s+REPLACE\s+)?VIEW\s+(IF\s+NOT\s+EXISTS\s+)?{name}\s+AS\b", s, re.I
         ):
@@ -247,16 +263,15 @@ class ClusterDDL:
             f"thumbline/cluster.py): {s[:200]}"
         )
 
-    def _create_table(self, s: str, m: re.Match[str]) -> list[str]:
-        table = self._table(m.group(2))
-        columns_end = _close(s, m.end())
-        tail = s[columns_end + 1 :]
+    def _create_table(self, if_not_exists: str, table: str, columns: str, tail: str) -> list[str]:
+        """``CREATE TABLE db.table <columns> <tail>``: ``columns`` is ``(...)`` or ``AS db.t``."""
         engine = re.match(r"\s*ENGINE\s*=\s*(\w+)", tail, re.I)
         if engine is None:
             raise ClusterUnsupported(f"CREATE TABLE {table} without ENGINE = ...")
         kind = engine.group(1)
         if not kind.endswith("MergeTree"):
-            return [f"{s[: m.end(2)]} {self.on} {s[m.end(2) :].lstrip()}"]
+            head = f"CREATE TABLE {if_not_exists}{self._name(table)}"
+            return [f"{head} {self.on} {columns} {tail.lstrip()}"]
         if kind.startswith("Replicated"):
             raise ClusterUnsupported(f"{table}: a migration names a Replicated engine itself")
         rest = tail[engine.end() :]
@@ -280,10 +295,36 @@ class ClusterDDL:
         )
         self.sharded[table] = order.group(1).strip()
         local = (
-            f"CREATE TABLE {m.group(1) or ''}{self.local(table)} {self.on} "
-            f"{s[m.end() : columns_end + 1]} ENGINE = Replicated{kind}({replicated}){rest}"
+            f"CREATE TABLE {if_not_exists}{self.local(table)} {self.on} "
+            f"{columns} ENGINE = Replicated{kind}({replicated}){rest}"
         )
         return [local, self.distributed_ddl(table)]
+
+    def _rename(self, pairs_text: str) -> list[str]:
+        """``RENAME TABLE a TO b[, c TO d]``: the local tables are renamed; the Distributed
+        tables of the old names are dropped and those of the new names made (over the
+        renamed local tables, sharded by their sort keys)."""
+        pairs = []
+        for pair in _split_top(pairs_text):
+            m = re.fullmatch(r"(\S+)\s+TO\s+(\S+)", pair, re.I)
+            if m is None:
+                raise ClusterUnsupported(f"RENAME TABLE {pairs_text[:200]}: not 'a TO b, ...'")
+            pairs.append((self._table(m.group(1)), self._table(m.group(2))))
+        sharded = [(a, b) for a, b in pairs if a in self.sharded]
+        if not sharded:
+            return [f"RENAME TABLE {pairs_text} {self.on}"]
+        if len(sharded) != len(pairs):
+            raise ClusterUnsupported(f"RENAME TABLE {pairs_text[:200]}: sharded tables with others")
+        renames = ", ".join(f"{self.local(a)} TO {self._name(b + LOCAL)}" for a, b in pairs)
+        keys = {a: self.sharded.pop(a) for a, _ in pairs}
+        for a, b in pairs:
+            self.sharded[b] = keys[a]
+        gone = [a for a, _ in pairs if a not in self.sharded]
+        return [
+            f"RENAME TABLE {renames} {self.on}",
+            *(f"DROP TABLE IF EXISTS {self._name(a)} {self.on} SYNC" for a in gone),
+            *(self.distributed_ddl(b, replace=True) for _, b in pairs),
+        ]
 
     def _materialized_view(self, s: str, m: re.Match[str]) -> str:
         target = self._table(m.group(3))

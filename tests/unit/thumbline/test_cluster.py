@@ -16,9 +16,10 @@ import pytest
 
 from thumbline.cluster import REPLICA_NAME, REPLICA_PATH, ClusterDDL, ClusterUnsupported
 from thumbline.errors import ConfigError, StoreError
+from thumbline.forget import Forget
 from thumbline.schemas import migrations
 from thumbline.settings import load_settings
-from thumbline.store import REKEYED, apply_migrations
+from thumbline.store import REKEYED, apply_migrations, apply_retention
 
 DB = "thumbline"
 
@@ -234,10 +235,40 @@ def test_a_future_migration_that_rebuilds_feedback_by_month_is_rewritten_by_the_
     assert out[6] == "OPTIMIZE TABLE thumbline.feedback__monthly_local ON CLUSTER prod FINAL"
 
 
+def test_a_rebuild_by_create_as_and_rename_swaps_the_local_tables_and_remakes_the_distributed():
+    """Another way a migration may rebuild a table: CREATE ... AS with a new engine
+    clause, a copy, then RENAME old away and new into place."""
+    ddl = replayed()
+    steps = [
+        "CREATE TABLE IF NOT EXISTS thumbline.traces__new AS thumbline.traces "
+        "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(received_at) "
+        "ORDER BY (project, trace_id, span_id)",
+        "RENAME TABLE thumbline.traces TO thumbline.traces__old, "
+        "thumbline.traces__new TO thumbline.traces",
+    ]
+    out = [parsed(s) for step in steps for s in ddl.rewrite(step)]
+    assert out[0].startswith(
+        "CREATE TABLE IF NOT EXISTS thumbline.traces__new_local ON CLUSTER prod "
+        "AS thumbline.traces_local ENGINE = ReplicatedReplacingMergeTree("
+    )
+    assert out[2] == (
+        "RENAME TABLE thumbline.traces_local TO thumbline.traces__old_local, "
+        "thumbline.traces__new_local TO thumbline.traces_local ON CLUSTER prod"
+    )
+    assert "DROP TABLE IF EXISTS thumbline.traces__new ON CLUSTER prod SYNC" in out
+    assert "DROP TABLE IF EXISTS thumbline.traces ON CLUSTER prod SYNC" not in out
+    remade = [o for o in out if o.startswith("CREATE OR REPLACE TABLE thumbline.traces ")]
+    assert remade and remade[0].endswith(
+        "Distributed('prod', 'thumbline', 'traces_local', cityHash64(project, trace_id))"
+    )
+    assert set(ddl.sharded) >= {"traces", "traces__old"} and "traces__new" not in ddl.sharded
+
+
 @pytest.mark.parametrize(
     "statement",
     [
-        "RENAME TABLE thumbline.feedback TO thumbline.feedback_old",
+        "RENAME DATABASE thumbline TO other",
+        "RENAME TABLE thumbline.feedback TO thumbline.old, thumbline.some_view TO thumbline.v",
         "CREATE MATERIALIZED VIEW thumbline.mv ENGINE = SummingMergeTree ORDER BY a "
         "AS SELECT 1 AS a FROM thumbline.feedback",
         "CREATE TABLE thumbline.copy AS thumbline.feedback",
@@ -247,7 +278,7 @@ def test_a_future_migration_that_rebuilds_feedback_by_month_is_rewritten_by_the_
 )
 def test_a_form_the_rewriting_does_not_know_fails_here_not_on_a_cluster(statement):
     with pytest.raises(ClusterUnsupported):
-        ClusterDDL("prod", DB).rewrite(statement)
+        replayed().rewrite(statement)
 
 
 @pytest.mark.parametrize("name", ["prod' SETTINGS x = 1 --", "a b", "", "x" * 101, "1c"])
@@ -275,7 +306,7 @@ class Recorder:
         result = Result()
         if "sorting_key" in sql:
             result.result_rows = [(self.sorting_key,)]
-        elif "count()" in sql:
+        elif "count()" in sql or "uniqExact" in sql:
             result.result_rows = [(self.rows,)]
         return result
 
@@ -327,3 +358,39 @@ def test_a_cluster_needs_a_clickhouse_server_not_the_embedded_store(tmp_path):
 def test_a_cluster_setting_that_is_no_name_is_refused_before_any_sql_is_made():
     with pytest.raises(ConfigError, match="THUMBLINE_CLICKHOUSE_CLUSTER"):
         load_settings(clickhouse_url="http://ch:8123", clickhouse_cluster="prod' --")
+
+
+class TtlRecorder(Recorder):
+    """The store of a cluster host: system.tables shows the local tables, without a TTL."""
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        result = super().query(sql, parameters)
+        if "engine_full" in sql:
+            assert parameters is not None and parameters["t"].endswith("_local")
+            result.result_rows = [("ReplicatedReplacingMergeTree(...) ORDER BY x",)]
+        return result
+
+
+def test_on_a_cluster_the_retention_is_the_local_tables_ttl_on_every_host():
+    client = TtlRecorder()
+    days = {"feedback": 30, "traces": 0, "dead_letters": 0, "feedback_rates": 0}
+    assert apply_retention(client, DB, days, cluster="prod") == [  # type: ignore[arg-type]
+        "feedback: kept forever -> ts + toIntervalDay(30)"
+    ]
+    assert [parsed(c) for c in client.commands] == [
+        "ALTER TABLE thumbline.feedback_local ON CLUSTER prod (MODIFY TTL ts + toIntervalDay(30))"
+    ]
+
+
+def test_on_a_cluster_forgetting_deletes_from_the_local_tables_on_every_host():
+    client = Recorder()
+    Forget(client, database=DB, user_id="u'1", project="shop", cluster="prod").run()  # type: ignore[arg-type]
+    statements = [parsed(c) for c in client.commands]
+    assert statements == [
+        "DELETE FROM thumbline.dead_letters_local ON CLUSTER prod WHERE (position(raw, "
+        "'\"u\\'1\"') > 0) AND (position(raw, '\"shop\"') > 0)",
+        "DELETE FROM thumbline.traces_local ON CLUSTER prod WHERE (user_id = 'u\\'1') AND "
+        "(project = 'shop')",
+        "DELETE FROM thumbline.feedback_local ON CLUSTER prod WHERE (user_id = 'u\\'1') AND "
+        "(project = 'shop')",
+    ]
