@@ -394,3 +394,25 @@ def test_on_a_cluster_forgetting_deletes_from_the_local_tables_on_every_host():
         "DELETE FROM thumbline.feedback_local ON CLUSTER prod WHERE (user_id = 'u\\'1') AND "
         "(project = 'shop')",
     ]
+
+
+def test_the_sql_sandbox_reads_and_writes_a_clusters_distributed_tables_not_a_shards():
+    from thumbline.sandbox import Sandbox
+
+    class Functions:
+        def query(self, sql: str, **_: Any) -> Any:
+            class Result:
+                result_rows: list[tuple[Any, ...]] = []
+
+            return Result()
+
+    rows = [
+        ("database", "thumbline", "", ""),
+        ("table", "feedback", "Distributed", ""),
+        ("table", "feedback_local", "ReplicatedReplacingMergeTree", ""),
+        ("table", "schema_migrations", "ReplicatedReplacingMergeTree", ""),
+    ]
+    sandbox = Sandbox(load_settings(clickhouse_url="http://ch:8123", clickhouse_cluster="prod"))
+    catalog = sandbox._build(Functions(), rows)  # type: ignore[arg-type]
+    assert "feedback" in catalog.readable
+    assert catalog.writable == {"feedback"}
