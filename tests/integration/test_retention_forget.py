@@ -6,6 +6,7 @@ has a data dir of its own (nothing else opens it while the commands run).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.conftest import unique
-from tests.integration.conftest import run
+from tests.integration.conftest import run, start_up, stop, worker_env
 from thumbline.errors import ConfigError
 from thumbline.forget import Forget
 from thumbline.inbox import InboxFilter, inbox_sql
@@ -215,3 +216,26 @@ def test_thumbline_forget_asks_then_deletes_and_says_what_per_table(thumbline_bi
     assert "u1" not in left.stdout and "u0" in left.stdout
     again = run(thumbline_bin, env, "forget", "--user", "u1", "--yes")
     assert "nothing stored about user 'u1'" in again.stdout
+
+
+def test_thumbline_forget_on_an_embedded_store_another_process_holds_says_to_stop_it(
+    thumbline_bin, clean_env, store, store_settings
+):
+    env = {**clean_env, "THUMBLINE_DATA_DIR": str(store_settings.data_dir),
+           "THUMBLINE_CLICKHOUSE_DATABASE": store_settings.clickhouse_database}  # fmt: skip
+    held = run(thumbline_bin, env, "forget", "--user", "u1", "--yes")
+    assert held.returncode == 1
+    assert "stop it, run forget, and start it again" in held.stderr, held.stderr
+
+
+async def test_thumbline_forget_while_thumbline_up_runs_says_to_stop_it_and_deletes_nothing(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    env = await worker_env(broker, clean_env, tmp_path, "forget")
+    up = await asyncio.to_thread(start_up, thumbline_bin, env, tmp_path / "data")
+    try:
+        held = run(thumbline_bin, env, "forget", "--user", "u1", "--yes")
+        assert held.returncode == 1
+        assert "`thumbline up` holds the embedded store: stop it" in held.stderr, held.stderr
+    finally:
+        stop(up)

@@ -148,19 +148,26 @@ def forget(
     of their traces with questions and answers, their comments quoted by alerts, and dead
     letters naming them. Stop their events at the source first: a message of theirs sent
     (or re-delivered by Kafka) afterwards is stored again."""
-    from thumbline.errors import StoreLocked
+    from thumbline import runfile
+    from thumbline.errors import StoreError
     from thumbline.forget import Forget
     from thumbline.store import open_client
 
     settings = store_settings()
+    held = (
+        "forget deletes, so it opens the store itself, and {who} holds the embedded store: "
+        "stop it, run forget, and start it again (or point THUMBLINE_CLICKHOUSE_URL at a "
+        "ClickHouse server)"
+    )
+    if settings.store_is_chdb and runfile.read(settings.run_file) is not None:
+        fail(held.format(who="`thumbline up`"))
     try:
         client = open_client(settings)
-    except StoreLocked:
-        fail(
-            "forget deletes, so it opens the store itself, and `thumbline up` holds the "
-            "embedded store: stop it, run forget, and start it again (or point "
-            "THUMBLINE_CLICKHOUSE_URL at a ClickHouse server)"
-        )
+    except StoreError as exc:
+        if not settings.store_is_chdb:
+            raise
+        # chDB says only "Error initializing EmbeddedServer" when another process has it
+        fail(f"{held.format(who='another process')} ({exc})")
     try:
         job = Forget(
             client, database=settings.clickhouse_database, user_id=user, project=project,
