@@ -36,8 +36,10 @@ from thumbline.store import store_error
 
 logger = logging.getLogger(__name__)
 
-#: Comments taken out of the alerts per mutation (each may be 10,000 characters).
-_COMMENTS_PER_MUTATION = 500
+#: Characters of comments per query that looks for them in the alerts: a query is
+#: refused past ClickHouse's max_query_size (256 KiB by default), and a comment may
+#: be 10,000 characters (written as up to 4 bytes each).
+_COMMENT_CHARS_PER_QUERY = 40_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +102,16 @@ class Forget:
             f"SELECT DISTINCT comment FROM {self._db}.feedback "  # noqa: S608 (literals)
             f"WHERE {self._by_user} AND comment != ''"
         ).result_rows
-        comments = [str(r[0]) for r in rows]
-        for start in range(0, len(comments), _COMMENTS_PER_MUTATION):
-            yield comments[start : start + _COMMENTS_PER_MUTATION]
+        chunk: list[str] = []
+        size = 0
+        for comment in (str(r[0]) for r in rows):
+            if chunk and size + len(comment) > _COMMENT_CHARS_PER_QUERY:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(comment)
+            size += len(comment)
+        if chunk:
+            yield chunk
 
     def _alerts_where(self, comments: list[str]) -> tuple[str, str]:
         """The alerts that quote any of ``comments``, and ``comments`` as an SQL array."""
@@ -132,12 +141,17 @@ class Forget:
                     f"SELECT count() FROM {db}.dead_letters WHERE {self._dead}"  # noqa: S608
                 ), "refused messages that name them"),
             ]  # fmt: skip
-            alerts = 0
+            alerts: set[tuple[str, str]] = set()  # an alert may quote comments of two chunks
             for chunk in self._comments():
                 where, _ = self._alerts_where(chunk)
-                alerts += self._scalar(f"SELECT count() FROM {db}.alerts WHERE {where}")  # noqa: S608
+                alerts.update(
+                    (str(r[0]), str(r[1]))
+                    for r in self._client.query(
+                        f"SELECT DISTINCT alert_id, state FROM {db}.alerts WHERE {where}"  # noqa: S608
+                    ).result_rows
+                )
             found.append(
-                Found("alerts", alerts, "alerts quoting their comments (comments removed)")
+                Found("alerts", len(alerts), "alerts quoting their comments (comments removed)")
             )
         except ClickHouseError as exc:
             raise store_error(exc) from None

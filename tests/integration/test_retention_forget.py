@@ -239,3 +239,19 @@ async def test_thumbline_forget_while_thumbline_up_runs_says_to_stop_it_and_dele
         assert "`thumbline up` holds the embedded store: stop it" in held.stderr, held.stderr
     finally:
         stop(up)
+
+
+def test_a_user_with_many_long_comments_is_forgotten_in_queries_the_store_accepts(store, db):
+    """Their comments are looked for in the alerts in chunks: all of them in one query
+    would pass ClickHouse's max_query_size (256 KiB) long before the events' limits."""
+    long = [f"{i:03d} " + "x" * 9_000 for i in range(40)]  # 360 KB of comments
+    store.insert(f"{db}.feedback", [
+        [f"e{i}", "t", "shop", "u1", "bad", text, NOW, NOW, "joined", 1]
+        for i, text in enumerate(long)
+    ], column_names=FEEDBACK)  # fmt: skip
+    store.insert(f"{db}.alerts", [["a1", "firing", "shop", ["t"], [long[0], long[39], "kept"],
+                                   NOW, 1]], column_names=["alert_id", "state", "project",
+                 "sample_trace_ids", "sample_comments", "at", "version"])  # fmt: skip
+    found = {f.table: f.rows for f in Forget(store, database=db, user_id="u1").run()}
+    assert found["feedback"] == 40 and found["alerts"] == 1
+    assert store.query(f"SELECT sample_comments FROM {db}.alerts").result_rows == [(["kept"],)]
