@@ -255,3 +255,18 @@ def test_a_user_with_many_long_comments_is_forgotten_in_queries_the_store_accept
     found = {f.table: f.rows for f in Forget(store, database=db, user_id="u1").run()}
     assert found["feedback"] == 40 and found["alerts"] == 1
     assert store.query(f"SELECT sample_comments FROM {db}.alerts").result_rows == [(["kept"],)]
+
+
+def test_thumbline_migrate_applies_a_changed_retention_once_and_says_so(thumbline_bin, clean_env,
+                                                                        tmp_path):  # fmt: skip
+    env = {**clean_env, "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
+           "THUMBLINE_RETENTION_FEEDBACK_DAYS": "30"}  # fmt: skip
+    first = run(thumbline_bin, env, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert "retention of feedback: kept forever -> ts + toIntervalDay(30)" in first.stdout
+    second = run(thumbline_bin, env, "migrate")
+    assert second.returncode == 0, second.stderr
+    assert "retention" not in second.stdout
+    env["THUMBLINE_RETENTION_FEEDBACK_DAYS"] = "0"
+    third = run(thumbline_bin, env, "migrate")
+    assert "retention of feedback: ts + toIntervalDay(30) -> kept forever" in third.stdout
