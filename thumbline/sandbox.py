@@ -71,7 +71,8 @@ DENIED_CATEGORIES = frozenset(
     {"Dictionary", "Embedded Dictionary", "Introspection", "AI", "Machine Learning"}
 )
 #: Engines whose tables the sandbox reads (views are judged through their definitions).
-READ_ENGINES = ("MergeTree", "Memory")
+#: a Distributed table is how a cluster's tables are read and written (thumbline.cluster)
+READ_ENGINES = ("MergeTree", "Memory", "Distributed")
 
 
 #: What the sandbox wraps a user's SQL in on its way to ClickHouse, which quotes it back in
@@ -322,7 +323,12 @@ class Sandbox:
         objects = {str(r[1]): (str(r[2]), str(r[3])) for r in rows if r[0] == "table"}
         tables = {n for n, (engine, _) in objects.items() if engine.endswith(READ_ENGINES)}
         views = {n: body for n, (engine, body) in objects.items() if engine == "View"}
-        writable = {n for n in tables if objects[n][0].endswith("MergeTree")}
+        # on a cluster, rows go in through the Distributed table, which puts them on the
+        # shard of their key: never straight into one host's <table>_local
+        writable = {
+            n for n in tables if objects[n][0].endswith(("MergeTree", "Distributed"))
+            and not (n.endswith("_local") and objects.get(n[:-6], ("",))[0] == "Distributed")
+        }  # fmt: skip
         first = Catalog(
             self.database, readable=frozenset(tables | views.keys()),
             refused=frozenset(objects.keys() - tables - views.keys()),

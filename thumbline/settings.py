@@ -56,6 +56,36 @@ class Settings(BaseSettings):
         "the limits); unset on a server: the main user with readonly=1, and a warning.",
     )  # fmt: skip
 
+    clickhouse_cluster: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$",
+        description="A cluster of the server's remote_servers: migrations create Replicated "
+        "tables and Distributed tables over them ON CLUSTER; unset: one server.",
+    )  # fmt: skip
+    retention_feedback_days: int = Field(
+        0,
+        ge=0,
+        le=36500,
+        description="Feedback is deleted this many days after its event time; 0: kept.",
+    )
+    retention_traces_days: int = Field(
+        0,
+        ge=0,
+        le=36500,
+        description="Traces are deleted this long after their reception; 0: kept.",
+    )
+    retention_dead_letters_days: int = Field(
+        0,
+        ge=0,
+        le=36500,
+        description="Dead letters are deleted this long after they came; 0: kept.",
+    )
+    retention_rates_days: int = Field(
+        0,
+        ge=0,
+        le=36500,
+        description="Rate windows are deleted this long after they start; 0: kept.",
+    )
+
     topic_prefix: str = Field(
         "thumbline.", pattern=r"^[A-Za-z0-9._\-]*$", max_length=200,
         description="Put before every topic name (thumbline.feedback...).",
@@ -367,6 +397,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _cluster_needs_a_server(self) -> Settings:
+        if self.clickhouse_cluster is not None and self.store_is_chdb:
+            raise ValueError(
+                "clickhouse_cluster: a cluster needs ClickHouse servers: set "
+                "THUMBLINE_CLICKHOUSE_URL=http(s)://... to one of them, or unset the cluster"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _windows(self) -> Settings:
         for size in self.sliding_windows:
             if size % self.rate_window_seconds:
@@ -448,6 +487,16 @@ class Settings(BaseSettings):
         if self.clickhouse_url is not None:
             return self.clickhouse_url.get_secret_value()
         return f"chdb://{(self.data_dir / 'chdb').resolve()}"
+
+    @property
+    def retention_days(self) -> dict[str, int]:
+        """Days each table keeps its rows, by table; 0: forever."""
+        return {
+            "feedback": self.retention_feedback_days,
+            "traces": self.retention_traces_days,
+            "dead_letters": self.retention_dead_letters_days,
+            "feedback_rates": self.retention_rates_days,
+        }
 
     @property
     def store_is_chdb(self) -> bool:

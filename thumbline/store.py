@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from thumbline.cluster import LOCAL, ClusterDDL
 from thumbline.embedded import installed, store_missing
 from thumbline.errors import StoreError, StoreLocked, StoreUnavailable
 from thumbline.outages import transient
@@ -46,6 +48,10 @@ def open_client(settings: Settings, *, readonly: bool = False) -> Client:
     kwargs: dict[str, Any] = {}
     if readonly:
         kwargs["settings"] = {"readonly": "2"}
+    if settings.clickhouse_cluster:
+        # an insert into a Distributed table returns once every shard holds its rows (not
+        # when this host queued them), so a sink's flush, and the offsets, come after them
+        kwargs.setdefault("settings", {})["insert_distributed_sync"] = "1"
     if url.startswith("chdb://"):
         Path(url.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
     try:
@@ -134,7 +140,9 @@ class AppliedMigration:
     applied: bool  # False: it was already there
 
 
-def apply_migrations(client: Client, database: str) -> list[AppliedMigration]:
+def apply_migrations(
+    client: Client, database: str, *, cluster: str | None = None
+) -> list[AppliedMigration]:
     """Bring ``database`` up to the newest migration; safe to run any number of times.
 
     Each migration's statements are idempotent (``IF NOT EXISTS``) and each
@@ -142,16 +150,32 @@ def apply_migrations(client: Client, database: str) -> list[AppliedMigration]:
     checksum, so a restart skips what is done and a half-applied one is
     completed.
 
+    With ``cluster`` (a cluster of the server's ``remote_servers``), every
+    statement is rewritten by :class:`thumbline.cluster.ClusterDDL` and runs
+    ``ON CLUSTER``. Two hosts migrating at once do not double-apply anything
+    that matters: ClickHouse runs ``ON CLUSTER`` statements from one queue in
+    Keeper, in order, on every host, and each statement is idempotent, so the
+    second host's copy of a statement finds its work done; the bookkeeping
+    table is one replicated copy on every host, and both hosts' rows of a
+    migration carry the same insert deduplication token, so they are one row.
+    The one step that is not idempotent, copying rows into a rekeyed table, is
+    refused on a cluster unless the table is empty (see :func:`_rekey_cluster`).
+
     Raises:
         StoreError: a statement failed, or an applied migration's file changed.
     """
+    ddl = ClusterDDL(cluster, database) if cluster else None
     try:
-        client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-        client.command(
-            f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
-            "(version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC')) "
-            "ENGINE = ReplacingMergeTree ORDER BY version"
-        )
+        if ddl is None:
+            client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+            client.command(
+                f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+                "(version UInt32, name String, checksum String, "
+                "applied_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY version"
+            )
+        else:
+            client.command(ddl.database_ddl())
+            client.command(ddl.bookkeeping_ddl())
         done = {
             int(row[0]): str(row[1])
             for row in client.query(
@@ -161,7 +185,14 @@ def apply_migrations(client: Client, database: str) -> list[AppliedMigration]:
         }
         result = []
         for migration in migrations.load():
+            statements = migration.statements(database)
+            if ddl is not None:
+                # every migration is rewritten, applied or not: later ones need what it created
+                statements = [out for s in statements for out in ddl.rewrite(s)]
             if migration.version in done:
+                if ddl is not None:
+                    for table, sorting_key in REKEYED.get(migration.version, ()):
+                        ddl.rekeyed(table, sorting_key)  # what it did, for the later ones
                 if done[migration.version] != migration.checksum:
                     raise StoreError(
                         f"migration {migration.version:04d}_{migration.name} changed after it "
@@ -169,20 +200,139 @@ def apply_migrations(client: Client, database: str) -> list[AppliedMigration]:
                     )
                 result.append(AppliedMigration(migration.version, migration.name, False))
                 continue
-            for statement in migration.statements(database):
+            for statement in statements:
                 client.command(statement)
             for table, sorting_key in REKEYED.get(migration.version, ()):
-                _rekey(client, database, table, sorting_key)
+                if ddl is None:
+                    _rekey(client, database, table, sorting_key)
+                else:
+                    _rekey_cluster(client, ddl, table, sorting_key)
             client.insert(
                 f"{database}.schema_migrations",
                 [[migration.version, migration.name, migration.checksum, datetime.now(UTC)]],
                 column_names=["version", "name", "checksum", "applied_at"],
+                settings={"insert_deduplication_token": f"{migration.version}-{migration.checksum}"}
+                if ddl is not None
+                else None,
             )
             logger.info("applied migration %04d_%s", migration.version, migration.name)
             result.append(AppliedMigration(migration.version, migration.name, True))
         return result
     except ClickHouseError as exc:
         raise store_error(exc) from None
+
+
+#: What each table's retention counts from (``THUMBLINE_RETENTION_*_DAYS``). Feedback:
+#: its event time, which the inbox, the views and the monthly partitions use, and which
+#: the gateway keeps within days of its reception (``ingest_max_age_seconds``); traces:
+#: their reception, as start_time may be missing (a Nullable column cannot be a TTL);
+#: dead letters: when they came; rate windows: their start.
+RETENTION_COLUMNS = {
+    "feedback": "ts",
+    "traces": "received_at",
+    "dead_letters": "at",
+    "feedback_rates": "window_start",
+}
+_TTL = re.compile(r"\bTTL\s+(.+?)(?:\s+SETTINGS\b|$)", re.S)
+
+
+def apply_retention(
+    client: Client, database: str, days: Mapping[str, int], *, cluster: str | None = None
+) -> list[str]:
+    """Give each table of :data:`RETENTION_COLUMNS` the TTL of ``days`` (0: none).
+
+    Changes only the tables whose TTL differs from the setting, so a start with
+    the same settings alters nothing. The TTL is not materialized
+    (``materialize_ttl_after_modify = 0``): no mutation rewrites every part at
+    start; rows already stored that the new TTL expires go at their parts' next
+    merge, and ``OPTIMIZE TABLE ... FINAL`` (or ``ALTER TABLE ... MATERIALIZE
+    TTL``) removes them at once. On a cluster the TTL is on the local tables.
+
+    Returns:
+        The tables whose TTL changed, as ``table: old -> new``.
+
+    Raises:
+        StoreError: the store refused a change.
+    """
+    on = f" ON CLUSTER '{ClusterDDL(cluster, database).cluster}'" if cluster else ""
+    changed = []
+    try:
+        for table, column in RETENTION_COLUMNS.items():
+            name = table + LOCAL if cluster else table
+            rows = client.query(
+                "SELECT engine_full FROM system.tables "
+                "WHERE database = {db:String} AND name = {t:String}",
+                parameters={"db": database, "t": name},
+            ).result_rows
+            if not rows:
+                continue
+            found = _TTL.search(str(rows[0][0]))
+            current = found.group(1).strip() if found else None
+            want = days.get(table, 0)
+            wanted = f"{column} + toIntervalDay({want})" if want else None
+            if current == wanted:
+                continue
+            if wanted is None:
+                client.command(f"ALTER TABLE {database}.{name}{on} REMOVE TTL")
+            else:
+                client.command(
+                    f"ALTER TABLE {database}.{name}{on} MODIFY TTL {column} + INTERVAL {want} DAY",
+                    settings={"materialize_ttl_after_modify": 0},
+                )
+            changed.append(f"{table}: {current or 'kept forever'} -> {wanted or 'kept forever'}")
+            logger.info("retention of %s.%s: %s -> %s", database, table, current, wanted)
+    except ClickHouseError as exc:
+        raise store_error(exc) from None
+    return changed
+
+
+def migrate_store(client: Client, settings: Settings) -> list[AppliedMigration]:
+    """What every process that starts thumbline runs: the migrations (on the cluster
+    of ``THUMBLINE_CLICKHOUSE_CLUSTER`` when set), then the retention settings.
+
+    Raises:
+        StoreError: see :func:`apply_migrations` and :func:`apply_retention`.
+    """
+    database, cluster = settings.clickhouse_database, settings.clickhouse_cluster
+    applied = apply_migrations(client, database, cluster=cluster)
+    apply_retention(client, database, settings.retention_days, cluster=cluster)
+    return applied
+
+
+def _rekey_cluster(client: Client, ddl: ClusterDDL, table: str, sorting_key: str) -> None:
+    """:func:`_rekey` on a cluster: swap the empty local tables, nothing to copy.
+
+    A cluster's tables were made by this version of thumbline (there was no cluster
+    mode before), so they are empty when a rekeying migration first runs there; a
+    copy through ``Distributed`` tables, whose inserts reach the shards later, could
+    not be checked the way :func:`_rekey` checks one node's. A table with rows is
+    refused. Safe to run again: the local table's sort key says whether it swapped.
+
+    Raises:
+        StoreError: the table holds rows.
+    """
+    new = f"{table}__rekeyed"
+    current = client.query(
+        "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": ddl.database, "t": table + LOCAL},
+    ).result_rows[0][0]
+    if current != sorting_key:
+        rows = client.query(f"SELECT count() FROM {ddl.database}.{table}").result_rows[0][0]  # noqa: S608
+        if rows:
+            raise StoreError(
+                f"{ddl.database}.{table} holds {rows} rows and its sort key must change to "
+                f"({sorting_key}); thumbline does not copy rows between shards: migrate an "
+                "empty cluster, or copy the table yourself and start again"
+            )
+        client.command(f"EXCHANGE TABLES {ddl.local(table)} AND {ddl.local(new)} {ddl.on}")
+    # the Distributed table shards by the new sort key from now on
+    ddl.sharded[table] = sorting_key
+    client.command(ddl.distributed_ddl(table, replace=True))
+    for statement in ddl.rewrite(f"DROP TABLE IF EXISTS {ddl.database}.{new}"):
+        client.command(statement)
+    logger.info(
+        "%s.%s now keyed by (%s) on cluster %s", ddl.database, table, sorting_key, ddl.cluster
+    )
 
 
 def _rekey(client: Client, database: str, table: str, sorting_key: str) -> None:

@@ -13,6 +13,7 @@ from rich.table import Table
 from thumbline.cli.common import (
     KAFKA,
     STORE,
+    app,
     cli_settings,
     err,
     fail,
@@ -140,3 +141,62 @@ def schemas_export(
 
     for path in write(directory):
         out.print(str(path))
+
+
+# forgetting a user ----------------------------------------------------------------
+
+
+@app.command(rich_help_panel="Administer", env=STORE)
+def forget(
+    user: Annotated[str, typer.Option("--user", help="The user_id, exactly as it was sent.")],
+    project: Annotated[
+        str | None, typer.Option(help="Only this project's rows (default: every project's).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Delete without asking.")] = False,
+) -> None:
+    """Delete what is stored about one user (a privacy request): their feedback, the spans
+    of their traces with questions and answers, their comments quoted by alerts, and dead
+    letters naming them. Stop their events at the source first: a message of theirs sent
+    (or re-delivered by Kafka) afterwards is stored again."""
+    from thumbline import runfile
+    from thumbline.errors import StoreError
+    from thumbline.forget import Forget
+    from thumbline.store import open_client
+
+    settings = store_settings()
+    held = (
+        "forget deletes, so it opens the store itself, and {who} holds the embedded store: "
+        "stop it, run forget, and start it again (or point THUMBLINE_CLICKHOUSE_URL at a "
+        "ClickHouse server)"
+    )
+    if settings.store_is_chdb and runfile.read(settings.run_file) is not None:
+        fail(held.format(who="`thumbline up`"))
+    try:
+        client = open_client(settings)
+    except StoreError as exc:
+        if not settings.store_is_chdb:
+            raise
+        # chDB says only "Error initializing EmbeddedServer" when another process has it
+        fail(f"{held.format(who='another process')} ({exc})")
+    try:
+        job = Forget(
+            client, database=settings.clickhouse_database, user_id=user, project=project,
+            cluster=settings.clickhouse_cluster,
+        )  # fmt: skip
+        found = job.count()
+        whose = f"user {user!r}" + (f" in project {project!r}" if project else "")
+        if not any(f.rows for f in found):
+            out.print(f"nothing stored about {whose}", markup=False)
+            return
+        table = Table("table", "rows", "what", box=None, header_style="bold", pad_edge=False)
+        for f in found:
+            table.add_row(f.table, str(f.rows), f.what)
+        err.print(f"stored about {whose}:", markup=False)
+        err.print(table)
+        if not yes and not typer.confirm("delete them?", default=False, err=True):
+            fail("nothing deleted")
+        done = job.run()
+    finally:
+        client.close()
+    for f in done:
+        out.print(f"deleted {f.rows} from {f.table}", markup=False)

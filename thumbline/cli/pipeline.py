@@ -192,20 +192,24 @@ def _print_started(settings: Settings, started: Any) -> None:
     out.print("\n".join(lines), markup=True, soft_wrap=True)
 
 
-@app.command(rich_help_panel="Run the pipeline", env=STORE)
+@app.command(rich_help_panel="Run the pipeline", env=(*STORE, "retention_*"))
 def migrate() -> None:
-    """Apply the ClickHouse migrations (`thumbline up` does this too)."""
-    from thumbline.store import apply_migrations, open_client
+    """Apply the ClickHouse migrations and the retention settings (`thumbline up` does too)."""
+    from thumbline.store import apply_migrations, apply_retention, open_client
 
     settings = cli_settings()
+    database, cluster = settings.clickhouse_database, settings.clickhouse_cluster
     client = open_client(settings)
     try:
-        applied = apply_migrations(client, settings.clickhouse_database)
+        applied = apply_migrations(client, database, cluster=cluster)
+        retention = apply_retention(client, database, settings.retention_days, cluster=cluster)
     finally:
         client.close()
     for m in applied:
         state = "applied" if m.applied else "already there"
         out.print(f"{m.version:04d}_{m.name}: {state}")
+    for change in retention:
+        out.print(f"retention of {change}")
 
 
 @app.command(
@@ -220,7 +224,7 @@ def gateway() -> None:
     from thumbline.metrics import Metrics
     from thumbline.server.gateway import GatewayProcess
     from thumbline.server.runtime import Runtime
-    from thumbline.store import apply_migrations, open_client
+    from thumbline.store import migrate_store, open_client
 
     settings = cli_settings()
     # Only this data dir's: the gateway also opens this configuration's store.
@@ -229,7 +233,7 @@ def gateway() -> None:
     async def run() -> None:
         client = await asyncio.to_thread(open_client, settings)
         try:
-            await asyncio.to_thread(apply_migrations, client, settings.clickhouse_database)
+            await asyncio.to_thread(migrate_store, client, settings)
             await asyncio.to_thread(provision_bootstrap_key, client, settings)
         finally:
             client.close()

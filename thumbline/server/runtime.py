@@ -50,7 +50,7 @@ from thumbline.server.gateway import GatewayProcess
 from thumbline.server.workers import JoinHelpers
 from thumbline.settings import Settings
 from thumbline.sqlserver import SqlServer
-from thumbline.store import AppliedMigration, apply_migrations, open_client
+from thumbline.store import AppliedMigration, migrate_store, open_client
 
 if TYPE_CHECKING:
     from thumbline.stream_jobs.app import StreamApp
@@ -199,7 +199,7 @@ class Runtime:
                     check_partitions=False,
                 )  # fmt: skip
             self._client = await asyncio.to_thread(_open_store, s)
-            applied = await asyncio.to_thread(apply_migrations, self._client, s.clickhouse_database)
+            applied = await asyncio.to_thread(migrate_store, self._client, s)
             await asyncio.to_thread(provision_bootstrap_key, self._client, s)
             if configs:  # before the join starts: it reads them at start
                 await asyncio.to_thread(self._store_score_configs, configs)
