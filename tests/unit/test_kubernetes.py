@@ -161,9 +161,10 @@ def test_worker_probes_and_scrape_annotations_reach_its_metrics_port():
     c = container("thumbline-worker")
     s = settings_of(c)
     assert s.metrics_enabled and s.metrics_host == "0.0.0.0"  # noqa: S104 (in its pod)
-    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+    paths = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    for kind, path in paths.items():
         assert probe_port(c, c[kind]) == s.metrics_port, kind
-        assert c[kind]["httpGet"]["path"] == "/metrics", kind
+        assert c[kind]["httpGet"]["path"] == path, kind  # see tests/unit/thumbline/test_metrics.py
     annotations = of_kind("Deployment")["thumbline-worker"]["spec"]["template"]["metadata"][
         "annotations"
     ]
