@@ -119,6 +119,10 @@ class StoreEndpoint:
             raise
         self._timezone: str | None = None
 
+    def password(self, user: str) -> str:
+        """The password of :data:`WRITER` or :data:`READER` (for the run file only)."""
+        return self._passwords[user]
+
     def close(self) -> None:
         self._writers.close()
         self._readers.close()

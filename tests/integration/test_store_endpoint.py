@@ -22,6 +22,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from tests.conftest import unique
+from tests.integration.conftest import run, start_up, stop, worker_env
 from thumbline.settings import Settings, load_settings
 from thumbline.sqlclient import run_sql
 from thumbline.sqlserver import SqlServer
@@ -223,3 +224,28 @@ def test_curl_and_grafana_read_json_by_get(owner):
 def test_ping_answers_ok_without_a_password(owner):
     with urllib.request.urlopen(f"{owner.server.url}/ping", timeout=10) as response:  # noqa: S310
         assert response.read() == b"Ok.\n"
+
+
+async def test_a_second_process_runs_production_code_against_thumbline_ups_store(
+    broker, clean_env, tmp_path, thumbline_bin
+):
+    env = await worker_env(broker, clean_env, tmp_path, "endpoint")
+    up = start_up(thumbline_bin, env, tmp_path / "data")
+    try:
+        url = run(thumbline_bin, env, "store", "url")
+        assert url.returncode == 0, url.stderr
+        password = urllib.parse.urlsplit(url.stdout.strip()).password
+        assert password and password == up.info.store_writer_password
+        second = {
+            **clean_env, "THUMBLINE_CLICKHOUSE_URL": url.stdout.strip(),
+            "THUMBLINE_DATA_DIR": str(tmp_path / "second"),
+        }  # fmt: skip
+        migrate = run(thumbline_bin, second, "migrate")  # the store is a server to it
+        assert migrate.returncode == 0, migrate.stderr
+        counted = run(thumbline_bin, second, "sql", "SELECT count() AS n FROM thumbline.feedback")
+        assert counted.returncode == 0, counted.stderr
+        assert "0" in counted.stdout
+        for said in (migrate, counted):
+            assert password not in said.stdout + said.stderr
+    finally:
+        stop(up)
