@@ -60,7 +60,7 @@ from thumbline.errors import SqlRefused, StoreError
 from thumbline.sandbox import Sandbox, open_sandbox_client
 from thumbline.settings import Settings
 from thumbline.sqlpool import ClientPool
-from thumbline.sqltext import controls_outside_strings
+from thumbline.sqltext import controls_outside_strings, unquoted
 from thumbline.sqltree import parse_tree, quoted_identifiers_are_plain
 from thumbline.store import store_error, with_faults
 
@@ -79,6 +79,10 @@ _RESULTS = frozenset({
     "SelectWithUnionQuery", "DescribeQuery", "ExistsTableQuery", "ShowTables", "CheckQuery",
     "Explain",
 })  # fmt: skip
+#: The system tables a tool lists the catalog from (Grafana's query builder, DBeaver).
+_CATALOG_TABLES = ("databases", "tables", "columns")
+_CATALOG = re.compile(r"\bsystem\.(?:" + "|".join(_CATALOG_TABLES) + r")\b")
+_SYSTEM = re.compile(r"\bsystem\.(\w+)")
 _FINAL_FORMAT = re.compile(r"\s+FORMAT ([A-Za-z][A-Za-z0-9_]*)\s*$")
 
 
@@ -252,11 +256,14 @@ class StoreEndpoint:
         asked = fmt if named or params.get("default_format") else None
         if canonical in CONNECT_QUERIES:
             body = client.raw_query(canonical, fmt=asked)
-        elif user == READER:
+        elif user == READER and not _CATALOG.search(unquoted(canonical)):
             checked = self.sandbox.check(client, canonical, parameters=parameters or None)
             body = self.sandbox.execute(client, checked, fmt=fmt)  # the sandbox's own way
-        else:  # the writer, reading: its rules on a read-only client
+        else:  # the writer reading, or a tool's catalog reads: the writer's rules, read-only
             kind = self._judge(client, canonical, parameters)
+            if user == READER and not _only_catalog(canonical):
+                what = "the reader reads system.databases, tables and columns alone, or "
+                raise refused(what + "thumbline's tables in the SQL sandbox", self.database)
             if kind not in _RESULTS:
                 raise EndpointError(164, "Cannot execute this query in readonly mode (a GET "
                                     "request, or readonly=1): use POST")  # fmt: skip
@@ -344,3 +351,15 @@ class StoreEndpoint:
 
 def _result(body: bytes | bytearray | memoryview, fmt: str) -> Reply:
     return Reply(200, bytes(body), {"X-ClickHouse-Format": fmt, "Content-Type": content_type(fmt)})
+
+
+def _only_catalog(canonical: str) -> bool:
+    """Whether every system table ``canonical`` names is a catalog table, and it names no
+    table of another kind (thumbline's are read through the sandbox)."""
+    from_tables = re.findall(r"\b(?:FROM|JOIN)\s+([\w.`]+)", unquoted(canonical))
+    system = _SYSTEM.findall(unquoted(canonical))
+    return (
+        bool(system)
+        and all(t in _CATALOG_TABLES for t in system)
+        and all(t.startswith("system.") for t in from_tables)
+    )

@@ -10,6 +10,7 @@ Grafana's plugin (``?query=... FORMAT JSON``, ``default_format``) read it too.
 from __future__ import annotations
 
 import base64
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -249,3 +250,27 @@ async def test_a_second_process_runs_production_code_against_thumbline_ups_store
             assert password not in said.stdout + said.stderr
     finally:
         stop(up)
+
+
+def test_the_reader_lists_databases_tables_and_columns_as_grafana_and_dbeaver_do(owner):
+    db = owner.settings.clickhouse_database
+    _, body = _get(owner, {"query": "SELECT name FROM system.databases FORMAT JSONEachRow"})
+    assert db in [orjson.loads(line)["name"] for line in body.splitlines()]
+    _, body = _get(
+        owner, {"query": "SELECT name FROM system.tables WHERE database = {d:String}",
+                "param_d": db},
+    )  # fmt: skip
+    assert "feedback" in body.split("\n")
+    _, body = _get(
+        owner, {"query": "SELECT name, type FROM system.columns WHERE database = {d:String} "
+                "AND table = 'feedback' FORMAT JSONEachRow", "param_d": db},
+    )  # fmt: skip
+    assert "event_id" in body
+
+
+def test_the_reader_still_cannot_read_the_rest_of_system(owner):
+    for table in ("users", "processes", "query_log", "disks"):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            _get(owner, {"query": f"SELECT * FROM system.{table}"})
+        with caught.value as answer:
+            assert answer.code == 403 and answer.headers["X-ClickHouse-Exception-Code"] == "497"

@@ -249,3 +249,20 @@ def test_other_databases_are_not_served(endpoint):
     answer = endpoint.send("SELECT 1", params={"database": "system"})
     refused(answer)
     assert answer.code == "81"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT name FROM system.tables WHERE name IN (SELECT name FROM system.users)",
+        "SELECT * FROM system.columns, file('{canary}', 'LineAsString')",
+        "SELECT name, file('{canary}') FROM system.databases",
+        "SELECT * FROM system.tables SETTINGS max_execution_time = 100000",
+        "SELECT * FROM system.databases INTO OUTFILE '{canary}.out'",
+    ],
+)
+def test_the_readers_catalog_reads_open_no_door(endpoint, sql, canary):
+    answer = endpoint.send(sql.format(canary=canary), user=READER)
+    refused(answer)
+    assert "CANARY" not in answer.body
+    assert not Path(f"{canary}.out").exists()
