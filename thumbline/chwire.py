@@ -12,6 +12,7 @@ import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from thumbline.sqltext import unquoted
 
@@ -120,22 +121,41 @@ def read_body(
 
 
 def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
-    """``data`` decompressed, stopping at ``limit`` bytes (a small bomb stays small)."""
+    """``data`` decompressed, stopping at ``limit`` bytes (a small bomb stays small).
+
+    A body may hold several frames (gzip members): clickhouse-connect compresses
+    an insert block by block, so each frame is read in turn.
+    """
+    opener = _decompressors().get(encoding)
+    if opener is None:
+        raise EndpointError(
+            1001, f"Content-Encoding {encoding} is not read here: use gzip, deflate, lz4 or zstd"
+        )
+    out, rest = bytearray(), data
     try:
-        if encoding in ("gzip", "deflate"):
-            wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-            return zlib.decompressobj(wbits).decompress(data, limit)
-        if encoding == "lz4":
-            import lz4.frame  # type: ignore[import-untyped]
-
-            return bytes(lz4.frame.LZ4FrameDecompressor().decompress(data, max_length=limit))
-        if encoding == "zstd":
-            from backports import zstd  # clickhouse-connect's dependency
-
-            return bytes(zstd.ZstdDecompressor().decompress(data, max_length=limit))
+        while rest and len(out) < limit:
+            decompressor = opener()
+            out += decompressor.decompress(rest, limit - len(out))
+            if not decompressor.eof:
+                if len(out) < limit:
+                    raise ValueError("the body ends inside a compressed frame")
+                break
+            rest = decompressor.unused_data
     except (zlib.error, RuntimeError, ValueError, OSError) as exc:
         raise EndpointError(1001, f"cannot decompress the {encoding} body: {exc}") from None
-    raise EndpointError(1001, f"Content-Encoding {encoding} is not read here: use gzip, lz4, zstd")
+    return bytes(out)
+
+
+def _decompressors() -> dict[str, Callable[[], Any]]:
+    import lz4.frame  # type: ignore[import-untyped]
+    from backports import zstd  # clickhouse-connect's dependency
+
+    return {
+        "gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
+        "deflate": lambda: zlib.decompressobj(zlib.MAX_WBITS),
+        "lz4": lz4.frame.LZ4FrameDecompressor,
+        "zstd": zstd.ZstdDecompressor,
+    }
 
 
 class Verbatim:

@@ -274,3 +274,27 @@ def test_the_reader_still_cannot_read_the_rest_of_system(owner):
             _get(owner, {"query": f"SELECT * FROM system.{table}"})
         with caught.value as answer:
             assert answer.code == 403 and answer.headers["X-ClickHouse-Exception-Code"] == "497"
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "gzip", False])
+def test_a_large_compressed_insert_arrives_whole(owner, compression):
+    """clickhouse-connect compresses an insert block by block: every block is read."""
+    host, port = owner.address
+    client = clickhouse_connect.get_client(
+        host=host, port=port, username="thumbline", password=WRITER_PASSWORD,
+        database=owner.settings.clickhouse_database, compress=compression,
+    )  # fmt: skip
+    table = unique("big")
+    try:
+        client.command(f"CREATE TABLE {table} (id UInt64, s String) ENGINE = MergeTree ORDER BY id")
+        rows = 200_000
+        client.insert(
+            table, [list(range(rows)), [f"value {i:>40}" for i in range(rows)]],  # ~10 MB
+            column_names=["id", "s"], column_oriented=True,
+        )  # fmt: skip
+        assert client.query(f"SELECT count(), sum(id) FROM {table}").result_rows == [
+            (rows, rows * (rows - 1) // 2)
+        ]
+        client.command(f"DROP TABLE {table}")
+    finally:
+        client.close()
