@@ -196,7 +196,8 @@ class StoreEndpoint:
         if params.get("compress", "0") != "0" or params.get("decompress", "0") != "0":
             raise EndpointError(
                 1001, "ClickHouse's block compression (compress=1, decompress=1) is not read "
-                "here: use HTTP compression (Content-Encoding)",
+                "here: turn it off (the JDBC driver's compress=false); HTTP compression "
+                "(Content-Encoding: gzip, lz4, zstd) is read",
             )  # fmt: skip
         settings = self._settings(params)
         parameters: dict[str, Any] = {  # as sent: chDB reads them as the HTTP interface does

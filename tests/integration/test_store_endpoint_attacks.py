@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import base64
 import gzip
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,3 +268,32 @@ def test_the_readers_catalog_reads_open_no_door(endpoint, sql, canary):
     refused(answer)
     assert "CANARY" not in answer.body
     assert not Path(f"{canary}.out").exists()
+
+
+def test_requests_past_the_concurrency_bound_get_503_and_the_running_one_finishes(
+    store, store_settings, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("thumbline.chhttp.MAX_CONCURRENT", 1)
+    settings = load_settings(
+        data_dir=tmp_path, clickhouse_url=store_settings.store_url,
+        clickhouse_database=store_settings.clickhouse_database,
+        sql_writer_password=PASSWORDS[WRITER], sql_reader_password=PASSWORDS[READER],
+    )  # fmt: skip
+    server = SqlServer(settings, writer=store).start()
+    try:
+        endpoint = Endpoint(server.url, settings.clickhouse_database)
+        with ThreadPoolExecutor(1) as pool:
+            busy, deadline = None, time.monotonic() + 60
+            while busy is None and time.monotonic() < deadline:
+                slow = pool.submit(endpoint.send, "SELECT sleep(2.5)")
+                while busy is None and not slow.done():  # a quick one meets the slow one
+                    answer = endpoint.send("SELECT 1")
+                    busy = answer if answer.status == 503 else None
+                if slow.result().status == 503:  # the quick one held the slot: again
+                    busy = None
+            assert busy is not None, "no request was turned away while the slow one ran"
+            assert busy.code == "202" and "too many requests" in busy.body
+            assert slow.result().status == 200
+        assert endpoint.send("SELECT 1").status == 200
+    finally:
+        server.stop()
