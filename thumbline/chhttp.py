@@ -32,8 +32,9 @@ import threading
 import time
 import uuid
 from base64 import b64decode
-from collections.abc import Mapping
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Generic, TypeVar
 
 import clickhouse_connect
 import orjson
@@ -122,6 +123,10 @@ class StoreEndpoint:
             self._writers.close()
             raise
         self._timezone: str | None = None
+        # ClickHouse's parse of recent statements: a worker sends the same few again and
+        # again. Judged anew each time (the databases may change); only the parse is kept.
+        self._canonicals: _Recent[tuple[str, str | None]] = _Recent(512)
+        self._trees: _Recent[Any] = _Recent(512)
 
     def password(self, user: str) -> str:
         """The password of :data:`WRITER` or :data:`READER` (for the run file only)."""
@@ -236,6 +241,10 @@ class StoreEndpoint:
         self, client: Client, statement: str, *, strip: bool = True
     ) -> tuple[str, str | None]:
         """The statement's canonical text without its final FORMAT, and that format."""
+        return self._canonicals.get((statement, strip), lambda: self._format_query(
+            client, statement, strip))  # fmt: skip
+
+    def _format_query(self, client: Client, statement: str, strip: bool) -> tuple[str, str | None]:
         rows = client.query("SELECT formatQuery({q:String})", parameters={"q": statement})
         canonical = str(rows.result_rows[0][0])
         # the tree is read line by line: no name may hold a line break (thumbline.sqltree)
@@ -309,6 +318,10 @@ class StoreEndpoint:
         return Reply(200, b"", {"Content-Type": "text/plain; charset=UTF-8"})
 
     def _tree(self, client: Client, canonical: str, parameters: dict[str, Any]) -> Any:
+        key = (canonical, tuple(sorted((k, str(v)) for k, v in parameters.items())))
+        return self._trees.get(key, lambda: self._explain(client, canonical, parameters))
+
+    def _explain(self, client: Client, canonical: str, parameters: dict[str, Any]) -> Any:
         settings_of(canonical, self.database)  # first: EXPLAIN applies a SETTINGS clause
         text = client.command(f"EXPLAIN AST {canonical}", parameters=parameters or None)
         if not isinstance(text, str):
@@ -364,3 +377,29 @@ def _only_catalog(canonical: str) -> bool:
         and all(t in _CATALOG_TABLES for t in system)
         and all(t.startswith("system.") for t in from_tables)
     )
+
+
+T = TypeVar("T")
+
+
+class _Recent(Generic[T]):
+    """The last ``size`` answers by key (small keys only: statements over 64 KB are not
+    kept); thread-safe. A failed computation is not kept."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[Hashable, T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = compute()
+        if len(str(key)) <= 65_536:
+            with self._lock:
+                self._items[key] = value
+                while len(self._items) > self._size:
+                    self._items.popitem(last=False)
+        return value
