@@ -24,6 +24,9 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from tests.conftest import unique
 from tests.integration.conftest import run, start_up, stop, worker_env
+from tests.integration.test_crash import expected, final_counts, settle
+from thumbline.producers import FeedbackProducer
+from thumbline.producers.loadgen import LoadSpec, run_load
 from thumbline.settings import Settings, load_settings
 from thumbline.sqlclient import run_sql
 from thumbline.sqlserver import SqlServer
@@ -298,3 +301,33 @@ def test_a_large_compressed_insert_arrives_whole(owner, compression):
         client.command(f"DROP TABLE {table}")
     finally:
         client.close()
+
+
+async def test_a_whole_pipeline_writes_through_the_endpoint_of_another_thumbline_up(
+    broker, clean_env, tmp_path, thumbline_bin
+):
+    """The stream (join, sink, rates, lookups), migrations and keys of a second `thumbline
+    up` whose store is the first one's endpoint: every row lands, as with a server."""
+    owner_env = await worker_env(broker, clean_env, tmp_path / "owner", "owner")
+    owner = start_up(thumbline_bin, owner_env, tmp_path / "owner" / "data")
+    try:
+        url = run(thumbline_bin, owner_env, "store", "url").stdout.strip()
+        env = await worker_env(
+            broker, clean_env, tmp_path / "worker", "viaendpoint",
+            THUMBLINE_CLICKHOUSE_URL=url, THUMBLINE_STREAM_WORKERS="1",
+        )  # fmt: skip
+        worker = start_up(thumbline_bin, env, tmp_path / "worker" / "data")
+        try:
+            spec = LoadSpec(rate=1000, duration=None, count=2000, early_share=0.15, seed=3)
+            async with FeedbackProducer(
+                bootstrap_servers=broker.bootstrap, topic_prefix=env["THUMBLINE_TOPIC_PREFIX"]
+            ) as fb:
+                report = await run_load(fb, spec)
+            want = expected(report)
+            # read back through the owner's own `thumbline sql`: the rows are in its store
+            assert await settle(lambda: final_counts(thumbline_bin, owner_env), want, 90) == want
+            assert not (tmp_path / "worker" / "data" / "chdb").exists()  # no store of its own
+        finally:
+            stop(worker)
+    finally:
+        stop(owner)
