@@ -56,13 +56,13 @@ STATEMENTS: dict[str, re.Pattern[str]] = {
     ),
     "AlterQuery": re.compile(r"ALTER TABLE "),
     "DropQuery": re.compile(r"DROP (TABLE|VIEW) "),
-    "TruncateQuery": re.compile(r"TRUNCATE (TABLE )?"),
+    "TruncateQuery": re.compile(r"TRUNCATE TABLE "),
     "Rename": re.compile(r"(RENAME TABLE|EXCHANGE TABLES) "),
     "OptimizeQuery": re.compile(r"OPTIMIZE TABLE "),
     "DeleteQuery": re.compile(r"DELETE FROM "),
     "DescribeQuery": re.compile(r"DESCRIBE "),
-    "ExistsTableQuery": re.compile(r"EXISTS (TABLE )?"),
-    "ShowTables": re.compile(r"SHOW TABLES\b"),
+    "ExistsTableQuery": re.compile(r"EXISTS TABLE "),
+    "ShowTables": re.compile(r"SHOW TABLES$"),  # the current database's only
     "CheckQuery": re.compile(r"CHECK TABLE "),
     "Explain": re.compile(r"EXPLAIN (PLAN |SYNTAX |PIPELINE |ESTIMATE )?"),
 }

@@ -136,6 +136,11 @@ ESCAPES = [
     "ALTER TABLE {db}.feedback MODIFY SETTING disk = 'default'",
     "RENAME TABLE {db}.feedback TO default.feedback",
     "CREATE FUNCTION t_f AS x -> x",
+    "SHOW TABLES FROM default",
+    "SHOW TABLES FROM system",
+    "SHOW DATABASES",
+    "TRUNCATE ALL TABLES FROM default",
+    "TRUNCATE DATABASE {db}",
 ]
 
 
