@@ -32,9 +32,8 @@ import threading
 import time
 import uuid
 from base64 import b64decode
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import clickhouse_connect
 import orjson
@@ -47,6 +46,7 @@ from thumbline.chwire import (
     MAX_CONCURRENT,
     TRANSPORT,
     EndpointError,
+    Recent,
     Reply,
     Request,
     Verbatim,
@@ -125,8 +125,8 @@ class StoreEndpoint:
         self._timezone: str | None = None
         # ClickHouse's parse of recent statements: a worker sends the same few again and
         # again. Judged anew each time (the databases may change); only the parse is kept.
-        self._canonicals: _Recent[tuple[str, str | None]] = _Recent(512)
-        self._trees: _Recent[Any] = _Recent(512)
+        self._canonicals: Recent[tuple[str, str | None]] = Recent(512)
+        self._trees: Recent[Any] = Recent(512)
 
     def password(self, user: str) -> str:
         """The password of :data:`WRITER` or :data:`READER` (for the run file only)."""
@@ -377,29 +377,3 @@ def _only_catalog(canonical: str) -> bool:
         and all(t in _CATALOG_TABLES for t in system)
         and all(t.startswith("system.") for t in from_tables)
     )
-
-
-T = TypeVar("T")
-
-
-class _Recent(Generic[T]):
-    """The last ``size`` answers by key (small keys only: statements over 64 KB are not
-    kept); thread-safe. A failed computation is not kept."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[Hashable, T] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = compute()
-        if len(str(key)) <= 65_536:
-            with self._lock:
-                self._items[key] = value
-                while len(self._items) > self._size:
-                    self._items.popitem(last=False)
-        return value

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import zlib
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from thumbline.sqltext import unquoted
 
@@ -236,3 +238,29 @@ def error_reply(exc: EndpointError, query_id: str, mask: Callable[[str], str]) -
         "Content-Type": "text/plain; charset=UTF-8",
     }  # fmt: skip
     return Reply(_STATUS.get(exc.code, 500), (mask(text) + "\n").encode(), headers)
+
+
+T = TypeVar("T")
+
+
+class Recent(Generic[T]):
+    """The last ``size`` answers by key (small keys only: statements over 64 KB are not
+    kept); thread-safe. A failed computation is not kept."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[Hashable, T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = compute()
+        if len(str(key)) <= 65_536:
+            with self._lock:
+                self._items[key] = value
+                while len(self._items) > self._size:
+                    self._items.popitem(last=False)
+        return value
