@@ -17,6 +17,10 @@ on 127.0.0.1 with a bearer token from the run file (mode 0600):
   sandbox whose rows come back typed, and a JSONEachRow insert into one of the
   join's tables with a few insert settings.
 
+- ``GET /ping`` and ``GET``/``POST /``: ClickHouse's HTTP interface, with its own
+  users and passwords (:mod:`thumbline.chhttp`): what a process configured with
+  ``THUMBLINE_CLICKHOUSE_URL=http://...`` and the user's tools send.
+
 A refusal of the sandbox is a 400 whose JSON names the rule (``reason``); a
 store that does not answer is a 503 (the caller waits and sends it again).
 """
