@@ -1,7 +1,7 @@
 """The run files: how other processes find a running ``thumbline up``.
 
 ``thumbline up`` writes ``<data_dir>/run.json`` (mode 0600: it holds the SQL
-endpoint's token) once everything listens, and removes it when it stops. It
+endpoint's token and its users' passwords) once everything listens, and removes it when it stops. It
 also records itself for its user, in :func:`user_dir` (a 0700 folder): one
 ``<pid>.json`` holding its data dir and what ``run.json`` holds, so a command
 run from any directory finds it. A record whose process is gone (``kill -9``),
@@ -43,6 +43,9 @@ class RunInfo:
     gateway_url: str | None = None
     broker_storage: str | None = None  # "durable" or "memory" for the embedded broker
     storage_pid: int | None = None  # SeaweedFS, under the durable embedded broker
+    # the store endpoint's users (ClickHouse's HTTP interface at sql_url): see thumbline.chhttp
+    store_writer_password: str | None = None
+    store_reader_password: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +55,7 @@ class Running:
     data_dir: Path
     info: RunInfo
 
-    def __str__(self) -> str:  # never the token
+    def __str__(self) -> str:  # never the token nor the passwords
         return f"pid {self.info.pid} (data dir {self.data_dir}, started {self.info.started_at})"
 
 

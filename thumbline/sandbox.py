@@ -356,6 +356,10 @@ class Sandbox:
             databases=databases, denied_functions=first.denied_functions,
         )  # fmt: skip
 
+    def denied_functions(self, client: Client) -> frozenset[str]:
+        """Lower-case names of the functions that reach outside the database."""
+        return self._denied_functions(client)
+
     def _denied_functions(self, client: Client) -> frozenset[str]:
         """DENIED_FUNCTIONS, grown with the server's own list (aliases, categories, UDFs)."""
         if self._functions is not None:

@@ -311,6 +311,16 @@ class Settings(BaseSettings):
         "reads have as many of their own, so a slow query never delays them.",
     )  # fmt: skip
     sql_port: int = Field(0, ge=0, le=65535, description="0: any free port.")
+    sql_writer_password: SecretStr | None = Field(
+        None,
+        description="The password of the store endpoint's writer user `thumbline` (ClickHouse's "
+        "HTTP interface on the SQL port); unset: a new random one at each start, in run.json.",
+    )
+    sql_reader_password: SecretStr | None = Field(
+        None,
+        description="The password of the store endpoint's reader user `thumbline_reader` (the "
+        "SQL sandbox); unset: a new random one at each start, in run.json.",
+    )
     start_wait_seconds: float = Field(
         30.0, ge=0, le=3600,
         description="How long a command waits for a thumbline up that is starting.",

@@ -17,6 +17,10 @@ on 127.0.0.1 with a bearer token from the run file (mode 0600):
   sandbox whose rows come back typed, and a JSONEachRow insert into one of the
   join's tables with a few insert settings.
 
+- ``GET /ping`` and ``GET``/``POST /``: ClickHouse's HTTP interface, with its own
+  users and passwords (:mod:`thumbline.chhttp`): what a process configured with
+  ``THUMBLINE_CLICKHOUSE_URL=http://...`` and the user's tools send.
+
 A refusal of the sandbox is a 400 whose JSON names the rule (``reason``); a
 store that does not answer is a 503 (the caller waits and sends it again).
 """
@@ -36,7 +40,10 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
+from pydantic import SecretStr
 
+from thumbline.chhttp import StoreEndpoint
+from thumbline.chwire import EndpointError, Request, read_body
 from thumbline.errors import ConfigError, SqlRefused, StoreError
 from thumbline.sandbox import Sandbox, open_insert_client
 from thumbline.settings import Settings
@@ -102,6 +109,11 @@ class SqlServer:
         self.sandbox = Sandbox(settings)
         self._readers = ClientPool(settings, size=readers)
         self._inserter = ClientPool(settings, size=1, opener=open_insert_client)
+        #: The ClickHouse HTTP interface on the same port (thumbline.chhttp).
+        self.endpoint = StoreEndpoint(
+            settings, writer_password=_secret(settings.sql_writer_password),
+            reader_password=_secret(settings.sql_reader_password),
+        )  # fmt: skip
         self._thread: threading.Thread | None = None
 
     @property
@@ -124,6 +136,7 @@ class SqlServer:
             thread.join(5)
             self._readers.close()
             self._inserter.close()
+            self.endpoint.close()
 
     def execute(
         self, sql: str, fmt: str, write: bool, parameters: dict[str, Any] | None = None
@@ -174,6 +187,10 @@ class SqlServer:
             self.on_insert(table)
 
 
+def _secret(configured: SecretStr | None) -> str:
+    return configured.get_secret_value() if configured else secrets.token_urlsafe(24)
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -189,16 +206,24 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        logger.debug("sql endpoint: " + format, *args)  # noqa: G003
+        # Never the request line: its URL may hold SQL and query parameters.
+        logger.debug("sql endpoint: %s %s", self.command, self.path.split("?", 1)[0])
 
     def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/healthz":
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/healthz":
             self._send(HTTPStatus.OK, b'{"ok":true}', "application/json")
+        elif path == "/ping":
+            self._send(HTTPStatus.OK, b"Ok.\n", "text/plain; charset=UTF-8")
+        elif path == "/":
+            self._clickhouse()
         else:
-            self._error(HTTPStatus.NOT_FOUND, "not found: use POST /sql or GET /healthz")
+            self._error(HTTPStatus.NOT_FOUND, "not found: use POST /sql, GET /ping or /?query=")
 
     def do_POST(self) -> None:  # noqa: N802
         url = urllib.parse.urlsplit(self.path)
+        if url.path == "/":
+            return self._clickhouse()
         if url.path not in ("/sql", "/query", "/insert"):
             return self._error(HTTPStatus.NOT_FOUND, "not found: use POST /sql")
         expected = f"Bearer {self.server_ref.token}"
@@ -235,6 +260,27 @@ class _Handler(BaseHTTPRequestHandler):
         except StoreError as exc:
             return self._refused(exc)
         self._send(HTTPStatus.OK, body, "application/octet-stream")
+
+    def _clickhouse(self) -> None:
+        """ClickHouse's HTTP interface (thumbline.chhttp)."""
+        endpoint = self.server_ref.endpoint
+        params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        try:
+            body = read_body(self.rfile, headers) if self.command == "POST" else b""
+        except EndpointError as exc:
+            self.close_connection = True  # the body may be unread
+            reply = endpoint.error(exc, params.get("query_id", ""))
+        else:
+            reply = endpoint.handle(Request(self.command, params, headers, body))
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(reply.body)
 
     def _query(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -35,6 +35,8 @@ def test_up_prints_where_everything_is_and_that_the_broker_is_durable(up):
     assert f"Kafka       {up.info.bootstrap}  (embedded Tansu, durable in {broker_dir})" in printed
     assert f"ClickHouse  chdb://{up.data_dir.resolve() / 'chdb'}" in printed
     assert f"SQL         {up.info.sql_url}/sql" in printed
+    assert f"endpoint    {up.info.sql_url}/  (the store as a ClickHouse HTTP server" in printed
+    assert up.info.store_writer_password and up.info.store_writer_password not in printed
 
 
 def test_up_memory_keeps_messages_in_memory_and_says_so(thumbline_bin, env, tmp_path):

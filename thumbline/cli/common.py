@@ -147,10 +147,12 @@ send_app = App(help="Publish one event to Kafka (validated first).")
 topics_app = App(help="The Kafka topics thumbline uses.")
 schemas_app = App(help="The event contracts.")
 keys_app = App(help="API keys of the HTTP gateway.")
+store_app = App(help="The embedded store's ClickHouse endpoint.")
 app.add_typer(send_app, name="send", rich_help_panel="Send events")
 app.add_typer(topics_app, name="topics", rich_help_panel="Administer")
 app.add_typer(schemas_app, name="schemas", rich_help_panel="Administer")
 app.add_typer(keys_app, name="keys", rich_help_panel="Administer")
+app.add_typer(store_app, name="store", rich_help_panel="Administer")
 
 
 def cli_settings(**overrides: Any) -> Settings:

@@ -184,6 +184,10 @@ def _print_started(settings: Settings, started: Any) -> None:
         lines.append(
             f"  SQL         {started.sql_url}/sql  (for `thumbline sql`; token in run file)"
         )
+        lines.append(
+            f"  endpoint    {started.sql_url}/  (the store as a ClickHouse HTTP server, for "
+            "workers and tools: `thumbline store url [--reader]`)"
+        )
     lines.append(
         "  try         thumbline send feedback --trace-id t1 --label bad --comment 'wrong'"
     )

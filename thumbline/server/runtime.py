@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from thumbline import embedded, runfile, score_configs
 from thumbline.broker import EmbeddedBroker
+from thumbline.chhttp import READER, WRITER
 from thumbline.children import LOOPBACK, port_free
 from thumbline.errors import BrokerFailed, ConfigError, StoreLocked, StreamFailed
 from thumbline.files import make_private, private_umask
@@ -235,6 +236,8 @@ class Runtime:
                 store=s.store_display,
                 sql_url=self._sql.url if self._sql else None,
                 sql_token=self._sql.token if self._sql else None,
+                store_writer_password=self._sql.endpoint.password(WRITER) if self._sql else None,
+                store_reader_password=self._sql.endpoint.password(READER) if self._sql else None,
                 metrics_url=self._metrics_server.url if self._metrics_server else None,
                 gateway_url=self._gateway.url if self._gateway else None,
                 started_at=datetime.now(UTC).isoformat(),
