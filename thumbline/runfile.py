@@ -224,3 +224,17 @@ def _write_private(path: Path, content: dict[str, object]) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(content, f, indent=2)
     os.replace(tmp, path)
+
+
+def endpoint_url(info: RunInfo, *, reader: bool = False) -> str | None:
+    """The ClickHouse HTTP URL of a running ``thumbline up``'s embedded store, its password
+    in it (for THUMBLINE_CLICKHOUSE_URL, or a tool with ``reader``); None without one."""
+    from urllib.parse import quote, urlsplit
+
+    from thumbline.chhttp import READER, WRITER
+
+    password = info.store_reader_password if reader else info.store_writer_password
+    if not info.sql_url or password is None:
+        return None
+    user = READER if reader else WRITER
+    return f"http://{user}:{quote(password, safe='')}@{urlsplit(info.sql_url).netloc}"

@@ -234,3 +234,16 @@ async def settle_windows(thumbline_bin: str, env: dict[str, str], before: int):
         if rates == table or time.monotonic() > deadline:
             return rates, table
         await asyncio.sleep(1.0)
+
+
+def test_a_worker_without_a_store_it_can_share_says_what_to_start(
+    broker, thumbline_bin, clean_env, tmp_path
+):
+    env = {**clean_env, "THUMBLINE_DATA_DIR": str(tmp_path / "data"),
+           "THUMBLINE_KAFKA_BOOTSTRAP": broker.bootstrap}  # fmt: skip
+    result = subprocess.run(
+        [thumbline_bin, "worker"], env=env, capture_output=True, text=True, timeout=60
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "start `thumbline up`" in result.stderr and "THUMBLINE_CLICKHOUSE_URL" in result.stderr
+    assert not (tmp_path / "data" / "chdb").exists()  # it opened no store of its own

@@ -216,24 +216,15 @@ def store_url(
     """Print the URL of the running `thumbline up`'s store, password included, for
     THUMBLINE_CLICKHOUSE_URL (the writer) or a tool such as Grafana (--reader):
     export THUMBLINE_CLICKHOUSE_URL=$(thumbline store url)."""
-    from urllib.parse import quote, urlsplit
-
     from thumbline import runfile
-    from thumbline.chhttp import READER, WRITER
 
     settings = locate(cli_settings())
     info = runfile.read(settings.run_file) if settings is not None else None
-    password = None if info is None else (
-        info.store_reader_password if reader else info.store_writer_password
-    )  # fmt: skip
-    if info is None or not info.sql_url or password is None:
+    url = None if info is None else runfile.endpoint_url(info, reader=reader)
+    if url is None:
         where = settings.data_dir.resolve() if settings is not None else "any data dir"
         fail(
             f"no running `thumbline up` with an embedded store in {where}: start `thumbline "
             "up`, or set THUMBLINE_DATA_DIR to the data dir of the one you started"
         )
-    parts = urlsplit(info.sql_url)
-    user = READER if reader else WRITER
-    out.print(
-        f"http://{user}:{quote(password, safe='')}@{parts.netloc}", markup=False, soft_wrap=True
-    )
+    out.print(url, markup=False, soft_wrap=True)

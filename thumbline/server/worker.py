@@ -13,9 +13,11 @@ rebuilt from the store). So workers are started alike, on any machine:
 
 The store is a ClickHouse server (``THUMBLINE_CLICKHOUSE_URL``), migrated
 first by ``thumbline migrate`` (a worker checks and refuses to start behind
-it, so that many starting at once never race on DDL), or, on one machine, the
-embedded store of a running ``thumbline up``, reached through its loopback
-endpoint as its join helpers do. ``/metrics``, ``/healthz`` and ``/readyz``
+it, so that many starting at once never race on DDL). On one machine it may
+be the embedded store of a running ``thumbline up``: its owner speaks
+ClickHouse's HTTP interface (:mod:`thumbline.chhttp`), so a worker given only
+the same ``THUMBLINE_DATA_DIR`` takes the URL from the run file and runs the
+very code it runs against a server. ``/metrics``, ``/healthz`` and ``/readyz``
 are served on ``THUMBLINE_METRICS_HOST:THUMBLINE_METRICS_PORT``.
 """
 
@@ -26,7 +28,6 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -37,26 +38,30 @@ from thumbline.metrics import Metrics, MetricsServer
 from thumbline.outages import KAFKA, STORE, Waits
 from thumbline.schemas import migrations
 from thumbline.schemas.topics import Topics, otlp_topic
-from thumbline.settings import Settings
+from thumbline.settings import Settings, load_settings
 from thumbline.store import open_client
 
 logger = logging.getLogger(__name__)
 
 
-def owner_of(settings: Settings) -> tuple[str, str]:
-    """The loopback SQL endpoint (url, token) of the ``thumbline up`` that owns a chDB store.
+def shared_store(settings: Settings) -> Settings:
+    """``settings`` with a store several processes can share: as given for a ClickHouse
+    server; for an embedded store, the endpoint of the ``thumbline up`` that owns it.
 
     Raises:
-        ConfigError: nobody owns it (a worker cannot open a chDB path another may open).
+        ConfigError: nobody owns the embedded store (a worker cannot open a chDB path).
     """
+    if not settings.store_is_chdb:
+        return settings
     info = runfile.read(settings.run_file)
-    if info is None or not info.sql_url or not info.sql_token:
+    url = None if info is None else runfile.endpoint_url(info)
+    if url is None:
         raise ConfigError(
             f"a worker needs a store it can share: start `thumbline up` on {settings.data_dir} "
             "first (its embedded store is reached through it), or set THUMBLINE_CLICKHOUSE_URL "
             "to a ClickHouse server"
         )
-    return info.sql_url, info.sql_token
+    return load_settings(clickhouse_url=url)
 
 
 def check_migrated(settings: Settings) -> None:
@@ -97,16 +102,10 @@ async def run_worker(
     Raises:
         ConfigError: the store cannot be shared or is not migrated.
     """
-    from thumbline.sqlclient import OwnerClient
     from thumbline.stream_jobs.app import StreamApp  # faust is heavy: imported when it runs
 
-    s = settings
-    store: Any = None
-    if s.store_is_chdb:
-        url, token = owner_of(s)
-        store = lambda readonly: OwnerClient(url, token)  # noqa: E731
-    else:
-        await asyncio.to_thread(check_migrated, s)
+    s = shared_store(settings)
+    await asyncio.to_thread(check_migrated, s)
     topics = Topics.build(s.topic_prefix, s.partitions)
     await ensure_topics(bootstrap, topics.all(), replication_factor=s.replication_factor,
                         kafka_kwargs=s.kafka_kwargs())  # fmt: skip
@@ -118,7 +117,7 @@ async def run_worker(
         )  # fmt: skip
     metrics = Metrics(CollectorRegistry())
     waits = Waits(metrics, mask=s.mask)
-    app = StreamApp(s, bootstrap, store=store, metrics=metrics, waits=waits)
+    app = StreamApp(s, bootstrap, metrics=metrics, waits=waits)
     started = False
 
     def ready() -> str | None:
