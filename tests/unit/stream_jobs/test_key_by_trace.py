@@ -203,18 +203,36 @@ def test_keyed_messages_that_do_not_describe_their_events_are_dead_letters():
     ]
 
 
+def keyed_marker(value: bytes, partition: int = 4) -> SimpleNamespace:
+    return SimpleNamespace(
+        topic=TOPICS.keyed.name, partition=partition, offset=0, value=value, key=None,
+        timestamp=time.time(),
+    )  # fmt: skip
+
+
 def test_routed_markers_reach_the_watermark():
     seen = []
     decoder = DecodeInput(
-        TOPICS, TimeBounds(), defaultdict(int), routed=lambda p, s: seen.append((p, s))
+        TOPICS, TimeBounds(), defaultdict(int), routed=lambda p, body: seen.append((p, body))
     )
-    message = SimpleNamespace(
-        topic=TOPICS.keyed.name, partition=4, offset=0, value=b'{"routed":1795000000000}',
-        key=None, timestamp=time.time(),
-    )  # fmt: skip
     batch = Batch()
-    decoder.decode(message, None, batch)
-    assert seen == [(4, 1_795_000_000.0)] and not batch.dead
+    new = b'{"routed":{"t.feedback:3":1795000000000},"inputs":16}'
+    decoder.decode(keyed_marker(new), None, batch)
+    decoder.decode(keyed_marker(b'{"routed":1795000000000}', 5), None, batch)  # the old form
+    assert seen == [
+        (4, {"routed": {"t.feedback:3": 1_795_000_000_000}, "inputs": 16}),
+        (5, {"routed": 1_795_000_000_000}),
+    ]
+    assert not batch.dead
+
+
+def test_a_routed_marker_the_watermark_refuses_is_a_dead_letter():
+    def refuse(partition: int, body: dict) -> None:
+        raise ValueError("a routed marker needs 1 to 10000 inputs")
+
+    decoder, batch = DecodeInput(TOPICS, TimeBounds(), defaultdict(int), routed=refuse), Batch()
+    decoder.decode(keyed_marker(b'{"routed":{"t.feedback:3":1}}'), None, batch)
+    assert [(d.topic, d.reason) for d in batch.dead] == [(TOPICS.keyed.name, "bad_keyed")]
 
 
 # Any mix of input: the stage changes nothing of what the join makes of it ------------
