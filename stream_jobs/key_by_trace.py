@@ -342,6 +342,11 @@ class KeyByTrace:
         self.consumer.subscribe(topics, listener=_Rebalance(self))
         self._task = asyncio.create_task(self._run(), name="key_by_trace")
 
+    @property
+    def held(self) -> frozenset[TopicPartition]:
+        """The input partitions the group gives this stage now."""
+        return frozenset(self._done)
+
     async def revoked(self, revoked: Iterable[TopicPartition]) -> None:
         """The group takes ``revoked`` away (before it rebalances): the batch under way
         is published and committed first, so their next holder starts after it."""
@@ -353,31 +358,42 @@ class KeyByTrace:
         """The group gives this stage ``assigned`` (after it rebalanced)."""
         async with self._routing:
             new = [tp for tp in assigned if tp not in self._done]
-            if new and self._take_over_from is not None:
-                await self._take_over(self._take_over_from, new)
-            for tp in new:  # where each starts: caught up there if nothing follows
-                self._done[tp] = (await self.consumer.position(tp), 0)
+            for tp, start in (await self._starts(new)).items():
+                self._done[tp] = (start, 0)  # caught up there if nothing follows
         if new:
             logger.info("key_by_trace holds %d input partitions", len(self._done))
 
-    async def _take_over(self, group: str, tps: list[TopicPartition]) -> None:
-        mine = {tp: await self.consumer.committed(tp) for tp in tps}
-        missing = [tp for tp, offset in mine.items() if offset is None]
-        if not missing:
-            return
+    async def _starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where each newly assigned partition starts: the group's commit, else where the
+        join's group left it (sought there), else its beginning. Asked of the broker, not
+        of the consumer's position: aiokafka may have fetched from it already."""
+        starts: dict[TopicPartition, int] = {}
+        for tp in tps:
+            committed = await self.consumer.committed(tp)
+            if committed is not None:
+                starts[tp] = committed
+        missing = [tp for tp in tps if tp not in starts]
+        if missing and self._take_over_from is not None:
+            taken = await self._take_over(self._take_over_from, missing)
+            for tp, offset in taken.items():
+                self.consumer.seek(tp, offset)
+            starts.update(taken)
+            if taken:
+                logger.info("key_by_trace starts where the join left %d input partitions",
+                            len(taken))  # fmt: skip
+        missing = [tp for tp in tps if tp not in starts]
+        if missing:
+            starts.update(await self.consumer.beginning_offsets(missing))
+        return starts
+
+    async def _take_over(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka_kwargs)
         await admin.start()
         try:
-            theirs = await admin.list_consumer_group_offsets(group, partitions=missing)
+            theirs = await admin.list_consumer_group_offsets(group, partitions=tps)
         finally:
             await admin.close()
-        taken = 0
-        for tp, meta in theirs.items():
-            if tp in missing and meta.offset >= 0:
-                self.consumer.seek(tp, meta.offset)
-                taken += 1
-        if taken:
-            logger.info("key_by_trace starts where the join left %d input partitions", taken)
+        return {tp: meta.offset for tp, meta in theirs.items() if tp in tps and meta.offset >= 0}
 
     async def stop(self) -> None:
         """Stop reading and leave the group; what was routed is committed, the rest is

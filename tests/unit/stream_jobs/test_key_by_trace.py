@@ -287,10 +287,11 @@ class FakeConsumer:
 
     def __init__(self, script: list, *, commit_errors: list | None = None) -> None:
         self.script = script
-        self.committed: list[dict] = []
+        self.commits_made: list[dict] = []
         self.commit_errors = commit_errors or []
         self.highs: dict[TopicPartition, int] = {}
-        self.positions: dict[TopicPartition, int] = {}
+        self.commits: dict[TopicPartition, int] = {}  # the group's, before this stage's
+        self.fetched_to: dict[TopicPartition, int] = {}  # the consumer's position
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict:
         await asyncio.sleep(0)
@@ -304,10 +305,16 @@ class FakeConsumer:
     async def commit(self, offsets: dict) -> None:
         if self.commit_errors:
             raise self.commit_errors.pop(0)
-        self.committed.append(dict(offsets))
+        self.commits_made.append(dict(offsets))
+
+    async def committed(self, tp) -> int | None:
+        return self.commits.get(tp)
+
+    async def beginning_offsets(self, tps) -> dict:
+        return {tp: 0 for tp in tps}
 
     async def position(self, tp) -> int:
-        return self.positions.get(tp, 0)
+        return self.fetched_to.get(tp, 0)
 
     def highwater(self, tp) -> int | None:
         return self.highs.get(tp)
@@ -335,12 +342,12 @@ async def test_a_broker_that_does_not_answer_a_fetch_is_waited_out():
     )  # fmt: skip
     task = asyncio.create_task(stage._run())
     for _ in range(200):
-        if consumer.committed:
+        if consumer.commits_made:
             break
         await asyncio.sleep(0.01)
     task.cancel()
     assert stage.failure is None  # not fatal
-    assert consumer.committed == [{tp: 8}]  # routed after the broker came back, then committed
+    assert consumer.commits_made == [{tp: 8}]  # routed after the broker came back, then committed
     assert [(t, p) for t, _, p in stage.producer.sent] == [
         (TOPICS.keyed.name, partition_for("w1", 8))
     ]
@@ -381,11 +388,11 @@ async def test_a_commit_refused_because_the_group_rebalanced_does_not_end_the_st
     await stage.assigned({tp})
     task = asyncio.create_task(stage._run())
     try:
-        await until(lambda: consumer.committed or task.done())
+        await until(lambda: consumer.commits_made or task.done())
     finally:
         task.cancel()
     assert stage.failure is None  # the partition's next holder replays the first batch
-    assert consumer.committed == [{tp: 9}]
+    assert consumer.commits_made == [{tp: 9}]
     assert len(stage.producer.sent) == 2  # both batches were published
 
 
@@ -410,7 +417,7 @@ async def test_partitions_move_only_once_the_batch_under_way_is_published_and_co
         assert not revoking.done()  # the group waits for it
         acked.set()
         await revoking
-        assert consumer.committed == [{tp: 4}]  # committed while still this stage's
+        assert consumer.commits_made == [{tp: 4}]  # committed while still this stage's
         assert stage._done == {}
     finally:
         task.cancel()
@@ -423,24 +430,41 @@ async def test_records_fetched_before_the_take_over_seek_are_not_routed():
     early = [record(TOPICS.feedback.name, 0, o, orjson.dumps(feedback(f"old{o}"))) for o in (0, 1)]
     late = [record(TOPICS.feedback.name, 0, 300, orjson.dumps(feedback("new")))]
     consumer = FakeConsumer([{tp: early}, {tp: late}])
-    consumer.positions = {tp: 300}  # where the join left it, after the seek
+    consumer.commits = {tp: 300}  # where it starts
     stage = stage_with(consumer)
     await stage.assigned({tp})
     task = asyncio.create_task(stage._run())
     try:
-        await until(lambda: consumer.committed)
+        await until(lambda: consumer.commits_made)
     finally:
         task.cancel()
-    assert consumer.committed == [{tp: 301}]
+    assert consumer.commits_made == [{tp: 301}]
     assert stage.counts["messages"] == 1
     (sent,) = stage.producer.sent
     assert b"new" in sent[1] and b"old" not in sent[1]
 
 
+async def test_records_fetched_before_the_listener_ran_are_routed():
+    """aiokafka fetches a newly assigned partition, and getmany may return its records,
+    before the listener learns where it starts: those records are not skipped."""
+    tp = TopicPartition(TOPICS.feedback.name, 0)
+    early = [record(TOPICS.feedback.name, 0, o, orjson.dumps(feedback(f"e{o}"))) for o in (0, 1)]
+    consumer = FakeConsumer([{tp: early}])
+    consumer.fetched_to = {tp: 2}  # the consumer's position is past them already
+    stage = stage_with(consumer)
+    await stage.assigned({tp})  # no commit anywhere: from the beginning
+    task = asyncio.create_task(stage._run())
+    try:
+        await until(lambda: consumer.commits_made)
+    finally:
+        task.cancel()
+    assert consumer.commits_made == [{tp: 2}] and stage.counts["messages"] == 2
+
+
 async def test_the_marker_claims_only_the_input_partitions_the_stage_holds():
     held = [TopicPartition(TOPICS.feedback.name, 0), TopicPartition(TOPICS.traces.name, 5)]
     consumer = FakeConsumer([])
-    consumer.positions = {held[0]: 40, held[1]: 7}
+    consumer.commits = {held[0]: 40, held[1]: 7}
     consumer.highs = {held[0]: 40, held[1]: 9}  # caught up; two messages behind
     stage = stage_with(consumer)
     await stage.assigned(set(held))
