@@ -169,7 +169,7 @@ class DecodeInput:
                 pass
         try:
             body = orjson.loads(raw or b"")
-            if "routed" in body:
+            if "routed_inputs" in body or "routed" in body:  # of the previous release
                 self.routed(message.partition, body)
                 return
             if "feedback_from" in body:

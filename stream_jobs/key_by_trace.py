@@ -41,7 +41,7 @@ Each second every stage also sends to every partition of ``keyed`` the input
 partitions it holds, each with how far it is routed, and how many exist in all
 (:mod:`thumbline.stream_jobs.routed_marks`):
 
-    {"routed": {"<topic>:<partition>": ms, ...}, "inputs": N}
+    {"routed_inputs": {"<topic>:<partition>": ms, ...}, "inputs": N}
 
 Every message of such an input partition older than ``ms`` is in ``keyed``
 before this marker (``ms`` is the clock while the stage has caught up with that

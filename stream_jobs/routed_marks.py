@@ -5,7 +5,11 @@ group splits the input partitions among them. Each second every stage sends to
 every partition of ``keyed`` the input partitions it holds, each with how far it
 is routed, and how many input partitions exist in all:
 
-    {"routed": {"<topic>:<partition>": ms, ...}, "inputs": N}
+    {"routed_inputs": {"<topic>:<partition>": ms, ...}, "inputs": N}
+
+The key is not the previous release's ``routed`` (``{"routed": ms}``, still read,
+as covering every input): a join of that release passes over this marker, its
+watermark waiting until it is upgraded, instead of dead-lettering it each second.
 
 Claim: every message of that input partition older than ``ms`` is in ``keyed``
 before this marker. A claim stays true forever (the stage sent the messages
@@ -39,7 +43,7 @@ def marker(claims: Mapping[TopicPartition | tuple[str, int], float], *, inputs: 
     """A stage's marker: ``claims`` (seconds) by input partition; ``inputs``: how many exist."""
     return orjson.dumps(
         {
-            "routed": {f"{tp[0]}:{tp[1]}": int(at * 1000) for tp, at in claims.items()},
+            "routed_inputs": {f"{tp[0]}:{tp[1]}": int(at * 1000) for tp, at in claims.items()},
             "inputs": inputs,
         }
     )
@@ -60,13 +64,15 @@ class RoutedMarks:
             ValueError: ``body`` is not a marker (the join dead-letters it); nothing
                 of it is taken.
         """
-        routed = body.get("routed")
-        if not isinstance(routed, dict):
+        if "routed_inputs" not in body:
             # The previous release's form, {"routed": ms}: one stage held every input
             # partition, so it covers them all. Still read during a rolling upgrade.
-            seconds = _seconds(routed)
+            seconds = _seconds(body.get("routed"))
             self._every[partition] = max(self._every.get(partition, 0.0), seconds)
             return
+        routed = body["routed_inputs"]
+        if not isinstance(routed, dict):
+            raise ValueError("a routed marker's routed_inputs are an object")
         inputs = body.get("inputs")
         if not isinstance(inputs, int) or isinstance(inputs, bool) or not 0 < inputs <= MAX_INPUTS:
             raise ValueError(f"a routed marker needs 1 to {MAX_INPUTS} inputs, not {inputs!r}")

@@ -223,11 +223,11 @@ def test_routed_markers_reach_the_watermark():
         TOPICS, TimeBounds(), defaultdict(int), routed=lambda p, body: seen.append((p, body))
     )
     batch = Batch()
-    new = b'{"routed":{"t.feedback:3":1795000000000},"inputs":16}'
+    new = b'{"routed_inputs":{"t.feedback:3":1795000000000},"inputs":16}'
     decoder.decode(keyed_marker(new), None, batch)
     decoder.decode(keyed_marker(b'{"routed":1795000000000}', 5), None, batch)  # the old form
     assert seen == [
-        (4, {"routed": {"t.feedback:3": 1_795_000_000_000}, "inputs": 16}),
+        (4, {"routed_inputs": {"t.feedback:3": 1_795_000_000_000}, "inputs": 16}),
         (5, {"routed": 1_795_000_000_000}),
     ]
     assert not batch.dead
@@ -238,7 +238,7 @@ def test_a_routed_marker_the_watermark_refuses_is_a_dead_letter():
         raise ValueError("a routed marker needs 1 to 10000 inputs")
 
     decoder, batch = DecodeInput(TOPICS, TimeBounds(), defaultdict(int), routed=refuse), Batch()
-    decoder.decode(keyed_marker(b'{"routed":{"t.feedback:3":1}}'), None, batch)
+    decoder.decode(keyed_marker(b'{"routed_inputs":{"t.feedback:3":1}}'), None, batch)
     assert [(d.topic, d.reason) for d in batch.dead] == [(TOPICS.keyed.name, "bad_keyed")]
 
 
@@ -476,7 +476,7 @@ async def test_the_marker_claims_only_the_input_partitions_the_stage_holds():
     assert len(markers) == TOPICS.keyed.partitions
     assert {p for _, _, p in stage.producer.sent} == set(range(TOPICS.keyed.partitions))
     (body,) = {orjson.dumps(m) for m in markers}
-    assert orjson.loads(body)["routed"] == {
+    assert orjson.loads(body)["routed_inputs"] == {
         f"{TOPICS.feedback.name}:0": int(now * 1000),
         f"{TOPICS.traces.name}:5": NOW_MS - 5_000,
     }

@@ -19,7 +19,7 @@ NOW = 1_795_000_000.0
 def claims(inputs: int, **at: float) -> dict:
     """A marker of the new form: ``feedback_0=NOW`` claims partition 0 of ``feedback``."""
     return {
-        "routed": {k.replace("_", ":"): int(v * 1000) for k, v in at.items()},
+        "routed_inputs": {k.replace("_", ":"): int(v * 1000) for k, v in at.items()},
         "inputs": inputs,
     }  # fmt: skip
 
@@ -81,7 +81,7 @@ def test_the_stages_marker_reads_back_as_its_claims():
     made = marker({TopicPartition("t.feedback", 0): NOW - 1, ("t.traces", 7): NOW}, inputs=9)
     body = orjson.loads(made)
     assert body == {
-        "routed": {"t.feedback:0": int((NOW - 1) * 1000), "t.traces:7": int(NOW * 1000)},
+        "routed_inputs": {"t.feedback:0": int((NOW - 1) * 1000), "t.traces:7": int(NOW * 1000)},
         "inputs": 9,
     }  # fmt: skip
     marks = RoutedMarks()
@@ -89,6 +89,15 @@ def test_the_stages_marker_reads_back_as_its_claims():
     assert marks.of(0) is None  # 2 of 9
     marks.add(0, orjson.loads(marker({("t.x", i): NOW for i in range(7)}, inputs=9)))
     assert marks.of(0) == NOW - 1
+
+
+def test_a_join_of_the_previous_release_passes_over_the_new_marker():
+    """It read any body with ``routed`` as ``{"routed": ms}`` (a dict there: a dead letter
+    each second during a rolling upgrade), and any other without ``feedback_from`` as
+    events it forwarded itself: none here. Its watermark waits until it is upgraded."""
+    body = orjson.loads(marker({("t.feedback", 0): NOW}, inputs=2))
+    assert "routed" not in body
+    assert not {"feedback", "traces", "feedback_from", "traces_from", "dead"} & body.keys()
 
 
 @pytest.mark.parametrize(
@@ -100,14 +109,16 @@ def test_the_stages_marker_reads_back_as_its_claims():
         {"routed": 1e300},
         {"routed": None},
         {"routed": [1, 2]},
-        {"routed": {"t.feedback:0": 1}},  # no count of inputs
-        {"routed": {"t.feedback:0": 1}, "inputs": 0},
-        {"routed": {"t.feedback:0": 1}, "inputs": "2"},
-        {"routed": {"t.feedback:0": 1}, "inputs": MAX_INPUTS + 1},
-        {"routed": {"t.feedback:0": "1"}, "inputs": 2},
-        {"routed": {"t.feedback:0": False}, "inputs": 2},
-        {"routed": {"x" * 1_000: 1}, "inputs": 2},
-        {"routed": {f"t:{i}": 1 for i in range(MAX_INPUTS + 1)}, "inputs": 2},
+        {"routed": {"t.feedback:0": 1}, "inputs": 2},  # the old key, the new value
+        {"routed_inputs": [["t.feedback:0", 1]], "inputs": 2},
+        {"routed_inputs": {"t.feedback:0": 1}},  # no count of inputs
+        {"routed_inputs": {"t.feedback:0": 1}, "inputs": 0},
+        {"routed_inputs": {"t.feedback:0": 1}, "inputs": "2"},
+        {"routed_inputs": {"t.feedback:0": 1}, "inputs": MAX_INPUTS + 1},
+        {"routed_inputs": {"t.feedback:0": "1"}, "inputs": 2},
+        {"routed_inputs": {"t.feedback:0": False}, "inputs": 2},
+        {"routed_inputs": {"x" * 1_000: 1}, "inputs": 2},
+        {"routed_inputs": {f"t:{i}": 1 for i in range(MAX_INPUTS + 1)}, "inputs": 2},
     ],
 )
 def test_a_marker_that_is_not_one_is_refused(body):
@@ -121,7 +132,7 @@ def test_claims_kept_per_partition_of_keyed_are_bounded():
     """A writer on ``keyed`` cannot grow the join's memory with made-up input partitions."""
     marks = RoutedMarks()
     for start in range(0, 3 * MAX_INPUTS, 1_000):
-        body = {"routed": {f"t:{i}": 1 for i in range(start, start + 1_000)}, "inputs": 2}
+        body = {"routed_inputs": {f"t:{i}": 1 for i in range(start, start + 1_000)}, "inputs": 2}
         with pytest.raises(ValueError) if start >= MAX_INPUTS else nullcontext():
             marks.add(0, body)
     assert marks.claims(0) == MAX_INPUTS

@@ -101,7 +101,7 @@ async def test_markers_go_to_every_enriched_partition_each_second_with_the_offse
 
 def routed(inputs: int, **at: float) -> dict:
     """A routed marker: ``feedback_0=NOW`` claims partition 0 of ``feedback``."""
-    return {"routed": {k.replace("_", ":"): int(v * 1000) for k, v in at.items()},
+    return {"routed_inputs": {k.replace("_", ":"): int(v * 1000) for k, v in at.items()},
             "inputs": inputs}  # fmt: skip
 
 
