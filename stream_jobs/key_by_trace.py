@@ -83,7 +83,7 @@ from aiokafka.errors import (
 
 from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics, gained
-from thumbline.outages import KAFKA, Waits, transient
+from thumbline.outages import KAFKA, WaitAborted, Waits, transient
 from thumbline.schemas import (
     DeadLetter,
     Topics,
@@ -358,7 +358,24 @@ class KeyByTrace:
         """The group gives this stage ``assigned`` (after it rebalanced)."""
         async with self._routing:
             new = [tp for tp in assigned if tp not in self._done]
-            for tp, start in (await self._starts(new)).items():
+            while True:
+                try:
+                    starts = await self._starts(new) if new else {}
+                    break
+                except KafkaError as exc:  # the broker away: the group waits for this stage
+                    if not transient(exc) and not getattr(exc, "retriable", False):
+                        self.failure = exc
+                        raise
+                    await self.waits.wait(KAFKA, "key_by_trace_assign", exc)
+                except WaitAborted:
+                    raise  # stopping while the broker is away
+                except Exception as exc:
+                    # aiokafka only logs what a listener raises: the app's failure watch
+                    # ends the worker instead of leaving partitions it never reports
+                    self.failure = exc
+                    raise
+            self.waits.succeeded(KAFKA, "key_by_trace_assign")
+            for tp, start in starts.items():
                 self._done[tp] = (start, 0)  # caught up there if nothing follows
         if new:
             logger.info("key_by_trace holds %d input partitions", len(self._done))

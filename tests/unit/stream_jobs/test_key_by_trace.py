@@ -289,6 +289,7 @@ class FakeConsumer:
         self.script = script
         self.commits_made: list[dict] = []
         self.commit_errors = commit_errors or []
+        self.lookup_errors: list[BaseException] = []
         self.highs: dict[TopicPartition, int] = {}
         self.commits: dict[TopicPartition, int] = {}  # the group's, before this stage's
         self.fetched_to: dict[TopicPartition, int] = {}  # the consumer's position
@@ -308,6 +309,8 @@ class FakeConsumer:
         self.commits_made.append(dict(offsets))
 
     async def committed(self, tp) -> int | None:
+        if self.lookup_errors:  # the broker's answer to where the group left it
+            raise self.lookup_errors.pop(0)
         return self.commits.get(tp)
 
     async def beginning_offsets(self, tps) -> dict:
@@ -459,6 +462,28 @@ async def test_records_fetched_before_the_listener_ran_are_routed():
     finally:
         task.cancel()
     assert consumer.commits_made == [{tp: 2}] and stage.counts["messages"] == 2
+
+
+async def test_a_broker_that_does_not_say_where_assigned_partitions_start_is_waited_out():
+    tp = TopicPartition(TOPICS.traces.name, 6)
+    consumer = FakeConsumer([])
+    consumer.lookup_errors = [KafkaConnectionError("broker away")]
+    consumer.commits = {tp: 12}
+    stage = stage_with(consumer)
+    await stage.assigned({tp})
+    assert stage.failure is None and stage.held == {tp}
+    assert stage._done[tp] == (12, 0)
+    assert not stage.waits.waiting(KAFKA)
+
+
+async def test_an_error_waiting_cannot_cure_while_partitions_are_assigned_ends_the_worker():
+    tp = TopicPartition(TOPICS.traces.name, 6)
+    consumer = FakeConsumer([])
+    consumer.lookup_errors = [ValueError("a bug")]
+    stage = stage_with(consumer)
+    with pytest.raises(ValueError):  # aiokafka only logs what a listener raises
+        await stage.assigned({tp})
+    assert isinstance(stage.failure, ValueError)  # the app's failure watch ends the worker
 
 
 async def test_the_marker_claims_only_the_input_partitions_the_stage_holds():
