@@ -19,8 +19,9 @@ autodiscovery, no signal handlers of its own, no terminal spinner. Processing
 is at-least-once (the embedded broker has no transactions); exactness comes
 from the tables' version keys and from idempotent window state.
 
-One worker runs everything (``runs="all"``), key_by_trace included (one per
-consumer group: it holds every input partition). With ``THUMBLINE_STREAM_WORKERS``
+One worker runs everything (``runs="all"``), key_by_trace included (any number of
+its stages share one consumer group, each holding a share of the input
+partitions). With ``THUMBLINE_STREAM_WORKERS``
 > 1 join helpers (:mod:`thumbline.server.workers`, ``runs="join"``) run the join
 alone in the same consumer group: Faust's assignor splits the join's
 co-partitioned topics among the members that read them and gives

@@ -7,7 +7,7 @@ Three forms reach the join (:mod:`thumbline.stream_jobs.join_traces`):
 - a message of ``keyed`` from :mod:`thumbline.stream_jobs.key_by_trace`: events of many
   input messages with, per run of events, the input message they came from
   (``feedback_from``, ``traces_from``) and dead letters made there (``dead``);
-  or its ``{"routed": ms}`` marker;
+  or its ``routed`` marker (:mod:`thumbline.stream_jobs.routed_marks`);
 - a message of ``keyed`` the join forwarded itself (``{"feedback", "traces"}``,
   events it already validated, on the partition of their trace).
 
@@ -118,7 +118,8 @@ class DecodeInput:
         topics: the registry.
         time_bounds: how far event times may lie from their reception.
         counts: the join's counters (``in:<topic>``, ``dead_<reason>``).
-        routed: called with (partition, seconds) for each ``routed`` marker.
+        routed: called with (partition, marker) for each ``routed`` marker, the marker
+            as decoded from JSON; a ValueError it raises makes the marker a dead letter.
 
     ``configs`` holds the score configs in force; the join replaces it when it
     reads them again.
@@ -168,8 +169,8 @@ class DecodeInput:
                 pass
         try:
             body = orjson.loads(raw or b"")
-            if "routed" in body:
-                self.routed(message.partition, float(body["routed"]) / 1000)
+            if "routed_inputs" in body or "routed" in body:  # of the previous release
+                self.routed(message.partition, body)
                 return
             if "feedback_from" in body:
                 self._routed_careful(message, held, batch, body)

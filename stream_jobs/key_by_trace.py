@@ -26,16 +26,36 @@ JSON, too large, an empty or too large array) becomes a dead letter here and
 travels in ``dead``; events without a string ``trace_id`` go to the partition
 their message came from, for the join to dead-letter.
 
-Each second this stage also sends ``{"routed": ms}`` to every partition of
-``keyed``: every input message older than ``ms`` is in ``keyed`` before this
-marker (``ms`` is the clock while the stage has caught up with its input). The
-join's watermark takes it into account, so a stage that lags holds the rate
-windows back instead of letting them complete short.
+Any number of stages run, one per worker, in one consumer group
+(``<join group>-key_by_trace``); no stage is special. Kafka's group assignment
+splits the input partitions among them and moves a partition when a stage comes,
+stops (it leaves the group) or dies (after the session timeout); the
+partition's next holder reads it from the last commit, where a stage that never
+committed starts from the join's own group (the input before this stage
+existed):
+
+    feedback, traces ─┬─► key_by_trace (worker 1: its share of the input partitions) ─┬─► keyed
+                      └─► key_by_trace (worker 2: the others) ─────────────────────────┘
+
+Each second every stage also sends to every partition of ``keyed`` the input
+partitions it holds, each with how far it is routed, and how many exist in all
+(:mod:`thumbline.stream_jobs.routed_marks`):
+
+    {"routed_inputs": {"<topic>:<partition>": ms, ...}, "inputs": N}
+
+Every message of such an input partition older than ``ms`` is in ``keyed``
+before this marker (``ms`` is the clock while the stage has caught up with that
+partition). The join's watermark counts a partition of ``keyed`` as routed only
+as far as the lowest claim over all N input partitions, so a stage that lags,
+or a partition nobody reports yet, holds the rate windows back instead of
+letting them complete short.
 
 Delivery: input offsets are committed only after Kafka acknowledged every keyed
-message of the batch; a crash replays the batch, and the join's tables and the
-rates count events by identity, so a second copy changes nothing. One stage
-runs per consumer group, with every input partition assigned to it.
+message of the batch; partitions move to another stage only once the batch
+under way is committed. A crash, or a commit the group refuses because it
+rebalanced meanwhile, replays the batch on the partitions' next holder; the
+join's tables and the rates count events by identity, so a second copy changes
+nothing.
 """
 
 from __future__ import annotations
@@ -50,13 +70,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    IllegalStateError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 
 from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics, gained
-from thumbline.outages import KAFKA, Waits, transient
+from thumbline.outages import KAFKA, WaitAborted, Waits, transient
 from thumbline.schemas import (
     DeadLetter,
     Topics,
@@ -67,6 +94,17 @@ from thumbline.schemas import (
 )
 from thumbline.schemas.wire import MAX_BATCH_EVENTS
 from thumbline.stream_jobs.read_otlp import ReadOtlp
+from thumbline.stream_jobs.routed_marks import marker
+
+#: What a commit raises when the group moved the partitions meanwhile (aiokafka wraps the
+#: broker's three in CommitFailedError; IllegalStateError: no longer assigned here).
+REBALANCED = (
+    CommitFailedError,
+    IllegalGenerationError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+    IllegalStateError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +116,10 @@ MAX_KEYED_BYTES = 900_000
 POLL_MS = 50
 #: Input messages routed per batch, at most.
 MAX_RECORDS = 10_000
+#: The group's timeouts (ms): a stage that stops heartbeating loses its partitions after
+#: SESSION_MS; the embedded broker holds a group's first join for about half of it.
+SESSION_MS = 6_000
+HEARTBEAT_MS = 2_000
 
 
 class _Out:
@@ -217,9 +259,12 @@ def _now() -> datetime:
 class KeyByTrace:
     """The stage: ``start()``, ``stop()``; runs as a task in the stream's event loop.
 
-    Kafka that does not answer is waited out (fetch, publish, commit), reported in
-    ``waits`` (readiness) as the join's sends are. ``consumer``: a stand-in for
-    tests; by default an AIOKafkaConsumer of ``group`` with every input partition.
+    Any number of stages share the consumer group ``group``: Kafka's group
+    assignment gives each a share of the input partitions, and moves them when a
+    stage comes or goes (:class:`_Rebalance`). Kafka that does not answer is
+    waited out (fetch, publish, commit), reported in ``waits`` (readiness) as the
+    join's sends are. ``consumer``: a stand-in for tests; by default an
+    AIOKafkaConsumer subscribed in ``group``.
     """
 
     def __init__(
@@ -254,59 +299,122 @@ class KeyByTrace:
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            session_timeout_ms=SESSION_MS,
+            rebalance_timeout_ms=SESSION_MS,
+            heartbeat_interval_ms=HEARTBEAT_MS,
             **(kafka_kwargs or {}),
         )
+        #: every input partition that exists (the stages hold a share each)
         self.inputs = [
             TopicPartition(t.name, p)
             for t in (topics.feedback, topics.traces)
             for p in range(t.partitions)
         ]
-        # per input: the next offset to route, and the time (ms) of the last one routed
+        # per input partition held: the next offset to route, and the time (ms) of the
+        # last one routed; exactly the partitions the group gave this stage
         self._done: dict[TopicPartition, tuple[int, int]] = {}
+        # held while a batch is published and committed, and while partitions move: a
+        # partition's next holder starts after the batch under way (aiokafka's getmany
+        # returns records of the current assignment only, never during a rebalance)
+        self._routing = asyncio.Lock()
+        self._take_over_from: str | None = None
         self._marked_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
         self.first_input_at: float | None = None
 
     async def start(self, *, take_over_from: str | None = None) -> None:
-        """Read from the group's committed offsets; where it has none, from those of
-        ``take_over_from`` (the join's group, which read the input before this stage
-        existed), else from the earliest."""
+        """Join the group; each input partition it is given is read from the group's
+        committed offset, where it has none from that of ``take_over_from`` (the join's
+        group, which read the input before this stage existed), else from the earliest."""
         await self.consumer.start()
+        topics = [self.topics.feedback.name, self.topics.traces.name]
         if self.otlp is not None:  # the Collector's topic: however many partitions it has
             await self.consumer.topics()  # its metadata
             found = self.consumer.partitions_for_topic(self.otlp.topic) or set()
             self.inputs += [TopicPartition(self.otlp.topic, p) for p in sorted(found)]
-            if not found:
+            if found:
+                topics.append(self.otlp.topic)
+            else:
                 logger.warning("the OpenTelemetry topic %s does not exist: its spans are not "
                                "read (thumbline up creates it)", self.otlp.topic)  # fmt: skip
-        self.consumer.assign(self.inputs)
-        if take_over_from is not None:
-            await self._take_over(take_over_from)
-        for tp in self.inputs:  # where each input starts: caught up there if nothing follows
-            self._done[tp] = (await self.consumer.position(tp), 0)
+        self._take_over_from = take_over_from
+        self.consumer.subscribe(topics, listener=_Rebalance(self))
         self._task = asyncio.create_task(self._run(), name="key_by_trace")
 
-    async def _take_over(self, group: str) -> None:
-        mine = {tp: await self.consumer.committed(tp) for tp in self.inputs}
-        if all(offset is not None for offset in mine.values()):
-            return
+    @property
+    def held(self) -> frozenset[TopicPartition]:
+        """The input partitions the group gives this stage now."""
+        return frozenset(self._done)
+
+    async def revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """The group takes ``revoked`` away (before it rebalances): the batch under way
+        is published and committed first, so their next holder starts after it."""
+        async with self._routing:
+            for tp in revoked:
+                self._done.pop(tp, None)
+
+    async def assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """The group gives this stage ``assigned`` (after it rebalanced)."""
+        async with self._routing:
+            new = [tp for tp in assigned if tp not in self._done]
+            while True:
+                try:
+                    starts = await self._starts(new) if new else {}
+                    break
+                except KafkaError as exc:  # the broker away: the group waits for this stage
+                    if not transient(exc) and not getattr(exc, "retriable", False):
+                        self.failure = exc
+                        raise
+                    await self.waits.wait(KAFKA, "key_by_trace_assign", exc)
+                except WaitAborted:
+                    raise  # stopping while the broker is away
+                except Exception as exc:
+                    # aiokafka only logs what a listener raises: the app's failure watch
+                    # ends the worker instead of leaving partitions it never reports
+                    self.failure = exc
+                    raise
+            self.waits.succeeded(KAFKA, "key_by_trace_assign")
+            for tp, start in starts.items():
+                self._done[tp] = (start, 0)  # caught up there if nothing follows
+        if new:
+            logger.info("key_by_trace holds %d input partitions", len(self._done))
+
+    async def _starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where each newly assigned partition starts: the group's commit, else where the
+        join's group left it (sought there), else its beginning. Asked of the broker, not
+        of the consumer's position: aiokafka may have fetched from it already."""
+        starts: dict[TopicPartition, int] = {}
+        for tp in tps:
+            committed = await self.consumer.committed(tp)
+            if committed is not None:
+                starts[tp] = committed
+        missing = [tp for tp in tps if tp not in starts]
+        if missing and self._take_over_from is not None:
+            taken = await self._take_over(self._take_over_from, missing)
+            for tp, offset in taken.items():
+                self.consumer.seek(tp, offset)
+            starts.update(taken)
+            if taken:
+                logger.info("key_by_trace starts where the join left %d input partitions",
+                            len(taken))  # fmt: skip
+        missing = [tp for tp in tps if tp not in starts]
+        if missing:
+            starts.update(await self.consumer.beginning_offsets(missing))
+        return starts
+
+    async def _take_over(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka_kwargs)
         await admin.start()
         try:
-            theirs = await admin.list_consumer_group_offsets(group, partitions=self.inputs)
+            theirs = await admin.list_consumer_group_offsets(group, partitions=tps)
         finally:
             await admin.close()
-        taken = 0
-        for tp, meta in theirs.items():
-            if mine.get(tp) is None and meta.offset >= 0:
-                self.consumer.seek(tp, meta.offset)
-                taken += 1
-        if taken:
-            logger.info("key_by_trace starts where the join left %d input partitions", taken)
+        return {tp: meta.offset for tp, meta in theirs.items() if tp in tps and meta.offset >= 0}
 
     async def stop(self) -> None:
-        """Stop reading; what was routed is committed, the rest is read again at start."""
+        """Stop reading and leave the group; what was routed is committed, the rest is
+        read again by the partitions' next holder."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -328,7 +436,8 @@ class KeyByTrace:
                     continue
                 self.waits.succeeded(KAFKA, "key_by_trace_fetch")
                 if fetched:
-                    await self._route(fetched)
+                    async with self._routing:
+                        await self._route(fetched)
                 await self._mark()
         except asyncio.CancelledError:
             raise
@@ -338,6 +447,9 @@ class KeyByTrace:
             raise
 
     async def _route(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        fetched = self._unrouted(fetched)
+        if not fetched:
+            return
         if self.first_input_at is None:
             self.first_input_at = time.time()
             logger.info("key_by_trace: first input", extra={"at": self.first_input_at})
@@ -357,39 +469,63 @@ class KeyByTrace:
             self._done[tp] = (rs[-1].offset + 1, rs[-1].timestamp)
         await self._commit({tp: rs[-1].offset + 1 for tp, rs in fetched.items()})
 
+    def _unrouted(self, fetched: dict[TopicPartition, list[Any]]) -> dict[Any, list[Any]]:
+        """The records not before where each partition starts: aiokafka may return a
+        newly assigned partition's records from its reset position while the listener
+        still looks up where the join left it (and seeks there)."""
+        kept = {}
+        for tp, records in fetched.items():
+            start = self._done.get(tp)
+            if start is not None and records and records[0].offset < start[0]:
+                records = [r for r in records if r.offset >= start[0]]
+            if records:
+                kept[tp] = records
+        return kept
+
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         while True:
             try:
                 await self.consumer.commit(offsets)
                 self.waits.succeeded(KAFKA, "key_by_trace_commit")
                 return
+            except REBALANCED as exc:
+                # The group moved partitions meanwhile (this stage was too slow to
+                # heartbeat, or left): their next holder replays the batch from the last
+                # commit, and the join counts events by identity, so a second copy
+                # changes nothing.
+                logger.info("key_by_trace: a commit was refused after a rebalance (%s); the "
+                            "batch is routed again by its partitions' holders", exc)  # fmt: skip
+                return
             except KafkaError as exc:
                 if not transient(exc) and not getattr(exc, "retriable", False):
                     raise
                 await self.waits.wait(KAFKA, "key_by_trace_commit", exc)
 
-    def progress(self, now: float) -> float | None:
-        """Every input message older than this (seconds) is in ``keyed``; None: unknown."""
-        marks = []
-        for tp in self.inputs:
-            high, done = self.consumer.highwater(tp), self._done.get(tp)
-            if high is None or done is None:
-                return None  # nothing fetched from it yet
-            # caught up, or behind: everything routed is older than the last one routed
-            marks.append(now if done[0] >= high else done[1] / 1000)
-        return min(marks) if marks else now
+    def claims(self, now: float) -> dict[TopicPartition, float]:
+        """Per input partition held: every message of it older than this (seconds) is in
+        ``keyed``. A partition not fetched from yet (its end unknown) is not claimed."""
+        claims = {}
+        for tp, (offset, at) in self._done.items():
+            try:
+                high = self.consumer.highwater(tp)
+            except (AssertionError, IllegalStateError):  # revoked by a rebalance in flight
+                continue
+            if high is not None:
+                # caught up, or behind: everything routed is older than the last one routed
+                claims[tp] = now if offset >= high else at / 1000
+        return claims
 
     async def _mark(self) -> None:
         now = time.time()
         if now - self._marked_at < MARK_EVERY:
             return
-        progress = self.progress(now)
-        if progress is None:
+        claims = self.claims(now)
+        if not claims:
             return
         self._marked_at = now
-        marker = orjson.dumps({"routed": int(progress * 1000)})
+        value = marker(claims, inputs=len(self.inputs))
         out = [
-            Outgoing(self.topics.keyed.name, marker, partition=p)
+            Outgoing(self.topics.keyed.name, value, partition=p)
             for p in range(self.topics.keyed.partitions)
         ]
         try:
@@ -400,12 +536,16 @@ class KeyByTrace:
             logger.debug("a routed marker was not sent: %s", exc)
 
     def lag(self) -> dict[str, int]:
-        """Messages of each input topic not yet routed (what the consumer has seen of it)."""
+        """Messages of each input topic not yet routed, over the partitions held (what
+        the consumer has seen of them)."""
         lag: dict[str, int] = defaultdict(int)
-        for tp in self.inputs:
-            high = self.consumer.highwater(tp)
+        for tp, (offset, _) in list(self._done.items()):
+            try:
+                high = self.consumer.highwater(tp)
+            except (AssertionError, IllegalStateError):
+                continue
             if high is not None:
-                lag[tp.topic] += max(0, high - self._done.get(tp, (0, 0))[0])
+                lag[tp.topic] += max(0, high - offset)
         return lag
 
     def sync_metrics(self) -> None:
@@ -417,3 +557,17 @@ class KeyByTrace:
             kind, _, name = key.partition(":")
             if kind == "out":
                 m.events_produced.labels(name).inc(delta)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Keeps the stage's partitions those the group gives it. aiokafka awaits both
+    before the group goes on: revoked before it rebalances, assigned after."""
+
+    def __init__(self, stage: KeyByTrace) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.stage.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.stage.assigned(assigned)

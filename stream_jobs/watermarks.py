@@ -13,7 +13,10 @@ join partitions it holds:
   waiting for their trace (those come later, as late rows), and published
   before this marker. An input that has caught up with its partition's end
   holds nothing back (the watermark is the clock), so a quiet partition does
-  not stall the rates.
+  not stall the rates. Behind key_by_trace (any number of stages in one
+  consumer group, each holding a share of the input partitions), the
+  ``routed`` markers of ``keyed`` count only once every input partition has
+  been claimed by some stage (:mod:`thumbline.stream_jobs.routed_marks`).
 - ``durable``: every enriched row this worker published on this enriched
   partition up to this offset is in ClickHouse.
 
@@ -38,6 +41,7 @@ from aiokafka import AIOKafkaProducer
 
 from thumbline.outages import transient
 from thumbline.schemas import Topics
+from thumbline.stream_jobs.routed_marks import RoutedMarks
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ class Watermarks:
             else (topics.feedback.name, topics.traces.name, topics.keyed.name)
         )  # fmt: skip
         self.is_routed = routed
-        self._routed: dict[int, float] = {}  # keyed partition -> key_by_trace's progress
+        self._routed = RoutedMarks()  # keyed partition -> key_by_trace's progress
         #: the consumer's high watermark of an input partition (None: not fetched yet)
         self.highwater: Callable[[str, int], int | None] = lambda topic, partition: None
         self._last: dict[tuple[str, int], tuple[int, float]] = {}  # offset, timestamp handled
@@ -83,9 +87,10 @@ class Watermarks:
             message.offset, message.timestamp or time.time()
         )  # fmt: skip
 
-    def routed(self, partition: int, seconds: float) -> None:
-        """A ``routed`` marker of key_by_trace on ``partition`` of ``keyed``."""
-        self._routed[partition] = max(self._routed.get(partition, 0.0), seconds)
+    def routed(self, partition: int, marker: Mapping[str, Any]) -> None:
+        """A ``routed`` marker of key_by_trace on ``partition`` of ``keyed``, decoded
+        (raises ValueError: not a marker; see :mod:`thumbline.stream_jobs.routed_marks`)."""
+        self._routed.add(partition, marker)
 
     def published(self, sent: Iterable[Any]) -> None:
         """Enriched rows Kafka acknowledged (their record metadata)."""
@@ -107,8 +112,7 @@ class Watermarks:
         lost = set(partitions)
         for key in [k for k in self._last if k[1] in lost]:
             del self._last[key]
-        for partition in lost:
-            self._routed.pop(partition, None)
+        self._routed.forget(lost)
 
     async def send(
         self, owned: Iterable[int], order: Mapping[Any, deque[Any]], now: float | None = None
@@ -154,9 +158,10 @@ class Watermarks:
         """
         marks = []
         if self.is_routed:  # nothing older than key_by_trace's progress is still on its way
-            if partition not in self._routed:
+            routed = self._routed.of(partition)  # None: an input partition nobody reported
+            if routed is None:
                 return None
-            marks.append(self._routed[partition])
+            marks.append(routed)
         for topic in self.inputs:
             first: Settled | None = None
             for held in reversed(order.get((topic, partition), ())):  # unflushed: the newest

@@ -17,7 +17,14 @@ from types import SimpleNamespace
 import orjson
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    IllegalStateError,
+    KafkaConnectionError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -203,18 +210,36 @@ def test_keyed_messages_that_do_not_describe_their_events_are_dead_letters():
     ]
 
 
+def keyed_marker(value: bytes, partition: int = 4) -> SimpleNamespace:
+    return SimpleNamespace(
+        topic=TOPICS.keyed.name, partition=partition, offset=0, value=value, key=None,
+        timestamp=time.time(),
+    )  # fmt: skip
+
+
 def test_routed_markers_reach_the_watermark():
     seen = []
     decoder = DecodeInput(
-        TOPICS, TimeBounds(), defaultdict(int), routed=lambda p, s: seen.append((p, s))
+        TOPICS, TimeBounds(), defaultdict(int), routed=lambda p, body: seen.append((p, body))
     )
-    message = SimpleNamespace(
-        topic=TOPICS.keyed.name, partition=4, offset=0, value=b'{"routed":1795000000000}',
-        key=None, timestamp=time.time(),
-    )  # fmt: skip
     batch = Batch()
-    decoder.decode(message, None, batch)
-    assert seen == [(4, 1_795_000_000.0)] and not batch.dead
+    new = b'{"routed_inputs":{"t.feedback:3":1795000000000},"inputs":16}'
+    decoder.decode(keyed_marker(new), None, batch)
+    decoder.decode(keyed_marker(b'{"routed":1795000000000}', 5), None, batch)  # the old form
+    assert seen == [
+        (4, {"routed_inputs": {"t.feedback:3": 1_795_000_000_000}, "inputs": 16}),
+        (5, {"routed": 1_795_000_000_000}),
+    ]
+    assert not batch.dead
+
+
+def test_a_routed_marker_the_watermark_refuses_is_a_dead_letter():
+    def refuse(partition: int, body: dict) -> None:
+        raise ValueError("a routed marker needs 1 to 10000 inputs")
+
+    decoder, batch = DecodeInput(TOPICS, TimeBounds(), defaultdict(int), routed=refuse), Batch()
+    decoder.decode(keyed_marker(b'{"routed_inputs":{"t.feedback:3":1}}'), None, batch)
+    assert [(d.topic, d.reason) for d in batch.dead] == [(TOPICS.keyed.name, "bad_keyed")]
 
 
 # Any mix of input: the stage changes nothing of what the join makes of it ------------
@@ -260,9 +285,14 @@ def test_routing_is_deterministic(n):
 class FakeConsumer:
     """Answers getmany from a script: an exception to raise, or records to return."""
 
-    def __init__(self, script: list) -> None:
+    def __init__(self, script: list, *, commit_errors: list | None = None) -> None:
         self.script = script
-        self.committed: list[dict] = []
+        self.commits_made: list[dict] = []
+        self.commit_errors = commit_errors or []
+        self.lookup_errors: list[BaseException] = []
+        self.highs: dict[TopicPartition, int] = {}
+        self.commits: dict[TopicPartition, int] = {}  # the group's, before this stage's
+        self.fetched_to: dict[TopicPartition, int] = {}  # the consumer's position
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict:
         await asyncio.sleep(0)
@@ -274,10 +304,23 @@ class FakeConsumer:
         return step
 
     async def commit(self, offsets: dict) -> None:
-        self.committed.append(dict(offsets))
+        if self.commit_errors:
+            raise self.commit_errors.pop(0)
+        self.commits_made.append(dict(offsets))
+
+    async def committed(self, tp) -> int | None:
+        if self.lookup_errors:  # the broker's answer to where the group left it
+            raise self.lookup_errors.pop(0)
+        return self.commits.get(tp)
+
+    async def beginning_offsets(self, tps) -> dict:
+        return {tp: 0 for tp in tps}
+
+    async def position(self, tp) -> int:
+        return self.fetched_to.get(tp, 0)
 
     def highwater(self, tp) -> int | None:
-        return None
+        return self.highs.get(tp)
 
 
 class FakeProducer:
@@ -302,16 +345,179 @@ async def test_a_broker_that_does_not_answer_a_fetch_is_waited_out():
     )  # fmt: skip
     task = asyncio.create_task(stage._run())
     for _ in range(200):
-        if consumer.committed:
+        if consumer.commits_made:
             break
         await asyncio.sleep(0.01)
     task.cancel()
     assert stage.failure is None  # not fatal
-    assert consumer.committed == [{tp: 8}]  # routed after the broker came back, then committed
+    assert consumer.commits_made == [{tp: 8}]  # routed after the broker came back, then committed
     assert [(t, p) for t, _, p in stage.producer.sent] == [
         (TOPICS.keyed.name, partition_for("w1", 8))
     ]
     assert not waits.waiting(KAFKA)
+
+
+def stage_with(consumer: FakeConsumer) -> KeyByTrace:
+    return KeyByTrace(
+        topics=TOPICS, bootstrap="127.0.0.1:1", group="g", producer=FakeProducer(),
+        waits=Waits(first_delay=0.01, max_delay=0.01), consumer=consumer,
+    )  # fmt: skip
+
+
+async def until(check, seconds: float = 2.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition did not come true")
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        CommitFailedError("the group rebalanced"),
+        IllegalGenerationError(),
+        RebalanceInProgressError(),
+        UnknownMemberIdError(),
+        IllegalStateError("Partition TopicPartition(topic='t.feedback', partition=2) ..."),
+    ],
+)
+async def test_a_commit_refused_because_the_group_rebalanced_does_not_end_the_stage(refusal):
+    tp = TopicPartition(TOPICS.feedback.name, 2)
+    first = [record(TOPICS.feedback.name, 2, 7, orjson.dumps(feedback("r1")))]
+    second = [record(TOPICS.feedback.name, 2, 8, orjson.dumps(feedback("r2")))]
+    consumer = FakeConsumer([{tp: first}, {tp: second}], commit_errors=[refusal])
+    stage = stage_with(consumer)
+    await stage.assigned({tp})
+    task = asyncio.create_task(stage._run())
+    try:
+        await until(lambda: consumer.commits_made or task.done())
+    finally:
+        task.cancel()
+    assert stage.failure is None  # the partition's next holder replays the first batch
+    assert consumer.commits_made == [{tp: 9}]
+    assert len(stage.producer.sent) == 2  # both batches were published
+
+
+async def test_partitions_move_only_once_the_batch_under_way_is_published_and_committed():
+    tp = TopicPartition(TOPICS.traces.name, 1)
+    records = [record(TOPICS.traces.name, 1, 3, orjson.dumps(trace("x")))]
+    consumer = FakeConsumer([{tp: records}])
+    stage = stage_with(consumer)
+    acked = asyncio.Event()
+
+    async def send(topic, value, key=None, partition=None, timestamp_ms=None):
+        await acked.wait()  # Kafka takes its time
+        return await FakeProducer.send(stage.producer, topic, value, partition=partition)
+
+    stage.producer.send = send  # type: ignore[method-assign]
+    await stage.assigned({tp})
+    task = asyncio.create_task(stage._run())
+    try:
+        await until(lambda: stage._routing.locked())  # the batch is under way
+        revoking = asyncio.create_task(stage.revoked({tp}))
+        await asyncio.sleep(0.05)
+        assert not revoking.done()  # the group waits for it
+        acked.set()
+        await revoking
+        assert consumer.commits_made == [{tp: 4}]  # committed while still this stage's
+        assert stage._done == {}
+    finally:
+        task.cancel()
+
+
+async def test_records_fetched_before_the_take_over_seek_are_not_routed():
+    """aiokafka may fetch a newly assigned partition from its reset position while the
+    listener still looks up where the join left it, and seeks there."""
+    tp = TopicPartition(TOPICS.feedback.name, 0)
+    early = [record(TOPICS.feedback.name, 0, o, orjson.dumps(feedback(f"old{o}"))) for o in (0, 1)]
+    late = [record(TOPICS.feedback.name, 0, 300, orjson.dumps(feedback("new")))]
+    consumer = FakeConsumer([{tp: early}, {tp: late}])
+    consumer.commits = {tp: 300}  # where it starts
+    stage = stage_with(consumer)
+    await stage.assigned({tp})
+    task = asyncio.create_task(stage._run())
+    try:
+        await until(lambda: consumer.commits_made)
+    finally:
+        task.cancel()
+    assert consumer.commits_made == [{tp: 301}]
+    assert stage.counts["messages"] == 1
+    (sent,) = stage.producer.sent
+    assert b"new" in sent[1] and b"old" not in sent[1]
+
+
+async def test_records_fetched_before_the_listener_ran_are_routed():
+    """aiokafka fetches a newly assigned partition, and getmany may return its records,
+    before the listener learns where it starts: those records are not skipped."""
+    tp = TopicPartition(TOPICS.feedback.name, 0)
+    early = [record(TOPICS.feedback.name, 0, o, orjson.dumps(feedback(f"e{o}"))) for o in (0, 1)]
+    consumer = FakeConsumer([{tp: early}])
+    consumer.fetched_to = {tp: 2}  # the consumer's position is past them already
+    stage = stage_with(consumer)
+    await stage.assigned({tp})  # no commit anywhere: from the beginning
+    task = asyncio.create_task(stage._run())
+    try:
+        await until(lambda: consumer.commits_made)
+    finally:
+        task.cancel()
+    assert consumer.commits_made == [{tp: 2}] and stage.counts["messages"] == 2
+
+
+async def test_a_broker_that_does_not_say_where_assigned_partitions_start_is_waited_out():
+    tp = TopicPartition(TOPICS.traces.name, 6)
+    consumer = FakeConsumer([])
+    consumer.lookup_errors = [KafkaConnectionError("broker away")]
+    consumer.commits = {tp: 12}
+    stage = stage_with(consumer)
+    await stage.assigned({tp})
+    assert stage.failure is None and stage.held == {tp}
+    assert stage._done[tp] == (12, 0)
+    assert not stage.waits.waiting(KAFKA)
+
+
+async def test_an_error_waiting_cannot_cure_while_partitions_are_assigned_ends_the_worker():
+    tp = TopicPartition(TOPICS.traces.name, 6)
+    consumer = FakeConsumer([])
+    consumer.lookup_errors = [ValueError("a bug")]
+    stage = stage_with(consumer)
+    with pytest.raises(ValueError):  # aiokafka only logs what a listener raises
+        await stage.assigned({tp})
+    assert isinstance(stage.failure, ValueError)  # the app's failure watch ends the worker
+
+
+async def test_the_marker_claims_only_the_input_partitions_the_stage_holds():
+    held = [TopicPartition(TOPICS.feedback.name, 0), TopicPartition(TOPICS.traces.name, 5)]
+    consumer = FakeConsumer([])
+    consumer.commits = {held[0]: 40, held[1]: 7}
+    consumer.highs = {held[0]: 40, held[1]: 9}  # caught up; two messages behind
+    stage = stage_with(consumer)
+    await stage.assigned(set(held))
+    stage._done[held[1]] = (7, NOW_MS - 5_000)  # the last one routed there: 5 s old
+    now = time.time()
+    assert stage.claims(now) == {held[0]: now, held[1]: (NOW_MS - 5_000) / 1000}
+    await stage._mark()
+    markers = [orjson.loads(value) for _, value, _ in stage.producer.sent]
+    assert len(markers) == TOPICS.keyed.partitions
+    assert {p for _, _, p in stage.producer.sent} == set(range(TOPICS.keyed.partitions))
+    (body,) = {orjson.dumps(m) for m in markers}
+    assert orjson.loads(body)["routed_inputs"] == {
+        f"{TOPICS.feedback.name}:0": int(now * 1000),
+        f"{TOPICS.traces.name}:5": NOW_MS - 5_000,
+    }
+    assert orjson.loads(body)["inputs"] == 16  # feedback and traces, 8 partitions each
+
+    await stage.revoked(set(held))  # a rebalance: nothing is claimed until assigned again
+    assert stage.claims(now) == {}
+
+
+async def test_a_partition_just_assigned_is_not_claimed_before_its_end_is_known():
+    tp = TopicPartition(TOPICS.feedback.name, 3)
+    stage = stage_with(FakeConsumer([]))
+    await stage.assigned({tp})
+    assert stage.claims(time.time()) == {}  # no fetch yet: how far it is behind is unknown
+    await stage._mark()
+    assert stage.producer.sent == []  # nothing to claim: no marker
 
 
 def test_a_keyed_message_is_counted_once_when_its_last_event_sends_it_down_the_careful_path():

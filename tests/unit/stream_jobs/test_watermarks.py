@@ -99,17 +99,44 @@ async def test_markers_go_to_every_enriched_partition_each_second_with_the_offse
     ]
 
 
+def routed(inputs: int, **at: float) -> dict:
+    """A routed marker: ``feedback_0=NOW`` claims partition 0 of ``feedback``."""
+    return {"routed_inputs": {k.replace("_", ":"): int(v * 1000) for k, v in at.items()},
+            "inputs": inputs}  # fmt: skip
+
+
 def test_behind_key_by_trace_the_watermark_waits_for_its_progress():
     marks = Watermarks(TOPICS, Producer(), routed=True)  # type: ignore[arg-type]
     marks.highwater = lambda topic, partition: 10
     order: dict = {}
     handled(marks, order, TOPICS.keyed.name, 9, NOW - 50).settled = True
     assert marks.of(0, order, NOW) is None  # no marker yet: how far the stage is is unknown
-    marks.routed(0, NOW - 30)
+    marks.routed(0, routed(2, feedback_0=NOW - 30, traces_0=NOW - 20))
     assert marks.of(0, order, NOW) == NOW - 30  # the join caught up, the stage did not
-    marks.routed(0, NOW - 40)  # an older marker (a replay) takes nothing back
+    marks.routed(0, routed(2, feedback_0=NOW - 40))  # an older claim (a replay) takes nothing back
     assert marks.of(0, order, NOW) == NOW - 30
-    marks.routed(0, NOW)
+    marks.routed(0, routed(2, feedback_0=NOW, traces_0=NOW))
     assert marks.of(0, order, NOW) == NOW
     marks.forget([0])
     assert marks.of(0, order, NOW) is None
+
+
+def test_behind_several_stages_an_input_partition_nobody_reported_holds_the_watermark():
+    marks = Watermarks(TOPICS, Producer(), routed=True)  # type: ignore[arg-type]
+    marks.highwater = lambda topic, partition: 10
+    order: dict = {}
+    handled(marks, order, TOPICS.keyed.name, 9, NOW - 50).settled = True
+    marks.routed(0, routed(4, feedback_0=NOW, feedback_1=NOW))  # one stage's share
+    marks.routed(0, routed(4, traces_0=NOW))  # another's, which just got traces 1
+    assert marks.of(0, order, NOW) is None
+    marks.routed(0, routed(4, traces_0=NOW, traces_1=NOW - 5))
+    assert marks.of(0, order, NOW) == NOW - 5
+
+
+def test_behind_a_stage_of_the_previous_release_its_marker_covers_every_input():
+    marks = Watermarks(TOPICS, Producer(), routed=True)  # type: ignore[arg-type]
+    marks.highwater = lambda topic, partition: 10
+    order: dict = {}
+    handled(marks, order, TOPICS.keyed.name, 9, NOW - 50).settled = True
+    marks.routed(0, {"routed": int((NOW - 3) * 1000)})
+    assert marks.of(0, order, NOW) == NOW - 3
