@@ -62,6 +62,17 @@ async def windows_settled(thumbline_bin, env, before: int, timeout: float = 40.0
         await asyncio.sleep(1.0)
 
 
+async def holds_partitions(log, timeout: float = 60.0) -> None:
+    """Wait until the helper logging to ``log`` (at INFO) holds join partitions."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if any("join partitions now [" in x and "now []" not in x for x in text.splitlines()):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the helper holds no partition after {timeout:g} s")
+
+
 async def helpers_env(broker, clean_env, tmp_path, name, lateness="3", **extra):
     return await worker_env(
         broker, clean_env, tmp_path, name, THUMBLINE_STREAM_WORKERS="2",
@@ -78,6 +89,8 @@ async def test_two_join_processes_share_the_work_and_every_row_lands_once(
     try:
         helpers = helper_pids(up.proc.pid)
         assert len(helpers) == 1
+        # the load takes 4 s: it starts once the helper holds its share, or up alone does it all
+        await holds_partitions(tmp_path / "data" / "helper-1.log")
         spec = LoadSpec(rate=1500, duration=None, count=6000, early_share=0.15, seed=5)
         async with FeedbackProducer(
             bootstrap_servers=broker.bootstrap, topic_prefix=env["THUMBLINE_TOPIC_PREFIX"]
