@@ -49,7 +49,7 @@ _NAMES = {164: "READONLY", 202: "TOO_MANY_SIMULTANEOUS_QUERIES", 497: "ACCESS_DE
           516: "AUTHENTICATION_FAILED", 62: "SYNTAX_ERROR", 73: "UNKNOWN_FORMAT",
           115: "UNKNOWN_SETTING", 81: "UNKNOWN_DATABASE", 1001: "STD_EXCEPTION",
           307: "TOO_MANY_BYTES"}  # fmt: skip
-_STATUS = {516: 401, 497: 403, 164: 403, 202: 503, 60: 404, 81: 404, 62: 400, 73: 400,
+_STATUS = {516: 401, 497: 403, 164: 403, 202: 503, 60: 404, 81: 404, 62: 400, 73: 400, 36: 400,
            115: 400, 307: 413}  # fmt: skip
 
 
@@ -264,3 +264,41 @@ class Recent(Generic[T]):
                 while len(self._items) > self._size:
                     self._items.popitem(last=False)
         return value
+
+
+#: Most fields a multipart/form-data request may carry (the query and its parameters).
+MAX_FORM_FIELDS = 1_000
+
+
+def form_fields(content_type: str, body: bytes) -> dict[str, str] | None:
+    """The fields of a ``multipart/form-data`` body (clickhouse-connect sends the query and
+    its parameters so once they pass 4 KB of URL), as ClickHouse reads them: URL
+    parameters; None for any other body.
+
+    Raises:
+        EndpointError: a form that cannot be read, a file in it (external tables are not
+            served), or more than :data:`MAX_FORM_FIELDS` fields.
+    """
+    if not content_type.lower().startswith("multipart/form-data"):
+        return None
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise EndpointError(36, "a multipart/form-data body that is not a form (no boundary?)")
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        if len(fields) >= MAX_FORM_FIELDS:
+            raise EndpointError(36, f"a form of more than {MAX_FORM_FIELDS} fields")
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or part.get_filename() is not None:
+            raise EndpointError(
+                36, "a form field without a name, or a file (external tables are not served)"
+            )
+        payload = part.get_payload(decode=True)
+        fields[name] = (payload if isinstance(payload, bytes) else b"").decode(
+            part.get_content_charset() or "utf-8", errors="strict"
+        )
+    return fields

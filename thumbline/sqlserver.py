@@ -43,7 +43,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from pydantic import SecretStr
 
 from thumbline.chhttp import StoreEndpoint
-from thumbline.chwire import EndpointError, Request, read_body
+from thumbline.chwire import EndpointError, Request, form_fields, read_body
 from thumbline.errors import ConfigError, SqlRefused, StoreError
 from thumbline.sandbox import Sandbox, open_insert_client
 from thumbline.settings import Settings
@@ -268,7 +268,12 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {name.lower(): value for name, value in self.headers.items()}
         try:
             body = read_body(self.rfile, headers) if self.command == "POST" else b""
-        except EndpointError as exc:
+            fields = form_fields(headers.get("content-type", ""), body)
+            if fields is not None:  # the query and its parameters, as a form
+                params, body = {**params, **fields}, b""
+        except (EndpointError, UnicodeDecodeError) as exc:
+            if isinstance(exc, UnicodeDecodeError):
+                exc = EndpointError(36, "a form field that is not UTF-8 text")
             self.close_connection = True  # the body may be unread
             reply = endpoint.error(exc, params.get("query_id", ""))
         else:

@@ -128,6 +128,17 @@ def test_query_parameters_bind_on_the_server(client):
     assert rows == [("tab\there 'quoted'", ["x", "y"])]
 
 
+def test_parameters_too_long_for_the_url_come_as_a_form_and_bind_the_same(client):
+    # the join's trace lookups send thousands of ids: past 4 KB of URL clickhouse-connect
+    # sends the query and its parameters as multipart/form-data
+    ids = [f"trace-{n:05d}-{'x' * 20}" for n in range(2_000)]
+    rows = client.query(
+        "SELECT length({ids:Array(String)}) AS n, {s:String} AS s",
+        parameters={"ids": ids, "s": "tab\there 'quoted'"},
+    ).result_rows
+    assert rows == [(2_000, "tab\there 'quoted'")]
+
+
 def test_thumbline_migrations_run_through_the_endpoint_on_a_fresh_database(
     store, store_settings, tmp_path_factory
 ):

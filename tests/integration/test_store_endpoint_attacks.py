@@ -302,3 +302,41 @@ def test_requests_past_the_concurrency_bound_get_503_and_the_running_one_finishe
         assert endpoint.send("SELECT 1").status == 200
     finally:
         server.stop()
+
+
+def form(fields: dict[str, str], files: dict[str, bytes] | None = None) -> tuple[bytes, str]:
+    """A multipart/form-data body, as clickhouse-connect sends a query with long parameters."""
+    boundary = "b0undary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    for name, content in (files or {}).items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{name}.tsv"\r\n\r\n'.encode()
+            + content
+            + b"\r\n"
+        )
+    return b"".join(
+        parts
+    ) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize("user", [WRITER, READER])
+def test_a_query_sent_as_a_form_is_judged_as_one_sent_in_the_url(endpoint, user, canary):
+    body, kind = form({"query": f"SELECT * FROM file('{canary}', 'RawBLOB')"})
+    refused(endpoint.send(user=user, body=body, headers={"Content-Type": kind}))
+    body, kind = form({"query": "SELECT 1", "format_schema": "/etc/passwd"})
+    answer = endpoint.send(user=user, body=body, headers={"Content-Type": kind})
+    refused(answer)
+    assert answer.code == "164"  # a setting in a form field is a setting in the URL
+    body, kind = form({"query": "SELECT 1", "database": "system"})
+    refused(endpoint.send(user=user, body=body, headers={"Content-Type": kind}))
+
+
+def test_a_form_carrying_a_file_or_too_many_fields_is_refused(endpoint):
+    body, kind = form({"query": "SELECT * FROM ext"}, files={"ext": b"1\n2\n"})
+    refused(endpoint.send(body=body, headers={"Content-Type": kind}))
+    body, kind = form({f"param_p{n}": "x" for n in range(1_001)} | {"query": "SELECT 1"})
+    refused(endpoint.send(body=body, headers={"Content-Type": kind}))
