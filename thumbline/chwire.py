@@ -48,7 +48,7 @@ _CODE = re.compile(r"Code: (\d+)\. (.*)", re.DOTALL)
 _NAMES = {164: "READONLY", 202: "TOO_MANY_SIMULTANEOUS_QUERIES", 497: "ACCESS_DENIED",
           516: "AUTHENTICATION_FAILED", 62: "SYNTAX_ERROR", 73: "UNKNOWN_FORMAT",
           115: "UNKNOWN_SETTING", 81: "UNKNOWN_DATABASE", 1001: "STD_EXCEPTION",
-          307: "TOO_MANY_BYTES"}  # fmt: skip
+          307: "TOO_MANY_BYTES", 36: "BAD_ARGUMENTS"}  # fmt: skip
 _STATUS = {516: 401, 497: 403, 164: 403, 202: 503, 60: 404, 81: 404, 62: 400, 73: 400, 36: 400,
            115: 400, 307: 413}  # fmt: skip
 
