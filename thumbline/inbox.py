@@ -272,12 +272,21 @@ ORDER = "ORDER BY ts DESC, project DESC, event_id DESC"
 
 
 def inbox_sql(
-    database: str, filters: InboxFilter, now: datetime | None = None, *, extra: int = 0
+    database: str,
+    filters: InboxFilter,
+    now: datetime | None = None,
+    *,
+    extra: int = 0,
+    candidates: int | None = None,
 ) -> BoundQuery:
     """Newest feedback first, with the inbox's columns and its trace's ``input`` and
     ``output``; feedback still waiting for its trace included (``join_status``
     pending) unless ``filters.status`` says otherwise. ``extra`` more rows than
     ``filters.limit`` are read (one tells whether a next page exists).
+
+    The page is exact (one row per event, its newest version) without ``FINAL`` over
+    the filtered rows (:func:`_page_sql`): ``candidates`` is how many stored rows it
+    looks at first (default: twice the page and 100 more); 0 reads with ``FINAL``.
 
     The question and the answer are the root span's (``parent_span_id`` empty)
     when it has them, else the earliest span's question and the latest answer;
@@ -289,16 +298,68 @@ def inbox_sql(
     """
     filters.check()
     where, parameters = filters.where(now)
-    columns, order = ", ".join(INBOX_COLUMNS), f"{ORDER} LIMIT {filters.limit + int(extra)}"
-    page = f"FROM {database}.feedback FINAL WHERE {where} {order}"
+    rows = filters.limit + int(extra)
+    wanted = 2 * rows + 100 if candidates is None else int(candidates)
+    columns = ", ".join(INBOX_COLUMNS)
+    page = _page_sql(database, where, rows, wanted)
     return BoundQuery(
         f"SELECT {columns}, content.trace_input AS input, content.trace_output AS output "
-        f"FROM (SELECT {columns} {page}) AS page LEFT JOIN ("
+        f"FROM ({page}) AS page LEFT JOIN ("
         f"SELECT project, trace_id, {_TRACE_CONTENT} FROM {database}.traces FINAL "
         # the page's traces only: its keys read again, two columns of the same rows
-        f"WHERE (project, trace_id) IN (SELECT project, trace_id {page}) AND trace_id != '' "
+        f"WHERE (project, trace_id) IN (SELECT project, trace_id FROM ({page})) "
+        "AND trace_id != '' "
         f"GROUP BY project, trace_id) AS content USING (project, trace_id) {ORDER}",
         parameters,
+    )
+
+
+def _page_sql(database: str, where: str, rows: int, candidates: int) -> str:
+    """The first ``rows`` rows of feedback (newest version of each event) that meet
+    ``where``, newest first, read without ``FINAL`` over the table when it can be.
+
+    ``feedback`` is sorted by its identity ``(project, event_id)``, not by time, so
+    ``FINAL`` with ``ORDER BY ts DESC LIMIT n`` merges every version of every row the
+    filter keeps (all of a big project's). Instead:
+
+    1. *candidates*: the newest ``candidates`` stored rows that meet ``where``, any
+       version, reading only the columns of the filter and the order;
+    2. their events' newest versions, looked up by identity (``LIMIT 1 BY`` on
+       ``version``, as the table's ``ReplacingMergeTree(version)`` keeps them), kept
+       where they still meet ``where`` and sort no later than the last candidate ``C``.
+
+    That is exact down to ``C``: an event whose newest version meets ``where`` and
+    sorts before ``C`` is a stored row that does so too, so it is a candidate. When
+    fewer than ``rows`` are left although ``candidates`` rows were found (older versions
+    crowded the candidates out), the page is read with ``FINAL`` instead, in the same
+    query: the branch not taken reads nothing (its condition is a constant by then).
+    """
+    order = "ORDER BY ts DESC, project DESC, event_id DESC"
+    columns = ", ".join(INBOX_COLUMNS)
+    final = f"SELECT {columns} FROM {database}.feedback FINAL WHERE {where} {order} LIMIT {rows}"
+    if candidates <= 0:
+        return final
+    found = f"SELECT ts, project, event_id FROM {database}.feedback WHERE {where} {order} " + (
+        f"LIMIT {int(candidates)}"
+    )
+    newest = (
+        f"SELECT {columns}, retracted FROM {database}.feedback "
+        f"WHERE event_id IN (SELECT event_id FROM ({found})) "
+        f"AND (project, event_id) IN (SELECT project, event_id FROM ({found})) "
+        "ORDER BY version DESC, inserted_at DESC LIMIT 1 BY project, event_id"
+    )
+    exact = (
+        f"SELECT {columns} FROM ({newest}) WHERE {where} "
+        f"AND (ts, project, event_id) >= (SELECT min((ts, project, event_id)) FROM ({found}))"
+    )
+    short = (
+        f"((SELECT count() FROM ({exact})) < {rows} "
+        f"AND (SELECT count() FROM ({found})) = {int(candidates)})"
+    )
+    return (
+        f"SELECT {columns} FROM ({exact} AND NOT {short} "
+        f"UNION ALL SELECT {columns} FROM {database}.feedback FINAL WHERE {where} AND {short}) "
+        f"{order} LIMIT {rows}"
     )
 
 
