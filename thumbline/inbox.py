@@ -339,27 +339,33 @@ def _page_sql(database: str, where: str, rows: int, candidates: int) -> str:
     final = f"SELECT {columns} FROM {database}.feedback FINAL WHERE {where} {order} LIMIT {rows}"
     if candidates <= 0:
         return final
-    found = f"SELECT ts, project, event_id FROM {database}.feedback WHERE {where} {order} " + (
-        f"LIMIT {int(candidates)}"
+    k = int(candidates)
+    # Each step is a scalar subquery: the store computes one once per query, however
+    # often its text comes back (by its hash), and the rest reads it as a constant.
+    # The time of the k-th candidate first, reading the order's first column only: then
+    # the identities of the rows from it on (the order's other columns: few rows).
+    cut = f"(SELECT min(ts) FROM (SELECT ts FROM {database}.feedback WHERE {where} ORDER BY ts DESC LIMIT {k}))"  # noqa: E501
+    found = (
+        f"(SELECT groupArray((ts, project, event_id)) FROM (SELECT ts, project, event_id "
+        f"FROM {database}.feedback WHERE {where} AND ts >= {cut} {order} LIMIT {k}))"
     )
+    keys = f"(SELECT arrayJoin({found}) AS c)"
     newest = (
         f"SELECT {columns}, retracted FROM {database}.feedback "
-        f"WHERE event_id IN (SELECT event_id FROM ({found})) "
-        f"AND (project, event_id) IN (SELECT project, event_id FROM ({found})) "
+        f"WHERE event_id IN (SELECT c.3 FROM {keys}) "
+        f"AND (project, event_id) IN (SELECT (c.2, c.3) FROM {keys}) "
         "ORDER BY version DESC, inserted_at DESC LIMIT 1 BY project, event_id"
     )
-    exact = (
-        f"SELECT {columns} FROM ({newest}) WHERE {where} "
-        f"AND (ts, project, event_id) >= (SELECT min((ts, project, event_id)) FROM ({found}))"
+    fresh = (
+        f"(SELECT groupArray(({columns})) FROM (SELECT {columns} FROM ({newest}) WHERE {where} "
+        f"AND (ts, project, event_id) >= arrayMin({found}) {order} LIMIT {rows}))"
     )
-    short = (
-        f"((SELECT count() FROM ({exact})) < {rows} "
-        f"AND (SELECT count() FROM ({found})) = {int(candidates)})"
-    )
+    short = f"(length({fresh}) < {rows} AND length({found}) = {k})"
+    unpacked = ", ".join(f"r.{i} AS {c}" for i, c in enumerate(INBOX_COLUMNS, start=1))
     return (
-        f"SELECT {columns} FROM ({exact} AND NOT {short} "
-        f"UNION ALL SELECT {columns} FROM {database}.feedback FINAL WHERE {where} AND {short}) "
-        f"{order} LIMIT {rows}"
+        f"SELECT {columns} FROM (SELECT {unpacked} FROM (SELECT arrayJoin({fresh}) AS r) "
+        f"WHERE NOT {short} UNION ALL SELECT {columns} FROM {database}.feedback FINAL "
+        f"WHERE {where} AND {short}) {order} LIMIT {rows}"
     )
 
 
