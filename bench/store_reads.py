@@ -36,7 +36,11 @@ from thumbline.inbox import InboxFilter, inbox_sql  # noqa: E402
 from thumbline.settings import Settings  # noqa: E402
 from thumbline.store import apply_migrations, open_client  # noqa: E402
 from thumbline.stream_jobs.bad_feedback_rates import RateState  # noqa: E402
-from thumbline.stream_jobs.rates_store import read_windows  # noqa: E402
+from thumbline.stream_jobs.rates_store import (  # noqa: E402
+    _WINDOW_COUNTS,
+    newest_sql,
+    read_windows,
+)
 
 FILLED = "store_reads.json"
 
@@ -121,21 +125,41 @@ def reads(db: str, client: Client) -> list[tuple[str, dict[str, Callable[[], tup
     ]  # fmt: skip
 
 
-def rates_job_reads(db: str, client: Client) -> list[tuple[str, Callable[[], None]]]:
-    """The rates job's reads from feedback FINAL: a recompute, and the restart's replay."""
+def rates_job_reads(db: str, client: Client) -> list[tuple[str, dict[str, Callable[[], None]]]]:
+    """The rates job's reads of feedback, at the end of the stored data: a recompute, and
+    the restart's replay; each in the form before this change (``FINAL``) and now."""
     rates = RateState(window=60, sliding=(300, 3600))
-    now = time.time()
-    due = [float(now // 60 * 60 - 600)]
-    replay = (
+    end = float(
+        client.query(f"SELECT toUnixTimestamp(max(ts)) FROM {db}.feedback").result_rows[0][0]
+    )  # noqa: S608, E501
+    due = [end // 60 * 60 - 600]
+    reach = 3600
+    window = {"window": 60, "since": int((due[0] - reach + 60) * 1000),
+              "until": int((due[0] + reach) * 1000), "annotators": ["end_user"]}  # fmt: skip
+    old_counts = _WINDOW_COUNTS.replace("{newest}", f"SELECT * FROM {db}.feedback FINAL")
+    since = {"since": int((end - 600) * 1000)}
+    old_replay = (
         "SELECT event_id, trace_id, version, ts, label, source, annotator, comment, score, "  # noqa: S608
         f"retracted, project, environment, model, capability FROM {db}.feedback FINAL "
         "WHERE ts >= fromUnixTimestamp64Milli({since:Int64}) AND join_status != 'pending'"
     )
+    columns = "event_id, trace_id, version, ts, label, source, annotator, comment, score, " + (
+        "project, environment, model, capability, join_status"
+    )
+    during = "ts >= fromUnixTimestamp64Milli({since:Int64})"
+    new_replay = (
+        f"SELECT * EXCEPT join_status FROM ({newest_sql(db, columns, during)}) "  # noqa: S608
+        f"WHERE {during} AND join_status != 'pending'"
+    )
     return [
-        ("rates recompute of one 60 s window (its 3600 s reach)",
-         lambda: read_windows(rates, client, db, due) and None),
-        ("rates restart: replay of the last 10 minutes",
-         lambda: client.query(replay, parameters={"since": int((now - 600) * 1000)}) and None),
+        ("rates recompute of one 60 s window (its 3600 s reach)", {
+            "FINAL": lambda: client.query(old_counts, parameters=window) and None,
+            "new": lambda: read_windows(rates, client, db, due) and None,
+        }),
+        ("rates restart: replay of the last 10 minutes", {
+            "FINAL": lambda: client.query(old_replay, parameters=since) and None,
+            "new": lambda: client.query(new_replay, parameters=since) and None,
+        }),
     ]  # fmt: skip
 
 
@@ -172,14 +196,17 @@ def main() -> None:
             med = {form: statistics.median(t) for form, t in times.items()}
             cells = [f"{med[f]:,.0f}" for f in forms] + ([""] if len(forms) == 1 else [])
             print(f"| {name} | {' | '.join(cells)} | {next(iter(found.values())):,} |")
-        for name, run in rates_job_reads(db, client):
-            run()
-            ms = []
+        for name, runs in rates_job_reads(db, client):
+            ms: dict[str, list[float]] = {form: [] for form in runs}
+            for run in runs.values():
+                run()  # warm up
             for _ in range(args.runs):
-                start = time.perf_counter()
-                run()
-                ms.append((time.perf_counter() - start) * 1000)
-            print(f"| {name} | {statistics.median(ms):,.0f} | | |")
+                for form, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    ms[form].append((time.perf_counter() - start) * 1000)
+            cells = " | ".join(f"{statistics.median(m):,.0f}" for m in ms.values())
+            print(f"| {name} | {cells} | |")
         client.close()
     finally:
         if args.keep is None:

@@ -286,7 +286,9 @@ def inbox_sql(
 
     The page is exact (one row per event, its newest version) without ``FINAL`` over
     the filtered rows (:func:`_page_sql`): ``candidates`` is how many stored rows it
-    looks at first (default: twice the page and 100 more); 0 reads with ``FINAL``.
+    looks at first (default: the page, a quarter more and 20: each costs a read of a
+    part of the table, since rows are stored by identity, and too few for the older
+    versions among them costs the FINAL read after the rest); 0 reads with ``FINAL``.
 
     The question and the answer are the root span's (``parent_span_id`` empty)
     when it has them, else the earliest span's question and the latest answer;
@@ -299,7 +301,7 @@ def inbox_sql(
     filters.check()
     where, parameters = filters.where(now)
     rows = filters.limit + int(extra)
-    wanted = 2 * rows + 100 if candidates is None else int(candidates)
+    wanted = rows + rows // 4 + 20 if candidates is None else int(candidates)
     columns = ", ".join(INBOX_COLUMNS)
     page = _page_sql(database, where, rows, wanted)
     return BoundQuery(
