@@ -48,7 +48,7 @@ SELECT start, project, environment,
 FROM (
     SELECT toUnixTimestamp(toStartOfInterval(ts, toIntervalSecond({window:UInt32}))) AS start,
            project, environment, model, capability, label, source, comment, score
-    FROM ({newest})
+    FROM {db}.feedback FINAL
     WHERE ts >= fromUnixTimestamp64Milli({since:Int64})
       AND ts < fromUnixTimestamp64Milli({until:Int64}) AND retracted = 0
       AND has({annotators:Array(String)}, annotator) AND join_status != 'pending'
@@ -56,35 +56,6 @@ FROM (
 GROUP BY GROUPING SETS ((start, project, environment, model),
                         (start, project, environment, capability))
 """
-
-
-def newest_sql(database: str, columns: str, during: str) -> str:
-    """``columns`` of the newest version of each event that has a stored row ``during``
-    (a condition on ``ts``), as ``FROM feedback FINAL`` gives them, without merging
-    every version of the table (``feedback`` is sorted by identity, not by time: a time
-    filter selects rows everywhere in it).
-
-    An event whose newest version is in the range has a stored row in it (that one), so
-    its identity is among those read first; the newest version of each is then found by
-    identity (``LIMIT 1 BY`` on ``version``, as ``ReplacingMergeTree(version)`` keeps
-    it). Filter the result on the range again: a newer version may have left it.
-    """
-    found = f"SELECT project, event_id FROM {database}.feedback WHERE {during}"  # noqa: S608
-    return (
-        f"SELECT {columns}, retracted FROM {database}.feedback "  # noqa: S608
-        f"WHERE event_id IN (SELECT event_id FROM ({found})) "
-        f"AND (project, event_id) IN ({found}) "
-        "ORDER BY version DESC, inserted_at DESC LIMIT 1 BY project, event_id"
-    )
-
-
-_RANGE = (
-    "ts >= fromUnixTimestamp64Milli({since:Int64}) AND ts < fromUnixTimestamp64Milli({until:Int64})"
-)
-_COUNTED = (
-    "ts, project, environment, model, capability, label, source, comment, score, annotator, "
-    "join_status"
-)
 
 
 def recompute_span(due: Sequence[float]) -> list[float]:
@@ -103,7 +74,7 @@ def read_windows(
     reach = max(rates.sliding, default=rates.window)
     since, until = due[0] - reach + rates.window, due[-1] + reach
     rows = client.query(
-        _WINDOW_COUNTS.replace("{newest}", newest_sql(database, _COUNTED, _RANGE)),
+        _WINDOW_COUNTS.replace("{db}", database),
         parameters={
             "window": int(rates.window),
             "since": int(since * 1000),
@@ -155,15 +126,11 @@ def restore_rates(
         rates.restore_counts(float(start), dims, counts, recent=float(start) >= recent)
         last = max(last, float(start))
     replay_from = last + window
-    replayed = "ts >= fromUnixTimestamp64Milli({replay_from:Int64})"
-    columns = (
-        "event_id, trace_id, version, ts, label, source, annotator, comment, score, project, "
-        "environment, model, capability, join_status"
-    )
     result = client.query(
-        f"SELECT {columns.removesuffix(', join_status')}, retracted "  # noqa: S608
-        f"FROM ({newest_sql(database, columns, replayed)}) "
-        f"WHERE {replayed} AND join_status != 'pending'",
+        "SELECT event_id, trace_id, version, ts, label, source, annotator, comment, score, "  # noqa: S608
+        "retracted, project, environment, model, capability "
+        f"FROM {database}.feedback FINAL "
+        "WHERE ts >= fromUnixTimestamp64Milli({replay_from:Int64}) AND join_status != 'pending'",
         parameters={"replay_from": int(replay_from * 1000)},
     )
     names = result.column_names
