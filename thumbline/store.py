@@ -329,8 +329,10 @@ def _rekey_cluster(
         rows = client.query(f"SELECT count() FROM {ddl.database}.{table}").result_rows[0][0]  # noqa: S608
         if rows:
             raise StoreError(
-                f"{ddl.database}.{table} holds {rows} rows and its sort key must change to "
-                f"({sorting_key}); thumbline does not copy rows between shards: migrate an "
+                f"{ddl.database}.{table} holds {rows} rows and its keys must change to "
+                f"ORDER BY ({sorting_key})"
+                + (f" PARTITION BY {partition_key}" if partition_key else "")
+                + "; thumbline does not copy rows between shards: migrate an "
                 "empty cluster, or copy the table yourself and start again"
             )
         client.command(f"EXCHANGE TABLES {ddl.local(table)} AND {ddl.local(new)} {ddl.on}")
