@@ -272,12 +272,23 @@ ORDER = "ORDER BY ts DESC, project DESC, event_id DESC"
 
 
 def inbox_sql(
-    database: str, filters: InboxFilter, now: datetime | None = None, *, extra: int = 0
+    database: str,
+    filters: InboxFilter,
+    now: datetime | None = None,
+    *,
+    extra: int = 0,
+    candidates: int | None = None,
 ) -> BoundQuery:
     """Newest feedback first, with the inbox's columns and its trace's ``input`` and
     ``output``; feedback still waiting for its trace included (``join_status``
     pending) unless ``filters.status`` says otherwise. ``extra`` more rows than
     ``filters.limit`` are read (one tells whether a next page exists).
+
+    The page is exact (one row per event, its newest version) without ``FINAL`` over
+    the filtered rows (:func:`_page_sql`): ``candidates`` is how many stored rows it
+    looks at first (default: the page, a quarter more and 20: each costs a read of a
+    part of the table, since rows are stored by identity, and too few for the older
+    versions among them costs the FINAL read after the rest); 0 reads with ``FINAL``.
 
     The question and the answer are the root span's (``parent_span_id`` empty)
     when it has them, else the earliest span's question and the latest answer;
@@ -289,16 +300,74 @@ def inbox_sql(
     """
     filters.check()
     where, parameters = filters.where(now)
-    columns, order = ", ".join(INBOX_COLUMNS), f"{ORDER} LIMIT {filters.limit + int(extra)}"
-    page = f"FROM {database}.feedback FINAL WHERE {where} {order}"
+    rows = filters.limit + int(extra)
+    wanted = rows + rows // 4 + 20 if candidates is None else int(candidates)
+    columns = ", ".join(INBOX_COLUMNS)
+    page = _page_sql(database, where, rows, wanted)
     return BoundQuery(
         f"SELECT {columns}, content.trace_input AS input, content.trace_output AS output "
-        f"FROM (SELECT {columns} {page}) AS page LEFT JOIN ("
+        f"FROM ({page}) AS page LEFT JOIN ("
         f"SELECT project, trace_id, {_TRACE_CONTENT} FROM {database}.traces FINAL "
         # the page's traces only: its keys read again, two columns of the same rows
-        f"WHERE (project, trace_id) IN (SELECT project, trace_id {page}) AND trace_id != '' "
+        f"WHERE (project, trace_id) IN (SELECT project, trace_id FROM ({page})) "
+        "AND trace_id != '' "
         f"GROUP BY project, trace_id) AS content USING (project, trace_id) {ORDER}",
         parameters,
+    )
+
+
+def _page_sql(database: str, where: str, rows: int, candidates: int) -> str:
+    """The first ``rows`` rows of feedback (newest version of each event) that meet
+    ``where``, newest first, read without ``FINAL`` over the table when it can be.
+
+    ``feedback`` is sorted by its identity ``(project, event_id)``, not by time, so
+    ``FINAL`` with ``ORDER BY ts DESC LIMIT n`` merges every version of every row the
+    filter keeps (all of a big project's). Instead:
+
+    1. *candidates*: the newest ``candidates`` stored rows that meet ``where``, any
+       version, reading only the columns of the filter and the order;
+    2. their events' newest versions, looked up by identity (``LIMIT 1 BY`` on
+       ``version``, as the table's ``ReplacingMergeTree(version)`` keeps them), kept
+       where they still meet ``where`` and sort no later than the last candidate ``C``.
+
+    That is exact down to ``C``: an event whose newest version meets ``where`` and
+    sorts before ``C`` is a stored row that does so too, so it is a candidate. When
+    fewer than ``rows`` are left although ``candidates`` rows were found (older versions
+    crowded the candidates out), the page is read with ``FINAL`` instead, in the same
+    query: the branch not taken reads nothing (its condition is a constant by then).
+    """
+    order = "ORDER BY ts DESC, project DESC, event_id DESC"
+    columns = ", ".join(INBOX_COLUMNS)
+    final = f"SELECT {columns} FROM {database}.feedback FINAL WHERE {where} {order} LIMIT {rows}"
+    if candidates <= 0:
+        return final
+    k = int(candidates)
+    # Each step is a scalar subquery: the store computes one once per query, however
+    # often its text comes back (by its hash), and the rest reads it as a constant.
+    # The time of the k-th candidate first, reading the order's first column only: then
+    # the identities of the rows from it on (the order's other columns: few rows).
+    cut = f"(SELECT min(ts) FROM (SELECT ts FROM {database}.feedback WHERE {where} ORDER BY ts DESC LIMIT {k}))"  # noqa: E501
+    found = (
+        f"(SELECT groupArray((ts, project, event_id)) FROM (SELECT ts, project, event_id "
+        f"FROM {database}.feedback WHERE {where} AND ts >= {cut} {order} LIMIT {k}))"
+    )
+    keys = f"(SELECT arrayJoin({found}) AS c)"
+    newest = (
+        f"SELECT {columns}, retracted FROM {database}.feedback "
+        f"WHERE event_id IN (SELECT c.3 FROM {keys}) "
+        f"AND (project, event_id) IN (SELECT (c.2, c.3) FROM {keys}) "
+        "ORDER BY version DESC, inserted_at DESC LIMIT 1 BY project, event_id"
+    )
+    fresh = (
+        f"(SELECT groupArray(({columns})) FROM (SELECT {columns} FROM ({newest}) WHERE {where} "
+        f"AND (ts, project, event_id) >= arrayMin({found}) {order} LIMIT {rows}))"
+    )
+    short = f"(length({fresh}) < {rows} AND length({found}) = {k})"
+    unpacked = ", ".join(f"r.{i} AS {c}" for i, c in enumerate(INBOX_COLUMNS, start=1))
+    return (
+        f"SELECT {columns} FROM (SELECT {unpacked} FROM (SELECT arrayJoin({fresh}) AS r) "
+        f"WHERE NOT {short} UNION ALL SELECT {columns} FROM {database}.feedback FINAL "
+        f"WHERE {where} AND {short}) {order} LIMIT {rows}"
     )
 
 

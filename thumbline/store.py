@@ -121,12 +121,17 @@ def store_error(exc: BaseException, settings: Settings | None = None) -> StoreEr
     return kind(text.strip(), code=int(match.group(1)) if match else None)
 
 
-#: Migrations that change a table's sort key (ClickHouse cannot ALTER it): the
-#: migration's SQL creates ``<table>__rekeyed`` with the new key, then
+#: Migrations that change a table's sort key or partition key (ClickHouse cannot ALTER
+#: them): the migration's SQL creates ``<table>__rekeyed`` with the new keys, then
 #: :func:`_rekey` copies, swaps and drops. Version -> (table, its new sort key).
 REKEYED: dict[int, tuple[tuple[str, str], ...]] = {
     5: (("feedback", "project, event_id"), ("traces", "project, trace_id, span_id")),
+    13: (("feedback", "project, event_id"),),
 }
+
+#: The partition key a rekeying migration gives a table (none when not named here): its
+#: sort key may stay, as 0013's does. Version -> table -> partition key.
+REPARTITIONED: dict[int, dict[str, str]] = {13: {"feedback": "toYYYYMM(ts)"}}
 
 #: Columns rewritten on the way into a rekeyed table (rows stored before the
 #: project was part of the identity had none when they were orphans).
@@ -203,10 +208,11 @@ def apply_migrations(
             for statement in statements:
                 client.command(statement)
             for table, sorting_key in REKEYED.get(migration.version, ()):
+                partition_key = REPARTITIONED.get(migration.version, {}).get(table, "")
                 if ddl is None:
-                    _rekey(client, database, table, sorting_key)
+                    _rekey(client, database, table, sorting_key, partition_key)
                 else:
-                    _rekey_cluster(client, ddl, table, sorting_key)
+                    _rekey_cluster(client, ddl, table, sorting_key, partition_key)
             client.insert(
                 f"{database}.schema_migrations",
                 [[migration.version, migration.name, migration.checksum, datetime.now(UTC)]],
@@ -299,29 +305,34 @@ def migrate_store(client: Client, settings: Settings) -> list[AppliedMigration]:
     return applied
 
 
-def _rekey_cluster(client: Client, ddl: ClusterDDL, table: str, sorting_key: str) -> None:
+def _rekey_cluster(
+    client: Client, ddl: ClusterDDL, table: str, sorting_key: str, partition_key: str = ""
+) -> None:
     """:func:`_rekey` on a cluster: swap the empty local tables, nothing to copy.
 
     A cluster's tables were made by this version of thumbline (there was no cluster
     mode before), so they are empty when a rekeying migration first runs there; a
     copy through ``Distributed`` tables, whose inserts reach the shards later, could
     not be checked the way :func:`_rekey` checks one node's. A table with rows is
-    refused. Safe to run again: the local table's sort key says whether it swapped.
+    refused. Safe to run again: the local table's keys say whether it swapped.
 
     Raises:
         StoreError: the table holds rows.
     """
     new = f"{table}__rekeyed"
     current = client.query(
-        "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        "SELECT (sorting_key, partition_key) FROM system.tables "
+        "WHERE database = {db:String} AND name = {t:String}",
         parameters={"db": ddl.database, "t": table + LOCAL},
     ).result_rows[0][0]
-    if current != sorting_key:
+    if tuple(current) != (sorting_key, partition_key):
         rows = client.query(f"SELECT count() FROM {ddl.database}.{table}").result_rows[0][0]  # noqa: S608
         if rows:
             raise StoreError(
-                f"{ddl.database}.{table} holds {rows} rows and its sort key must change to "
-                f"({sorting_key}); thumbline does not copy rows between shards: migrate an "
+                f"{ddl.database}.{table} holds {rows} rows and its keys must change to "
+                f"ORDER BY ({sorting_key})"
+                + (f" PARTITION BY {partition_key}" if partition_key else "")
+                + "; thumbline does not copy rows between shards: migrate an "
                 "empty cluster, or copy the table yourself and start again"
             )
         client.command(f"EXCHANGE TABLES {ddl.local(table)} AND {ddl.local(new)} {ddl.on}")
@@ -335,11 +346,13 @@ def _rekey_cluster(client: Client, ddl: ClusterDDL, table: str, sorting_key: str
     )
 
 
-def _rekey(client: Client, database: str, table: str, sorting_key: str) -> None:
-    """Give ``table`` the sort key of ``<table>__rekeyed``: copy, check, swap, drop.
+def _rekey(
+    client: Client, database: str, table: str, sorting_key: str, partition_key: str = ""
+) -> None:
+    """Give ``table`` the keys of ``<table>__rekeyed``: copy, check, swap, drop.
 
-    Safe to run again at any point after a crash: the table's current sort key
-    says whether the swap happened. Before it, the copy starts over (the new
+    Safe to run again at any point after a crash: the table's current sort and
+    partition keys say whether the swap happened. Before it, the copy starts over (the new
     table is emptied first); after it, only the old table is left to drop.
 
     Raises:
@@ -352,10 +365,11 @@ def _rekey(client: Client, database: str, table: str, sorting_key: str) -> None:
         return client.query(sql, parameters=parameters).result_rows[0][0]
 
     current = scalar(
-        "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        "SELECT (sorting_key, partition_key) FROM system.tables "
+        "WHERE database = {db:String} AND name = {t:String}",
         db=database, t=table,
     )  # fmt: skip
-    if current == sorting_key:
+    if tuple(current) == (sorting_key, partition_key):
         client.command(f"DROP TABLE IF EXISTS {database}.{new}")
         return
     client.command(f"TRUNCATE TABLE IF EXISTS {database}.{new}")
