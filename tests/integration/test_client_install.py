@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 
 from tests.integration.conftest import run, start_up, stop, worker_env
 from tests.integration.test_crash import settle
+from tests.integration.test_wheel import build_wheel, venv_with
 
 pytestmark = pytest.mark.slow  # builds a wheel and a virtualenv: about a minute
 
@@ -50,20 +50,7 @@ SEND = textwrap.dedent(
 def client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with the thumbline wheel and its dependencies, nothing else."""
     where = tmp_path_factory.mktemp("client")
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(where), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert build.returncode == 0, build.stderr
-    [wheel] = where.glob("thumbline-*.whl")
-    venv = where / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stderr
-    return venv
+    return venv_with(build_wheel(ROOT, where), where / "venv", timeout=600)
 
 
 def test_the_client_installs_without_the_server_and_everything_is_under_thumbline(client):

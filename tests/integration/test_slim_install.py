@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_wheel import clean_copy
+from tests.integration.test_wheel import build_wheel, clean_copy, venv_with
 
 pytestmark = pytest.mark.slow  # builds a wheel and a virtualenv: a minute or two
 
@@ -27,21 +26,8 @@ MAX_SLIM_MB = 300
 @pytest.fixture(scope="module")
 def slim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     where = tmp_path_factory.mktemp("slim")
-    source = clean_copy(where / "src")
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(where), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert build.returncode == 0, build.stderr
-    [wheel] = where.glob("thumbline-*.whl")
-    venv = where / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[server]"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stderr
-    return venv
+    wheel = build_wheel(clean_copy(where / "src"), where)
+    return venv_with(wheel, where / "venv", extra="server")
 
 
 def thumbline(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -33,14 +33,30 @@ def clean_copy(to: Path) -> Path:
     return to
 
 
-def test_the_wheel_carries_every_file_the_gateway_serves(tmp_path):
-    source = clean_copy(tmp_path / "src")
+def build_wheel(source: Path, where: Path) -> Path:
+    """thumbline's wheel, built from ``source`` into ``where``."""
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(source)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(where), str(source)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
-    [wheel] = tmp_path.glob("thumbline-*.whl")
+    [wheel] = where.glob("thumbline-*.whl")
+    return wheel
+
+
+def venv_with(wheel: Path, where: Path, *, extra: str = "", timeout: float = 900) -> Path:
+    """A fresh virtualenv at ``where`` with ``wheel[extra]`` and its dependencies alone."""
+    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
+    install = subprocess.run(
+        [str(where / "bin" / "pip"), "install", "-q", f"{wheel}{extra and f'[{extra}]'}"],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr
+    return where
+
+
+def test_the_wheel_carries_every_file_the_gateway_serves(tmp_path):
+    wheel = build_wheel(clean_copy(tmp_path / "src"), tmp_path)
     shipped = set(zipfile.ZipFile(wheel).namelist())
     served = {str(p.relative_to(ROOT)) for p in STATIC.rglob("*") if p.is_file()}
     assert {
