@@ -323,7 +323,12 @@ class KeyRing:
         keys: dict[str, tuple[bytes, ApiKey]] = {}
         for values in result.result_rows[: self._max_keys]:
             row = dict(zip(result.column_names, values, strict=True))
-            digest = bytes.fromhex(str(row.pop("secret_sha256")))
+            try:
+                digest = bytes.fromhex(str(row.pop("secret_sha256")))
+            except ValueError:  # a row written by hand: that key fails, the others work
+                logger.warning("api key %s is skipped: its secret_sha256 is not a SHA-256 in "
+                               "hex; revoke it and create it again", row["key_id"])  # fmt: skip
+                continue
             key = _key(row)
             if not key.revoked:
                 keys[key.key_id] = (digest, key)

@@ -132,16 +132,16 @@ def test_the_key_is_stored_once_as_a_hash_and_never_over_a_key_with_its_id(store
 
     # A key id that already belongs to another key: nothing is written, the secret in
     # the setting does not become that key's.
-    taken = secrets.token_hex(8)
+    taken, theirs = secrets.token_hex(8), hashlib.sha256(b"their secret").hexdigest()
     db = store_settings.clickhouse_database
     store.command(
         f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, name, created_at, "
-        f"version) VALUES ('{taken}', 'x', 'ingest', 'shop', 'theirs', now64(3), 5)"
+        f"version) VALUES ('{taken}', '{theirs}', 'ingest', 'shop', 'theirs', now64(3), 5)"
     )
     hijack = store_settings.model_copy(
         update={"bootstrap_admin_key": SecretStr(f"tl_{taken}_{secrets.token_urlsafe(32)}")}
     )
     assert provision_bootstrap_key(store, hijack) is False
-    assert key_rows(store, hijack, taken) == [("ingest", "x", 5)]
+    assert key_rows(store, hijack, taken) == [("ingest", theirs, 5)]
     unset = store_settings.model_copy(update={"bootstrap_admin_key": None})
     assert provision_bootstrap_key(store, unset) is False

@@ -69,7 +69,9 @@ def test_a_restart_replays_each_events_newest_version(versions, store, store_set
     project, db = unique("rr"), store_settings.clickhouse_database
     stored_versions(versions, project)
     rates = RateState(window=60, sliding=(120,), history=600, clock=lambda: T0 + 200)
-    restore_rates(rates, store, db, now=T0 + 200)
+    # this project's share, as a worker holding its partition restores it: the windows
+    # other tests of the session wrote (now, not in 2024) say nothing about where it replays
+    restore_rates(rates, store, db, now=T0 + 200, keep=lambda p: p == project)
     dims = (project, "prod", "m1", "*")
     minute0, minute2 = rates.windows[T0].counts[dims], rates.windows[T0 + 120].counts[dims]
     assert (minute0.good, minute0.bad, minute2.good) == (1, 1, 1)

@@ -8,10 +8,13 @@ fails here; the assertions then read the parser's normalised text.
 from __future__ import annotations
 
 import functools
+import json
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
-import chdb
 import pytest
 
 from thumbline.cluster import REPLICA_NAME, REPLICA_PATH, ClusterDDL, ClusterUnsupported
@@ -24,18 +27,53 @@ from thumbline.store import REKEYED, apply_migrations, apply_retention
 DB = "thumbline"
 
 
-@functools.cache
-def connection() -> Any:
-    return chdb.connect(":memory:")
+#: ClickHouse's parser in a process of its own: chDB opens one path per process, and in a
+#: whole run the integration tests' session store already holds this one's.
+PARSER = """
+import json, sys
+import chdb
+connection = chdb.connect(":memory:")  # held: its cursor dies with it
+for line in sys.stdin:
+    cursor = connection.cursor()
+    literal = json.loads(line).replace("\\\\", "\\\\\\\\").replace("'", "\\\\'")
+    try:
+        cursor.execute(f"SELECT formatQuery('{literal}')")
+        answer = {"text": str(cursor.fetchone()[0])}
+    except Exception as exc:
+        answer = {"error": str(exc)}
+    print(json.dumps(answer), flush=True)
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def parser() -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PARSER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )  # fmt: skip
+    _PARSERS.append(proc)
+    try:
+        yield proc
+    finally:
+        _PARSERS.remove(proc)
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(30)
+
+
+_PARSERS: list[subprocess.Popen[str]] = []
 
 
 @functools.cache
 def parsed(statement: str) -> str:
     """ClickHouse's formatting of ``statement`` on one line (a syntax error raises)."""
-    literal = statement.replace("\\", "\\\\").replace("'", "\\'")
-    cursor = connection().cursor()
-    cursor.execute(f"SELECT formatQuery('{literal}')")
-    return re.sub(r"\s+", " ", str(cursor.fetchone()[0]))
+    proc = _PARSERS[-1]
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(statement) + "\n")
+    proc.stdin.flush()
+    answer = json.loads(proc.stdout.readline())
+    if "error" in answer:
+        raise RuntimeError(answer["error"])
+    return re.sub(r"\s+", " ", answer["text"])
 
 
 def every_rewrite(cluster: str = "prod") -> list[tuple[int, str, list[str]]]:

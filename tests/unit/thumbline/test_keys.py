@@ -209,3 +209,14 @@ def test_an_admin_key_bound_to_a_project_is_refused_before_anything_is_stored(tm
 def test_a_key_without_its_project_is_refused_in_plain_english(tmp_path, scope, article):
     with pytest.raises(ConfigError, match=f"^{article} {scope} key is bound to one project"):
         create_key(load_settings(data_dir=tmp_path), scope=scope, project="")  # type: ignore[arg-type]
+
+
+def test_a_row_with_a_malformed_hash_is_skipped_and_every_other_key_still_works(caplog):
+    store = CountingStore()
+    good = store.add()
+    bad = store.add()
+    store.rows[-1]["secret_sha256"] = "x"  # written by hand with `thumbline sql --write`
+    ring = KeyRing(store, "db", ttl=60)  # type: ignore[arg-type]
+    assert ring.check(good) is not None
+    assert ring.check(bad) is None
+    assert "not a SHA-256" in caplog.text and bad.split("_")[2] not in caplog.text
