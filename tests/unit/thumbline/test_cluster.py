@@ -55,9 +55,10 @@ def parser() -> Iterator[subprocess.Popen[str]]:
         yield proc
     finally:
         _PARSERS.remove(proc)
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(30)
+        with proc:  # closes both pipes (an open one is a ResourceWarning at exit)
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(30)
 
 
 _PARSERS: list[subprocess.Popen[str]] = []
