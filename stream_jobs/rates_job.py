@@ -164,11 +164,15 @@ class RatesJob:
                 self.metrics.events_consumed.labels(self.topics.enriched.name).inc(counted)
 
     def _mark(self, partition: int, marker: dict[str, Any]) -> None:
-        durable = int(marker.get("durable", -1))
-        # {"watermark": ms}: a join of an earlier version, on its own partition
-        found = marker.get("watermarks") or {str(partition): marker["watermark"]}
-        for source, ms in found.items():
-            key, watermark = (partition, int(source)), float(ms) / 1000
+        try:  # read whole before any of it counts: a malformed marker changes nothing
+            durable = int(marker.get("durable", -1))
+            # {"watermark": ms}: a join of an earlier version, on its own partition
+            found = marker.get("watermarks") or {str(partition): marker["watermark"]}
+            read = {(partition, int(source)): float(ms) / 1000 for source, ms in found.items()}
+        except (TypeError, ValueError, AttributeError):
+            logger.warning("skipped a malformed watermark marker on partition %d", partition)
+            return
+        for key, watermark in read.items():
             previous = self.marks.get(key, (watermark, durable))
             self.marks[key] = (max(previous[0], watermark), max(previous[1], durable))
 

@@ -524,6 +524,17 @@ class TestRatesJob:
         await job.tick()
         assert [r["bad"] for r in job.sink.rows["feedback_rates"]] == [1, 1]
 
+    @pytest.mark.parametrize("bad", [
+        {"watermarks": {"x": 5}}, {"watermarks": {"0": "soon"}}, {"watermarks": [1]},
+        {"watermarks": {"0": 1}, "durable": "far"}, {"watermark": None},
+    ])  # fmt: skip
+    async def test_a_malformed_marker_is_skipped_and_the_stream_goes_on(self, job, bad):
+        await job.handle([Message(bad, 0, -1)])  # another client wrote to the topic
+        assert job.marks == {}
+        await job.handle([Message([row(T0 + 1)], offset=5), marker(T0 + 95, durable=5)])
+        await job.tick()
+        assert len(job.sink.rows["feedback_rates"]) == 2
+
     async def test_a_marker_of_an_earlier_join_covers_its_own_partition(self, job):
         await job.handle(
             [
