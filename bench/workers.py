@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pipeline import fill, reset_stream_topics, run_variant
 from workload import PARTITIONS, issue_workload
 
 from thumbline import runfile
+from thumbline.children import terminate
 from thumbline.sqlclient import OwnerClient
 
 FIRST_INPUT = ("join: first input", "key_by_trace: first input")
@@ -66,16 +66,6 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         return subprocess.Popen(  # noqa: S603 (our own command)
             [*THUMBLINE, *args], env=env, stdout=subprocess.DEVNULL, stderr=sink
         )  # fmt: skip
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def run_workers(spec: RunSpec, workers: int) -> dict:
@@ -110,8 +100,8 @@ async def run_workers(spec: RunSpec, workers: int) -> dict:
         return result
     finally:
         for proc in procs:
-            stop(proc)
-        stop(up)
+            terminate(proc)
+        terminate(up)
 
 
 def main() -> None:

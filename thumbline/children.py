@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -76,7 +76,7 @@ def spawn(
     )
 
 
-def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+def terminate(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds; returns once it has exited."""
     if proc.poll() is None:
         proc.terminate()

