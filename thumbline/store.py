@@ -127,11 +127,25 @@ def store_error(exc: BaseException, settings: Settings | None = None) -> StoreEr
 REKEYED: dict[int, tuple[tuple[str, str], ...]] = {
     5: (("feedback", "project, event_id"), ("traces", "project, trace_id, span_id")),
     13: (("feedback", "project, event_id"),),
+    14: (
+        ("traces", "project, trace_id, span_id"),
+        ("dead_letters", "topic, partition, offset, batch_index"),
+        ("feedback_rates", "project, environment, model, capability, window_seconds, window_start"),
+        ("alerts", "alert_id, state"),
+    ),
 }
 
 #: The partition key a rekeying migration gives a table (none when not named here): its
 #: sort key may stay, as 0013's does. Version -> table -> partition key.
-REPARTITIONED: dict[int, dict[str, str]] = {13: {"feedback": "toYYYYMM(ts)"}}
+REPARTITIONED: dict[int, dict[str, str]] = {
+    13: {"feedback": "toYYYYMM(ts)"},
+    14: {
+        "traces": "toYYYYMM(received_at)",
+        "dead_letters": "toYYYYMM(at)",
+        "feedback_rates": "toYYYYMM(window_start)",
+        "alerts": "toYYYYMM(at)",
+    },
+}
 
 #: Columns rewritten on the way into a rekeyed table (rows stored before the
 #: project was part of the identity had none when they were orphans).
