@@ -246,7 +246,9 @@ def apply_migrations(
 #: its event time, which the inbox, the views and the monthly partitions use, and which
 #: the gateway keeps within days of its reception (``ingest_max_age_seconds``); traces:
 #: their reception, as start_time may be missing (a Nullable column cannot be a TTL);
-#: dead letters: when they came; rate windows: their start.
+#: dead letters: when they came; rate windows: their start. Each table is partitioned by
+#: the month of its column (0013, 0014) with ``ttl_only_drop_parts``, so the retention's
+#: merges drop a month's part whole once its newest row has expired.
 RETENTION_COLUMNS = {
     "feedback": "ts",
     "traces": "received_at",
@@ -266,7 +268,10 @@ def apply_retention(
     (``materialize_ttl_after_modify = 0``): no mutation rewrites every part at
     start; rows already stored that the new TTL expires go at their parts' next
     merge, and ``OPTIMIZE TABLE ... FINAL`` (or ``ALTER TABLE ... MATERIALIZE
-    TTL``) removes them at once. On a cluster the TTL is on the local tables.
+    TTL``) removes them at once. Parts written after it carry it, and the
+    retention's own merges drop such a part whole when all its rows have expired
+    (``ttl_only_drop_parts``: a month keeps its rows until its newest expires). On a
+    cluster the TTL is on the local tables.
 
     Returns:
         The tables whose TTL changed, as ``table: old -> new``.

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from tests.conftest import unique
+from thumbline.charts import RatesFilter, rates_series_sql
+from thumbline.queries import rates_sql
 from thumbline.schemas import migrations
 from thumbline.store import REKEYED, RETENTION_COLUMNS, apply_migrations, apply_retention
 
@@ -232,3 +234,66 @@ def test_the_retentions_ttl_and_whole_part_drops_survive_the_rebuild(store, at_0
             "AND name = {t:String}", parameters={"db": db, "t": table},
         ).result_rows[0][0]  # fmt: skip
         assert " TTL " in engine and "ttl_only_drop_parts = 1" in engine, (table, engine)
+
+
+def test_a_windows_versions_in_separate_parts_read_as_its_newest_in_every_rates_read(
+    store, store_settings
+) -> None:
+    """Every version of a window is in its month's partition (window_start is in the
+    sort key), where ClickHouse deduplicates FINAL per partition on its own
+    (enable_automatic_decision_for_merging_across_partitions_for_final): the chart, the
+    CLI's and the rates job's reads still see each window once, at its newest version."""
+    db, project = store_settings.clickhouse_database, unique("p")
+    assert keys(store, db, "feedback_rates")[1] == "toYYYYMM(window_start)"
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    recent, old = now - timedelta(hours=2), now - timedelta(days=40)  # two months
+    for start in (recent, old):
+        for version, total in ((1, 1), (2, 5)):  # counted again: a part of its own each
+            store.insert(f"{db}.feedback_rates", [[project, "prod", "m", "*", 3600, start,
+                                                   total, 1, version]],
+                         column_names=TABLES["feedback_rates"][0])  # fmt: skip
+    parts = store.query(
+        "SELECT count() FROM system.parts WHERE database = {db:String} AND table = "
+        "'feedback_rates' AND active AND partition IN {p:Array(String)}",
+        parameters={"db": db, "p": [f"{recent:%Y%m}", f"{old:%Y%m}"]},
+    ).result_rows[0][0]  # fmt: skip
+    assert parts >= 4
+
+    chart = rates_series_sql(db, RatesFilter(
+        project=project, window_seconds=3600, start=now - timedelta(days=45), end=now,
+    ), (60, 3600))  # fmt: skip
+    (series,) = store.query(chart.text, parameters=chart.parameters).named_results()
+    assert series["total"] == [5, 5]
+    assert [datetime.fromtimestamp(t, UTC) for t in series["t"]] == [old, recent]
+    listed = store.query(rates_sql(db, window_seconds=3600, project=project,
+                                   since=timedelta(days=45), now=now)).result_rows  # fmt: skip
+    assert [row[5] for row in listed] == [5, 5]  # total, newest window first
+
+
+def test_versions_of_a_span_a_dead_letter_and_an_alert_in_two_months_read_as_one(
+    store, store_settings
+) -> None:
+    """Their partition column is not in their identity: FINAL merges across partitions,
+    so two versions in two months are one row (nothing may skip that merge for them)."""
+    db, name = store_settings.clickhouse_database, unique("x")
+    rows = {
+        "traces": [[name, "", "p", "first", JAN, 1], [name, "", "p", "again", FEB, 2]],
+        "dead_letters": [[name, 0, 1, -1, "bad_json", JAN], [name, 0, 1, -1, "replayed", FEB]],
+        "alerts": [[name, "spike", "resolved", "p", JAN, JAN, 1, 1],
+                   [name, "spike", "resolved", "p", FEB, FEB, 2, 1]],
+    }  # fmt: skip
+    identity = {"traces": "trace_id", "dead_letters": "topic", "alerts": "alert_id"}
+    for table, versions in rows.items():
+        for row in versions:
+            store.insert(f"{db}.{table}", [row], column_names=TABLES[table][0])
+        found = store.query(
+            f"SELECT * FROM {db}.{table} FINAL WHERE {identity[table]} = {{n:String}}",  # noqa: S608
+            parameters={"n": name},
+        ).named_results()  # fmt: skip
+        assert len(list(found)) == 1, table
+        newest = store.query(
+            f"SELECT count() FROM {db}.{table} FINAL WHERE {identity[table]} = {{n:String}} "  # noqa: S608
+            f"AND toYYYYMM({TABLES[table][2].removeprefix('toYYYYMM(')} = 202602",
+            parameters={"n": name},
+        ).result_rows[0][0]  # fmt: skip
+        assert newest == 1, table
