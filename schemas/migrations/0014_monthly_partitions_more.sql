@@ -23,8 +23,12 @@
 -- copies can sit in two months; reads merge across partitions.
 --
 -- feedback_rates: the month of window_start, which is part of the identity (the sort
--- key): every version of a window is in one partition, so FINAL may skip merging
--- across partitions (do_not_merge_across_partitions_select_final) on this table.
+-- key): every version of a window is in one partition, so FINAL need not merge across
+-- partitions here, and ClickHouse skips that merge on its own (the partition key's
+-- columns are in the primary key: enable_automatic_decision_for_merging_across_
+-- partitions_for_final, on by default). No read sets
+-- do_not_merge_across_partitions_select_final: it adds nothing here and is wrong on
+-- the other tables.
 --
 -- alerts: the month of at, when the state changed. Every stored version of one state
 -- change (published 0, then 1) has the same at, but a state the detector emits twice
