@@ -127,11 +127,25 @@ def store_error(exc: BaseException, settings: Settings | None = None) -> StoreEr
 REKEYED: dict[int, tuple[tuple[str, str], ...]] = {
     5: (("feedback", "project, event_id"), ("traces", "project, trace_id, span_id")),
     13: (("feedback", "project, event_id"),),
+    14: (
+        ("traces", "project, trace_id, span_id"),
+        ("dead_letters", "topic, partition, offset, batch_index"),
+        ("feedback_rates", "project, environment, model, capability, window_seconds, window_start"),
+        ("alerts", "alert_id, state"),
+    ),
 }
 
 #: The partition key a rekeying migration gives a table (none when not named here): its
 #: sort key may stay, as 0013's does. Version -> table -> partition key.
-REPARTITIONED: dict[int, dict[str, str]] = {13: {"feedback": "toYYYYMM(ts)"}}
+REPARTITIONED: dict[int, dict[str, str]] = {
+    13: {"feedback": "toYYYYMM(ts)"},
+    14: {
+        "traces": "toYYYYMM(received_at)",
+        "dead_letters": "toYYYYMM(at)",
+        "feedback_rates": "toYYYYMM(window_start)",
+        "alerts": "toYYYYMM(at)",
+    },
+}
 
 #: Columns rewritten on the way into a rekeyed table (rows stored before the
 #: project was part of the identity had none when they were orphans).
@@ -232,7 +246,9 @@ def apply_migrations(
 #: its event time, which the inbox, the views and the monthly partitions use, and which
 #: the gateway keeps within days of its reception (``ingest_max_age_seconds``); traces:
 #: their reception, as start_time may be missing (a Nullable column cannot be a TTL);
-#: dead letters: when they came; rate windows: their start.
+#: dead letters: when they came; rate windows: their start. Each table is partitioned by
+#: the month of its column (0013, 0014) with ``ttl_only_drop_parts``, so the retention's
+#: merges drop a month's part whole once its newest row has expired.
 RETENTION_COLUMNS = {
     "feedback": "ts",
     "traces": "received_at",
@@ -252,7 +268,10 @@ def apply_retention(
     (``materialize_ttl_after_modify = 0``): no mutation rewrites every part at
     start; rows already stored that the new TTL expires go at their parts' next
     merge, and ``OPTIMIZE TABLE ... FINAL`` (or ``ALTER TABLE ... MATERIALIZE
-    TTL``) removes them at once. On a cluster the TTL is on the local tables.
+    TTL``) removes them at once. Parts written after it carry it, and the
+    retention's own merges drop such a part whole when all its rows have expired
+    (``ttl_only_drop_parts``: a month keeps its rows until its newest expires). On a
+    cluster the TTL is on the local tables.
 
     Returns:
         The tables whose TTL changed, as ``table: old -> new``.

@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from thumbline.cluster import REPLICA_NAME, REPLICA_PATH, ClusterDDL, ClusterUnsupported
+from thumbline.cluster import (
+    REPLICA_NAME,
+    REPLICA_PATH,
+    ClusterDDL,
+    ClusterUnsupported,
+    sharding_key,
+)
 from thumbline.errors import ConfigError, StoreError
 from thumbline.forget import Forget
 from thumbline.schemas import migrations
@@ -119,18 +125,23 @@ def test_every_statement_of_every_migration_parses_and_runs_on_the_cluster(
     ), text
 
 
-def one_node_tables() -> dict[str, tuple[str, str, str]]:
-    """Every MergeTree table the migrations create: name -> (engine, args, ORDER BY)."""
+def one_node_tables() -> dict[str, tuple[str, str, str, str]]:
+    """Every MergeTree table the migrations create: name -> (engine, args, `` PARTITION BY
+    ...`` or '', ORDER BY)."""
     found = {}
     for migration in migrations.load():
         for statement in migration.statements(DB):
             text = parsed(statement)
             m = re.match(r"CREATE TABLE (?:IF NOT EXISTS )?thumbline\.(\w+) ", text)
             engine = re.search(
-                r"ENGINE = (\w+MergeTree)(?:\((.*?)\))? ORDER BY (.+?)( SETTINGS|$)", text
+                r"ENGINE = (\w+MergeTree)(?:\(([^()]*)\))?( PARTITION BY .+?)? ORDER BY (.+?)"
+                r"( SETTINGS|$)",
+                text,
             )
             if m and engine:
-                found[m.group(1)] = (engine.group(1), engine.group(2) or "", engine.group(3))
+                found[m.group(1)] = (
+                    engine.group(1), engine.group(2) or "", engine.group(3) or "", engine.group(4)
+                )  # fmt: skip
     return found
 
 
@@ -144,10 +155,10 @@ def test_every_mergetree_table_is_a_replicated_local_table_with_its_engine_argum
         if m:
             created[m.group(1)] = text
     assert set(created) == set(tables)
-    for table, (engine, args, order_by) in tables.items():
+    for table, (engine, args, partition_by, order_by) in tables.items():
         replicated_args = ", ".join(filter(None, [f"'{REPLICA_PATH}'", f"'{REPLICA_NAME}'", args]))
         assert (
-            f"ENGINE = Replicated{engine}({replicated_args}) ORDER BY {order_by}"
+            f"ENGINE = Replicated{engine}({replicated_args}){partition_by} ORDER BY {order_by}"
             in (created[table])
         ), created[table]
         assert "non_replicated_deduplication_window" not in created[table]
@@ -272,6 +283,47 @@ def test_a_future_migration_that_rebuilds_feedback_by_month_is_rewritten_by_the_
     )
     assert "FROM thumbline.feedback__monthly_local" in out[5]
     assert out[6] == "OPTIMIZE TABLE thumbline.feedback__monthly_local ON CLUSTER prod FINAL"
+
+
+#: 0014's tables: their partition keys, and whether the retention drops whole parts
+MONTHLY_0014 = {
+    "traces": ("toYYYYMM(received_at)", True),
+    "dead_letters": ("toYYYYMM(at)", True),
+    "feedback_rates": ("toYYYYMM(window_start)", True),
+    "alerts": ("toYYYYMM(at)", False),  # no retention setting counts alerts
+}
+
+
+def test_0014_rebuilds_four_tables_by_month_as_replicated_local_tables_under_distributed():
+    out = [parsed(s) for version, _, s in ALL if version == 14]
+    for table, (partition_key, whole_parts) in MONTHLY_0014.items():
+        (local,) = [s for s in out if s.startswith(
+            f"CREATE TABLE IF NOT EXISTS thumbline.{table}__rekeyed_local ON CLUSTER prod "
+        )]  # fmt: skip
+        assert f"ENGINE = ReplicatedReplacingMergeTree('{REPLICA_PATH}', " in local
+        assert f" PARTITION BY {partition_key} ORDER BY " in local
+        assert "SETTINGS replicated_deduplication_window = 1000" in local
+        assert ("ttl_only_drop_parts = 1" in local) is whole_parts, local
+        # after the swap, the Distributed table shards by the same sort key as before
+        (remade,) = [s for s in out if s.startswith(f"CREATE OR REPLACE TABLE thumbline.{table} ")]
+        assert remade.endswith(f"'{table}_local', {sharding_key(table, dict(REKEYED[14])[table])})")
+    # the feedback's setting goes to every host's shard table, not to the Distributed one
+    (alter,) = [s for s in out if s.startswith("ALTER TABLE thumbline.feedback_local ON CLUSTER")]
+    assert "MODIFY SETTING ttl_only_drop_parts = 1" in alter
+    assert not [s for s in out if s.startswith("ALTER TABLE thumbline.feedback ON")]
+
+
+def test_on_a_cluster_0014_swaps_each_tables_empty_local_table_for_its_monthly_one():
+    client = Recorder()
+    apply_migrations(client, DB, cluster="prod")  # type: ignore[arg-type]
+    for table in MONTHLY_0014:
+        assert (
+            f"EXCHANGE TABLES thumbline.{table}_local AND thumbline.{table}__rekeyed_local "
+            "ON CLUSTER 'prod'"
+        ) in client.commands
+        assert f"DROP TABLE IF EXISTS thumbline.{table}__rekeyed_local ON CLUSTER 'prod' SYNC" in (
+            client.commands
+        )
 
 
 def test_a_rebuild_by_create_as_and_rename_swaps_the_local_tables_and_remakes_the_distributed():
