@@ -44,6 +44,7 @@ from thumbline.chrules import judge_writer, refused, setting_allowed, settings_o
 from thumbline.chwire import (
     INSERT_START,
     MAX_CONCURRENT,
+    MAX_SQL_BYTES,
     TRANSPORT,
     EndpointError,
     Recent,
@@ -75,6 +76,8 @@ CONNECT_QUERIES = frozenset({
     "SELECT\n    name,\n    value,\n    readonly\nFROM system.settings\nLIMIT 10000",
     "SELECT 1 AS check", "SELECT 1", "SELECT version()", "SELECT timezone()",
 })  # fmt: skip
+#: Largest body of the reader: a query and its parameters (a form), never an insert.
+READER_MAX_BODY_BYTES = 4 * MAX_SQL_BYTES
 #: Statements whose answer is a result set (the others run as commands).
 _RESULTS = frozenset({
     "SelectWithUnionQuery", "DescribeQuery", "ExistsTableQuery", "ShowTables", "CheckQuery",
@@ -163,6 +166,12 @@ class StoreEndpoint:
                 "their passwords are in the run file)",
             )  # fmt: skip
         return name
+
+    def body_limit(self, user: str) -> int | None:
+        """The largest body ``user`` may send: the writer's inserts (None: the wire's
+        bound, :data:`thumbline.chwire.MAX_BODY_BYTES`), the reader's SQL with its
+        parameters (as a form)."""
+        return None if user == WRITER else READER_MAX_BODY_BYTES
 
     def handle(self, request: Request) -> Reply:
         """Answer one request; never raises (errors are ClickHouse-shaped replies)."""

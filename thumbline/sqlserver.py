@@ -267,7 +267,11 @@ class _Handler(BaseHTTPRequestHandler):
         params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
         headers = {name.lower(): value for name, value in self.headers.items()}
         try:
-            body = read_body(self.rfile, headers) if self.command == "POST" else b""
+            # who sends it, from the head alone, before a byte of the body is read: a
+            # stranger's body is never held, the reader's is bounded by a query's size
+            user = endpoint.user(Request(self.command, params, headers, b""))
+            limit = endpoint.body_limit(user)
+            body = read_body(self.rfile, headers, limit) if self.command == "POST" else b""
             fields = form_fields(headers.get("content-type", ""), body)
             if fields is not None:  # the query and its parameters, as a form
                 params, body = {**params, **fields}, b""

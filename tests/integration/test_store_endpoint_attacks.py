@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -340,3 +341,41 @@ def test_a_form_carrying_a_file_or_too_many_fields_is_refused(endpoint):
     refused(endpoint.send(body=body, headers={"Content-Type": kind}))
     body, kind = form({f"param_p{n}": "x" for n in range(1_001)} | {"query": "SELECT 1"})
     refused(endpoint.send(body=body, headers={"Content-Type": kind}))
+
+
+def answer_to_headers_alone(url: str, head: str) -> bytes:
+    """What the endpoint answers to a request's head whose body never comes (the head
+    announces one): the status line and headers, or a timeout if it waits for the body."""
+    host, port = urllib.parse.urlsplit(url).netloc.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(head.encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = conn.recv(4096)  # socket.timeout: the endpoint waits for the body
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def test_a_stranger_is_turned_away_before_the_endpoint_reads_their_body(endpoint):
+    # Nothing a wrong password sends may be held in memory: 100 MB announced, none sent.
+    head = (
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n"
+        f"Authorization: Basic {base64.b64encode(b'thumbline:wrong').decode()}\r\n\r\n"
+    )
+    reply = answer_to_headers_alone(endpoint.url, head)
+    assert reply.startswith(b"HTTP/1.1 401 "), reply
+    assert b"X-ClickHouse-Exception-Code: 516" in reply
+
+
+def test_the_readers_body_is_bounded_by_the_size_of_a_query_before_it_is_read(endpoint):
+    # The reader sends SQL only: a body of the writer's insert size is refused unread.
+    secret = base64.b64encode(f"{READER}:{PASSWORDS[READER]}".encode()).decode()
+    head = (
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n"
+        f"Authorization: Basic {secret}\r\n\r\n"
+    )
+    reply = answer_to_headers_alone(endpoint.url, head)
+    assert reply.startswith(b"HTTP/1.1 413 "), reply
+    assert b"X-ClickHouse-Exception-Code: 307" in reply
