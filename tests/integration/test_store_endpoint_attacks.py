@@ -379,3 +379,24 @@ def test_the_readers_body_is_bounded_by_the_size_of_a_query_before_it_is_read(en
     reply = answer_to_headers_alone(endpoint.url, head)
     assert reply.startswith(b"HTTP/1.1 413 "), reply
     assert b"X-ClickHouse-Exception-Code: 307" in reply
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT key_id, secret_sha256 FROM system.databases, {db}.api_keys",
+        "SELECT key_id FROM system.tables, api_keys",
+        "SELECT d.name, k.key_id FROM system.columns AS c, system.databases AS d, api_keys AS k",
+    ],
+)
+def test_the_readers_catalog_reads_name_no_table_of_thumbline(endpoint, store, sql):
+    # The catalog path runs on the writer's rules: a thumbline table named in it would be
+    # read outside the SQL sandbox.
+    store.command(
+        f"INSERT INTO {endpoint.database}.api_keys (key_id, secret_sha256, scope, project, "
+        "annotator, name, created_at, version) SELECT 'k_catalog', 'c0ffee', 'admin', '', '', "
+        "'catalog attack', now64(3), 1"
+    )
+    answer = endpoint.send(sql.format(db=endpoint.database), user=READER)
+    refused(answer)
+    assert "c0ffee" not in answer.body and "k_catalog" not in answer.body
