@@ -45,6 +45,7 @@ from thumbline.chwire import (
     INSERT_START,
     MAX_CONCURRENT,
     MAX_SQL_BYTES,
+    QUERY_ID,
     TRANSPORT,
     EndpointError,
     Recent,
@@ -177,7 +178,11 @@ class StoreEndpoint:
 
     def handle(self, request: Request) -> Reply:
         """Answer one request; never raises (errors are ClickHouse-shaped replies)."""
-        query_id = request.params.get("query_id") or str(uuid.uuid4())
+        asked = request.params.get("query_id")
+        query_id = asked or str(uuid.uuid4())
+        if not QUERY_ID.fullmatch(query_id):
+            return self.error(EndpointError(36, "query_id takes 1 to 256 printable ASCII "
+                                            "characters, no spaces"), "")  # fmt: skip
         started = time.monotonic()
         if not self._slots.acquire(blocking=False):
             return self.error(EndpointError(202, "too many requests at once; retry"), query_id)

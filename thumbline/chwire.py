@@ -42,6 +42,9 @@ FORMATS = frozenset({
     "PrettyCompactMonoBlock", "PrettySpace", "PrettyNoEscapes", "Values", "Vertical", "XML",
     "Markdown", "Parquet", "Arrow", "ArrowStream", "ORC", "Null",
 })  # fmt: skip
+#: A query_id this endpoint echoes in X-ClickHouse-Query-Id: printable ASCII, no spaces
+#: (a line break would write headers of the sender's choosing into the reply).
+QUERY_ID = re.compile(r"[\x21-\x7e]{1,256}")
 INSERT_START = re.compile(rb"\s*INSERT\s", re.IGNORECASE)
 _DATA_START = re.compile(r"\b(?:FORMAT\s+([A-Za-z][A-Za-z0-9_]*)|VALUES)\b", re.IGNORECASE)
 _CODE = re.compile(r"Code: (\d+)\. (.*)", re.DOTALL)
@@ -228,7 +231,9 @@ def content_type(fmt: str) -> str:
 
 def error_reply(exc: EndpointError, query_id: str, mask: Callable[[str], str]) -> Reply:
     """ClickHouse's error reply: ``Code: N. DB::Exception: ...``, its status and header;
-    ``mask`` takes secrets out of the text."""
+    ``mask`` takes secrets out of the text. A ``query_id`` not of :data:`QUERY_ID` is not
+    echoed."""
+    query_id = query_id if QUERY_ID.fullmatch(query_id) else ""
     name = _NAMES.get(exc.code, "")
     text = str(exc)
     if not text.startswith("Code:"):

@@ -400,3 +400,18 @@ def test_the_readers_catalog_reads_name_no_table_of_thumbline(endpoint, store, s
     answer = endpoint.send(sql.format(db=endpoint.database), user=READER)
     refused(answer)
     assert "c0ffee" not in answer.body and "k_catalog" not in answer.body
+
+
+@pytest.mark.parametrize("user", [WRITER, READER, "stranger"])
+def test_a_query_id_cannot_add_headers_to_the_reply(endpoint, user):
+    # query_id is echoed in X-ClickHouse-Query-Id: a line break in it would write headers
+    # (and a body) of the sender's choosing into the reply, even to a wrong password.
+    secret = base64.b64encode(f"{user}:{PASSWORDS.get(user, 'x')}".encode()).decode()
+    query = urllib.parse.urlencode(
+        {"query": "SELECT 1", "query_id": "q1\r\nX-Injected: yes\r\nSet-Cookie: a=b"}
+    )
+    head = f"GET /?{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {secret}\r\n\r\n"
+    reply = answer_to_headers_alone(endpoint.url, head)
+    lines = reply.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert lines[0].split(b" ")[1] in (b"400", b"401"), reply
+    assert not any(line.lower().startswith((b"x-injected", b"set-cookie")) for line in lines)
