@@ -207,7 +207,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         # Never the request line: its URL may hold SQL and query parameters.
-        logger.debug("sql endpoint: %s %s", self.command, self.path.split("?", 1)[0])
+        # A request refused before its line was read (414, 400) has no command nor path.
+        path = getattr(self, "path", "").split("?", 1)[0]
+        logger.debug("sql endpoint: %s %s", getattr(self, "command", None), path)
 
     def do_GET(self) -> None:  # noqa: N802
         path = urllib.parse.urlsplit(self.path).path

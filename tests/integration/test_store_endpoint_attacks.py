@@ -415,3 +415,8 @@ def test_a_query_id_cannot_add_headers_to_the_reply(endpoint, user):
     lines = reply.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
     assert lines[0].split(b" ")[1] in (b"400", b"401"), reply
     assert not any(line.lower().startswith((b"x-injected", b"set-cookie")) for line in lines)
+
+
+def test_a_request_line_past_the_bound_gets_414_not_a_dropped_connection(endpoint):
+    head = f"GET /?query=SELECT+1&query_id={'q' * 70_000} HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert answer_to_headers_alone(endpoint.url, head).startswith(b"HTTP/1.1 414 ")
