@@ -46,6 +46,7 @@ FORMATS = frozenset({
 #: (a line break would write headers of the sender's choosing into the reply).
 QUERY_ID = re.compile(r"[\x21-\x7e]{1,256}")
 INSERT_START = re.compile(rb"\s*INSERT\s", re.IGNORECASE)
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _DATA_START = re.compile(r"\b(?:FORMAT\s+([A-Za-z][A-Za-z0-9_]*)|VALUES)\b", re.IGNORECASE)
 _CODE = re.compile(r"Code: (\d+)\. (.*)", re.DOTALL)
 _NAMES = {164: "READONLY", 202: "TOO_MANY_SIMULTANEOUS_QUERIES", 497: "ACCESS_DENIED",
@@ -97,10 +98,11 @@ def read_body(
         parts, size = [], 0
         while True:
             line = rfile.readline(66)
-            try:
-                chunk = int(line.split(b";", 1)[0].strip() or b"x", 16)
-            except ValueError:
-                raise EndpointError(1001, "a malformed chunk in the request body") from None
+            digits = line.split(b";", 1)[0].strip()
+            # hex digits only: int() takes "-1" (and a read of -1 bytes has no end)
+            if not _CHUNK_SIZE.fullmatch(digits):
+                raise EndpointError(1001, "a malformed chunk in the request body")
+            chunk = int(digits, 16)
             if chunk == 0:
                 while rfile.readline(1026).strip():  # trailers
                     pass

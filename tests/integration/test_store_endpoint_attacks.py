@@ -420,3 +420,16 @@ def test_a_query_id_cannot_add_headers_to_the_reply(endpoint, user):
 def test_a_request_line_past_the_bound_gets_414_not_a_dropped_connection(endpoint):
     head = f"GET /?query=SELECT+1&query_id={'q' * 70_000} HTTP/1.1\r\nHost: x\r\n\r\n"
     assert answer_to_headers_alone(endpoint.url, head).startswith(b"HTTP/1.1 414 ")
+
+
+@pytest.mark.parametrize("size", ["-1", "-10", "+10", "0x10", " "])
+def test_a_chunk_whose_size_is_not_hex_digits_is_refused_before_more_is_read(endpoint, size):
+    # int("-1", 16) is -1, and a read of -1 bytes reads until the peer closes: no bound.
+    secret = base64.b64encode(f"{READER}:{PASSWORDS[READER]}".encode()).decode()
+    head = (
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        f"Authorization: Basic {secret}\r\n\r\n{size}\r\nSELECT 1"
+    )
+    reply = answer_to_headers_alone(endpoint.url, head)
+    assert reply.startswith(b"HTTP/1.1 500 "), reply  # ClickHouse's status for code 1001
+    assert b"X-ClickHouse-Exception-Code: 1001" in reply
