@@ -47,6 +47,7 @@ FORMATS = frozenset({
 QUERY_ID = re.compile(r"[\x21-\x7e]{1,256}")
 INSERT_START = re.compile(rb"\s*INSERT\s", re.IGNORECASE)
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_LENGTH = re.compile(r"[0-9]{1,18}")
 _DATA_START = re.compile(r"\b(?:FORMAT\s+([A-Za-z][A-Za-z0-9_]*)|VALUES)\b", re.IGNORECASE)
 _CODE = re.compile(r"Code: (\d+)\. (.*)", re.DOTALL)
 _NAMES = {164: "READONLY", 202: "TOO_MANY_SIMULTANEOUS_QUERIES", 497: "ACCESS_DENIED",
@@ -114,7 +115,7 @@ def read_body(
             rfile.readline(3)
         data = b"".join(parts)
     else:
-        length = int(headers.get("content-length") or 0)
+        length = content_length(headers)
         if length > limit:
             raise too_large
         data = rfile.read(length) if length > 0 else b""
@@ -125,6 +126,21 @@ def read_body(
     if len(out) > limit:
         raise too_large
     return out
+
+
+def content_length(headers: Mapping[str, str]) -> int:
+    """The request's Content-Length (0 without one).
+
+    Raises:
+        EndpointError: one that is not decimal digits: int() takes "-1", and a read of
+            -1 bytes reads until the peer closes.
+    """
+    text = headers.get("content-length", "").strip()
+    if not text:
+        return 0
+    if not _LENGTH.fullmatch(text):
+        raise EndpointError(36, "Content-Length is not a number of bytes")
+    return int(text)
 
 
 def _decompress(data: bytes, encoding: str, limit: int) -> bytes:

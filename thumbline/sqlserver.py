@@ -43,7 +43,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from pydantic import SecretStr
 
 from thumbline.chhttp import StoreEndpoint
-from thumbline.chwire import EndpointError, Request, form_fields, read_body
+from thumbline.chwire import EndpointError, Request, content_length, form_fields, read_body
 from thumbline.errors import ConfigError, SqlRefused, StoreError
 from thumbline.sandbox import Sandbox, open_insert_client
 from thumbline.settings import Settings
@@ -239,7 +239,9 @@ class _Handler(BaseHTTPRequestHandler):
         fmt = query.get("format", ["JSONCompact"])[0]
         if fmt not in FORMATS:
             return self._error(HTTPStatus.BAD_REQUEST, f"format must be one of {sorted(FORMATS)}")
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self._length()
+        if length is None:
+            return None
         if length > MAX_SQL_BYTES:
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "SQL longer than 1 MB")
         sql = self.rfile.read(length).decode("utf-8", "replace")
@@ -294,7 +296,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(reply.body)
 
     def _query(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self._length()
+        if length is None:
+            return None
         if length > MAX_SQL_BYTES:
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "query longer than 1 MB")
         try:
@@ -311,7 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body, "application/json")
 
     def _insert(self, query: dict[str, list[str]]) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self._length()
+        if length is None:
+            return None
         if length > MAX_INSERT_BYTES:
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "insert larger than 512 MB")
         block = self.rfile.read(length)
@@ -338,6 +344,15 @@ class _Handler(BaseHTTPRequestHandler):
         except ClickHouseError as exc:
             return self._refused(store_error(exc, self.server_ref.settings))
         self._send(HTTPStatus.OK, b'{"ok":true}', "application/json")
+
+    def _length(self) -> int | None:
+        """The request's Content-Length; None once a 400 has answered one that is not a
+        number of bytes (unread: a read of -1 bytes would read until the peer closes)."""
+        try:
+            return content_length({"content-length": self.headers.get("Content-Length", "")})
+        except EndpointError as exc:
+            self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            return None
 
     def _refused(self, exc: StoreError) -> None:
         if exc.retriable:  # the store did not answer: the caller waits and sends it again

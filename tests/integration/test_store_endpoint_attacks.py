@@ -433,3 +433,39 @@ def test_a_chunk_whose_size_is_not_hex_digits_is_refused_before_more_is_read(end
     reply = answer_to_headers_alone(endpoint.url, head)
     assert reply.startswith(b"HTTP/1.1 500 "), reply  # ClickHouse's status for code 1001
     assert b"X-ClickHouse-Exception-Code: 1001" in reply
+
+
+@pytest.fixture(scope="module")
+def owner(store, store_settings, tmp_path_factory) -> Iterator[SqlServer]:
+    """The session's store served with its token routes (/sql, /query, /insert)."""
+    settings = load_settings(
+        data_dir=tmp_path_factory.mktemp("owner"), clickhouse_url=store_settings.store_url,
+        clickhouse_database=store_settings.clickhouse_database,
+    )  # fmt: skip
+    server = SqlServer(settings, writer=store).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("path", ["/sql", "/query", "/insert?table=feedback"])
+@pytest.mark.parametrize("length", ["-1", "1e9", "0x10"])
+def test_a_content_length_that_is_not_digits_is_refused_before_the_body_is_read(
+    owner, path, length
+):
+    # rfile.read(-1) reads until the peer closes: however much it sends is held.
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+        f"Authorization: Bearer {owner.token}\r\n\r\nSELECT 1"
+    )
+    assert answer_to_headers_alone(owner.url, head).startswith(b"HTTP/1.1 400 ")
+
+
+@pytest.mark.parametrize("length", ["-1", "1e9", "0x10"])
+def test_the_clickhouse_route_answers_a_content_length_that_is_not_digits(endpoint, length):
+    secret = base64.b64encode(f"{READER}:{PASSWORDS[READER]}".encode()).decode()
+    head = (
+        f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+        f"Authorization: Basic {secret}\r\n\r\nSELECT 1"
+    )
+    reply = answer_to_headers_alone(endpoint.url, head)
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"Exception-Code: 36" in reply, reply
