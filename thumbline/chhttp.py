@@ -44,6 +44,8 @@ from thumbline.chrules import judge_writer, refused, setting_allowed, settings_o
 from thumbline.chwire import (
     INSERT_START,
     MAX_CONCURRENT,
+    MAX_SQL_BYTES,
+    QUERY_ID,
     TRANSPORT,
     EndpointError,
     Recent,
@@ -75,6 +77,8 @@ CONNECT_QUERIES = frozenset({
     "SELECT\n    name,\n    value,\n    readonly\nFROM system.settings\nLIMIT 10000",
     "SELECT 1 AS check", "SELECT 1", "SELECT version()", "SELECT timezone()",
 })  # fmt: skip
+#: Largest body of the reader: a query and its parameters (a form), never an insert.
+READER_MAX_BODY_BYTES = 4 * MAX_SQL_BYTES
 #: Statements whose answer is a result set (the others run as commands).
 _RESULTS = frozenset({
     "SelectWithUnionQuery", "DescribeQuery", "ExistsTableQuery", "ShowTables", "CheckQuery",
@@ -83,7 +87,9 @@ _RESULTS = frozenset({
 #: The system tables a tool lists the catalog from (Grafana's query builder, DBeaver).
 _CATALOG_TABLES = ("databases", "tables", "columns")
 _CATALOG = re.compile(r"\bsystem\.(?:" + "|".join(_CATALOG_TABLES) + r")\b")
-_SYSTEM = re.compile(r"\bsystem\.(\w+)")
+#: Functions whose right side may name a table (x IN t).
+_IN_FUNCTIONS = frozenset({"in", "notin", "globalin", "globalnotin", "nullin", "notnullin",
+                           "globalnullin", "globalnotnullin"})  # fmt: skip
 _FINAL_FORMAT = re.compile(r"\s+FORMAT ([A-Za-z][A-Za-z0-9_]*)\s*$")
 
 
@@ -164,9 +170,19 @@ class StoreEndpoint:
             )  # fmt: skip
         return name
 
+    def body_limit(self, user: str) -> int | None:
+        """The largest body ``user`` may send: the writer's inserts (None: the wire's
+        bound, :data:`thumbline.chwire.MAX_BODY_BYTES`), the reader's SQL with its
+        parameters (as a form)."""
+        return None if user == WRITER else READER_MAX_BODY_BYTES
+
     def handle(self, request: Request) -> Reply:
         """Answer one request; never raises (errors are ClickHouse-shaped replies)."""
-        query_id = request.params.get("query_id") or str(uuid.uuid4())
+        asked = request.params.get("query_id")
+        query_id = asked or str(uuid.uuid4())
+        if not QUERY_ID.fullmatch(query_id):
+            return self.error(EndpointError(36, "query_id takes 1 to 256 printable ASCII "
+                                            "characters, no spaces"), "")  # fmt: skip
         started = time.monotonic()
         if not self._slots.acquire(blocking=False):
             return self.error(EndpointError(202, "too many requests at once; retry"), query_id)
@@ -271,7 +287,7 @@ class StoreEndpoint:
             body = self.sandbox.execute(client, checked, fmt=fmt)  # the sandbox's own way
         else:  # the writer reading, or a tool's catalog reads: the writer's rules, read-only
             kind = self._judge(client, canonical, parameters)
-            if user == READER and not _only_catalog(canonical):
+            if user == READER and not _only_catalog(self._tree(client, canonical, parameters)):
                 what = "the reader reads system.databases, tables and columns alone, or "
                 raise refused(what + "thumbline's tables in the SQL sandbox", self.database)
             if kind not in _RESULTS:
@@ -367,13 +383,17 @@ def _result(body: bytes | bytearray | memoryview, fmt: str) -> Reply:
     return Reply(200, bytes(body), {"X-ClickHouse-Format": fmt, "Content-Type": content_type(fmt)})
 
 
-def _only_catalog(canonical: str) -> bool:
-    """Whether every system table ``canonical`` names is a catalog table, and it names no
-    table of another kind (thumbline's are read through the sandbox)."""
-    from_tables = re.findall(r"\b(?:FROM|JOIN)\s+([\w.`]+)", unquoted(canonical))
-    system = _SYSTEM.findall(unquoted(canonical))
-    return (
-        bool(system)
-        and all(t in _CATALOG_TABLES for t in system)
-        and all(t.startswith("system.") for t in from_tables)
-    )
+def _only_catalog(root: Any) -> bool:
+    """Whether every table the statement's tree (``EXPLAIN AST``) names is a catalog table
+    of ``system``, and it names one: thumbline's tables are read through the sandbox.
+
+    Read from the tree, not the text: a table after a comma (``FROM system.tables, t``)
+    or on the right of ``IN`` names no ``FROM`` or ``JOIN``.
+    """
+    tables = [node.text for node in root.walk() if node.kind == "TableIdentifier"]
+    for node in root.walk():  # x IN t: t is an Identifier in the tree
+        if node.kind == "Function" and node.text.split(" ", 1)[0].lower() in _IN_FUNCTIONS:
+            arguments = node.children[0].children if node.children else []
+            tables += [a.text for a in arguments[1:] if a.kind == "Identifier"]
+    catalog = {f"system.{name}" for name in _CATALOG_TABLES}
+    return bool(tables) and all(t.lower() in catalog for t in tables)

@@ -42,7 +42,12 @@ FORMATS = frozenset({
     "PrettyCompactMonoBlock", "PrettySpace", "PrettyNoEscapes", "Values", "Vertical", "XML",
     "Markdown", "Parquet", "Arrow", "ArrowStream", "ORC", "Null",
 })  # fmt: skip
+#: A query_id this endpoint echoes in X-ClickHouse-Query-Id: printable ASCII, no spaces
+#: (a line break would write headers of the sender's choosing into the reply).
+QUERY_ID = re.compile(r"[\x21-\x7e]{1,256}")
 INSERT_START = re.compile(rb"\s*INSERT\s", re.IGNORECASE)
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_LENGTH = re.compile(r"[0-9]{1,18}")
 _DATA_START = re.compile(r"\b(?:FORMAT\s+([A-Za-z][A-Za-z0-9_]*)|VALUES)\b", re.IGNORECASE)
 _CODE = re.compile(r"Code: (\d+)\. (.*)", re.DOTALL)
 _NAMES = {164: "READONLY", 202: "TOO_MANY_SIMULTANEOUS_QUERIES", 497: "ACCESS_DENIED",
@@ -94,10 +99,11 @@ def read_body(
         parts, size = [], 0
         while True:
             line = rfile.readline(66)
-            try:
-                chunk = int(line.split(b";", 1)[0].strip() or b"x", 16)
-            except ValueError:
-                raise EndpointError(1001, "a malformed chunk in the request body") from None
+            digits = line.split(b";", 1)[0].strip()
+            # hex digits only: int() takes "-1" (and a read of -1 bytes has no end)
+            if not _CHUNK_SIZE.fullmatch(digits):
+                raise EndpointError(1001, "a malformed chunk in the request body")
+            chunk = int(digits, 16)
             if chunk == 0:
                 while rfile.readline(1026).strip():  # trailers
                     pass
@@ -109,7 +115,7 @@ def read_body(
             rfile.readline(3)
         data = b"".join(parts)
     else:
-        length = int(headers.get("content-length") or 0)
+        length = content_length(headers)
         if length > limit:
             raise too_large
         data = rfile.read(length) if length > 0 else b""
@@ -120,6 +126,21 @@ def read_body(
     if len(out) > limit:
         raise too_large
     return out
+
+
+def content_length(headers: Mapping[str, str]) -> int:
+    """The request's Content-Length (0 without one).
+
+    Raises:
+        EndpointError: one that is not decimal digits: int() takes "-1", and a read of
+            -1 bytes reads until the peer closes.
+    """
+    text = headers.get("content-length", "").strip()
+    if not text:
+        return 0
+    if not _LENGTH.fullmatch(text):
+        raise EndpointError(36, "Content-Length is not a number of bytes")
+    return int(text)
 
 
 def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
@@ -228,7 +249,9 @@ def content_type(fmt: str) -> str:
 
 def error_reply(exc: EndpointError, query_id: str, mask: Callable[[str], str]) -> Reply:
     """ClickHouse's error reply: ``Code: N. DB::Exception: ...``, its status and header;
-    ``mask`` takes secrets out of the text."""
+    ``mask`` takes secrets out of the text. A ``query_id`` not of :data:`QUERY_ID` is not
+    echoed."""
+    query_id = query_id if QUERY_ID.fullmatch(query_id) else ""
     name = _NAMES.get(exc.code, "")
     text = str(exc)
     if not text.startswith("Code:"):

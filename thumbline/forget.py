@@ -5,7 +5,8 @@ they gave (pending and voted rows included: they are feedback rows) and the
 traces of their conversations, with the question and the answer. Beyond those:
 the alerts keep up to a few comments of the feedback behind them as samples,
 so the user's comments are taken out of them; dead letters keep messages as
-they came, so those that name the user id as a JSON string go too. Rate windows
+they came, so those with a ``"user_id"`` field of theirs go too (the whole
+message: a batch of several users' events included). Rate windows
 hold counts only and are kept.
 
 Rows go by ClickHouse's lightweight ``DELETE`` (hidden from every read at once,
@@ -58,6 +59,22 @@ def _check(user_id: str, project: str | None) -> None:
         raise ConfigError("--project takes a project name: 1 to 128 characters")
 
 
+def _field_pattern(name: str, value: str) -> str:
+    """An RE2 pattern of ``"name": "value"`` in JSON text, ``value`` as orjson writes it."""
+    return f'"{_re2_literal(name)}"\\s*:\\s*{_re2_literal(orjson.dumps(value).decode())}'
+
+
+def _re2_literal(text: str) -> str:
+    """``text`` as an RE2 pattern that matches it and nothing else."""
+    out = []
+    for char in text:
+        if char.isascii() and not char.isalnum():
+            out.append(f"\\x{{{ord(char):02x}}}")  # punctuation, spaces and controls alike
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 class Forget:
     """The deletion of one user's data, counted first (for a confirmation), then done.
 
@@ -81,11 +98,13 @@ class Forget:
         self.user_id, self.project = user_id, project
         in_project = f" AND project = {literal(project)}" if project is not None else ""
         self._by_user = f"user_id = {literal(user_id)}{in_project}"
-        # a dead letter is raw text: the id as a JSON string in it (and the project's)
-        mentions = [orjson.dumps(user_id).decode()]
-        if project is not None:
-            mentions.append(orjson.dumps(project).decode())
-        self._dead = " AND ".join(f"position(raw, {literal(m)}) > 0" for m in mentions)
+        # a dead letter is raw text, maybe not JSON: the id as the JSON string value of a
+        # "user_id" field in it (and the project's of "project"), not anywhere: the user
+        # chooses their id, and another user's comment or locale may read the same
+        fields = [("user_id", user_id)] + ([("project", project)] if project is not None else [])
+        self._dead = " AND ".join(
+            f"match(raw, {literal(_field_pattern(name, value))})" for name, value in fields
+        )
 
     def _scalar(self, sql: str) -> int:
         return int(self._client.query(sql).result_rows[0][0])

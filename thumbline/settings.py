@@ -6,6 +6,7 @@ reads the environment at import time.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,14 @@ from thumbline.schemas import Annotator, TimeBounds
 ENV_PREFIX = "THUMBLINE_"
 #: A key as ``thumbline keys create`` makes them (keys.py), with a secret of 32+ characters.
 _BOOTSTRAP_KEY = re.compile(r"^tl_[0-9a-f]{16}_[A-Za-z0-9_\-]{32,100}$")
+
+
+def _guessable(secret: str) -> bool:
+    """Whether ``secret`` is too regular to be random: under 100 bits counted as its length
+    times log2 of its distinct characters (``"A" * 43``, ``"abab..."``, ``"0123" * 10``)."""
+    return len(secret) * math.log2(max(len(set(secret)), 1)) < 100
+
+
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
 
@@ -379,13 +388,30 @@ class Settings(BaseSettings):
     def _bootstrap_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        if not _BOOTSTRAP_KEY.match(value.get_secret_value().strip()):
+        key = value.get_secret_value().strip()
+        if not _BOOTSTRAP_KEY.match(key) or _guessable(key.split("_", 2)[2]):
             raise ValueError(
-                "must read tl_<16 lower-case hex>_<32 to 100 of A-Z a-z 0-9 _ ->; make one with "
+                "must read tl_<16 lower-case hex>_<32 to 100 of A-Z a-z 0-9 _ ->, the secret "
+                "random (not a repeated character or pattern); make one with "
                 "python3 -c 'import secrets; "
                 'print(f"tl_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}")\''
             )
         return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("sql_writer_password", "sql_reader_password")
+    @classmethod
+    def _endpoint_password(cls, value: SecretStr | None) -> SecretStr | None:
+        # the endpoint takes guesses as fast as they come, from any user of the machine
+        if value is None or not value.get_secret_value():
+            return None
+        password = value.get_secret_value()
+        if len(password) < 16 or len(set(password)) < 8:
+            raise ValueError(
+                "must be at least 16 characters, 8 of them different; unset, a random one is "
+                "made at each start; make one with python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(24))'"
+            )
+        return value
 
     @field_validator("clickhouse_reader_url")
     @classmethod

@@ -43,7 +43,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from pydantic import SecretStr
 
 from thumbline.chhttp import StoreEndpoint
-from thumbline.chwire import EndpointError, Request, form_fields, read_body
+from thumbline.chwire import EndpointError, Request, content_length, form_fields, read_body
 from thumbline.errors import ConfigError, SqlRefused, StoreError
 from thumbline.sandbox import Sandbox, open_insert_client
 from thumbline.settings import Settings
@@ -207,7 +207,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         # Never the request line: its URL may hold SQL and query parameters.
-        logger.debug("sql endpoint: %s %s", self.command, self.path.split("?", 1)[0])
+        # A request refused before its line was read (414, 400) has no command nor path.
+        path = getattr(self, "path", "").split("?", 1)[0]
+        logger.debug("sql endpoint: %s %s", getattr(self, "command", None), path)
 
     def do_GET(self) -> None:  # noqa: N802
         path = urllib.parse.urlsplit(self.path).path
@@ -237,7 +239,9 @@ class _Handler(BaseHTTPRequestHandler):
         fmt = query.get("format", ["JSONCompact"])[0]
         if fmt not in FORMATS:
             return self._error(HTTPStatus.BAD_REQUEST, f"format must be one of {sorted(FORMATS)}")
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self._length()
+        if length is None:
+            return None
         if length > MAX_SQL_BYTES:
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "SQL longer than 1 MB")
         sql = self.rfile.read(length).decode("utf-8", "replace")
@@ -267,7 +271,11 @@ class _Handler(BaseHTTPRequestHandler):
         params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
         headers = {name.lower(): value for name, value in self.headers.items()}
         try:
-            body = read_body(self.rfile, headers) if self.command == "POST" else b""
+            # who sends it, from the head alone, before a byte of the body is read: a
+            # stranger's body is never held, the reader's is bounded by a query's size
+            user = endpoint.user(Request(self.command, params, headers, b""))
+            limit = endpoint.body_limit(user)
+            body = read_body(self.rfile, headers, limit) if self.command == "POST" else b""
             fields = form_fields(headers.get("content-type", ""), body)
             if fields is not None:  # the query and its parameters, as a form
                 params, body = {**params, **fields}, b""
@@ -288,7 +296,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(reply.body)
 
     def _query(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self._length()
+        if length is None:
+            return None
         if length > MAX_SQL_BYTES:
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "query longer than 1 MB")
         try:
@@ -305,7 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body, "application/json")
 
     def _insert(self, query: dict[str, list[str]]) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self._length()
+        if length is None:
+            return None
         if length > MAX_INSERT_BYTES:
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "insert larger than 512 MB")
         block = self.rfile.read(length)
@@ -332,6 +344,15 @@ class _Handler(BaseHTTPRequestHandler):
         except ClickHouseError as exc:
             return self._refused(store_error(exc, self.server_ref.settings))
         self._send(HTTPStatus.OK, b'{"ok":true}', "application/json")
+
+    def _length(self) -> int | None:
+        """The request's Content-Length; None once a 400 has answered one that is not a
+        number of bytes (unread: a read of -1 bytes would read until the peer closes)."""
+        try:
+            return content_length({"content-length": self.headers.get("Content-Length", "")})
+        except EndpointError as exc:
+            self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            return None
 
     def _refused(self, exc: StoreError) -> None:
         if exc.retriable:  # the store did not answer: the caller waits and sends it again

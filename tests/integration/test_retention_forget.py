@@ -270,3 +270,29 @@ def test_thumbline_migrate_applies_a_changed_retention_once_and_says_so(thumblin
     env["THUMBLINE_RETENTION_FEEDBACK_DAYS"] = "0"
     third = run(thumbline_bin, env, "migrate")
     assert "retention of feedback: ts + toIntervalDay(30) -> kept forever" in third.stdout
+
+
+DEAD = ["topic", "partition", "offset", "batch_index", "reason", "error", "raw", "key", "at"]
+
+
+def test_forgetting_a_user_deletes_the_dead_letters_they_sent_not_those_quoting_their_id(store, db):
+    """A user id is chosen by the user's application, often by the user: "en", "admin" or
+    "shop" is also a value of other fields. Only a dead letter whose user_id is theirs goes;
+    one whose comment, locale or project happens to read the same stays."""
+    store.insert(f"{db}.dead_letters", [
+        ["topic", 0, 1, -1, "bad", "", '{"user_id": "en", "project": "shop"}', "", NOW],
+        ["topic", 0, 2, -1, "bad", "", '{"user_id":"en","project":"shop"}', "", NOW],
+        ["topic", 0, 3, -1, "bad", "", '{"user_id": "u2", "locale": "en"}', "", NOW],
+        ["topic", 0, 4, -1, "bad", "", '{"user_id": "u3", "comment": "en", "p": "shop"}', "",
+         NOW],
+        ["topic", 0, 5, -1, "bad", "", '{"user_id": "en", "project": "other"}', "", NOW],
+    ], column_names=DEAD)  # fmt: skip
+    found = {
+        f.table: f.rows for f in Forget(store, database=db, user_id="en", project="shop").run()
+    }
+    assert found["dead_letters"] == 2
+    kept = store.query(f"SELECT offset FROM {db}.dead_letters ORDER BY offset").result_rows
+    assert kept == [(3,), (4,), (5,)]
+    for user_id in (".*", 'u2", "locale', "u\\d", "' OR 1 = 1 OR '"):  # patterns, quotes
+        Forget(store, database=db, user_id=user_id).run()
+    assert store.query(f"SELECT count() FROM {db}.dead_letters").result_rows == [(3,)]

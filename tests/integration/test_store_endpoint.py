@@ -33,7 +33,7 @@ from thumbline.sqlserver import SqlServer
 from thumbline.store import apply_migrations, open_client
 from thumbline.stream_jobs.sink import JSON_SETTINGS
 
-WRITER_PASSWORD, READER_PASSWORD = "w-pass-7f3a", "r-pass-91c2"
+WRITER_PASSWORD, READER_PASSWORD = "w-pass-7f3a-51c0e8d2", "r-pass-91c2-a6b3f407"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -33,7 +34,7 @@ from thumbline.settings import load_settings
 from thumbline.sqlserver import SqlServer
 
 WRITER, READER = "thumbline", "thumbline_reader"
-PASSWORDS = {WRITER: "writer-secret-1", READER: "reader-secret-2"}
+PASSWORDS = {WRITER: "writer-secret-1-5b7e9c", READER: "reader-secret-2-0d4f1a"}
 
 
 @dataclass(frozen=True)
@@ -212,12 +213,12 @@ def test_the_reader_cannot_raise_its_limits(endpoint):
 
 @pytest.mark.parametrize(
     ("user", "password"),
-    [(WRITER, "wrong"), (READER, "writer-secret-1"), ("default", ""), ("", "")],
+    [(WRITER, "wrong"), (READER, "writer-secret-1-5b7e9c"), ("default", ""), ("", "")],
 )
 def test_a_wrong_user_or_password_gets_authentication_failed(endpoint, user, password):
     answer = endpoint.send("SELECT 1", user=user, password=password)
     assert answer.status == 401 and answer.code == "516"
-    assert "writer-secret-1" not in answer.body and "reader-secret-2" not in answer.body
+    assert all(p not in answer.body for p in PASSWORDS.values())
 
 
 def test_the_clickhouse_headers_authenticate_too(endpoint):
@@ -340,3 +341,131 @@ def test_a_form_carrying_a_file_or_too_many_fields_is_refused(endpoint):
     refused(endpoint.send(body=body, headers={"Content-Type": kind}))
     body, kind = form({f"param_p{n}": "x" for n in range(1_001)} | {"query": "SELECT 1"})
     refused(endpoint.send(body=body, headers={"Content-Type": kind}))
+
+
+def answer_to_headers_alone(url: str, head: str) -> bytes:
+    """What the endpoint answers to a request's head whose body never comes (the head
+    announces one): the status line and headers, or a timeout if it waits for the body."""
+    host, port = urllib.parse.urlsplit(url).netloc.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(head.encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = conn.recv(4096)  # socket.timeout: the endpoint waits for the body
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def test_a_stranger_is_turned_away_before_the_endpoint_reads_their_body(endpoint):
+    # Nothing a wrong password sends may be held in memory: 100 MB announced, none sent.
+    head = (
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n"
+        f"Authorization: Basic {base64.b64encode(b'thumbline:wrong').decode()}\r\n\r\n"
+    )
+    reply = answer_to_headers_alone(endpoint.url, head)
+    assert reply.startswith(b"HTTP/1.1 401 "), reply
+    assert b"X-ClickHouse-Exception-Code: 516" in reply
+
+
+def test_the_readers_body_is_bounded_by_the_size_of_a_query_before_it_is_read(endpoint):
+    # The reader sends SQL only: a body of the writer's insert size is refused unread.
+    secret = base64.b64encode(f"{READER}:{PASSWORDS[READER]}".encode()).decode()
+    head = (
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n"
+        f"Authorization: Basic {secret}\r\n\r\n"
+    )
+    reply = answer_to_headers_alone(endpoint.url, head)
+    assert reply.startswith(b"HTTP/1.1 413 "), reply
+    assert b"X-ClickHouse-Exception-Code: 307" in reply
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT key_id, secret_sha256 FROM system.databases, {db}.api_keys",
+        "SELECT key_id FROM system.tables, api_keys",
+        "SELECT d.name, k.key_id FROM system.columns AS c, system.databases AS d, api_keys AS k",
+    ],
+)
+def test_the_readers_catalog_reads_name_no_table_of_thumbline(endpoint, store, sql):
+    # The catalog path runs on the writer's rules: a thumbline table named in it would be
+    # read outside the SQL sandbox.
+    store.command(
+        f"INSERT INTO {endpoint.database}.api_keys (key_id, secret_sha256, scope, project, "
+        "annotator, name, created_at, version) SELECT 'k_catalog', 'c0ffee', 'admin', '', '', "
+        "'catalog attack', now64(3), 1"
+    )
+    answer = endpoint.send(sql.format(db=endpoint.database), user=READER)
+    refused(answer)
+    assert "c0ffee" not in answer.body and "k_catalog" not in answer.body
+
+
+@pytest.mark.parametrize("user", [WRITER, READER, "stranger"])
+def test_a_query_id_cannot_add_headers_to_the_reply(endpoint, user):
+    # query_id is echoed in X-ClickHouse-Query-Id: a line break in it would write headers
+    # (and a body) of the sender's choosing into the reply, even to a wrong password.
+    secret = base64.b64encode(f"{user}:{PASSWORDS.get(user, 'x')}".encode()).decode()
+    query = urllib.parse.urlencode(
+        {"query": "SELECT 1", "query_id": "q1\r\nX-Injected: yes\r\nSet-Cookie: a=b"}
+    )
+    head = f"GET /?{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {secret}\r\n\r\n"
+    reply = answer_to_headers_alone(endpoint.url, head)
+    lines = reply.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert lines[0].split(b" ")[1] in (b"400", b"401"), reply
+    assert not any(line.lower().startswith((b"x-injected", b"set-cookie")) for line in lines)
+
+
+def test_a_request_line_past_the_bound_gets_414_not_a_dropped_connection(endpoint):
+    head = f"GET /?query=SELECT+1&query_id={'q' * 70_000} HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert answer_to_headers_alone(endpoint.url, head).startswith(b"HTTP/1.1 414 ")
+
+
+@pytest.mark.parametrize("size", ["-1", "-10", "+10", "0x10", " "])
+def test_a_chunk_whose_size_is_not_hex_digits_is_refused_before_more_is_read(endpoint, size):
+    # int("-1", 16) is -1, and a read of -1 bytes reads until the peer closes: no bound.
+    secret = base64.b64encode(f"{READER}:{PASSWORDS[READER]}".encode()).decode()
+    head = (
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        f"Authorization: Basic {secret}\r\n\r\n{size}\r\nSELECT 1"
+    )
+    reply = answer_to_headers_alone(endpoint.url, head)
+    assert reply.startswith(b"HTTP/1.1 500 "), reply  # ClickHouse's status for code 1001
+    assert b"X-ClickHouse-Exception-Code: 1001" in reply
+
+
+@pytest.fixture(scope="module")
+def owner(store, store_settings, tmp_path_factory) -> Iterator[SqlServer]:
+    """The session's store served with its token routes (/sql, /query, /insert)."""
+    settings = load_settings(
+        data_dir=tmp_path_factory.mktemp("owner"), clickhouse_url=store_settings.store_url,
+        clickhouse_database=store_settings.clickhouse_database,
+    )  # fmt: skip
+    server = SqlServer(settings, writer=store).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("path", ["/sql", "/query", "/insert?table=feedback"])
+@pytest.mark.parametrize("length", ["-1", "1e9", "0x10"])
+def test_a_content_length_that_is_not_digits_is_refused_before_the_body_is_read(
+    owner, path, length
+):
+    # rfile.read(-1) reads until the peer closes: however much it sends is held.
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+        f"Authorization: Bearer {owner.token}\r\n\r\nSELECT 1"
+    )
+    assert answer_to_headers_alone(owner.url, head).startswith(b"HTTP/1.1 400 ")
+
+
+@pytest.mark.parametrize("length", ["-1", "1e9", "0x10"])
+def test_the_clickhouse_route_answers_a_content_length_that_is_not_digits(endpoint, length):
+    secret = base64.b64encode(f"{READER}:{PASSWORDS[READER]}".encode()).decode()
+    head = (
+        f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+        f"Authorization: Basic {secret}\r\n\r\nSELECT 1"
+    )
+    reply = answer_to_headers_alone(endpoint.url, head)
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"Exception-Code: 36" in reply, reply

@@ -282,3 +282,33 @@ def test_the_readmes_thumbline_commands_exist():
         command = root.commands[first]  # type: ignore[attr-defined]
         if rest and hasattr(command, "commands"):
             assert rest[0] in command.commands, words
+
+
+#: The only service a compose deployment offers beyond the host: the gateway (API keys).
+PUBLIC = {"gateway"}
+
+
+def test_no_secret_has_a_default_that_would_ship():
+    # ${CLICKHOUSE_PASSWORD:-thumbline} starts a ClickHouse every reader of this file can
+    # log into: a secret comes from the env file, or compose refuses to start.
+    text = COMPOSE.read_text()
+    secrets = [m for m in INTERPOLATION.finditer(text)
+               if re.search(r"PASSWORD|SECRET|_KEY\b|TOKEN", m.group(1))]  # fmt: skip
+    assert {m.group(1) for m in secrets} >= {
+        "CLICKHOUSE_PASSWORD", "CLICKHOUSE_READER_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
+        "THUMBLINE_BOOTSTRAP_ADMIN_KEY",
+    }  # fmt: skip
+    for match in secrets:
+        assert match.group(2) == "?" and "compose.env.example" in match.group(3), match.group(0)
+
+
+def test_only_the_gateway_is_published_beyond_the_host():
+    # Kafka and ClickHouse take no or the env file's passwords, Grafana lets anonymous
+    # viewers query ClickHouse, the Collector takes any span: from other machines only the
+    # gateway, which wants an API key, is reached.
+    for name, service in services().items():
+        for port in service.get("ports", []):
+            spec = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port}"
+            if name in PUBLIC:
+                continue
+            assert spec.startswith("127.0.0.1:"), f"{name} publishes {spec} on every interface"

@@ -478,8 +478,9 @@ def test_on_a_cluster_forgetting_deletes_from_the_local_tables_on_every_host():
     Forget(client, database=DB, user_id="u'1", project="shop", cluster="prod").run()  # type: ignore[arg-type]
     statements = [parsed(c) for c in client.commands]
     assert statements == [
-        "DELETE FROM thumbline.dead_letters_local ON CLUSTER prod WHERE (position(raw, "
-        "'\"u\\'1\"') > 0) AND (position(raw, '\"shop\"') > 0)",
+        "DELETE FROM thumbline.dead_letters_local ON CLUSTER prod WHERE match(raw, "
+        "'\"user\\\\x{5f}id\"\\\\s*:\\\\s*\\\\x{22}u\\\\x{27}1\\\\x{22}') AND match(raw, "
+        "'\"project\"\\\\s*:\\\\s*\\\\x{22}shop\\\\x{22}')",
         "DELETE FROM thumbline.traces_local ON CLUSTER prod WHERE (user_id = 'u\\'1') AND "
         "(project = 'shop')",
         "DELETE FROM thumbline.feedback_local ON CLUSTER prod WHERE (user_id = 'u\\'1') AND "

@@ -183,7 +183,7 @@ def test_the_rates_count_end_users_unless_told_which_annotators_to_count(monkeyp
         load_settings()
 
 
-BOOTSTRAP_KEY = "tl_0123456789abcdef_" + "A" * 43
+BOOTSTRAP_KEY = "tl_0123456789abcdef_Qm7Zr2Xk9Lp4Vw8Tn3Hc6Jd1Fy5Gb0Ss-Ue_Oa2Ri4Pq"
 
 
 def test_a_bootstrap_admin_key_is_a_secret_in_the_key_format(monkeypatch):
@@ -204,6 +204,9 @@ def test_a_bootstrap_admin_key_is_a_secret_in_the_key_format(monkeypatch):
         "tl_0123456789ABCDEF_" + "A" * 43,  # key ids are lower-case hex
         "tl_0123456789abcdef_" + "A" * 43 + "'; DROP TABLE x --",
         "tl_0123456789abcdef_" + "A" * 101,  # longer than any key
+        "tl_0123456789abcdef_" + "A" * 43,  # the format, but one guess finds it
+        "tl_0123456789abcdef_" + "ab" * 30,  # two characters: 60 bits at most
+        "tl_0123456789abcdef_" + "0123" * 10,  # a pattern, not a random secret
     ],
 )
 def test_a_malformed_bootstrap_admin_key_fails_saying_how_to_make_one_and_not_echoing_it(
@@ -215,3 +218,20 @@ def test_a_malformed_bootstrap_admin_key_fails_saying_how_to_make_one_and_not_ec
     message = str(info.value)
     assert "THUMBLINE_BOOTSTRAP_ADMIN_KEY" in message and "secrets.token_urlsafe" in message
     assert value not in message
+
+
+@pytest.mark.parametrize("name", ["sql_writer_password", "sql_reader_password"])
+@pytest.mark.parametrize("value", ["x", "thumbline", "w-pass-7f3a", "a" * 40, "abababababababab"])
+def test_a_store_endpoint_password_that_is_short_or_repetitive_is_refused(monkeypatch, name, value):
+    # The endpoint takes password guesses as fast as they come, from any local user.
+    monkeypatch.setenv(f"THUMBLINE_{name.upper()}", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert f"THUMBLINE_{name.upper()}" in str(info.value) and "16" in str(info.value)
+    assert value not in str(info.value)
+
+
+def test_a_store_endpoint_password_of_16_varied_characters_is_taken(monkeypatch):
+    monkeypatch.setenv("THUMBLINE_SQL_READER_PASSWORD", "Xq7-mP2v_Lr9sT4w")
+    password = load_settings().sql_reader_password
+    assert password is not None and password.get_secret_value() == "Xq7-mP2v_Lr9sT4w"
