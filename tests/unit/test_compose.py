@@ -167,11 +167,31 @@ def test_the_example_env_file_holds_placeholders_that_no_gateway_accepts():
     assert set(example) <= referenced, set(example) - referenced
     assert {"THUMBLINE_BOOTSTRAP_ADMIN_KEY", "CLICKHOUSE_PASSWORD",
             "CLICKHOUSE_READER_PASSWORD"} <= set(example)  # fmt: skip
+    # left as copied, every secret is empty, and ${NAME:?...} refuses an empty value as it
+    # does an unset one: a placeholder such as REPLACE-ME would start ClickHouse with it
     for name, value in example.items():
         if name != "THUMBLINE_PARTITIONS":
-            assert "REPLACE-ME" in value, name
+            assert value == "", name
     with pytest.raises(ConfigError, match="THUMBLINE_BOOTSTRAP_ADMIN_KEY"):
-        load_settings(bootstrap_admin_key=example["THUMBLINE_BOOTSTRAP_ADMIN_KEY"])
+        load_settings(bootstrap_admin_key=example["THUMBLINE_BOOTSTRAP_ADMIN_KEY"] or "tl_x_y")
+
+
+def test_the_example_env_file_says_how_to_make_each_secret_url_safe():
+    # the ClickHouse passwords go into URLs (http://thumbline:PASSWORD@clickhouse:8123):
+    # token_urlsafe makes letters, digits, - and _ only
+    lines = EXAMPLE.read_text().splitlines()
+    for name in ("CLICKHOUSE_PASSWORD", "CLICKHOUSE_READER_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"{name}="))
+        start = at
+        while start > 0 and lines[start - 1].startswith("#"):
+            start -= 1
+        assert "token_urlsafe" in "\n".join(lines[start:at]), name  # its own comment says
+
+
+def test_grafana_asks_everyone_to_log_in():
+    # an anonymous viewer could run SQL through the ClickHouse data source
+    grafana = services()["grafana"]["environment"]
+    assert str(grafana.get("GF_AUTH_ANONYMOUS_ENABLED", "false")).lower() == "false"
 
 
 def prometheus_jobs() -> dict[str, list[tuple[str, int]]]:
