@@ -6,6 +6,7 @@ reads the environment at import time.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from pathlib import Path
@@ -300,7 +301,9 @@ class Settings(BaseSettings):
         60.0, gt=0, le=3600,
         description="How long thumbline up waits for the durable broker's storage to start.",
     )  # fmt: skip
-    sql_host: str = Field("127.0.0.1", description="Where the store owner serves SQL.")
+    sql_host: str = Field(
+        "127.0.0.1", description="Where the store owner serves SQL: a loopback address only."
+    )
     sql_max_seconds: float = Field(
         30.0, gt=0, le=3600, description="Longest a query of the SQL sandbox runs (then 400)."
     )
@@ -397,6 +400,23 @@ class Settings(BaseSettings):
                 'print(f"tl_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}")\''
             )
         return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("sql_host")
+    @classmethod
+    def _endpoint_on_loopback(cls, value: str) -> str:
+        # plain HTTP: its token and passwords would cross the network in clear
+        host = value.strip()
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                "the store endpoint speaks plain HTTP, so it listens on loopback only "
+                "(127.0.0.1, ::1 or localhost); workers on other machines use a ClickHouse "
+                "server instead (README: Running in production)"
+            )
+        return host
 
     @field_validator("sql_writer_password", "sql_reader_password")
     @classmethod

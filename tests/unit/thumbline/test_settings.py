@@ -235,3 +235,20 @@ def test_a_store_endpoint_password_of_16_varied_characters_is_taken(monkeypatch)
     monkeypatch.setenv("THUMBLINE_SQL_READER_PASSWORD", "Xq7-mP2v_Lr9sT4w")
     password = load_settings().sql_reader_password
     assert password is not None and password.get_secret_value() == "Xq7-mP2v_Lr9sT4w"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "::", "store.internal"])  # noqa: S104
+def test_the_store_endpoint_beyond_loopback_is_refused(monkeypatch, host):
+    # It speaks plain HTTP: the token and the passwords would cross the network in clear.
+    monkeypatch.setenv("THUMBLINE_SQL_HOST", host)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "THUMBLINE_SQL_HOST" in message and "loopback" in message
+    assert "ClickHouse server" in message  # what to do instead
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_the_store_endpoint_on_loopback_is_taken(monkeypatch, host):
+    monkeypatch.setenv("THUMBLINE_SQL_HOST", host)
+    assert load_settings().sql_host == host
