@@ -65,9 +65,10 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from thumbline.schemas import RateWindow
+from thumbline.schemas._base import MAX_COMMENT_LEN, MAX_ID_LEN, MAX_NAME_LEN
 
 ALL = "*"
 END_USER = "end_user"
@@ -125,39 +126,105 @@ class Contribution:
 #: What identifies a feedback event: (project, event_id), as in the ``feedback`` table.
 EventKey = tuple[str, str]
 
+#: Event times a window can hold: ClickHouse's DateTime range (1970 to 2106).
+MIN_TS, MAX_TS = 0.0, 4_294_967_295.0
+MAX_VERSION = 2**63 - 1
+_MAX_TS_CHARS = 64  # an ISO 8601 time with microseconds and an offset is 32
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A row the rates cannot count: its place in the message's array (-1: the message
+    was one object), the field at fault (``row`` when it is not an object), and why."""
+
+    index: int
+    field: str
+    error: str
+
+    @property
+    def reason(self) -> str:
+        """The dead letter's reason: ``invalid_<field>`` (a bounded set, fit for a label)."""
+        return f"invalid_{self.field}"
+
+
+def _wrong(name: str, value: object, want: str) -> tuple[str, str]:
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"
+    return name, f"{name}: {shown} is not {want}"
+
 
 def contribution(
-    row: dict[str, Any], window: float, annotators: tuple[str, ...] = DEFAULT_ANNOTATORS
-) -> tuple[EventKey, Contribution]:
+    row: Any, window: float, annotators: tuple[str, ...] = DEFAULT_ANNOTATORS
+) -> tuple[EventKey, Contribution] | tuple[str, str]:
     """The identity of an enriched row and what it contributes (nothing unless its
-    annotator is one of ``annotators``)."""
-    ts = row["ts"]
-    when = ts.timestamp() if isinstance(ts, datetime) else datetime.fromisoformat(ts).timestamp()
-    start = math.floor(when / window) * window
-    project, environment = row.get("project") or "", row.get("environment") or ""
-    dims = (
-        (project, environment, row.get("model") or "", ALL),
-        (project, environment, ALL, row.get("capability") or ""),
-    )
+    annotator is one of ``annotators``), or, for a row the join would not have written,
+    ``(field, error)``: the first field at fault and what is wrong with it.
+
+    Pure, and called once per row before anything counts; the checks are type tests
+    and length bounds (a pydantic model per row would cost several times the counting).
+    A ``ts`` without an offset is UTC, as ClickHouse reads it.
+    """
+    if type(row) is not dict:
+        return _wrong("row", row, "a JSON object")
+    get = row.get
+    event_id = get("event_id")
+    if type(event_id) is not str or not 0 < len(event_id) <= MAX_ID_LEN:
+        return _wrong("event_id", event_id, f"a string of 1 to {MAX_ID_LEN} characters")
+    version = get("version")
+    if type(version) is not int or not 0 <= version <= MAX_VERSION:
+        return _wrong("version", version, "a whole number from 0 to 2**63-1")
+    ts = get("ts")
+    if type(ts) is str and len(ts) <= _MAX_TS_CHARS:
+        try:
+            when = datetime.fromisoformat(ts)
+        except ValueError:
+            return _wrong("ts", ts, "an ISO 8601 time")
+    elif isinstance(ts, datetime):
+        when = ts
+    else:
+        return _wrong("ts", ts, "an ISO 8601 time")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    seconds = when.timestamp()
+    if not MIN_TS <= seconds < MAX_TS:
+        return _wrong("ts", ts, "a time from 1970 to 2106")
+    project, environment = get("project") or "", get("environment") or ""
+    model, capability = get("model") or "", get("capability") or ""
+    for name, value in (("project", project), ("environment", environment), ("model", model),
+                        ("capability", capability)):  # fmt: skip
+        if type(value) is not str or len(value) > MAX_NAME_LEN:
+            return _wrong(name, value, f"a string of at most {MAX_NAME_LEN} characters")
+    retracted = get("retracted")
+    if retracted is not None and type(retracted) is not bool and retracted not in (0, 1):
+        return _wrong("retracted", retracted, "true or false")
     counts = Counts()
     sample = None
-    if not row.get("retracted") and (row.get("annotator") or END_USER) in annotators:
-        label = row.get("label")
-        comment = row.get("comment") or ""
-        if row.get("source") == "implicit":
+    if not retracted and (get("annotator") or END_USER) in annotators:
+        label = get("label")
+        comment = get("comment") or ""
+        if type(comment) is not str or len(comment) > MAX_COMMENT_LEN:
+            return _wrong("comment", comment, f"a string of at most {MAX_COMMENT_LEN} characters")
+        if get("source") == "implicit":
             counts.implicit = 1
         elif label == "good":
             counts.good = 1
         elif label == "bad":
+            trace_id = get("trace_id")
+            if type(trace_id) is not str or len(trace_id) > MAX_ID_LEN:
+                return _wrong("trace_id", trace_id, f"a string of at most {MAX_ID_LEN} characters")
             counts.bad = 1
-            sample = (row["trace_id"], comment)
+            sample = (trace_id, comment)
         else:
             counts.neutral = 1
         counts.with_comment = 1 if comment else 0
-        if row.get("score") is not None:
-            counts.score_sum, counts.score_count = float(row["score"]), 1
-    key = (project, row["event_id"])
-    return key, Contribution(int(row["version"]), start, dims, counts, sample)
+        score = get("score")
+        if score is not None:
+            if type(score) not in (int, float) or not math.isfinite(score):
+                return _wrong("score", score, "a finite number")
+            counts.score_sum, counts.score_count = float(score), 1
+    start = math.floor(seconds / window) * window
+    dims = ((project, environment, model, ALL), (project, environment, ALL, capability))
+    return (project, event_id), Contribution(version, start, dims, counts, sample)
 
 
 @dataclass(slots=True)
@@ -236,6 +303,7 @@ class RateState:
         self.late = 0
         self.applied = 0
         self.bound_hits = 0
+        self.invalid = 0  # rows rejected by contribution()
 
     def emptied(self) -> RateState:
         """A state with the same settings and nothing in it (to restore another share into)."""
@@ -248,17 +316,30 @@ class RateState:
     # Input ------------------------------------------------------------------
 
     def apply(
-        self, rows: Iterable[dict[str, Any]], *, partition: Source = -1, offset: int = -1
+        self,
+        rows: Iterable[Any],
+        *,
+        partition: Source = -1,
+        offset: int = -1,
+        rejected: list[Rejected] | None = None,
     ) -> set[float]:
         """Count enriched rows (from ``partition`` at ``offset`` of ``feedback.enriched``;
         -1: already stored). A row seen before counts once, a newer version replaces it.
+        A row the join would not have written (see :func:`contribution`) counts nowhere:
+        it is added to ``rejected`` with its index and counted in :attr:`invalid`.
 
         Returns:
             The starts of complete windows these rows made dirty (to be recomputed).
         """
         dirtied: set[float] = set()
-        for row in rows:
-            event_id, new = contribution(row, self.window, self.annotators)
+        for index, row in enumerate(rows):
+            read = contribution(row, self.window, self.annotators)
+            if type(read[1]) is str:
+                self.invalid += 1
+                if rejected is not None:
+                    rejected.append(Rejected(index, *read))
+                continue
+            event_id, new = cast(tuple[EventKey, Contribution], read)
             old = self.seen.get(event_id)
             if old is not None and old.version >= new.version:
                 continue

@@ -15,6 +15,13 @@ Windows a late row changed, and windows due for reconciliation, are
 recomputed from ``feedback FINAL`` (:mod:`thumbline.stream_jobs.rates_store`) and
 written again.
 
+Bad input: any Kafka client may write to ``feedback.enriched``. A message that
+is not JSON or is larger than the join writes (:data:`MAX_MESSAGE_BYTES`,
+:data:`MAX_ROWS_PER_MESSAGE`), a malformed marker, and each row the join would
+not have written (:func:`~thumbline.stream_jobs.bad_feedback_rates.contribution`
+names the field) go to the ``dlq`` topic and the ``dead_letters`` table with
+their reason; the valid rows of the same message count, and the stream goes on.
+
 Delivery: a message is acknowledged, in offset order per partition, once what
 it changed is safe without it: at once for rows counted in open windows (a
 restart rebuilds those from the ``feedback`` table, and the join replays what
@@ -38,8 +45,9 @@ from aiokafka import AIOKafkaProducer
 from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics
 from thumbline.outages import STORE, Waits
-from thumbline.schemas import Alert, RateWindow, Topics, rates_partition
-from thumbline.stream_jobs.bad_feedback_rates import ALL, Ended, RateState
+from thumbline.schemas import Alert, DeadLetter, RateWindow, Topics, rates_partition
+from thumbline.stream_jobs.bad_feedback_rates import ALL, Ended, RateState, Rejected
+from thumbline.stream_jobs.decode_input import dead_letter
 from thumbline.stream_jobs.rates_store import (
     alert_rows,
     latest_alerts,
@@ -48,7 +56,13 @@ from thumbline.stream_jobs.rates_store import (
     restore_rates,
     unpublished_alerts,
 )
-from thumbline.stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
+from thumbline.stream_jobs.sink import (
+    ARRAY_MAX_ROWS,
+    ClickHouseSink,
+    SinkUnavailable,
+    StoreClient,
+    dead_letter_json,
+)
 from thumbline.stream_jobs.spike_alerts import SpikeDetector
 from thumbline.stream_jobs.webhooks import WebhookNotifier
 
@@ -56,6 +70,10 @@ logger = logging.getLogger(__name__)
 
 #: Windows to recompute are read from the store at most this often (one query each time).
 RECOMPUTE_EVERY = 5.0
+#: The largest enriched message read: the join's producer sends at most 4 MiB.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: The most rows in one enriched message: the join writes arrays of ARRAY_MAX_ROWS.
+MAX_ROWS_PER_MESSAGE = ARRAY_MAX_ROWS
 
 
 @dataclass(slots=True, eq=False)
@@ -138,43 +156,104 @@ class RatesJob:
         return lowest
 
     async def handle(self, events: Sequence[Any]) -> None:
-        """Count one micro-batch of enriched messages (row arrays and watermark markers)."""
+        """Count one micro-batch of enriched messages (row arrays and watermark markers).
+
+        What cannot be counted is dead-lettered (written and published) before the
+        messages that held it are acknowledged; their valid rows count as usual.
+        """
         async with self._lock:
             counted = 0
+            dead: list[DeadLetter] = []
             for event in events:
                 message = event.message
                 message.incref()  # acknowledged in order by _release, not after the batch
                 held = _Held(event)
                 self._order[message.tp].append(held)
+                raw = message.value
+                if raw is not None and len(raw) > MAX_MESSAGE_BYTES:
+                    dead.append(dead_letter(message, -1, "oversize", (
+                        f"{len(raw)} bytes; the join writes at most {MAX_MESSAGE_BYTES}: only "
+                        "thumbline's join writes this topic, send feedback to its input topic"
+                    ), raw))  # fmt: skip
+                    continue
                 try:
-                    value = orjson.loads(message.value)
-                except orjson.JSONDecodeError:
-                    logger.warning("skipped an enriched message that is not JSON")
+                    value = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    dead.append(dead_letter(message, -1, "bad_json", str(exc), raw or b""))
                     continue
                 if isinstance(value, dict) and ("watermarks" in value or "watermark" in value):
-                    self._mark(message.partition, value)
+                    if not self._mark(message.partition, value):
+                        dead.append(dead_letter(message, -1, "invalid_marker", (
+                            'a marker is {"watermarks": {join partition: ms}, "durable": offset}'
+                        ), raw))  # fmt: skip
                     continue
                 rows = value if isinstance(value, list) else [value]
+                if len(rows) > MAX_ROWS_PER_MESSAGE:
+                    dead.append(dead_letter(message, -1, "oversize", (
+                        f"{len(rows)} rows; the join writes at most {MAX_ROWS_PER_MESSAGE} "
+                        "a message"
+                    ), raw))  # fmt: skip
+                    continue
+                source = (message.partition, _source(message.key, message.partition))
+                rejected: list[Rejected] = []
+                dirty = self.rates.apply(
+                    rows, partition=source, offset=message.offset, rejected=rejected
+                )  # fmt: skip
+                if rejected:
+                    whole = not isinstance(value, list)
+                    dead.extend(self._rejected(message, rows, rejected, whole))
+                    skip = {r.index for r in rejected}
+                    rows = [r for i, r in enumerate(rows) if i not in skip]
                 counted += len(rows)
-                held.rows, held.offset = rows, message.offset
-                held.source = (message.partition, _source(message.key, message.partition))
-                held.dirty = self.rates.apply(rows, partition=held.source, offset=message.offset)
+                if rows:  # held until stored; its rows count again after a rebalance
+                    held.rows, held.offset, held.source, held.dirty = (
+                        rows, message.offset, source, dirty
+                    )  # fmt: skip
+            if dead:
+                await self._dead_letter(dead)
             self._release()
             if self.metrics is not None:
                 self.metrics.events_consumed.labels(self.topics.enriched.name).inc(counted)
 
-    def _mark(self, partition: int, marker: dict[str, Any]) -> None:
+    @staticmethod
+    def _rejected(
+        message: Any, rows: list[Any], rejected: list[Rejected], whole: bool
+    ) -> list[DeadLetter]:
+        out = []
+        for r in rejected:
+            raw = orjson.dumps(rows[r.index])
+            out.append(dead_letter(message, -1 if whole else r.index, r.reason, r.error, raw))
+        return out
+
+    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
+        """Write and publish what could not be counted (before its message is acknowledged);
+        a replay writes the same rows again, which the table's key collapses."""
+        logger.warning(
+            "dead-lettered %d enriched rows or messages another client wrote (%s)",
+            len(dead), ", ".join(sorted({d.reason for d in dead})),
+        )  # fmt: skip
+        self.sink.add_json("dead_letters", [dead_letter_json(d) for d in dead])
+        await self._write()
+        out = [Outgoing(self.topics.dlq.name, d.to_json()) for d in dead]
+        await deliver(self.producer, out, waits=self.waits, operation="rates_dead_letters")
+        if self.metrics is not None:
+            for d in dead:
+                self.metrics.dead_letters.labels(d.reason).inc()
+
+    def _mark(self, partition: int, marker: dict[str, Any]) -> bool:
+        """Take a join's marker; False (and nothing changed) when it is malformed."""
         try:  # read whole before any of it counts: a malformed marker changes nothing
             durable = int(marker.get("durable", -1))
             # {"watermark": ms}: a join of an earlier version, on its own partition
             found = marker.get("watermarks") or {str(partition): marker["watermark"]}
             read = {(partition, int(source)): float(ms) / 1000 for source, ms in found.items()}
-        except (TypeError, ValueError, AttributeError):
+        except (TypeError, ValueError, AttributeError, OverflowError):
             logger.warning("skipped a malformed watermark marker on partition %d", partition)
-            return
+            return False
         for key, watermark in read.items():
             previous = self.marks.get(key, (watermark, durable))
             self.marks[key] = (max(previous[0], watermark), max(previous[1], durable))
+        return True
 
     def _stored(self, held: _Held) -> bool:
         if held.source is None:
