@@ -16,17 +16,14 @@ recomputed from ``feedback FINAL`` (:mod:`thumbline.stream_jobs.rates_store`) an
 written again.
 
 Bad input: any Kafka client may write to ``feedback.enriched``. A message that
-is not JSON or is larger than the join writes (:data:`MAX_MESSAGE_BYTES`,
-:data:`MAX_ROWS_PER_MESSAGE`), a malformed marker, and each row the join would
-not have written (:func:`~thumbline.stream_jobs.bad_feedback_rates.contribution`
+is not JSON or is larger than the join writes, a malformed marker
+(:mod:`thumbline.stream_jobs.read_enriched`), and each row the join would not
+have written (:func:`~thumbline.stream_jobs.rate_contributions.contribution`
 names the field) go to the ``dlq`` topic and the ``dead_letters`` table with
 their reason; the valid rows of the same message count, and the stream goes on.
 
 Delivery: a message is acknowledged, in offset order per partition, once what
-it changed is safe without it: at once for rows counted in open windows (a
-restart rebuilds those from the ``feedback`` table, and the join replays what
-it had not stored), and for a late row only after its window was recomputed
-(no restart would know to recompute it).
+it changed is safe without it (:mod:`thumbline.stream_jobs.rates_acks`).
 """
 
 from __future__ import annotations
@@ -34,20 +31,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
 from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics
 from thumbline.outages import STORE, Waits
 from thumbline.schemas import Alert, DeadLetter, RateWindow, Topics, rates_partition
-from thumbline.stream_jobs.bad_feedback_rates import ALL, Ended, RateState, Rejected
-from thumbline.stream_jobs.decode_input import dead_letter
+from thumbline.stream_jobs.bad_feedback_rates import ALL, Ended, RateState
+from thumbline.stream_jobs.rate_contributions import Rejected
+from thumbline.stream_jobs.rates_acks import HeldMessages
 from thumbline.stream_jobs.rates_store import (
     alert_rows,
     latest_alerts,
@@ -56,8 +52,13 @@ from thumbline.stream_jobs.rates_store import (
     restore_rates,
     unpublished_alerts,
 )
+from thumbline.stream_jobs.read_enriched import (
+    Watermarks,
+    read_message,
+    rejected_letters,
+    source_of,
+)
 from thumbline.stream_jobs.sink import (
-    ARRAY_MAX_ROWS,
     ClickHouseSink,
     SinkUnavailable,
     StoreClient,
@@ -70,22 +71,6 @@ logger = logging.getLogger(__name__)
 
 #: Windows to recompute are read from the store at most this often (one query each time).
 RECOMPUTE_EVERY = 5.0
-#: The largest enriched message read: the join's producer sends at most 4 MiB.
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-#: The most rows in one enriched message: the join writes arrays of ARRAY_MAX_ROWS.
-MAX_ROWS_PER_MESSAGE = ARRAY_MAX_ROWS
-
-
-@dataclass(slots=True, eq=False)
-class _Held:
-    """An input message and the windows it made dirty (it is acknowledged when none is left)."""
-
-    event: Any
-    dirty: set[float] = field(default_factory=set)
-    #: the rows it holds, where from and at which offset (None: a marker)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    source: tuple[int, int] | None = None
-    offset: int = -1
 
 
 class RatesJob:
@@ -129,7 +114,7 @@ class RatesJob:
         #: the enriched partitions (projects) this worker counts; None: all of them
         self.owned: set[int] | None = None
         self.rebalancing = False  # between revoke() and assign(): no window completes
-        self._order: dict[Any, deque[_Held]] = defaultdict(deque)
+        self.held = HeldMessages()
         self._lock = asyncio.Lock()
         self._reported: dict[str, int] = {}
         self._judged_at = 0.0
@@ -166,42 +151,22 @@ class RatesJob:
             dead: list[DeadLetter] = []
             for event in events:
                 message = event.message
-                message.incref()  # acknowledged in order by _release, not after the batch
-                held = _Held(event)
-                self._order[message.tp].append(held)
-                raw = message.value
-                if raw is not None and len(raw) > MAX_MESSAGE_BYTES:
-                    dead.append(dead_letter(message, -1, "oversize", (
-                        f"{len(raw)} bytes; the join writes at most {MAX_MESSAGE_BYTES}: only "
-                        "thumbline's join writes this topic, send feedback to its input topic"
-                    ), raw))  # fmt: skip
+                held = self.held.hold(event)
+                read = read_message(message)
+                if read.dead is not None:
+                    dead.append(read.dead)
                     continue
-                try:
-                    value = orjson.loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    dead.append(dead_letter(message, -1, "bad_json", str(exc), raw or b""))
+                if read.watermarks is not None:
+                    self._mark(read.watermarks, read.durable)
                     continue
-                if isinstance(value, dict) and ("watermarks" in value or "watermark" in value):
-                    if not self._mark(message.partition, value):
-                        dead.append(dead_letter(message, -1, "invalid_marker", (
-                            'a marker is {"watermarks": {join partition: ms}, "durable": offset}'
-                        ), raw))  # fmt: skip
-                    continue
-                rows = value if isinstance(value, list) else [value]
-                if len(rows) > MAX_ROWS_PER_MESSAGE:
-                    dead.append(dead_letter(message, -1, "oversize", (
-                        f"{len(rows)} rows; the join writes at most {MAX_ROWS_PER_MESSAGE} "
-                        "a message"
-                    ), raw))  # fmt: skip
-                    continue
-                source = (message.partition, _source(message.key, message.partition))
+                rows = read.rows or []
+                source = (message.partition, source_of(message.key, message.partition))
                 rejected: list[Rejected] = []
                 dirty = self.rates.apply(
                     rows, partition=source, offset=message.offset, rejected=rejected
                 )  # fmt: skip
                 if rejected:
-                    whole = not isinstance(value, list)
-                    dead.extend(self._rejected(message, rows, rejected, whole))
+                    dead.extend(rejected_letters(message, rows, rejected, read.whole))
                     skip = {r.index for r in rejected}
                     rows = [r for i, r in enumerate(rows) if i not in skip]
                 counted += len(rows)
@@ -211,19 +176,9 @@ class RatesJob:
                     )  # fmt: skip
             if dead:
                 await self._dead_letter(dead)
-            self._release()
+            self.held.release(self.marks)
             if self.metrics is not None:
                 self.metrics.events_consumed.labels(self.topics.enriched.name).inc(counted)
-
-    @staticmethod
-    def _rejected(
-        message: Any, rows: list[Any], rejected: list[Rejected], whole: bool
-    ) -> list[DeadLetter]:
-        out = []
-        for r in rejected:
-            raw = orjson.dumps(rows[r.index])
-            out.append(dead_letter(message, -1 if whole else r.index, r.reason, r.error, raw))
-        return out
 
     async def _dead_letter(self, dead: list[DeadLetter]) -> None:
         """Write and publish what could not be counted (before its message is acknowledged);
@@ -240,32 +195,10 @@ class RatesJob:
             for d in dead:
                 self.metrics.dead_letters.labels(d.reason).inc()
 
-    def _mark(self, partition: int, marker: dict[str, Any]) -> bool:
-        """Take a join's marker; False (and nothing changed) when it is malformed."""
-        try:  # read whole before any of it counts: a malformed marker changes nothing
-            durable = int(marker.get("durable", -1))
-            # {"watermark": ms}: a join of an earlier version, on its own partition
-            found = marker.get("watermarks") or {str(partition): marker["watermark"]}
-            read = {(partition, int(source)): float(ms) / 1000 for source, ms in found.items()}
-        except (TypeError, ValueError, AttributeError, OverflowError):
-            logger.warning("skipped a malformed watermark marker on partition %d", partition)
-            return False
-        for key, watermark in read.items():
+    def _mark(self, watermarks: Watermarks, durable: int) -> None:
+        for key, watermark in watermarks.items():
             previous = self.marks.get(key, (watermark, durable))
             self.marks[key] = (max(previous[0], watermark), max(previous[1], durable))
-        return True
-
-    def _stored(self, held: _Held) -> bool:
-        if held.source is None:
-            return True
-        return held.offset <= self.marks.get(held.source, (0.0, -1))[1]
-
-    def _release(self) -> None:
-        """Acknowledge, in order, what is stored and recomputed: a replay after a restart
-        or a rebalance brings back whatever the store did not have yet."""
-        for queue in self._order.values():
-            while queue and not queue[0].dirty and self._stored(queue[0]):
-                queue.popleft().event.ack()
 
     async def tick(self) -> None:
         """Complete the windows the watermark passed; recompute what is due; write, judge."""
@@ -304,7 +237,7 @@ class RatesJob:
                 await self._write()
             self._observe(ended, alerts)
             if recomputed is not None:
-                self._recomputed()
+                self.held.recomputed(self.rates.dirty.keys(), self.marks)
 
     async def _recompute(self, stored: dict[Any, int]) -> Ended | None:
         """Read the due windows from the store (at most every RECOMPUTE_EVERY seconds)."""
@@ -323,15 +256,6 @@ class RatesJob:
             }
         self.recomputes += len(span)
         return self.rates.replace(found, span)
-
-    def _recomputed(self) -> None:
-        """Messages whose late rows' windows are recomputed and written may be acknowledged."""
-        dirty = self.rates.dirty.keys()
-        for queue in self._order.values():
-            for held in queue:
-                if held.dirty:
-                    held.dirty &= dirty
-        self._release()
 
     async def _write(self) -> None:
         while True:
@@ -449,27 +373,16 @@ class RatesJob:
             self.owned = set(partitions)
             for key in [k for k in self.marks if k[0] not in partitions]:
                 del self.marks[key]
-            for tp in [tp for tp in self._order if tp.partition not in partitions]:
-                del self._order[tp]
+            self.held.keep(partitions)
             if self.owned == before or self.store is None:
                 return
             await self.restore(self.store, self.database)
-            for queue in self._order.values():
-                for held in queue:
-                    if held.source is not None:
-                        held.dirty = self.rates.apply(
-                            held.rows, partition=held.source, offset=held.offset
-                        )  # fmt: skip
+            for held in self.held:
+                if held.source is not None:
+                    held.dirty = self.rates.apply(
+                        held.rows, partition=held.source, offset=held.offset
+                    )  # fmt: skip
             logger.info(
                 "the rates count %d of %d partitions", len(self.owned), self.partitions,
                 extra={"partitions": sorted(self.owned)},
             )  # fmt: skip
-
-
-def _source(key: bytes | None, partition: int) -> int:
-    """The join partition an enriched message comes from (its key); without one, an
-    earlier version's message, from the join partition of the same number."""
-    try:
-        return int(key) if key else partition
-    except ValueError:
-        return partition

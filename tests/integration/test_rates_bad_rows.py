@@ -20,7 +20,7 @@ from thumbline.producers import FeedbackProducer
 from thumbline.schemas import Topics, rates_partition
 from thumbline.settings import load_settings
 from thumbline.stream_jobs.app import StreamApp
-from thumbline.stream_jobs.rates_job import MAX_ROWS_PER_MESSAGE
+from thumbline.stream_jobs.read_enriched import MAX_ROWS_PER_MESSAGE
 
 WINDOW = 2
 

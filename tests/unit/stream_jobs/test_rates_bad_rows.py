@@ -21,8 +21,10 @@ from tests.unit.stream_jobs.test_rates_and_alerts import (
 from tests.unit.stream_jobs.test_rates_and_alerts import Message as EnrichedMessage
 from tests.unit.stream_jobs.test_rates_and_alerts import TestDetector as Detector
 from thumbline.schemas import Topics
-from thumbline.stream_jobs.bad_feedback_rates import RateState, Rejected
-from thumbline.stream_jobs.rates_job import MAX_MESSAGE_BYTES, MAX_ROWS_PER_MESSAGE, RatesJob
+from thumbline.stream_jobs.bad_feedback_rates import RateState
+from thumbline.stream_jobs.rate_contributions import Rejected
+from thumbline.stream_jobs.rates_job import RatesJob
+from thumbline.stream_jobs.read_enriched import MAX_MESSAGE_BYTES, MAX_ROWS_PER_MESSAGE
 from thumbline.stream_jobs.spike_alerts import SpikeDetector
 
 TOPIC = "t.feedback.enriched"
@@ -187,7 +189,7 @@ class TestRatesJob:
 
     async def test_the_rows_held_for_a_rebalance_are_the_good_ones(self, job):
         await job.handle([Message([row(T0 + 1), "junk", row(T0 + 2)], offset=2)])
-        [held] = job._order[(TOPIC, 0)]
+        [held] = job.held
         assert len(held.rows) == 2
         await job.assign({0})  # the same share: nothing rebuilt, nothing dead-lettered again
         assert len(job.sink.rows["dead_letters"]) == 1
