@@ -120,6 +120,7 @@ class RatesJob:
         self._judged_at = 0.0
         self._recomputed_at = 0.0
         self.recomputes = 0
+        self.restored = False  # windows rebuilt from the store since the start (by assign)
         self.alerts: deque[Alert] = deque(maxlen=1000)  # the latest state changes it emitted
 
     def holds(self, project: str) -> bool:
@@ -325,8 +326,9 @@ class RatesJob:
             self._reported[name] = value
 
     async def restore(self, client: StoreClient, database: str) -> None:
-        """Rebuild windows and alert state from ClickHouse, and send the alert state changes
-        a crash kept from being sent (call before consuming, with the producer started)."""
+        """Rebuild windows and alert state from ClickHouse for the projects held, and send
+        the alert state changes a crash kept from being sent (with the producer started).
+        :meth:`assign` calls it, before the partitions it got are consumed."""
         keep = None if self.owned is None else self.holds
 
         def rebuilt() -> RateState:  # into an empty state each time: a retry adds nothing twice
@@ -351,6 +353,7 @@ class RatesJob:
             await self._publish([], unsent)
             self.sink.add_json("alerts", alert_rows(unsent, published=True))
             await self._write()
+        self.restored = True
 
     async def revoke(self) -> None:
         """A rebalance begins: complete no window until :meth:`assign` (the next holder of
@@ -362,10 +365,11 @@ class RatesJob:
         """The enriched partitions this worker holds after a rebalance.
 
         Markers and messages of partitions that left are dropped (unacknowledged:
-        their next holder replays them). When the share changed, the windows
-        and alert states are rebuilt from the store for the projects held now,
-        as at a start, and the rows of messages still held (not stored yet) are
-        counted again into them.
+        their next holder replays them). At the first assignment after a start,
+        and whenever the share changed, the windows and alert states are rebuilt
+        from the store for the projects held now (one read: a start reads
+        nothing before it knows its share), and the rows of messages still held
+        (not stored yet) are counted again into them.
         """
         async with self._lock:
             self.rebalancing = False
@@ -374,7 +378,7 @@ class RatesJob:
             for key in [k for k in self.marks if k[0] not in partitions]:
                 del self.marks[key]
             self.held.keep(partitions)
-            if self.owned == before or self.store is None:
+            if self.store is None or (self.owned == before and self.restored):
                 return
             await self.restore(self.store, self.database)
             for held in self.held:
