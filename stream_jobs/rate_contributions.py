@@ -107,6 +107,13 @@ def _wrong(name: str, value: object, want: str) -> tuple[str, str]:
     return name, f"{name}: {shown} is not {want}"
 
 
+def _wrong_name(*values: object) -> tuple[str, str]:
+    names = ("project", "environment", "model", "capability")
+    name, value = next((n, v) for n, v in zip(names, values, strict=True)
+                       if type(v) is not str or len(v) > MAX_NAME_LEN)  # fmt: skip
+    return _wrong(name, value, f"a string of at most {MAX_NAME_LEN} characters")
+
+
 def contribution(
     row: Any, window: float, annotators: tuple[str, ...] = DEFAULT_ANNOTATORS
 ) -> tuple[EventKey, Contribution] | tuple[str, str]:
@@ -121,13 +128,14 @@ def contribution(
     if type(row) is not dict:
         return _wrong("row", row, "a JSON object")
     get = row.get
-    event_id = get("event_id")
+    try:  # subscripts: the fields every row has, read at the least cost
+        event_id, version, ts = row["event_id"], row["version"], row["ts"]
+    except KeyError as exc:
+        return str(exc.args[0]), f"{exc.args[0]}: missing (every enriched row has it)"
     if type(event_id) is not str or not 0 < len(event_id) <= MAX_ID_LEN:
         return _wrong("event_id", event_id, f"a string of 1 to {MAX_ID_LEN} characters")
-    version = get("version")
     if type(version) is not int or not 0 <= version <= MAX_VERSION:
         return _wrong("version", version, "a whole number from 0 to 2**63-1")
-    ts = get("ts")
     if type(ts) is str and len(ts) <= _MAX_TS_CHARS:
         try:
             when = datetime.fromisoformat(ts)
@@ -144,10 +152,11 @@ def contribution(
         return _wrong("ts", ts, "a time from 1970 to 2106")
     project, environment = get("project") or "", get("environment") or ""
     model, capability = get("model") or "", get("capability") or ""
-    for name, value in (("project", project), ("environment", environment), ("model", model),
-                        ("capability", capability)):  # fmt: skip
-        if type(value) is not str or len(value) > MAX_NAME_LEN:
-            return _wrong(name, value, f"a string of at most {MAX_NAME_LEN} characters")
+    if not (type(project) is str and type(environment) is str and type(model) is str
+            and type(capability) is str and len(project) <= MAX_NAME_LEN
+            and len(environment) <= MAX_NAME_LEN and len(model) <= MAX_NAME_LEN
+            and len(capability) <= MAX_NAME_LEN):  # fmt: skip
+        return _wrong_name(project, environment, model, capability)
     retracted = get("retracted")
     if retracted is not None and type(retracted) is not bool and retracted not in (0, 1):
         return _wrong("retracted", retracted, "true or false")
