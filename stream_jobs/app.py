@@ -328,9 +328,7 @@ class StreamApp:
             metrics=self.metrics,
             waits=self.waits,
         )
-        assert rates.store is not None  # noqa: S101 (just given)
-        await rates.restore(rates.store, db)
-        return rates
+        return rates  # restored by its first assign(), for its share of the projects only
 
     async def _watch(self) -> None:
         """Probe the broker, so that readiness says when it does not answer even with

@@ -45,16 +45,8 @@ in open windows. A row that would pass either cap is left out of the rates
 until its window is reconciled with the table, and counted in
 :attr:`RateState.bound_hits` (a metric).
 
-Classes: a row is ``implicit`` when its source is (copied, regenerated...),
-else ``good`` or ``bad`` by label, else ``neutral`` (neutral, edit and custom
-labels). ``total`` counts explicit feedback only, and ``bad_rate`` is
-``bad / total``: implicit signals do not dilute it.
-
-End users only, by default: a row whose ``annotator`` is not one of
-``annotators`` (``THUMBLINE_RATES_ANNOTATORS``, default ``end_user``: not a
-reviewer, an LLM judge or code) counts in no class, like a retracted one: it is
-stored and shown, but a judge that finds everything bad raises no alert. A row
-without an annotator (written before it existed) is an end user's.
+What a row counts as (its class, whose feedback counts, which rows are refused):
+:mod:`thumbline.stream_jobs.rate_contributions`.
 """
 
 from __future__ import annotations
@@ -65,99 +57,26 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from thumbline.schemas import RateWindow
+from thumbline.stream_jobs.rate_contributions import (
+    ALL,
+    DEFAULT_ANNOTATORS,
+    Contribution,
+    Counts,
+    Dims,
+    EventKey,
+    Rejected,
+    contribution,
+)
 
-ALL = "*"
-END_USER = "end_user"
-#: Whose feedback the rates count unless told otherwise (THUMBLINE_RATES_ANNOTATORS).
-DEFAULT_ANNOTATORS: tuple[str, ...] = (END_USER,)
-Dims = tuple[str, str, str, str]  # project, environment, model, capability; "*" is all
+__all__ = ["ALL", "Counts", "Dims", "Ended", "RateState", "Source"]  # Counts, Dims: its vocabulary
+
 #: Where an enriched row came from: (enriched partition, join partition), whose durable
 #: offset says when the row is stored; -1 for rows read back from the store.
 Source = Hashable
 MAX_SAMPLES = 5
-
-
-@dataclass(slots=True)
-class Counts:
-    good: int = 0
-    bad: int = 0
-    neutral: int = 0
-    implicit: int = 0
-    with_comment: int = 0
-    score_sum: float = 0.0
-    score_count: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.good + self.bad + self.neutral
-
-    @property
-    def bad_rate(self) -> float:
-        return self.bad / self.total if self.total else 0.0
-
-    def add(self, other: Counts, sign: int = 1) -> None:
-        self.good += sign * other.good
-        self.bad += sign * other.bad
-        self.neutral += sign * other.neutral
-        self.implicit += sign * other.implicit
-        self.with_comment += sign * other.with_comment
-        self.score_sum += sign * other.score_sum
-        self.score_count += sign * other.score_count
-
-    def empty(self) -> bool:
-        return self.total == 0 and self.implicit == 0
-
-
-@dataclass(frozen=True, slots=True)
-class Contribution:
-    """What one feedback row adds to its windows (nothing when retracted)."""
-
-    version: int
-    start: float
-    dims: tuple[Dims, Dims]
-    counts: Counts
-    sample: tuple[str, str] | None  # (trace_id, comment) of a bad row
-
-
-#: What identifies a feedback event: (project, event_id), as in the ``feedback`` table.
-EventKey = tuple[str, str]
-
-
-def contribution(
-    row: dict[str, Any], window: float, annotators: tuple[str, ...] = DEFAULT_ANNOTATORS
-) -> tuple[EventKey, Contribution]:
-    """The identity of an enriched row and what it contributes (nothing unless its
-    annotator is one of ``annotators``)."""
-    ts = row["ts"]
-    when = ts.timestamp() if isinstance(ts, datetime) else datetime.fromisoformat(ts).timestamp()
-    start = math.floor(when / window) * window
-    project, environment = row.get("project") or "", row.get("environment") or ""
-    dims = (
-        (project, environment, row.get("model") or "", ALL),
-        (project, environment, ALL, row.get("capability") or ""),
-    )
-    counts = Counts()
-    sample = None
-    if not row.get("retracted") and (row.get("annotator") or END_USER) in annotators:
-        label = row.get("label")
-        comment = row.get("comment") or ""
-        if row.get("source") == "implicit":
-            counts.implicit = 1
-        elif label == "good":
-            counts.good = 1
-        elif label == "bad":
-            counts.bad = 1
-            sample = (row["trace_id"], comment)
-        else:
-            counts.neutral = 1
-        counts.with_comment = 1 if comment else 0
-        if row.get("score") is not None:
-            counts.score_sum, counts.score_count = float(row["score"]), 1
-    key = (project, row["event_id"])
-    return key, Contribution(int(row["version"]), start, dims, counts, sample)
 
 
 @dataclass(slots=True)
@@ -236,6 +155,7 @@ class RateState:
         self.late = 0
         self.applied = 0
         self.bound_hits = 0
+        self.invalid = 0  # rows rejected by contribution()
 
     def emptied(self) -> RateState:
         """A state with the same settings and nothing in it (to restore another share into)."""
@@ -248,17 +168,30 @@ class RateState:
     # Input ------------------------------------------------------------------
 
     def apply(
-        self, rows: Iterable[dict[str, Any]], *, partition: Source = -1, offset: int = -1
+        self,
+        rows: Iterable[Any],
+        *,
+        partition: Source = -1,
+        offset: int = -1,
+        rejected: list[Rejected] | None = None,
     ) -> set[float]:
         """Count enriched rows (from ``partition`` at ``offset`` of ``feedback.enriched``;
         -1: already stored). A row seen before counts once, a newer version replaces it.
+        A row the join would not have written (see :func:`contribution`) counts nowhere:
+        it is added to ``rejected`` with its index and counted in :attr:`invalid`.
 
         Returns:
             The starts of complete windows these rows made dirty (to be recomputed).
         """
         dirtied: set[float] = set()
-        for row in rows:
-            event_id, new = contribution(row, self.window, self.annotators)
+        for index, row in enumerate(rows):
+            read = contribution(row, self.window, self.annotators)
+            if type(read[1]) is str:
+                self.invalid += 1
+                if rejected is not None:
+                    rejected.append(Rejected(index, *read))
+                continue
+            event_id, new = cast(tuple[EventKey, Contribution], read)
             old = self.seen.get(event_id)
             if old is not None and old.version >= new.version:
                 continue

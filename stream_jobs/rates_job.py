@@ -15,11 +15,15 @@ Windows a late row changed, and windows due for reconciliation, are
 recomputed from ``feedback FINAL`` (:mod:`thumbline.stream_jobs.rates_store`) and
 written again.
 
+Bad input: any Kafka client may write to ``feedback.enriched``. A message that
+is not JSON or is larger than the join writes, a malformed marker
+(:mod:`thumbline.stream_jobs.read_enriched`), and each row the join would not
+have written (:func:`~thumbline.stream_jobs.rate_contributions.contribution`
+names the field) go to the ``dlq`` topic and the ``dead_letters`` table with
+their reason; the valid rows of the same message count, and the stream goes on.
+
 Delivery: a message is acknowledged, in offset order per partition, once what
-it changed is safe without it: at once for rows counted in open windows (a
-restart rebuilds those from the ``feedback`` table, and the join replays what
-it had not stored), and for a late row only after its window was recomputed
-(no restart would know to recompute it).
+it changed is safe without it (:mod:`thumbline.stream_jobs.rates_acks`).
 """
 
 from __future__ import annotations
@@ -27,19 +31,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
 from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics
 from thumbline.outages import STORE, Waits
-from thumbline.schemas import Alert, RateWindow, Topics, rates_partition
+from thumbline.schemas import Alert, DeadLetter, RateWindow, Topics, rates_partition
 from thumbline.stream_jobs.bad_feedback_rates import ALL, Ended, RateState
+from thumbline.stream_jobs.rate_contributions import Rejected
+from thumbline.stream_jobs.rates_acks import HeldMessages
 from thumbline.stream_jobs.rates_store import (
     alert_rows,
     latest_alerts,
@@ -48,7 +52,18 @@ from thumbline.stream_jobs.rates_store import (
     restore_rates,
     unpublished_alerts,
 )
-from thumbline.stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
+from thumbline.stream_jobs.read_enriched import (
+    Watermarks,
+    read_message,
+    rejected_letters,
+    source_of,
+)
+from thumbline.stream_jobs.sink import (
+    ClickHouseSink,
+    SinkUnavailable,
+    StoreClient,
+    dead_letter_json,
+)
 from thumbline.stream_jobs.spike_alerts import SpikeDetector
 from thumbline.stream_jobs.webhooks import WebhookNotifier
 
@@ -56,18 +71,6 @@ logger = logging.getLogger(__name__)
 
 #: Windows to recompute are read from the store at most this often (one query each time).
 RECOMPUTE_EVERY = 5.0
-
-
-@dataclass(slots=True, eq=False)
-class _Held:
-    """An input message and the windows it made dirty (it is acknowledged when none is left)."""
-
-    event: Any
-    dirty: set[float] = field(default_factory=set)
-    #: the rows it holds, where from and at which offset (None: a marker)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    source: tuple[int, int] | None = None
-    offset: int = -1
 
 
 class RatesJob:
@@ -111,12 +114,13 @@ class RatesJob:
         #: the enriched partitions (projects) this worker counts; None: all of them
         self.owned: set[int] | None = None
         self.rebalancing = False  # between revoke() and assign(): no window completes
-        self._order: dict[Any, deque[_Held]] = defaultdict(deque)
+        self.held = HeldMessages()
         self._lock = asyncio.Lock()
         self._reported: dict[str, int] = {}
         self._judged_at = 0.0
         self._recomputed_at = 0.0
         self.recomputes = 0
+        self.restored = False  # windows rebuilt from the store since the start (by assign)
         self.alerts: deque[Alert] = deque(maxlen=1000)  # the latest state changes it emitted
 
     def holds(self, project: str) -> bool:
@@ -138,55 +142,64 @@ class RatesJob:
         return lowest
 
     async def handle(self, events: Sequence[Any]) -> None:
-        """Count one micro-batch of enriched messages (row arrays and watermark markers)."""
+        """Count one micro-batch of enriched messages (row arrays and watermark markers).
+
+        What cannot be counted is dead-lettered (written and published) before the
+        messages that held it are acknowledged; their valid rows count as usual.
+        """
         async with self._lock:
             counted = 0
+            dead: list[DeadLetter] = []
             for event in events:
                 message = event.message
-                message.incref()  # acknowledged in order by _release, not after the batch
-                held = _Held(event)
-                self._order[message.tp].append(held)
-                try:
-                    value = orjson.loads(message.value)
-                except orjson.JSONDecodeError:
-                    logger.warning("skipped an enriched message that is not JSON")
+                held = self.held.hold(event)
+                read = read_message(message)
+                if read.dead is not None:
+                    dead.append(read.dead)
                     continue
-                if isinstance(value, dict) and ("watermarks" in value or "watermark" in value):
-                    self._mark(message.partition, value)
+                if read.watermarks is not None:
+                    self._mark(read.watermarks, read.durable)
                     continue
-                rows = value if isinstance(value, list) else [value]
+                rows = read.rows or []
+                source = (message.partition, source_of(message.key, message.partition))
+                rejected: list[Rejected] = []
+                dirty = self.rates.apply(
+                    rows, partition=source, offset=message.offset, rejected=rejected
+                )  # fmt: skip
+                if rejected:
+                    dead.extend(rejected_letters(message, rows, rejected, read.whole))
+                    skip = {r.index for r in rejected}
+                    rows = [r for i, r in enumerate(rows) if i not in skip]
                 counted += len(rows)
-                held.rows, held.offset = rows, message.offset
-                held.source = (message.partition, _source(message.key, message.partition))
-                held.dirty = self.rates.apply(rows, partition=held.source, offset=message.offset)
-            self._release()
+                if rows:  # held until stored; its rows count again after a rebalance
+                    held.rows, held.offset, held.source, held.dirty = (
+                        rows, message.offset, source, dirty
+                    )  # fmt: skip
+            if dead:
+                await self._dead_letter(dead)
+            self.held.release(self.marks)
             if self.metrics is not None:
                 self.metrics.events_consumed.labels(self.topics.enriched.name).inc(counted)
 
-    def _mark(self, partition: int, marker: dict[str, Any]) -> None:
-        try:  # read whole before any of it counts: a malformed marker changes nothing
-            durable = int(marker.get("durable", -1))
-            # {"watermark": ms}: a join of an earlier version, on its own partition
-            found = marker.get("watermarks") or {str(partition): marker["watermark"]}
-            read = {(partition, int(source)): float(ms) / 1000 for source, ms in found.items()}
-        except (TypeError, ValueError, AttributeError):
-            logger.warning("skipped a malformed watermark marker on partition %d", partition)
-            return
-        for key, watermark in read.items():
+    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
+        """Write and publish what could not be counted (before its message is acknowledged);
+        a replay writes the same rows again, which the table's key collapses."""
+        logger.warning(
+            "dead-lettered %d enriched rows or messages another client wrote (%s)",
+            len(dead), ", ".join(sorted({d.reason for d in dead})),
+        )  # fmt: skip
+        self.sink.add_json("dead_letters", [dead_letter_json(d) for d in dead])
+        await self._write()
+        out = [Outgoing(self.topics.dlq.name, d.to_json()) for d in dead]
+        await deliver(self.producer, out, waits=self.waits, operation="rates_dead_letters")
+        if self.metrics is not None:
+            for d in dead:
+                self.metrics.dead_letters.labels(d.reason).inc()
+
+    def _mark(self, watermarks: Watermarks, durable: int) -> None:
+        for key, watermark in watermarks.items():
             previous = self.marks.get(key, (watermark, durable))
             self.marks[key] = (max(previous[0], watermark), max(previous[1], durable))
-
-    def _stored(self, held: _Held) -> bool:
-        if held.source is None:
-            return True
-        return held.offset <= self.marks.get(held.source, (0.0, -1))[1]
-
-    def _release(self) -> None:
-        """Acknowledge, in order, what is stored and recomputed: a replay after a restart
-        or a rebalance brings back whatever the store did not have yet."""
-        for queue in self._order.values():
-            while queue and not queue[0].dirty and self._stored(queue[0]):
-                queue.popleft().event.ack()
 
     async def tick(self) -> None:
         """Complete the windows the watermark passed; recompute what is due; write, judge."""
@@ -225,7 +238,7 @@ class RatesJob:
                 await self._write()
             self._observe(ended, alerts)
             if recomputed is not None:
-                self._recomputed()
+                self.held.recomputed(self.rates.dirty.keys(), self.marks)
 
     async def _recompute(self, stored: dict[Any, int]) -> Ended | None:
         """Read the due windows from the store (at most every RECOMPUTE_EVERY seconds)."""
@@ -244,15 +257,6 @@ class RatesJob:
             }
         self.recomputes += len(span)
         return self.rates.replace(found, span)
-
-    def _recomputed(self) -> None:
-        """Messages whose late rows' windows are recomputed and written may be acknowledged."""
-        dirty = self.rates.dirty.keys()
-        for queue in self._order.values():
-            for held in queue:
-                if held.dirty:
-                    held.dirty &= dirty
-        self._release()
 
     async def _write(self) -> None:
         while True:
@@ -322,8 +326,9 @@ class RatesJob:
             self._reported[name] = value
 
     async def restore(self, client: StoreClient, database: str) -> None:
-        """Rebuild windows and alert state from ClickHouse, and send the alert state changes
-        a crash kept from being sent (call before consuming, with the producer started)."""
+        """Rebuild windows and alert state from ClickHouse for the projects held, and send
+        the alert state changes a crash kept from being sent (with the producer started).
+        :meth:`assign` calls it, before the partitions it got are consumed."""
         keep = None if self.owned is None else self.holds
 
         def rebuilt() -> RateState:  # into an empty state each time: a retry adds nothing twice
@@ -348,6 +353,7 @@ class RatesJob:
             await self._publish([], unsent)
             self.sink.add_json("alerts", alert_rows(unsent, published=True))
             await self._write()
+        self.restored = True
 
     async def revoke(self) -> None:
         """A rebalance begins: complete no window until :meth:`assign` (the next holder of
@@ -359,10 +365,11 @@ class RatesJob:
         """The enriched partitions this worker holds after a rebalance.
 
         Markers and messages of partitions that left are dropped (unacknowledged:
-        their next holder replays them). When the share changed, the windows
-        and alert states are rebuilt from the store for the projects held now,
-        as at a start, and the rows of messages still held (not stored yet) are
-        counted again into them.
+        their next holder replays them). At the first assignment after a start,
+        and whenever the share changed, the windows and alert states are rebuilt
+        from the store for the projects held now (one read: a start reads
+        nothing before it knows its share), and the rows of messages still held
+        (not stored yet) are counted again into them.
         """
         async with self._lock:
             self.rebalancing = False
@@ -370,27 +377,16 @@ class RatesJob:
             self.owned = set(partitions)
             for key in [k for k in self.marks if k[0] not in partitions]:
                 del self.marks[key]
-            for tp in [tp for tp in self._order if tp.partition not in partitions]:
-                del self._order[tp]
-            if self.owned == before or self.store is None:
+            self.held.keep(partitions)
+            if self.store is None or (self.owned == before and self.restored):
                 return
             await self.restore(self.store, self.database)
-            for queue in self._order.values():
-                for held in queue:
-                    if held.source is not None:
-                        held.dirty = self.rates.apply(
-                            held.rows, partition=held.source, offset=held.offset
-                        )  # fmt: skip
+            for held in self.held:
+                if held.source is not None:
+                    held.dirty = self.rates.apply(
+                        held.rows, partition=held.source, offset=held.offset
+                    )  # fmt: skip
             logger.info(
                 "the rates count %d of %d partitions", len(self.owned), self.partitions,
                 extra={"partitions": sorted(self.owned)},
             )  # fmt: skip
-
-
-def _source(key: bytes | None, partition: int) -> int:
-    """The join partition an enriched message comes from (its key); without one, an
-    earlier version's message, from the join partition of the same number."""
-    try:
-        return int(key) if key else partition
-    except ValueError:
-        return partition

@@ -458,7 +458,8 @@ class Message:
         self.value = orjson.dumps(value)
         self.key = key  # the join partition it came from
         self.partition, self.offset = partition, offset
-        self.tp = ("t.feedback.enriched", partition)
+        self.topic = "t.feedback.enriched"
+        self.tp = (self.topic, partition)
         self.refs = 1  # faust's own reference, dropped after the batch
 
     def incref(self) -> None:
