@@ -52,7 +52,7 @@ from thumbline.schemas import TimeBounds, Topics, TraceEvent, partition_for
 from thumbline.store import apply_migrations
 from thumbline.stream_jobs.decode_input import Batch, DecodeInput
 from thumbline.stream_jobs.join_state import JoinState, key_of
-from thumbline.stream_jobs.key_by_trace import route
+from thumbline.stream_jobs.keyed_messages import route
 from thumbline.stream_jobs.sink import (
     JSON_SETTINGS,
     ClickHouseSink,
