@@ -58,7 +58,8 @@ from thumbline.schemas import (
 )
 from thumbline.schemas.score_configs import ScoreConfig, ScoreConfigIndex
 from thumbline.stream_jobs.decode_input import Batch, DecodeInput
-from thumbline.stream_jobs.join_state import JoinState, Key, TraceAttributes, key_of
+from thumbline.stream_jobs.enriched_rows import TraceAttributes
+from thumbline.stream_jobs.join_state import JoinState, Key, key_of
 from thumbline.stream_jobs.sink import (
     ClickHouseSink,
     SinkBatch,
