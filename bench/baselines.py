@@ -216,7 +216,8 @@ async def run_aiokafka_job(spec: RunSpec) -> dict:
 async def run_per_event(spec: RunSpec) -> dict:
     import faust
 
-    from thumbline.stream_jobs.join_state import JoinStatus, TraceAttributes, enrich
+    from thumbline.schemas import JoinStatus
+    from thumbline.stream_jobs.enriched_rows import TraceAttributes, enrich
     from thumbline.stream_jobs.sink import ClickHouseSink
 
     settings = load_settings(

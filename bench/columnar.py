@@ -7,7 +7,7 @@ messages (one per partition of ``keyed``, a few hundred events each). Both
 paths then take the same micro-batches (one per routed batch), no broker:
 
 - **current**: ``DecodeInput`` + ``JoinState`` + the rows encoded as the join's
-  ``_emit`` encodes them (``trace_record``, ``feedback_record``, ``json_arrays``
+  ``JoinOutput.emit`` encodes them (``trace_record``, ``feedback_record``, ``json_arrays``
   into a ``ClickHouseSink``); insert: ``ClickHouseSink.write`` (JSONEachRow);
 - **prototype** (``bench/columnar_join.py``): one ``orjson.loads`` per message,
   checks per column, a compact join state, rows as columns; encode: one
@@ -52,7 +52,7 @@ from thumbline.schemas import TimeBounds, Topics, TraceEvent, partition_for
 from thumbline.store import apply_migrations
 from thumbline.stream_jobs.decode_input import Batch, DecodeInput
 from thumbline.stream_jobs.join_state import JoinState, key_of
-from thumbline.stream_jobs.key_by_trace import route
+from thumbline.stream_jobs.keyed_messages import route
 from thumbline.stream_jobs.sink import (
     JSON_SETTINGS,
     ClickHouseSink,
@@ -121,7 +121,8 @@ class Clock:
 
 
 def run_current(batches: list[list[Record]], topics: Topics, client: Any, database: str) -> dict:
-    """The join as ``JoinTracesJob.handle`` and ``_emit`` do it, step by step; rows kept."""
+    """The join as ``JoinTracesJob.handle`` and ``JoinOutput.emit`` do it, step by step;
+    rows kept."""
     clock, counts = Clock(), defaultdict[str, int](int)
     decoder = DecodeInput(topics, TimeBounds(), counts)
     state = JoinState(clock=clock)

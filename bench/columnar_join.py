@@ -35,7 +35,7 @@ from thumbline.schemas._base import (
 )
 from thumbline.schemas.feedback import normal_label
 from thumbline.stream_jobs.decode_input import Batch, DecodeInput, Origin
-from thumbline.stream_jobs.join_state import DEFAULT_PROJECT, TraceAttributes
+from thumbline.stream_jobs.enriched_rows import DEFAULT_PROJECT, TraceAttributes
 
 #: A feedback event's own fields, after validation and derivation (a pending row's tuple).
 FB = (

@@ -49,7 +49,7 @@ from thumbline.kafka import ensure_topics  # noqa: E402
 from thumbline.schemas import Topics, TraceEvent  # noqa: E402
 from thumbline.schemas.otlp import decode_request, events_from_request  # noqa: E402
 from thumbline.schemas.topics import otlp_topic  # noqa: E402
-from thumbline.stream_jobs.key_by_trace import route  # noqa: E402
+from thumbline.stream_jobs.keyed_messages import route  # noqa: E402
 from thumbline.stream_jobs.read_otlp import ReadOtlp  # noqa: E402
 
 PARTITIONS = 8

@@ -49,11 +49,10 @@ from typing import Any, Literal
 
 import faust
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from thumbline.metrics import Metrics
-from thumbline.outages import KAFKA, STORE, WaitAborted, Waits
+from thumbline.outages import STORE, WaitAborted, Waits
 from thumbline.schemas import Topics
 from thumbline.settings import Settings
 from thumbline.store import open_client
@@ -65,9 +64,17 @@ from thumbline.stream_jobs.key_by_trace import KeyByTrace
 from thumbline.stream_jobs.lookups import load_orphans, load_score_configs, lookup_traces
 from thumbline.stream_jobs.rates_job import RatesJob
 from thumbline.stream_jobs.read_otlp import ReadOtlp
-from thumbline.stream_jobs.sink import ClickHouseSink, SinkUnavailable, StoreClient
+from thumbline.stream_jobs.sink import ClickHouseSink, StoreClient
 from thumbline.stream_jobs.spike_alerts import SpikeDetector, load_rules
 from thumbline.stream_jobs.webhooks import WebhookNotifier
+from thumbline.stream_jobs.worker_health import (
+    LAG_SECONDS,
+    leave_group,
+    probe_broker,
+    report_lag,
+    report_route_lag,
+    unless_waiting,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +86,6 @@ Runs = Literal["all", "join", "route", "rates"]
 
 TICK_SECONDS = 0.25
 RATES_TICK_SECONDS = 0.5
-LAG_SECONDS = 5.0
-#: The broker is probed this often, and has this long to answer (a metadata request).
-WATCH_SECONDS = 2.0
-PROBE_SECONDS = 3.0
-#: A worker that failed waits at most this long for the broker to take its LeaveGroup.
-LEAVE_SECONDS = 5.0
 HISTORY_FOR_SPIKES = 4 * 3600.0
 
 
@@ -137,7 +138,9 @@ class StreamApp:
         await self._producer.start()
         if self.runs == "route":
             await self._start_router(join_group(s, self.app_id))
-            self._watching = asyncio.create_task(self._route_lag())
+            self._watching = asyncio.create_task(
+                report_route_lag(lambda: self.router, self.metrics)
+            )
             return
         rates = None if self.runs == "join" else await self._start_rates(rules)
         job = self.job = None if self.runs == "rates" else await self._join_job()
@@ -219,13 +222,13 @@ class StreamApp:
         @app.timer(LAG_SECONDS, name="consumer_lag")
         async def consumer_lag() -> None:
             if self.metrics is not None:
-                await self._report_lag(app)
+                await report_lag(app, metrics=self.metrics, waits=self.waits, router=self.router)
 
         if job is not None and self.runs == "all" and s.key_by_trace:
             if not s.key_by_trace_process:  # else its own helper runs it (thumbline.server.workers)
                 await self._start_router(app.conf.id)
         await app.start()
-        self._watching = asyncio.create_task(self._watch())
+        self._watching = asyncio.create_task(probe_broker(self._producer.client, self.waits))
         tune_gc()
 
     async def _start_router(self, group: str) -> None:
@@ -242,15 +245,6 @@ class StreamApp:
             ) if s.otlp_topic else None,
         )  # fmt: skip
         await self.router.start(take_over_from=group)
-
-    async def _route_lag(self) -> None:
-        """key_by_trace alone: its lag and counts, as the Faust app's timer does with it."""
-        while self.router is not None:
-            await asyncio.sleep(LAG_SECONDS)
-            if self.metrics is not None and self.router is not None:
-                self.router.sync_metrics()
-                for topic, value in self.router.lag().items():
-                    self.metrics.consumer_lag.labels(topic).set(value)
 
     async def _join_job(self) -> JoinTracesJob:
         s, db = self.settings, self.settings.clickhouse_database
@@ -330,45 +324,6 @@ class StreamApp:
         )
         return rates  # restored by its first assign(), for its share of the projects only
 
-    async def _watch(self) -> None:
-        """Probe the broker, so that readiness says when it does not answer even with
-        no input. (The rates need no hold through an outage: the join's watermark
-        stops with it, so windows wait.)"""
-        assert self._producer is not None  # noqa: S101 (started first)
-        client = self._producer.client
-        while True:
-            await asyncio.sleep(WATCH_SECONDS)
-            try:
-                async with asyncio.timeout(PROBE_SECONDS):
-                    await client.fetch_all_metadata()
-            except (TimeoutError, KafkaError) as exc:
-                error = exc if str(exc) else TimeoutError(f"no answer within {PROBE_SECONDS:g} s")
-                self.waits.failed(KAFKA, "broker_probe", error)
-            else:
-                self.waits.succeeded(KAFKA, "broker_probe")
-
-    async def _report_lag(self, app: faust.App) -> None:
-        if self.waits.waiting(KAFKA):
-            return  # positions would wait for the broker too
-        lag: dict[str, int] = {}
-        for tp in app.consumer.assignment():
-            try:  # a partition can move away meanwhile; the broker can stall
-                async with asyncio.timeout(LAG_SECONDS / 2):
-                    position = await app.consumer.position(tp)
-                # revoked while we waited: aiokafka asserts the partition is still assigned
-                highwater = app.consumer.highwater(tp)
-            except (TimeoutError, KafkaError, AssertionError):
-                continue
-            if position is not None and highwater is not None:  # None: just assigned
-                behind = max(0, highwater - position)
-                lag[tp.topic] = lag.get(tp.topic, 0) + behind
-        assert self.metrics is not None  # noqa: S101 (checked by the caller)
-        if self.router is not None:
-            self.router.sync_metrics()
-            lag.update(self.router.lag())
-        for topic, value in lag.items():
-            self.metrics.consumer_lag.labels(topic).set(value)
-
     async def wait_failed(self) -> BaseException:
         """Return once an agent or a timer raised an error waiting cannot cure (a bug),
         with the error. Outages of Kafka or the store never end up here: they are waited out."""
@@ -391,22 +346,8 @@ class StreamApp:
         """
         self._abandoned = True
         self.waits.stop()
-        app = self._app
-        if app is None:
-            return
-        # Faust runs aiokafka's consumer in a thread of its own; stopping it there
-        # sends LeaveGroup (aiokafka commits nothing on close: auto-commit is off).
-        thread = getattr(app.consumer, "_thread", None)
-        consumer = getattr(thread, "_consumer", None)
-        if thread is None or consumer is None:
-            return
-        try:
-            async with asyncio.timeout(LEAVE_SECONDS):
-                await thread.call_thread(consumer.stop)
-            logger.info("left the consumer group")
-        except Exception as exc:  # noqa: BLE001 (leaving is best effort: the process exits)
-            logger.warning("could not leave the consumer group (%r): the session timeout "
-                           "moves the partitions instead", exc)  # fmt: skip
+        if self._app is not None:
+            await leave_group(self._app)
 
     async def stop(self) -> None:
         """Stop; safe twice. Flushes and commits what is complete, unless the store or
@@ -424,19 +365,19 @@ class StreamApp:
         job, self.job = self.job, None
         if job is not None and not self._abandoned:
             # flush and acknowledge first, so stopping commits the offsets
-            with _unless_waiting("the join's complete rows"):
+            with unless_waiting("the join's complete rows"):
                 await job.close()
         if app is not None:
             await app.stop()
         if job is not None:
-            with _unless_waiting("the join's last rows"):
+            with unless_waiting("the join's last rows"):
                 job.sink.close()
         configs_client, self._configs_client = self._configs_client, None
         if configs_client is not None:
             configs_client.close()
         rates, self.rates = self.rates, None
         if rates is not None:
-            with _unless_waiting("the last rate windows"):
+            with unless_waiting("the last rate windows"):
                 rates.sink.close()
             if rates.store is not None:
                 rates.store.close()
@@ -447,13 +388,3 @@ class StreamApp:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
-
-
-@contextlib.contextmanager
-def _unless_waiting(what: str) -> Any:
-    """At stop, a store or broker that does not answer leaves ``what`` unwritten:
-    the input behind it is unacknowledged and replayed at the next start."""
-    try:
-        yield
-    except (WaitAborted, SinkUnavailable) as exc:
-        logger.warning("stopped without writing %s (%s): replayed at the next start", what, exc)

@@ -4,10 +4,11 @@ Three forms reach the join (:mod:`thumbline.stream_jobs.join_traces`):
 
 - a message of ``feedback`` or ``traces`` as a producer wrote it: one event,
   or a JSON array of events (:mod:`thumbline.schemas.wire`);
-- a message of ``keyed`` from :mod:`thumbline.stream_jobs.key_by_trace`: events of many
-  input messages with, per run of events, the input message they came from
-  (``feedback_from``, ``traces_from``) and dead letters made there (``dead``);
-  or its ``routed`` marker (:mod:`thumbline.stream_jobs.routed_marks`);
+- a message of ``keyed`` from :mod:`thumbline.stream_jobs.key_by_trace` (its form:
+  :mod:`thumbline.stream_jobs.keyed_messages`): events of many input messages
+  with, per run of events, the input message they came from (``feedback_from``,
+  ``traces_from``) and dead letters made there (``dead``); or its ``routed``
+  marker (:mod:`thumbline.stream_jobs.routed_marks`);
 - a message of ``keyed`` the join forwarded itself (``{"feedback", "traces"}``,
   events it already validated, on the partition of their trace).
 

@@ -17,12 +17,10 @@ to the partition of their ``trace_id``. Per micro-batch it:
 4. writes traces, enriched feedback and dead letters to the ClickHouse sink and
    publishes enriched feedback and dead letters to Kafka.
 
-Delivery: an input message is acknowledged (its offset may be committed) only
-when every event in it is durably somewhere (flushed to ClickHouse, or
-acknowledged by Kafka for a forward) and so is every message before it on its
-partition. Feedback still waiting for its trace keeps
-its message unacknowledged, so a crash replays it; the tables' version keys make
-every replay collapse into the rows already there.
+Delivery (:mod:`thumbline.stream_jobs.join_output`): an input message is
+acknowledged only when every event in it is durably somewhere, and so is every
+message before it on its partition; feedback still waiting for its trace keeps
+its message unacknowledged, so a crash replays it.
 
 Feedback that has waited a moment (``pending_row_seconds``) is also written to
 the ``feedback`` table as a *pending* row, for people to see; it is not
@@ -36,36 +34,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics, gained
-from thumbline.outages import STORE, Waits
-from thumbline.schemas import (
-    DeadLetter,
-    EnrichedFeedback,
-    FeedbackEvent,
-    TimeBounds,
-    Topics,
-    TraceEvent,
-    partition_for,
-    rates_partition,
-)
+from thumbline.outages import Waits
+from thumbline.schemas import EnrichedFeedback, FeedbackEvent, TimeBounds, Topics, partition_for
 from thumbline.schemas.score_configs import ScoreConfig, ScoreConfigIndex
 from thumbline.stream_jobs.decode_input import Batch, DecodeInput
-from thumbline.stream_jobs.join_state import JoinState, Key, TraceAttributes, key_of
-from thumbline.stream_jobs.sink import (
-    ClickHouseSink,
-    SinkBatch,
-    SinkUnavailable,
-    feedback_record,
-    json_arrays,
-)
+from thumbline.stream_jobs.enriched_rows import TraceAttributes
+from thumbline.stream_jobs.join_output import JoinOutput
+from thumbline.stream_jobs.join_state import JoinState, Key, key_of
+from thumbline.stream_jobs.sink import ClickHouseSink, feedback_record
 from thumbline.stream_jobs.votes import OneVote, one_vote, votes_rule
 from thumbline.stream_jobs.watermarks import Watermarks
 
@@ -76,16 +59,6 @@ logger = logging.getLogger(__name__)
 TARGET_LOOKUP_SECONDS = 2.0
 #: Most conversations and sessions looked up in one round (one lookup query).
 TARGET_LOOKUP_KEYS = 5_000
-
-
-@dataclass(slots=True, eq=False)
-class _Held:
-    """One input message and how many of its events are not yet emitted."""
-
-    event: Any  # the faust Event
-    outstanding: int = 0
-    durable: bool = False  # every event of it is flushed or acknowledged by Kafka
-    settled: bool = False  # every event emitted is flushed (held ones come later, as late rows)
 
 
 class JoinTracesJob:
@@ -141,7 +114,6 @@ class JoinTracesJob:
         self.time_bounds = time_bounds
         self.metrics = metrics
         self._synced: dict[str, int] = {}
-        self._received: list[float] = []  # received_at of a sample of rows, for freshness
         self.partitions = topics.feedback.partitions
         self.state = state
         self.sink = sink
@@ -151,16 +123,13 @@ class JoinTracesJob:
         self.rebalancing = False  # between revoke() and assign()
         self.producer = producer
         self._lock = asyncio.Lock()
-        self._unflushed: list[_Held] = []  # complete, waiting for the next flush
-        self._since_flush: list[_Held] = []  # processed since the last flush began
         self.marks = Watermarks(topics, producer, routed=routed)  # how far input is stored
         self.decoder = DecodeInput(topics, time_bounds, self.counts, routed=self.marks.routed)
-        self._writing: asyncio.Task[None] | None = None  # the flush in flight
-        # Received messages per partition, in offset order. Faust's consumer commits
-        # past an unacknowledged message once later offsets are acknowledged (its
-        # head-gap check is off by one, and absent before the first commit), so
-        # messages are acknowledged strictly in order: a held one holds back the rest.
-        self._order: dict[Any, deque[_Held]] = defaultdict(deque)
+        #: the sink's writes, Kafka's sends, and when input is acknowledged
+        self.output = JoinOutput(
+            topics=topics, sink=sink, producer=producer, marks=self.marks, counts=self.counts,
+            metrics=metrics, waits=self.waits,
+        )  # fmt: skip
         self.first_input_at: float | None = None  # wall time of the first micro-batch
         self.read_score_configs = score_configs
         self.score_configs_seconds = score_configs_seconds
@@ -178,13 +147,8 @@ class JoinTracesJob:
         async with self._lock:
             batch = Batch()
             for event in events:
-                # Hold the message: Faust's take_events acks each event after the
-                # batch; our extra reference keeps it uncommitted until it is stored.
-                # Every message first: if anything below raises, none is acknowledged.
-                event.message.incref()
-                held = _Held(event)
-                batch.held.append(held)
-                self._order[event.message.tp].append(held)
+                # Every message held first: if anything below raises, none is acknowledged.
+                batch.held.append(self.output.hold(event))
                 self.marks.handled(event.message)
             for held in batch.held:
                 self.decoder.decode(held.event.message, held, batch)
@@ -200,12 +164,11 @@ class JoinTracesJob:
                 held.outstanding += len(items) - len(joined)
                 rows.extend(joined)
             self._release()
-            await self._emit(rows, batch.traces, batch.dead, batch.forward)
-            self._unflushed.extend(h for h in batch.held if h.outstanding == 0)
-            self._since_flush.extend(batch.held)
+            await self.output.emit(rows, batch.traces, batch.dead, batch.forward)
+            self.output.processed(batch.held)
             self.counts["messages"] += len(events)
             if self.sink.due():
-                await self._flush()
+                await self.output.flush()
 
     def set_score_configs(self, configs: list[ScoreConfig]) -> None:
         """Apply ``configs`` to every feedback event decoded from now on (their labels,
@@ -254,21 +217,19 @@ class JoinTracesJob:
                 rows += await asyncio.to_thread(self.state.expire, self.lookup)
                 self._release()
                 if rows:
-                    await self._emit(rows, [], [], {})
+                    await self.output.emit(rows, [], [], {})
             else:
                 self.state.expire()
-            if self.sink.due() or (
-                (self._unflushed or self._since_flush) and not self.sink.pending
-            ):
-                await self._flush()
+            if self.sink.due() or (self.output.waiting and not self.sink.pending):
+                await self.output.flush()
             if not self.rebalancing:  # the partitions' next holders announce them
-                await self.marks.send(self.owned, self._order)
+                await self.marks.send(self.owned, self.output.order)
 
     async def flush(self) -> None:
         """Write and acknowledge what is complete."""
         async with self._lock:
-            await self._flush()
-            await self.drain()
+            await self.output.flush()
+            await self.output.drain()
 
     async def revoke(self) -> None:
         """A rebalance begins: flush, and emit no orphan until :meth:`assign`.
@@ -294,8 +255,7 @@ class JoinTracesJob:
             self.owned = set(partitions)
             if lost:
                 self.state.forget(lambda trace_id: partition_for(trace_id, self.partitions) in lost)
-                for tp in [tp for tp in self._order if tp.partition in lost]:
-                    del self._order[tp]
+                self.output.forget(lost)
                 self.marks.forget(lost)
             if gained:
                 found = await asyncio.to_thread(self.load_orphans)
@@ -374,115 +334,4 @@ class JoinTracesJob:
         return self.state.resolve(found)
 
     def _release(self) -> None:
-        for held in self.state.take_released():
-            held.outstanding -= 1
-            if held.outstanding == 0:
-                self._unflushed.append(held)
-
-    async def _emit(
-        self,
-        rows: list[EnrichedFeedback],
-        traces: list[TraceEvent],
-        dead: list[DeadLetter],
-        forward: dict[int, dict[str, list[bytes]]],
-    ) -> None:
-        for row in rows:
-            self.counts[str(row.join_status)] += 1
-        if self.metrics is not None and rows:
-            step = max(1, len(rows) // 50)
-            self._received.extend(r.received_at.timestamp() for r in rows[::step] if r.received_at)
-        self.sink.add_traces(traces)
-        self.sink.add_dead_letters(dead)
-        self.counts["traces"] += len(traces)
-        self.counts["enriched"] += len(rows)
-        self.counts["dead"] += len(dead)
-        out: list[Outgoing] = []
-        # To the rates partition of the row's project (one worker counts a project's
-        # windows), keyed by the join partition it comes from (whose watermark covers it).
-        by_partition: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
-        enriched = self.topics.enriched.partitions
-        for row in rows:
-            source = partition_for(row.join_key, self.partitions)
-            by_partition[(source, rates_partition(row.project, enriched))].append(
-                feedback_record(row)
-            )
-        for (source, partition), records in by_partition.items():
-            # the same bytes to Kafka and ClickHouse, encoded once per array
-            key = str(source).encode()
-            for array, count in json_arrays(records):
-                self.sink.add_array("feedback", array, count)
-                out.append(Outgoing(self.topics.enriched.name, array, key, partition=partition))
-        self.counts[f"out:{self.topics.enriched.name}"] += len(rows)
-        self.counts[f"out:{self.topics.dlq.name}"] += len(dead)
-        for letter in dead:
-            out.append(Outgoing(self.topics.dlq.name, letter.to_json()))
-        for partition, groups in forward.items():
-            self.counts["forwarded"] += sum(len(v) for v in groups.values())
-            self.counts[f"out:{self.topics.keyed.name}"] += sum(len(v) for v in groups.values())
-            value = (
-                b'{"feedback":[' + b",".join(groups["feedback"]) + b'],"traces":['
-                + b",".join(groups["traces"]) + b"]}"
-            )  # fmt: skip
-            out.append(Outgoing(self.topics.keyed.name, value, partition=partition))
-        # Held under the lock until Kafka has all of it: while the broker does not
-        # answer, the join takes no new input (Kafka keeps it) and drops nothing.
-        sent = await deliver(self.producer, out, waits=self.waits, operation="join_publish")
-        self.marks.published(  # rows a marker may certify once they are flushed
-            meta for message, meta in zip(out, sent, strict=True)
-            if message.topic == self.topics.enriched.name
-        )  # fmt: skip
-
-    async def _flush(self) -> None:
-        """Start writing what the sink holds; at most one write is in flight.
-
-        The write runs in a thread while the next micro-batch is processed
-        (ClickHouse parses the rows off the GIL). Waiting for the previous write
-        first keeps acknowledgements in order and is the back-pressure: while
-        ClickHouse is down, that write retries and the stream takes no input.
-        """
-        await self.drain()
-        if not self.sink.pending and not self._unflushed and not self._since_flush:
-            return
-        batch, held, received = self.sink.detach(), self._unflushed, self._received
-        settled, published = self._since_flush, self.marks.published_so_far()
-        self._unflushed, self._received, self._since_flush = [], [], []
-        self._writing = asyncio.create_task(self._write(batch, held, received, settled, published))
-
-    async def drain(self) -> None:
-        """Wait until the write in flight, if any, is in ClickHouse and acknowledged."""
-        if self._writing is not None:
-            await self._writing
-            self._writing = None
-
-    async def _write(
-        self, batch: SinkBatch, held: list[_Held], received: list[float],
-        settled: list[_Held], published: dict[int, int],
-    ) -> None:  # fmt: skip
-        tables = {table: batch.rows[table] for table in batch.tables}
-        while True:
-            try:
-                began = time.monotonic()
-                await asyncio.to_thread(self.sink.write, batch)
-                took = time.monotonic() - began
-                break
-            except SinkUnavailable as exc:
-                self.counts["flush_failures"] += 1
-                await self.waits.wait(STORE, "join_insert", exc)
-        self.waits.succeeded(STORE, "join_insert")
-        self.counts["rows_written"] += sum(tables.values())  # over every attempt
-        for table, n in tables.items():
-            self.counts[f"rows:{table}"] += n
-            self.counts[f"batches:{table}"] += 1
-        if self.metrics is not None:
-            self.metrics.insert_seconds.observe(took)
-            now = time.time()
-            for at in received:
-                self.metrics.freshness.observe(max(0.0, now - at))
-        for message in held:
-            message.durable = True
-        for message in settled:
-            message.settled = True
-        self.marks.stored(published)
-        for queue in self._order.values():
-            while queue and queue[0].durable:
-                queue.popleft().event.ack()
+        self.output.release(self.state.take_released())

@@ -7,24 +7,10 @@ Producers in any language send one JSON object per Kafka message and hash keys
 their own way (librdkafka: CRC32), so most events arrive on a partition other
 than their trace's. Faust pays per message (about 5,000 messages/s on two
 cores), which capped the join at that rate for such producers. This stage reads
-the input topics with ``getmany`` and, per batch, parses each message once,
-finds each event's ``trace_id`` and publishes one message per partition of
-``keyed`` (thumbline's murmur2 partitioner) with every event bound there
-(``*_from``: runs of events that follow each other in one input message,
-``index`` the first one's position in it, and the message's topic when it is
-not the kind's own, the OpenTelemetry topic):
-
-    {"feedback": [event, ...], "traces": [event, ...],
-     "feedback_from": [[partition, offset, timestamp_ms, key, index, count(, topic)], ...],
-     "traces_from": [...], "dead": [dead letter, ...]}
-
-It validates nothing: the join does, once. ``*_from`` say which input message
-each run of events came from, so the join stamps, bounds and dead-letters every
-event exactly as if it had read it there (same ``received_at`` on a replay, same
-coordinates in a dead letter). A message that is not usable as a whole (not
-JSON, too large, an empty or too large array) becomes a dead letter here and
-travels in ``dead``; events without a string ``trace_id`` go to the partition
-their message came from, for the join to dead-letter.
+the input topics with ``getmany`` and, per batch, publishes one message per
+partition of ``keyed`` with every event bound there, hundreds to a message
+(:mod:`thumbline.stream_jobs.keyed_messages`: their form, and what becomes a
+dead letter here). It validates nothing: the join does, once.
 
 Any number of stages run, one per worker, in one consumer group
 (``<join group>-key_by_trace``); no stage is special. Kafka's group assignment
@@ -66,194 +52,28 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import (
-    CommitFailedError,
-    IllegalGenerationError,
-    IllegalStateError,
-    KafkaError,
-    RebalanceInProgressError,
-    UnknownMemberIdError,
-)
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from thumbline.kafka import Outgoing, deliver
 from thumbline.metrics import Metrics, gained
 from thumbline.outages import KAFKA, WaitAborted, Waits, transient
-from thumbline.schemas import (
-    DeadLetter,
-    Topics,
-    WireError,
-    decode_message,
-    partition_for,
-    target_key,
-)
-from thumbline.schemas.wire import MAX_BATCH_EVENTS
+from thumbline.schemas import Topics
+from thumbline.stream_jobs.input_group import REBALANCED, input_consumer, start_offsets
+from thumbline.stream_jobs.keyed_messages import route
 from thumbline.stream_jobs.read_otlp import ReadOtlp
 from thumbline.stream_jobs.routed_marks import marker
-
-#: What a commit raises when the group moved the partitions meanwhile (aiokafka wraps the
-#: broker's three in CommitFailedError; IllegalStateError: no longer assigned here).
-REBALANCED = (
-    CommitFailedError,
-    IllegalGenerationError,
-    RebalanceInProgressError,
-    UnknownMemberIdError,
-    IllegalStateError,
-)
 
 logger = logging.getLogger(__name__)
 
 #: Seconds between two ``routed`` markers.
 MARK_EVERY = 1.0
-#: Bytes of events in one keyed message, at most (under the producer's request size).
-MAX_KEYED_BYTES = 900_000
 #: Longest wait for input in one ``getmany``.
 POLL_MS = 50
 #: Input messages routed per batch, at most.
 MAX_RECORDS = 10_000
-#: The group's timeouts (ms): a stage that stops heartbeating loses its partitions after
-#: SESSION_MS; the embedded broker holds a group's first join for about half of it.
-SESSION_MS = 6_000
-HEARTBEAT_MS = 2_000
-
-
-class _Out:
-    """What one batch sends to one partition of ``keyed``, split at the size limits."""
-
-    __slots__ = ("count", "done", "events", "runs", "size")
-
-    def __init__(self) -> None:
-        self.done: list[bytes] = []
-        self._reset()
-
-    def _reset(self) -> None:
-        self.events: dict[str, list[bytes]] = {"feedback": [], "traces": []}
-        self.runs: dict[str, list[list[Any]]] = {"feedback": [], "traces": []}
-        self.size = self.count = 0
-
-    def add(
-        self, kind: str, source: list[Any], items: list[bytes], index: int = 0,
-        topic: str | None = None,
-    ) -> None:  # fmt: skip
-        """``items`` of one input message (``source``: partition, offset, ms, key), the
-        first of them at ``index`` in it, the others following it there (``topic``: the
-        message's, when it is not the kind's own input topic)."""
-        for item in items:
-            self.add_run(kind, source, item, index, 1, topic)
-            index += 1
-
-    def add_run(
-        self, kind: str, source: list[Any], chunk: bytes, index: int, n: int,
-        topic: str | None = None,
-    ) -> None:  # fmt: skip
-        """``n`` events of one input message as one comma-separated ``chunk`` of JSON, the
-        first at ``index`` in it. A chunk is never split: an input message's array fits."""
-        if self.count and (
-            self.size + len(chunk) > MAX_KEYED_BYTES or self.count + n > MAX_BATCH_EVENTS
-        ):
-            self.close()
-        runs = self.runs[kind]
-        last = runs[-1] if runs else None
-        named = [topic] if topic else []
-        if (last is not None and last[:4] == source and last[4] + last[5] == index
-                and last[6:] == named):  # fmt: skip
-            last[5] += n
-        else:
-            runs.append([*source, index, n, *named])
-        self.events[kind].append(chunk)
-        self.size += len(chunk)
-        self.count += n
-
-    def add_dead(self, letter: bytes) -> None:
-        """A dead letter travels alone: its raw text may be as large as a message."""
-        self.done.append(_keyed({"feedback": [], "traces": []}, {"feedback": [], "traces": []},
-                                [letter]))  # fmt: skip
-
-    def close(self) -> None:
-        if self.count:
-            self.done.append(_keyed(self.events, self.runs, []))
-        self._reset()
-
-    def messages(self) -> list[bytes]:
-        self.close()
-        return self.done
-
-
-def _keyed(
-    events: dict[str, list[bytes]], runs: dict[str, list[list[Any]]], dead: list[bytes]
-) -> bytes:
-    return (
-        b'{"feedback":[' + b",".join(events["feedback"])
-        + b'],"traces":[' + b",".join(events["traces"])
-        + b'],"feedback_from":' + orjson.dumps(runs["feedback"])
-        + b',"traces_from":' + orjson.dumps(runs["traces"])
-        + b',"dead":[' + b",".join(dead) + b"]}"
-    )  # fmt: skip
-
-
-def route(
-    topics: Topics, records: Iterable[Any], *, counts: dict[str, int] | None = None,
-    otlp: ReadOtlp | None = None,
-) -> dict[int, list[bytes]]:  # fmt: skip
-    """The keyed messages for a batch of input records, by partition of ``keyed``
-    (``otlp``: how to read the OpenTelemetry topic, when it is an input)."""
-    counts = counts if counts is not None else defaultdict(int)
-    partitions = topics.keyed.partitions
-    outs: dict[int, _Out] = defaultdict(_Out)
-    feedback_topic = topics.feedback.name
-    for record in records:
-        kind = "feedback" if record.topic == feedback_topic else "traces"
-        key = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else None
-        source = [record.partition, record.offset, record.timestamp, key]
-        if otlp is not None and record.topic == otlp.topic:
-            routed = otlp.route(record, source, outs, partitions, counts)
-            counts[f"out:{topics.keyed.name}"] += routed
-            continue
-        raw = record.value
-        try:
-            items = decode_message(raw)
-        except WireError as exc:
-            letter = DeadLetter.model_construct(
-                schema_version=1, topic=record.topic, partition=record.partition,
-                offset=record.offset, batch_index=-1, reason=exc.reason,
-                error=exc.detail[:10_000], key=key, at=_now(),
-                raw=(raw or b"")[:1_000_000].decode("utf-8", "replace"),
-            )  # fmt: skip
-            outs[record.partition % partitions].add_dead(letter.to_json())
-            counts["dead"] += 1
-            continue
-        counts[f"out:{topics.keyed.name}"] += len(items)
-        targets = [_target(item, record.partition, partitions) for item in items]
-        if len(items) == 1 and raw is not None and raw.lstrip()[:1] == b"{":
-            outs[targets[0]].add(kind, source, [raw.strip()])  # the message's own bytes
-            continue
-        if all(t == targets[0] for t in targets):  # thumbline's producers: the array as sent
-            inner = raw.strip()[1:-1]
-            outs[targets[0]].add_run(kind, source, inner, 0, len(items))
-            continue
-        # a mixed array: each target gets its own runs, in the array's order
-        for index, (target, item) in enumerate(zip(targets, items, strict=True)):
-            outs[target].add(kind, source, [orjson.dumps(item)], index)
-    return {p: out.messages() for p, out in outs.items()}
-
-
-def _target(item: Any, partition: int, partitions: int) -> int:
-    """The partition of an event's join key: its trace id, or for feedback on a whole
-    conversation or session (no trace id), that conversation's or session's key."""
-    if isinstance(item, dict):
-        ids = [item.get(k) for k in ("target", "trace_id", "conversation_id", "session_id")]
-        if all(v is None or isinstance(v, str) for v in ids) and any(ids[1:]):
-            return partition_for(target_key(*ids), partitions)
-    return partition % partitions  # invalid: the join dead-letters it wherever it is
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class KeyByTrace:
@@ -291,19 +111,10 @@ class KeyByTrace:
         self._synced: dict[str, int] = {}
         self.max_records = max_records or MAX_RECORDS
         self.bootstrap, self.kafka_kwargs = bootstrap, kafka_kwargs or {}
-        self.consumer = consumer or AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
-            fetch_max_wait_ms=fetch_max_wait_ms,
-            session_timeout_ms=SESSION_MS,
-            rebalance_timeout_ms=SESSION_MS,
-            heartbeat_interval_ms=HEARTBEAT_MS,
-            **(kafka_kwargs or {}),
-        )
+        self.consumer = consumer or input_consumer(
+            bootstrap=bootstrap, group=group, fetch_max_wait_ms=fetch_max_wait_ms,
+            kafka_kwargs=self.kafka_kwargs,
+        )  # fmt: skip
         #: every input partition that exists (the stages hold a share each)
         self.inputs = [
             TopicPartition(t.name, p)
@@ -360,7 +171,10 @@ class KeyByTrace:
             new = [tp for tp in assigned if tp not in self._done]
             while True:
                 try:
-                    starts = await self._starts(new) if new else {}
+                    starts = await start_offsets(
+                        self.consumer, new, take_over_from=self._take_over_from,
+                        bootstrap=self.bootstrap, kafka_kwargs=self.kafka_kwargs,
+                    ) if new else {}  # fmt: skip
                     break
                 except KafkaError as exc:  # the broker away: the group waits for this stage
                     if not transient(exc) and not getattr(exc, "retriable", False):
@@ -379,38 +193,6 @@ class KeyByTrace:
                 self._done[tp] = (start, 0)  # caught up there if nothing follows
         if new:
             logger.info("key_by_trace holds %d input partitions", len(self._done))
-
-    async def _starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Where each newly assigned partition starts: the group's commit, else where the
-        join's group left it (sought there), else its beginning. Asked of the broker, not
-        of the consumer's position: aiokafka may have fetched from it already."""
-        starts: dict[TopicPartition, int] = {}
-        for tp in tps:
-            committed = await self.consumer.committed(tp)
-            if committed is not None:
-                starts[tp] = committed
-        missing = [tp for tp in tps if tp not in starts]
-        if missing and self._take_over_from is not None:
-            taken = await self._take_over(self._take_over_from, missing)
-            for tp, offset in taken.items():
-                self.consumer.seek(tp, offset)
-            starts.update(taken)
-            if taken:
-                logger.info("key_by_trace starts where the join left %d input partitions",
-                            len(taken))  # fmt: skip
-        missing = [tp for tp in tps if tp not in starts]
-        if missing:
-            starts.update(await self.consumer.beginning_offsets(missing))
-        return starts
-
-    async def _take_over(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka_kwargs)
-        await admin.start()
-        try:
-            theirs = await admin.list_consumer_group_offsets(group, partitions=tps)
-        finally:
-            await admin.close()
-        return {tp: meta.offset for tp, meta in theirs.items() if tp in tps and meta.offset >= 0}
 
     async def stop(self) -> None:
         """Stop reading and leave the group; what was routed is committed, the rest is

@@ -19,7 +19,8 @@ import orjson
 from thumbline.schemas import FeedbackEvent, TraceEvent
 from thumbline.schemas.score_configs import ScoreConfig
 from thumbline.score_configs import latest_sql, stored
-from thumbline.stream_jobs.join_state import Key, TraceAttributes
+from thumbline.stream_jobs.enriched_rows import TraceAttributes
+from thumbline.stream_jobs.join_state import Key
 from thumbline.stream_jobs.sink import StoreClient
 
 _TRACE_FIELDS = (

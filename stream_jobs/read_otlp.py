@@ -79,9 +79,10 @@ class ReadOtlp:
     def route(
         self, record: Any, source: list[Any], outs: Any, partitions: int, counts: dict[str, int]
     ) -> int:
-        """Add the message's events to key_by_trace's messages (``outs``, by partition of
-        ``keyed``), each on its trace's partition and its run naming this topic, and its
-        dead letters on the message's. Returns how many events it routed."""
+        """Add the message's events to the keyed messages (``outs``, by partition of
+        ``keyed``: :func:`thumbline.stream_jobs.keyed_messages.route`), each on its trace's
+        partition and its run naming this topic, and its dead letters on the message's.
+        Returns how many events it routed."""
         events, dead = self.events(record)
         for letter in dead:
             outs[record.partition % partitions].add_dead(letter.to_json())

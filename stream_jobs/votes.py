@@ -15,7 +15,7 @@ Kafka, OpenTelemetry, a vendor's shape). The client's own ``event_id`` is kept i
 its own row: nobody can tell two anonymous clicks apart from two people.
 
 Which vote is the latest is decided by the event time ``ts`` (the person's click),
-not by when it was received (see :func:`thumbline.stream_jobs.join_state.version_of`):
+not by when it was received (see :func:`thumbline.stream_jobs.enriched_rows.version_of`):
 two votes in one batch, or a retry of the earlier one after the later, still
 leave the later click.
 """

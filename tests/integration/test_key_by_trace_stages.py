@@ -242,7 +242,7 @@ async def test_the_joins_watermark_does_not_pass_an_input_partition_nobody_repor
             )
             now = time.time()
             assert all(claimed.of(p) is None for p in range(PARTITIONS))
-            assert all(job.marks.of(p, job._order, now) is None for p in range(PARTITIONS))
+            assert all(job.marks.of(p, job.output.order, now) is None for p in range(PARTITIONS))
 
             await silent.stop()  # its partitions move to the stage, which reports them
             silent_stopped = time.time()

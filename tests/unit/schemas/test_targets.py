@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from thumbline.schemas import FeedbackEvent, InvalidEvent, Target, partition_for
-from thumbline.stream_jobs.key_by_trace import _target
+from thumbline.stream_jobs.keyed_messages import _target
 
 
 def feedback(**fields) -> FeedbackEvent:

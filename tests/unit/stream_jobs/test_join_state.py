@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from thumbline.schemas import FeedbackEvent, JoinStatus, TraceEvent
-from thumbline.stream_jobs.join_state import JoinState, TraceAttributes, version_of
+from thumbline.stream_jobs.enriched_rows import TraceAttributes, version_of
+from thumbline.stream_jobs.join_state import JoinState
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

@@ -32,7 +32,8 @@ from thumbline.outages import KAFKA, Waits
 from thumbline.schemas import TimeBounds, Topics, partition_for
 from thumbline.schemas.wire import MAX_BATCH_EVENTS
 from thumbline.stream_jobs.decode_input import Batch, DecodeInput
-from thumbline.stream_jobs.key_by_trace import KeyByTrace, route
+from thumbline.stream_jobs.key_by_trace import KeyByTrace
+from thumbline.stream_jobs.keyed_messages import route
 
 TOPICS = Topics.build("t.", 8)
 NOW_MS = int(time.time() * 1000)

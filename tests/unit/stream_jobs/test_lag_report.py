@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from thumbline.metrics import Metrics
 from thumbline.outages import Waits
-from thumbline.stream_jobs.app import StreamApp
+from thumbline.stream_jobs.worker_health import report_lag
 
 
 class Moving:
@@ -39,8 +39,8 @@ class Moving:
 
 async def test_a_partition_revoked_while_its_lag_is_read_is_skipped_not_a_crash():
     metrics = Metrics(CollectorRegistry())
-    stub = SimpleNamespace(waits=Waits(), metrics=metrics, router=None)
-    await StreamApp._report_lag(stub, SimpleNamespace(consumer=Moving()))  # type: ignore[arg-type]
+    app = SimpleNamespace(consumer=Moving())
+    await report_lag(app, metrics=metrics, waits=Waits(), router=None)  # type: ignore[arg-type]
     assert (
         metrics.registry.get_sample_value("thumbline_consumer_lag_messages", {"topic": "t.keyed"})
         == 15

@@ -14,7 +14,7 @@ from thumbline.schemas.score_configs import ScoreConfig, ScoreConfigIndex
 from thumbline.stream_jobs.decode_input import Batch, DecodeInput
 from thumbline.stream_jobs.join_state import JoinState
 from thumbline.stream_jobs.join_traces import JoinTracesJob
-from thumbline.stream_jobs.key_by_trace import route
+from thumbline.stream_jobs.keyed_messages import route
 
 TOPICS = Topics.build("t.", 1)  # one partition: nothing is forwarded
 STARS = ScoreConfig(name="stars", kind="rating", range=(1.0, 5.0), bad_at_most=2.0, version=4)

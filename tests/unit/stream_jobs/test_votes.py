@@ -6,7 +6,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from thumbline.schemas import FeedbackEvent, JoinStatus, TraceEvent
-from thumbline.stream_jobs.join_state import JoinState, TraceAttributes, version_of
+from thumbline.stream_jobs.enriched_rows import TraceAttributes, version_of
+from thumbline.stream_jobs.join_state import JoinState
 from thumbline.stream_jobs.votes import one_vote, vote_id
 
 T0 = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
