@@ -196,6 +196,7 @@ def provision_bootstrap_key(client: Client, settings: Settings) -> bool:
         f"SELECT count() FROM {db}.api_keys WHERE key_id = {literal(key_id)}"  # noqa: S608
     ).result_rows[0][0]
     if found:
+        _warn_while_valid(client, db, key_id)
         return False
     client.command(
         f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, annotator, name, "  # noqa: S608
@@ -204,6 +205,20 @@ def provision_bootstrap_key(client: Client, settings: Settings) -> bool:
     )
     logger.info("stored the bootstrap admin key %s (THUMBLINE_BOOTSTRAP_ADMIN_KEY)", key_id)
     return True
+
+
+def _warn_while_valid(client: Client, db: str, key_id: str) -> None:
+    """Say so while the bootstrap key is valid beside admin keys of the operator's own."""
+    valid, others = client.query(
+        f"SELECT countIf(key_id = {literal(key_id)}), countIf(key_id != {literal(key_id)}) "  # noqa: S608
+        f"FROM {db}.api_keys FINAL WHERE scope = 'admin' AND NOT revoked"
+    ).result_rows[0]
+    if valid and others:
+        logger.warning(
+            "the bootstrap admin key %s (THUMBLINE_BOOTSTRAP_ADMIN_KEY) is still an admin key "
+            "beside %d of your own: revoke it with `thumbline keys revoke %s`",
+            key_id, others, key_id,
+        )  # fmt: skip
 
 
 def _key(row: dict[str, object]) -> ApiKey:

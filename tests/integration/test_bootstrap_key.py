@@ -145,3 +145,34 @@ def test_the_key_is_stored_once_as_a_hash_and_never_over_a_key_with_its_id(store
     assert key_rows(store, hijack, taken) == [("ingest", theirs, 5)]
     unset = store_settings.model_copy(update={"bootstrap_admin_key": None})
     assert provision_bootstrap_key(store, unset) is False
+
+
+def test_a_start_warns_while_the_bootstrap_key_is_valid_beside_admin_keys_of_your_own(
+    store, store_settings, caplog
+):
+    # It stays an admin key until revoked: once the operator has keys of their own, every
+    # start says so, naming the key id (never the secret) and the command.
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    settings = store_settings.model_copy(
+        update={"bootstrap_admin_key": SecretStr(f"tl_{key_id}_{secret}")}
+    )
+    assert provision_bootstrap_key(store, settings) is True
+    db = store_settings.clickhouse_database
+    own = secrets.token_hex(8)
+    store.command(
+        f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, name, created_at, "
+        f"version) VALUES ('{own}', '{'0' * 64}', 'admin', '', 'mine', now64(3), 1)"
+    )
+    caplog.set_level("WARNING", logger="thumbline.keys")
+    assert provision_bootstrap_key(store, settings) is False
+    [warning] = [r.getMessage() for r in caplog.records if key_id in r.getMessage()]
+    assert f"thumbline keys revoke {key_id}" in warning and secret not in warning
+
+    caplog.clear()  # revoked: nothing more to say
+    store.command(
+        f"INSERT INTO {db}.api_keys (key_id, secret_sha256, scope, project, name, created_at, "
+        f"revoked, version) SELECT key_id, secret_sha256, scope, project, name, created_at, 1, "
+        f"2 FROM {db}.api_keys FINAL WHERE key_id = '{key_id}'"
+    )
+    assert provision_bootstrap_key(store, settings) is False
+    assert not [r for r in caplog.records if key_id in r.getMessage()]
