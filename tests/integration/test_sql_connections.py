@@ -26,6 +26,7 @@ import clickhouse_connect
 import pytest
 
 from thumbline.settings import load_settings
+from thumbline.sqlclient import OwnerClient
 from thumbline.sqlserver import SqlServer
 
 WRITER_PASSWORD, READER_PASSWORD = "w-conns-4c1e-9a7b2d60", "r-conns-7d2f-31e8c5b9"
@@ -153,6 +154,17 @@ def test_connections_past_the_bound_are_refused_and_threads_stay_bounded(serve):
     # the holders went away: their threads end, and a tool's query is served
     assert wait_for(lambda: server.connections == 0)
     assert ping(server) == 200
+
+
+def test_the_owner_client_queries_again_after_its_idle_connection_was_closed(serve):
+    server = serve(idle=1.0)
+    client = OwnerClient(server.url, server.token)
+    try:
+        assert client.query("SELECT 1 AS one").result_rows == [(1,)]
+        assert wait_for(lambda: server.connections == 0)  # the server closed it
+        assert client.query("SELECT 2 AS two").result_rows == [(2,)]
+    finally:
+        client.close()
 
 
 def test_clickhouse_connect_queries_again_after_its_idle_connection_was_closed(serve):
