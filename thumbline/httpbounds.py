@@ -15,15 +15,25 @@ bounded number of threads whatever a client sends.
 from __future__ import annotations
 
 import io
+import logging
 import socket
+import sys
 import threading
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from thumbline.chwire import EndpointError, error_reply
 
 __all__ = ["BoundedHTTPServer", "BoundedHandler"]
+
+logger = logging.getLogger(__name__)
+
+#: How long a refused connection stays open, its reply sent, before it is closed.
+LINGER_SECONDS = 0.5
+#: Refused connections open at once; past it the oldest is closed at once.
+MAX_LINGERING = 256
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):
@@ -38,6 +48,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         self._held = 0
         self._count_lock = threading.Lock()
+        self._lingering: deque[tuple[float, socket.socket]] = deque()
         super().__init__(address, handler)
 
     @property
@@ -87,9 +98,45 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             except BlockingIOError:
                 pass
             request.send("\r\n".join(head).encode() + reply.body)  # fits a fresh socket buffer
+            request.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # the client is gone, or its buffer full: the close is the refusal
-        self.shutdown_request(request)
+        # Closed now, a request arriving after the reply would make the kernel reset the
+        # connection, and the client would see the reset, not the reply: it stays open a
+        # moment, its input read and dropped, closed by service_actions.
+        if len(self._lingering) >= MAX_LINGERING:
+            _close(self._lingering.popleft()[1])
+        self._lingering.append((time.monotonic() + LINGER_SECONDS, request))
+
+    def service_actions(self) -> None:
+        """Close the refused connections whose moment has passed (each turn of serve_forever)."""
+        super().service_actions()
+        now = time.monotonic()
+        while self._lingering and self._lingering[0][0] <= now:
+            _close(self._lingering.popleft()[1])
+
+    def server_close(self) -> None:
+        super().server_close()
+        while self._lingering:
+            _close(self._lingering.popleft()[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-reply is no error of ours; anything else is logged."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("a client of %s went away", self.server_address, exc_info=True)
+        else:
+            logger.exception("serving a connection of %s failed", self.server_address)
+
+
+def _close(sock: socket.socket) -> None:
+    """Close ``sock`` after dropping what it received (unread input makes the close a reset)."""
+    try:
+        for _ in range(16):  # at most 1 MiB: a sender of more is reset
+            if not sock.recv(65536):
+                break
+    except OSError:  # nothing more to read (BlockingIOError), or the client is gone
+        pass
+    sock.close()
 
 
 class _Deadline(io.RawIOBase):

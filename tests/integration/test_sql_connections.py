@@ -24,6 +24,7 @@ from contextlib import ExitStack
 
 import clickhouse_connect
 import pytest
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from thumbline.settings import load_settings
 from thumbline.sqlclient import OwnerClient
@@ -150,6 +151,11 @@ def test_connections_past_the_bound_are_refused_and_threads_stay_bounded(serve):
                 assert reply.startswith(b"HTTP/1.1 503 "), reply
                 assert b"X-ClickHouse-Exception-Code: 202" in reply
                 assert b"THUMBLINE_SQL_MAX_CONNECTIONS" in reply
+        # a join helper's client says what to do, as a transient failure it waits out
+        client = OwnerClient(server.url, server.token)
+        with pytest.raises(OperationalError, match="THUMBLINE_SQL_MAX_CONNECTIONS"):
+            client.query("SELECT 1")
+        client.close()
         assert threading.active_count() <= before + cap
     # the holders went away: their threads end, and a tool's query is served
     assert wait_for(lambda: server.connections == 0)
