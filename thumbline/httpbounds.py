@@ -40,6 +40,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     """A ``ThreadingHTTPServer`` holding at most ``max_connections`` connections at once."""
 
     daemon_threads = True
+    # Refusals happen at accept, quickly: a longer queue answers a burst of connections
+    # (workers reconnecting at once, or a flood) with replies instead of dropped SYNs.
+    request_queue_size = 128
 
     def __init__(
         self, address: tuple[str, int], handler: type[BoundedHandler], *, max_connections: int
