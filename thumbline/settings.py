@@ -323,6 +323,16 @@ class Settings(BaseSettings):
         "reads have as many of their own, so a slow query never delays them.",
     )  # fmt: skip
     sql_port: int = Field(0, ge=0, le=65535, description="0: any free port.")
+    sql_idle_seconds: float = Field(
+        30.0, gt=0, le=3600,
+        description="The SQL port closes a connection that sends no request for this long, or "
+        "whose request head is not whole within it, or whose body stalls this long.",
+    )  # fmt: skip
+    sql_max_connections: int = Field(
+        64, ge=4, le=4096,
+        description="Connections the SQL port holds at once (one thread each); one more is "
+        "answered 503 and closed.",
+    )  # fmt: skip
     sql_writer_password: SecretStr | None = Field(
         None,
         description="The password of the store endpoint's writer user `thumbline` (ClickHouse's "

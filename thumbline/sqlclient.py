@@ -168,10 +168,12 @@ def _query_owner(
             return bytes(response.read())
     except urllib.error.HTTPError as exc:
         with exc:
+            data = exc.read()
             try:
-                detail = orjson.loads(exc.read())
-            except orjson.JSONDecodeError:
-                detail = {"error": f"HTTP {exc.code}", "code": None}
+                detail = orjson.loads(data)
+            except orjson.JSONDecodeError:  # e.g. the port's 503 at its bound
+                text = data[:500].decode("utf-8", "replace").strip()
+                detail = {"error": text or f"HTTP {exc.code}", "code": None}
         if detail.get("reason"):
             raise SqlRefused(
                 str(detail.get("error")), reason=str(detail["reason"]), code=detail.get("code")
@@ -260,15 +262,9 @@ class OwnerClient:
     def _post(self, path: str, body: bytes) -> bytes:
         with self._lock:
             try:
-                if self._conn is None:
-                    self._conn = http.client.HTTPConnection(*self._address, timeout=self._timeout)
-                self._conn.request("POST", path, body=body, headers=self._headers)
-                response = self._conn.getresponse()
-                data = response.read()
+                response, data = self._exchange(path, body)
             except (OSError, http.client.HTTPException) as exc:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
+                self._drop()
                 raise OperationalError(
                     f"the store's owner did not answer at {self._address[0]}:{self._address[1]}: "
                     f"{exc!r}; is thumbline up still running?"
@@ -278,11 +274,40 @@ class OwnerClient:
         try:
             detail = orjson.loads(data)
             message, code = str(detail.get("error")), detail.get("code")
-        except (orjson.JSONDecodeError, AttributeError):
-            message, code = f"HTTP {response.status}", None
+        except (orjson.JSONDecodeError, AttributeError):  # e.g. the port's 503 at its bound
+            message = data[:500].decode("utf-8", "replace").strip() or f"HTTP {response.status}"
+            code = None
         if response.status < HTTPStatus.INTERNAL_SERVER_ERROR:  # refused: the same fails again
             raise ProgrammingError(f"the store's owner refused: {message}", code=code)
         raise OperationalError(message, code=code)
+
+    def _exchange(self, path: str, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
+        """One request and its reply, on the kept connection or a new one."""
+        reused = self._conn is not None
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection(*self._address, timeout=self._timeout)
+        try:
+            self._conn.request("POST", path, body=body, headers=self._headers)
+            response = self._conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError) as exc:  # RemoteDisconnected is one
+            if not reused:
+                raise
+            # The owner closes a connection idle past THUMBLINE_SQL_IDLE_SECONDS, and may do
+            # so as this request leaves. A kept connection closed before a byte of the reply
+            # came means the owner never read the request (it replies to each request it
+            # reads, a refusal too), so sending it once more on a new connection is safe; an
+            # insert sent twice would not double rows anyway: they are keyed by their ids.
+            logger.debug("the owner closed the kept connection (%r): sending again", exc)
+            self._drop()
+            self._conn = http.client.HTTPConnection(*self._address, timeout=self._timeout)
+            self._conn.request("POST", path, body=body, headers=self._headers)
+            response = self._conn.getresponse()
+        return response, response.read()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _parts(block: bytes, limit: int) -> list[bytes]:

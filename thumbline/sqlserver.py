@@ -23,6 +23,12 @@ on 127.0.0.1 with a bearer token from the run file (mode 0600):
 
 A refusal of the sandbox is a 400 whose JSON names the rule (``reason``); a
 store that does not answer is a 503 (the caller waits and sends it again).
+
+Every connection is bounded (:mod:`thumbline.httpbounds`): at most
+``THUMBLINE_SQL_MAX_CONNECTIONS`` at once (one more is answered 503, ClickHouse's
+code 202, and closed), each closed when it sends no whole request head within
+``THUMBLINE_SQL_IDLE_SECONDS`` (an idle keep-alive one too) or its body stalls
+that long: no client holds the owner's threads, whatever it sends.
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ import urllib.parse
 from collections.abc import Callable
 from datetime import datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
@@ -45,6 +50,7 @@ from pydantic import SecretStr
 from thumbline.chhttp import StoreEndpoint
 from thumbline.chwire import EndpointError, Request, content_length, form_fields, read_body
 from thumbline.errors import ConfigError, SqlRefused, StoreError
+from thumbline.httpbounds import BoundedHandler, BoundedHTTPServer
 from thumbline.sandbox import Sandbox, open_insert_client
 from thumbline.settings import Settings
 from thumbline.sqlclient import FORMATS, OwnerClient, QueryRows, run_sql
@@ -97,15 +103,18 @@ class SqlServer:
         self.on_insert: Callable[[str], None] | None = None
         self._writer = writer
         self._writer_lock = threading.Lock()
-        handler = type("Handler", (_Handler,), {"server_ref": self})
+        handler = type(
+            "Handler", (_Handler,), {"server_ref": self, "idle_seconds": settings.sql_idle_seconds}
+        )
         try:  # first: a port in use fails before any client is opened
-            self._httpd = ThreadingHTTPServer((host, port), handler)
+            self._httpd = BoundedHTTPServer(
+                (host, port), handler, max_connections=settings.sql_max_connections
+            )
         except OSError as exc:
             raise ConfigError(
                 f"the SQL endpoint cannot listen on {host}:{port}: {exc.strerror}; "
                 "set THUMBLINE_SQL_PORT (0: any free port)"
             ) from None
-        self._httpd.daemon_threads = True
         self.sandbox = Sandbox(settings)
         self._readers = ClientPool(settings, size=readers)
         self._inserter = ClientPool(settings, size=1, opener=open_insert_client)
@@ -120,6 +129,11 @@ class SqlServer:
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    @property
+    def connections(self) -> int:
+        """Connections the port holds now (at most ``THUMBLINE_SQL_MAX_CONNECTIONS``)."""
+        return self._httpd.connections
 
     def start(self) -> SqlServer:
         self._thread = threading.Thread(
@@ -199,7 +213,7 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"cannot send {type(value).__name__} in a query result")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     server_ref: SqlServer
     # Without this every response waits for the peer's delayed ACK: 40+ ms each.
     disable_nagle_algorithm = True
