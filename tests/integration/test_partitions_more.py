@@ -237,37 +237,44 @@ def test_the_retentions_ttl_and_whole_part_drops_survive_the_rebuild(store, at_0
 
 
 def test_a_windows_versions_in_separate_parts_read_as_its_newest_in_every_rates_read(
-    store, store_settings
+    store,
 ) -> None:
     """Every version of a window is in its month's partition (window_start is in the
     sort key), where ClickHouse deduplicates FINAL per partition on its own
     (enable_automatic_decision_for_merging_across_partitions_for_final): the chart, the
     CLI's and the rates job's reads still see each window once, at its newest version."""
-    db, project = store_settings.clickhouse_database, unique("p")
-    assert keys(store, db, "feedback_rates")[1] == "toYYYYMM(window_start)"
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    recent, old = now - timedelta(hours=2), now - timedelta(days=40)  # two months
-    for start in (recent, old):
-        for version, total in ((1, 1), (2, 5)):  # counted again: a part of its own each
-            store.insert(f"{db}.feedback_rates", [[project, "prod", "m", "*", 3600, start,
-                                                   total, 1, version]],
-                         column_names=TABLES["feedback_rates"][0])  # fmt: skip
-    parts = store.query(
-        "SELECT count() FROM system.parts WHERE database = {db:String} AND table = "
-        "'feedback_rates' AND active AND partition IN {p:Array(String)}",
-        parameters={"db": db, "p": [f"{recent:%Y%m}", f"{old:%Y%m}"]},
-    ).result_rows[0][0]  # fmt: skip
-    assert parts >= 4
+    db, project = unique("rateparts"), "p"
+    apply_migrations(store, db)
+    # a database of its own, merges stopped: in a whole run the session store's busy
+    # partitions are merged at once, and the versions would no longer be in parts apart
+    store.command(f"SYSTEM STOP MERGES {db}.feedback_rates")
+    try:
+        assert keys(store, db, "feedback_rates")[1] == "toYYYYMM(window_start)"
+        now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        recent, old = now - timedelta(hours=2), now - timedelta(days=40)  # two months
+        for start in (recent, old):
+            for version, total in ((1, 1), (2, 5)):  # counted again: a part of its own each
+                store.insert(f"{db}.feedback_rates", [[project, "prod", "m", "*", 3600, start,
+                                                       total, 1, version]],
+                             column_names=TABLES["feedback_rates"][0])  # fmt: skip
+        parts = store.query(
+            "SELECT partition, count() FROM system.parts WHERE database = {db:String} "
+            "AND table = 'feedback_rates' AND active GROUP BY partition ORDER BY partition",
+            parameters={"db": db},
+        ).result_rows  # fmt: skip
+        assert parts == [(f"{old:%Y%m}", 2), (f"{recent:%Y%m}", 2)]  # two versions apart
 
-    chart = rates_series_sql(db, RatesFilter(
-        project=project, window_seconds=3600, start=now - timedelta(days=45), end=now,
-    ), (60, 3600))  # fmt: skip
-    (series,) = store.query(chart.text, parameters=chart.parameters).named_results()
-    assert series["total"] == [5, 5]
-    assert [datetime.fromtimestamp(t, UTC) for t in series["t"]] == [old, recent]
-    listed = store.query(rates_sql(db, window_seconds=3600, project=project,
-                                   since=timedelta(days=45), now=now)).result_rows  # fmt: skip
-    assert [row[5] for row in listed] == [5, 5]  # total, newest window first
+        chart = rates_series_sql(db, RatesFilter(
+            project=project, window_seconds=3600, start=now - timedelta(days=45), end=now,
+        ), (60, 3600))  # fmt: skip
+        (series,) = store.query(chart.text, parameters=chart.parameters).named_results()
+        assert series["total"] == [5, 5]
+        assert [datetime.fromtimestamp(t, UTC) for t in series["t"]] == [old, recent]
+        listed = store.query(rates_sql(db, window_seconds=3600, project=project,
+                                       since=timedelta(days=45), now=now)).result_rows  # fmt: skip
+        assert [row[5] for row in listed] == [5, 5]  # total, newest window first
+    finally:
+        store.command(f"DROP DATABASE IF EXISTS {db}")
 
 
 def test_versions_of_a_span_a_dead_letter_and_an_alert_in_two_months_read_as_one(
